@@ -1,0 +1,46 @@
+# volt: every target bootstraps what it needs. Heavy artifacts (the Python
+# environment, Kubernetes binaries, helm) live in $(VOLT_CACHE), keyed by
+# version, never in the repo.
+SHELL := /bin/bash
+VOLT_CACHE ?= $(HOME)/.cache/volt
+DEPS_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+VENV ?= $(VOLT_CACHE)/venv-$(DEPS_KEY)
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
+export PATH := $(VENV)/bin:$(VOLT_CACHE)/bin:$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-engine test-operator test-e2e bench lint cluster crds demo clean
+
+$(VENV)/.ok: pyproject.toml
+	@echo ">> creating Python environment $(VENV)"
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q '.[dev]'
+	touch $@
+
+# Dependencies are cached per pyproject hash; volt itself is reinstalled
+# (no deps, seconds) so that `volt-run` runs this checkout's code.
+setup: $(VENV)/.ok
+	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-engine: setup
+	$(PY) -m pytest tests/engine $(PYTEST_ARGS)
+
+test-operator: setup
+	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/engine_overhead.py
+
+lint: setup
+	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench
+
+clean:
+	rm -rf build *.egg-info bench/results/*.json
