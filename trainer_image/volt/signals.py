@@ -1,0 +1,223 @@
+"""SIGTERM: save a checkpoint on every rank and exit with ``exit_codes.CHECKPOINTED``.
+
+The signal handler only records that a signal arrived. Ranks agree at a step
+boundary without a per-step collective: every ``check_every_n_steps`` batches
+each rank starts an *asynchronous* MAX all-reduce of its flag on a CPU (gloo)
+group and reads the previous one's result, which finished long ago. Nothing
+waits on the GPU and nothing blocks the step; the price is a decision latency
+of N to 2N steps. When the agreed flag is set, every rank calls
+``trainer.save_checkpoint`` (rank 0 writes, atomically) and raises
+``SystemExit(CHECKPOINTED)``.
+
+A watchdog bounds the whole thing: if a rank is still alive ``grace_period``
+seconds after the signal (stuck in a collective with a dead peer, or the steps
+are too slow for N), it exits hard with 128 + SIGTERM so the supervisor sees
+"terminated without a checkpoint" instead of a hang. Keep ``grace_period``
+below the pod's ``terminationGracePeriodSeconds``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import torch
+
+from volt import exit_codes
+from volt.callbacks.base import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.module import LightningModule
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+ENV_CHECK_EVERY = "VOLT_PREEMPTION_CHECK_EVERY_N_STEPS"
+ENV_GRACE_PERIOD = "VOLT_GRACE_PERIOD_S"
+DEFAULT_CHECK_EVERY = 10
+DEFAULT_GRACE_PERIOD = 25.0
+
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+
+
+class TerminationFlag:
+    """Records the first termination signal. The handler does nothing else."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.received_at: Optional[float] = None
+        self._previous: dict[int, _Handler] = {}
+
+    @property
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signum is None:  # plain assignments only: safe in a handler
+            self.signum = signum
+            self.received_at = time.monotonic()
+
+    def install(self, signums: tuple[int, ...] = (signal.SIGTERM,)) -> bool:
+        """Install the handler; False (and nothing done) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for signum in signums:
+            if signum not in self._previous:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return True
+
+    def uninstall(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def clear(self) -> None:
+        self.signum = None
+        self.received_at = None
+
+
+def _env_number(name: str, default: float, cast: type) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a {cast.__name__}, got {raw!r}") from None
+
+
+def _hard_exit_after(grace_period: float, signum: int) -> threading.Timer:
+    def expire() -> None:
+        log.error("no checkpoint within the %.1f s grace period after %s: exiting", grace_period, signal.Signals(signum).name)
+        os._exit(exit_codes.from_signal(signum))
+
+    timer = threading.Timer(grace_period, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class PreemptionCallback(Callback):
+    """Turns SIGTERM into "checkpoint on all ranks, exit ``CHECKPOINTED``".
+
+    Args:
+        check_every_n_steps: train batches between agreement points (env
+            ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, default 10). Single-process
+            runs check every batch: there is nothing to agree with.
+        grace_period: seconds from the signal to a hard exit (env
+            ``VOLT_GRACE_PERIOD_S``, default 25).
+        dirpath: where the checkpoint goes; default: the first ModelCheckpoint's
+            dirpath, else ``VOLT_CHECKPOINT_DIR``, else ``<default_root_dir>/checkpoints``.
+    """
+
+    def __init__(
+        self,
+        check_every_n_steps: Optional[int] = None,
+        grace_period: Optional[float] = None,
+        dirpath: Optional[str] = None,
+    ) -> None:
+        if check_every_n_steps is None:
+            check_every_n_steps = _env_number(ENV_CHECK_EVERY, DEFAULT_CHECK_EVERY, int)
+        if grace_period is None:
+            grace_period = _env_number(ENV_GRACE_PERIOD, DEFAULT_GRACE_PERIOD, float)
+        if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be an int >= 1, got {check_every_n_steps!r}")
+        if grace_period <= 0:
+            raise ValueError(f"grace_period must be > 0 seconds, got {grace_period!r}")
+        self.check_every_n_steps = check_every_n_steps
+        self.grace_period = float(grace_period)
+        self.dirpath = dirpath
+        self.flag = TerminationFlag()
+        self._installed = False
+        self._batches = 0
+        self._pending: Optional[Any] = None  # torch.distributed Work
+        self._buffer: Optional[torch.Tensor] = None
+        self._watchdog: Optional[threading.Timer] = None
+
+    @property
+    def state_key(self) -> str:
+        return "PreemptionCallback"
+
+    # --- lifecycle -------------------------------------------------------------
+    def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        if stage == "fit":
+            self._installed = self.flag.install()
+            self._batches = 0
+
+    def teardown(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        self._drain()
+        if self._installed:
+            self.flag.uninstall()
+            self._installed = False
+
+    def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
+        self._pending = None  # never wait on a collective after a failure: peers may be gone
+
+    # --- the check --------------------------------------------------------------
+    def on_train_batch_end(
+        self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.flag.is_set and self._watchdog is None:
+            self._watchdog = _hard_exit_after(self.grace_period, self.flag.signum or signal.SIGTERM)
+        world_size = trainer.world_size
+        if world_size <= 1:
+            if self.flag.is_set:
+                self._checkpoint_and_exit(trainer)
+            return
+        self._batches += 1
+        if self._batches % self.check_every_n_steps:
+            return
+        agreed = self._exchange(trainer)
+        if agreed:
+            self._checkpoint_and_exit(trainer)
+
+    def _exchange(self, trainer: "Trainer") -> bool:
+        """Read the previous exchange's result and start the next one (async)."""
+        import torch.distributed as dist
+
+        agreed = False
+        if self._pending is not None:
+            self._pending.wait()
+            agreed = bool(self._buffer[0] > 0)  # CPU tensor: no device sync
+        group = getattr(trainer.strategy, "control_group", None)
+        self._buffer = torch.tensor([1 if self.flag.is_set else 0], dtype=torch.int32)
+        self._pending = dist.all_reduce(self._buffer, op=dist.ReduceOp.MAX, group=group, async_op=True)
+        return agreed
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()
+
+    def _resolve_dirpath(self, trainer: "Trainer") -> str:
+        if self.dirpath:
+            return self.dirpath
+        callback = getattr(trainer, "checkpoint_callback", None)
+        if callback is not None and getattr(callback, "dirpath", None):
+            return str(callback.dirpath)
+        env_dir = os.environ.get("VOLT_CHECKPOINT_DIR")
+        if env_dir:
+            return env_dir
+        return os.path.join(str(trainer.default_root_dir), "checkpoints")
+
+    def _checkpoint_and_exit(self, trainer: "Trainer") -> None:
+        self._pending = None  # the agreed exchange was the last collective of this kind
+        name = signal.Signals(self.flag.signum).name if self.flag.signum else "a peer's signal"
+        path = os.path.join(
+            self._resolve_dirpath(trainer), f"preempted-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
+        )
+        started = time.monotonic()
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning(
+                "%s: saved %s in %.2f s; exiting with %d (%s)",
+                name, path, time.monotonic() - started, exit_codes.CHECKPOINTED,
+                exit_codes.describe(exit_codes.CHECKPOINTED),
+            )
+        raise SystemExit(exit_codes.CHECKPOINTED)
