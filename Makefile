@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(VOLT_CACHE)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-engine test-operator test-e2e bench lint cluster crds demo clean
+.PHONY: setup prometheus test test-engine test-operator test-e2e bench lint cluster crds demo clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -26,16 +26,22 @@ $(VENV)/.ok:
 setup: $(VENV)/.ok
 	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
 
-test: setup
+# Debian's Prometheus (prometheus + promtool) for the metrics tests: installed once, idempotent.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
+	  $$apt install -y --no-install-recommends prometheus || { $$apt update && $$apt install -y --no-install-recommends prometheus; }; }
+
+test: setup prometheus
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-engine: setup
+test-engine: setup prometheus
 	$(PY) -m pytest tests/engine $(PYTEST_ARGS)
 
 test-operator: setup
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup
+test-e2e: setup prometheus
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: setup

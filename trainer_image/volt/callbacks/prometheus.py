@@ -1,0 +1,539 @@
+"""Per-rank Prometheus metrics and a JSON progress endpoint for a training run.
+
+Every rank serves ``GET /metrics`` (Prometheus text format) and ``GET /progress``
+(JSON, polled by the operator to fill ``TrainingJob.status.training``) on port
+``VOLT_METRICS_PORT + local_rank``. Names and labels are documented in
+``docs/metrics.md``.
+
+The training thread only does cheap host-side bookkeeping per batch (two
+``perf_counter`` calls, two histogram bucket increments, an integer add and a
+reference to the step output). Tensors -- logged values, the loss -- are
+converted to floats in the HTTP thread when scraped, so exporting adds no
+per-step host-device synchronisation; a scrape costs at most one sync per
+logged CUDA value, every scrape interval.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import datetime
+import json
+import math
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+from volt.callbacks.base import Callback
+
+PORT_ENV = "VOLT_METRICS_PORT"
+JOB_ENV = "VOLT_JOB_NAME"
+ATTEMPT_ENV = "VOLT_ATTEMPT"
+DEFAULT_PORT = 9090
+
+# Seconds; from a tiny CPU step to a large-model step or a slow data loader.
+STEP_BUCKETS: Tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+CHECKPOINT_BUCKETS: Tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# Which logged key is "the loss" in /progress, most specific first.
+LOSS_KEYS: Tuple[str, ...] = ("train_loss", "train_loss_step", "loss", "loss_step", "train_loss_epoch", "loss_epoch")
+
+
+class _Histogram:
+    """Cumulative-bucket histogram cheap enough for every training batch.
+
+    prometheus_client's Histogram takes one lock per bucket on every observe;
+    this one does a bisect and two adds under a single uncontended lock.
+    """
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self._bounds, value)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += value
+
+    def snapshot(self) -> Tuple[List[Tuple[str, int]], float, int]:
+        """(cumulative buckets as (le, count) pairs, sum, count) taken atomically."""
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        buckets, running = [], 0
+        for bound, count in zip(self._bounds + (math.inf,), counts):
+            running += count
+            buckets.append((floatToGoString(bound), running))
+        return buckets, total, running
+
+
+def _env_int(name: str, default: Optional[int]) -> Optional[int]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
+
+
+def _rfc3339(unix_seconds: Optional[float]) -> Optional[str]:
+    if unix_seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(unix_seconds, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_float(value: Any) -> Optional[float]:
+    """A logged value as a Python float, or None when it is not a scalar."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        return float(value.detach().reshape(()).item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _json_float(value: Optional[float]) -> Optional[float]:
+    # JSON has no NaN/Inf; report them as null rather than emit invalid JSON.
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return value
+
+
+def infer_batch_size(batch: Any) -> int:
+    """Leading dimension of the first tensor in ``batch`` (1 when there is none)."""
+    while True:
+        if isinstance(batch, torch.Tensor):
+            return int(batch.shape[0]) if batch.dim() > 0 else 1
+        if isinstance(batch, Mapping):
+            batch = next(iter(batch.values()), None)
+        elif isinstance(batch, (list, tuple)):
+            batch = batch[0] if batch else None
+        else:
+            return 1
+
+
+def _loss_from_output(output: Any) -> Any:
+    if isinstance(output, Mapping):
+        return output.get("loss")
+    return output
+
+
+class PrometheusCallback(Callback):
+    """Serve this rank's training metrics on ``/metrics`` and its progress on ``/progress``.
+
+    Args:
+        port: base port; this rank binds ``port + local_rank``. Defaults to
+            ``$VOLT_METRICS_PORT`` and then to 9090. ``0`` binds an ephemeral
+            port on every rank. The bound port is ``self.port``.
+        host: address to bind (``0.0.0.0``: reachable from Prometheus and the operator).
+        job_name: value of the ``trainingjob`` label; defaults to ``$VOLT_JOB_NAME``.
+        attempt: restart count exported as ``volt_job_restarts``; defaults to ``$VOLT_ATTEMPT`` or 0.
+        throughput_window_seconds: span over which ``samples_per_second`` is averaged.
+    """
+
+    def __init__(
+        self,
+        port: Optional[int] = None,
+        host: str = "0.0.0.0",
+        job_name: Optional[str] = None,
+        attempt: Optional[int] = None,
+        throughput_window_seconds: float = 30.0,
+    ) -> None:
+        port_source = "the port argument"
+        if port is None:
+            port = _env_int(PORT_ENV, None)
+            port_source = PORT_ENV
+            if port is None:
+                port, port_source = DEFAULT_PORT, "the default"
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"PrometheusCallback: port must be an integer in [0, 65535], got {port!r}")
+        if attempt is None:
+            attempt = _env_int(ATTEMPT_ENV, 0)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise ValueError(f"PrometheusCallback: attempt must be a non-negative integer, got {attempt!r}")
+        if not throughput_window_seconds > 0:
+            raise ValueError(
+                f"PrometheusCallback: throughput_window_seconds must be > 0, got {throughput_window_seconds!r}"
+            )
+        self.base_port = port
+        self._port_source = port_source
+        self.host = host
+        self.job_name = job_name if job_name is not None else (os.environ.get(JOB_ENV) or None)
+        self.attempt = attempt
+        self.throughput_window_seconds = float(throughput_window_seconds)
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_TrainingCollector(self))
+        ProcessCollector(registry=self.registry)
+
+        self._trainer: Any = None
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        # perf_counter -> wall clock, so the hot path never calls time.time().
+        self._wall_offset = time.time() - time.perf_counter()
+
+        self._step_time = _Histogram(STEP_BUCKETS)
+        self._data_wait = _Histogram(STEP_BUCKETS)
+        self._checkpoint_time = _Histogram(CHECKPOINT_BUCKETS)
+        self._checkpoint_failures = 0
+        self._checkpoint: Optional[Tuple[Optional[str], int, float]] = None  # (path, step, unix time)
+        self._samples = 0
+        self._throughput_points: Deque[Tuple[float, int]] = collections.deque(maxlen=512)
+        self._batch_start: Optional[float] = None
+        self._last_batch_end: Optional[float] = None
+        self._batch_idx = 0
+        self._last_output: Any = None
+
+    # --- lifecycle ---------------------------------------------------------
+    @property
+    def port(self) -> Optional[int]:
+        """The port this rank's server is bound to, or None when not serving."""
+        return self._server.server_address[1] if self._server is not None else None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._trainer = trainer
+        self._wrap_save_checkpoint(trainer)
+        if self._server is None:
+            self._start_server(int(getattr(trainer, "local_rank", 0) or 0))
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._unwrap_save_checkpoint(trainer)
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _start_server(self, local_rank: int) -> None:
+        port = self.base_port + local_rank if self.base_port else 0
+        try:
+            server = ThreadingHTTPServer((self.host, port), _Handler)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"PrometheusCallback: cannot serve metrics on {self.host}:{port} "
+                f"(base port {self.base_port} from {self._port_source} + local_rank {local_rank}): {err.strerror}",
+            ) from err
+        server.daemon_threads = True
+        server.callback = self  # type: ignore[attr-defined]
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.25}, name=f"volt-metrics-{port}", daemon=True
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+
+    # --- hot path ----------------------------------------------------------
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        # The first batch's wait includes creating the loader iterator (worker start-up): real data wait.
+        self._last_batch_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            self._data_wait.observe(now - self._last_batch_end)
+        self._batch_start = now
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._batch_start is not None:
+            self._step_time.observe(now - self._batch_start)
+            self._batch_start = None
+        self._last_batch_end = now
+        self._samples += infer_batch_size(batch)
+        self._throughput_points.append((now, self._samples))
+        self._batch_idx = batch_idx
+        self._last_output = outputs  # a reference only; converted when scraped
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        # Validation between two training batches is not data wait.
+        self._last_batch_end = None
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._last_batch_end = time.perf_counter()
+
+    # --- checkpoints -------------------------------------------------------
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Dict[str, Any]) -> None:
+        # A resumed run starts with the checkpoint it resumed from as "latest", so its age is continuous.
+        path = getattr(trainer, "ckpt_path", None)
+        path = str(path) if path else None
+        saved_at = os.path.getmtime(path) if path and os.path.isfile(path) else time.time()
+        self._checkpoint = (path, int(checkpoint.get("global_step", 0) or 0), saved_at)
+
+    def _wrap_save_checkpoint(self, trainer: Any) -> None:
+        # Lightning has no hook after a checkpoint is written; every save goes through
+        # trainer.save_checkpoint, so timing that one entry point covers all of them.
+        if getattr(trainer.__dict__.get("save_checkpoint"), "_volt_prometheus", None) is self:
+            return
+        original: Callable[..., Any] = trainer.save_checkpoint
+
+        def save_checkpoint(filepath: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = original(filepath, *args, **kwargs)
+            except BaseException:
+                self._checkpoint_failures += 1
+                raise
+            finished = time.perf_counter()
+            self._checkpoint_time.observe(finished - started)
+            self._checkpoint = (str(filepath), int(trainer.global_step), finished + self._wall_offset)
+            if self._last_batch_end is not None:
+                self._last_batch_end = finished  # saving is not data wait
+            return result
+
+        save_checkpoint._volt_prometheus = self  # type: ignore[attr-defined]
+        save_checkpoint._volt_original = original  # type: ignore[attr-defined]
+        trainer.save_checkpoint = save_checkpoint
+
+    def _unwrap_save_checkpoint(self, trainer: Any) -> None:
+        wrapper = trainer.__dict__.get("save_checkpoint")
+        if getattr(wrapper, "_volt_prometheus", None) is self:
+            original = wrapper._volt_original
+            if getattr(original, "__self__", None) is trainer and type(trainer).save_checkpoint is original.__func__:
+                del trainer.save_checkpoint  # back to the class method
+            else:
+                trainer.save_checkpoint = original
+
+    # --- read side (HTTP thread) ---------------------------------------------
+    def labels(self) -> Dict[str, str]:
+        """Labels on every volt_* series of this rank."""
+        trainer = self._trainer
+        labels = {"rank": str(int(getattr(trainer, "global_rank", 0) or 0))}
+        if self.job_name:
+            labels["trainingjob"] = self.job_name
+        return labels
+
+    def logged_metrics(self) -> Dict[str, float]:
+        """Latest value of every scalar logged with ``self.log``."""
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        merged: Dict[str, Any] = {}
+        # dict() of a plain dict is one C call: atomic with respect to the training thread.
+        merged.update(dict(getattr(trainer, "logged_metrics", None) or {}))
+        merged.update(dict(getattr(trainer, "callback_metrics", None) or {}))
+        values = {}
+        for name, value in merged.items():
+            number = _to_float(value)
+            if number is not None:
+                values[str(name)] = number
+        return values
+
+    def step_loss(self) -> Optional[float]:
+        """The loss returned by the latest training_step, if any."""
+        return _to_float(_loss_from_output(self._last_output))
+
+    def samples_per_second(self) -> Optional[float]:
+        """Samples per second over the last ``throughput_window_seconds`` (at least two batches)."""
+        points = list(self._throughput_points)  # one C call: atomic w.r.t. the training thread
+        if len(points) < 2:
+            return None
+        now = time.perf_counter()
+        window_start = now - self.throughput_window_seconds
+        first = next((point for point in points[:-1] if point[0] >= window_start), points[-2])
+        # Divide by the time until now, not until the last batch, so a stalled run shows falling throughput.
+        elapsed = now - first[0]
+        return (points[-1][1] - first[1]) / elapsed if elapsed > 0 else None
+
+    def progress_ratio(self) -> Optional[float]:
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        fractions = []
+        max_steps = getattr(trainer, "max_steps", None)
+        if isinstance(max_steps, int) and max_steps > 0:
+            fractions.append(int(trainer.global_step) / max_steps)
+        max_epochs = getattr(trainer, "max_epochs", None)
+        batches = getattr(trainer, "num_training_batches", None)
+        if isinstance(max_epochs, int) and max_epochs > 0:
+            within = 0.0
+            if isinstance(batches, (int, float)) and 0 < batches < math.inf and self._samples:
+                within = min((self._batch_idx + 1) / batches, 1.0)
+            fractions.append((int(trainer.current_epoch) + within) / max_epochs)
+        if not fractions:
+            return None
+        return max(0.0, min(1.0, max(fractions)))
+
+    def progress(self) -> Dict[str, Any]:
+        """The ``/progress`` document (see docs/metrics.md)."""
+        trainer = self._trainer
+        metrics = self.logged_metrics()
+        loss = next((metrics[key] for key in LOSS_KEYS if key in metrics), None)
+        if loss is None:
+            loss = self.step_loss()
+        checkpoint = None
+        if self._checkpoint is not None:
+            path, step, saved_at = self._checkpoint
+            checkpoint = {"path": path, "step": step, "time": _rfc3339(saved_at)}
+        max_steps = getattr(trainer, "max_steps", None)
+        max_epochs = getattr(trainer, "max_epochs", None)
+        last_end = self._last_batch_end if self._samples else None
+        return {
+            "epoch": int(getattr(trainer, "current_epoch", 0) or 0),
+            "step": int(getattr(trainer, "global_step", 0) or 0),
+            "loss": _json_float(loss),
+            "max_epochs": max_epochs if isinstance(max_epochs, int) and max_epochs >= 0 else None,
+            "max_steps": max_steps if isinstance(max_steps, int) and max_steps >= 0 else None,
+            "progress": self.progress_ratio(),
+            "metrics": {name: _json_float(value) for name, value in metrics.items()},
+            "samples_per_second": self.samples_per_second(),
+            "checkpoint": checkpoint,
+            "attempt": self.attempt,
+            "rank": int(getattr(trainer, "global_rank", 0) or 0),
+            "trainingjob": self.job_name,
+            "stage": _stage(trainer),
+            "last_step_time": _rfc3339(last_end + self._wall_offset) if last_end is not None else None,
+            "time": _rfc3339(time.time()),
+        }
+
+
+def _stage(trainer: Any) -> Optional[str]:
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    if fn is None:
+        return None
+    return str(getattr(fn, "value", fn))
+
+
+class _TrainingCollector:
+    """Builds every volt_* family from the callback's state at scrape time."""
+
+    def __init__(self, callback: PrometheusCallback) -> None:
+        self._cb = callback
+
+    def collect(self) -> Iterator[Any]:
+        cb, trainer = self._cb, self._cb._trainer
+        base = cb.labels()
+        names, values = list(base), list(base.values())
+
+        def gauge(name: str, doc: str, value: Optional[float]) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=names)
+            if value is not None:
+                family.add_metric(values, value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def histogram(name: str, doc: str, hist: _Histogram) -> HistogramMetricFamily:
+            family = HistogramMetricFamily(name, doc, labels=names)
+            buckets, total, _ = hist.snapshot()
+            family.add_metric(values, buckets, total)
+            return family
+
+        yield gauge("volt_job_restarts", "Restarts of the job before this attempt (VOLT_ATTEMPT).", cb.attempt)
+        if trainer is not None:
+            yield gauge("volt_world_size", "Processes in the training job.", int(getattr(trainer, "world_size", 1) or 1))
+            yield gauge("volt_train_global_step", "Optimizer steps taken (trainer.global_step).", int(trainer.global_step))
+            yield gauge("volt_train_epoch", "Current epoch (trainer.current_epoch).", int(trainer.current_epoch))
+            yield gauge("volt_train_progress_ratio", "Fraction of max_steps or max_epochs done.", cb.progress_ratio())
+        yield histogram(
+            "volt_train_step_duration_seconds",
+            "Time of one training batch: forward, backward and, on accumulation boundaries, the optimizer step.",
+            cb._step_time,
+        )
+        yield histogram(
+            "volt_train_data_wait_seconds",
+            "Time from the end of one training batch to the start of the next (waiting for data).",
+            cb._data_wait,
+        )
+        yield counter("volt_train_samples", "Training samples processed by this rank.", cb._samples)
+        yield gauge(
+            "volt_train_samples_per_second",
+            f"Training samples per second on this rank over the last {cb.throughput_window_seconds:g} s.",
+            cb.samples_per_second(),
+        )
+        yield gauge("volt_train_loss", "Loss returned by the latest training_step.", cb.step_loss())
+
+        logged = GaugeMetricFamily("volt_logged_metric", "Latest value of each self.log metric.", labels=names + ["metric"])
+        for metric, value in sorted(cb.logged_metrics().items()):
+            logged.add_metric(values + [metric], value)
+        yield logged
+
+        lr = GaugeMetricFamily(
+            "volt_learning_rate", "Learning rate per optimizer and param group.", labels=names + ["optimizer", "param_group"]
+        )
+        for opt_index, optimizer in enumerate(list(getattr(trainer, "optimizers", None) or [])):
+            for group_index, group in enumerate(list(getattr(optimizer, "param_groups", []))):
+                rate = _to_float(group.get("lr"))
+                if rate is not None:
+                    lr.add_metric(values + [str(opt_index), str(group_index)], rate)
+        yield lr
+
+        yield histogram("volt_checkpoint_save_duration_seconds", "Time to save one checkpoint.", cb._checkpoint_time)
+        yield counter("volt_checkpoint_save_failures", "Checkpoint saves that raised an error.", cb._checkpoint_failures)
+        last = cb._checkpoint
+        yield gauge("volt_checkpoint_last_step", "Global step of the latest checkpoint.", last[1] if last else None)
+        yield gauge(
+            "volt_checkpoint_last_timestamp_seconds", "Unix time the latest checkpoint was written.", last[2] if last else None
+        )
+        yield from _gpu_memory(trainer, names, values)
+
+
+def _gpu_memory(trainer: Any, names: List[str], values: List[str]) -> Iterator[GaugeMetricFamily]:
+    device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+    if not isinstance(device, torch.device) or device.type != "cuda" or not torch.cuda.is_initialized():
+        return
+    # Allocator statistics are host-side counters: reading them does not synchronise.
+    stats = (
+        ("volt_gpu_memory_allocated_bytes", "Bytes held by tensors on this rank's GPU.", torch.cuda.memory_allocated),
+        ("volt_gpu_memory_reserved_bytes", "Bytes reserved by the caching allocator.", torch.cuda.memory_reserved),
+        ("volt_gpu_memory_max_allocated_bytes", "Peak bytes held by tensors.", torch.cuda.max_memory_allocated),
+    )
+    for name, doc, read in stats:
+        family = GaugeMetricFamily(name, doc, labels=names + ["device"])
+        family.add_metric(values + [str(device)], float(read(device)))
+        yield family
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "volt-metrics"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        callback: PrometheusCallback = self.server.callback  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, content_type, encoder(callback.registry))
+            elif path == "/progress":
+                body = json.dumps(callback.progress(), allow_nan=False).encode()
+                self._reply(200, "application/json", body)
+            elif path == "/healthz":
+                self._reply(200, "text/plain; charset=utf-8", b"ok\n")
+            else:
+                self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /progress\n")
+        except Exception as err:  # a scrape must never take the training process down
+            self._reply(500, "text/plain; charset=utf-8", f"error: {err!r}\n".encode())
+
+    def _reply(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not worth a log line
+        pass
