@@ -9,6 +9,12 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(VOLT_CACHE)/bin:$(PATH)
 PYTEST_ARGS ?=
+KUBE_VERSION ?= 1.34.4
+ETCD_VERSION ?= 3.6.16
+# volt_operator.testing.cluster finds the binaries by these.
+export VOLT_CACHE
+export VOLT_KUBE_VERSION := $(KUBE_VERSION)
+export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 
 .PHONY: setup prometheus test test-engine test-operator test-e2e bench lint cluster crds demo clean
 
@@ -32,16 +38,21 @@ prometheus:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
 	  $$apt install -y --no-install-recommends prometheus || { $$apt update && $$apt install -y --no-install-recommends prometheus; }; }
 
-test: setup prometheus
+# etcd + kube-apiserver/controller-manager/scheduler/kubectl from the Go module
+# proxy into $(VOLT_CACHE)/{kube,etcd}/<version>/bin; a no-op once built.
+cluster:
+	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
+
+test: setup prometheus cluster
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup prometheus
 	$(PY) -m pytest tests/engine $(PYTEST_ARGS)
 
-test-operator: setup
+test-operator: setup cluster
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup prometheus
+test-e2e: setup prometheus cluster
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: setup
