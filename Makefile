@@ -16,7 +16,7 @@ export VOLT_CACHE
 export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 
-.PHONY: setup prometheus test test-engine test-operator test-e2e bench lint cluster crds demo clean
+.PHONY: setup prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -43,7 +43,21 @@ prometheus:
 cluster:
 	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
 
-test: setup prometheus cluster
+# helm from the Go module proxy into $(VOLT_CACHE)/helm/<version>/helm, linked
+# as $(VOLT_CACHE)/bin/helm; a no-op once built.
+HELM_VERSION ?= v3.22.0
+helm:
+	@HELM_VERSION=$(HELM_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-helm.sh
+
+# Debian's docker.io (dockerd, containerd, runc, client) and debootstrap for the
+# image tests; installed once, idempotent. The tests start dockerd themselves
+# (scripts/docker-daemon.sh) when no engine answers.
+docker:
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
+	  $$apt install -y --no-install-recommends docker.io debootstrap || { $$apt update && $$apt install -y --no-install-recommends docker.io debootstrap; }; }
+
+test: setup prometheus cluster helm docker
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup prometheus
@@ -52,7 +66,7 @@ test-engine: setup prometheus
 test-operator: setup cluster
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup prometheus cluster
+test-e2e: setup prometheus cluster helm docker
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: setup

@@ -1,0 +1,69 @@
+{{/* Chart name, overridable. */}}
+{{- define "volt.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name of the release's objects; DNS-1123, at most 63 characters. */}}
+{{- define "volt.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "volt.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "volt.labels" -}}
+helm.sh/chart: {{ include "volt.chart" . }}
+{{ include "volt.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels that select the operator pod; immutable once installed. */}}
+{{- define "volt.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "volt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "volt.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "volt.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "volt.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Arguments of `python -m volt_operator` that follow from the values. */}}
+{{- define "volt.operatorArgs" -}}
+- --standalone
+{{- if .Values.watchNamespace }}
+- --namespace={{ .Values.watchNamespace }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+- --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
+{{- if eq .Values.operator.logLevel "quiet" }}
+- --quiet
+{{- else if eq .Values.operator.logLevel "verbose" }}
+- --verbose
+{{- else if eq .Values.operator.logLevel "debug" }}
+- --debug
+{{- end }}
+{{- with .Values.operator.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
