@@ -1,0 +1,82 @@
+"""Shared fixtures: a real Kubernetes control plane for tests/operator and tests/e2e.
+
+`kube` (session): one LocalCluster for the whole pytest run, started on first
+use, torn down at the end. It includes the node agent's nodes when the agent
+is present. Starting takes ~20-40 s on a busy 2-core machine and counts
+against the timeout of the first test that asks for it, so tests using `kube`
+keep a timeout of at least 180 s.
+`namespace` (function): a fresh namespace whose `default` service account
+exists (pods can be created at once), deleted afterwards.
+
+Tests that use `kube` get the `cluster` marker, so `-m "not cluster"` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import urllib.error
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from volt_operator.testing.cluster import ClusterError, LocalCluster, find_binaries, wait_for
+
+# Nodes the agent registers for the session's cluster (node-0 .. node-N-1).
+TEST_NODES = int(os.environ.get("VOLT_TEST_NODES", "2"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kube" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    try:
+        find_binaries()
+    except ClusterError as exc:
+        # Not a skip: CI must run these tests, so a missing build is a failure.
+        pytest.fail(str(exc), pytrace=False)
+    cluster = LocalCluster(tmp_path_factory.mktemp("kube"), nodes=TEST_NODES)
+    try:
+        cluster.up()
+    except ClusterError as exc:
+        pytest.fail(f"local cluster failed to start (logs in {cluster.log_dir}): {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"{slug or 't'}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = _namespace_name(request.node.name)
+    kube.kubectl("create", "namespace", name)
+
+    def default_sa_exists() -> bool:
+        try:
+            kube.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+
+    wait_for(default_sa_exists, 60, f"service account default in namespace {name}")
+    yield name
+    # The namespace controller finishes the deletion in the background.
+    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
