@@ -1,0 +1,138 @@
+"""Loggers: CSV files, TensorBoard event files, versions, rank-zero-only writes."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+import pytest
+import torch
+import yaml
+
+from volt.loggers import CSVLogger, Logger, TensorBoardLogger, rank_zero_only, tensorboard_available
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_logger_writes_metrics_and_hparams(tmp_path):
+    logger = CSVLogger(tmp_path, name="exp")
+    assert logger.version == 0
+    assert logger.log_dir == os.path.join(tmp_path, "exp", "version_0")
+    logger.log_hyperparams({"lr": 0.1, "layers": (2, 3), "opt": {"name": "adam"}, "obj": object()})
+    logger.log_metrics({"loss": torch.tensor(0.5)}, step=0)
+    logger.log_metrics({"loss": 0.25, "acc": 0.75}, step=1)  # a new column appears
+    logger.finalize("success")
+    rows = _read_csv(os.path.join(logger.log_dir, "metrics.csv"))
+    assert list(rows[0].keys())[0] == "step"
+    assert rows == [
+        {"step": "0", "loss": "0.5", "acc": ""},
+        {"step": "1", "loss": "0.25", "acc": "0.75"},
+    ]
+    hp = yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml")))
+    assert hp["lr"] == 0.1 and hp["layers"] == [2, 3] and hp["opt"] == {"name": "adam"}
+    assert hp["obj"].startswith("<object object")
+
+
+def test_csv_logger_flushes_every_n_steps_and_appends(tmp_path):
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=10)
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    for step in range(0, 25, 5):  # logged every 5 steps: 0..20
+        logger.log_metrics({"loss": float(step)}, step=step)
+        if step < 9:
+            assert not os.path.exists(path) or len(_read_csv(path)) == 0
+    # Flushed once step 9 was passed (at 10) and again 10 steps later (at 20).
+    assert [r["step"] for r in _read_csv(path)] == ["0", "5", "10", "15", "20"]
+    logger.log_metrics({"loss": 1.0}, step=25)
+    logger.save()
+    assert len(_read_csv(path)) == 6
+
+
+def test_csv_logger_versions_increment_and_explicit_version(tmp_path):
+    a = CSVLogger(tmp_path)
+    a.log_metrics({"x": 1.0}, step=0)
+    a.save()
+    b = CSVLogger(tmp_path)
+    assert b.version == 1
+    c = CSVLogger(tmp_path, version="run-a")
+    assert c.log_dir.endswith(os.path.join("lightning_logs", "run-a"))
+    d = CSVLogger(tmp_path, version=7)
+    assert d.log_dir.endswith("version_7")
+
+
+def test_csv_logger_prefix_and_bad_args(tmp_path):
+    logger = CSVLogger(tmp_path, prefix="train")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    assert "train-loss" in _read_csv(os.path.join(logger.log_dir, "metrics.csv"))[0]
+    with pytest.raises(ValueError, match="flush_logs_every_n_steps"):
+        CSVLogger(tmp_path, flush_logs_every_n_steps=0)
+    with pytest.raises(ValueError, match="loss"):
+        logger.log_metrics({"loss": torch.ones(3)}, step=1)
+    with pytest.raises(TypeError, match="hyper-parameters"):
+        logger.log_hyperparams([1, 2])
+
+
+def test_csv_logger_accepts_namespace(tmp_path):
+    logger = CSVLogger(tmp_path)
+    logger.log_hyperparams(argparse.Namespace(batch_size=32))
+    assert yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml"))) == {"batch_size": 32}
+
+
+def test_loggers_write_nothing_on_nonzero_rank(tmp_path, monkeypatch):
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = CSVLogger(tmp_path)
+    logger.log_hyperparams({"a": 1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    assert logger.experiment is None
+    assert not os.path.exists(os.path.join(tmp_path, "lightning_logs"))
+
+
+def test_logger_base_is_abstract_and_subclassable(tmp_path):
+    with pytest.raises(TypeError):
+        Logger()  # type: ignore[abstract]
+
+    class ListLogger(Logger):
+        def __init__(self):
+            self.rows = []
+
+        @property
+        def name(self):
+            return "list"
+
+        @property
+        def version(self):
+            return 0
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    lg = ListLogger()
+    lg.log_metrics({"a": 1.0}, step=3)
+    lg.finalize("success")
+    assert lg.rows == [(3, {"a": 1.0})] and lg.log_dir is None
+
+
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard not installed")
+def test_tensorboard_logger_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    logger.log_hyperparams({"lr": 0.01, "nested": {"depth": 2}})
+    for step in range(3):
+        logger.log_metrics({"loss": torch.tensor(1.0 / (step + 1))}, step=step)
+    logger.finalize("success")
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    loss = acc.Scalars("loss")
+    assert [e.step for e in loss] == [0, 1, 2]
+    assert loss[2].value == pytest.approx(1 / 3)
+    assert acc.Scalars("hp_metric")[0].value == -1
+    assert yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml"))) == {"lr": 0.01, "nested": {"depth": 2}}
+    assert TensorBoardLogger(tmp_path, name="tb").version == 1
