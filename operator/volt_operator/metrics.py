@@ -98,8 +98,9 @@ class OperatorMetrics:
     def observe_reconcile(self, seconds: float, error: bool, handler: str = "reconcile") -> None:
         handler = _require_text(handler, "handler")
         self.reconcile_duration.labels(handler).observe(_require_seconds(seconds, "seconds"))
+        errors = self.reconcile_errors.labels(handler)  # exists at 0 from the first call: rate() has data
         if error:
-            self.reconcile_errors.labels(handler).inc()
+            errors.inc()
 
     @contextlib.contextmanager
     def reconcile_timer(self, handler: str) -> Iterator[None]:
