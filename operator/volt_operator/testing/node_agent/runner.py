@@ -1,0 +1,374 @@
+"""Runs the containers of one pod as local process groups inside its netns.
+
+Each container is `ip netns exec <netns> unshare --uts python -I -S sandbox.py
+<spec> <command...>` started in its own session, so its pid is its process
+group: deletion signals the whole group (SIGTERM, then SIGKILL after the grace
+period) and anything left in the group when the main process exits is killed,
+as the end of a container's pid namespace would. stdout and stderr go to one
+log file per container start (`logs/<container>/<restartCount>.log`).
+Init containers run one after another before the containers; exited
+containers restart under the pod's restartPolicy with the kubelet's doubling
+back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .podenv import EnvError, Lookup, expand, resolve_env
+from .status import (RUNNING, TERMINATED, WAITING, ContainerRecord, PodRecord, Termination,
+                     exit_code_of, will_restart)
+from .volumes import Mount, VolumeError, container_mounts
+
+log = logging.getLogger(__name__)
+
+SANDBOX = Path(__file__).with_name("sandbox.py")
+MAX_BACKOFF_S = 300.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def host_base_env(hostname: str) -> dict[str, str]:
+    """The "image" environment: the agent's own Python environment first on PATH.
+
+    Pods run on the host's Python (no images), so `python` and `volt-run`
+    must resolve to the venv the agent runs from. Nothing else of the agent's
+    environment leaks in (notably not KUBECONFIG): pods get no API credentials.
+    """
+    path = [os.path.dirname(sys.executable)]
+    path += [p for p in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":") if p not in path]
+    env = {"PATH": ":".join(path), "HOME": "/root", "HOSTNAME": hostname}
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def resolve_executable(name: str, env: Mapping[str, str]) -> str | None:
+    if "/" in name:
+        return name  # a path: checked by exec inside the container's mounts
+    return shutil.which(name, path=env.get("PATH", ""))
+
+
+class HostDirs:
+    """Mount targets and working dirs the agent had to create on the host.
+
+    A bind mount needs an existing target, and the pods share the host's
+    filesystem; the agent creates missing ones and records them in a file so
+    that shutdown (or the next start after a crash) removes them, once no pod
+    can be using them.
+    """
+
+    def __init__(self, record_file: Path) -> None:
+        self.record_file = record_file
+        self._lock = threading.Lock()
+
+    def _load(self) -> list[str]:
+        try:
+            return json.loads(self.record_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+
+    def ensure_dir(self, path: str) -> None:
+        if os.path.exists(path):
+            return
+        with self._lock:
+            created = self._load()
+            missing = []
+            probe = Path(path)
+            while not probe.exists():
+                missing.append(str(probe))
+                probe = probe.parent
+            os.makedirs(path, exist_ok=True)
+            created.extend(p for p in missing if p not in created)
+            self.record_file.write_text(json.dumps(created))
+
+    def remove_all(self) -> None:
+        with self._lock:
+            # Deepest first; rmdir refuses non-empty dirs, which we then keep.
+            for path in sorted(self._load(), key=lambda p: p.count("/"), reverse=True):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    log.warning("left %s in place (not empty or busy)", path)
+            self.record_file.unlink(missing_ok=True)
+
+
+@dataclass
+class Container:
+    spec: dict[str, Any]
+    record: ContainerRecord
+    is_init: bool
+    process: subprocess.Popen[bytes] | None = None
+    not_before: float = 0.0
+    kill_deadline: float | None = None
+    pod_done: bool = False
+
+
+@dataclass
+class PodContext:
+    """What the runner needs to start containers, resolved by the agent."""
+
+    pod: dict[str, Any]
+    pod_dir: Path
+    netns: str
+    volume_paths: dict[str, str]
+    lookup: Lookup
+    node_allocatable: dict[str, str]
+    host_dirs: HostDirs
+    backoff_s: float = 10.0
+    base_env: dict[str, str] = field(default_factory=dict)
+
+
+class PodRuntime:
+    """The processes of one pod and the record status.py turns into its status."""
+
+    def __init__(self, context: PodContext, record: PodRecord) -> None:
+        self.context = context
+        self.record = record
+        self.terminating = False
+        spec = context.pod["spec"]
+        self.restart_policy = spec.get("restartPolicy") or "Always"
+        self.containers = [
+            Container(c, ContainerRecord(c["name"], c.get("image", "")), is_init=True)
+            for c in spec.get("initContainers") or []
+        ] + [
+            Container(c, ContainerRecord(c["name"], c.get("image", "")), is_init=False)
+            for c in spec.get("containers") or []
+        ]
+        record.init_containers = [c.record for c in self.containers if c.is_init]
+        record.containers = [c.record for c in self.containers if not c.is_init]
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def waiting_record(spec: Mapping[str, Any], reason: str, message: str | None) -> ContainerRecord:
+        return ContainerRecord(spec["name"], spec.get("image", ""), waiting_reason=reason,
+                               waiting_message=message)
+
+    # -- queries ------------------------------------------------------------
+
+    def log_path(self, container: str, restart: int) -> Path:
+        return self.context.pod_dir / "logs" / container / f"{restart}.log"
+
+    def container_record(self, name: str) -> ContainerRecord | None:
+        return next((c.record for c in self.containers if c.record.name == name), None)
+
+    def alive(self) -> bool:
+        return any(c.process is not None for c in self.containers)
+
+    def finished(self) -> bool:
+        """No process left and none will start again."""
+        if self.alive():
+            return False
+        if self.terminating:
+            return True
+        return all(c.pod_done for c in self.containers if not c.is_init) or self._init_failed()
+
+    def _init_failed(self) -> bool:
+        return any(c.is_init and c.pod_done and c.record.terminated is not None
+                   and c.record.terminated.exit_code != 0 for c in self.containers)
+
+    # -- the loop step ------------------------------------------------------
+
+    def step(self) -> bool:
+        """Reap exits, enforce kill deadlines, start what is due. True if anything changed."""
+        with self._lock:
+            changed = self._reap()
+            changed |= self._enforce_deadlines()
+            if not self.terminating:
+                changed |= self._start_due()
+            return changed
+
+    def _reap(self) -> bool:
+        changed = False
+        for container in self.containers:
+            process = container.process
+            if process is None or process.poll() is None:
+                continue
+            _kill_group(process.pid, signal.SIGKILL)  # leftovers of the "container"
+            exit_code = exit_code_of(process.returncode)
+            record = container.record
+            record.terminated = Termination(exit_code, record.started_at, utcnow())
+            record.state, record.pid, container.process = TERMINATED, None, None
+            container.kill_deadline = None
+            if container.is_init:  # init containers are retried on failure unless Never
+                restart = exit_code != 0 and self.restart_policy != "Never"
+            else:
+                restart = will_restart(self.restart_policy, exit_code)
+            restart = restart and not self.terminating
+            if restart:
+                delay = min(self.context.backoff_s * (2 ** record.restart_count), MAX_BACKOFF_S)
+                container.not_before = time.monotonic() + delay
+                record.last_terminated, record.terminated = record.terminated, None
+                record.restart_count += 1
+                record.state = WAITING
+                record.waiting_reason = "CrashLoopBackOff"
+                record.waiting_message = (f"back-off {delay:.0f}s restarting failed container="
+                                          f"{record.name}")
+            else:
+                container.pod_done = True
+            log.info("pod %s container %s exited %d%s", self._pod_name(), record.name, exit_code,
+                     " (will restart)" if restart else "")
+            changed = True
+        return changed
+
+    def _enforce_deadlines(self) -> bool:
+        now = time.monotonic()
+        for container in self.containers:
+            if container.process is not None and container.kill_deadline is not None \
+                    and now >= container.kill_deadline:
+                log.info("pod %s container %s: grace period over, SIGKILL", self._pod_name(),
+                         container.record.name)
+                _kill_group(container.process.pid, signal.SIGKILL)
+                container.kill_deadline = None
+        return False
+
+    def _start_due(self) -> bool:
+        inits = [c for c in self.containers if c.is_init]
+        for init in inits:
+            if init.pod_done and init.record.terminated and init.record.terminated.exit_code == 0:
+                continue
+            if init.pod_done or init.process is not None:
+                return False  # failed for good, or still running
+            return self._maybe_start(init)
+        changed = False
+        for container in self.containers:
+            if not container.is_init and container.process is None and not container.pod_done:
+                changed |= self._maybe_start(container)
+        return changed
+
+    def _maybe_start(self, container: Container) -> bool:
+        if time.monotonic() < container.not_before:
+            return False
+        if self.record.start_time is None:
+            self.record.start_time = utcnow()
+        self._start(container)
+        return True
+
+    def _start(self, container: Container) -> None:
+        record, ctx = container.record, self.context
+        try:
+            env, argv, mounts, working_dir = self._launch_plan(container.spec)
+        except (EnvError, VolumeError) as error:
+            record.state, record.waiting_reason = WAITING, "CreateContainerConfigError"
+            record.waiting_message = str(error)
+            self.record.config_error = str(error)
+            container.not_before = time.monotonic() + self.context.backoff_s
+            return
+        self.record.config_error = None
+        record.container_id = f"volt-local://{self.record.pod_ip}/{record.name}/{record.restart_count}"
+        if resolve_executable(argv[0], env) is None:
+            message = f'exec: "{argv[0]}": executable file not found in $PATH'
+            self._start_failed(container, message)
+            return
+        spec_file = ctx.pod_dir / "containers" / f"{record.name}.json"
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        hostname = env.get("HOSTNAME", "")
+        spec_file.write_text(json.dumps({
+            "hostname": hostname,
+            "workingDir": working_dir,
+            "mounts": [m.to_spec() for m in mounts],
+        }))
+        for mount in mounts:
+            if os.path.isdir(mount.source):
+                ctx.host_dirs.ensure_dir(mount.target)
+        if working_dir:
+            ctx.host_dirs.ensure_dir(working_dir)
+        log_file = self.log_path(record.name, record.restart_count)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        command = ["ip", "netns", "exec", ctx.netns, "unshare", "--uts",
+                   sys.executable, "-I", "-S", str(SANDBOX), str(spec_file), *argv]
+        with open(log_file, "ab") as output:
+            container.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, close_fds=True)
+        record.pid = container.process.pid
+        record.state, record.started_at = RUNNING, utcnow()
+        record.waiting_reason, record.waiting_message = "ContainerCreating", None
+        log.info("pod %s container %s started pid %d: %s", self._pod_name(), record.name,
+                 record.pid, " ".join(argv))
+
+    def _start_failed(self, container: Container, message: str) -> None:
+        record = container.record
+        now = utcnow()
+        record.terminated = Termination(128, now, now, reason="StartError", message=message)
+        record.state = TERMINATED
+        self.log_path(record.name, record.restart_count).parent.mkdir(parents=True, exist_ok=True)
+        self.log_path(record.name, record.restart_count).write_text(message + "\n")
+        if will_restart(self.restart_policy, 128) and not container.is_init:
+            delay = min(self.context.backoff_s * (2 ** record.restart_count), MAX_BACKOFF_S)
+            container.not_before = time.monotonic() + delay
+            record.last_terminated, record.terminated = record.terminated, None
+            record.restart_count += 1
+            record.state, record.waiting_reason, record.waiting_message = (
+                WAITING, "CrashLoopBackOff", message)
+        else:
+            container.pod_done = True
+
+    def _launch_plan(self, spec: dict[str, Any]) -> tuple[dict[str, str], list[str], list[Mount], str]:
+        ctx = self.context
+        pod = dict(ctx.pod)
+        pod["status"] = dict(pod.get("status") or {}, podIP=self.record.pod_ip,
+                             hostIP=self.record.host_ip,
+                             podIPs=[{"ip": self.record.pod_ip}], hostIPs=[{"ip": self.record.host_ip}])
+        env = resolve_env(pod, spec, ctx.base_env, ctx.lookup, ctx.node_allocatable)
+        command = list(spec.get("command") or [])
+        if not command:
+            raise EnvError(f"container {spec['name']!r} has no command: the local node agent "
+                           "runs no images, so there is no image entrypoint to fall back to")
+        argv = [expand(part, env) for part in command + list(spec.get("args") or [])]
+        mounts = container_mounts(spec, ctx.volume_paths)
+        return env, argv, mounts, spec.get("workingDir") or ""
+
+    # -- termination --------------------------------------------------------
+
+    def terminate(self, grace_seconds: float) -> None:
+        """SIGTERM every container's process group now, SIGKILL after `grace_seconds`."""
+        with self._lock:
+            if self.terminating:
+                return
+            self.terminating = True
+            deadline = time.monotonic() + max(grace_seconds, 0)
+            for container in self.containers:
+                if container.process is not None:
+                    sig = signal.SIGTERM if grace_seconds > 0 else signal.SIGKILL
+                    _kill_group(container.process.pid, sig)
+                    container.kill_deadline = deadline
+                elif container.record.state == WAITING:
+                    container.pod_done = True
+
+    def kill_now(self) -> None:
+        with self._lock:
+            self.terminating = True
+            for container in self.containers:
+                if container.process is not None:
+                    _kill_group(container.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.alive() and time.monotonic() < deadline:
+            self.step()
+            time.sleep(0.05)
+
+    def _pod_name(self) -> str:
+        meta = self.context.pod["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
