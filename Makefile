@@ -75,5 +75,10 @@ bench: setup
 lint: setup
 	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench
 
+# The CRD is generated from the pydantic models (operator/volt_operator/api.py);
+# tests/operator/test_crd.py fails when the committed file drifts from them.
+crds: setup
+	$(PY) -m volt_operator.crdgen > crds/trainingjob.yaml
+
 clean:
 	rm -rf build *.egg-info bench/results/*.json

@@ -1,0 +1,859 @@
+"""The TrainingJob API: pydantic models that are the one source of the schema.
+
+``crds/trainingjob.yaml`` is generated from these models (``crdgen.py``), so a
+field, default, enum or validation rule is written once, here. Field names are
+camelCase as Kubernetes expects; ``TrainerSettings.to_trainer_kwargs`` turns
+them into Lightning's snake_case Trainer arguments for the engine.
+
+CEL rules (``x-kubernetes-validations``) ride along in ``json_schema_extra`` so
+that the API server refuses invalid objects; the same checks are repeated in
+pydantic validators so that the operator and the unit tests agree with it.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "volt.dev"
+VERSION = "v1alpha1"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+SINGULAR = "trainingjob"
+SHORT_NAMES = ["tj"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Schema helpers understood by crdgen (they are plain JSON-schema extras).
+INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+# An empty-object default, so the API server applies the nested defaults.
+OBJECT_DEFAULT = {"default": {}}
+
+
+def cel(rule: str, message: str, field_path: Optional[str] = None) -> Dict[str, str]:
+    """One CEL validation rule for ``x-kubernetes-validations``."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,
+    )
+
+    def to_api(self) -> Dict[str, Any]:
+        """The object as the API server stores it (camelCase, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------
+# Trainer settings
+# --------------------------------------------------------------------------
+
+# Lightning 1.x accepted a strategy name as `accelerator`; keep that meaning.
+LEGACY_STRATEGY_ACCELERATORS = ("ddp", "ddp_cpu", "dp", "ddp2")
+Accelerator = Literal["cpu", "gpu", "cuda", "auto", "ddp", "ddp_cpu", "dp", "ddp2"]
+Strategy = Literal[
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "ddp_cpu",
+    "dp",
+    "ddp2",
+    "single_device",
+]
+PRECISIONS: List[Union[int, str]] = [
+    16, 32, 64, "16", "32", "64", "bf16",
+    "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true", "64-true",
+]
+# Trainer kwargs `extra` may carry: the rest of Lightning 2.x and the seed's 1.x
+# arguments. Arguments the operator owns (num_nodes, devices, resume paths,
+# default_root_dir) or that have a typed field are not here on purpose.
+EXTRA_ALLOWED = (
+    "amp_backend",
+    "auto_lr_find",
+    "auto_scale_batch_size",
+    "barebones",
+    "check_val_every_n_epoch",
+    "detect_anomaly",
+    "enable_checkpointing",
+    "enable_model_summary",
+    "enable_progress_bar",
+    "fast_dev_run",
+    "flush_logs_every_n_steps",
+    "inference_mode",
+    "limit_predict_batches",
+    "log_gpu_memory",
+    "move_metrics_to_cpu",
+    "overfit_batches",
+    "prepare_data_per_node",
+    "process_position",
+    "progress_bar_refresh_rate",
+    "reload_dataloaders_every_epoch",
+    "reload_dataloaders_every_n_epochs",
+    "replace_sampler_ddp",
+    "terminate_on_nan",
+    "track_grad_norm",
+    "truncated_bptt_steps",
+    "use_distributed_sampler",
+    "weights_summary",
+)
+_EXTRA_LIST = "[" + ", ".join(f"'{k}'" for k in EXTRA_ALLOWED) + "]"
+_MAX_TIME = re.compile(r"^\d{1,3}:\d{2}:\d{2}:\d{2}$")
+_GPU_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+
+
+def _batches(value: Union[int, float, None], field: str) -> Union[int, float, None]:
+    """Lightning's count-or-fraction: whole numbers are counts, others fractions.
+
+    JSON (and so the API server) cannot tell 1 from 1.0, so a whole number is
+    always a number of batches and a fraction must lie strictly inside (0, 1).
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{field} must be >= 0, got {value}")
+        return value
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{field}: a fraction must be in (0, 1), got {value}")
+    return value
+
+
+_COUNT_OR_FRACTION_RULE = cel(
+    "self >= 0.0 && (self < 1.0 || self == double(int(self)))",
+    "must be a whole number of batches or a fraction in (0, 1)",
+)
+
+
+def _device_count(value: Union[int, str, List[int], None], field: str) -> Optional[int]:
+    """Number of devices a Lightning `gpus`/`devices` value asks for on one node."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{field}: an empty list selects no device")
+        return len(value)
+    if isinstance(value, int):
+        if value == -1:
+            raise ValueError(
+                f"{field}=-1 (all devices) cannot size a pod; give the number of devices"
+            )
+        if value < 0:
+            raise ValueError(f"{field} must be >= 0, got {value}")
+        return value
+    text = value.strip()
+    if text in ("auto", ""):
+        return None
+    if text == "-1":
+        raise ValueError(f"{field}='-1' (all devices) cannot size a pod; give the number")
+    if "," in text:
+        if not _GPU_LIST.match(text):
+            raise ValueError(f"{field}: {value!r} is not a list of device indices")
+        return len([t for t in text.split(",") if t.strip()])
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"{field}: {value!r} is not a device count, index list or 'auto'")
+
+
+_DEVICES_SCHEMA = {
+    **PRESERVE,
+    "x-kubernetes-validations": [
+        cel(
+            "type(self) == int || type(self) == string || "
+            "(type(self) == list && self.all(i, type(i) == int))",
+            "must be an integer, a string (\"auto\", \"0,1\") or a list of device indices",
+        )
+    ],
+}
+
+
+class TrainerSettings(_Model):
+    """Lightning Trainer settings (the seed's names, camelCase).
+
+    They override the training script's own Trainer arguments; the engine
+    logs each override.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.gpus) && has(self.devices))",
+                    "set trainer.gpus or trainer.devices, not both",
+                ),
+                cel(
+                    "!has(self.minEpochs) || !has(self.maxEpochs) || self.maxEpochs == -1 "
+                    "|| self.minEpochs <= self.maxEpochs",
+                    "trainer.minEpochs must not exceed trainer.maxEpochs",
+                    ".minEpochs",
+                ),
+                cel(
+                    "!has(self.numNodes) || self.numNodes == 1 || !has(self.strategy) "
+                    "|| !(self.strategy in ['dp', 'single_device', 'ddp_spawn'])",
+                    "trainer.strategy dp, ddp_spawn and single_device run on one node only",
+                    ".strategy",
+                ),
+            ]
+        }
+    )
+
+    num_nodes: int = Field(1, ge=1, le=4096, description="Number of nodes (pods) in the gang.")
+    gpus: Optional[Union[int, str, List[int]]] = Field(
+        None,
+        description="1.x: GPUs per node as a count, \"0,1\" or a list of indices. "
+        "Implies accelerator gpu.",
+        json_schema_extra=_DEVICES_SCHEMA,
+    )
+    devices: Optional[Union[int, str, List[int]]] = Field(
+        None,
+        description="Processes (devices) per node: a count, \"auto\" or a list of indices.",
+        json_schema_extra=_DEVICES_SCHEMA,
+    )
+    accelerator: Optional[Accelerator] = Field(
+        None,
+        description="cpu, gpu (cuda) or auto; the 1.x strategy names ddp, ddp_cpu, dp "
+        "and ddp2 are accepted with their 1.x meaning.",
+    )
+    strategy: Optional[Strategy] = Field(None, description="Distributed strategy.")
+    num_processes: Optional[int] = Field(
+        None, ge=1, le=1024, description="1.x: CPU processes per node (with ddp_cpu)."
+    )
+    precision: Optional[Union[int, str]] = Field(
+        None,
+        description="Numerical precision, e.g. 32, 16, bf16, \"bf16-mixed\", \"32-true\".",
+        json_schema_extra={**INT_OR_STRING, "enum": PRECISIONS},
+    )
+    max_epochs: Optional[int] = Field(None, ge=-1, description="-1 trains until stopped.")
+    min_epochs: Optional[int] = Field(None, ge=0)
+    max_steps: Optional[int] = Field(None, ge=-1, description="-1 means no step limit.")
+    min_steps: Optional[int] = Field(None, ge=0)
+    max_time: Optional[str] = Field(
+        None,
+        pattern=r"^\d{1,3}:\d{2}:\d{2}:\d{2}$",
+        description="Wall-clock limit DD:HH:MM:SS.",
+        max_length=12,
+    )
+    accumulate_grad_batches: Optional[int] = Field(None, ge=1, le=65536)
+    gradient_clip_val: Optional[float] = Field(None, ge=0)
+    gradient_clip_algorithm: Optional[Literal["norm", "value"]] = None
+    val_check_interval: Optional[Union[int, float]] = Field(
+        None,
+        description="Whole number: validate every N training batches; "
+        "fraction in (0, 1): that part of an epoch.",
+        json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]},
+    )
+    check_val_every_n_epoch: Optional[int] = Field(None, ge=1)
+    limit_train_batches: Optional[Union[int, float]] = Field(
+        None,
+        description="Whole number: batches per epoch; fraction in (0, 1): part of the data.",
+        json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]},
+    )
+    limit_val_batches: Optional[Union[int, float]] = Field(
+        None, json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]}
+    )
+    limit_test_batches: Optional[Union[int, float]] = Field(
+        None, json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]}
+    )
+    log_every_n_steps: Optional[int] = Field(None, ge=1)
+    num_sanity_val_steps: Optional[int] = Field(None, ge=-1)
+    deterministic: Optional[bool] = None
+    benchmark: Optional[bool] = None
+    sync_batchnorm: Optional[bool] = None
+    amp_level: Optional[Literal["O0", "O1", "O2", "O3"]] = Field(
+        None, description="1.x apex level; the engine maps it onto native AMP."
+    )
+    extra: Dict[str, Any] = Field(
+        default_factory=dict,
+        description="Other Trainer arguments by their snake_case name (allow-listed), "
+        "with scalar values.",
+        json_schema_extra={
+            "maxProperties": 32,
+            "additionalProperties": PRESERVE,
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.all(k, k in {_EXTRA_LIST})",
+                    "trainer.extra: unknown Trainer argument; allowed: "
+                    + ", ".join(EXTRA_ALLOWED),
+                ),
+                cel(
+                    "self.all(k, type(self[k]) == bool || type(self[k]) == int || "
+                    "type(self[k]) == double || type(self[k]) == string)",
+                    "trainer.extra values must be scalars (bool, number or string)",
+                ),
+            ],
+        },
+    )
+
+    @field_validator("gpus", "devices")
+    @classmethod
+    def _check_device_value(cls, value: Any, info: Any) -> Any:
+        _device_count(value, f"trainer.{to_camel(info.field_name)}")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _check_precision(cls, value: Any) -> Any:
+        if value is not None and value not in PRECISIONS:
+            raise ValueError(f"trainer.precision {value!r} is not one of {PRECISIONS}")
+        return value
+
+    @field_validator("val_check_interval", "limit_train_batches", "limit_val_batches",
+                     "limit_test_batches")
+    @classmethod
+    def _check_batches(cls, value: Any, info: Any) -> Any:
+        return _batches(value, f"trainer.{to_camel(info.field_name)}")
+
+    @field_validator("extra")
+    @classmethod
+    def _check_extra(cls, value: Dict[str, Any]) -> Dict[str, Any]:
+        for key, item in value.items():
+            if key not in EXTRA_ALLOWED:
+                raise ValueError(
+                    f"trainer.extra.{key}: unknown Trainer argument; allowed: "
+                    + ", ".join(EXTRA_ALLOWED)
+                )
+            if not isinstance(item, (bool, int, float, str)):
+                raise ValueError(f"trainer.extra.{key}: value must be a scalar")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrainerSettings":
+        if self.gpus is not None and self.devices is not None:
+            raise ValueError("set trainer.gpus or trainer.devices, not both")
+        if (
+            self.min_epochs is not None
+            and self.max_epochs not in (None, -1)
+            and self.min_epochs > self.max_epochs
+        ):
+            raise ValueError("trainer.minEpochs must not exceed trainer.maxEpochs")
+        if self.num_nodes > 1 and self.strategy in ("dp", "single_device", "ddp_spawn"):
+            raise ValueError(
+                "trainer.strategy dp, ddp_spawn and single_device run on one node only"
+            )
+        return self
+
+    # -- what the operator derives from the settings ------------------------
+
+    def uses_gpu(self, gpu_limit: Optional[int] = None) -> bool:
+        """Whether the pods run on GPUs (this decides the nvidia.com/gpu request)."""
+        if self.gpus is not None and _device_count(self.gpus, "trainer.gpus") != 0:
+            return True
+        if self.accelerator in ("gpu", "cuda", "dp", "ddp2"):
+            return True
+        if self.accelerator == "ddp" and self.gpus is not None:
+            return True
+        if self.accelerator == "auto" or self.accelerator is None:
+            return bool(gpu_limit)
+        return False
+
+    def processes_per_node(self, gpu_limit: Optional[int] = None) -> int:
+        """Processes `volt-run` starts on each node (WORLD_SIZE = this x numNodes)."""
+        for field in ("gpus", "devices"):
+            count = _device_count(getattr(self, field), f"trainer.{field}")
+            if count:
+                return count
+        if self.num_processes:
+            return self.num_processes
+        if self.uses_gpu(gpu_limit) and gpu_limit:
+            return gpu_limit
+        return 1
+
+    def to_trainer_kwargs(self, gpu_limit: Optional[int] = None) -> Dict[str, Any]:
+        """Lightning Trainer kwargs (snake_case), normalised so that the engine
+        starts exactly the processes the operator counted in WORLD_SIZE."""
+        skip = {"gpus", "devices", "accelerator", "strategy", "num_processes", "extra"}
+        kwargs: Dict[str, Any] = {
+            name: value
+            for name, value in self.model_dump(exclude_none=True).items()
+            if name not in skip
+        }
+        gpu = self.uses_gpu(gpu_limit)
+        nproc = self.processes_per_node(gpu_limit)
+        kwargs["accelerator"] = "gpu" if gpu else "cpu"
+        kwargs["devices"] = nproc
+        strategy = self.strategy
+        if self.accelerator in LEGACY_STRATEGY_ACCELERATORS and strategy is None:
+            strategy = self.accelerator
+        if strategy == "ddp_cpu":
+            strategy = "ddp"
+        if strategy is None and nproc * self.num_nodes > 1:
+            strategy = "ddp"
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        kwargs.update(self.extra)
+        return kwargs
+
+
+# --------------------------------------------------------------------------
+# Pod-level pieces
+# --------------------------------------------------------------------------
+
+# Set by the operator on every pod (builders.build_env); a TrainingJob may not
+# set them itself. RANK and LOCAL_RANK are per process (volt-run sets them).
+RESERVED_ENV = (
+    "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "NUM_NODES", "WORLD_SIZE",
+    "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+    "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR",
+    "PET_MASTER_PORT", "VOLT_JOB_NAME", "VOLT_ATTEMPT", "VOLT_TRAINER",
+    "VOLT_CHECKPOINT_DIR", "VOLT_RESUME", "VOLT_METRICS_PORT",
+    "VOLT_CHECKPOINT_EVERY_N_STEPS", "VOLT_RENDEZVOUS_TIMEOUT",
+)
+_RESERVED_LIST = "[" + ", ".join(f"'{k}'" for k in RESERVED_ENV) + "]"
+_ENV_LIST_SCHEMA = {
+    "x-kubernetes-validations": [
+        cel(
+            f"self.all(e, !(e.name in {_RESERVED_LIST}))",
+            "env may not set the variables the operator sets: " + ", ".join(RESERVED_ENV),
+        )
+    ]
+}
+
+
+def _check_env_names(env: List["EnvVar"], field: str) -> List["EnvVar"]:
+    for var in env:
+        if var.name in RESERVED_ENV:
+            raise ValueError(f"{field}: {var.name} is set by the operator and may not be overridden")
+    return env
+
+class EnvVar(_Model):
+    """A container environment variable (Kubernetes EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    value: Optional[str] = Field(None, max_length=32768)
+    value_from: Optional[Dict[str, Any]] = Field(
+        None, description="Kubernetes EnvVarSource.", json_schema_extra=PRESERVE
+    )
+
+
+class ResourceRequirements(_Model):
+    """Per-node (per-pod) compute resources; the GPU request follows the trainer."""
+
+    limits: Dict[str, Union[int, str]] = Field(
+        default_factory=dict,
+        json_schema_extra={"maxProperties": 32, "additionalProperties": INT_OR_STRING},
+    )
+    requests: Dict[str, Union[int, str]] = Field(
+        default_factory=dict,
+        json_schema_extra={"maxProperties": 32, "additionalProperties": INT_OR_STRING},
+    )
+
+    def gpu_limit(self) -> Optional[int]:
+        """The nvidia.com/gpu amount the user set, if any."""
+        for source in (self.limits, self.requests):
+            if "nvidia.com/gpu" in source:
+                return int(source["nvidia.com/gpu"])
+        return None
+
+    @field_validator("limits", "requests")
+    @classmethod
+    def _check_gpu_quantity(cls, value: Dict[str, Union[int, str]], info: Any) -> Any:
+        gpu = value.get("nvidia.com/gpu")
+        if gpu is not None and not str(gpu).isdigit():
+            raise ValueError(
+                f"resources.{info.field_name}.nvidia.com/gpu must be a whole number, got {gpu!r}"
+            )
+        return value
+
+
+class CheckpointSpec(_Model):
+    """Where the engine writes checkpoints: a PersistentVolumeClaim every node mounts."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="PersistentVolumeClaim to mount."
+    )
+    path: str = Field(
+        "/checkpoints",
+        pattern=r"^/",
+        max_length=1024,
+        description="Mount path; the job writes under <path>/<job name>.",
+    )
+    every_n_steps: Optional[int] = Field(
+        None, ge=1, description="Save every N optimizer steps (besides epoch ends)."
+    )
+
+
+class ExitCodeMatch(_Model):
+    """Match on the container exit code, as Kubernetes podFailurePolicy does."""
+
+    operator: Literal["In", "NotIn"] = "In"
+    values: List[int] = Field(min_length=1, max_length=255)
+
+
+class FailureRule(_Model):
+    """A failure-policy rule; the first matching rule decides."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.onExitCodes) != has(self.onReasons)",
+                    "a failurePolicy rule needs exactly one of onExitCodes or onReasons",
+                )
+            ]
+        }
+    )
+
+    action: Literal["FailJob", "RestartGang", "RestartGangIgnoreBudget"]
+    on_exit_codes: Optional[ExitCodeMatch] = None
+    on_reasons: Optional[List[str]] = Field(
+        None,
+        max_length=16,
+        description="Pod/container reasons, e.g. OOMKilled, Evicted, Preempted, Error.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 128}},
+    )
+
+    @model_validator(mode="after")
+    def _one_match(self) -> "FailureRule":
+        if (self.on_exit_codes is None) == (self.on_reasons is None):
+            raise ValueError(
+                "a failurePolicy rule needs exactly one of onExitCodes or onReasons"
+            )
+        return self
+
+
+class FailurePolicy(_Model):
+    """How the gang restarts after a pod fails."""
+
+    max_restarts: int = Field(
+        3, ge=0, le=1000, description="Gang restarts that spend the budget before Failed."
+    )
+    backoff_seconds: int = Field(
+        10, ge=0, le=3600, description="Base delay before a restart; doubles each time."
+    )
+    rules: List[FailureRule] = Field(default_factory=list, max_length=32)
+
+
+class RendezvousSpec(_Model):
+    port: int = Field(29500, ge=1, le=65535, description="MASTER_PORT on node 0.")
+    timeout_seconds: int = Field(
+        600, ge=1, le=86400, description="How long nodes wait for each other."
+    )
+
+
+class MetricsSpec(_Model):
+    port: int = Field(9090, ge=1, le=65535, description="Engine Prometheus/progress port.")
+
+
+class Toleration(_Model):
+    key: Optional[str] = Field(None, max_length=317)
+    operator: Optional[Literal["Exists", "Equal"]] = None
+    value: Optional[str] = Field(None, max_length=253)
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class VolumeMount(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    mount_path: str = Field(min_length=1, max_length=1024)
+    read_only: Optional[bool] = None
+    sub_path: Optional[str] = Field(None, max_length=1024)
+
+
+class Volume(_Model):
+    """A Kubernetes Volume: `name` plus one volume source, passed through."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=PRESERVE)
+
+    name: str = Field(min_length=1, max_length=63)
+
+
+class PodTemplateOverlay(_Model):
+    """Merged into every node pod; lists are appended, maps are merged."""
+
+    labels: Dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 64})
+    annotations: Dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": 64}
+    )
+    node_selector: Dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": 64}
+    )
+    tolerations: List[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: Optional[Dict[str, Any]] = Field(
+        None, description="Kubernetes Affinity.", json_schema_extra=PRESERVE
+    )
+    priority_class_name: Optional[str] = Field(None, max_length=253)
+    scheduler_name: Optional[str] = Field(None, max_length=253)
+    service_account_name: Optional[str] = Field(None, max_length=253)
+    security_context: Optional[Dict[str, Any]] = Field(
+        None, description="Kubernetes PodSecurityContext.", json_schema_extra=PRESERVE
+    )
+    image_pull_secrets: List[str] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253}},
+    )
+    volumes: List[Volume] = Field(default_factory=list, max_length=64)
+    volume_mounts: List[VolumeMount] = Field(default_factory=list, max_length=64)
+    env: List[EnvVar] = Field(
+        default_factory=list, max_length=256, json_schema_extra=_ENV_LIST_SCHEMA
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: List[EnvVar]) -> List[EnvVar]:
+        return _check_env_names(value, "spec.template.env")
+
+
+# --------------------------------------------------------------------------
+# The spec
+# --------------------------------------------------------------------------
+
+# Spec fields that may change after creation (everything else is immutable).
+MUTABLE_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+
+
+class TrainingJobSpec(_Model):
+    """Desired state of a TrainingJob."""
+
+    image: str = Field(min_length=1, max_length=1024, description="Trainer image.")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = None
+    command: List[str] = Field(
+        min_length=1,
+        max_length=64,
+        description="Training command; each node runs it under `volt-run`.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 4096}},
+    )
+    args: List[str] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra={"items": {"type": "string", "maxLength": 4096}},
+    )
+    env: List[EnvVar] = Field(
+        default_factory=list, max_length=256, json_schema_extra=_ENV_LIST_SCHEMA
+    )
+    trainer: TrainerSettings = Field(
+        default_factory=TrainerSettings, json_schema_extra=OBJECT_DEFAULT
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, json_schema_extra=OBJECT_DEFAULT
+    )
+    checkpoint: Optional[CheckpointSpec] = None
+    resume: Literal["Auto", "Never", "FromPath"] = Field(
+        "Auto", description="Auto: continue from the latest checkpoint if any."
+    )
+    from_path: Optional[str] = Field(
+        None, max_length=4096, description="Checkpoint file to start from (resume: FromPath)."
+    )
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy, json_schema_extra=OBJECT_DEFAULT
+    )
+    suspend: bool = Field(False, description="true deletes the pods and keeps the job.")
+    active_deadline_seconds: Optional[int] = Field(
+        None, ge=1, description="Fail the job when it has been running this long."
+    )
+    ttl_seconds_after_finished: Optional[int] = Field(
+        None, ge=0, description="Delete the TrainingJob this long after it finished."
+    )
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        "Running", description="Pods deleted when the job finishes."
+    )
+    termination_grace_period_seconds: int = Field(
+        60, ge=0, le=3600, description="Time the engine has to checkpoint on SIGTERM."
+    )
+    rendezvous: RendezvousSpec = Field(
+        default_factory=RendezvousSpec, json_schema_extra=OBJECT_DEFAULT
+    )
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, json_schema_extra=OBJECT_DEFAULT)
+    template: PodTemplateOverlay = Field(
+        default_factory=PodTemplateOverlay, json_schema_extra=OBJECT_DEFAULT
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: List[EnvVar]) -> List[EnvVar]:
+        return _check_env_names(value, "spec.env")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingJobSpec":
+        if self.resume == "FromPath" and not self.from_path:
+            raise ValueError("spec.fromPath is required when spec.resume is FromPath")
+        if self.from_path and self.resume != "FromPath":
+            raise ValueError("spec.fromPath is only used with spec.resume: FromPath")
+        if self.metrics.port == self.rendezvous.port:
+            raise ValueError("spec.metrics.port must differ from spec.rendezvous.port")
+        gpu_limit = self.resources.gpu_limit()
+        wanted = self.trainer.processes_per_node(gpu_limit)
+        if gpu_limit is not None and self.trainer.uses_gpu(gpu_limit) and gpu_limit != wanted:
+            raise ValueError(
+                f"spec.resources nvidia.com/gpu={gpu_limit} differs from the "
+                f"{wanted} devices per node that spec.trainer asks for"
+            )
+        return self
+
+    def gpu_limit(self) -> Optional[int]:
+        return self.resources.gpu_limit()
+
+    def processes_per_node(self) -> int:
+        return self.trainer.processes_per_node(self.gpu_limit())
+
+    def gpus_per_node(self) -> int:
+        """nvidia.com/gpu to request per pod (0 on CPU)."""
+        if not self.trainer.uses_gpu(self.gpu_limit()):
+            return 0
+        return self.processes_per_node()
+
+
+def _spec_schema_rules() -> List[Dict[str, str]]:
+    rules = [
+        cel(
+            "self.resume != 'FromPath' || has(self.fromPath)",
+            "spec.fromPath is required when spec.resume is FromPath",
+            ".fromPath",
+        ),
+        cel(
+            "!has(self.fromPath) || self.resume == 'FromPath'",
+            "spec.fromPath is only used with spec.resume: FromPath",
+            ".fromPath",
+        ),
+        cel(
+            "!has(self.metrics) || !has(self.rendezvous) "
+            "|| self.metrics.port != self.rendezvous.port",
+            "spec.metrics.port must differ from spec.rendezvous.port",
+            ".metrics.port",
+        ),
+    ]
+    for name, field in TrainingJobSpec.model_fields.items():
+        alias = field.alias or name
+        if alias in MUTABLE_SPEC_FIELDS:
+            continue
+        rules.append(
+            cel(
+                f"has(self.{alias}) == has(oldSelf.{alias}) && "
+                f"(!has(self.{alias}) || self.{alias} == oldSelf.{alias})",
+                f"spec.{alias} is immutable (only {', '.join(MUTABLE_SPEC_FIELDS)} "
+                "may change)",
+                f".{alias}",
+            )
+        )
+    return rules
+
+
+TrainingJobSpec.model_config["json_schema_extra"] = {
+    "x-kubernetes-validations": _spec_schema_rules()
+}
+TrainingJobSpec.model_rebuild(force=True)
+
+
+# --------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(max_length=64)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=128)
+    message: str = Field("", max_length=4096)
+    last_transition_time: str = Field(max_length=64)
+    observed_generation: Optional[int] = None
+
+
+class NodeCounts(_Model):
+    desired: int = 0
+    ready: int = 0
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class FailureInfo(_Model):
+    """The failure that caused the last gang restart or the job's failure."""
+
+    pod: str
+    rank: int
+    exit_code: Optional[int] = None
+    reason: str = ""
+    message: str = Field("", max_length=4096)
+    attempt: int = 0
+    time: Optional[str] = None
+
+
+class TrainingProgress(_Model):
+    """Mirrored from rank 0's progress endpoint."""
+
+    epoch: Optional[int] = None
+    step: Optional[int] = None
+    loss: Optional[float] = None
+    progress: Optional[float] = None
+    last_update: Optional[str] = None
+
+
+class CheckpointStatus(_Model):
+    path: Optional[str] = None
+    step: Optional[int] = None
+    time: Optional[str] = None
+
+
+class TrainingJobStatus(_Model):
+    """Observed state; written only by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Optional[Phase] = None
+    conditions: List[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: Optional[int] = None
+    nodes: NodeCounts = Field(default_factory=NodeCounts)
+    ready_nodes: str = Field("0/0", description="ready/desired, for kubectl get.")
+    attempt: int = Field(0, description="Gang attempt; each gang restart adds one.")
+    restarts: int = Field(0, description="Gang restarts so far (all causes).")
+    restarts_counted: int = Field(0, description="Restarts that spent failurePolicy budget.")
+    backoff_until: Optional[str] = None
+    last_failure: Optional[FailureInfo] = None
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+    training: Optional[TrainingProgress] = None
+    checkpoint: Optional[CheckpointStatus] = None
+
+
+class TrainingJob(_Model):
+    """The whole object, for tests and tools (the operator reads spec/status)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["volt.dev/v1alpha1"] = API_VERSION
+    kind: Literal["TrainingJob"] = KIND
+    metadata: Dict[str, Any] = Field(default_factory=dict)
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
+
+
+def parse_time(value: Optional[str]) -> Optional[datetime]:
+    """RFC 3339 (as the API server writes it) to an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(value: datetime) -> str:
+    """An aware datetime as RFC 3339 with a Z, to the second (metav1.Time)."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

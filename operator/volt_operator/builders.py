@@ -1,0 +1,265 @@
+"""Pure builders: a TrainingJob spec in, the children's manifests (dicts) out.
+
+Nothing here talks to the API server, so every field of every child is unit
+tested without a cluster. The reconciler creates whatever is missing by name.
+
+Children of TrainingJob ``<job>``:
+  * a headless Service ``<job>`` (publishNotReadyAddresses, so node 0's DNS
+    name resolves before it is Ready and the rendezvous cannot race DNS);
+  * pods ``<job>-node-<i>`` with hostname/subdomain, the env contract of
+    DESIGN.md section 4, GPU requests, the checkpoint volume and metrics ports.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .api import API_VERSION, KIND, TrainingJobSpec
+
+LABEL_JOB = "volt.dev/job"
+LABEL_RANK = "volt.dev/node-rank"
+LABEL_ATTEMPT = "volt.dev/attempt"
+CONTAINER = "trainer"
+CHECKPOINT_VOLUME = "volt-checkpoints"
+LAUNCHER = "volt-run"
+@dataclass(frozen=True)
+class JobRef:
+    """The identity of the owning TrainingJob."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> Dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def pod_name(job: str, rank: int) -> str:
+    return f"{job}-node-{rank}"
+
+
+def master_addr(job: str) -> str:
+    """Node 0's DNS name through the headless Service (search path resolves it)."""
+    return f"{pod_name(job, 0)}.{job}"
+
+
+def checkpoint_dir(job: str, spec: TrainingJobSpec) -> Optional[str]:
+    """Per-job directory on the checkpoint volume (jobs may share one claim)."""
+    if spec.checkpoint is None:
+        return None
+    return f"{spec.checkpoint.path.rstrip('/')}/{job}"
+
+
+def resume_value(spec: TrainingJobSpec, attempt: int, checkpoint_seen: bool) -> str:
+    """VOLT_RESUME: auto | never | an absolute checkpoint path.
+
+    FromPath seeds the first attempt only; once the job has written its own
+    checkpoint, later attempts (gang restarts, resume after suspend) continue
+    from that, or training would jump back to the seed weights.
+    """
+    if spec.resume == "Never":
+        return "never"
+    if spec.resume == "FromPath" and spec.from_path:
+        if attempt == 0 or not checkpoint_seen:
+            return spec.from_path
+    return "auto"
+
+
+def job_selector(job: str) -> Dict[str, str]:
+    return {LABEL_JOB: job}
+
+
+def build_service(job: JobRef, spec: TrainingJobSpec) -> Dict[str, Any]:
+    """The headless Service that gives each node pod a stable DNS name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": job_selector(job.name),
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": job_selector(job.name),
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": spec.rendezvous.port,
+                    "targetPort": spec.rendezvous.port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def build_env(
+    job: JobRef, spec: TrainingJobSpec, rank: int, attempt: int, resume: str
+) -> List[Dict[str, Any]]:
+    """The operator <-> engine contract (DESIGN.md section 4), then user env."""
+    nproc = spec.processes_per_node()
+    nodes = spec.trainer.num_nodes
+    addr = master_addr(job.name)
+    port = str(spec.rendezvous.port)
+    values: Dict[str, Optional[str]] = {
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": port,
+        "NODE_RANK": str(rank),
+        "NUM_NODES": str(nodes),
+        "WORLD_SIZE": str(nodes * nproc),
+        "PET_NNODES": str(nodes),
+        "PET_NODE_RANK": str(rank),
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_MASTER_ADDR": addr,
+        "PET_MASTER_PORT": port,
+        "VOLT_JOB_NAME": job.name,
+        "VOLT_ATTEMPT": str(attempt),
+        "VOLT_TRAINER": json.dumps(
+            spec.trainer.to_trainer_kwargs(spec.gpu_limit()), sort_keys=True
+        ),
+        "VOLT_CHECKPOINT_DIR": checkpoint_dir(job.name, spec),
+        "VOLT_CHECKPOINT_EVERY_N_STEPS": (
+            str(spec.checkpoint.every_n_steps)
+            if spec.checkpoint and spec.checkpoint.every_n_steps
+            else None
+        ),
+        "VOLT_RESUME": resume,
+        "VOLT_METRICS_PORT": str(spec.metrics.port),
+        "VOLT_RENDEZVOUS_TIMEOUT": str(spec.rendezvous.timeout_seconds),
+        # Logs reach `kubectl logs` as they are written.
+        "PYTHONUNBUFFERED": "1",
+    }
+    env = [{"name": k, "value": v} for k, v in values.items() if v is not None]
+    for var in list(spec.env) + list(spec.template.env):
+        env.append(var.to_api())
+    return env
+
+
+def _resources(spec: TrainingJobSpec) -> Dict[str, Any]:
+    limits = {k: v for k, v in spec.resources.limits.items()}
+    requests = {k: v for k, v in spec.resources.requests.items()}
+    gpus = spec.gpus_per_node()
+    if gpus:
+        # Extended resources must be in limits; requests must match if given.
+        limits["nvidia.com/gpu"] = gpus
+        requests["nvidia.com/gpu"] = gpus
+    out: Dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _container(
+    job: JobRef, spec: TrainingJobSpec, rank: int, attempt: int, resume: str
+) -> Dict[str, Any]:
+    ports = [{"name": "rendezvous", "containerPort": spec.rendezvous.port, "protocol": "TCP"}]
+    for local_rank in range(spec.processes_per_node()):
+        ports.append(
+            {
+                "name": f"metrics-{local_rank}",
+                "containerPort": spec.metrics.port + local_rank,
+                "protocol": "TCP",
+            }
+        )
+    mounts: List[Dict[str, Any]] = []
+    if spec.checkpoint is not None:
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+    mounts.extend(m.to_api() for m in spec.template.volume_mounts)
+    container: Dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "command": [LAUNCHER, *spec.command],
+        "args": list(spec.args),
+        "env": build_env(job, spec, rank, attempt, resume),
+        "ports": ports,
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    return container
+
+
+def build_pod(
+    job: JobRef, spec: TrainingJobSpec, rank: int, attempt: int, resume: str
+) -> Dict[str, Any]:
+    """Node pod ``rank`` of gang attempt ``attempt``."""
+    overlay = spec.template
+    name = pod_name(job.name, rank)
+    labels = {
+        **overlay.labels,
+        LABEL_JOB: job.name,
+        LABEL_RANK: str(rank),
+        LABEL_ATTEMPT: str(attempt),
+    }
+    annotations = {
+        **overlay.annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.metrics.port),
+        "prometheus.io/path": "/metrics",
+    }
+    volumes: List[Dict[str, Any]] = []
+    if spec.checkpoint is not None:
+        volumes.append(
+            {
+                "name": CHECKPOINT_VOLUME,
+                "persistentVolumeClaim": {"claimName": spec.checkpoint.claim_name},
+            }
+        )
+    volumes.extend(v.model_dump(by_alias=True, exclude_none=True) for v in overlay.volumes)
+    pod_spec: Dict[str, Any] = {
+        "hostname": name,
+        "subdomain": job.name,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        # Training pods get no API credentials; the operator polls them.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [_container(job, spec, rank, attempt, resume)],
+        "volumes": volumes,
+    }
+    optional = {
+        "nodeSelector": dict(overlay.node_selector) or None,
+        "tolerations": [t.to_api() for t in overlay.tolerations] or None,
+        "affinity": overlay.affinity,
+        "priorityClassName": overlay.priority_class_name,
+        "schedulerName": overlay.scheduler_name,
+        "serviceAccountName": overlay.service_account_name,
+        "securityContext": overlay.security_context,
+        "imagePullSecrets": [{"name": s} for s in overlay.image_pull_secrets] or None,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_pods(
+    job: JobRef, spec: TrainingJobSpec, attempt: int, resume: str
+) -> List[Dict[str, Any]]:
+    """The whole gang for one attempt, rank 0 first."""
+    return [
+        build_pod(job, spec, rank, attempt, resume) for rank in range(spec.trainer.num_nodes)
+    ]

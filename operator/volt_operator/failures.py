@@ -1,0 +1,111 @@
+"""The failure policy: what one failed node pod means for the whole gang.
+
+Exit codes are the engine's contract (``volt/exit_codes.py``; copied here
+because the operator image does not ship the engine, and a test keeps the
+two in step):
+
+  75 CHECKPOINTED        saved on SIGTERM, restart me: restart, budget kept
+  76 PEER_LOST           another rank died: restart, spends budget
+  77 RENDEZVOUS_TIMEOUT  a peer never arrived: restart, spends budget
+  78 CONFIG_ERROR        bad arguments/env: fail now
+  1-127 otherwise        user error: fail now
+  >= 128 (signal)        crash, OOM kill: restart, spends budget
+
+Evictions and preemptions (DisruptionTarget, reason Evicted/Preempted) restart
+without spending the budget. ``spec.failurePolicy.rules`` come first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from .api import FailurePolicy, FailureRule
+from .observed import PodView
+
+CHECKPOINTED = 75
+PEER_LOST = 76
+RENDEZVOUS_TIMEOUT = 77
+CONFIG_ERROR = 78
+RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT})
+FREE_RESTART_CODES = frozenset({CHECKPOINTED})
+
+FAIL = "FailJob"
+RESTART = "RestartGang"
+RESTART_FREE = "RestartGangIgnoreBudget"
+_SEVERITY = {FAIL: 2, RESTART: 1, RESTART_FREE: 0}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str
+    pod: PodView
+    reason: str
+    message: str
+
+
+def _rule_matches(rule: FailureRule, pod: PodView) -> bool:
+    if rule.on_exit_codes is not None:
+        if pod.exit_code is None:
+            return False
+        inside = pod.exit_code in rule.on_exit_codes.values
+        return inside if rule.on_exit_codes.operator == "In" else not inside
+    return pod.reason in (rule.on_reasons or [])
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "no exit code"
+    names = {
+        CHECKPOINTED: "checkpointed on SIGTERM",
+        PEER_LOST: "lost a peer",
+        RENDEZVOUS_TIMEOUT: "rendezvous timed out",
+        CONFIG_ERROR: "configuration error",
+    }
+    if code in names:
+        return f"exit code {code} ({names[code]})"
+    if code >= 128:
+        return f"exit code {code} (killed by signal {code - 128})"
+    return f"exit code {code} (user error)"
+
+
+def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
+    """The action one failed pod asks for."""
+    where = f"{pod.name} (rank {pod.rank}): {describe_exit(pod.exit_code)}"
+    if pod.reason:
+        where += f", reason {pod.reason}"
+    for index, rule in enumerate(policy.rules):
+        if _rule_matches(rule, pod):
+            return Verdict(rule.action, pod, f"Rule{index}", f"{where}; failurePolicy.rules[{index}]")
+    code = pod.exit_code
+    if pod.disrupted:
+        return Verdict(RESTART_FREE, pod, pod.reason or "Disrupted", where)
+    if code in FREE_RESTART_CODES:
+        return Verdict(RESTART_FREE, pod, "Checkpointed", where)
+    if code in RETRYABLE:
+        return Verdict(RESTART, pod, "PeerLost" if code == PEER_LOST else "RendezvousTimeout", where)
+    if code is not None and 0 < code < 128:
+        name = "ConfigError" if code == CONFIG_ERROR else "UserError"
+        return Verdict(FAIL, pod, name, where)
+    if pod.reason == "OOMKilled":
+        return Verdict(RESTART, pod, "OOMKilled", where)
+    if code is None and pod.gone:
+        return Verdict(RESTART, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted")
+    return Verdict(RESTART, pod, "Crashed" if code else (pod.reason or "PodFailed"), where)
+
+
+def worst(failed: Iterable[PodView], policy: FailurePolicy) -> Optional[Verdict]:
+    """The gang's verdict from all failed pods.
+
+    When one rank crashes or is preempted, the others exit with PEER_LOST as
+    a consequence; the root cause decides (a preempted rank must not spend
+    the budget because its peers noticed). Among root causes the most severe
+    action wins, then the lowest rank.
+    """
+    verdicts = [judge(p, policy) for p in failed]
+    if not verdicts:
+        return None
+    causes = [
+        v for v in verdicts if not (v.pod.exit_code == PEER_LOST and v.reason == "PeerLost")
+    ]
+    pool = causes or verdicts
+    return sorted(pool, key=lambda v: (-_SEVERITY[v.action], v.pod.rank))[0]

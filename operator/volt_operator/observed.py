@@ -1,0 +1,116 @@
+"""What the operator reads from a node pod, as a small immutable value.
+
+The status machine works on ``PodView`` objects instead of raw dicts so that
+the Kubernetes pod layout (conditions, containerStatuses, reasons) is parsed
+in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK
+
+# Pod-level reasons and DisruptionTarget reasons that mean "the cluster took
+# the pod away", not "the training failed".
+DISRUPTION_REASONS = frozenset(
+    {
+        "Evicted",
+        "Preempted",
+        "PreemptionByScheduler",
+        "EvictionByEvictionAPI",
+        "DeletionByTaintManager",
+        "DeletionByPodGC",
+        "TerminationByKubelet",
+        "NodeShutdown",
+        "Shutdown",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    rank: int
+    attempt: int
+    phase: str
+    ready: bool
+    deleting: bool
+    gone: bool
+    exit_code: Optional[int]
+    reason: str
+    message: str
+    disrupted: bool
+    finished_at: Optional[str]
+    ip: Optional[str]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded" or (self.exit_code == 0 and not self.disrupted)
+
+    @property
+    def failed(self) -> bool:
+        if self.succeeded:
+            return False
+        return (
+            self.phase == "Failed"
+            or self.disrupted
+            or (self.exit_code is not None and self.exit_code != 0)
+        )
+
+    @property
+    def active(self) -> bool:
+        return not (self.succeeded or self.failed or self.gone)
+
+
+def _int_label(labels: Dict[str, str], key: str) -> int:
+    try:
+        return int(labels.get(key, "-1"))
+    except ValueError:
+        return -1
+
+
+def _trainer_status(status: Dict[str, Any]) -> Dict[str, Any]:
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") == CONTAINER:
+            return container
+    return {}
+
+
+def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
+    """Parse one pod; ``gone`` marks the last state seen in a DELETED event."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    container = _trainer_status(status)
+    terminated = (container.get("state") or {}).get("terminated") or {}
+    exit_code = terminated.get("exitCode")
+    reason = terminated.get("reason") or status.get("reason") or ""
+    message = terminated.get("message") or status.get("message") or ""
+    disrupted = status.get("reason") in DISRUPTION_REASONS
+    ready = False
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disrupted = True
+            reason = cond.get("reason") or reason or "DisruptionTarget"
+            message = cond.get("message") or message
+        if cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+    if status.get("reason") in DISRUPTION_REASONS:
+        reason = status["reason"]
+    phase = status.get("phase") or "Pending"
+    return PodView(
+        name=meta.get("name", ""),
+        rank=_int_label(labels, LABEL_RANK),
+        attempt=_int_label(labels, LABEL_ATTEMPT),
+        phase=phase,
+        ready=ready and phase == "Running",
+        deleting=bool(meta.get("deletionTimestamp")) or gone,
+        gone=gone,
+        exit_code=exit_code,
+        reason=reason,
+        message=message[:1024],
+        disrupted=disrupted,
+        finished_at=terminated.get("finishedAt"),
+        ip=status.get("podIP"),
+    )

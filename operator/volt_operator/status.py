@@ -1,0 +1,369 @@
+"""The status machine: one pure function from what is observed to what to do.
+
+``decide(spec, meta, status, pods, service_exists, now)`` returns a ``Plan``:
+the next status plus the actions that bring the world closer to the spec. It
+is level-based: called again with the same observations it asks for the same
+(idempotent) actions, so the operator can restart at any time. The handler
+writes the status *first* and acts second, so an intent such as "gang restart,
+attempt 3" survives an operator crash between the two.
+
+Phases: Pending -> Running -> Succeeded | Failed, with Restarting (gang
+restart in progress) and Suspended on the side. Terminal phases are sticky.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import List, Optional
+
+from . import failures
+from .api import (
+    TERMINAL_PHASES,
+    Condition,
+    FailureInfo,
+    NodeCounts,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    format_time,
+    parse_time,
+)
+from .builders import pod_name, resume_value
+from .observed import PodView
+
+MAX_BACKOFF_SECONDS = 600
+# How often a job that waits on something (deletions, backoff) is looked at.
+WAIT_POLL_SECONDS = 2.0
+
+# Condition types.
+RUNNING = "Running"
+RESTARTING = "Restarting"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CREATED = "Created"
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    name: str
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: TrainingJobStatus
+    create_service: bool = False
+    create_ranks: List[int] = field(default_factory=list)
+    resume: str = "auto"
+    delete_pods: List[str] = field(default_factory=list)
+    delete_job: bool = False
+    events: List[Event] = field(default_factory=list)
+    requeue_after: Optional[float] = None
+    restart_reason: Optional[str] = None
+    became_running: bool = False
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.5, seconds)
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
+    def emit(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+
+def set_condition(
+    status: TrainingJobStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> None:
+    """Upsert a condition; its transition time moves only when its status flips."""
+    text = "True" if value else "False"
+    for i, cond in enumerate(status.conditions):
+        if cond.type == type_:
+            changed = cond.status != text
+            status.conditions[i] = Condition(
+                type=type_,
+                status=text,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now) if changed else cond.last_transition_time,
+                observed_generation=status.observed_generation,
+            )
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=text,
+            reason=reason,
+            message=message,
+            last_transition_time=format_time(now),
+            observed_generation=status.observed_generation,
+        )
+    )
+
+
+def condition(status: TrainingJobStatus, type_: str) -> Optional[Condition]:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def with_create_error(status: TrainingJobStatus, message: str, now: datetime) -> TrainingJobStatus:
+    """The status after creating children failed (shown to users, not only logged)."""
+    out = status.model_copy(deep=True)
+    set_condition(out, CREATED, False, "CreateFailed", message[:4000], now)
+    return out
+
+
+def _count(status: TrainingJobStatus, current: List[PodView], desired: int) -> None:
+    live = [p for p in current if not p.gone]
+    status.nodes = NodeCounts(
+        desired=desired,
+        ready=sum(p.ready for p in live),
+        active=sum(p.active for p in live),
+        succeeded=sum(p.succeeded for p in live),
+        failed=sum(p.failed for p in live),
+    )
+    status.ready_nodes = f"{status.nodes.ready}/{desired}"
+
+
+def _deletable(pods: List[PodView]) -> List[str]:
+    return [p.name for p in pods if not p.deleting]
+
+
+def _cleanup(spec: TrainingJobSpec, pods: List[PodView]) -> List[str]:
+    if spec.clean_pod_policy == "All":
+        return _deletable(pods)
+    if spec.clean_pod_policy == "Running":
+        return _deletable([p for p in pods if p.active])
+    return []
+
+
+def _ttl(spec: TrainingJobSpec, status: TrainingJobStatus, plan: Plan, now: datetime) -> None:
+    if spec.ttl_seconds_after_finished is None:
+        return
+    done = parse_time(status.completion_time) or now
+    left = (done + timedelta(seconds=spec.ttl_seconds_after_finished) - now).total_seconds()
+    if left <= 0:
+        plan.delete_job = True
+    else:
+        plan.requeue(left)
+
+
+def _finish(
+    spec: TrainingJobSpec,
+    plan: Plan,
+    pods: List[PodView],
+    now: datetime,
+    phase: str,
+    reason: str,
+    message: str,
+    kill_all: bool = False,
+) -> Plan:
+    st = plan.status
+    st.phase = phase
+    st.completion_time = format_time(now)
+    st.backoff_until = None
+    ok = phase == "Succeeded"
+    set_condition(st, SUCCEEDED if ok else FAILED, True, reason, message, now)
+    set_condition(st, RUNNING, False, reason, message, now)
+    if condition(st, RESTARTING) is not None:
+        set_condition(st, RESTARTING, False, reason, message, now)
+    plan.emit("Normal" if ok else "Warning", "Succeeded" if ok else "Failed", message)
+    # A deadline stops the training whatever cleanPodPolicy says.
+    plan.delete_pods = _deletable([p for p in pods if p.active]) if kill_all else []
+    plan.delete_pods = sorted(set(plan.delete_pods) | set(_cleanup(spec, pods)))
+    _ttl(spec, st, plan, now)
+    return plan
+
+
+def _restart(
+    spec: TrainingJobSpec, plan: Plan, pods: List[PodView], verdict: failures.Verdict, now: datetime
+) -> Plan:
+    st = plan.status
+    policy = spec.failure_policy
+    counted = verdict.action == failures.RESTART
+    if counted and st.restarts_counted >= policy.max_restarts:
+        return _finish(
+            spec, plan, pods, now, "Failed", "RestartLimitExceeded",
+            f"failurePolicy.maxRestarts={policy.max_restarts} spent; last failure: "
+            f"{verdict.message}",
+        )
+    delay = 0
+    if counted:
+        st.restarts_counted += 1
+        delay = min(MAX_BACKOFF_SECONDS, policy.backoff_seconds * 2 ** (st.restarts_counted - 1))
+    st.restarts += 1
+    st.attempt += 1
+    st.phase = "Restarting"
+    st.backoff_until = format_time(now + timedelta(seconds=delay)) if delay else None
+    budget = (
+        f"{st.restarts_counted}/{policy.max_restarts} of the budget"
+        if counted
+        else "not counted against the budget"
+    )
+    message = f"gang restart {st.restarts} (attempt {st.attempt}, {budget}): {verdict.message}"
+    set_condition(st, RESTARTING, True, verdict.reason, message, now)
+    set_condition(st, RUNNING, False, "Restarting", message, now)
+    plan.emit("Warning", "GangRestart", message)
+    plan.restart_reason = verdict.reason
+    plan.delete_pods = _deletable(pods)
+    plan.requeue(max(delay, WAIT_POLL_SECONDS))
+    return plan
+
+
+def _missing_after_start(current: List[PodView], n: int, attempt: int, job: str) -> List[PodView]:
+    """Ranks whose pod vanished while the gang was running (deleted by someone)."""
+    present = {p.rank for p in current}
+    return [
+        PodView(
+            name=pod_name(job, rank), rank=rank, attempt=attempt, phase="Unknown",
+            ready=False, deleting=True, gone=True, exit_code=None, reason="",
+            message="", disrupted=False, finished_at=None, ip=None,
+        )
+        for rank in range(n)
+        if rank not in present
+    ]
+
+
+def decide(
+    spec: TrainingJobSpec,
+    meta: JobMeta,
+    status: TrainingJobStatus,
+    pods: List[PodView],
+    service_exists: bool,
+    now: datetime,
+) -> Plan:
+    """Next status and actions for one TrainingJob (pure)."""
+    st = status.model_copy(deep=True)
+    plan = Plan(status=st)
+    st.observed_generation = meta.generation
+    n = spec.trainer.num_nodes
+    current = [p for p in pods if p.attempt == st.attempt]
+    stale = [p for p in pods if p.attempt != st.attempt]
+    _count(st, current, n)
+
+    if st.phase in TERMINAL_PHASES:
+        # Sticky: never recreate anything; only clean up and honour the TTL.
+        plan.delete_pods = _cleanup(spec, [p for p in pods if not p.gone])
+        _ttl(spec, st, plan, now)
+        return plan
+    if st.phase is None:
+        st.phase = "Pending"
+        set_condition(st, RUNNING, False, "PodsPending", "waiting for the node pods", now)
+
+    if spec.suspend:
+        if st.phase != "Suspended":
+            plan.emit("Normal", "Suspended", "job suspended; pods deleted, the job is kept")
+        st.phase = "Suspended"
+        st.start_time = None  # the deadline restarts on resume, as for a Job
+        st.backoff_until = None
+        set_condition(st, SUSPENDED, True, "Suspended", "spec.suspend is true", now)
+        set_condition(st, RUNNING, False, "Suspended", "spec.suspend is true", now)
+        plan.delete_pods = _deletable([p for p in pods if not p.gone])
+        if plan.delete_pods:
+            plan.requeue(WAIT_POLL_SECONDS)
+        return plan
+    if st.phase == "Suspended":
+        st.attempt += 1
+        st.phase = "Pending"
+        set_condition(st, SUSPENDED, False, "Resumed", "spec.suspend is false", now)
+        set_condition(st, RUNNING, False, "PodsPending", "resuming", now)
+        plan.emit("Normal", "Resumed", f"job resumed as attempt {st.attempt}")
+        stale, current = [p for p in pods if not p.gone], []
+        _count(st, current, n)
+
+    start = parse_time(st.start_time)
+    if spec.active_deadline_seconds and start is not None:
+        left = spec.active_deadline_seconds - (now - start).total_seconds()
+        if left <= 0:
+            return _finish(
+                spec, plan, pods, now, "Failed", "DeadlineExceeded",
+                f"activeDeadlineSeconds={spec.active_deadline_seconds} exceeded",
+                kill_all=True,
+            )
+        plan.requeue(left)
+
+    if not service_exists:
+        plan.create_service = True
+
+    live = [p for p in current if not p.gone]
+    live_ranks = {p.rank for p in live}
+    # A pod seen only in its DELETED event: a failure once the gang ran (DDP
+    # cannot lose a rank), otherwise it is simply created again below.
+    gone = [p for p in current if p.gone and p.rank not in live_ranks]
+    failed = [p for p in live if p.failed]
+    failed += [p for p in gone if p.failed or (st.phase == "Running" and not p.succeeded)]
+    if st.phase == "Running":
+        failed += _missing_after_start(live + gone, n, st.attempt, meta.name)
+    verdict = failures.worst(failed, spec.failure_policy)
+    if verdict is not None:
+        p = verdict.pod
+        st.last_failure = FailureInfo(
+            pod=p.name, rank=p.rank, exit_code=p.exit_code, reason=verdict.reason,
+            message=verdict.message, attempt=st.attempt, time=format_time(now),
+        )
+        if verdict.action == failures.FAIL:
+            return _finish(spec, plan, pods, now, "Failed", verdict.reason, verdict.message)
+        return _restart(spec, plan, pods, verdict, now)
+
+    done = {p.rank for p in current if p.succeeded}
+    if done == set(range(n)):
+        return _finish(
+            spec, plan, pods, now, "Succeeded", "Completed",
+            f"all {n} node(s) finished training (attempt {st.attempt})",
+        )
+
+    if stale:
+        # A gang restart or a resume: the old gang must be gone first (same names).
+        plan.delete_pods = _deletable([p for p in stale if not p.gone])
+        plan.requeue(WAIT_POLL_SECONDS)
+        return plan
+    backoff = parse_time(st.backoff_until)
+    if backoff is not None and now < backoff:
+        plan.requeue((backoff - now).total_seconds())
+        return plan
+    st.backoff_until = None
+
+    missing = [r for r in range(n) if r not in live_ranks]
+    if missing:
+        seen_checkpoint = bool(st.checkpoint and st.checkpoint.path)
+        plan.create_ranks = missing
+        plan.resume = resume_value(spec, st.attempt, seen_checkpoint)
+        if st.start_time is None:
+            st.start_time = format_time(now)
+        if len(missing) == n:
+            plan.emit(
+                "Normal", "Created",
+                f"created service and {n} node pod(s) for attempt {st.attempt}",
+            )
+            # Only a checkpoint on the job's volume (or a given path) survives the pods.
+            durable = spec.checkpoint is not None or plan.resume not in ("auto", "never")
+            if st.attempt > 0 and durable:
+                where = (
+                    f"{st.checkpoint.path} (step {st.checkpoint.step})"
+                    if seen_checkpoint and st.checkpoint
+                    else "the latest checkpoint on the volume, if any"
+                )
+                plan.emit("Normal", "CheckpointResumed", f"attempt {st.attempt} resumes from {where}")
+        set_condition(st, CREATED, True, "PodsCreated", f"node pods of attempt {st.attempt}", now)
+        plan.requeue(WAIT_POLL_SECONDS)
+        return plan
+
+    if st.nodes.ready == n and st.phase != "Running":
+        plan.became_running = True
+        st.phase = "Running"
+        message = f"all {n} node(s) running (attempt {st.attempt})"
+        set_condition(st, RUNNING, True, "AllNodesReady", message, now)
+        if condition(st, RESTARTING) is not None:
+            set_condition(st, RESTARTING, False, "AllNodesReady", message, now)
+        plan.emit("Normal", "Running", message)
+    return plan

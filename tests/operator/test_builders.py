@@ -1,0 +1,202 @@
+"""Pure builders: the children of a TrainingJob, checked field by field."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+import pytest
+
+from volt_operator.api import TrainingJobSpec
+from volt_operator.builders import JobRef, build_pod, build_pods, build_service, resume_value
+
+pytestmark = pytest.mark.timeout(30)
+
+JOB = JobRef("mnist", "team-a", "1234-uid")
+
+
+def spec(**over: Any) -> TrainingJobSpec:
+    body: Dict[str, Any] = {
+        "image": "volt-trainer:0.1",
+        "command": ["python", "-m", "volt.examples.synthetic"],
+        "args": ["--max-epochs", "2"],
+        "trainer": {"numNodes": 3, "devices": 2, "accelerator": "cpu", "maxEpochs": 2},
+        "checkpoint": {"claimName": "ckpts", "path": "/ckpt", "everyNSteps": 50},
+    }
+    body.update(over)
+    return TrainingJobSpec.model_validate(body)
+
+
+def env_of(pod: Dict[str, Any]) -> Dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_service_is_headless_and_owned() -> None:
+    svc = build_service(JOB, spec())
+    assert svc["metadata"]["name"] == "mnist"
+    assert svc["metadata"]["namespace"] == "team-a"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"volt.dev/job": "mnist"}
+    assert svc["spec"]["ports"][0]["port"] == 29500
+    (owner,) = svc["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "name": "mnist",
+        "uid": "1234-uid", "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def test_pod_identity_labels_and_dns() -> None:
+    pods = build_pods(JOB, spec(), attempt=2, resume="auto")
+    assert [p["metadata"]["name"] for p in pods] == ["mnist-node-0", "mnist-node-1", "mnist-node-2"]
+    pod = pods[1]
+    assert pod["metadata"]["labels"] == {
+        "volt.dev/job": "mnist", "volt.dev/node-rank": "1", "volt.dev/attempt": "2",
+    }
+    assert pod["spec"]["hostname"] == "mnist-node-1"
+    assert pod["spec"]["subdomain"] == "mnist"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 60
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+    assert pod["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+
+
+def test_env_contract() -> None:
+    env = env_of(build_pod(JOB, spec(), rank=2, attempt=1, resume="auto"))
+    assert env["MASTER_ADDR"] == "mnist-node-0.mnist"
+    assert env["MASTER_PORT"] == "29500"
+    assert env["NODE_RANK"] == "2"
+    assert env["NUM_NODES"] == "3"
+    assert env["WORLD_SIZE"] == "6"  # processes, not pods
+    assert env["PET_NNODES"] == "3"
+    assert env["PET_NODE_RANK"] == "2"
+    assert env["PET_NPROC_PER_NODE"] == "2"
+    assert env["PET_MASTER_ADDR"] == "mnist-node-0.mnist"
+    assert env["PET_MASTER_PORT"] == "29500"
+    assert env["VOLT_JOB_NAME"] == "mnist"
+    assert env["VOLT_ATTEMPT"] == "1"
+    assert env["VOLT_CHECKPOINT_DIR"] == "/ckpt/mnist"
+    assert env["VOLT_CHECKPOINT_EVERY_N_STEPS"] == "50"
+    assert env["VOLT_RESUME"] == "auto"
+    assert env["VOLT_METRICS_PORT"] == "9090"
+    assert env["VOLT_RENDEZVOUS_TIMEOUT"] == "600"
+    assert json.loads(env["VOLT_TRAINER"]) == {
+        "num_nodes": 3, "devices": 2, "accelerator": "cpu", "strategy": "ddp", "max_epochs": 2,
+    }
+    assert "RANK" not in env and "LOCAL_RANK" not in env
+
+
+def test_command_runs_under_volt_run() -> None:
+    container = build_pod(JOB, spec(), 0, 0, "auto")["spec"]["containers"][0]
+    assert container["command"] == ["volt-run", "python", "-m", "volt.examples.synthetic"]
+    assert container["args"] == ["--max-epochs", "2"]
+    assert container["image"] == "volt-trainer:0.1"
+
+
+def test_checkpoint_volume_and_metrics_ports() -> None:
+    pod = build_pod(JOB, spec(), 0, 0, "auto")
+    assert {"name": "volt-checkpoints", "persistentVolumeClaim": {"claimName": "ckpts"}} in pod[
+        "spec"]["volumes"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": "volt-checkpoints", "mountPath": "/ckpt"} in container["volumeMounts"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"rendezvous": 29500, "metrics-0": 9090, "metrics-1": 9091}
+    ann = pod["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == "9090"
+    assert ann["prometheus.io/path"] == "/metrics"
+
+
+def test_no_checkpoint_no_volume() -> None:
+    pod = build_pod(JOB, spec(checkpoint=None), 0, 0, "never")
+    assert pod["spec"]["volumes"] == []
+    env = env_of(pod)
+    assert "VOLT_CHECKPOINT_DIR" not in env and env["VOLT_RESUME"] == "never"
+
+
+@pytest.mark.parametrize(
+    "trainer, resources, gpus",
+    [
+        ({"gpus": 4}, {}, 4),
+        ({"gpus": "0,1"}, {}, 2),
+        ({"accelerator": "gpu", "devices": 8}, {}, 8),
+        ({"accelerator": "cpu", "devices": 8}, {}, 0),
+        ({"accelerator": "auto"}, {"limits": {"nvidia.com/gpu": 2}}, 2),
+    ],
+)
+def test_gpu_requests_follow_the_trainer(trainer: Dict[str, Any], resources: Dict[str, Any],
+                                         gpus: int) -> None:
+    s = spec(trainer=trainer, resources={"limits": {"cpu": "4", **resources.get("limits", {})}})
+    res = build_pod(JOB, s, 0, 0, "auto")["spec"]["containers"][0]["resources"]
+    assert res["limits"]["cpu"] == "4"
+    if gpus:
+        assert res["limits"]["nvidia.com/gpu"] == gpus
+        assert res["requests"]["nvidia.com/gpu"] == gpus
+        assert json.loads(env_of(build_pod(JOB, s, 0, 0, "auto"))["VOLT_TRAINER"])["devices"] == gpus
+    else:
+        assert "nvidia.com/gpu" not in res["limits"]
+
+
+def test_template_overlay_is_merged_not_replaced() -> None:
+    s = spec(
+        env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
+        template={
+            "labels": {"team": "vision", "volt.dev/job": "hijack"},
+            "annotations": {"owner": "alice"},
+            "nodeSelector": {"gpu": "a100"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+            "priorityClassName": "high",
+            "schedulerName": "volcano",
+            "serviceAccountName": "trainer",
+            "securityContext": {"runAsUser": 1000},
+            "imagePullSecrets": ["regcred"],
+            "volumes": [{"name": "data", "hostPath": {"path": "/data"}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+            "env": [{"name": "HF_HOME", "value": "/data/hf"}],
+        },
+    )
+    pod = build_pod(JOB, s, 0, 0, "auto")
+    meta, podspec = pod["metadata"], pod["spec"]
+    container = podspec["containers"][0]
+    # Ours win on our keys; the user's are kept beside them.
+    assert meta["labels"]["team"] == "vision" and meta["labels"]["volt.dev/job"] == "mnist"
+    assert meta["annotations"]["owner"] == "alice"
+    assert meta["annotations"]["prometheus.io/scrape"] == "true"
+    assert podspec["nodeSelector"] == {"gpu": "a100"}
+    assert podspec["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert podspec["affinity"]["nodeAffinity"]
+    assert podspec["priorityClassName"] == "high"
+    assert podspec["schedulerName"] == "volcano"
+    assert podspec["serviceAccountName"] == "trainer"
+    assert podspec["securityContext"] == {"runAsUser": 1000}
+    assert podspec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert [v["name"] for v in podspec["volumes"]] == ["volt-checkpoints", "data"]
+    assert podspec["volumes"][1]["hostPath"] == {"path": "/data"}
+    assert [m["name"] for m in container["volumeMounts"]] == ["volt-checkpoints", "data"]
+    env = env_of(pod)
+    assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/data/hf"
+    assert env["MASTER_ADDR"] == "mnist-node-0.mnist"
+
+
+def test_builders_are_pure_and_deterministic() -> None:
+    s = spec()
+    assert build_pods(JOB, s, 0, "auto") == build_pods(JOB, s, 0, "auto")
+    assert build_service(JOB, s) == build_service(JOB, s)
+
+
+@pytest.mark.parametrize(
+    "resume, attempt, seen, want",
+    [
+        ("Auto", 0, False, "auto"),
+        ("Never", 3, True, "never"),
+        ("FromPath", 0, False, "/seed.ckpt"),
+        ("FromPath", 2, False, "/seed.ckpt"),  # never checkpointed yet: still the seed
+        ("FromPath", 2, True, "auto"),  # own checkpoint exists: continue from it
+    ],
+)
+def test_resume_value(resume: str, attempt: int, seen: bool, want: str) -> None:
+    extra = {"fromPath": "/seed.ckpt"} if resume == "FromPath" else {}
+    assert resume_value(spec(resume=resume, **extra), attempt, seen) == want

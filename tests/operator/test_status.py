@@ -1,0 +1,359 @@
+"""Table-driven tests of the status machine: observed pods -> next phase and action."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from volt_operator import failures
+from volt_operator.api import (
+    CheckpointStatus,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    format_time,
+)
+from volt_operator.builders import JobRef, build_pod
+from volt_operator.observed import pod_view
+from volt_operator.status import JobMeta, decide, with_create_error
+
+pytestmark = pytest.mark.timeout(30)
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+JOB = JobRef("mnist", "ns", "uid-1")
+
+
+def spec(**over: Any) -> TrainingJobSpec:
+    body: Dict[str, Any] = {
+        "image": "volt-trainer:1",
+        "command": ["python", "-m", "volt.examples.synthetic"],
+        "trainer": {"numNodes": 2, "devices": 2, "accelerator": "cpu"},
+        "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 10},
+    }
+    body.update(over)
+    return TrainingJobSpec.model_validate(body)
+
+
+def pod(
+    rank: int,
+    attempt: int = 0,
+    phase: str = "Running",
+    ready: bool = True,
+    exit_code: Optional[int] = None,
+    reason: Optional[str] = None,
+    disruption: Optional[str] = None,
+    pod_reason: Optional[str] = None,
+    deleting: bool = False,
+    gone: bool = False,
+) -> Any:
+    """A pod as the API returns it, built by the real builder then given a status."""
+    body = build_pod(JOB, spec(), rank, attempt, "auto")
+    status: Dict[str, Any] = {"phase": phase, "podIP": f"198.18.0.{10 + rank}", "conditions": []}
+    if phase == "Running":
+        status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
+    if exit_code is not None:
+        term = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
+    if disruption:
+        status["conditions"].append(
+            {"type": "DisruptionTarget", "status": "True", "reason": disruption}
+        )
+    if pod_reason:
+        status["reason"] = pod_reason
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = format_time(NOW)
+    body["status"] = status
+    return pod_view(body, gone=gone)
+
+
+def running(*ranks: int, attempt: int = 0) -> List[Any]:
+    return [pod(r, attempt) for r in ranks]
+
+
+def st(**over: Any) -> TrainingJobStatus:
+    return TrainingJobStatus.model_validate(over)
+
+
+@dataclass
+class Case:
+    status: TrainingJobStatus
+    pods: List[Any]
+    phase: str
+    spec: TrainingJobSpec = field(default_factory=spec)
+    service: bool = True
+    create: List[int] = field(default_factory=list)
+    delete: List[str] = field(default_factory=list)
+    attempt: int = 0
+    restarts: int = 0
+    counted: int = 0
+    events: List[str] = field(default_factory=list)
+    delete_job: bool = False
+    resume: Optional[str] = None
+    now: datetime = NOW
+
+
+CASES: Dict[str, Case] = {
+    "new job creates service and every pod": Case(
+        st(), [], "Pending", service=False, create=[0, 1], events=["Created"], resume="auto"
+    ),
+    "pods scheduled but not ready stay pending": Case(
+        st(phase="Pending"), [pod(0, phase="Pending"), pod(1)], "Pending"
+    ),
+    "all ready -> running": Case(st(phase="Pending"), running(0, 1), "Running", events=["Running"]),
+    "running stays running, no action": Case(st(phase="Running"), running(0, 1), "Running"),
+    "one pod missing while pending is recreated": Case(
+        st(phase="Pending"), running(0), "Pending", create=[1]
+    ),
+    "all exit 0 -> succeeded": Case(
+        st(phase="Running"),
+        [pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0)],
+        "Succeeded",
+        events=["Succeeded"],
+    ),
+    "rank 0 done, rank 1 still running: wait": Case(
+        st(phase="Running"), [pod(0, phase="Succeeded", exit_code=0), pod(1)], "Running"
+    ),
+    "user error fails fast and cleans running pods": Case(
+        st(phase="Running"),
+        [pod(0), pod(1, phase="Failed", exit_code=1)],
+        "Failed",
+        delete=["mnist-node-0"],
+        events=["Failed"],
+    ),
+    "config error 78 fails fast": Case(
+        st(phase="Running"), [pod(0), pod(1, phase="Failed", exit_code=78)], "Failed",
+        delete=["mnist-node-0"], events=["Failed"],
+    ),
+    "OOM kill restarts the gang and spends budget": Case(
+        st(phase="Running"),
+        [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled")],
+        "Restarting",
+        delete=["mnist-node-0", "mnist-node-1"],
+        attempt=1, restarts=1, counted=1, events=["GangRestart"],
+    ),
+    "checkpointed 75 restarts without spending budget": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=75), pod(1, phase="Failed", exit_code=76)],
+        "Restarting",
+        delete=["mnist-node-0", "mnist-node-1"],
+        attempt=1, restarts=1, counted=0, events=["GangRestart"],
+    ),
+    "preempted pod restarts for free even when peers report peer lost": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76),
+         pod(1, phase="Failed", exit_code=143, disruption="PreemptionByScheduler")],
+        "Restarting",
+        delete=["mnist-node-0", "mnist-node-1"],
+        attempt=1, restarts=1, counted=0, events=["GangRestart"],
+    ),
+    "evicted pod (pod reason) restarts for free": Case(
+        st(phase="Running"), [pod(0), pod(1, phase="Failed", pod_reason="Evicted")],
+        "Restarting", delete=["mnist-node-0", "mnist-node-1"],
+        attempt=1, restarts=1, counted=0, events=["GangRestart"],
+    ),
+    "crash beats peer-lost noise: user error of rank 1 fails the job": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=2)],
+        "Failed", events=["Failed"],
+    ),
+    "budget spent -> failed": Case(
+        st(phase="Running", restarts=2, restartsCounted=2, attempt=2),
+        [pod(0, 2), pod(1, 2, phase="Failed", exit_code=137)],
+        "Failed", delete=["mnist-node-0"], attempt=2, restarts=2, counted=2, events=["Failed"],
+    ),
+    "free restarts never exhaust the budget": Case(
+        st(phase="Running", restarts=9, restartsCounted=2, attempt=9),
+        [pod(0, 9), pod(1, 9, phase="Failed", exit_code=75)],
+        "Restarting", delete=["mnist-node-0", "mnist-node-1"],
+        attempt=10, restarts=10, counted=2, events=["GangRestart"],
+    ),
+    "pod deleted while running -> gang restart": Case(
+        st(phase="Running"), running(0), "Restarting", delete=["mnist-node-0"],
+        attempt=1, restarts=1, counted=1, events=["GangRestart"],
+    ),
+    "pod seen in its DELETED event with exit 75 -> free restart": Case(
+        st(phase="Running"), [pod(0), pod(1, phase="Failed", exit_code=75, gone=True)],
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
+        events=["GangRestart"],
+    ),
+    "terminating pod without exit code yet: wait for it": Case(
+        st(phase="Running"), [pod(0), pod(1, deleting=True)], "Running"
+    ),
+    "restart: old gang still terminating, wait": Case(
+        st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1),
+        [pod(0, 0, deleting=True), pod(1, 0, phase="Failed", exit_code=137)],
+        "Restarting", delete=["mnist-node-1"], attempt=1, restarts=1, counted=1,
+    ),
+    "restart: old gang gone but backoff not over": Case(
+        st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1,
+           backoffUntil=format_time(NOW + timedelta(seconds=5))),
+        [], "Restarting", attempt=1, restarts=1, counted=1,
+    ),
+    "restart: backoff over -> new gang resumes from checkpoint": Case(
+        st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1,
+           backoffUntil=format_time(NOW - timedelta(seconds=1)),
+           checkpoint=CheckpointStatus(path="/checkpoints/mnist/last.ckpt", step=40)),
+        [], "Restarting", create=[0, 1], attempt=1, restarts=1, counted=1,
+        spec=spec(checkpoint={"claimName": "ckpts"}),
+        events=["Created", "CheckpointResumed"], resume="auto",
+    ),
+    "restart: new gang ready -> running": Case(
+        st(phase="Restarting", attempt=1, restarts=1), running(0, 1, attempt=1), "Running",
+        attempt=1, restarts=1, events=["Running"],
+    ),
+    "suspend deletes pods and keeps the job": Case(
+        st(phase="Running"), running(0, 1), "Suspended", spec=spec(suspend=True),
+        delete=["mnist-node-0", "mnist-node-1"], events=["Suspended"],
+    ),
+    "resume recreates the gang as a new attempt": Case(
+        st(phase="Suspended"), [], "Pending", create=[0, 1], attempt=1,
+        spec=spec(checkpoint={"claimName": "ckpts"}),
+        events=["Resumed", "Created", "CheckpointResumed"], resume="auto",
+    ),
+    "resume without a checkpoint volume starts over (no resume event)": Case(
+        st(phase="Suspended"), [], "Pending", create=[0, 1], attempt=1,
+        events=["Resumed", "Created"], resume="auto",
+    ),
+    "deadline exceeded fails and kills pods even with cleanPodPolicy None": Case(
+        st(phase="Running", startTime=format_time(NOW - timedelta(seconds=61))),
+        running(0, 1), "Failed",
+        spec=spec(activeDeadlineSeconds=60, cleanPodPolicy="None"),
+        delete=["mnist-node-0", "mnist-node-1"], events=["Failed"],
+    ),
+    "terminal phase is sticky: no recreation": Case(
+        st(phase="Succeeded", completionTime=format_time(NOW)), [], "Succeeded"
+    ),
+    "failed job is sticky even if pods look healthy": Case(
+        st(phase="Failed", completionTime=format_time(NOW)), running(0, 1), "Failed",
+        delete=["mnist-node-0", "mnist-node-1"],
+    ),
+    "cleanPodPolicy All deletes finished pods": Case(
+        st(phase="Succeeded", completionTime=format_time(NOW)),
+        [pod(0, phase="Succeeded", exit_code=0)], "Succeeded",
+        spec=spec(cleanPodPolicy="All"), delete=["mnist-node-0"],
+    ),
+    "ttl not reached: nothing": Case(
+        st(phase="Succeeded", completionTime=format_time(NOW - timedelta(seconds=5))), [],
+        "Succeeded", spec=spec(ttlSecondsAfterFinished=30),
+    ),
+    "ttl reached: delete the job": Case(
+        st(phase="Succeeded", completionTime=format_time(NOW - timedelta(seconds=31))), [],
+        "Succeeded", spec=spec(ttlSecondsAfterFinished=30), delete_job=True,
+    ),
+    "rule: exit 3 restarts instead of failing": Case(
+        st(phase="Running"), [pod(0), pod(1, phase="Failed", exit_code=3)], "Restarting",
+        spec=spec(failurePolicy={"rules": [
+            {"action": "RestartGang", "onExitCodes": {"operator": "In", "values": [3]}}]}),
+        delete=["mnist-node-0", "mnist-node-1"], attempt=1, restarts=1, counted=1,
+        events=["GangRestart"],
+    ),
+    "rule: OOMKilled fails the job": Case(
+        st(phase="Running"), [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled")],
+        "Failed", spec=spec(failurePolicy={"rules": [
+            {"action": "FailJob", "onReasons": ["OOMKilled"]}]}),
+        delete=["mnist-node-0"], events=["Failed"],
+    ),
+    "resume FromPath seeds the first attempt": Case(
+        st(), [], "Pending", spec=spec(resume="FromPath", fromPath="/ckpt/seed.ckpt"),
+        service=False, create=[0, 1], events=["Created"], resume="/ckpt/seed.ckpt",
+    ),
+    "resume Never": Case(
+        st(), [], "Pending", spec=spec(resume="Never"), create=[0, 1], events=["Created"],
+        resume="never",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_decide(name: str) -> None:
+    case = CASES[name]
+    plan = decide(case.spec, JobMeta("mnist", 3), case.status, case.pods, case.service, case.now)
+    got = plan.status
+    assert got.phase == case.phase
+    assert plan.create_service == (not case.service)
+    assert plan.create_ranks == case.create
+    assert sorted(plan.delete_pods) == sorted(case.delete)
+    assert got.attempt == case.attempt
+    assert got.restarts == case.restarts
+    assert got.restarts_counted == case.counted
+    assert [e.reason for e in plan.events] == case.events
+    assert plan.delete_job == case.delete_job
+    assert got.observed_generation == 3
+    if case.resume is not None:
+        assert plan.resume == case.resume
+    # Level-based: the same observations again ask for no new transition.
+    again = decide(case.spec, JobMeta("mnist", 3), got, case.pods, case.service, case.now)
+    assert again.status.phase == got.phase or got.phase == "Restarting"
+    assert again.status.attempt == got.attempt or got.phase in ("Suspended",)
+
+
+def test_gang_restart_records_last_failure_and_backoff() -> None:
+    plan = decide(
+        spec(), JobMeta("mnist"), st(phase="Running"),
+        [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled")], True, NOW,
+    )
+    failure = plan.status.last_failure
+    assert failure is not None
+    assert (failure.pod, failure.rank, failure.exit_code, failure.reason) == (
+        "mnist-node-1", 1, 137, "OOMKilled")
+    assert plan.status.backoff_until == format_time(NOW + timedelta(seconds=10))
+    restarting = next(c for c in plan.status.conditions if c.type == "Restarting")
+    assert restarting.status == "True" and restarting.reason == "OOMKilled"
+    # The second counted restart waits twice as long.
+    plan2 = decide(
+        spec(), JobMeta("mnist"),
+        st(phase="Running", attempt=1, restarts=1, restartsCounted=1),
+        [pod(0, 1), pod(1, 1, phase="Failed", exit_code=139)], True, NOW,
+    )
+    assert plan2.status.backoff_until == format_time(NOW + timedelta(seconds=20))
+
+
+def test_user_error_names_rank_and_exit_code() -> None:
+    plan = decide(
+        spec(), JobMeta("mnist"), st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=1)], True, NOW,
+    )
+    assert plan.status.phase == "Failed"
+    failure = plan.status.last_failure
+    assert failure is not None and (failure.rank, failure.exit_code) == (1, 1)
+    assert failure.reason == "UserError"
+    assert "rank 1" in failure.message and "exit code 1" in failure.message
+    assert plan.status.completion_time == format_time(NOW)
+    cond = next(c for c in plan.status.conditions if c.type == "Failed")
+    assert cond.status == "True" and cond.reason == "UserError"
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    first = decide(spec(), JobMeta("mnist"), st(phase="Pending"), running(0, 1), True, NOW)
+    later = NOW + timedelta(minutes=5)
+    second = decide(spec(), JobMeta("mnist"), first.status, running(0, 1), True, later)
+    running_cond = next(c for c in second.status.conditions if c.type == "Running")
+    assert running_cond.status == "True"
+    assert running_cond.last_transition_time == format_time(NOW)
+
+
+def test_nodes_column_counts_ready_pods() -> None:
+    plan = decide(
+        spec(), JobMeta("mnist"), st(phase="Pending"),
+        [pod(0), pod(1, ready=False)], True, NOW,
+    )
+    assert plan.status.ready_nodes == "1/2"
+    assert plan.status.nodes.desired == 2 and plan.status.nodes.ready == 1
+
+
+def test_create_error_is_a_condition() -> None:
+    out = with_create_error(st(phase="Pending"), "pods is forbidden: quota", NOW)
+    cond = next(c for c in out.conditions if c.type == "Created")
+    assert (cond.status, cond.reason) == ("False", "CreateFailed")
+    assert "quota" in cond.message
+
+
+def test_exit_codes_match_the_engine() -> None:
+    """The operator copies the engine's exit codes (it does not import torch)."""
+    exit_codes = pytest.importorskip("volt.exit_codes")
+    assert failures.CHECKPOINTED == exit_codes.CHECKPOINTED
+    assert failures.PEER_LOST == exit_codes.PEER_LOST
+    assert failures.RENDEZVOUS_TIMEOUT == exit_codes.RENDEZVOUS_TIMEOUT
+    assert failures.CONFIG_ERROR == exit_codes.CONFIG_ERROR
+    assert failures.RETRYABLE == exit_codes.RETRYABLE
