@@ -215,6 +215,9 @@ class PreemptionCallback(Callback):
         started = time.monotonic()
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
+            from volt.checkpoint import write_manifest
+
+            write_manifest(os.path.dirname(path), path, step=trainer.global_step, epoch=trainer.current_epoch)
             log.warning(
                 "%s: saved %s in %.2f s; exiting with %d (%s)",
                 name, path, time.monotonic() - started, exit_codes.CHECKPOINTED,

@@ -1,0 +1,543 @@
+"""``volt-run``: start this node's training processes with torch's elastic agent.
+
+    volt-run [options] python train.py [args...]
+    volt-run [options] train.py [args...]          # runs it with this Python
+
+Every node (pod) runs ``volt-run`` with the same command. The node layout comes
+from the volt pod contract (``NUM_NODES``, ``NODE_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``, ``WORLD_SIZE``, ``PET_*``; see ``volt.cluster``) or the flags.
+Processes per node: ``--nproc-per-node``, else ``PET_NPROC_PER_NODE``, else
+``devices``/``gpus`` in ``VOLT_TRAINER``, else ``WORLD_SIZE / NUM_NODES``, else 1.
+
+What volt-run adds to torch's agent:
+
+* a roll call before rendezvous: node 0 waits ``--rdzv-timeout`` seconds for
+  every node and then names the missing node ranks; the others name node 0 when
+  it never comes up. Both exit with ``RENDEZVOUS_TIMEOUT``.
+* failure propagation across nodes: the first node whose worker fails records it
+  in the rendezvous store; the other nodes stop their workers at once and exit
+  with ``PEER_LOST`` (a gloo/NCCL timeout would take 30 minutes).
+* SIGTERM is forwarded to the workers, which checkpoint and exit with
+  ``CHECKPOINTED`` (``volt.signals``); after ``--grace-period`` seconds the
+  stragglers are killed.
+* exit codes from ``volt.exit_codes``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from types import FrameType
+from typing import Any, List, Mapping, Optional, Sequence
+
+from volt import exit_codes
+from volt.cluster import ClusterConfigError, NodeEnvironment, node_environment
+from volt.overrides import trainer_settings
+
+log = logging.getLogger("volt.launch")
+
+RDZV_BACKEND = "volt"
+_FAILED_KEY = "volt/failed"
+_DEFAULT_RDZV_TIMEOUT = 300.0
+_DEFAULT_GRACE_PERIOD = 25.0
+
+
+class RendezvousTimeout(RuntimeError):
+    """A node did not arrive (or node 0 never came up) within the timeout."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything ``run`` needs: resolved from flags and the environment."""
+
+    node: NodeEnvironment
+    nproc_per_node: int
+    command: List[str]
+    run_id: str
+    rdzv_timeout: float
+    grace_period: float
+    max_restarts: int
+
+    @property
+    def world_size(self) -> int:
+        return self.node.num_nodes * self.nproc_per_node
+
+
+# --- planning (pure) ---------------------------------------------------------------
+
+
+def _count_devices(value: Any, name: str) -> Optional[int]:
+    """Processes per node implied by a Trainer ``devices``/``gpus`` value, if definite."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if value == -1:
+            return _cuda_count() or None
+        if value < 0:
+            raise ClusterConfigError(f"VOLT_TRAINER {name}={value} is invalid: use a count >= 0, -1 or a list")
+        return value or None
+    if isinstance(value, (list, tuple)):
+        return len(value) or None
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("auto", ""):
+            return _cuda_count() or None
+        if "," in text:
+            return len([part for part in text.split(",") if part.strip()]) or None
+        try:
+            return _count_devices(int(text), name)
+        except ValueError:
+            raise ClusterConfigError(f"VOLT_TRAINER {name}={value!r} is not a device count or list") from None
+    raise ClusterConfigError(f"VOLT_TRAINER {name} must be an int, list or string, got {type(value).__name__}")
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _normalize_command(command: Sequence[str]) -> List[str]:
+    command = [part for part in command]
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ClusterConfigError("no command given: volt-run [options] python train.py [args...]")
+    if command[0].endswith(".py"):
+        command = [sys.executable, *command]
+    elif shutil.which(command[0]) is None:
+        raise ClusterConfigError(f"command {command[0]!r} is not an executable on PATH")
+    return command
+
+
+def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
+    """Resolve the node layout; raise ``ClusterConfigError`` naming any inconsistency."""
+    node = node_environment(env)
+    changes: dict = {}
+    if args.nnodes is not None:
+        changes["num_nodes"] = args.nnodes
+    if args.node_rank is not None:
+        changes["node_rank"] = args.node_rank
+    if args.master_addr is not None:
+        changes["master_addr"] = args.master_addr
+    if args.master_port is not None:
+        changes["master_port"] = args.master_port
+    node = replace(node, **changes)
+    if node.num_nodes < 1 or not 0 <= node.node_rank < node.num_nodes:
+        raise ClusterConfigError(f"node rank {node.node_rank} is out of range for {node.num_nodes} node(s)")
+
+    nproc, source = args.nproc_per_node, "--nproc-per-node"
+    settings = trainer_settings(env)
+    if nproc is None and node.nproc_per_node is not None:
+        nproc, source = node.nproc_per_node, "PET_NPROC_PER_NODE"
+    for key in ("devices", "gpus", "num_processes"):
+        if nproc is None:
+            nproc, source = _count_devices(settings.get(key), key), f"VOLT_TRAINER {key}"
+    if nproc is None and node.world_size is not None:
+        nproc, source = node.world_size // node.num_nodes, "WORLD_SIZE / NUM_NODES"
+    if nproc is None:
+        nproc, source = 1, "default"
+    if nproc < 1:
+        raise ClusterConfigError(f"processes per node must be >= 1, got {nproc} from {source}")
+    if node.world_size is not None and node.world_size != node.num_nodes * nproc:
+        raise ClusterConfigError(
+            f"WORLD_SIZE={node.world_size} but {node.num_nodes} node(s) x {nproc} process(es) per node "
+            f"({source}) = {node.num_nodes * nproc}; WORLD_SIZE counts processes"
+        )
+    trainer_nodes = settings.get("num_nodes")
+    if trainer_nodes is not None and trainer_nodes != node.num_nodes:
+        raise ClusterConfigError(f"VOLT_TRAINER num_nodes={trainer_nodes} but NUM_NODES={node.num_nodes}")
+
+    run_id = args.run_id or env.get("VOLT_JOB_NAME", "") or "volt"
+    attempt = env.get("VOLT_ATTEMPT")
+    if attempt:
+        run_id = f"{run_id}-{attempt}"
+    if args.rdzv_timeout <= 0 or args.grace_period <= 0:
+        raise ClusterConfigError("--rdzv-timeout and --grace-period must be > 0 seconds")
+    return LaunchPlan(
+        node=node,
+        nproc_per_node=nproc,
+        command=_normalize_command(args.command),
+        run_id=run_id,
+        rdzv_timeout=args.rdzv_timeout,
+        grace_period=args.grace_period,
+        max_restarts=args.max_restarts,
+    )
+
+
+# --- rendezvous with a roll call ----------------------------------------------------
+
+
+def _wait_for_any(store: Any, keys: List[str], deadline: float) -> Optional[str]:
+    """Poll ``store`` until one of ``keys`` exists (returns it) or ``deadline`` passes."""
+    while True:
+        for key in keys:
+            try:
+                if store.check([key]):
+                    return key
+            except Exception as err:  # node 0's store went away
+                raise RendezvousTimeout(f"node 0 left during the roll call ({err})") from err
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _make_rendezvous_handler(plan: LaunchPlan) -> Any:
+    """A static TCP rendezvous (node 0 hosts the store) that names missing nodes."""
+    from torch.distributed import PrefixStore, TCPStore
+    from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousInfo, RendezvousStoreInfo
+
+    class RollCallRendezvous(RendezvousHandler):
+        def __init__(self) -> None:
+            self._store: Optional[Any] = None
+            self.prefixed: Optional[Any] = None
+
+        def get_backend(self) -> str:
+            return RDZV_BACKEND
+
+        @property
+        def use_agent_store(self) -> bool:
+            return True
+
+        def _connect(self) -> Any:
+            node = plan.node
+            is_master = node.node_rank == 0
+            try:
+                return TCPStore(
+                    node.master_addr, node.master_port, None, is_master,
+                    timedelta(seconds=plan.rdzv_timeout), wait_for_workers=False, multi_tenant=True,
+                )
+            except Exception as err:  # DistNetworkError, TimeoutError, socket errors
+                if is_master:
+                    raise RendezvousTimeout(
+                        f"node 0 could not listen on {node.master_addr}:{node.master_port} ({err})"
+                    ) from err
+                raise RendezvousTimeout(
+                    f"node 0 (MASTER_ADDR={node.master_addr}, MASTER_PORT={node.master_port}) did not come up "
+                    f"within {plan.rdzv_timeout:.0f} s; this is node {node.node_rank} of {node.num_nodes}"
+                ) from err
+
+        def _roll_call(self, store: Any) -> None:
+            node = plan.node
+            deadline = time.monotonic() + plan.rdzv_timeout
+            store.set(f"volt/rollcall/{node.node_rank}", socket.gethostname())
+            if node.node_rank == 0:
+                missing = list(range(node.num_nodes))
+                while True:
+                    missing = [r for r in missing if not store.check([f"volt/rollcall/{r}"])]
+                    if not missing or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+                if missing:
+                    message = (
+                        f"node rank(s) {missing} of NUM_NODES={node.num_nodes} did not join within "
+                        f"{plan.rdzv_timeout:.0f} s (joined: "
+                        f"{sorted(set(range(node.num_nodes)) - set(missing))})"
+                    )
+                    store.set("volt/rollcall/abort", message)
+                    time.sleep(1.0)  # keep the store up so the joined nodes can read why
+                    raise RendezvousTimeout(message)
+                store.set("volt/rollcall/go", "1")
+                return
+            found = _wait_for_any(store, ["volt/rollcall/go", "volt/rollcall/abort"], deadline)
+            if found is None:
+                raise RendezvousTimeout(f"node 0 did not confirm the roll call within {plan.rdzv_timeout:.0f} s")
+            if found.endswith("abort"):
+                raise RendezvousTimeout(store.get("volt/rollcall/abort").decode())
+
+        def next_rendezvous(self) -> Any:
+            if self._store is None:
+                store = self._connect()
+                self._roll_call(store)
+                self._store = store
+                self.prefixed = PrefixStore(plan.run_id, store)
+            bootstrap = RendezvousStoreInfo(plan.node.master_addr, plan.node.master_port)
+            return RendezvousInfo(self.prefixed, plan.node.node_rank, plan.node.num_nodes, bootstrap)
+
+        @property
+        def raw_store(self) -> Optional[Any]:
+            return self._store
+
+        def is_closed(self) -> bool:
+            return False
+
+        def set_closed(self) -> None:
+            pass
+
+        def num_nodes_waiting(self) -> int:
+            return 0
+
+        def get_run_id(self) -> str:
+            return plan.run_id
+
+        def shutdown(self) -> bool:
+            return True
+
+    return RollCallRendezvous()
+
+
+# --- the agent ---------------------------------------------------------------------
+
+
+class _Supervisor:
+    """Shared state between the agent's monitor, the peer watcher and the SIGTERM handler."""
+
+    def __init__(self, plan: LaunchPlan) -> None:
+        self.plan = plan
+        self.sigterm_at: Optional[float] = None
+        self.peer_failure: Optional[str] = None
+        self.own_failure_reported = False
+        self.stopping = threading.Event()
+
+
+def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+    rdzv = _make_rendezvous_handler(plan)
+
+    class VoltAgent(LocalElasticAgent):
+        def worker_pids(self) -> List[int]:
+            return list(self._pcontext.pids().values()) if self._pcontext is not None else []
+
+        def _kill_workers(self, sig: int) -> None:
+            for pid in self.worker_pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            result = super()._monitor_workers(worker_group)
+            store = rdzv.raw_store
+            if result.state == WorkerState.FAILED and store is not None and not supervisor.own_failure_reported:
+                supervisor.own_failure_reported = True
+                rank, failure = min(result.failures.items(), key=lambda item: item[1].timestamp)
+                value = json.dumps({"node": plan.node.node_rank, "rank": rank, "exitcode": failure.exitcode})
+                try:
+                    # First writer wins: that node holds the root cause.
+                    current = store.compare_set(_FAILED_KEY, "", value).decode()
+                    if current != value:
+                        supervisor.peer_failure = current
+                except Exception:  # node 0's store may be gone already
+                    pass
+            if result.state == WorkerState.HEALTHY and supervisor.peer_failure is not None:
+                peer = json.loads(supervisor.peer_failure)
+                if peer.get("exitcode") != exit_codes.CHECKPOINTED:
+                    log.error(
+                        "node %s rank %s failed (exit code %s): stopping this node's workers",
+                        peer.get("node"), peer.get("rank"), peer.get("exitcode"),
+                    )
+                    self._kill_workers(signal.SIGKILL)
+            return result
+
+    spec = WorkerSpec(
+        role="trainer",
+        local_world_size=plan.nproc_per_node,
+        entrypoint=plan.command[0],
+        args=tuple(plan.command[1:]),
+        rdzv_handler=rdzv,
+        max_restarts=plan.max_restarts,
+        monitor_interval=0.1,
+        master_addr=None,
+        master_port=None,
+    )
+    logs = DefaultLogsSpecs(log_dir=log_dir)
+    agent = VoltAgent(spec=spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=60,
+                      shutdown_timeout=int(plan.grace_period))
+    agent.rdzv = rdzv
+    return agent
+
+
+def _watch_peers(agent: Any, supervisor: _Supervisor) -> None:
+    """Poll the store for another node's failure; a vanished store (node 0 gone) is one too."""
+    misses = 0
+    while not supervisor.stopping.wait(0.5):
+        store = agent.rdzv.raw_store
+        if store is None:
+            continue
+        try:
+            if store.check([_FAILED_KEY]):
+                value = store.get(_FAILED_KEY).decode()
+                if value and json.loads(value).get("node") != supervisor.plan.node.node_rank:
+                    supervisor.peer_failure = value
+            misses = 0
+        except Exception:
+            misses += 1
+            if misses >= 6 and supervisor.plan.node.node_rank != 0:
+                supervisor.peer_failure = json.dumps({"node": 0, "rank": None, "exitcode": None, "lost": True})
+
+
+def _exit_code(result: Any, supervisor: _Supervisor) -> int:
+    if result is not None and not result.is_failed():
+        return exit_codes.SUCCESS
+    codes = []
+    if result is not None:
+        failures = sorted(result.failures.values(), key=lambda f: f.timestamp)
+        codes = [f.exitcode if f.exitcode >= 0 else exit_codes.from_signal(-f.exitcode) for f in failures]
+    if supervisor.sigterm_at is not None:
+        return exit_codes.CHECKPOINTED if codes and set(codes) <= {exit_codes.CHECKPOINTED, 0} else (
+            exit_codes.from_signal(signal.SIGTERM)
+        )
+    if supervisor.peer_failure is not None and exit_codes.CHECKPOINTED not in codes:
+        return exit_codes.PEER_LOST
+    if not codes:
+        return exit_codes.USER_ERROR
+    return codes[0]
+
+
+def run(plan: LaunchPlan) -> int:
+    """Run this node's workers to completion; return the process exit code."""
+    from torch.distributed.elastic.rendezvous import registry
+
+    supervisor = _Supervisor(plan)
+    os.environ["VOLT_LAUNCHER"] = "volt-run"
+    os.environ["VOLT_GRACE_PERIOD_S"] = os.environ.get("VOLT_GRACE_PERIOD_S", str(plan.grace_period))
+    # torch's agent turns these into an exception; SIGTERM is ours (forward, then wait).
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+    log_dir = tempfile.mkdtemp(prefix="volt-run-")  # the agent's per-worker error files
+    agent = _make_agent(plan, supervisor, log_dir)
+
+    def on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
+        if supervisor.sigterm_at is not None:
+            return
+        supervisor.sigterm_at = time.monotonic()
+        if not agent.worker_pids():
+            raise SystemExit(exit_codes.from_signal(signal.SIGTERM))  # nothing started yet: nothing to save
+        log.warning("SIGTERM: forwarding to workers, %.0f s grace period", plan.grace_period)
+        agent._kill_workers(signal.SIGTERM)
+
+        def expire() -> None:
+            log.error("workers still running %.0f s after SIGTERM: killing them", plan.grace_period)
+            agent._kill_workers(signal.SIGKILL)
+
+        timer = threading.Timer(plan.grace_period, expire)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    watcher = threading.Thread(target=_watch_peers, args=(agent, supervisor), daemon=True, name="volt-peer-watch")
+    watcher.start()
+    log.info(
+        "node %d/%d: %d process(es), world size %d, master %s:%d",
+        plan.node.node_rank, plan.node.num_nodes, plan.nproc_per_node, plan.world_size,
+        plan.node.master_addr, plan.node.master_port,
+    )
+    result = None
+    try:
+        result = agent.run()
+    except RendezvousTimeout as err:
+        log.error("rendezvous failed: %s", err)
+        return exit_codes.RENDEZVOUS_TIMEOUT
+    except Exception as err:
+        cause = err
+        while cause is not None and not isinstance(cause, RendezvousTimeout):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            log.error("rendezvous failed: %s", cause)
+            return exit_codes.RENDEZVOUS_TIMEOUT
+        raise
+    finally:
+        supervisor.stopping.set()
+        shutil.rmtree(log_dir, ignore_errors=True)
+    code = _exit_code(result, supervisor)
+    log.log(logging.INFO if code == 0 else logging.ERROR, "exit %d: %s", code, exit_codes.describe(code))
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volt-run",
+        description="Start this node's volt training processes (torch elastic agent, static rendezvous).",
+        epilog="Exit codes: " + "; ".join(
+            f"{c} {exit_codes.describe(c)}" for c in (0, 1, 75, 76, 77, 78)
+        ),
+    )
+    parser.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None,
+                        help="processes on this node (default: PET_NPROC_PER_NODE, VOLT_TRAINER devices, 1)")
+    parser.add_argument("--nnodes", type=int, default=None, help="number of nodes (default: NUM_NODES or 1)")
+    parser.add_argument("--node-rank", type=int, default=None, help="this node's rank (default: NODE_RANK or 0)")
+    parser.add_argument("--master-addr", default=None, help="node 0's address (default: MASTER_ADDR)")
+    parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: MASTER_PORT)")
+    parser.add_argument("--rdzv-timeout", type=float,
+                        default=float(os.environ.get("VOLT_RENDEZVOUS_TIMEOUT", _DEFAULT_RDZV_TIMEOUT)),
+                        help="seconds to wait for all nodes (default: VOLT_RENDEZVOUS_TIMEOUT or 300)")
+    parser.add_argument("--grace-period", type=float,
+                        default=float(os.environ.get("VOLT_GRACE_PERIOD_S", _DEFAULT_GRACE_PERIOD)),
+                        help="seconds between SIGTERM and killing the workers (default: VOLT_GRACE_PERIOD_S or 25)")
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="in-place worker group restarts (default 0: the operator restarts the gang)")
+    parser.add_argument("--run-id", default=None, help="rendezvous id (default: VOLT_JOB_NAME-VOLT_ATTEMPT)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the training command")
+    return parser
+
+
+def _import_torch_quietly() -> None:
+    """Import torch with c10's C++ warnings off in this agent only (they dump stack frames
+    for every expected store retry); workers inherit the user's setting."""
+    previous = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    try:
+        import torch  # noqa: F401
+    finally:
+        if previous is None:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]
+        else:
+            os.environ["TORCH_CPP_LOG_LEVEL"] = previous
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    _import_torch_quietly()
+    logging.basicConfig(level=logging.INFO, format="[volt-run %(levelname)s] %(message)s", stream=sys.stderr)
+    for noisy in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_launch(args, os.environ)
+    except (ClusterConfigError, ValueError) as err:
+        log.error("%s", err)
+        return exit_codes.CONFIG_ERROR
+    return run(plan)
+
+
+def relaunch_argv() -> List[str]:
+    """The command that re-runs the current script, for ``Trainer(devices=N)`` without a launcher."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+
+
+def exec_under_volt_run(nproc_per_node: int, num_nodes: int) -> None:
+    """Replace this process with ``volt-run`` running the same script ``nproc_per_node`` times."""
+    argv = [sys.executable, "-m", "volt.launch", "--nproc-per-node", str(nproc_per_node), "--nnodes",
+            str(num_nodes), "--", *relaunch_argv()]
+    if num_nodes == 1 and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    log.info("devices=%d without a launcher: re-running under volt-run", nproc_per_node)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

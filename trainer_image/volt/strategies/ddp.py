@@ -1,0 +1,502 @@
+"""DistributedDataParallel across processes and nodes (gloo on CPU, NCCL on GPU).
+
+All distributed behaviour of the engine lives here: process group setup, the
+DDP wrapper the training step runs through, DistributedSampler injection, the
+collectives behind ``self.log(sync_dist=True)``/``all_gather``/``barrier``, and
+a small gloo "control" group for host-side agreement (SIGTERM, early stopping)
+that never waits on the GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+from volt import exit_codes
+from volt.cluster import ClusterEnvironment, cluster_environment
+from volt.strategies.strategy import REDUCE_OPS, Strategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.module import LightningModule
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+#: Strategy names that select DDP, with the note logged when the name is a 1.x one.
+_ALIASES: Dict[str, Optional[str]] = {
+    "ddp": None,
+    "ddp_spawn": "strategy='ddp_spawn' runs as 'ddp' (one process per device started by volt-run)",
+    "ddp_fork": "strategy='ddp_fork' runs as 'ddp' (one process per device started by volt-run)",
+    "ddp_notebook": "strategy='ddp_notebook' runs as 'ddp' (one process per device started by volt-run)",
+    "ddp_find_unused_parameters_true": None,
+    "ddp_cpu": "accelerator='ddp_cpu' (1.x) runs as strategy='ddp' on accelerator='cpu'",
+    "dp": "accelerator/strategy='dp' (1.x DataParallel) runs as 'ddp': one process per device, same global batch "
+          "semantics per process",
+    "ddp2": "accelerator/strategy='ddp2' (1.x) runs as 'ddp'",
+}
+
+_DEFAULT_TIMEOUT_S = 1800.0
+
+
+def normalize_strategy_name(name: str) -> Tuple[str, Optional[str]]:
+    """Map a (1.x or 2.x) DDP-family name to ``"ddp"`` and the note to log, if any.
+
+    Raises ValueError for names that are not DDP strategies.
+    """
+    key = name.strip().lower()
+    if key not in _ALIASES:
+        raise ValueError(f"strategy={name!r} is not a DDP strategy; expected one of {sorted(_ALIASES)}")
+    return "ddp", _ALIASES[key]
+
+
+class _StepDispatch(nn.Module):
+    """Makes ``training_step`` the wrapped module's ``forward``, so DDP's hooks fire."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, name)(*args, **kwargs)
+
+
+class _ShardedSampler(Sampler):
+    """Shard any sampler's indices across ranks (padding so every rank has as many)."""
+
+    def __init__(self, sampler: Sampler, num_replicas: int, rank: int) -> None:
+        self.sampler = sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _indices(self) -> List[Any]:
+        indices = list(self.sampler)
+        if not indices:
+            return []
+        total = -(-len(indices) // self.num_replicas) * self.num_replicas
+        indices += indices[: total - len(indices)]
+        return indices[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.num_replicas)  # type: ignore[arg-type]
+
+
+class _FirstNBatches(Sampler):
+    """Yield only the first ``n`` batches of ``batch_sampler`` (equalizes uneven ranks)."""
+
+    def __init__(self, batch_sampler: Iterable, n: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.n = n
+        self.sampler = getattr(batch_sampler, "sampler", None)  # where set_epoch is found
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.n:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
+    kwargs: Dict[str, Any] = dict(
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if getattr(loader, "pin_memory_device", ""):
+        kwargs["pin_memory_device"] = loader.pin_memory_device
+    return kwargs
+
+
+def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
+    """A DataLoader like ``loader`` with a different sampler or batch sampler."""
+    kwargs = _loader_kwargs(loader)
+    kwargs.update(changes)
+    cls = type(loader)
+    try:
+        return cls(loader.dataset, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"volt could not re-create your {cls.__name__} to add a DistributedSampler ({err}). Either accept "
+            f"DataLoader's own arguments in {cls.__name__}.__init__, or pass Trainer(use_distributed_sampler=False) "
+            f"and shard the data yourself"
+        ) from err
+
+
+def _is_peer_failure(error: BaseException) -> bool:
+    """Errors a rank gets when another rank died, rather than from its own code."""
+    if isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(error)
+    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET",
+               "NCCL communicator was aborted", "Socket Timeout")
+    return isinstance(error, RuntimeError) and any(marker in text for marker in markers)
+
+
+def _install_peer_failure_excepthook() -> None:
+    """Exit with PEER_LOST (not USER_ERROR) when a rank dies of another rank's failure."""
+    previous = sys.excepthook
+
+    def hook(exc_type: type, exc: BaseException, tb: Any) -> None:
+        previous(exc_type, exc, tb)
+        if _is_peer_failure(exc):
+            sys.stderr.write(f"volt: a peer rank failed; exiting with {exit_codes.PEER_LOST}\n")
+            sys.stderr.flush()
+            os._exit(exit_codes.PEER_LOST)
+
+    sys.excepthook = hook
+
+
+class DDPStrategy(Strategy):
+    """One process per device, gradients all-reduced by ``torch.nn.parallel.DistributedDataParallel``.
+
+    Args:
+        accelerator: ``"cpu"`` (gloo) or ``"cuda"``/``"gpu"`` (NCCL). Default: cuda when available.
+        devices: processes per node. Default: from the launcher's environment, else 1.
+        num_nodes: number of nodes. Default: from the environment, else 1.
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm.
+        process_group_backend: override ``gloo``/``nccl``.
+        timeout: collective timeout in seconds (default ``VOLT_RENDEZVOUS_TIMEOUT`` or 1800).
+        **ddp_kwargs: passed to DistributedDataParallel (find_unused_parameters,
+            static_graph, gradient_as_bucket_view, bucket_cap_mb, ...).
+    """
+
+    def __init__(
+        self,
+        accelerator: Optional[str] = None,
+        devices: Optional[int] = None,
+        num_nodes: Optional[int] = None,
+        sync_batchnorm: bool = False,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[Union[float, timedelta]] = None,
+        **ddp_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self._accelerator = "cuda" if accelerator is None and torch.cuda.is_available() else (accelerator or "cpu")
+        self._devices = devices
+        self._num_nodes = num_nodes
+        self._sync_batchnorm = sync_batchnorm
+        self._backend = process_group_backend
+        self._timeout = timeout
+        self._ddp_kwargs = ddp_kwargs
+        self._cluster: Optional[ClusterEnvironment] = None
+        self._control_group: Optional[Any] = None
+        self._configure(accelerator=self._accelerator)
+
+    def _configure(
+        self,
+        accelerator: Optional[str] = None,
+        devices: Optional[int] = None,
+        num_nodes: Optional[int] = None,
+        sync_batchnorm: Optional[bool] = None,
+    ) -> None:
+        """Fill in what the Trainer resolved (its arguments win over the constructor's defaults)."""
+        if accelerator is not None:
+            accel = {"gpu": "cuda"}.get(accelerator, accelerator)
+            if accel not in ("cpu", "cuda"):
+                raise ValueError(f"DDPStrategy accelerator must be 'cpu' or 'cuda'/'gpu', got {accelerator!r}")
+            if accel == "cuda" and not torch.cuda.is_available():
+                raise ValueError("DDPStrategy(accelerator='cuda'): no CUDA device is available")
+            self._accelerator = accel
+        for name, value in (("devices", devices), ("num_nodes", num_nodes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"DDPStrategy {name} must be an int >= 1, got {value!r}")
+        if devices is not None:
+            self._devices = devices
+        if num_nodes is not None:
+            self._num_nodes = num_nodes
+        if sync_batchnorm is not None:
+            self._sync_batchnorm = sync_batchnorm
+        if self._backend is not None and self._backend not in ("gloo", "nccl", "mpi", "ucc"):
+            raise ValueError(f"process_group_backend must be gloo, nccl, mpi or ucc, got {self._backend!r}")
+
+    # --- layout -------------------------------------------------------------------
+    @property
+    def cluster(self) -> ClusterEnvironment:
+        if self._cluster is None:
+            self._cluster = cluster_environment(os.environ)
+        return self._cluster
+
+    @property
+    def devices(self) -> int:
+        if self._devices is not None:
+            return self._devices
+        return self.cluster.local_world_size if self.cluster.launched else 1
+
+    @property
+    def num_nodes(self) -> int:
+        if self._num_nodes is not None:
+            return self._num_nodes
+        return self.cluster.num_nodes
+
+    @property
+    def root_device(self) -> torch.device:
+        if self._accelerator == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size if self.cluster.launched else self.devices * self.num_nodes
+
+    @property
+    def num_processes(self) -> int:
+        return self.devices
+
+    @property
+    def process_group_backend(self) -> str:
+        return self._backend or ("nccl" if self._accelerator == "cuda" else "gloo")
+
+    @property
+    def distributed_sampler_kwargs(self) -> Dict[str, Any]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    @property
+    def control_group(self) -> Optional[Any]:
+        """A gloo group on the same ranks: host-side flags without touching the GPU stream."""
+        return self._control_group
+
+    def _timeout_delta(self) -> timedelta:
+        if isinstance(self._timeout, timedelta):
+            return self._timeout
+        if self._timeout is not None:
+            return timedelta(seconds=float(self._timeout))
+        raw = os.environ.get("VOLT_RENDEZVOUS_TIMEOUT")
+        try:
+            return timedelta(seconds=float(raw)) if raw else timedelta(seconds=_DEFAULT_TIMEOUT_S)
+        except ValueError:
+            raise ValueError(f"VOLT_RENDEZVOUS_TIMEOUT must be a number of seconds, got {raw!r}") from None
+
+    # --- lifecycle ------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        cluster = self.cluster
+        if not cluster.launched:
+            if self.devices * self.num_nodes > 1:
+                from volt.launch import exec_under_volt_run
+
+                exec_under_volt_run(self.devices, self.num_nodes)  # does not return
+            return  # a world of one: nothing to set up
+        cluster.validate(devices=self.devices, num_nodes=self.num_nodes)
+        if self._accelerator == "cuda":
+            torch.cuda.set_device(self.root_device)
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", cluster.master_addr)
+            os.environ.setdefault("MASTER_PORT", str(cluster.master_port))
+            kwargs: Dict[str, Any] = {}
+            if self._accelerator == "cuda":
+                kwargs["device_id"] = self.root_device
+            dist.init_process_group(
+                self.process_group_backend, rank=cluster.global_rank, world_size=cluster.world_size,
+                timeout=self._timeout_delta(), **kwargs,
+            )
+        self._control_group = (
+            dist.new_group(backend="gloo", timeout=self._timeout_delta())
+            if self.process_group_backend != "gloo" else dist.new_group(backend="gloo")
+        )
+        _install_peer_failure_excepthook()
+        if cluster.global_rank == 0:
+            log.info(
+                "DDP: %d process(es) on %d node(s), backend %s, source %s", cluster.world_size, cluster.num_nodes,
+                self.process_group_backend, cluster.source,
+            )
+
+    def setup(self, trainer: "Trainer", module: "LightningModule") -> None:
+        self._trainer = trainer
+        self._lightning_module = module
+        if self._sync_batchnorm:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[assignment]
+            self._lightning_module = module
+        module.to(self.root_device)
+        if not dist.is_initialized() or self.world_size == 1:
+            self._model = module
+            return
+        if not any(p.requires_grad for p in module.parameters()):
+            self._model = module  # nothing to synchronise (e.g. evaluation only)
+            return
+        device_ids = [self.root_device.index] if self._accelerator == "cuda" else None
+        self._model = nn.parallel.DistributedDataParallel(
+            _StepDispatch(module), device_ids=device_ids, **self._ddp_kwargs
+        )
+
+    def teardown(self) -> None:
+        if self._lightning_module is not None:
+            self._model = self._lightning_module
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        self._control_group = None
+
+    # --- steps --------------------------------------------------------------------------
+    def _call_step(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        assert self._lightning_module is not None
+        if name == "training_step" and isinstance(self._model, nn.parallel.DistributedDataParallel):
+            return self._model(name, *args, **kwargs)
+        # Evaluation needs no gradient sync; calling the module directly keeps DDP's
+        # reducer out of forward passes that have no backward.
+        return getattr(self._lightning_module, name)(*args, **kwargs)
+
+    def no_backward_sync(self, should_sync: bool) -> ContextManager:
+        if not should_sync and isinstance(self._model, nn.parallel.DistributedDataParallel):
+            return self._model.no_sync()
+        return contextlib.nullcontext()
+
+    # --- data -----------------------------------------------------------------------------
+    def _use_distributed_sampler(self) -> bool:
+        trainer = self._trainer
+        for attr in ("use_distributed_sampler", "_use_distributed_sampler", "replace_sampler_ddp"):
+            value = getattr(trainer, attr, None)
+            if isinstance(value, bool):
+                return value
+        return True
+
+    def process_dataloader(self, dataloader: Iterable, stage: str) -> Iterable:
+        if self.world_size <= 1 or not isinstance(dataloader, DataLoader):
+            return dataloader
+        if isinstance(dataloader.dataset, torch.utils.data.IterableDataset):
+            log.warning(
+                "%s dataloader wraps an IterableDataset: volt does not shard it. Each rank must yield different "
+                "samples and the same number of batches, or DDP deadlocks.", stage,
+            )
+            return dataloader
+        loader = dataloader
+        if self._use_distributed_sampler():
+            loader = self._with_distributed_sampler(loader, stage)
+        if stage in ("train", "fit"):
+            loader = self._equalize_batches(loader)
+        return loader
+
+    def _with_distributed_sampler(self, loader: DataLoader, stage: str) -> DataLoader:
+        batch_sampler = loader.batch_sampler
+        if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+            log.warning("%s dataloader has a custom batch_sampler: not sharded; it must shard by rank itself", stage)
+            return loader
+        sampler = loader.sampler
+        if isinstance(sampler, (DistributedSampler, _ShardedSampler)):
+            return loader
+        kwargs = self.distributed_sampler_kwargs
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        if isinstance(sampler, (RandomSampler, SequentialSampler)):
+            new: Sampler = DistributedSampler(
+                loader.dataset, shuffle=isinstance(sampler, RandomSampler) and stage in ("train", "fit"),
+                seed=seed, drop_last=False, **kwargs,
+            )
+        else:  # a user sampler: keep its order and shard it
+            new = _ShardedSampler(sampler, kwargs["num_replicas"], kwargs["rank"])
+        batch_size = loader.batch_size if batch_sampler is not None else None
+        return _rebuild(loader, sampler=new, batch_size=batch_size, shuffle=False,
+                        drop_last=loader.drop_last if batch_sampler is not None else False)
+
+    def _equalize_batches(self, loader: DataLoader) -> DataLoader:
+        """Every rank must run the same number of training batches: all-reduce MIN once."""
+        try:
+            mine = len(loader)
+        except TypeError:
+            return loader
+        counts = torch.tensor([mine, -mine], dtype=torch.int64)
+        dist.all_reduce(counts, op=dist.ReduceOp.MIN, group=self._control_group)
+        fewest, most = int(counts[0]), -int(counts[1])
+        if fewest == most:
+            return loader
+        if self.is_global_zero:
+            log.warning(
+                "ranks have between %d and %d training batches per epoch; every rank runs %d so that DDP does not "
+                "deadlock", fewest, most, fewest,
+            )
+        if loader.batch_sampler is None:
+            raise ValueError("uneven training dataloaders without a batch sampler cannot be equalized")
+        kwargs = _loader_kwargs(loader)
+        return type(loader)(loader.dataset, batch_sampler=_FirstNBatches(loader.batch_sampler, fewest), **kwargs)
+
+    # --- collectives ------------------------------------------------------------------------
+    def _on_backend_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.process_group_backend == "nccl" and tensor.device.type != "cuda":
+            return tensor.to(self.root_device)
+        return tensor
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        if reduce_op not in REDUCE_OPS:
+            raise ValueError(f"reduce_op must be one of {REDUCE_OPS}, got {reduce_op!r}")
+        if not dist.is_initialized() or self.world_size == 1:
+            return tensor
+        out = self._on_backend_device(tensor.detach().clone())
+        if reduce_op == "mean" and not out.is_floating_point():
+            out = out.float()
+        op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+              "min": dist.ReduceOp.MIN}[reduce_op]
+        dist.all_reduce(out, op=op)
+        if reduce_op == "mean":
+            out = out / self.world_size
+        return out.to(tensor.device)
+
+    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False) -> torch.Tensor:
+        if not dist.is_initialized() or self.world_size == 1:
+            return tensor
+        local = self._on_backend_device(tensor.contiguous())
+        if sync_grads:
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+            return torch.stack(differentiable_all_gather(local)).to(tensor.device)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
+        return torch.stack(gathered).to(tensor.device)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not dist.is_initialized() or self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, group=self._control_group)
+        return box[0]
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier(group=self._control_group)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if not dist.is_initialized() or self.world_size == 1:
+            return decision
+        votes = torch.tensor([int(bool(decision))], dtype=torch.int32)
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM, group=self._control_group)
+        return int(votes) == self.world_size if all else int(votes) > 0
+
+    def __repr__(self) -> str:
+        return (
+            f"DDPStrategy(accelerator={self._accelerator!r}, devices={self.devices}, num_nodes={self.num_nodes}, "
+            f"backend={self.process_group_backend!r})"
+        )
