@@ -1,11 +1,17 @@
 # The volt operator image: kopf + volt_operator on a slim Python, no torch.
 #
-#   docker build --build-arg BASE_IMAGE=<debian with python3 and python3-venv> -t volt-operator:0.1.0 .
+#   docker build --network host --build-arg BASE_IMAGE=<debian with python3 and python3-venv> \
+#       -t volt-operator:0.1.0 .
 #
 # No registry is assumed: BASE_IMAGE is any Debian/Ubuntu image with python3 (>= 3.10)
-# and the venv module (scripts/build-base-image.sh builds one with debootstrap).
+# and its venv module (scripts/build-base-image.sh builds one with debootstrap;
+# scripts/build-images.sh builds both volt images with the right arguments).
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
+
+# PEM certificates that pip must trust besides the public ones, for builds behind a
+# TLS-intercepting proxy. Written to /tmp for the pip step only, never kept.
+ARG PIP_EXTRA_CA=""
 
 ENV VIRTUAL_ENV=/opt/volt \
     PATH=/opt/volt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -17,20 +23,25 @@ ENV VIRTUAL_ENV=/opt/volt \
 RUN python3 -m venv /opt/volt \
  && useradd --system --uid 65532 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin volt
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes. The operator needs the project's dependencies and the `operator` extra,
-# but not torch (the engine's), so the list is read from pyproject.toml.
+# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
+# The operator needs the project's dependencies and its `operator` extra but not
+# torch (the engine's), so the list is read from pyproject.toml minus torch.
 COPY pyproject.toml /src/pyproject.toml
 RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
 print('\n'.join([d for d in p['dependencies'] if not d.startswith('torch')] + p['optional-dependencies']['operator']))" \
         > /src/operator-requirements.txt \
- && pip install -r /src/operator-requirements.txt
+ && if [ -n "$PIP_EXTRA_CA" ]; then \
+        { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$PIP_EXTRA_CA"; } > /tmp/pip-ca.pem; \
+        export PIP_CERT=/tmp/pip-ca.pem; fi \
+ && pip install -r /src/operator-requirements.txt \
+ && rm -rf /tmp/pip-ca.pem /src
 
-# The operator package only (the engine is not imported by the operator). Bytecode is
-# compiled now because the root filesystem is read-only at run time.
+# The operator package only: it never imports the engine. Bytecode is compiled
+# now because the root filesystem is read-only at run time.
 COPY operator/volt_operator /opt/volt/operator/volt_operator
-RUN python -m compileall -q /opt/volt/operator
 ENV PYTHONPATH=/opt/volt/operator
+RUN python -m compileall -q /opt/volt/operator \
+ && python -c "import volt_operator"
 
 USER 65532:65532
 WORKDIR /tmp
