@@ -76,9 +76,11 @@ lint: setup
 	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench
 
 # The CRD is generated from the pydantic models (operator/volt_operator/api.py);
-# tests/operator/test_crd.py fails when the committed file drifts from them.
+# tests/operator/test_crd.py fails when the committed files drift from them
+# (the chart installs its own copy from charts/volt/crds/).
 crds: setup
 	$(PY) -m volt_operator.crdgen > crds/trainingjob.yaml
+	cp crds/trainingjob.yaml charts/volt/crds/trainingjob.yaml
 
 clean:
 	rm -rf build *.egg-info bench/results/*.json

@@ -29,6 +29,13 @@ CONFIG_ERROR = 78
 RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT})
 FREE_RESTART_CODES = frozenset({CHECKPOINTED})
 
+# Every `reason` a gang restart (or failure) can carry; metrics use this set.
+REASONS = (
+    "Preempted", "Evicted", "Checkpointed", "PeerLost", "RendezvousTimeout",
+    "OOMKilled", "PodDeleted", "Crashed", "PodFailed", "UserError", "ConfigError",
+    "FailurePolicyRule",
+)
+
 FAIL = "FailJob"
 RESTART = "RestartGang"
 RESTART_FREE = "RestartGangIgnoreBudget"
@@ -75,10 +82,13 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
         where += f", reason {pod.reason}"
     for index, rule in enumerate(policy.rules):
         if _rule_matches(rule, pod):
-            return Verdict(rule.action, pod, f"Rule{index}", f"{where}; failurePolicy.rules[{index}]")
+            return Verdict(
+                rule.action, pod, "FailurePolicyRule", f"{where}; failurePolicy.rules[{index}]"
+            )
     code = pod.exit_code
     if pod.disrupted:
-        return Verdict(RESTART_FREE, pod, pod.reason or "Disrupted", where)
+        kind = "Preempted" if "preempt" in pod.reason.lower() else "Evicted"
+        return Verdict(RESTART_FREE, pod, kind, where)
     if code in FREE_RESTART_CODES:
         return Verdict(RESTART_FREE, pod, "Checkpointed", where)
     if code in RETRYABLE:
@@ -90,7 +100,7 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
         return Verdict(RESTART, pod, "OOMKilled", where)
     if code is None and pod.gone:
         return Verdict(RESTART, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted")
-    return Verdict(RESTART, pod, "Crashed" if code else (pod.reason or "PodFailed"), where)
+    return Verdict(RESTART, pod, "Crashed" if code else "PodFailed", where)
 
 
 def worst(failed: Iterable[PodView], policy: FailurePolicy) -> Optional[Verdict]:
