@@ -16,7 +16,7 @@ export VOLT_CACHE
 export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 
-.PHONY: setup prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo clean
+.PHONY: setup prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -56,6 +56,15 @@ docker:
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
 	  $$apt install -y --no-install-recommends docker.io debootstrap || { $$apt update && $$apt install -y --no-install-recommends docker.io debootstrap; }; }
+
+# The whole system on this machine: local control plane + node agent, the helm
+# chart, the operator as the chart's ServiceAccount, an example TrainingJob
+# followed to Succeeded. It keeps running; `make demo-down` removes it.
+demo: setup cluster helm
+	@bash scripts/demo.sh up
+
+demo-down:
+	@bash scripts/demo.sh down
 
 test: setup prometheus cluster helm docker
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# `make demo` / `make demo-down`: volt end to end on this machine.
+#
+#   up    start the local control plane with two nodes (volt_operator.testing.cluster,
+#         pods run as local processes by the node agent), install the helm chart
+#         (CRD, ServiceAccount, least-privilege RBAC; operator.replicas=0), run the
+#         operator here as the chart's ServiceAccount (a `kubectl create token`
+#         token, not an admin), apply examples/trainingjob.yaml and follow
+#         `kubectl get tj` until the job ends; then say where checkpoints and
+#         metrics are. Everything keeps running for you to explore.
+#   down  stop the operator and the cluster, remove the demo's state.
+#
+# Needs what `make demo` builds first: the Python environment, the Kubernetes
+# binaries and helm, on PATH (the Makefile exports it).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+VOLT_CACHE="${VOLT_CACHE:-$HOME/.cache/volt}"
+demo_dir="${VOLT_DEMO_DIR:-$VOLT_CACHE/demo}"
+cluster_dir="$demo_dir/cluster"
+release=volt
+release_ns=volt-system
+health_port="${VOLT_DEMO_HEALTH_PORT:-36080}"
+metrics_port="${VOLT_DEMO_METRICS_PORT:-36081}"
+job_timeout="${VOLT_DEMO_TIMEOUT:-900}"
+manifest="$repo/examples/trainingjob.yaml"
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+stop_operator() {
+    local pidfile="$demo_dir/operator.pid" pid
+    [[ -f "$pidfile" ]] || return 0
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    rm -f "$pidfile"
+}
+
+down() {
+    say "stopping the operator and the local cluster"
+    stop_operator
+    if [[ -d "$cluster_dir" ]]; then
+        python -m volt_operator.testing.cluster down --dir "$cluster_dir" --purge
+    fi
+    rm -rf "$demo_dir"
+    echo "demo removed"
+}
+
+up() {
+    for tool in python kubectl helm; do
+        command -v "$tool" >/dev/null || die "'$tool' not on PATH: run this through 'make demo'"
+    done
+    [[ -f "$manifest" ]] || die "$manifest is missing"
+    mkdir -p "$demo_dir"
+
+    say "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, node agent)"
+    python -m volt_operator.testing.cluster up --dir "$cluster_dir" --nodes 2
+    export KUBECONFIG="$cluster_dir/kubeconfig"
+    kubectl get nodes
+
+    say "installing the volt chart (CRD, ServiceAccount, RBAC); the operator itself runs here"
+    helm upgrade --install "$release" "$repo/charts/volt" --namespace "$release_ns" --create-namespace \
+        --set operator.replicas=0 --wait --timeout 2m
+    kubectl wait --for condition=established --timeout 60s crd/trainingjobs.volt.dev
+
+    say "starting the operator as system:serviceaccount:$release_ns:$release (token from 'kubectl create token')"
+    stop_operator
+    local server token op_config="$demo_dir/operator.kubeconfig"
+    server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+    token="$(kubectl -n "$release_ns" create token "$release" --duration 24h)"
+    rm -f "$op_config"
+    kubectl config --kubeconfig "$op_config" set-cluster local --server "$server" \
+        --certificate-authority "$cluster_dir/pki/ca.crt" --embed-certs >/dev/null
+    kubectl config --kubeconfig "$op_config" set-credentials "$release" --token "$token" >/dev/null
+    kubectl config --kubeconfig "$op_config" set-context operator --cluster local --user "$release" >/dev/null
+    kubectl config --kubeconfig "$op_config" use-context operator >/dev/null
+    chmod 600 "$op_config"
+    KUBECONFIG="$op_config" setsid python -m volt_operator --standalone --all-namespaces \
+        --liveness "http://127.0.0.1:$health_port/healthz" --metrics-port "$metrics_port" \
+        >"$demo_dir/operator.log" 2>&1 </dev/null &
+    echo $! >"$demo_dir/operator.pid"
+    for _ in $(seq 1 120); do
+        python - "$health_port" <<'PY' && break
+import sys, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2)
+except Exception:
+    sys.exit(1)
+PY
+        kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
+        sleep 1
+    done
+    echo "operator running (pid $(cat "$demo_dir/operator.pid"), log $demo_dir/operator.log)"
+
+    say "kubectl apply -f examples/trainingjob.yaml"
+    kubectl apply -f "$manifest"
+    local job ns
+    job="$(kubectl get -f "$manifest" -o jsonpath='{range .items[?(@.kind=="TrainingJob")]}{.metadata.name}{end}' 2>/dev/null || true)"
+    [[ -n "$job" ]] || job="$(python -c "import sys, yaml; print(next(d['metadata']['name'] for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get('kind') == 'TrainingJob'))" "$manifest")"
+    ns="$(kubectl get tj "$job" -o jsonpath='{.metadata.namespace}')"
+
+    say "kubectl get tj $job -w   (until it finishes; up to ${job_timeout}s)"
+    local phase="" last="" line deadline=$((SECONDS + job_timeout))
+    kubectl get tj "$job" -n "$ns" | head -n 1
+    while (( SECONDS < deadline )); do
+        line="$(kubectl get tj "$job" -n "$ns" --no-headers 2>/dev/null || true)"
+        [[ "$line" != "$last" && -n "$line" ]] && { echo "$line"; last="$line"; }
+        phase="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+        [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
+        kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
+        sleep 2
+    done
+    [[ "$phase" == Succeeded ]] || {
+        kubectl describe tj "$job" -n "$ns" >&2 || true
+        die "job $job ended in phase '${phase:-unknown}' (operator log: $demo_dir/operator.log)"
+    }
+
+    say "done: TrainingJob $job Succeeded"
+    kubectl get tj "$job" -n "$ns" -o jsonpath='{"training: "}{.status.training}{"\ncheckpoint: "}{.status.checkpoint}{"\n"}'
+    local claim pv host_path
+    claim="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.spec.checkpoint.claimName}')"
+    if [[ -n "$claim" ]]; then
+        pv="$(kubectl get pvc "$claim" -n "$ns" -o jsonpath='{.spec.volumeName}')"
+        host_path="$(kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}{.spec.local.path}')"
+        echo
+        echo "Checkpoints: PVC $ns/$claim -> PV $pv -> $host_path on this machine:"
+        find "$host_path" -maxdepth 3 \( -name '*.ckpt' -o -name latest.json \) -printf '  %p  (%s bytes)\n' 2>/dev/null | sort || true
+    fi
+    cat <<EOF2
+
+Metrics:
+  operator        curl -s http://127.0.0.1:$metrics_port/metrics | grep '^volt_'
+  trainer pods    each rank serves /metrics on its pod IP, port VOLT_METRICS_PORT+local rank,
+                  while it runs (kubectl get pods -n $ns -o wide); names in docs/metrics.md
+Explore:
+  export KUBECONFIG=$cluster_dir/kubeconfig
+  kubectl get tj,pods,svc -n $ns
+  kubectl describe tj $job -n $ns
+  kubectl logs ${job}-node-0 -n $ns
+Clean up:  make demo-down
+EOF2
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    *) die "usage: $0 up|down" ;;
+esac
