@@ -33,7 +33,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from .logs import LogNotFound, LogServer, LogSource, make_serving_cert
-from .network import PodAddress, PodNetwork, agent_id_for, render_hosts
+from .network import PodAddress, PodNetwork, agent_id_for, render_hosts, render_resolv_conf
 from .nodes import NodeRegistry, NodeShape
 from .podenv import decode_secret
 from .provisioner import Provisioner
@@ -318,6 +318,7 @@ class NodeAgent:
         if state.netns is None:
             state.netns, state.record.pod_ip = self.network.create_pod_namespace(state.uid)
             state.record.sandbox_ready = True
+            self.network.write_resolv_conf(state.netns, render_resolv_conf(pod["metadata"]["namespace"]))
             self._hosts_signature = ()
         pod_dir = self.pods_root / state.uid
         try:

@@ -102,6 +102,18 @@ def render_hosts(own: PodAddress, peers: list[PodAddress]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_resolv_conf(namespace: str) -> str:
+    """The pod's resolv.conf: the kubelet's search path, and no reachable name server.
+
+    Pod names come from the hosts file; pods have no route off the machine, so
+    a lookup of any other name should fail at once (127.0.0.1:53 refuses)
+    instead of timing out against the host's resolver.
+    """
+    return (f"search {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
+            "nameserver 127.0.0.1\n"
+            "options ndots:5 timeout:1 attempts:1\n")
+
+
 class AddressPool:
     """Hands out the host addresses of one subnet (gateway excluded), keyed by pod uid."""
 
@@ -237,11 +249,18 @@ class PodNetwork:
         return netns, str(ip)
 
     def write_hosts(self, netns: str, content: str) -> None:
-        """Write the pod's hosts file in place: running pods see it bind-mounted,
-        so replacing the inode (rename) would hide the update from them."""
+        """Write the pod's hosts file (see `_write_in_place`)."""
+        self._write_in_place(netns, "hosts", content)
+
+    def write_resolv_conf(self, netns: str, content: str) -> None:
+        self._write_in_place(netns, "resolv.conf", content)
+
+    def _write_in_place(self, netns: str, name: str, content: str) -> None:
+        """Write /etc/netns/<netns>/<name> in place: running pods see it bind-mounted
+        over /etc/<name>, so replacing the inode (rename) would hide updates."""
         directory = NETNS_ETC / netns
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "hosts"
+        path = directory / name
         with open(path, "a+", encoding="utf-8") as handle:
             handle.seek(0)
             if handle.read() == content:
