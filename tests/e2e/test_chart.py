@@ -1,0 +1,152 @@
+"""The Helm chart: lint, render, least-privilege RBAC, hardened pod, CRD copy, values schema.
+
+These tests need only the helm binary (no cluster); test_helm_install.py installs
+the chart into the local control plane.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helm_util import CHART, REPO, helm_binary, run_helm
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return helm_binary()
+
+
+def render(helm: Path, *set_args: str) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "--namespace", "volt-system"]
+    for item in set_args:
+        args += ["--set", item]
+    out = run_helm(helm, *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_passes_in_both_rbac_modes(helm: Path) -> None:
+    run_helm(helm, "lint", "--strict", str(CHART))
+    run_helm(helm, "lint", "--strict", str(CHART), "--set", "watchNamespace=team-a")
+    run_helm(helm, "lint", "--strict", str(CHART), "--set", "metrics.grafanaDashboard.enabled=true")
+
+
+def test_default_render_is_cluster_wide(helm: Path) -> None:
+    docs = render(helm)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    binding = by_kind(docs, "ClusterRoleBinding")[0]
+    sa = by_kind(docs, "ServiceAccount")[0]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": "volt-system"}]
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args and "--standalone" in args
+
+
+def test_watch_namespace_gives_a_role_and_no_cluster_permission(helm: Path) -> None:
+    docs = render(helm, "watchNamespace=team-a")
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    role, = by_kind(docs, "Role")
+    binding, = by_kind(docs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "team-a"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    # The ServiceAccount stays in the release namespace; the binding reaches across.
+    assert binding["subjects"][0]["namespace"] == "volt-system"
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+def test_rbac_grants_no_wildcards_and_no_read_of_secrets(helm: Path) -> None:
+    for mode in ((), ("watchNamespace=team-a",)):
+        docs = render(helm, *mode)
+        role = (by_kind(docs, "ClusterRole") or by_kind(docs, "Role"))[0]
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], rule
+            assert "secrets" not in rule["resources"], rule
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
+
+
+def test_operator_pod_is_hardened_and_probed(helm: Path) -> None:
+    deployment, = by_kind(render(helm), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container, = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert f"--liveness=http://0.0.0.0:{ports['health']}/healthz" in container["args"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VOLT_OPERATOR_METRICS_PORT"] == "8080"
+    # The only writable path is the /tmp emptyDir.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 1
+
+
+def test_metrics_service_selects_the_operator_pod(helm: Path) -> None:
+    docs = render(helm, "metrics.port=9100")
+    service, = by_kind(docs, "Service")
+    deployment, = by_kind(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
+
+
+def test_grafana_dashboard_configmap_carries_every_dashboard(helm: Path) -> None:
+    dashboards = sorted((CHART / "dashboards").glob("*.json"))
+    assert dashboards, "charts/volt/dashboards/ holds no dashboard"
+    assert not by_kind(render(helm), "ConfigMap"), "dashboard ConfigMap must be opt-in"
+    configmap, = by_kind(render(helm, "metrics.grafanaDashboard.enabled=true"), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert sorted(configmap["data"]) == [p.name for p in dashboards]
+    for path in dashboards:
+        assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    generated = REPO / "crds" / "trainingjob.yaml"
+    in_chart = CHART / "crds" / "trainingjob.yaml"
+    assert generated.is_file(), "crds/trainingjob.yaml is missing: run `make crds`"
+    assert in_chart.is_file(), "charts/volt/crds/trainingjob.yaml is missing: run `make crds`"
+    assert in_chart.read_bytes() == generated.read_bytes(), (
+        "charts/volt/crds/trainingjob.yaml differs from crds/trainingjob.yaml: run `make crds`")
+    crd = yaml.safe_load(in_chart.read_text())
+    assert crd["kind"] == "CustomResourceDefinition"
+    assert crd["metadata"]["name"] == "trainingjobs.volt.dev"
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ("metrics.port=0", "metrics.port"),
+    ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+    ("watchNamespace=Team_A", "watchNamespace"),
+    ("operator.logLevel=loud", "operator.logLevel"),
+    ("metrics.podMonitor.interval=often", "metrics.podMonitor.interval"),
+    ("operator.replicas=2", "operator.replicas"),
+    ("replicas=1", "replicas"),
+])
+def test_values_schema_rejects_bad_values(helm: Path, setting: str, named: str) -> None:
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"--set {setting} rendered without error"
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert named.split(".")[-1] in proc.stderr, proc.stderr
