@@ -68,7 +68,10 @@ def test_manifest_rejects_missing_or_foreign_file(tmp_path):
     other.mkdir()
     ckpt_io.atomic_save({}, other / "a.ckpt")
     with pytest.raises(ValueError, match="dirpath"):
-        ckpt_io.write_manifest(tmp_path, other / "a.ckpt", step=1, epoch=0)
+        ckpt_io.write_manifest(tmp_path / "x", other / "a.ckpt", step=1, epoch=0)
+    # A file in a sub-directory (filename templates with "/") is named relatively.
+    assert ckpt_io.write_manifest(tmp_path, other / "a.ckpt", step=1, epoch=0).checkpoint == "other/a.ckpt"
+    assert ckpt_io.latest_checkpoint(tmp_path) == str(other / "a.ckpt")
 
 
 def test_latest_checkpoint_fallbacks(tmp_path):

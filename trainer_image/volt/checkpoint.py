@@ -106,7 +106,7 @@ def load(path: PathLike, map_location: MapLocation = None, weights_only: bool = 
 class Manifest:
     """What ``latest.json`` says: the newest complete checkpoint in its directory."""
 
-    checkpoint: str  # file name, relative to the manifest's directory
+    checkpoint: str  # path relative to the manifest's directory (usually a bare file name)
     step: int
     epoch: int
     time: str  # ISO 8601, UTC
@@ -118,21 +118,22 @@ class Manifest:
 
 
 def write_manifest(dirpath: PathLike, ckpt_path: PathLike, *, step: int, epoch: int) -> Manifest:
-    """Record ``ckpt_path`` (a complete checkpoint inside ``dirpath``) as the latest one.
+    """Record ``ckpt_path`` (a complete checkpoint under ``dirpath``) as the latest one.
 
     Call it only after the checkpoint file is fully written (``atomic_save`` returned).
+    The manifest stores the path relative to ``dirpath`` so the volume can be
+    mounted elsewhere after a restart.
     """
     dirpath = os.path.abspath(os.fspath(dirpath))
     ckpt_path = os.path.abspath(os.fspath(ckpt_path))
-    if os.path.dirname(ckpt_path) != dirpath:
-        raise ValueError(
-            f"write_manifest: `ckpt_path` {ckpt_path!r} must be directly inside `dirpath` {dirpath!r}"
-        )
+    relative = os.path.relpath(ckpt_path, dirpath)
+    if relative.startswith(os.pardir + os.sep) or relative == os.pardir:
+        raise ValueError(f"write_manifest: `ckpt_path` {ckpt_path!r} must be inside `dirpath` {dirpath!r}")
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"write_manifest: `ckpt_path` {ckpt_path!r} does not exist")
     now = time.time()
     manifest = Manifest(
-        checkpoint=os.path.basename(ckpt_path),
+        checkpoint=relative,
         step=int(step),
         epoch=int(epoch),
         time=_dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),

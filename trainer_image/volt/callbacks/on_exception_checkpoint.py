@@ -1,0 +1,61 @@
+"""OnExceptionCheckpoint: save a checkpoint when training raises."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Union
+
+from volt import checkpoint as ckpt_io
+from volt.callbacks.base import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.module import LightningModule
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class OnExceptionCheckpoint(Callback):
+    """Save ``<dirpath>/<filename>.ckpt`` from ``on_exception`` (a crash, a KeyboardInterrupt).
+
+    The file is written by this process alone, without the barrier that
+    ``trainer.save_checkpoint`` ends with: after an exception the other ranks
+    may never reach a collective, and waiting for them would hide the error.
+    Under DDP every rank writes its own file (``on_exception-rank<N>.ckpt``
+    for ranks > 0), since only the failing rank is guaranteed to get here.
+    Rank 0's file is named in ``latest.json``, so ``fit(ckpt_path="last")``
+    resumes from it as in Lightning (see docs/checkpoints.md for what a
+    checkpoint taken mid-step means for exact resume).
+    """
+
+    FILE_EXTENSION = ckpt_io.CHECKPOINT_SUFFIX
+
+    def __init__(self, dirpath: Union[str, "os.PathLike[str]"], filename: str = "on_exception") -> None:
+        super().__init__()
+        if not filename or not isinstance(filename, str):
+            raise ValueError(f"OnExceptionCheckpoint(filename={filename!r}) must be a non-empty str")
+        self.dirpath = os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
+        self.filename = filename
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+
+    def _path_for_rank(self, rank: int) -> str:
+        if rank == 0:
+            return self.ckpt_path
+        return os.path.join(self.dirpath, f"{self.filename}-rank{rank}{self.FILE_EXTENSION}")
+
+    def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
+        path = self._path_for_rank(trainer.global_rank)
+        try:
+            from volt.trainer import checkpoint_connector
+
+            checkpoint = checkpoint_connector.dump_checkpoint(trainer, weights_only=False)
+            ckpt_io.atomic_save(checkpoint, path)
+        except Exception as err:  # never replace the user's exception with ours
+            log.error("OnExceptionCheckpoint: could not save %s: %s", path, err)
+            return
+        log.warning("OnExceptionCheckpoint: saved %s after %s", path, type(exception).__name__)
+        if trainer.global_rank == 0:
+            ckpt_io.write_manifest(self.dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
