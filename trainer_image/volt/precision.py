@@ -135,22 +135,30 @@ class Precision:
         after_closure: Optional[Callable[[], None]] = None,
         **kwargs: Any,
     ) -> Any:
-        """Run ``closure`` (forward+backward), then ``after_closure`` (hooks, clipping), then step.
+        """Run ``closure`` (forward + backward), then ``after_closure`` (hooks, clipping), then step.
 
-        The closure runs outside ``optimizer.step`` so that gradients can be
-        unscaled and clipped between backward and step, as Lightning does.
+        Without loss scaling the closure goes into ``optimizer.step`` (so LBFGS,
+        which re-evaluates it, works). With scaling the closure runs first, the
+        gradients are unscaled before ``after_closure`` sees them, and the step is
+        skipped when the closure produced no loss.
         """
-        closure_result = closure() if closure is not None else None
         if self.scaler is None:
-            if after_closure is not None:
-                after_closure()
-            return optimizer.step(**kwargs)
+
+            def wrapped() -> Any:
+                result = closure() if closure is not None else None
+                if after_closure is not None:
+                    after_closure()
+                return result
+
+            return optimizer.step(closure=wrapped, **kwargs)
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError("precision='16-mixed' cannot drive LBFGS (its closure re-runs under a loss scaler); use 32 or bf16-mixed")
+        closure_result = closure() if closure is not None else None
         self.scaler.unscale_(optimizer)
         if after_closure is not None:
             after_closure()
         if closure is not None and closure_result is None:
-            # training_step returned None: nothing was backpropagated, skip the step.
-            return None
+            return None  # training_step returned None: nothing was backpropagated
         out = self.scaler.step(optimizer, **kwargs)
         self.scaler.update()
         return out

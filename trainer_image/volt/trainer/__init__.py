@@ -1,0 +1,4 @@
+"""The Trainer and its loops."""
+from volt.trainer.trainer import Trainer
+
+__all__ = ["Trainer"]

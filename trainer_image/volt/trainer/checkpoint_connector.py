@@ -1,0 +1,121 @@
+"""Build a checkpoint dict (Lightning's keys) from a trainer, and restore one into it."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+SCALER_KEY = "native_amp_scaling_state"
+
+
+def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str, Any]:
+    """The checkpoint of ``trainer``'s current state; callbacks and the module may add to it."""
+    from volt import __version__
+
+    module = trainer.lightning_module
+    checkpoint: Dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "volt_version": __version__,
+        "state_dict": module.state_dict(),
+        "loops": {"fit_loop": trainer.progress.state_dict()},
+    }
+    if not weights_only:
+        checkpoint["callbacks"] = _callback_states(trainer)
+        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
+        scaler_state = trainer.precision_plugin.state_dict()
+        if scaler_state:
+            checkpoint[SCALER_KEY] = scaler_state
+    if module.hparams:
+        checkpoint["hyper_parameters"] = dict(module.hparams)
+        checkpoint["hparams_name"] = "kwargs"
+    dm = trainer.datamodule
+    if dm is not None:
+        dm_state = dm.state_dict()
+        if dm_state:
+            checkpoint[type(dm).__qualname__] = dm_state
+        if dm.hparams:
+            checkpoint["datamodule_hyper_parameters"] = dict(dm.hparams)
+    if not weights_only:
+        for cb in trainer.callbacks:
+            cb.on_save_checkpoint(trainer, module, checkpoint)
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def _callback_states(trainer: "Trainer") -> Dict[str, Any]:
+    states: Dict[str, Any] = {}
+    for cb in trainer.callbacks:
+        state = cb.state_dict()
+        if state:
+            key = cb.state_key
+            if key in states:
+                raise ValueError(
+                    f"two callbacks share the checkpoint state key {key!r}; give them distinct state_key values"
+                )
+            states[key] = state
+    return states
+
+
+def restore_model_and_callbacks(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
+    """Weights, datamodule and callback states (before optimizers exist)."""
+    _require(checkpoint, "state_dict")
+    module = trainer.lightning_module
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    dm = trainer.datamodule
+    if dm is not None and type(dm).__qualname__ in checkpoint:
+        dm.load_state_dict(checkpoint[type(dm).__qualname__])
+    states = checkpoint.get("callbacks", {})
+    for cb in trainer.callbacks:
+        state = states.get(cb.state_key)
+        if state:
+            cb.load_state_dict(state)
+        cb.on_load_checkpoint(trainer, module, checkpoint)
+
+
+def restore_training_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
+    """Optimizers, schedulers, loss scaler and loop progress (after configure_optimizers)."""
+    if "optimizer_states" not in checkpoint:
+        raise ValueError(
+            "the checkpoint holds weights only (saved with weights_only=True): training cannot resume from it. "
+            "Load it with LightningModule.load_from_checkpoint or model.load_state_dict instead"
+        )
+    opt_states = checkpoint["optimizer_states"]
+    if len(opt_states) != len(trainer.optimizers):
+        raise ValueError(
+            f"the checkpoint has {len(opt_states)} optimizer states but configure_optimizers() returned "
+            f"{len(trainer.optimizers)} optimizers"
+        )
+    for opt, state in zip(trainer.optimizers, opt_states):
+        opt.load_state_dict(state)
+    sched_states = checkpoint.get("lr_schedulers", [])
+    if len(sched_states) != len(trainer.lr_scheduler_configs):
+        raise ValueError(
+            f"the checkpoint has {len(sched_states)} lr scheduler states but configure_optimizers() returned "
+            f"{len(trainer.lr_scheduler_configs)} schedulers"
+        )
+    for cfg, state in zip(trainer.lr_scheduler_configs, sched_states):
+        cfg.scheduler.load_state_dict(state)
+    if SCALER_KEY in checkpoint:
+        trainer.precision_plugin.load_state_dict(checkpoint[SCALER_KEY])
+    progress = trainer.progress
+    loops = checkpoint.get("loops", {})
+    if "fit_loop" in loops:
+        progress.load_state_dict(loops["fit_loop"])
+    else:  # a checkpoint without loop state (e.g. written by another tool): trust epoch/global_step
+        progress.current_epoch = int(checkpoint.get("epoch", 0))
+        progress.global_step = int(checkpoint.get("global_step", 0))
+        progress.epoch_batches_done = True
+    if progress.epoch_batches_done:
+        progress.start_epoch(progress.current_epoch + 1)
+
+
+def _require(checkpoint: Dict[str, Any], key: str) -> None:
+    if key not in checkpoint:
+        raise ValueError(f"not a volt/Lightning checkpoint: the key {key!r} is missing (keys: {sorted(checkpoint)[:10]})")

@@ -1,0 +1,304 @@
+"""Validation, test and predict loops, and the setup/teardown every entry point shares.
+
+Hook order (see fit_loop.py for where validation sits inside fit):
+
+    validate()/test():  setup(stage) -> <evaluation loop> -> teardown(stage)
+    <evaluation loop>:  on_{stage}_model_eval, on_{stage}_start, on_epoch_start (1.x), on_{stage}_epoch_start,
+                        per batch: transfer hooks, on_{stage}_batch_start, {stage}_step, {stage}_step_end (1.x),
+                                   on_{stage}_batch_end
+                        {stage}_epoch_end(outputs) (1.x), on_{stage}_epoch_end, on_epoch_end (1.x),
+                        on_{stage}_end, on_{stage}_model_train (only inside fit)
+    predict():          setup("predict"), on_predict_model_eval, on_predict_start, on_predict_epoch_start,
+                        per batch: transfer hooks, on_predict_batch_start, predict_step, on_predict_batch_end,
+                        on_predict_epoch_end, on_predict_end, teardown("predict")
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+
+from volt.module import LightningModule
+from volt.trainer import checkpoint_connector
+from volt.trainer.data import iterate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+_STEP = {"validate": "validation", "test": "test", "sanity_check": "validation"}
+
+
+# --------------------------------------------------------------------------------------------
+# setup / teardown shared by fit, validate, test, predict
+# --------------------------------------------------------------------------------------------
+def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """Environment, prepare_data, setup hooks, checkpoint weights, device placement. Returns the checkpoint."""
+    module = trainer.lightning_module_ref
+    assert module is not None
+    trainer._reset_hook_cache()
+    _add_configured_callbacks(trainer, module)
+    trainer.strategy.setup_environment()
+    _prepare_data(trainer, module)
+    dm = trainer.datamodule
+    if dm is not None:
+        dm.setup(stage)
+    trainer._call_callbacks("setup", stage)
+    trainer._call_module("setup", stage, always=True)
+    trainer._call_module("configure_sharded_model")
+    trainer._call_module("configure_model")
+    trainer.precision_plugin.convert_module(module)
+    checkpoint = _load_checkpoint(trainer, ckpt_path)
+    if checkpoint is not None:
+        checkpoint_connector.restore_model_and_callbacks(trainer, checkpoint)
+    trainer.strategy.setup(trainer, module)
+    return checkpoint
+
+
+def teardown_stage(trainer: "Trainer", stage: str) -> None:
+    trainer._call_callbacks("teardown", stage)
+    trainer._call_module("teardown", stage, always=True)
+    if trainer.datamodule is not None:
+        trainer.datamodule.teardown(stage)
+
+
+def _add_configured_callbacks(trainer: "Trainer", module: LightningModule) -> None:
+    """configure_callbacks() entries replace trainer callbacks of the same type, as in Lightning."""
+    extra = module.configure_callbacks()
+    if not extra:
+        return
+    extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    types = {type(cb) for cb in extra}
+    from volt.trainer.trainer import _checkpoints_last
+
+    kept = [cb for cb in trainer.callbacks if type(cb) not in types]
+    trainer.callbacks = _checkpoints_last(kept + extra)
+    trainer._reset_hook_cache()
+
+
+def _prepare_data(trainer: "Trainer", module: LightningModule) -> None:
+    strategy = trainer.strategy
+    dm = trainer.datamodule
+    for obj in ([dm] if dm is not None else []) + [module]:
+        per_node = getattr(obj, "prepare_data_per_node", True)
+        if (strategy.local_rank == 0) if per_node else strategy.is_global_zero:
+            if obj is module:
+                trainer._call_module("prepare_data")
+            else:
+                obj.prepare_data()
+    strategy.barrier("prepare_data")
+
+
+def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Dict[str, Any]]:
+    if ckpt_path is None:
+        trainer.ckpt_path = None
+        return None
+    from volt.checkpoint import load, resolve_ckpt_path
+
+    cb = trainer.checkpoint_callback
+    dirpath = getattr(cb, "dirpath", None) if cb is not None else None
+    best = getattr(cb, "best_model_path", None) if cb is not None else None
+    if ckpt_path == "best" and not best:
+        raise ValueError(
+            "ckpt_path='best' but no best checkpoint is known: fit() with a ModelCheckpoint first, or pass a path"
+        )
+    path = resolve_ckpt_path(ckpt_path, dirpath, best)
+    trainer.ckpt_path = path
+    if path is None:
+        log.info("ckpt_path=%r: no checkpoint saved yet, starting fresh", ckpt_path)
+        return None
+    log.info("restoring from checkpoint %s", path)
+    return load(path, map_location="cpu")
+
+
+def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
+    """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (datamodule wins)."""
+    from volt.datamodule import LightningDataModule
+    from volt.trainer.data import defines
+
+    hooks = trainer._transfer_hooks
+    if hooks is None:  # resolved once per run: the datamodule's hooks win over the module's
+        dm = trainer.datamodule
+        hooks = []
+        for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
+            owner = dm if defines(dm, name, LightningDataModule) else trainer.lightning_module_ref
+            hooks.append(getattr(owner, name))
+        trainer._transfer_hooks = hooks
+    module = trainer.lightning_module_ref
+    prev = module._current_fx_name
+    module._current_fx_name = "on_before_batch_transfer"
+    try:
+        batch = hooks[0](batch, dataloader_idx)
+        batch = hooks[1](batch, trainer.strategy.root_device, dataloader_idx)
+        batch = hooks[2](batch, dataloader_idx)
+    finally:
+        module._current_fx_name = prev
+    return trainer.precision_plugin.convert_input(batch)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------
+def run_validation_in_fit(trainer: "Trainer", num_batches: List[float], sanity: bool = False) -> None:
+    """The validation loop inside fit (sanity check or a val_check_interval point)."""
+    module = trainer.lightning_module_ref
+    n_reload = trainer.reload_dataloaders_every_n_epochs
+    if not sanity and n_reload and trainer.current_epoch % n_reload == 0 and trainer.current_epoch > 0 \
+            and getattr(trainer, "_val_loaded_epoch", 0) != trainer.current_epoch:
+        trainer.val_dataloaders = trainer._request_loaders("val")
+        trainer.num_val_batches = num_batches = trainer._limited("val", trainer.val_dataloaders)
+        trainer._val_loaded_epoch = trainer.current_epoch
+    prev_stage = trainer.state.stage
+    if not sanity:
+        trainer._call_module("on_validation_model_zero_grad", always=True)
+        trainer.state.stage = "validate"
+    _evaluation_loop(trainer, "validate", trainer.val_dataloaders, num_batches, in_fit=True)
+    trainer._call_module("on_validation_model_train", always=True)
+    trainer.state.stage = prev_stage if not sanity else "sanity_check"
+    trainer._logger_connector.active = trainer._logger_connector.train_results
+
+
+def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str, float]]:
+    """trainer.validate() / trainer.test()."""
+    fn = trainer.state.fn
+    step_name = _STEP[fn]
+    module = trainer.lightning_module_ref
+    if not trainer._module_overrides(f"{step_name}_step"):
+        raise ValueError(f"trainer.{fn}() needs {type(module).__name__}.{step_name}_step() to be defined")
+    setup_stage(trainer, fn, ckpt_path)
+    loader_stage = "val" if fn == "validate" else "test"
+    loaders = trainer._request_loaders(loader_stage)
+    if not loaders:
+        raise ValueError(
+            f"trainer.{fn}() found no data: pass dataloaders=..., a datamodule with {loader_stage}_dataloader(), "
+            f"or define {loader_stage}_dataloader() in the LightningModule"
+        )
+    num = trainer._limited(loader_stage, loaders)
+    if fn == "validate":
+        trainer.val_dataloaders, trainer.num_val_batches = loaders, num
+    else:
+        trainer.test_dataloaders, trainer.num_test_batches = loaders, num
+    trainer.state.stage = fn
+    results = _evaluation_loop(trainer, fn, loaders, num, in_fit=False)
+    teardown_stage(trainer, fn)
+    if getattr(trainer, "_verbose", False) and trainer.is_global_zero:
+        _print_results(fn, results)
+    return results
+
+
+def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_batches: List[float],
+                     in_fit: bool) -> List[Dict[str, float]]:
+    step_name = _STEP[stage]
+    hook_stage = "validation" if step_name == "validation" else "test"
+    module = trainer.lightning_module_ref
+    connector = trainer._logger_connector
+    connector.reset_eval()
+    connector.active = connector.eval_results
+    collect = trainer._module_overrides(f"{step_name}_epoch_end")
+    step_end = trainer._module_overrides(f"{step_name}_step_end")
+    step_fn = f"{step_name}_step"
+    multi = len(loaders) > 1
+    outputs: List[List[Any]] = [[] for _ in loaders]
+    trainer._call_module(f"on_{hook_stage}_model_eval", always=True)
+    trainer._call_hook(f"on_{hook_stage}_start")
+    trainer._call_hook("on_epoch_start")
+    trainer._call_hook(f"on_{hook_stage}_epoch_start")
+    grad_ctx = torch.inference_mode if trainer.inference_mode else torch.no_grad
+    with grad_ctx():
+        for dl_idx, (loader, limit) in enumerate(zip(loaders, num_batches)):
+            if limit == 0:
+                continue
+            connector.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if multi else ""
+            extra = (dl_idx,) if multi else ()
+            for batch_idx, batch, _ in iterate(loader, limit):
+                batch = transfer_batch(trainer, batch, dl_idx)
+                connector.set_batch(batch)
+                trainer._call_hook(f"on_{hook_stage}_batch_start", batch, batch_idx, *extra)
+                out = trainer._call_step(step_fn, batch, batch_idx, *extra)
+                if step_end:
+                    out = trainer._call_module(f"{step_name}_step_end", out)
+                trainer._call_hook(f"on_{hook_stage}_batch_end", out, batch, batch_idx, *extra)
+                if collect and out is not None:
+                    outputs[dl_idx].append(out)
+        connector.dataloader_suffix = ""
+        if collect:
+            trainer._call_module(f"{step_name}_epoch_end", outputs if multi else outputs[0])
+        trainer._call_hook(f"on_{hook_stage}_epoch_end")
+        trainer._call_hook("on_epoch_end")
+    step = max(trainer.progress.batches_that_stepped - 1, 0)
+    connector.finish_epoch(connector.eval_results, step)
+    results = _results_per_loader(connector, len(loaders))
+    trainer._call_hook(f"on_{hook_stage}_end")
+    if not in_fit:
+        trainer._call_module(f"on_{hook_stage}_model_train", always=True)
+    return results
+
+
+def _results_per_loader(connector: Any, n: int) -> List[Dict[str, float]]:
+    per: List[Dict[str, float]] = [{} for _ in range(max(n, 1))]
+    metrics = [m for m in connector.eval_results.metrics.values() if m.epoch_value is not None]
+    if not metrics:
+        return per
+    values = torch.stack([m.epoch_value.detach().float().cpu().reshape(()) for m in metrics]).tolist()
+    for m, v in zip(metrics, values):
+        name = m.name.split("/dataloader_idx_")[0] + ("_epoch" if m.on_step else "")
+        if "/dataloader_idx_" in m.name:
+            idx = int(m.name.rsplit("/dataloader_idx_", 1)[1])
+            per[idx][f"{name}/dataloader_idx_{idx}"] = v
+        else:
+            for d in per:
+                d[name] = v
+    return per
+
+
+def _print_results(fn: str, results: List[Dict[str, float]]) -> None:
+    for i, res in enumerate(results):
+        title = f"{fn} metrics" + (f" (dataloader {i})" if len(results) > 1 else "")
+        width = max([len(k) for k in res] + [len(title)])
+        print("-" * (width + 16))
+        print(title)
+        for k, v in sorted(res.items()):
+            print(f"  {k:<{width}}  {v:.6g}")
+        print("-" * (width + 16))
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------
+def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[Any]]:
+    setup_stage(trainer, "predict", ckpt_path)
+    loaders = trainer._request_loaders("predict")
+    if not loaders:
+        raise ValueError(
+            "trainer.predict() found no data: pass dataloaders=..., a datamodule with predict_dataloader(), "
+            "or define predict_dataloader() in the LightningModule"
+        )
+    num = trainer._limited("predict", loaders)
+    trainer.predict_dataloaders, trainer.num_predict_batches = loaders, num
+    trainer.state.stage = "predict"
+    keep = trainer._return_predictions
+    multi = len(loaders) > 1
+    predictions: List[List[Any]] = [[] for _ in loaders]
+    trainer._call_module("on_predict_model_eval", always=True)
+    trainer._call_hook("on_predict_start")
+    trainer._call_hook("on_predict_epoch_start")
+    grad_ctx = torch.inference_mode if trainer.inference_mode else torch.no_grad
+    with grad_ctx():
+        for dl_idx, (loader, limit) in enumerate(zip(loaders, num)):
+            extra = (dl_idx,) if multi else ()
+            for batch_idx, batch, _ in iterate(loader, limit):
+                batch = transfer_batch(trainer, batch, dl_idx)
+                trainer._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
+                out = trainer._call_step("predict_step", batch, batch_idx, *extra)
+                trainer._call_hook("on_predict_batch_end", out, batch, batch_idx, *extra)
+                if keep:
+                    predictions[dl_idx].append(out)
+    trainer._call_hook("on_predict_epoch_end")
+    trainer._call_hook("on_predict_end")
+    teardown_stage(trainer, "predict")
+    if not keep:
+        return None
+    return predictions if multi else predictions[0]

@@ -1,0 +1,588 @@
+"""The fit loop, top to bottom. Hook order (a callback's hook runs before the module's):
+
+    fit(model)
+      strategy.setup_environment()
+      prepare_data()                    local rank 0 per node (global rank 0 if prepare_data_per_node=False)
+      setup("fit")                      datamodule, callbacks, module
+      configure_model()
+      [ckpt_path: module.on_load_checkpoint, weights, callback states]
+      strategy.setup(model)             move to device, wrap (DDP)
+      configure_optimizers()
+      [ckpt_path: optimizers, schedulers, loss scaler, Progress]
+      on_fit_start
+      on_sanity_check_start             num_sanity_val_steps batches of the validation loop
+        <validation loop>
+      on_sanity_check_end
+      train_dataloader()
+      on_train_start
+      for epoch:
+        on_epoch_start                  (1.x)
+        on_train_epoch_start
+        for batch:
+          on_before_batch_transfer, transfer_batch_to_device, on_after_batch_transfer
+          on_batch_start                (1.x)
+          on_train_batch_start          the module returning -1 ends the epoch
+          automatic optimization, per optimizer (per TBPTT split):
+            optimizer_step(epoch, batch_idx, optimizer, closure)        on the last batch of an accumulation window
+              closure: training_step -> training_step_end (1.x)
+                       -> on_before_zero_grad -> optimizer_zero_grad    first batch of the window
+                       -> on_before_backward -> backward -> on_after_backward
+              on_before_optimizer_step -> configure_gradient_clipping -> optimizer.step()
+            lr_scheduler_step           interval="step", every `frequency` steps
+            (other batches of the window run the closure without the step, DDP sync off)
+          manual optimization: training_step (it calls manual_backward and optimizer.step)
+          on_train_batch_end(outputs)
+          on_batch_end                  (1.x)
+          <validation loop>             when val_check_interval says so
+        <validation loop>               after the last batch (check_val_every_n_epoch)
+        training_epoch_end(outputs)     (1.x, only when overridden)
+        on_train_epoch_end              callbacks, module, then ModelCheckpoint/EarlyStopping
+        on_epoch_end                    (1.x)
+        lr_scheduler_step               interval="epoch"
+      on_train_end
+      on_fit_end
+      teardown("fit")                   callbacks, module, datamodule
+
+    <validation loop> (eval_loop.py):
+      on_validation_model_zero_grad (in fit), on_validation_model_eval, on_validation_start,
+      on_epoch_start (1.x), on_validation_epoch_start,
+      per batch: transfer hooks, on_validation_batch_start, validation_step, validation_step_end (1.x),
+                 on_validation_batch_end,
+      validation_epoch_end(outputs) (1.x), on_validation_epoch_end, on_epoch_end (1.x),
+      on_validation_end, on_validation_model_train (in fit)
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+
+from volt.module import LightningModule
+from volt.trainer import checkpoint_connector
+from volt.trainer.data import INF, iterate, set_sampler_epoch
+from volt.trainer.eval_loop import run_validation_in_fit, setup_stage, teardown_stage, transfer_batch
+from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
+    module = trainer.lightning_module_ref
+    assert module is not None
+    checkpoint = setup_stage(trainer, "fit", ckpt_path)
+    _setup_optimizers(trainer, module)
+    if checkpoint is not None:
+        checkpoint_connector.restore_training_state(trainer, checkpoint)
+    trainer._call_hook("on_fit_start")
+    _log_hyperparams(trainer)
+
+    trainer.val_dataloaders = trainer._request_loaders("val") if _has_validation(trainer) else []
+    trainer.num_val_batches = trainer._limited("val", trainer.val_dataloaders)
+    if trainer.num_sanity_val_steps and checkpoint is None:
+        _run_sanity_check(trainer)
+
+    _load_train_dataloader(trainer)
+    trainer.state.stage = "train"
+    module.train()
+    trainer._call_hook("on_train_start")
+    while not _fit_done(trainer):
+        _run_train_epoch(trainer)
+        if trainer.progress.epoch_batches_done:
+            trainer.progress.start_epoch(trainer.current_epoch + 1)
+        else:  # stopped mid-epoch (max_steps, should_stop): current_epoch stays the last one run
+            break
+    trainer._call_hook("on_train_end")
+    trainer._call_hook("on_fit_end")
+    for logger in trainer.loggers:
+        logger.save()
+    teardown_stage(trainer, "fit")
+
+
+# --------------------------------------------------------------------------------------------
+# setup
+# --------------------------------------------------------------------------------------------
+def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
+    prev = module._current_fx_name
+    module._current_fx_name = "configure_optimizers"
+    try:
+        trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
+    finally:
+        module._current_fx_name = prev
+    trainer._lightning_optimizers = [LightningOptimizer(o, trainer) for o in trainer.optimizers]
+    if not trainer.optimizers and module.automatic_optimization:
+        raise ValueError("configure_optimizers() returned None: automatic optimization needs an optimizer")
+    multi = len(trainer.optimizers) > 1
+    params = inspect.signature(module.training_step).parameters
+    trainer._step_takes_optimizer_idx = "optimizer_idx" in params
+    trainer._step_takes_hiddens = "hiddens" in params
+    if module.automatic_optimization and multi and not trainer._step_takes_optimizer_idx:
+        raise ValueError(
+            f"configure_optimizers() returned {len(trainer.optimizers)} optimizers: use manual optimization "
+            "(self.automatic_optimization = False) or the 1.x form training_step(self, batch, batch_idx, optimizer_idx)"
+        )
+    if not module.automatic_optimization and trainer.gradient_clip_val:
+        raise ValueError(
+            "Trainer(gradient_clip_val=...) does not apply under manual optimization: call "
+            "self.clip_gradients(opt, gradient_clip_val=...) in training_step instead"
+        )
+    if not module.automatic_optimization and trainer.current_accumulation != 1:
+        raise ValueError(
+            "Trainer(accumulate_grad_batches=...) does not apply under manual optimization: accumulate in training_step"
+        )
+    step_params = inspect.signature(module.optimizer_step).parameters
+    trainer._legacy_optimizer_step = "optimizer_idx" in step_params
+    trainer._collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
+        _takes_outputs(cb) for cb in trainer._callbacks_for("on_train_epoch_end")
+    )
+
+
+def _takes_outputs(cb: Any) -> bool:
+    """A 1.x callback: on_train_epoch_end(self, trainer, pl_module, outputs)."""
+    return len(inspect.signature(cb.on_train_epoch_end).parameters) >= 3
+
+
+def _log_hyperparams(trainer: "Trainer") -> None:
+    module = trainer.lightning_module_ref
+    params: Dict[str, Any] = {}
+    if getattr(module, "_log_hyperparams", True):
+        params.update(module.hparams)  # type: ignore[union-attr]
+    dm = trainer.datamodule
+    if dm is not None and getattr(dm, "_log_hyperparams", True):
+        params.update(dm.hparams)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def _has_validation(trainer: "Trainer") -> bool:
+    return trainer.limit_val_batches != 0 and trainer._module_overrides("validation_step")
+
+
+def _run_sanity_check(trainer: "Trainer") -> None:
+    if not trainer.val_dataloaders:
+        return
+    n = trainer.num_sanity_val_steps
+    trainer.num_sanity_val_batches = [b if n == -1 else min(b, n) for b in trainer.num_val_batches]
+    before = dict(trainer._logger_connector._callback)
+    trainer.sanity_checking = True
+    trainer.state.stage = "sanity_check"
+    trainer._call_hook("on_sanity_check_start")
+    run_validation_in_fit(trainer, trainer.num_sanity_val_batches, sanity=True)
+    trainer._call_hook("on_sanity_check_end")
+    trainer.sanity_checking = False
+    trainer._logger_connector.discard_sanity_results(before)
+
+
+def _load_train_dataloader(trainer: "Trainer") -> None:
+    loaders = trainer._request_loaders("train")
+    if not loaders:
+        raise ValueError(
+            "fit() found no training data: pass train_dataloaders=..., a datamodule with train_dataloader(), "
+            "or define train_dataloader() in the LightningModule"
+        )
+    trainer.train_dataloader = loaders[0]
+    trainer.num_training_batches = trainer._limited("train", loaders)[0]
+    trainer._val_check_batch = _val_check_batch(trainer)
+
+
+def _val_check_batch(trainer: "Trainer") -> float:
+    interval = trainer.val_check_interval
+    if isinstance(interval, int):
+        if trainer.check_val_every_n_epoch is not None and interval > trainer.num_training_batches:
+            raise ValueError(
+                f"Trainer(val_check_interval={interval}) is more than the {int(trainer.num_training_batches)} "
+                "training batches of an epoch; lower it, or set check_val_every_n_epoch=None to count across epochs"
+            )
+        return float(interval)
+    if trainer.num_training_batches == INF:
+        if interval != 1.0:
+            raise ValueError(
+                f"Trainer(val_check_interval={interval}) is a fraction, but the train dataloader has no length; "
+                "pass an int number of batches"
+            )
+        return INF
+    return float(max(1, int(trainer.num_training_batches * interval)))
+
+
+# --------------------------------------------------------------------------------------------
+# stopping
+# --------------------------------------------------------------------------------------------
+def _max_steps_reached(trainer: "Trainer") -> bool:
+    return trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+
+
+def _min_reached(trainer: "Trainer") -> bool:
+    epochs_ok = trainer.min_epochs is None or trainer.current_epoch >= trainer.min_epochs
+    steps_ok = trainer.min_steps is None or trainer.global_step >= trainer.min_steps
+    return epochs_ok and steps_ok
+
+
+def _fit_done(trainer: "Trainer") -> bool:
+    if trainer.num_training_batches == 0:
+        return True  # limit_train_batches=0: nothing to train
+    if _max_steps_reached(trainer):
+        return True
+    if trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+        return True
+    if trainer.should_stop:
+        if _min_reached(trainer):
+            return True
+        log.info("Trainer was asked to stop, but min_epochs=%s / min_steps=%s are not reached yet",
+                 trainer.min_epochs, trainer.min_steps)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# one epoch
+# --------------------------------------------------------------------------------------------
+def _run_train_epoch(trainer: "Trainer") -> None:
+    progress = trainer.progress
+    module = trainer.lightning_module_ref
+    epoch = progress.current_epoch
+    n_reload = trainer.reload_dataloaders_every_n_epochs
+    if n_reload and epoch > 0 and epoch % n_reload == 0 and progress.batch_idx == 0:
+        _load_train_dataloader(trainer)
+    loader = trainer.train_dataloader
+    set_sampler_epoch(loader, epoch)
+    trainer._logger_connector.reset_train_epoch()
+    trainer._logger_connector.active = trainer._logger_connector.train_results
+    outputs: List[Any] = []
+    trainer._call_hook("on_epoch_start")
+    trainer._call_hook("on_train_epoch_start")
+    # resume: a mid-epoch checkpoint continues after the batches already done
+    skip = progress.batch_idx
+    if skip:
+        log.info("resuming epoch %d after batch %d", epoch, skip)
+    for batch_idx, batch, is_last in iterate(loader, trainer.num_training_batches, skip=skip):
+        if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
+            break
+        progress.batch_idx = batch_idx + 1
+        if is_last:
+            progress.epoch_batches_done = True
+        if _should_check_val(trainer, batch_idx, is_last):
+            run_validation_in_fit(trainer, trainer.num_val_batches)
+        if _max_steps_reached(trainer) or (trainer.should_stop and _min_reached(trainer)):
+            break
+    else:
+        progress.epoch_batches_done = True  # the loader ended before the expected length
+    _end_train_epoch(trainer, module, outputs)
+
+
+def _should_check_val(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
+    if not trainer.val_dataloaders or trainer.num_val_batches == [0] * len(trainer.num_val_batches):
+        return False
+    every = trainer.check_val_every_n_epoch
+    if every is not None and (trainer.current_epoch + 1) % every != 0:
+        return False
+    vcb = trainer._val_check_batch
+    if every is None:  # an int interval counted across epochs
+        return trainer.progress.batches_that_stepped % int(vcb) == 0 and trainer.progress.batches_that_stepped > 0
+    if vcb == INF:
+        return is_last
+    if (batch_idx + 1) % int(vcb) == 0:
+        return True
+    return is_last and trainer.val_check_interval == 1.0
+
+
+def _end_train_epoch(trainer: "Trainer", module: LightningModule, outputs: List[Any]) -> None:
+    connector = trainer._logger_connector
+    connector.active = connector.train_results
+    if trainer._module_overrides("training_epoch_end"):
+        trainer._call_module("training_epoch_end", outputs)
+    monitoring = [cb for cb in trainer._callbacks_for("on_train_epoch_end") if _is_monitoring(cb)]
+    others = [cb for cb in trainer._callbacks_for("on_train_epoch_end") if not _is_monitoring(cb)]
+    _call_train_epoch_end(trainer, others, outputs)
+    trainer._call_module("on_train_epoch_end")
+    connector.finish_epoch(connector.train_results, max(trainer.progress.batches_that_stepped - 1, 0))
+    _call_train_epoch_end(trainer, monitoring, outputs)
+    trainer._call_hook("on_epoch_end")
+    if trainer.progress.epoch_batches_done:
+        _step_schedulers(trainer, "epoch", trainer.current_epoch + 1)
+
+
+def _call_train_epoch_end(trainer: "Trainer", callbacks: List[Any], outputs: List[Any]) -> None:
+    modern = [cb for cb in callbacks if not _takes_outputs(cb)]
+    trainer._call_callbacks("on_train_epoch_end", only=modern)
+    for cb in callbacks:
+        if _takes_outputs(cb):  # 1.x signature with outputs
+            cb.on_train_epoch_end(trainer, trainer.lightning_module_ref, outputs)
+
+
+def _is_monitoring(cb: Any) -> bool:
+    from volt import callbacks as C
+
+    types = tuple(t for t in (getattr(C, "ModelCheckpoint", None), getattr(C, "EarlyStopping", None)) if t is not None)
+    return bool(types) and isinstance(cb, types)
+
+
+# --------------------------------------------------------------------------------------------
+# one batch
+# --------------------------------------------------------------------------------------------
+def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
+                     epoch_outputs: List[Any]) -> Optional[int]:
+    progress = trainer.progress
+    batch = transfer_batch(trainer, batch, 0)
+    trainer._logger_connector.set_batch(batch)
+    trainer._call_callbacks("on_batch_start")
+    trainer._call_module("on_batch_start", batch)
+    trainer._call_callbacks("on_train_batch_start", batch, batch_idx)
+    if trainer._call_module("on_train_batch_start", batch, batch_idx) == -1:
+        return -1
+
+    if module.automatic_optimization:
+        accumulation = trainer.current_accumulation
+        window_start = batch_idx % accumulation == 0
+        steps_now = (batch_idx + 1) % accumulation == 0 or is_last
+        outputs = _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
+    else:
+        steps_now = True
+        outputs = trainer._call_step("training_step", *_step_args(trainer, batch, batch_idx, None, None))
+        if trainer._module_overrides("training_step_end"):
+            outputs = trainer._call_module("training_step_end", outputs)
+        outputs = _detached(outputs)
+
+    if steps_now:
+        progress.batches_that_stepped += 1
+        _step_schedulers(trainer, "step", progress.batches_that_stepped)
+    trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
+    trainer._call_module("on_train_batch_end", outputs, batch, batch_idx)
+    trainer._call_hook("on_batch_end")
+    if trainer._collect_train_outputs and outputs is not None:
+        epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
+    if steps_now:
+        _maybe_flush_logs(trainer)
+    return None
+
+
+def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, accumulation: int,
+                     window_start: bool, steps_now: bool) -> Any:
+    """Forward, backward and (when the accumulation window closes) step, for each optimizer and split."""
+    splits = [batch]
+    tbptt = module.truncated_bptt_steps or 0
+    if tbptt > 0:
+        splits = module.tbptt_split_batch(batch, tbptt)
+    opt_indices = range(len(trainer.optimizers)) if trainer._step_takes_optimizer_idx else [None]
+    hiddens: Any = None
+    split_outputs: List[Any] = []
+    for split in splits:
+        for opt_idx in opt_indices:
+            i = opt_idx or 0
+            optimizer = trainer._lightning_optimizers[i]
+            if opt_idx is not None and len(trainer.optimizers) > 1:
+                module.toggle_optimizer(optimizer)
+            result: Dict[str, Any] = {}
+            closure = _make_closure(trainer, module, split, batch_idx, opt_idx, hiddens if tbptt else None,
+                                    optimizer.optimizer, accumulation, window_start, result)
+            if steps_now:
+                trainer._auto_stepping = True
+                try:
+                    _call_optimizer_step(trainer, module, batch_idx, optimizer, i, closure)
+                finally:
+                    trainer._auto_stepping = False
+            else:
+                with trainer.strategy.no_backward_sync(should_sync=False):
+                    closure()
+            if opt_idx is not None and len(trainer.optimizers) > 1:
+                module.untoggle_optimizer(optimizer)
+            out = result.get("output")
+            if tbptt and isinstance(out, Mapping) and out.get("hiddens") is not None:
+                hiddens = _detach_hiddens(out["hiddens"])
+            split_outputs.append(out)
+    if len(split_outputs) == 1:
+        return split_outputs[0]
+    return split_outputs
+
+
+def _call_optimizer_step(trainer: "Trainer", module: LightningModule, batch_idx: int, optimizer: LightningOptimizer,
+                         opt_idx: int, closure: Callable[[], Any]) -> None:
+    if trainer._module_overrides("optimizer_step"):
+        if trainer._legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
+            trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
+                                 optimizer_idx=opt_idx, optimizer_closure=closure)
+        else:
+            trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+    else:
+        optimizer.step(closure=closure)
+
+
+def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, opt_idx: Optional[int],
+                  hiddens: Any, optimizer: torch.optim.Optimizer, accumulation: int, zero_grad: bool,
+                  result: Dict[str, Any]) -> Callable[[], Optional[torch.Tensor]]:
+    def closure() -> Optional[torch.Tensor]:
+        output = trainer._call_step("training_step", *_step_args(trainer, batch, batch_idx, opt_idx, hiddens))
+        if trainer._module_overrides("training_step_end"):
+            output = trainer._call_module("training_step_end", output)
+        loss = _loss_from(output)
+        result["output"] = _detached(output)
+        if loss is None:
+            return None
+        if trainer.terminate_on_nan and not bool(torch.isfinite(loss).all()):
+            raise ValueError(f"training_step returned a non-finite loss ({loss.item()}) at epoch "
+                             f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
+        if zero_grad:
+            trainer._call_callbacks("on_before_zero_grad", optimizer)
+            trainer._call_module("on_before_zero_grad", optimizer)
+            if trainer._module_overrides("optimizer_zero_grad"):
+                if trainer._legacy_optimizer_step:
+                    trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
+                else:
+                    trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
+            else:
+                optimizer.zero_grad()
+        trainer._run_backward(loss / accumulation if accumulation > 1 else loss, optimizer)
+        return loss.detach()
+
+    return closure
+
+
+def _step_args(trainer: "Trainer", batch: Any, batch_idx: int, opt_idx: Optional[int], hiddens: Any) -> tuple:
+    args: tuple = (batch, batch_idx)
+    if opt_idx is not None:
+        args += (opt_idx,)
+    if trainer._step_takes_hiddens and (trainer.lightning_module_ref.truncated_bptt_steps or 0) > 0:
+        args += (hiddens,)
+    return args
+
+
+def _loss_from(output: Any) -> Optional[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        loss = output
+    elif isinstance(output, Mapping):
+        if "loss" not in output:
+            raise ValueError(
+                f"training_step returned a dict without a 'loss' key (keys: {sorted(output)}); under automatic "
+                "optimization return the loss tensor, a dict with 'loss', or None to skip the batch"
+            )
+        loss = output["loss"]
+    elif output is None:
+        return None
+    else:
+        raise TypeError(
+            f"training_step returned a {type(output).__name__}; under automatic optimization it must return the "
+            "loss tensor, a dict with a 'loss' key, or None to skip the batch "
+            "(or set self.automatic_optimization = False and step the optimizers yourself)"
+        )
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"training_step's loss must be a tensor, got {type(loss).__name__}")
+    if not loss.requires_grad:
+        raise RuntimeError(
+            "training_step's loss does not require grad: it was computed without the model's parameters "
+            "(detached, under torch.no_grad, or from constants)"
+        )
+    return loss
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, Mapping):
+        return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
+    return output
+
+
+def _detach_hiddens(hiddens: Any) -> Any:
+    if isinstance(hiddens, torch.Tensor):
+        return hiddens.detach()
+    if isinstance(hiddens, (list, tuple)):
+        return type(hiddens)(_detach_hiddens(h) for h in hiddens)
+    return hiddens
+
+
+def _to_cpu(outputs: Any) -> Any:
+    from volt.utilities import apply_to_tensors
+
+    return apply_to_tensors(outputs, lambda t: t.cpu())
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer step (also used by LightningOptimizer.step in manual optimization)
+# --------------------------------------------------------------------------------------------
+def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]],
+                   **kwargs: Any) -> Any:
+    """Closure -> on_before_optimizer_step -> grad norms / clipping (automatic) -> step; counts global_step."""
+    automatic = getattr(trainer, "_auto_stepping", False)
+
+    def before_step() -> None:
+        trainer._call_callbacks("on_before_optimizer_step", optimizer)
+        trainer._call_module("on_before_optimizer_step", optimizer)
+        if automatic:
+            if trainer.track_grad_norm != -1 and _is_log_step(trainer):
+                _log_grad_norms(trainer, optimizer)
+            if trainer.gradient_clip_val or trainer._module_overrides("configure_gradient_clipping"):
+                trainer._call_module("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
+                                     trainer.gradient_clip_algorithm, always=True)
+
+    out = trainer.precision_plugin.optimizer_step(optimizer, closure, before_step, **kwargs)
+    trainer.progress.global_step += 1
+    return out
+
+
+def _is_log_step(trainer: "Trainer") -> bool:
+    n = trainer.log_every_n_steps
+    return n > 0 and (trainer.progress.batches_that_stepped + 1) % n == 0
+
+
+def _log_grad_norms(trainer: "Trainer", optimizer: torch.optim.Optimizer) -> None:
+    """1.x track_grad_norm: per-parameter and total gradient p-norms, as grad_{p}_norm/<name>."""
+    p = trainer.track_grad_norm
+    module = trainer.lightning_module_ref
+    own = {id(q) for g in optimizer.param_groups for q in g["params"]}
+    norms = {}
+    for name, param in module.named_parameters():  # type: ignore[union-attr]
+        if param.grad is not None and id(param) in own:
+            norms[f"grad_{p}_norm/{name}"] = torch.linalg.vector_norm(param.grad.detach().float(), ord=p)
+    if not norms:
+        return
+    norms[f"grad_{p}_norm_total"] = torch.linalg.vector_norm(torch.stack(list(norms.values())), ord=p)
+    for name, value in norms.items():
+        trainer._logger_connector.log("on_before_optimizer_step", name, value, prog_bar=False, logger=True,
+                                      on_step=True, on_epoch=False, reduce_fx="mean", sync_dist=False, batch_size=1)
+
+
+def _maybe_flush_logs(trainer: "Trainer") -> None:
+    n = trainer.log_every_n_steps
+    stepped = trainer.progress.batches_that_stepped
+    if (n > 0 and stepped % n == 0) or trainer.should_stop:
+        extra = _gpu_memory(trainer) if trainer.log_gpu_memory else None
+        trainer._logger_connector.flush_step(stepped - 1, extra)
+    if stepped % trainer.flush_logs_every_n_steps == 0:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+def _gpu_memory(trainer: "Trainer") -> Optional[Dict[str, torch.Tensor]]:
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        return None
+    used = torch.tensor(torch.cuda.memory_allocated(device) / 2**20)
+    if trainer.log_gpu_memory == "min_max":
+        return {"min_gpu_mem": used, "max_gpu_mem": torch.tensor(torch.cuda.max_memory_allocated(device) / 2**20)}
+    return {f"gpu_id: {device.index}/memory.used (MB)": used}
+
+
+# --------------------------------------------------------------------------------------------
+# schedulers
+# --------------------------------------------------------------------------------------------
+def _step_schedulers(trainer: "Trainer", interval: str, count: int) -> None:
+    module = trainer.lightning_module_ref
+    if not trainer.lr_scheduler_configs or not module.automatic_optimization:  # manual: the user steps them
+        return
+    for cfg in trainer.lr_scheduler_configs:
+        if cfg.interval != interval or count % cfg.frequency != 0:
+            continue
+        metric = None
+        if cfg.reduce_on_plateau:
+            metric = trainer.callback_metrics.get(cfg.monitor)  # type: ignore[arg-type]
+            if metric is None:
+                if cfg.strict:
+                    raise ValueError(
+                        f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged; logged metrics: "
+                        f"{sorted(trainer.callback_metrics)}. Log it with self.log or set 'strict': False"
+                    )
+                continue
+        trainer._call_module("lr_scheduler_step", cfg.scheduler, metric, always=True)

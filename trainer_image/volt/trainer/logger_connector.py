@@ -1,0 +1,134 @@
+"""Routes ``self.log`` values to loggers, the progress bar and ``callback_metrics``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+import torch
+
+from volt.trainer.results import LoggedMetric, ResultCollection, forked_names
+from volt.utilities import infer_batch_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from volt.trainer.trainer import Trainer
+
+
+class LoggerConnector:
+    """One ResultCollection per loop; the trainer's metric dicts are built from them."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.train_results = ResultCollection()
+        self.eval_results = ResultCollection()
+        self.active: ResultCollection = self.train_results
+        self.dataloader_suffix = ""  # "/dataloader_idx_N" while evaluating several loaders
+        self.current_batch: Any = None
+        self._batch_size: Optional[int] = None
+        self._callback: Dict[str, torch.Tensor] = {}
+        self.logged_metrics: Dict[str, torch.Tensor] = {}
+        self._progress_bar: Dict[str, torch.Tensor] = {}
+        self.enabled = True  # barebones=True turns self.log into a no-op
+
+    # --- recording ------------------------------------------------------------
+    def set_batch(self, batch: Any) -> None:
+        self.current_batch = batch
+        self._batch_size = None
+
+    def _current_batch_size(self) -> int:
+        if self._batch_size is None:
+            self._batch_size = infer_batch_size(self.current_batch)
+        return self._batch_size
+
+    def log(self, fx: Optional[str], name: str, value: Any, **options: Any) -> None:
+        if not self.enabled:
+            return
+        if fx is None:
+            raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
+        self.active.log(
+            fx, name + self.dataloader_suffix, value, batch_size_fn=self._current_batch_size,
+            device=self.trainer.strategy.root_device, **options,
+        )
+
+    # --- step and epoch boundaries ----------------------------------------------
+    def flush_step(self, step: int, extra: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """At a logging point: reduce fresh step values and send those marked logger=True."""
+        fresh = self.train_results.step_metrics(self.trainer.strategy)
+        to_log: Dict[str, torch.Tensor] = dict(extra or {})
+        for m in fresh.values():
+            step_name, _ = forked_names(m)
+            if m.logger:
+                to_log[step_name] = m.step_value  # type: ignore[assignment]
+        if to_log:
+            self._send(to_log, step)
+
+    def finish_epoch(self, results: ResultCollection, step: int) -> None:
+        """Compute epoch aggregates of ``results`` and send them to loggers."""
+        results.compute_epoch(self.trainer.strategy)
+        to_log: Dict[str, torch.Tensor] = {}
+        for m in results.metrics.values():
+            if m.on_epoch and m.epoch_value is not None:
+                _, epoch_name = forked_names(m)
+                self._callback[epoch_name] = m.epoch_value
+                self._callback[m.name] = m.epoch_value
+                if m.prog_bar:
+                    self._progress_bar[epoch_name] = m.epoch_value
+                if m.logger:
+                    to_log[epoch_name] = m.epoch_value
+        if to_log:
+            self._send(to_log, step)
+
+    def _send(self, metrics: Dict[str, torch.Tensor], step: int) -> None:
+        trainer = self.trainer
+        metrics = dict(metrics)
+        metrics.setdefault("epoch", torch.tensor(float(trainer.current_epoch)))
+        self.logged_metrics.update(metrics)
+        if not trainer.loggers:
+            return
+        names = list(metrics)
+        # One host transfer for the whole dict, not one .item() per value.
+        device = trainer.strategy.root_device
+        values = torch.stack([v.detach().to(device, torch.float32).reshape(()) for v in metrics.values()]).tolist()
+        floats = dict(zip(names, values))
+        for logger in trainer.loggers:
+            logger.log_metrics(floats, step=step)
+
+    def reset_eval(self) -> None:
+        self.eval_results = ResultCollection()
+
+    def reset_train_epoch(self) -> None:
+        # Step values survive (callback_metrics keeps the last one); epoch aggregates restart.
+        for m in self.train_results.metrics.values():
+            m.total, m.weight = None, 0.0
+
+    def discard_sanity_results(self, before: Dict[str, torch.Tensor]) -> None:
+        """Sanity-check metrics must not reach callbacks (they would look like real validation)."""
+        self._callback = dict(before)
+        self._progress_bar = {k: v for k, v in self._progress_bar.items() if k in before}
+
+    # --- the three dicts ----------------------------------------------------------
+    def _live(self) -> List[LoggedMetric]:
+        return [m for r in (self.train_results, self.eval_results) for m in r.metrics.values()]
+
+    @property
+    def callback_metrics(self) -> Dict[str, torch.Tensor]:
+        out = dict(self._callback)
+        for m in self.train_results.metrics.values():
+            if m.on_step and m.step_value is not None:
+                step_name, _ = forked_names(m)
+                out[step_name] = m.step_value
+                if m.on_epoch and m.epoch_value is None:
+                    out[m.name] = m.step_value
+                elif not m.on_epoch:
+                    out[m.name] = m.step_value
+        return out
+
+    @property
+    def progress_bar_metrics(self) -> Dict[str, float]:
+        tensors = dict(self._progress_bar)
+        for m in self.train_results.metrics.values():
+            if m.prog_bar and m.on_step and m.step_value is not None:
+                tensors[forked_names(m)[0]] = m.step_value
+        if not tensors:
+            return {}
+        device = self.trainer.strategy.root_device
+        values = torch.stack([v.detach().to(device, torch.float32).reshape(()) for v in tensors.values()]).tolist()
+        return dict(zip(tensors, values))
