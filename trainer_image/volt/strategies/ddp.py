@@ -8,6 +8,7 @@ that never waits on the GPU.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -146,6 +147,12 @@ def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
             f"DataLoader's own arguments in {cls.__name__}.__init__, or pass Trainer(use_distributed_sampler=False) "
             f"and shard the data yourself"
         ) from err
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _is_peer_failure(error: BaseException) -> bool:
@@ -317,6 +324,7 @@ class DDPStrategy(Strategy):
         if self._accelerator == "cuda":
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
+            atexit.register(_destroy_process_group)
             os.environ.setdefault("MASTER_ADDR", cluster.master_addr)
             os.environ.setdefault("MASTER_PORT", str(cluster.master_port))
             kwargs: Dict[str, Any] = {}
@@ -326,11 +334,9 @@ class DDPStrategy(Strategy):
                 self.process_group_backend, rank=cluster.global_rank, world_size=cluster.world_size,
                 timeout=self._timeout_delta(), **kwargs,
             )
-        self._control_group = (
-            dist.new_group(backend="gloo", timeout=self._timeout_delta())
-            if self.process_group_backend != "gloo" else dist.new_group(backend="gloo")
-        )
-        _install_peer_failure_excepthook()
+        if self._control_group is None:
+            self._control_group = dist.new_group(backend="gloo", timeout=self._timeout_delta())
+            _install_peer_failure_excepthook()
         if cluster.global_rank == 0:
             log.info(
                 "DDP: %d process(es) on %d node(s), backend %s, source %s", cluster.world_size, cluster.num_nodes,
@@ -356,12 +362,10 @@ class DDPStrategy(Strategy):
         )
 
     def teardown(self) -> None:
+        # The process group outlives one fit(): fit() then test() in the same script
+        # reuses it. It is destroyed when the process exits.
         if self._lightning_module is not None:
             self._model = self._lightning_module
-        if dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-        self._control_group = None
 
     # --- steps --------------------------------------------------------------------------
     def _call_step(self, name: str, *args: Any, **kwargs: Any) -> Any:

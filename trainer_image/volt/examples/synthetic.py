@@ -1,0 +1,115 @@
+"""Regression with a small MLP on synthetic data: the TrainingJob example.
+
+    python -m volt.examples.synthetic --max-epochs 3
+    volt-run --nproc-per-node 2 python -m volt.examples.synthetic --max-steps 50
+
+Trainer settings from a TrainingJob (``VOLT_TRAINER``) override the flags, the
+checkpoint directory is ``VOLT_CHECKPOINT_DIR`` (else ``--ckpt-dir``), the
+resume policy ``VOLT_RESUME`` (auto: latest checkpoint), and
+``VOLT_CHECKPOINT_EVERY_N_STEPS`` sets ``--every-n-steps``'s default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from volt import LightningModule, Trainer, seed_everything
+from volt.callbacks import ModelCheckpoint
+from volt.cluster import cluster_environment
+
+
+class SyntheticRegression(Dataset):
+    """``y = tanh(x @ w) + noise`` with ``x ~ N(0, 1)``; item ``i`` is fixed by ``seed``."""
+
+    def __init__(self, samples: int, features: int, seed: int = 0) -> None:
+        if samples < 1 or features < 1:
+            raise ValueError(f"samples and features must be >= 1, got samples={samples}, features={features}")
+        generator = torch.Generator().manual_seed(seed)
+        weight = torch.randn(features, 1, generator=generator)
+        self.x = torch.randn(samples, features, generator=generator)
+        self.y = torch.tanh(self.x @ weight) + 0.05 * torch.randn(samples, 1, generator=generator)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        return self.x[index], self.y[index], index
+
+
+class RegressionModel(LightningModule):
+    """Two-layer MLP trained with SGD + momentum on mean squared error."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _ = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y), sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_every = os.environ.get("VOLT_CHECKPOINT_EVERY_N_STEPS")
+    parser = argparse.ArgumentParser(prog="python -m volt.examples.synthetic", description=__doc__.splitlines()[0])
+    parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--val-samples", type=int, default=128)
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="per process")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ckpt-dir", default=os.environ.get("VOLT_CHECKPOINT_DIR") or "checkpoints")
+    parser.add_argument("--every-n-steps", type=int, default=int(env_every) if env_every else None,
+                        help="checkpoint every N optimizer steps (default: VOLT_CHECKPOINT_EVERY_N_STEPS, else per epoch)")
+    parser.add_argument("--ckpt-path", default=None, help="fit(ckpt_path=...): last | best | a path")
+    parser.add_argument("--save-weights", default=None, help="write the final state_dict here (rank 0)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    seed_everything(args.seed)
+    model = RegressionModel(args.features, args.hidden, args.lr)
+    train = DataLoader(SyntheticRegression(args.samples, args.features, args.seed), batch_size=args.batch_size,
+                       shuffle=True)
+    val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed + 1), batch_size=args.batch_size)
+    checkpoint = ModelCheckpoint(dirpath=args.ckpt_dir, every_n_train_steps=args.every_n_steps, save_last=True)
+    # Under volt-run/torchrun the layout is what the launcher started; VOLT_TRAINER overrides it anyway.
+    cluster = cluster_environment(os.environ)
+    devices, num_nodes = (cluster.local_world_size, cluster.num_nodes) if cluster.source != "local" else (1, 1)
+    trainer = Trainer(
+        accelerator="cpu", devices=devices, num_nodes=num_nodes, max_epochs=args.max_epochs, max_steps=args.max_steps,
+        callbacks=[checkpoint], logger=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    trainer.fit(model, train, val, ckpt_path=args.ckpt_path)
+    if trainer.is_global_zero:
+        metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items()}
+        print(f"done: epoch={trainer.current_epoch} step={trainer.global_step} metrics={metrics}", flush=True)
+        if args.save_weights:
+            torch.save(model.state_dict(), args.save_weights)
+
+
+if __name__ == "__main__":
+    main()
