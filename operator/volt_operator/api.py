@@ -417,7 +417,7 @@ RESERVED_ENV = (
     "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR",
     "PET_MASTER_PORT", "VOLT_JOB_NAME", "VOLT_ATTEMPT", "VOLT_TRAINER",
     "VOLT_CHECKPOINT_DIR", "VOLT_RESUME", "VOLT_METRICS_PORT",
-    "VOLT_CHECKPOINT_EVERY_N_STEPS", "VOLT_RENDEZVOUS_TIMEOUT",
+    "VOLT_CHECKPOINT_EVERY_N_STEPS", "VOLT_RENDEZVOUS_TIMEOUT", "VOLT_GRACE_PERIOD_S",
 )
 _RESERVED_LIST = "[" + ", ".join(f"'{k}'" for k in RESERVED_ENV) + "]"
 _ENV_LIST_SCHEMA = {
@@ -433,7 +433,9 @@ _ENV_LIST_SCHEMA = {
 def _check_env_names(env: List["EnvVar"], field: str) -> List["EnvVar"]:
     for var in env:
         if var.name in RESERVED_ENV:
-            raise ValueError(f"{field}: {var.name} is set by the operator and may not be overridden")
+            raise ValueError(
+                f"{field}: {var.name} is set by the operator and may not be overridden"
+            )
     return env
 
 class EnvVar(_Model):

@@ -73,6 +73,13 @@ def resume_value(spec: TrainingJobSpec, attempt: int, checkpoint_seen: bool) -> 
     return "auto"
 
 
+def grace_budget(termination_grace_seconds: int) -> int:
+    """Seconds the engine may spend checkpointing after SIGTERM: a margin below
+    the pod's grace period so that it exits before the SIGKILL."""
+    margin = min(5, termination_grace_seconds // 5)
+    return max(1, termination_grace_seconds - margin)
+
+
 def job_selector(job: str) -> Dict[str, str]:
     return {LABEL_JOB: job}
 
@@ -137,6 +144,8 @@ def build_env(
         "VOLT_RESUME": resume,
         "VOLT_METRICS_PORT": str(spec.metrics.port),
         "VOLT_RENDEZVOUS_TIMEOUT": str(spec.rendezvous.timeout_seconds),
+        # The engine's SIGTERM budget: save a checkpoint before the kill.
+        "VOLT_GRACE_PERIOD_S": str(grace_budget(spec.termination_grace_period_seconds)),
         # Logs reach `kubectl logs` as they are written.
         "PYTHONUNBUFFERED": "1",
     }

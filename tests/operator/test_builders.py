@@ -80,6 +80,7 @@ def test_env_contract() -> None:
     assert env["VOLT_RESUME"] == "auto"
     assert env["VOLT_METRICS_PORT"] == "9090"
     assert env["VOLT_RENDEZVOUS_TIMEOUT"] == "600"
+    assert env["VOLT_GRACE_PERIOD_S"] == "55"  # below terminationGracePeriodSeconds=60
     assert json.loads(env["VOLT_TRAINER"]) == {
         "num_nodes": 3, "devices": 2, "accelerator": "cpu", "strategy": "ddp", "max_epochs": 2,
     }

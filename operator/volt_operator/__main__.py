@@ -1,0 +1,84 @@
+"""``python -m volt_operator``: run the TrainingJob operator (kopf).
+
+    python -m volt_operator [--namespace NS ... | --all-namespaces] [--standalone]
+                            [--log-format json|text] [--health-port P | --liveness URL]
+                            [--metrics-port P]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import kopf
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m volt_operator", description="Run the volt TrainingJob operator."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="watch every namespace (the default when no --namespace)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="no kopf peering (run exactly one operator replica)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    health = parser.add_mutually_exclusive_group()
+    health.add_argument("--health-port", type=int, metavar="P",
+                        help="serve liveness at http://0.0.0.0:P/healthz")
+    health.add_argument("--liveness", metavar="URL",
+                        help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="P",
+        default=int(os.environ.get("VOLT_OPERATOR_METRICS_PORT", "8080")),
+        help="Prometheus metrics port (env VOLT_OPERATOR_METRICS_PORT; 0 picks a free "
+        "port, -1 disables)",
+    )
+    parser.add_argument(
+        "--progress-interval", type=float, metavar="S",
+        default=float(os.environ.get("VOLT_OPERATOR_PROGRESS_SECONDS", "5")),
+        help="poll rank 0's /progress at most once per S seconds per job",
+    )
+    args = parser.parse_args(argv)
+    for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
+        if port is not None and not -1 <= port <= 65535:
+            parser.error(f"{flag} must be a TCP port, got {port}")
+    if args.progress_interval <= 0:
+        parser.error(f"--progress-interval must be > 0, got {args.progress_interval}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=args.verbose, log_format=log_format)
+    from . import handlers  # registers the handlers
+
+    liveness = args.liveness
+    if args.health_port is not None:
+        liveness = f"http://0.0.0.0:{args.health_port}/healthz"
+    memo = kopf.Memo()
+    memo.options = handlers.Options(
+        progress_seconds=args.progress_interval,
+        metrics_port=None if args.metrics_port == -1 else args.metrics_port,
+    )
+    namespaces = args.namespace
+    logging.getLogger("volt_operator").info(
+        "watching %s", ", ".join(namespaces) if namespaces else "all namespaces"
+    )
+    kopf.run(
+        standalone=args.standalone,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        memo=memo,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""kopf handlers: thin wiring from API events to ``Reconciler.reconcile``.
+
+Every handler does the same thing, level-based: look at the job and its pods
+now and move one step. Job create/resume/update, a resync timer, and every
+event of a pod labelled ``volt.dev/job`` all funnel into one reconcile, which
+is serialised per job. A pod's DELETED event carries its last state (exit
+code, reason); it is handed to the reconcile so that a pod deleted right
+after it failed still counts with its real exit code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import kopf
+
+from . import metrics
+from .api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from .builders import LABEL_JOB
+from .kube import KubeClient
+from .reconciler import Reconciler
+
+log = logging.getLogger("volt_operator.handlers")
+# Read at import: kopf fixes a timer's interval when the handler is registered.
+RESYNC_SECONDS = float(os.environ.get("VOLT_OPERATOR_RESYNC_SECONDS", "3"))
+
+
+@dataclass
+class Options:
+    """What ``python -m volt_operator`` passes in through kopf's memo."""
+
+    progress_seconds: float = 5.0
+    metrics_port: Optional[int] = 8080
+
+
+def _options(memo: Any) -> Options:
+    return getattr(memo, "options", None) or Options()
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    return memo.reconciler
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    options = _options(memo)
+    # Handler progress lives in annotations: status belongs to the schema and
+    # the API server would prune kopf's own keys from it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="volt.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="volt.dev", key="last-handled-configuration"
+    )
+    # The reconciler posts its own events with stable reasons; kopf adds only
+    # warnings and errors from handlers.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 16
+    memo.reconciler = Reconciler(KubeClient(), progress_interval=options.progress_seconds)
+    memo.metrics_server = None
+    if options.metrics_port is not None:
+        memo.metrics_server = metrics.start_metrics_server(options.metrics_port)
+        log.info("operator metrics on :%d/metrics", memo.metrics_server.port)
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.stop()
+
+
+def _reconcile(memo: Any, handler: str, namespace: str, name: str, gone: Any = None) -> None:
+    with metrics.reconcile_timer(handler):
+        _reconciler(memo).reconcile(namespace, name, gone)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def on_create(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _reconcile(memo, "create", namespace, name)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def on_resume(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _reconcile(memo, "resume", namespace, name)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_update(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _reconcile(memo, "update", namespace, name)
+
+
+def _needs_resync(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Finished jobs need no look unless a TTL will delete them."""
+    return status.get("phase") not in TERMINAL_PHASES or (
+        spec.get("ttlSecondsAfterFinished") is not None
+    )
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=1.0, when=_needs_resync)
+def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Backoff expiry, deadlines, TTL and progress polling need a clock, not an event."""
+    _reconcile(memo, "timer", namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def on_delete(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    # Children go with the owner references (garbage collector); only forget.
+    metrics.job_deleted(namespace, name)
+    _reconciler(memo).forget(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
+def on_pod_event(
+    type: Optional[str], body: kopf.Body, namespace: str, labels: kopf.Labels,
+    memo: kopf.Memo, **_: Any,
+) -> None:
+    if type is None:  # the initial listing; the job handlers cover it
+        return
+    gone = dict(body) if type == "DELETED" else None
+    _reconcile(memo, "pod", namespace, labels[LABEL_JOB], gone)

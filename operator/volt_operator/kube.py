@@ -1,0 +1,164 @@
+"""A small synchronous Kubernetes REST client: JSON dicts in, JSON dicts out.
+
+The operator needs a handful of calls (get/list/create/patch/delete of
+TrainingJobs, pods, services and events). Doing them as plain REST keeps the
+children exactly the dicts the pure builders produced, with no model
+round-trip. Credentials and TLS come from the official client's loaders
+(in-cluster service account or kubeconfig), so token rotation works as usual.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+from urllib.parse import quote, urlencode
+
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+from kubernetes.client.rest import RESTClientObject
+
+from .api import GROUP, PLURAL, VERSION
+
+REQUEST_TIMEOUT_SECONDS = 15.0
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, status: int, method: str, path: str, body: Any) -> None:
+        self.status = status
+        self.body = body
+        message = body.get("message") if isinstance(body, dict) else str(body)
+        self.reason = body.get("reason") if isinstance(body, dict) else None
+        super().__init__(f"{method} {path}: {status} {message}")
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+
+def load_configuration() -> Configuration:
+    """In-cluster credentials when running in a pod, else $KUBECONFIG/~/.kube/config."""
+    configuration = Configuration()
+    try:
+        kube_config.load_incluster_config(client_configuration=configuration)
+    except kube_config.ConfigException:
+        kube_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class KubeClient:
+    def __init__(self, configuration: Optional[Configuration] = None) -> None:
+        self.configuration = configuration or load_configuration()
+        self._rest = RESTClientObject(self.configuration)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Optional[Dict[str, str]] = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        url = self.configuration.host.rstrip("/") + path
+        if query:
+            url += "?" + urlencode(query)
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = self.configuration.get_api_key_with_prefix("authorization", "BearerToken")
+        if token:
+            headers["Authorization"] = token
+        data = json.dumps(body).encode() if body is not None else None
+        response = self._rest.pool_manager.request(
+            method, url, body=data, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS,
+            preload_content=True,
+        )
+        payload: Any = None
+        if response.data:
+            try:
+                payload = json.loads(response.data)
+            except ValueError:
+                payload = response.data.decode(errors="replace")
+        if response.status >= 300:
+            raise ApiError(response.status, method, path, payload)
+        return payload
+
+    # -- paths -------------------------------------------------------------
+
+    @staticmethod
+    def job_path(namespace: str, name: str = "", sub: str = "") -> str:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
+        if name:
+            path += f"/{quote(name)}"
+        if sub:
+            path += f"/{sub}"
+        return path
+
+    @staticmethod
+    def core_path(namespace: str, kind: str, name: str = "") -> str:
+        path = f"/api/v1/namespaces/{quote(namespace)}/{kind}"
+        return f"{path}/{quote(name)}" if name else path
+
+    # -- calls the operator makes ------------------------------------------
+
+    def get_job(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
+        try:
+            return self.request("GET", self.job_path(namespace, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    def patch_job_status(self, namespace: str, name: str, patch: Dict[str, Any]) -> Any:
+        return self.request(
+            "PATCH", self.job_path(namespace, name, "status"), patch,
+            content_type="application/merge-patch+json",
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.request(
+                "DELETE", self.job_path(namespace, name),
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+
+    def list_pods(self, namespace: str, selector: str) -> list:
+        body = self.request(
+            "GET", self.core_path(namespace, "pods"), query={"labelSelector": selector}
+        )
+        return list(body.get("items") or [])
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.request("GET", self.core_path(namespace, "services", name))
+            return True
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+
+    def create(self, namespace: str, kind: str, body: Dict[str, Any]) -> bool:
+        """Create a core object; False when it already exists (idempotent)."""
+        try:
+            self.request("POST", self.core_path(namespace, kind), body)
+            return True
+        except ApiError as exc:
+            if exc.already_exists:
+                return False
+            raise
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.request("DELETE", self.core_path(namespace, "pods", name))
+        except ApiError as exc:
+            if not exc.not_found:
+                raise

@@ -1,0 +1,105 @@
+"""Training progress from rank 0's engine, polled at a bounded rate.
+
+The engine's Prometheus callback serves ``GET /progress`` (JSON) on
+``VOLT_METRICS_PORT`` of every node pod; the operator reads node 0 (local
+rank 0) and mirrors epoch, step, loss and the latest checkpoint into status.
+Pods need no API credentials for this, and a slow or dead endpoint costs one
+short timeout, never a stuck reconcile.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any, Dict, Optional, Tuple
+
+from .api import CheckpointStatus, TrainingProgress, format_time
+
+FETCH_TIMEOUT_SECONDS = 1.5
+MAX_BODY_BYTES = 256 * 1024
+
+
+class ProgressError(Exception):
+    """The endpoint could not be read or did not return the expected JSON."""
+
+
+def fetch(ip: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> Dict[str, Any]:
+    """GET http://<ip>:<port>/progress and return the decoded object."""
+    host = f"[{ip}]" if ":" in ip else ip
+    url = f"http://{host}:{port}/progress"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pod IP)
+            body = response.read(MAX_BODY_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ProgressError(f"{url}: {exc}") from exc
+    if len(body) > MAX_BODY_BYTES:
+        raise ProgressError(f"{url}: response larger than {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise ProgressError(f"{url}: not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ProgressError(f"{url}: expected a JSON object")
+    return payload
+
+
+def _int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def to_status(
+    payload: Dict[str, Any], now: datetime
+) -> Tuple[TrainingProgress, Optional[CheckpointStatus]]:
+    """The status pieces one /progress payload fills (unknown keys ignored)."""
+    progress = _float(payload.get("progress"))
+    training = TrainingProgress(
+        epoch=_int(payload.get("epoch")),
+        step=_int(payload.get("step")),
+        loss=_float(payload.get("loss")),
+        progress=None if progress is None else round(min(max(progress, 0.0), 1.0), 4),
+        last_update=format_time(now),
+    )
+    if training.loss is not None:
+        training.loss = float(f"{training.loss:.6g}")
+    ckpt = payload.get("checkpoint")
+    checkpoint = None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("path"), str) and ckpt["path"]:
+        checkpoint = CheckpointStatus(
+            path=ckpt["path"],
+            step=_int(ckpt.get("step")),
+            time=ckpt.get("time") if isinstance(ckpt.get("time"), str) else None,
+        )
+    return training, checkpoint
+
+
+class RateLimiter:
+    """At most one poll per job per ``interval`` seconds (in memory: it only
+    throttles, it holds no state the operator needs after a restart)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: Dict[Tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: Tuple[str, str]) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < self.interval:
+                return False
+            self._last[key] = now
+            return True
+
+    def forget(self, key: Tuple[str, str]) -> None:
+        with self._lock:
+            self._last.pop(key, None)

@@ -1,0 +1,268 @@
+"""Apply one reconcile: read the job and its pods, decide, write status, act.
+
+Order matters: the status (the intent: "gang restart, attempt 3") is written
+first, with the job's resourceVersion as a precondition, and only then are
+pods created or deleted and events posted. An operator that dies in between
+finds the intent in the API on restart and finishes it; a concurrent writer
+makes the status write fail and the reconcile start over.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from pydantic import ValidationError
+
+from . import metrics, progress, status as machine
+from .api import API_VERSION, KIND, TrainingJobSpec, TrainingJobStatus, format_time, parse_time
+from .builders import LABEL_JOB, JobRef, build_pods, build_service
+from .kube import ApiError, KubeClient
+from .observed import PodView, pod_view
+
+log = logging.getLogger("volt_operator.reconciler")
+
+CONFLICT_RETRIES = 3
+COMPONENT = "volt-operator"
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The smallest RFC 7386 merge patch that turns ``old`` into ``new``."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: Dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) else value
+    return patch
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Reconciler:
+    """Level-based reconcile of TrainingJobs; safe to call from many threads."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        progress_interval: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.poll_limiter = progress.RateLimiter(progress_interval)
+        self._locks: Dict[Tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._instance = socket.gethostname()
+
+    def _lock(self, key: Tuple[str, str]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+        self.poll_limiter.forget((namespace, name))
+
+    def reconcile(
+        self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None
+    ) -> Optional[float]:
+        """Bring one job closer to its spec; returns seconds until it wants another look."""
+        with self._lock((namespace, name)):
+            for _ in range(CONFLICT_RETRIES):
+                try:
+                    return self._reconcile_once(namespace, name, gone_pod)
+                except ApiError as exc:
+                    if not exc.conflict:
+                        raise
+                    log.debug("status of %s/%s changed meanwhile; reconciling again", namespace, name)
+            return 1.0
+
+    # ----------------------------------------------------------------------
+
+    def _observe(
+        self, namespace: str, job: Dict[str, Any], gone_pod: Optional[Dict[str, Any]]
+    ) -> List[PodView]:
+        uid = job["metadata"]["uid"]
+        name = job["metadata"]["name"]
+        pods = [
+            p for p in self.client.list_pods(namespace, f"{LABEL_JOB}={name}")
+            if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
+        ]
+        views = [pod_view(p) for p in pods]
+        if gone_pod is not None:
+            gone = pod_view(gone_pod, gone=True)
+            if gone.name not in {v.name for v in views}:
+                views.append(gone)
+        return views
+
+    def _poll_progress(
+        self, key: Tuple[str, str], spec: TrainingJobSpec, st: TrainingJobStatus,
+        pods: List[PodView], now: datetime,
+    ) -> None:
+        """Mirror rank 0's /progress into ``st`` (at most once per interval)."""
+        if st.phase != "Running":
+            return
+        rank0 = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt and p.ip
+                      and p.active), None)
+        if rank0 is None or not self.poll_limiter.allow(key):
+            return
+        try:
+            payload = progress.fetch(rank0.ip, spec.metrics.port)
+        except progress.ProgressError as exc:
+            log.debug("progress of %s/%s not available: %s", key[0], key[1], exc)
+            return
+        attempt = payload.get("attempt")
+        if isinstance(attempt, int) and attempt != st.attempt:
+            return  # an answer from an older gang
+        training, checkpoint = progress.to_status(payload, now)
+        st.training = training
+        if checkpoint is not None:
+            st.checkpoint = checkpoint
+
+    def _reconcile_once(
+        self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]]
+    ) -> Optional[float]:
+        job = self.client.get_job(namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return None
+        meta = job["metadata"]
+        ref = JobRef(name=name, namespace=namespace, uid=meta["uid"])
+        old_status = job.get("status") or {}
+        current = TrainingJobStatus.model_validate(old_status)
+        now = self.clock()
+        try:
+            spec = TrainingJobSpec.model_validate(job.get("spec") or {})
+        except ValidationError as exc:
+            return self._invalid(job, current, exc, now)
+
+        pods = self._observe(namespace, job, gone_pod)
+        self._poll_progress((namespace, name), spec, current, pods, now)
+        service_exists = self.client.service_exists(namespace, name)
+        plan = machine.decide(
+            spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
+            service_exists, now,
+        )
+
+        # 1. Intent first: the new status, conditional on what we read.
+        new_status = plan.status.to_api()
+        patch = merge_patch(old_status, new_status)
+        if patch:
+            self.client.patch_job_status(
+                namespace, name,
+                {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
+            )
+        # 2. Act.
+        errors = self._act(ref, spec, plan)
+        # 3. Tell users.
+        for event in plan.events:
+            self.post_event(job, event.type, event.reason, event.message)
+        self._record_metrics(job, plan)
+        if errors:
+            message = "; ".join(errors)
+            failed = machine.with_create_error(plan.status, message, now)
+            self.client.patch_job_status(
+                namespace, name, {"status": merge_patch(new_status, failed.to_api())}
+            )
+            self.post_event(job, "Warning", "CreateFailed", message)
+            return 5.0
+        return plan.requeue_after
+
+    def _act(self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan) -> List[str]:
+        errors: List[str] = []
+        ns = ref.namespace
+        for pod in plan.delete_pods:
+            self.client.delete_pod(ns, pod)
+        if plan.delete_job:
+            log.info("deleting %s/%s: ttlSecondsAfterFinished passed", ns, ref.name)
+            self.client.delete_job(ns, ref.name)
+            return errors
+        if plan.create_service:
+            try:
+                self.client.create(ns, "services", build_service(ref, spec))
+            except ApiError as exc:
+                errors.append(f"creating service {ref.name}: {exc}")
+        if plan.create_ranks:
+            wanted = set(plan.create_ranks)
+            for pod in build_pods(ref, spec, plan.status.attempt, plan.resume):
+                rank = int(pod["metadata"]["labels"]["volt.dev/node-rank"])
+                if rank not in wanted:
+                    continue
+                try:
+                    self.client.create(ns, "pods", pod)
+                except ApiError as exc:
+                    errors.append(f"creating pod {pod['metadata']['name']}: {exc}")
+        return errors
+
+    def _invalid(
+        self, job: Dict[str, Any], current: TrainingJobStatus, exc: ValidationError, now: datetime
+    ) -> None:
+        """A spec the API server let through but the operator cannot run."""
+        if current.phase == "Failed":
+            return None
+        meta = job["metadata"]
+        st = current.model_copy(deep=True)
+        message = f"invalid spec: {exc}"[:4000]
+        st.phase = "Failed"
+        st.completion_time = format_time(now)
+        st.observed_generation = meta.get("generation")
+        machine.set_condition(st, machine.FAILED, True, "InvalidSpec", message, now)
+        self.client.patch_job_status(
+            meta["namespace"], meta["name"],
+            {"status": merge_patch(job.get("status") or {}, st.to_api())},
+        )
+        self.post_event(job, "Warning", "Failed", message)
+        metrics.observe_phase(meta["namespace"], meta["name"], "Failed")
+        return None
+
+    def _record_metrics(self, job: Dict[str, Any], plan: machine.Plan) -> None:
+        meta = job["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if plan.status.phase:
+            metrics.observe_phase(ns, name, plan.status.phase)
+        if plan.restart_reason:
+            metrics.record_restart(ns, name, plan.restart_reason)
+        if plan.became_running and plan.status.attempt == 0:
+            created = parse_time(meta.get("creationTimestamp"))
+            if created is not None:
+                metrics.observe_time_to_running(max(0.0, (self.clock() - created).total_seconds()))
+
+    def post_event(self, job: Dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the TrainingJob (best effort: never fails a reconcile)."""
+        meta = job["metadata"]
+        stamp = format_time(self.clock())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self._instance,
+        }
+        try:
+            self.client.create(meta["namespace"], "events", body)
+        except ApiError as exc:
+            log.warning("posting event %s on %s/%s failed: %s", reason, meta["namespace"],
+                        meta["name"], exc)
+
