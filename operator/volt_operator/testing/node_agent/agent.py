@@ -50,6 +50,7 @@ NODE_STATUS_PERIOD_S = 60.0
 PROVISION_PERIOD_S = 2.0
 SHUTDOWN_GRACE_S = 10.0
 DEFAULT_GRACE_S = 30
+START_RETRY_S = 1.0
 
 
 @dataclass
@@ -81,8 +82,8 @@ class PodState:
     runtime: PodRuntime | None = None
     netns: str | None = None
     reported: dict[str, Any] | None = None
-    deleting: bool = False
     gone: bool = False
+    retry_at: float = 0.0  # monotonic time before which a failed start is not retried
 
     @property
     def key(self) -> str:
@@ -212,11 +213,11 @@ class NodeAgent:
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces, field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=120,
-                    allow_watch_bookmarks=False)
+                    deserialize=False)  # plain dicts, as the rest of the agent uses
                 for event in stream:
-                    pod = event["raw_object"]
-                    if event["type"] == "ERROR":
-                        break  # e.g. 410 Gone: relist
+                    pod = event["object"]
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                        continue
                     with self.lock:
                         if event["type"] == "DELETED":
                             self.desired.pop(pod["metadata"]["uid"], None)
@@ -269,7 +270,10 @@ class NodeAgent:
         for uid, state in list(self.states.items()):
             if uid not in desired:
                 state.gone = True
-            self._sync_pod(state)
+            try:
+                self._sync_pod(state)
+            except Exception:  # one pod's trouble must not stall the others
+                log.exception("syncing pod %s failed; will retry", state.key)
             if state.gone and (state.runtime is None or not state.runtime.alive()):
                 self._cleanup(state)
                 with self.lock:
@@ -305,7 +309,7 @@ class NodeAgent:
                 self._report(state)
                 self._delete_object(state)
             return
-        if state.runtime is None:
+        if state.runtime is None and time.monotonic() >= state.retry_at:
             self._start_pod(state)
         if state.runtime is not None:
             state.runtime.step()
@@ -328,6 +332,7 @@ class NodeAgent:
             if state.record.config_error != message:
                 log.warning("pod %s cannot start yet: %s", state.key, message)
             state.record.config_error = message
+            state.retry_at = time.monotonic() + START_RETRY_S
             if not state.record.containers:
                 state.record.containers = [
                     PodRuntime.waiting_record(c, "ContainerCreating", message)
