@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict
 
+from volt import resume
+
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
 
@@ -31,6 +33,7 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
             checkpoint[SCALER_KEY] = scaler_state
+        checkpoint[resume.RESUME_KEY] = resume.dump_resume_state(trainer)  # RNG states for exact resume
     if module.hparams:
         checkpoint["hyper_parameters"] = dict(module.hparams)
         checkpoint["hparams_name"] = "kwargs"
@@ -104,6 +107,7 @@ def restore_training_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> No
         cfg.scheduler.load_state_dict(state)
     if SCALER_KEY in checkpoint:
         trainer.precision_plugin.load_state_dict(checkpoint[SCALER_KEY])
+    resume.load_resume_state(trainer, checkpoint)  # fails on a world-size change
     progress = trainer.progress
     loops = checkpoint.get("loops", {})
     if "fit_loop" in loops:

@@ -90,13 +90,14 @@ def set_sampler_epoch(loader: Iterable, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
-def iterate(loader: Iterable, limit: float, skip: int = 0) -> Iterator[Tuple[int, Any, bool]]:
+def iterate(loader: Iterable, limit: float, skip: int = 0, skipped: bool = False) -> Iterator[Tuple[int, Any, bool]]:
     """Yield ``(batch_idx, batch, is_last)`` for at most ``limit`` batches, starting after ``skip``.
 
+    ``skipped``: ``loader`` already starts after ``skip`` batches (exact resume); only count them.
     ``is_last`` needs a lookahead only when the length is unknown.
     """
     it = iter(loader)
-    if skip:
+    if skip and not skipped:
         for _ in itertools.islice(it, skip):  # resume: drop batches already trained on
             pass
     stop = INF if limit == INF else int(limit)

@@ -260,6 +260,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         log.info("resuming epoch %d after batch %d", epoch, skip)
     for batch_idx, batch, is_last in iterate(loader, trainer.num_training_batches, skip=skip):
         if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
+            progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break
         progress.batch_idx = batch_idx + 1
         if is_last:

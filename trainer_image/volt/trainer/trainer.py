@@ -169,7 +169,7 @@ class Trainer:
         self.test_dataloaders: List[Iterable] = []
         self.predict_dataloaders: List[Iterable] = []
         self.ckpt_path: Optional[str] = None
-        self._hook_cache: Dict[str, List[Callback]] = {}
+        self._reset_hook_cache()
 
         # -- 1.x names onto 2.x ones --
         legacy_ckpt = a["checkpoint_callback"]
@@ -833,6 +833,7 @@ class Trainer:
                 datamodule.prepare_data_per_node = self._prepare_data_per_node
         self.state.status = "running"
         self.should_stop = False
+        self._reset_hook_cache()
         try:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 result = loop(self, ckpt_path)
