@@ -149,3 +149,43 @@ def resume_epoch_iterator(
         resumed.batch_sampler.current.start()  # type: ignore[union-attr]
     restore_rng_state(current)
     return iterator
+
+
+# --- checkpoint integration (called by volt.trainer.checkpoint_connector and fit_loop) -----------
+
+RESUME_KEY = "volt_resume"
+
+
+def dump_resume_state(trainer: Any) -> Dict[str, Any]:
+    """What a checkpoint needs for exact resume: every rank's RNG snapshots and the world size.
+
+    Runs inside ``trainer.save_checkpoint``, which every rank calls (it ends in a
+    barrier), so gathering the ranks' states here adds no new synchronisation point.
+    """
+    mine = {"current": capture_rng_state(), "epoch_start": getattr(trainer, "_epoch_start_rng", None)}
+    world_size = int(trainer.world_size)
+    states: List[Any] = [mine]
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            states = [None] * world_size
+            dist.all_gather_object(states, mine, group=getattr(trainer.strategy, "control_group", None))
+    return {"world_size": world_size, "rng": states}
+
+
+def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
+    """Check the world size and hand this rank's RNG snapshots to the fit loop."""
+    state = checkpoint.get(RESUME_KEY)
+    trainer._resume_rng = None
+    if state is None:
+        return
+    saved, now = int(state["world_size"]), int(trainer.world_size)
+    if saved != now:
+        raise ValueError(
+            f"the checkpoint was written by {saved} process(es) but this run has {now} (num_nodes x devices): "
+            "resuming across a change of world size is not supported. Resume with the same layout, or load only "
+            "the weights (model.load_state_dict(checkpoint['state_dict']))"
+        )
+    rng = state["rng"]
+    trainer._resume_rng = rng[trainer.global_rank] if len(rng) > trainer.global_rank else None

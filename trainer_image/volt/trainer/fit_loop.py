@@ -60,7 +60,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
+from torch.utils.data import DataLoader
+
 from volt.module import LightningModule
+from volt.resume import capture_rng_state, resume_epoch_iterator
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
 from volt.trainer.eval_loop import run_validation_in_fit, setup_stage, teardown_stage, transfer_batch
@@ -254,17 +257,24 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     outputs: List[Any] = []
     trainer._call_hook("on_epoch_start")
     trainer._call_hook("on_train_epoch_start")
-    # resume: a mid-epoch checkpoint continues after the batches already done
+    # resume: a mid-epoch checkpoint continues after the batches already done, with the
+    # RNG states of the original run (volt.resume), so no batch is repeated or skipped
     skip = progress.batch_idx
-    if skip:
-        log.info("resuming epoch %d after batch %d", epoch, skip)
-    for batch_idx, batch, is_last in iterate(loader, trainer.num_training_batches, skip=skip):
+    rng, trainer._resume_rng = getattr(trainer, "_resume_rng", None), None
+    source, skipped = loader, False
+    if skip and rng is not None and rng.get("epoch_start") is not None and isinstance(loader, DataLoader):
+        log.info("resuming epoch %d after batch %d (exact: sampler order and RNG restored)", epoch, skip)
+        source, skipped = resume_epoch_iterator(loader, skip, rng["epoch_start"], rng["current"]), True
+        trainer._epoch_start_rng = rng["epoch_start"]
+    else:
+        if skip:
+            log.warning("resuming epoch %d after batch %d without saved RNG states: batch order may differ",
+                        epoch, skip)
+        trainer._epoch_start_rng = capture_rng_state()  # before iter(loader): it draws the shuffle seed
+    for batch_idx, batch, is_last in iterate(source, trainer.num_training_batches, skip=skip, skipped=skipped):
         if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break
-        progress.batch_idx = batch_idx + 1
-        if is_last:
-            progress.epoch_batches_done = True
         if _should_check_val(trainer, batch_idx, is_last):
             run_validation_in_fit(trainer, trainer.num_val_batches)
         if _max_steps_reached(trainer) or (trainer.should_stop and _min_reached(trainer)):
@@ -350,6 +360,10 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     if steps_now:
         progress.batches_that_stepped += 1
         _step_schedulers(trainer, "step", progress.batches_that_stepped)
+    # resume: the batch is done before on_train_batch_end, where checkpoints are taken
+    progress.batch_idx = batch_idx + 1
+    if is_last:
+        progress.epoch_batches_done = True
     trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
     trainer._call_module("on_train_batch_end", outputs, batch, batch_idx)
     trainer._call_hook("on_batch_end")
