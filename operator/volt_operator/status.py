@@ -354,9 +354,13 @@ def decide(
                     else "the latest checkpoint on the volume, if any"
                 )
                 plan.emit("Normal", "CheckpointResumed", f"attempt {st.attempt} resumes from {where}")
-        set_condition(st, CREATED, True, "PodsCreated", f"node pods of attempt {st.attempt}", now)
         plan.requeue(WAIT_POLL_SECONDS)
         return plan
+
+    created = condition(st, CREATED)
+    if created is None or created.status != "True":
+        # Only once every pod exists, so a failing create is not flapped to True.
+        set_condition(st, CREATED, True, "PodsCreated", f"all {n} node pods exist", now)
 
     if st.nodes.ready == n and st.phase != "Running":
         plan.became_running = True

@@ -357,3 +357,75 @@ def test_exit_codes_match_the_engine() -> None:
     assert failures.RENDEZVOUS_TIMEOUT == exit_codes.RENDEZVOUS_TIMEOUT
     assert failures.CONFIG_ERROR == exit_codes.CONFIG_ERROR
     assert failures.RETRYABLE == exit_codes.RETRYABLE
+
+
+# --- progress mirroring and the status patch --------------------------------
+
+def test_merge_patch_is_minimal_and_nulls_removed_keys() -> None:
+    from volt_operator.reconciler import merge_patch
+
+    old = {"phase": "Running", "backoffUntil": "t", "training": {"step": 1, "loss": 0.5},
+           "conditions": [{"type": "Running"}]}
+    new = {"phase": "Running", "training": {"step": 2}, "conditions": [{"type": "Running"}],
+           "restarts": 1}
+    assert merge_patch(old, new) == {
+        "backoffUntil": None, "training": {"step": 2, "loss": None}, "restarts": 1,
+    }
+    assert merge_patch(new, new) == {}
+
+
+def test_progress_from_a_real_http_endpoint() -> None:
+    import http.server
+    import json as _json
+    import threading
+
+    from volt_operator import progress
+
+    payload = {"epoch": 2, "step": 130, "loss": 0.123456789, "progress": 0.65, "attempt": 0,
+               "checkpoint": {"path": "/ckpt/j/last.ckpt", "step": 100,
+                              "time": "2026-11-27T12:00:00Z"},
+               "metrics": {"val_loss": 0.2}}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = _json.dumps(payload).encode() if self.path == "/progress" else b"nope"
+            self.send_response(200 if self.path == "/progress" else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        got = progress.fetch("127.0.0.1", server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    training, checkpoint = progress.to_status(got, NOW)
+    assert (training.epoch, training.step, training.progress) == (2, 130, 0.65)
+    assert training.loss == pytest.approx(0.123457)
+    assert training.last_update == format_time(NOW)
+    assert checkpoint is not None and (checkpoint.path, checkpoint.step) == ("/ckpt/j/last.ckpt", 100)
+
+
+def test_progress_errors_are_bounded() -> None:
+    from volt_operator import progress
+    from operator_process import free_port  # type: ignore[import-not-found]
+
+    with pytest.raises(progress.ProgressError):
+        progress.fetch("127.0.0.1", free_port(), timeout=0.5)
+    training, checkpoint = progress.to_status({"epoch": "x", "loss": float("nan")}, NOW)
+    assert training.epoch is None and training.loss is None and checkpoint is None
+
+
+def test_progress_rate_limiter() -> None:
+    from volt_operator.progress import RateLimiter
+
+    limiter = RateLimiter(interval=60)
+    assert limiter.allow(("ns", "a")) and not limiter.allow(("ns", "a"))
+    assert limiter.allow(("ns", "b"))
+    limiter.forget(("ns", "a"))
+    assert limiter.allow(("ns", "a"))

@@ -1,0 +1,124 @@
+"""Run the real operator (`python -m volt_operator`) against the test cluster.
+
+Shared by tests/operator and tests/e2e (pytest puts tests/ on sys.path because
+tests/conftest.py lives there). The operator runs as a subprocess exactly as
+a user runs it, namespaced and standalone, and its log is kept for failures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "trainingjob.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def apply_crd(kube: Any) -> None:
+    """Install (or update) the committed CRD and wait until it is served."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/trainingjobs.volt.dev")
+
+
+class OperatorProcess:
+    """``python -m volt_operator --standalone --namespace NS`` as a subprocess."""
+
+    def __init__(
+        self,
+        kube: Any,
+        namespaces: List[str],
+        log_dir: Path,
+        metrics_port: int = -1,
+        extra_args: Optional[List[str]] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
+        self.kube = kube
+        self.namespaces = namespaces
+        self.health_port = free_port()
+        self.metrics_port = metrics_port
+        self.log_path = Path(log_dir) / "operator.log"
+        self.extra_args = extra_args or []
+        self.extra_env = env or {}
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 60.0) -> "OperatorProcess":
+        argv = [sys.executable, "-m", "volt_operator", "--standalone",
+                "--health-port", str(self.health_port),
+                "--metrics-port", str(self.metrics_port), "--progress-interval", "2",
+                *self.extra_args]
+        for ns in self.namespaces:
+            argv += ["--namespace", ns]
+        env = self.kube.env()
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "operator"), str(REPO / "trainer_image"), env.get("PYTHONPATH", "")]
+        )
+        env.setdefault("VOLT_OPERATOR_RESYNC_SECONDS", "2")
+        env.update(self.extra_env)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        wait_until("the operator's liveness endpoint", self._healthy, timeout)
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def get_json(kube: Any, *args: str) -> Dict[str, Any]:
+    return json.loads(kube.kubectl("get", *args, "-o", "json").stdout)
+
+
+def job_status(kube: Any, namespace: str, name: str) -> Dict[str, Any]:
+    return get_json(kube, "-n", namespace, "trainingjob", name).get("status") or {}
