@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator, Optional, Set, Tuple
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from .failures import REASONS as RESTART_REASONS
+
 PHASES: Tuple[str, ...] = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # From a fast local cluster to a big gang waiting on image pulls and GPU nodes.
 TIME_TO_RUNNING_BUCKETS: Tuple[float, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -74,7 +76,14 @@ class OperatorMetrics:
         key = (_require_text(namespace, "namespace"), _require_text(name, "name"))
         phase = _require_text(phase, "phase")
         with self._lock:
+            new = key not in self._phases
             self._phases[key] = phase
+            if new:
+                self._restart_reasons.setdefault(key, set()).update(RESTART_REASONS)
+        if new:
+            # Every restart reason exists at 0 from the start: increase()/alerts see 0, not "no data".
+            for reason in RESTART_REASONS:
+                self.restarts.labels(namespace, name, reason)
 
     def job_deleted(self, namespace: str, name: str) -> None:
         key = (_require_text(namespace, "namespace"), _require_text(name, "name"))

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from volt_operator import metrics as operator_metrics
-from volt_operator.metrics import MetricsServer, OperatorMetrics
+from volt_operator.metrics import RESTART_REASONS, MetricsServer, OperatorMetrics
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,6 +89,22 @@ def test_restarts_time_to_running_and_reconciles(served: Tuple[OperatorMetrics, 
 
     metrics.job_deleted("ns", "job")
     assert not any(name == restarts for name, _ in samples(scrape(server)))
+
+
+def test_restart_reasons_start_at_zero(served: Tuple[OperatorMetrics, MetricsServer]) -> None:
+    metrics, server = served
+    metrics.observe_phase("ns", "fresh", "Pending")
+    metrics.record_restart("ns", "fresh", "Preempted")
+    got = samples(scrape(server))
+    by_reason = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in got.items()
+        if name == "volt_operator_trainingjob_restarts_total" and dict(labels)["trainingjob"] == "fresh"
+    }
+    assert set(by_reason) == set(RESTART_REASONS)
+    assert by_reason["Preempted"] == 1 and by_reason["OOMKilled"] == 0
+    metrics.job_deleted("ns", "fresh")
+    assert not [name for name, _ in samples(scrape(server)) if name == "volt_operator_trainingjob_restarts_total"]
 
 
 def test_bad_arguments_name_the_argument() -> None:
