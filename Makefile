@@ -90,6 +90,7 @@ lint: setup
 crds: setup
 	$(PY) -m volt_operator.crdgen > crds/trainingjob.yaml
 	cp crds/trainingjob.yaml charts/volt/crds/trainingjob.yaml
+	$(PY) -m volt_operator.docgen > docs/trainingjob.md
 
 clean:
 	rm -rf build *.egg-info bench/results/*.json

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Tuple
 import pytest
 import yaml
 
-from volt_operator import api, crdgen
+from volt_operator import api, crdgen, docgen
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,6 +19,13 @@ def test_committed_crd_matches_models() -> None:
     assert committed == crdgen.render(), (
         "crds/trainingjob.yaml drifted from operator/volt_operator/api.py; run `make crds`"
     )
+
+
+def test_chart_copy_and_api_reference_match_models() -> None:
+    root = CRD_PATH.parents[1]
+    chart_copy = root / "charts" / "volt" / "crds" / "trainingjob.yaml"
+    assert chart_copy.read_text() == crdgen.render(), "run `make crds`"
+    assert (root / "docs" / "trainingjob.md").read_text() == docgen.render(), "run `make crds`"
 
 
 def _walk(node: Any, path: str = "") -> Iterator[Tuple[str, Any]]:
