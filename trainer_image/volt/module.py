@@ -146,6 +146,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
             self._current_fx_name, name, value,
             prog_bar=prog_bar, logger=True if logger is None else bool(logger), on_step=on_step,
             on_epoch=on_epoch, reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+            add_dataloader_idx=add_dataloader_idx,
         )
 
     def log_dict(
@@ -168,7 +169,8 @@ class LightningModule(HyperparametersMixin, nn.Module):
             raise TypeError(f"self.log_dict(dictionary): expected a mapping, got {type(dictionary).__name__}")
         for k, v in dictionary.items():
             self.log(k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-                     reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size)
+                     reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+                     add_dataloader_idx=add_dataloader_idx)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on global rank zero only."""

@@ -248,7 +248,7 @@ def _results_per_loader(connector: Any, n: int) -> List[Dict[str, float]]:
         if "/dataloader_idx_" in m.name:
             idx = int(m.name.rsplit("/dataloader_idx_", 1)[1])
             per[idx][f"{name}/dataloader_idx_{idx}"] = v
-        else:
+        else:  # logged without a dataloader suffix: shared by every loader
             for d in per:
                 d[name] = v
     return per

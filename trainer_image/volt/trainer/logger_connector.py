@@ -38,13 +38,13 @@ class LoggerConnector:
             self._batch_size = infer_batch_size(self.current_batch)
         return self._batch_size
 
-    def log(self, fx: Optional[str], name: str, value: Any, **options: Any) -> None:
+    def log(self, fx: Optional[str], name: str, value: Any, add_dataloader_idx: bool = True, **options: Any) -> None:
         if not self.enabled:
             return
         if fx is None:
             raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
         self.active.log(
-            fx, name + self.dataloader_suffix, value, batch_size_fn=self._current_batch_size,
+            fx, name + self.dataloader_suffix if add_dataloader_idx else name, value, batch_size_fn=self._current_batch_size,
             device=self.trainer.strategy.root_device, **options,
         )
 
