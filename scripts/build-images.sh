@@ -43,3 +43,6 @@ build() {  # build <dockerfile> <image>
 
 [[ "$what" == trainer ]] || build Dockerfile "volt-operator:$tag"
 [[ "$what" == operator ]] || build trainer_image/Dockerfile "volt-trainer:$tag"
+# A rebuild leaves the previous volt image untagged; with its torch layer that is
+# gigabytes. Remove those (only volt's: they carry the label), never anything else.
+"$docker_cli" image prune --force --filter "label=dev.volt.version" >/dev/null

@@ -50,7 +50,7 @@ def test_default_render_is_cluster_wide(helm: Path) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": "volt-system"}]
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" in args and "--standalone" in args
+    assert "--all-namespaces" in args and "--standalone" in args and "--log-format=text" in args
 
 
 def test_watch_namespace_gives_a_role_and_no_cluster_permission(helm: Path) -> None:
@@ -141,6 +141,7 @@ def test_chart_crd_is_the_generated_crd() -> None:
     ("image.pullPolicy=Sometimes", "image.pullPolicy"),
     ("watchNamespace=Team_A", "watchNamespace"),
     ("operator.logLevel=loud", "operator.logLevel"),
+    ("operator.logFormat=xml", "operator.logFormat"),
     ("metrics.podMonitor.interval=often", "metrics.podMonitor.interval"),
     ("operator.replicas=2", "operator.replicas"),
     ("replicas=1", "replicas"),
@@ -150,3 +151,18 @@ def test_values_schema_rejects_bad_values(helm: Path, setting: str, named: str) 
     assert proc.returncode != 0, f"--set {setting} rendered without error"
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert named.split(".")[-1] in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("settings", [(), ("watchNamespace=team-a", "operator.logLevel=verbose",
+                                           "operator.logFormat=json", "operator.healthPort=9000")])
+def test_operator_cli_accepts_the_rendered_arguments(helm: Path, settings: tuple[str, ...]) -> None:
+    from volt_operator.__main__ import parse_args
+
+    container = by_kind(render(helm, *settings), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    args = parse_args(container["args"])
+    assert args.standalone
+    if settings:
+        assert args.namespace == ["team-a"] and args.verbose and args.log_format == "json"
+        assert args.liveness == "http://0.0.0.0:9000/healthz"
+    else:
+        assert args.all_namespaces and not args.namespace and args.log_format == "text"

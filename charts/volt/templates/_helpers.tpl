@@ -56,12 +56,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --all-namespaces
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
-{{- if eq .Values.operator.logLevel "quiet" }}
-- --quiet
-{{- else if eq .Values.operator.logLevel "verbose" }}
+- --log-format={{ .Values.operator.logFormat }}
+{{- if eq .Values.operator.logLevel "verbose" }}
 - --verbose
-{{- else if eq .Values.operator.logLevel "debug" }}
-- --debug
 {{- end }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
