@@ -31,6 +31,9 @@ from .builders import pod_name, resume_value
 from .observed import PodView
 
 MAX_BACKOFF_SECONDS = 600
+# A rank that exits with PEER_LOST reports a consequence; give the rank that
+# caused it this long to report its own exit before judging the gang.
+PEER_LOST_GRACE_SECONDS = 15.0
 # How often a job that waits on something (deletions, backoff) is looked at.
 WAIT_POLL_SECONDS = 2.0
 
@@ -234,6 +237,14 @@ def _missing_after_start(current: List[PodView], n: int, attempt: int, job: str)
     ]
 
 
+def _await_root_cause(verdict: failures.Verdict, live: List[PodView], now: datetime) -> bool:
+    """Only peers reported PEER_LOST while another rank still looks alive."""
+    if verdict.reason != "PeerLost" or not any(p.active for p in live):
+        return False
+    finished = parse_time(verdict.pod.finished_at)
+    return finished is not None and (now - finished).total_seconds() < PEER_LOST_GRACE_SECONDS
+
+
 def decide(
     spec: TrainingJobSpec,
     meta: JobMeta,
@@ -305,6 +316,9 @@ def decide(
     if st.phase == "Running":
         failed += _missing_after_start(live + gone, n, st.attempt, meta.name)
     verdict = failures.worst(failed, spec.failure_policy)
+    if verdict is not None and _await_root_cause(verdict, live, now):
+        plan.requeue(1.0)
+        return plan
     if verdict is not None:
         p = verdict.pod
         st.last_failure = FailureInfo(

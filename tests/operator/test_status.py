@@ -46,6 +46,7 @@ def pod(
     pod_reason: Optional[str] = None,
     deleting: bool = False,
     gone: bool = False,
+    finished: Optional[datetime] = None,
 ) -> Any:
     """A pod as the API returns it, built by the real builder then given a status."""
     body = build_pod(JOB, spec(), rank, attempt, "auto")
@@ -53,7 +54,8 @@ def pod(
     if phase == "Running":
         status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
     if exit_code is not None:
-        term = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        term = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                "finishedAt": format_time(finished or NOW)}
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
     if disruption:
         status["conditions"].append(
@@ -156,6 +158,15 @@ CASES: Dict[str, Case] = {
         st(phase="Running"),
         [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=2)],
         "Failed", events=["Failed"],
+    ),
+    "only peer-lost so far, the other rank still running: wait for the root cause": Case(
+        st(phase="Running"), [pod(0, phase="Failed", exit_code=76), pod(1)], "Running",
+    ),
+    "peer-lost and the grace is over: restart, spends budget": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76, finished=NOW - timedelta(seconds=16)), pod(1)],
+        "Restarting", delete=["mnist-node-0", "mnist-node-1"],
+        attempt=1, restarts=1, counted=1, events=["GangRestart"],
     ),
     "budget spent -> failed": Case(
         st(phase="Running", restarts=2, restartsCounted=2, attempt=2),

@@ -1,0 +1,173 @@
+"""End to end: the example TrainingJob trains with DDP across pods on the node agent.
+
+kubectl as a user, the real operator, the real engine (2 nodes x 2 gloo
+processes): success with progress in `kubectl get tj`, checkpoints on the
+volume, a gang restart that resumes from the checkpoint, and a user error.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import yaml
+
+from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingjob.yaml"
+RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
+
+
+def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The example's PVC and TrainingJob, with ``spec`` keys replaced."""
+    pvc, job = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    job["spec"].update(spec)
+    return pvc, job
+
+
+def apply(kube: Any, namespace: str, *docs: Dict[str, Any]) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+@pytest.fixture(scope="module")
+def crd(kube: Any) -> Any:
+    apply_crd(kube)
+    return kube
+
+
+@pytest.fixture
+def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(crd, [namespace], tmp_path).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.logs()[-6000:])
+
+
+def watch_table(kube: Any, namespace: str, name: str, until: Tuple[str, ...],
+                timeout: float) -> List[List[str]]:
+    """Rows of `kubectl get tj <name>` every second until PHASE is in ``until``."""
+    rows: List[List[str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = kube.kubectl("get", "-n", namespace, "tj", name, "--no-headers", check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            row = out.stdout.split()
+            rows.append(row)
+            if row[1] in until:
+                return rows
+        time.sleep(1.0)
+    raise AssertionError(f"{name} did not reach {until} in {timeout:.0f}s; rows: {rows[-5:]}")
+
+
+def _events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
+    return get_json(kube, "-n", namespace, "events",
+                    "--field-selector", f"involvedObject.name={name}")["items"]
+
+
+def _volume_dir(kube: Any, namespace: str, claim: str) -> Path:
+    pvc = get_json(kube, "-n", namespace, "pvc", claim)
+    pv = get_json(kube, "pv", pvc["spec"]["volumeName"])
+    source = pv["spec"].get("hostPath") or pv["spec"].get("local")
+    return Path(source["path"])
+
+
+@pytest.mark.timeout(600)
+def test_example_trains_to_success(operator: OperatorProcess, namespace: str) -> None:
+    kube = operator.kube
+    kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 480)
+    status = job_status(kube, namespace, "synthetic")
+    assert status["phase"] == "Succeeded", (status, rows[-3:])
+
+    # While it ran, `kubectl get tj` showed Running with the step moving.
+    running = [r for r in rows if r[1] == "Running"]
+    assert running, rows
+    steps = {int(r[4]) for r in running if r[4].isdigit()}
+    assert len(steps) >= 2, f"STEP never moved while Running: {running}"
+    assert all(r[2] == "2/2" for r in running)
+    assert status["training"]["step"] > 0 and status["restarts"] == 0
+    assert status["completionTime"] and status["startTime"]
+
+    # Checkpoints are on the volume, in the job's directory.
+    assert status["checkpoint"]["path"].startswith("/checkpoints/synthetic/")
+    ckpt_dir = _volume_dir(kube, namespace, "volt-checkpoints") / "synthetic"
+    written = sorted(p.name for p in ckpt_dir.rglob("*.ckpt"))
+    assert written, f"no checkpoint under {ckpt_dir}"
+    reasons = {e["reason"] for e in _events(kube, namespace, "synthetic")}
+    assert {"Created", "Running", "Succeeded"} <= reasons
+
+
+@pytest.mark.timeout(600)
+def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess,
+                                                   namespace: str) -> None:
+    kube = operator.kube
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
+                       failurePolicy={"maxRestarts": 2, "backoffSeconds": 1})
+    job["spec"]["trainer"]["maxEpochs"] = 3
+    apply(kube, namespace, pvc, job)
+
+    def checkpointed() -> Optional[int]:
+        st = job_status(kube, namespace, "synthetic")
+        step = (st.get("checkpoint") or {}).get("step") or 0
+        return step if st.get("phase") == "Running" and step >= 20 else None
+
+    saved_step = wait_until("a checkpoint while Running", checkpointed, 300, every=1.0)
+    kube.kubectl("delete", "-n", namespace, "pod", "synthetic-node-1", "--wait=false")
+    wait_until("a gang restart", lambda: job_status(kube, namespace, "synthetic")
+               .get("restarts", 0) >= 1, 120)
+    rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 420)
+    status = job_status(kube, namespace, "synthetic")
+    assert status["phase"] == "Succeeded", (status, rows[-3:])
+    assert status["restarts"] == 1 and status["attempt"] == 1
+    failure = status["lastFailure"]
+    assert failure["pod"] == "synthetic-node-1" and failure["rank"] == 1
+    # A graceful delete lets the engine checkpoint and exit 75 (free restart);
+    # a pod that vanished without an exit code spends the budget.
+    expected_counted = 0 if failure["reason"] in ("Checkpointed", "Evicted", "Preempted") else 1
+    assert status["restartsCounted"] == expected_counted, failure
+
+    pods = get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=synthetic")["items"]
+    assert {p["metadata"]["labels"]["volt.dev/attempt"] for p in pods} == {"1"}
+    reasons = [e["reason"] for e in _events(kube, namespace, "synthetic")]
+    assert "GangRestart" in reasons and "CheckpointResumed" in reasons
+
+    # The new gang continued from the checkpoint: global step did not restart at 0.
+    logs = kube.kubectl("logs", "-n", namespace, "synthetic-node-0").stdout
+    logs += kube.kubectl("logs", "-n", namespace, "synthetic-node-0", check=False).stderr
+    match = RESUMED.search(logs)
+    assert match, f"rank 0 of attempt 1 did not resume from a checkpoint:\n{logs[-3000:]}"
+    assert int(match.group(3)) >= saved_step
+    assert match.group(1).startswith("/checkpoints/synthetic/")
+
+
+@pytest.mark.timeout(300)
+def test_user_error_fails_fast_naming_rank_and_exit_code(operator: OperatorProcess,
+                                                        namespace: str) -> None:
+    kube = operator.kube
+    crash = ("import os, time\n"
+             "if os.environ['NODE_RANK'] == '1':\n"
+             "    time.sleep(2)\n"
+             "    raise ValueError('bad hyperparameter in rank 1')\n"
+             "time.sleep(600)\n")
+    pvc, job = example(command=["python", "-c", crash], args=[])
+    job["metadata"]["name"] = "crashy"
+    apply(kube, namespace, pvc, job)
+    watch_table(kube, namespace, "crashy", ("Failed", "Succeeded"), 240)
+    status = job_status(kube, namespace, "crashy")
+    assert status["phase"] == "Failed"
+    failure = status["lastFailure"]
+    assert failure["rank"] == 1 and failure["pod"] == "crashy-node-1"
+    assert failure["exitCode"] == 1 and failure["reason"] == "UserError"
+    assert status["restarts"] == 0
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "rank 1" in failed["message"]
+    # cleanPodPolicy Running: the still-running rank 0 is deleted, the failed pod kept.
+    wait_until("rank 0 cleaned up", lambda: kube.kubectl(
+        "get", "-n", namespace, "pod", "crashy-node-0", check=False).returncode != 0, 90)
+    assert kube.kubectl("get", "-n", namespace, "pod", "crashy-node-1").returncode == 0
