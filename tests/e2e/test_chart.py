@@ -166,3 +166,18 @@ def test_operator_cli_accepts_the_rendered_arguments(helm: Path, settings: tuple
         assert args.liveness == "http://0.0.0.0:9000/healthz"
     else:
         assert args.all_namespaces and not args.namespace and args.log_format == "text"
+
+
+def test_service_monitor_selects_the_metrics_service(helm: Path) -> None:
+    base = ["template", "rel", str(CHART), "--namespace", "volt-system",
+            "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"]
+    without_crds = [d for d in yaml.safe_load_all(run_helm(helm, *base).stdout) if d]
+    assert not by_kind(without_crds, "ServiceMonitor"), "monitors need the Prometheus Operator's API"
+    docs = [d for d in yaml.safe_load_all(run_helm(helm, *base, "--api-versions", "monitoring.coreos.com/v1").stdout)
+            if d]
+    monitor, = by_kind(docs, "ServiceMonitor")
+    service, = by_kind(docs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert by_kind(docs, "PodMonitor")
