@@ -434,11 +434,10 @@ def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch
             output = trainer._call_module("training_step_end", output)
         loss = _loss_from(output)
         result["output"] = _detached(output)
-        if loss is None:
-            return None
-        if trainer.terminate_on_nan and not bool(torch.isfinite(loss).all()):
+        if loss is not None and trainer.terminate_on_nan and not bool(torch.isfinite(loss).all()):
             raise ValueError(f"training_step returned a non-finite loss ({loss.item()}) at epoch "
                              f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
+        # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
         if zero_grad:
             trainer._call_callbacks("on_before_zero_grad", optimizer)
             trainer._call_module("on_before_zero_grad", optimizer)
@@ -449,6 +448,8 @@ def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch
                     trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
             else:
                 optimizer.zero_grad()
+        if loss is None:
+            return None
         trainer._run_backward(loss / accumulation if accumulation > 1 else loss, optimizer)
         return loss.detach()
 
