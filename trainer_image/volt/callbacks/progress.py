@@ -100,7 +100,7 @@ class ProgressBar(Callback):
         self._stream = stream
         self._enabled = True
         self._line: Optional[_Line] = None
-        self._last_draw = 0.0
+        self._last_draw = -math.inf
         self._trainer: Optional["Trainer"] = None
         self._last_width = 0
         self._suspended: Optional[_Line] = None  # the train line while validation draws
@@ -155,7 +155,7 @@ class ProgressBar(Callback):
     def _open(self, desc: str, total: Union[int, float, None]) -> None:
         if self.is_enabled:
             self._line = _Line(desc, total)
-            self._last_draw = 0.0
+            self._last_draw = -math.inf  # draw the first batch at once
 
     def _advance(self, trainer: "Trainer", pl_module: "LightningModule", n: int, show_metrics: bool) -> None:
         line = self._line
