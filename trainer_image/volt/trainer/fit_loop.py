@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     module = trainer.lightning_module_ref
     assert module is not None
+    if not trainer._module_overrides("training_step"):
+        raise ValueError(f"{type(module).__name__} has no training_step(); define training_step(self, batch, batch_idx) to fit")
     checkpoint = setup_stage(trainer, "fit", ckpt_path)
     _setup_optimizers(trainer, module)
     if checkpoint is not None:
