@@ -84,41 +84,8 @@ PRECISIONS: List[Union[int, str]] = [
     16, 32, 64, "16", "32", "64", "bf16",
     "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true", "64-true",
 ]
-# Trainer kwargs `extra` may carry: the rest of Lightning 2.x and the seed's 1.x
-# arguments. Arguments the operator owns (num_nodes, devices, resume paths,
-# default_root_dir) or that have a typed field are not here on purpose.
-EXTRA_ALLOWED = (
-    "amp_backend",
-    "auto_lr_find",
-    "auto_scale_batch_size",
-    "barebones",
-    "check_val_every_n_epoch",
-    "detect_anomaly",
-    "enable_checkpointing",
-    "enable_model_summary",
-    "enable_progress_bar",
-    "fast_dev_run",
-    "flush_logs_every_n_steps",
-    "inference_mode",
-    "limit_predict_batches",
-    "log_gpu_memory",
-    "move_metrics_to_cpu",
-    "overfit_batches",
-    "prepare_data_per_node",
-    "process_position",
-    "progress_bar_refresh_rate",
-    "reload_dataloaders_every_epoch",
-    "reload_dataloaders_every_n_epochs",
-    "replace_sampler_ddp",
-    "terminate_on_nan",
-    "track_grad_norm",
-    "truncated_bptt_steps",
-    "use_distributed_sampler",
-    "weights_summary",
-)
-_EXTRA_LIST = "[" + ", ".join(f"'{k}'" for k in EXTRA_ALLOWED) + "]"
-_MAX_TIME = re.compile(r"^\d{1,3}:\d{2}:\d{2}:\d{2}$")
-_GPU_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+# Same pattern as the CEL rule in _DEVICES_SCHEMA.
+_DEVICE_TEXT = re.compile(r"^(auto|[0-9]+( *, *[0-9]+)* *,?)$")
 
 
 def _batches(value: Union[int, float, None], field: str) -> Union[int, float, None]:
@@ -146,14 +113,12 @@ _COUNT_OR_FRACTION_RULE = cel(
 )
 
 
-def _device_count(value: Union[int, str, List[int], None], field: str) -> Optional[int]:
+def _device_count(value: Union[int, str, None], field: str) -> Optional[int]:
     """Number of devices a Lightning `gpus`/`devices` value asks for on one node."""
     if value is None:
         return None
-    if isinstance(value, list):
-        if not value:
-            raise ValueError(f"{field}: an empty list selects no device")
-        return len(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a count or indices, got {value!r}")
     if isinstance(value, int):
         if value == -1:
             raise ValueError(
@@ -162,30 +127,100 @@ def _device_count(value: Union[int, str, List[int], None], field: str) -> Option
         if value < 0:
             raise ValueError(f"{field} must be >= 0, got {value}")
         return value
-    text = value.strip()
-    if text in ("auto", ""):
+    if not _DEVICE_TEXT.match(value):
+        raise ValueError(
+            f"{field}: {value!r} is not a device count, \"auto\" or indices like \"0,1\""
+        )
+    if value == "auto":
         return None
-    if text == "-1":
-        raise ValueError(f"{field}='-1' (all devices) cannot size a pod; give the number")
-    if "," in text:
-        if not _GPU_LIST.match(text):
-            raise ValueError(f"{field}: {value!r} is not a list of device indices")
-        return len([t for t in text.split(",") if t.strip()])
-    if text.isdigit():
-        return int(text)
-    raise ValueError(f"{field}: {value!r} is not a device count, index list or 'auto'")
+    if "," not in value:
+        return int(value)
+    return len([part for part in value.split(",") if part.strip()])
 
 
+# A list of device indices is written as a string ("0,1"), as Lightning 1.x
+# also accepted: the API server's CEL cannot see fields of mixed JSON types.
 _DEVICES_SCHEMA = {
-    **PRESERVE,
+    **INT_OR_STRING,
     "x-kubernetes-validations": [
         cel(
-            "type(self) == int || type(self) == string || "
-            "(type(self) == list && self.all(i, type(i) == int))",
-            "must be an integer, a string (\"auto\", \"0,1\") or a list of device indices",
+            "type(self) == int ? int(self) >= 0 : "
+            "string(self).matches('^(auto|[0-9]+( *, *[0-9]+)* *,?)$')",
+            "must be a device count >= 0, \"auto\" or a list of indices like \"0,1\"",
         )
     ],
 }
+
+
+class TrainerExtra(BaseModel):
+    """More Trainer arguments by their own snake_case names (Lightning 2.x and the
+    seed's 1.x ones), each typed. Arguments the operator owns (num_nodes,
+    devices, resume paths, default_root_dir) or that have a camelCase field in
+    ``trainer`` are not here on purpose."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amp_backend: Optional[Literal["native", "apex"]] = Field(
+        None, description="1.x AMP backend (apex is refused by the engine with a clear error)."
+    )
+    auto_lr_find: Optional[bool] = Field(None, description="1.x: run the LR finder in tune().")
+    auto_scale_batch_size: Optional[Literal["power", "binsearch"]] = Field(
+        None, description="1.x: batch-size finder mode in tune() (1.x `true` means power)."
+    )
+    barebones: Optional[bool] = None
+    detect_anomaly: Optional[bool] = None
+    enable_checkpointing: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+    enable_progress_bar: Optional[bool] = None
+    fast_dev_run: Optional[int] = Field(
+        None, ge=0, description="Run N batches of each loop (1 is Lightning's `True`)."
+    )
+    flush_logs_every_n_steps: Optional[int] = Field(None, ge=1)
+    inference_mode: Optional[bool] = None
+    limit_predict_batches: Optional[Union[int, float]] = Field(
+        None, json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]}
+    )
+    log_gpu_memory: Optional[Literal["all", "min_max"]] = None
+    move_metrics_to_cpu: Optional[bool] = None
+    overfit_batches: Optional[Union[int, float]] = Field(
+        None, json_schema_extra={"x-kubernetes-validations": [_COUNT_OR_FRACTION_RULE]}
+    )
+    prepare_data_per_node: Optional[bool] = None
+    process_position: Optional[int] = Field(None, ge=0)
+    progress_bar_refresh_rate: Optional[int] = Field(None, ge=0)
+    reload_dataloaders_every_epoch: Optional[bool] = None
+    reload_dataloaders_every_n_epochs: Optional[int] = Field(None, ge=0)
+    replace_sampler_ddp: Optional[bool] = None
+    terminate_on_nan: Optional[bool] = None
+    track_grad_norm: Optional[Union[int, str]] = Field(
+        None,
+        description="1.x: norm order to log (-1 off, or \"inf\").",
+        json_schema_extra={
+            **INT_OR_STRING,
+            "x-kubernetes-validations": [
+                cel("type(self) == int || string(self) == 'inf'",
+                    "must be an integer norm order or \"inf\"")
+            ],
+        },
+    )
+    truncated_bptt_steps: Optional[int] = Field(None, ge=1)
+    use_distributed_sampler: Optional[bool] = None
+    weights_summary: Optional[Literal["top", "full"]] = None
+
+    @field_validator("limit_predict_batches", "overfit_batches")
+    @classmethod
+    def _check_batches(cls, value: Any, info: Any) -> Any:
+        return _batches(value, f"trainer.extra.{info.field_name}")
+
+    @field_validator("track_grad_norm")
+    @classmethod
+    def _check_norm(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "inf":
+            raise ValueError(f"trainer.extra.track_grad_norm must be a number or 'inf', got {value!r}")
+        return value
+
+
+EXTRA_ALLOWED = tuple(TrainerExtra.model_fields)
 
 
 class TrainerSettings(_Model):
@@ -219,15 +254,15 @@ class TrainerSettings(_Model):
     )
 
     num_nodes: int = Field(1, ge=1, le=4096, description="Number of nodes (pods) in the gang.")
-    gpus: Optional[Union[int, str, List[int]]] = Field(
+    gpus: Optional[Union[int, str]] = Field(
         None,
-        description="1.x: GPUs per node as a count, \"0,1\" or a list of indices. "
+        description="1.x: GPUs per node as a count or device indices (\"0,1\"). "
         "Implies accelerator gpu.",
         json_schema_extra=_DEVICES_SCHEMA,
     )
-    devices: Optional[Union[int, str, List[int]]] = Field(
+    devices: Optional[Union[int, str]] = Field(
         None,
-        description="Processes (devices) per node: a count, \"auto\" or a list of indices.",
+        description="Processes (devices) per node: a count, \"auto\" or indices (\"0,1\").",
         json_schema_extra=_DEVICES_SCHEMA,
     )
     accelerator: Optional[Accelerator] = Field(
@@ -283,26 +318,9 @@ class TrainerSettings(_Model):
     amp_level: Optional[Literal["O0", "O1", "O2", "O3"]] = Field(
         None, description="1.x apex level; the engine maps it onto native AMP."
     )
-    extra: Dict[str, Any] = Field(
-        default_factory=dict,
-        description="Other Trainer arguments by their snake_case name (allow-listed), "
-        "with scalar values.",
-        json_schema_extra={
-            "maxProperties": 32,
-            "additionalProperties": PRESERVE,
-            "x-kubernetes-validations": [
-                cel(
-                    f"self.all(k, k in {_EXTRA_LIST})",
-                    "trainer.extra: unknown Trainer argument; allowed: "
-                    + ", ".join(EXTRA_ALLOWED),
-                ),
-                cel(
-                    "self.all(k, type(self[k]) == bool || type(self[k]) == int || "
-                    "type(self[k]) == double || type(self[k]) == string)",
-                    "trainer.extra values must be scalars (bool, number or string)",
-                ),
-            ],
-        },
+    extra: TrainerExtra = Field(
+        default_factory=TrainerExtra,
+        description="Other Trainer arguments by their snake_case name, typed.",
     )
 
     @field_validator("gpus", "devices")
@@ -323,19 +341,6 @@ class TrainerSettings(_Model):
     @classmethod
     def _check_batches(cls, value: Any, info: Any) -> Any:
         return _batches(value, f"trainer.{to_camel(info.field_name)}")
-
-    @field_validator("extra")
-    @classmethod
-    def _check_extra(cls, value: Dict[str, Any]) -> Dict[str, Any]:
-        for key, item in value.items():
-            if key not in EXTRA_ALLOWED:
-                raise ValueError(
-                    f"trainer.extra.{key}: unknown Trainer argument; allowed: "
-                    + ", ".join(EXTRA_ALLOWED)
-                )
-            if not isinstance(item, (bool, int, float, str)):
-                raise ValueError(f"trainer.extra.{key}: value must be a scalar")
-        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainerSettings":
@@ -401,7 +406,7 @@ class TrainerSettings(_Model):
             strategy = "ddp"
         if strategy is not None:
             kwargs["strategy"] = strategy
-        kwargs.update(self.extra)
+        kwargs.update(self.extra.model_dump(exclude_none=True))
         return kwargs
 
 

@@ -131,19 +131,19 @@ def crd() -> Dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {
-                "type": "object",
-                "x-kubernetes-validations": [
-                    api.cel(
-                        "self.name.size() <= 50 && self.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                        "metadata.name must be a DNS-1035 label of at most 50 characters "
-                        "(pods are named <name>-node-<i>)",
-                    )
-                ],
-            },
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
+        # Rules on metadata must sit at the root (only name is visible there).
+        "x-kubernetes-validations": [
+            api.cel(
+                "self.metadata.name.size() <= 50 && "
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                "metadata.name must be a DNS-1035 label of at most 50 characters "
+                "(pods are named <name>-node-<i>)",
+            )
+        ],
     }
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

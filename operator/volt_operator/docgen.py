@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any, Dict, List
 
-from . import api, crdgen
+from . import crdgen
 
 INTRO = """# TrainingJob API reference (`volt.dev/v1alpha1`)
 
@@ -107,11 +107,6 @@ def render() -> str:
     out = [INTRO]
     _section("spec", schema["properties"]["spec"], out)
     _section("status", schema["properties"]["status"], out)
-    out.append(
-        "\n## Allowed `spec.trainer.extra` keys\n\n"
-        + ", ".join(f"`{k}`" for k in api.EXTRA_ALLOWED)
-        + "\n"
-    )
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -59,7 +59,9 @@ def test_crd_is_structural_and_served(crd: Any) -> None:
 INVALID = {
     "numNodes below 1": ({"trainer": {"numNodes": 0}}, "spec.trainer.numNodes"),
     "unknown trainer argument in extra": (
-        {"trainer": {"extra": {"bogus_flag": True}}}, "trainer.extra: unknown Trainer argument"),
+        {"trainer": {"extra": {"bogus_flag": True}}}, "spec.trainer.extra.bogus_flag"),
+    "extra argument of the wrong type": (
+        {"trainer": {"extra": {"fast_dev_run": "yes"}}}, "spec.trainer.extra.fast_dev_run"),
     "gpus and devices": ({"trainer": {"gpus": 1, "devices": 1}}, "trainer.gpus or trainer.devices"),
     "gpus of the wrong type": ({"trainer": {"gpus": {"a": 1}}}, "spec.trainer.gpus"),
     "bad precision": ({"trainer": {"precision": "fp8"}}, "spec.trainer.precision"),
