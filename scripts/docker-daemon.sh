@@ -58,6 +58,10 @@ stop() {
         for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     fi
     rm -f "$pidfile"
+    # dockerd leaves its own network namespace bind-mounted under exec-root.
+    if mountpoint -q "$state/exec/netns/default" 2>/dev/null; then
+        umount "$state/exec/netns/default" || true
+    fi
 }
 
 case "${1:-}" in
