@@ -51,13 +51,14 @@ $(tail -n 20 "$state/dockerd.log")"
 }
 
 stop() {
-    [[ -f "$pidfile" ]] || return 0
-    local pid; pid="$(cat "$pidfile")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if [[ -f "$pidfile" ]]; then
+        local pid; pid="$(cat "$pidfile")"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+            for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        fi
+        rm -f "$pidfile"
     fi
-    rm -f "$pidfile"
     # dockerd leaves its own network namespace bind-mounted under exec-root.
     if mountpoint -q "$state/exec/netns/default" 2>/dev/null; then
         umount "$state/exec/netns/default" || true
