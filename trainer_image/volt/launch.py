@@ -149,6 +149,13 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
         nproc, source = 1, "default"
     if nproc < 1:
         raise ClusterConfigError(f"processes per node must be >= 1, got {nproc} from {source}")
+    for key in ("devices", "gpus", "num_processes"):
+        wanted = _count_devices(settings.get(key), key)
+        if wanted is not None and wanted != nproc:
+            raise ClusterConfigError(
+                f"VOLT_TRAINER {key}={settings[key]!r} asks for {wanted} process(es) per node but {source} "
+                f"gives {nproc}"
+            )
     if node.world_size is not None and node.world_size != node.num_nodes * nproc:
         raise ClusterConfigError(
             f"WORLD_SIZE={node.world_size} but {node.num_nodes} node(s) x {nproc} process(es) per node "
@@ -386,11 +393,13 @@ def _exit_code(result: Any, supervisor: _Supervisor) -> int:
     if result is not None:
         failures = sorted(result.failures.values(), key=lambda f: f.timestamp)
         codes = [f.exitcode if f.exitcode >= 0 else exit_codes.from_signal(-f.exitcode) for f in failures]
+    if exit_codes.CHECKPOINTED in codes:
+        # A rank exits CHECKPOINTED only after the collective save returned on every rank:
+        # the checkpoint is complete even if the agent then stopped slower ranks by signal.
+        return exit_codes.CHECKPOINTED
     if supervisor.sigterm_at is not None:
-        return exit_codes.CHECKPOINTED if codes and set(codes) <= {exit_codes.CHECKPOINTED, 0} else (
-            exit_codes.from_signal(signal.SIGTERM)
-        )
-    if supervisor.peer_failure is not None and exit_codes.CHECKPOINTED not in codes:
+        return exit_codes.from_signal(signal.SIGTERM)
+    if supervisor.peer_failure is not None:
         return exit_codes.PEER_LOST
     if not codes:
         return exit_codes.USER_ERROR

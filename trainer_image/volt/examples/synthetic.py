@@ -24,13 +24,21 @@ from volt.cluster import cluster_environment
 
 
 class SyntheticRegression(Dataset):
-    """``y = tanh(x @ w) + noise`` with ``x ~ N(0, 1)``; item ``i`` is fixed by ``seed``."""
+    """``y = tanh(x @ w) + noise`` with ``x ~ N(0, 1)``.
 
-    def __init__(self, samples: int, features: int, seed: int = 0) -> None:
+    ``w`` depends on ``seed`` only, so splits share the target function; the
+    samples depend on ``seed`` and ``split``. Items are ``(x, y, index)``.
+    """
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, samples: int, features: int, seed: int = 0, split: str = "train") -> None:
         if samples < 1 or features < 1:
             raise ValueError(f"samples and features must be >= 1, got samples={samples}, features={features}")
-        generator = torch.Generator().manual_seed(seed)
-        weight = torch.randn(features, 1, generator=generator)
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        weight = torch.randn(features, 1, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed * 7919 + 1 + self.SPLITS.index(split))
         self.x = torch.randn(samples, features, generator=generator)
         self.y = torch.tanh(self.x @ weight) + 0.05 * torch.randn(samples, 1, generator=generator)
 
@@ -93,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model = RegressionModel(args.features, args.hidden, args.lr)
     train = DataLoader(SyntheticRegression(args.samples, args.features, args.seed), batch_size=args.batch_size,
                        shuffle=True)
-    val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed + 1), batch_size=args.batch_size)
+    val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed, "val"), batch_size=args.batch_size)
     checkpoint = ModelCheckpoint(dirpath=args.ckpt_dir, every_n_train_steps=args.every_n_steps, save_last=True)
     # Under volt-run/torchrun the layout is what the launcher started; VOLT_TRAINER overrides it anyway.
     cluster = cluster_environment(os.environ)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from volt import exit_codes
-from volt.cluster import ClusterEnvironment, cluster_environment
+from volt.cluster import ClusterConfigError, ClusterEnvironment, cluster_environment
 from volt.strategies.strategy import REDUCE_OPS, Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -320,7 +320,12 @@ class DDPStrategy(Strategy):
 
                 exec_under_volt_run(self.devices, self.num_nodes)  # does not return
             return  # a world of one: nothing to set up
-        cluster.validate(devices=self.devices, num_nodes=self.num_nodes)
+        try:
+            cluster.validate(devices=self.devices, num_nodes=self.num_nodes)
+        except ClusterConfigError as err:
+            # A supervisor must see "configuration error" (not retryable), not a crash.
+            log.error("%s", err)
+            raise SystemExit(exit_codes.CONFIG_ERROR) from err
         if self._accelerator == "cuda":
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():

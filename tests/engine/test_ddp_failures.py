@@ -1,0 +1,52 @@
+"""Failure handling of volt-run: a missing peer and a crashing rank end everything promptly."""
+import time
+
+import pytest
+
+from ddp_support import example, logs, script, start_nodes, wait_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(120)
+def test_missing_peer_is_named_and_exits_rendezvous_timeout(tmp_path):
+    started = time.monotonic()
+    # Nodes 0 and 2 of 3 start; node 1 never does.
+    procs = start_nodes(3, 1, ["--rdzv-timeout", "4", *example()], tmp_path)
+    missing = procs.pop(1)
+    missing.kill()
+    missing.wait()
+    assert wait_all(procs, 90) == [77, 77], logs(tmp_path)
+    assert time.monotonic() - started < 60
+    for node in (0, 2):
+        text = (tmp_path / f"node{node}.log").read_text()
+        assert "node rank(s) [1] of NUM_NODES=3 did not join within 4 s" in text, logs(tmp_path)
+
+
+@pytest.mark.timeout(150)
+def test_one_rank_raising_ends_every_node_quickly(tmp_path):
+    procs = start_nodes(2, 1, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
+                        FAIL_RANK="1", FAIL_STEP="5")
+    started = time.monotonic()
+    codes = wait_all(procs, 120)
+    assert codes == [76, 1], logs(tmp_path)  # node 0: peer lost (retryable); node 1: the user error
+    assert time.monotonic() - started < 100
+    assert "injected failure on rank 1" in (tmp_path / "node1.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_world_size_mismatch_fails_fast_naming_it(tmp_path):
+    procs = start_nodes(1, 2, example(), tmp_path, VOLT_TRAINER='{"devices": 3}')
+    assert wait_all(procs, 60) == [78], logs(tmp_path)
+    assert "VOLT_TRAINER devices=3 asks for 3 process(es) per node but PET_NPROC_PER_NODE gives 2" in (
+        tmp_path / "node0.log"
+    ).read_text()
+
+
+@pytest.mark.timeout(120)
+def test_trainer_layout_disagreeing_with_the_launch_exits_config_error(tmp_path):
+    # The launcher starts 2 processes; the script's Trainer says 3 devices: every rank exits 78.
+    procs = start_nodes(1, 2, script("raise_on_rank.py", "--max-steps", "1"), tmp_path, FAIL_RANK="-1",
+                        FAIL_STEP="0", VOLT_TRAINER_SCRIPT_DEVICES="3")
+    assert wait_all(procs, 90) == [78], logs(tmp_path)
+    assert "Trainer(num_nodes=1, devices=3) needs num_nodes x devices = 3" in (tmp_path / "node0.log").read_text()

@@ -1,0 +1,87 @@
+"""DDP through volt-run with the pod env contract: 2 "nodes" x 2 processes on localhost (gloo)."""
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DistributedSampler
+
+from ddp_support import example, logs, start_nodes, wait_all, wait_for
+from volt import seed_everything
+from volt.examples.synthetic import RegressionModel, SyntheticRegression
+
+pytestmark = pytest.mark.slow
+
+
+def reference_weights(samples, features, hidden, lr, batch_size, world_size, epochs, seed=0):
+    """Plain-torch training on the union of the ranks' batches: what DDP must reproduce."""
+    seed_everything(seed)
+    model = RegressionModel(features, hidden, lr)
+    data = SyntheticRegression(samples, features, seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for epoch in range(epochs):
+        shards = []
+        for rank in range(world_size):
+            sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        for start in range(0, len(shards[0]), batch_size):
+            optimizer.zero_grad()
+            losses = [F.mse_loss(model(data.x[s[start:start + batch_size]]), data.y[s[start:start + batch_size]])
+                      for s in shards]
+            torch.stack(losses).mean().backward()  # DDP averages the ranks' gradients
+            optimizer.step()
+    return model.state_dict()
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_two_processes_equal_single_process_on_the_global_batch(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    procs = start_nodes(
+        2, 2,
+        example("--max-epochs", "5", "--samples", "256", "--batch-size", "32", "--save-weights",
+                str(tmp_path / "ddp.pt")),
+        tmp_path, VOLT_CHECKPOINT_DIR=str(ckpt_dir),
+        VOLT_TRAINER='{"num_nodes": 2, "devices": 2, "strategy": "ddp", "max_epochs": 3}',
+    )
+    assert wait_all(procs, 240) == [0, 0], logs(tmp_path)
+    node0 = (tmp_path / "node0.log").read_text()
+    assert "done: epoch=3 step=6" in node0, logs(tmp_path)  # 256 samples / 4 ranks / 32 = 2 steps per epoch
+    assert "VOLT_TRAINER overrides Trainer(max_epochs=5) with 3" in node0  # and it was applied: epoch=3 above
+    ddp = torch.load(tmp_path / "ddp.pt")
+    expected = reference_weights(256, 16, 32, 0.05, 32, world_size=4, epochs=3)
+    for name, value in expected.items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6, msg=f"{name} differs from the reference")
+    manifest = json.loads((ckpt_dir / "latest.json").read_text())
+    assert (ckpt_dir / manifest["checkpoint"]).is_file()
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_checkpoints_exits_retryable_and_resume_continues(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    env = dict(VOLT_CHECKPOINT_DIR=str(ckpt_dir), VOLT_PREEMPTION_CHECK_EVERY_N_STEPS="4", VOLT_GRACE_PERIOD_S="60")
+    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--samples", "256", "--every-n-steps", "10"),
+                        tmp_path, **env)
+    try:
+        wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")
+    except AssertionError:
+        wait_all(procs, 0.1)
+        raise AssertionError(logs(tmp_path))
+    signalled = time.monotonic()
+    os.kill(procs[0].pid, signal.SIGTERM)
+    assert wait_all(procs, 60) == [75], logs(tmp_path)
+    assert time.monotonic() - signalled < 30
+    manifest = json.loads((ckpt_dir / "latest.json").read_text())
+    assert manifest["checkpoint"].startswith("preempted-"), manifest
+    saved = torch.load(ckpt_dir / manifest["checkpoint"], weights_only=False)
+    step = saved["global_step"]
+    assert step > 0 and saved["volt_resume"]["world_size"] == 2
+
+    (tmp_path / "node0.log").rename(tmp_path / "first.log")
+    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--max-steps", str(step + 8), "--samples", "256"), tmp_path,
+                        VOLT_RESUME="auto", **env)
+    assert wait_all(procs, 150) == [0], logs(tmp_path)
+    assert f"step={step + 8} " in (tmp_path / "node0.log").read_text(), logs(tmp_path)
