@@ -162,8 +162,10 @@ class Reconciler:
             )
         # 2. Act.
         errors = self._act(ref, spec, plan)
-        # 3. Tell users.
+        # 3. Tell users (a creation that failed did not happen).
         for event in plan.events:
+            if errors and event.reason in ("Created", "CheckpointResumed"):
+                continue
             self.post_event(job, event.type, event.reason, event.message)
         self._record_metrics(job, plan)
         if errors:
@@ -172,7 +174,9 @@ class Reconciler:
             self.client.patch_job_status(
                 namespace, name, {"status": merge_patch(new_status, failed.to_api())}
             )
-            self.post_event(job, "Warning", "CreateFailed", message)
+            before = machine.condition(current, machine.CREATED)
+            if before is None or before.status != "False" or before.message != message[:4000]:
+                self.post_event(job, "Warning", "CreateFailed", message)
             return 5.0
         return plan.requeue_after
 

@@ -357,7 +357,7 @@ def decide(
         if len(missing) == n:
             plan.emit(
                 "Normal", "Created",
-                f"created service and {n} node pod(s) for attempt {st.attempt}",
+                f"creating {n} node pod(s) for attempt {st.attempt}",
             )
             # Only a checkpoint on the job's volume (or a given path) survives the pods.
             durable = spec.checkpoint is not None or plan.resume not in ("auto", "never")
