@@ -57,7 +57,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    from kubernetes.config import ConfigException
+
     from . import handlers  # registers the handlers
+    from .kube import load_configuration
+
+    try:
+        configuration = load_configuration()
+    except ConfigException as exc:
+        sys.stderr.write(
+            f"volt_operator: no Kubernetes credentials (not in a pod, and no usable "
+            f"kubeconfig; set KUBECONFIG): {exc}\n"
+        )
+        sys.exit(2)
 
     liveness = args.liveness
     if args.health_port is not None:
@@ -66,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     memo.options = handlers.Options(
         progress_seconds=args.progress_interval,
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
+        kube_configuration=configuration,
     )
     namespaces = args.namespace
     logging.getLogger("volt_operator").info(

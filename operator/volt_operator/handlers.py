@@ -33,6 +33,7 @@ class Options:
 
     progress_seconds: float = 5.0
     metrics_port: Optional[int] = 8080
+    kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
 
 
 def _options(memo: Any) -> Options:
@@ -56,7 +57,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # warnings and errors from handlers.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
-    memo.reconciler = Reconciler(KubeClient(), progress_interval=options.progress_seconds)
+    memo.reconciler = Reconciler(
+        KubeClient(options.kube_configuration), progress_interval=options.progress_seconds
+    )
     memo.metrics_server = None
     if options.metrics_port is not None:
         memo.metrics_server = metrics.start_metrics_server(options.metrics_port)
