@@ -216,7 +216,9 @@ class TrainerExtra(BaseModel):
     @classmethod
     def _check_norm(cls, value: Any) -> Any:
         if isinstance(value, str) and value != "inf":
-            raise ValueError(f"trainer.extra.track_grad_norm must be a number or 'inf', got {value!r}")
+            raise ValueError(
+                f"trainer.extra.track_grad_norm must be a number or 'inf', got {value!r}"
+            )
         return value
 
 

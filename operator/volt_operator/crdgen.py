@@ -92,7 +92,7 @@ def _structural(node: Any) -> Any:
         del node["additionalProperties"]
     if node.get("additionalProperties") is True:
         node["additionalProperties"] = {"x-kubernetes-preserve-unknown-fields": True}
-    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+    if node.get("type") == "object" and not {"properties", "additionalProperties"} & node.keys():
         node["x-kubernetes-preserve-unknown-fields"] = True
 
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):

@@ -92,7 +92,8 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
     if code in FREE_RESTART_CODES:
         return Verdict(RESTART_FREE, pod, "Checkpointed", where)
     if code in RETRYABLE:
-        return Verdict(RESTART, pod, "PeerLost" if code == PEER_LOST else "RendezvousTimeout", where)
+        reason = "PeerLost" if code == PEER_LOST else "RendezvousTimeout"
+        return Verdict(RESTART, pod, reason, where)
     if code is not None and 0 < code < 128:
         name = "ConfigError" if code == CONFIG_ERROR else "UserError"
         return Verdict(FAIL, pod, name, where)

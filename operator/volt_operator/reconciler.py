@@ -83,7 +83,7 @@ class Reconciler:
                 except ApiError as exc:
                     if not exc.conflict:
                         raise
-                    log.debug("status of %s/%s changed meanwhile; reconciling again", namespace, name)
+                    log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
             return 1.0
 
     # ----------------------------------------------------------------------

@@ -367,7 +367,9 @@ def decide(
                     if seen_checkpoint and st.checkpoint
                     else "the latest checkpoint on the volume, if any"
                 )
-                plan.emit("Normal", "CheckpointResumed", f"attempt {st.attempt} resumes from {where}")
+                plan.emit(
+                    "Normal", "CheckpointResumed", f"attempt {st.attempt} resumes from {where}"
+                )
         plan.requeue(WAIT_POLL_SECONDS)
         return plan
 

@@ -133,7 +133,8 @@ def test_gpu_requests_follow_the_trainer(trainer: Dict[str, Any], resources: Dic
     if gpus:
         assert res["limits"]["nvidia.com/gpu"] == gpus
         assert res["requests"]["nvidia.com/gpu"] == gpus
-        assert json.loads(env_of(build_pod(JOB, s, 0, 0, "auto"))["VOLT_TRAINER"])["devices"] == gpus
+        trainer = json.loads(env_of(build_pod(JOB, s, 0, 0, "auto"))["VOLT_TRAINER"])
+        assert trainer["devices"] == gpus
     else:
         assert "nvidia.com/gpu" not in res["limits"]
 

@@ -74,7 +74,8 @@ def test_preserve_unknown_fields_only_where_needed() -> None:
 def test_names_columns_and_subresources() -> None:
     crd = crdgen.crd()
     names = crd["spec"]["names"]
-    assert (names["kind"], names["plural"], names["shortNames"]) == ("TrainingJob", "trainingjobs", ["tj"])
+    assert (names["kind"], names["plural"]) == ("TrainingJob", "trainingjobs")
+    assert names["shortNames"] == ["tj"]
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [(c["name"].upper(), c["jsonPath"]) for c in version["additionalPrinterColumns"]]

@@ -54,7 +54,8 @@ def pod(
     if phase == "Running":
         status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
     if exit_code is not None:
-        term = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        term = {"exitCode": exit_code,
+                "reason": reason or ("Completed" if exit_code == 0 else "Error"),
                 "finishedAt": format_time(finished or NOW)}
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
     if disruption:
@@ -419,7 +420,8 @@ def test_progress_from_a_real_http_endpoint() -> None:
     assert (training.epoch, training.step, training.progress) == (2, 130, 0.65)
     assert training.loss == pytest.approx(0.123457)
     assert training.last_update == format_time(NOW)
-    assert checkpoint is not None and (checkpoint.path, checkpoint.step) == ("/ckpt/j/last.ckpt", 100)
+    assert checkpoint is not None
+    assert (checkpoint.path, checkpoint.step) == ("/ckpt/j/last.ckpt", 100)
 
 
 def test_progress_errors_are_bounded() -> None:
