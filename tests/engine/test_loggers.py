@@ -136,3 +136,32 @@ def test_tensorboard_logger_event_files(tmp_path):
     assert acc.Scalars("hp_metric")[0].value == -1
     assert yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml"))) == {"lr": 0.01, "nested": {"depth": 2}}
     assert TensorBoardLogger(tmp_path, name="tb").version == 1
+
+
+def test_csv_logger_through_fit(tmp_path):
+    from conftest import TinyModel, loader, quiet_trainer
+
+    logger = CSVLogger(tmp_path, name="fit")
+    trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=2)
+    trainer.fit(TinyModel(), loader(n=32, batch_size=8), loader(n=16, batch_size=8))
+    assert trainer.log_dir == logger.log_dir
+    rows = _read_csv(os.path.join(logger.log_dir, "metrics.csv"))
+    train_rows = [r for r in rows if r.get("train_loss")]
+    assert [int(r["step"]) for r in train_rows] == [1, 3, 5, 7]  # every 2nd of 8 steps (0-based)
+    assert [r for r in rows if r.get("val_loss")], "epoch-level val_loss rows are missing"
+    assert yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml"))) == {"dim": 4, "lr": 0.05}
+
+
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard not installed")
+def test_default_logger_is_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import TinyModel, loader, quiet_trainer
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, logger=True, log_every_n_steps=1)
+    trainer.fit(TinyModel(), loader(n=32, batch_size=8))
+    assert isinstance(trainer.logger, TensorBoardLogger)
+    assert trainer.log_dir == os.path.join(tmp_path, "lightning_logs", "version_0")
+    acc = EventAccumulator(trainer.log_dir)
+    acc.Reload()
+    assert len(acc.Scalars("train_loss")) == 4
