@@ -69,3 +69,84 @@ def test_skip_batches_rejects_bad_input():
         skip_batches([1, 2, 3], 1)
     with pytest.raises(ValueError, match="capture_rng_state"):
         restore_rng_state({})
+
+
+# --- end to end: SIGKILL a real training process mid-epoch, resume with ckpt_path="last" ----------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from ddp_support import child_env, wait_for  # noqa: E402
+
+BATCHES_PER_EPOCH = 8  # 256 samples / batch 32
+RUN_ARGS = ["--max-epochs", "1000000", "--max-steps", "400", "--samples", "256", "--batch-size", "32",
+            "--every-n-steps", "5"]
+
+
+def _start(tmp_path, name, *extra):
+    with open(tmp_path / f"{name}.log", "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "volt.examples.synthetic", *RUN_ARGS, *extra], env=child_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _log(tmp_path, name):
+    return (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+
+
+def _manifest(dirpath):
+    try:
+        return json.loads((dirpath / "latest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigkill_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    reference = _start(tmp_path, "reference", "--ckpt-dir", str(tmp_path / "ref"), "--save-weights",
+                       str(tmp_path / "reference.pt"))
+    # ckpt_path="last" with nothing saved yet starts fresh (a first pod start).
+    victim = _start(tmp_path, "victim", "--ckpt-dir", str(run_dir), "--ckpt-path", "last")
+    try:
+        def mid_epoch_checkpoint():
+            manifest = _manifest(run_dir)
+            return manifest is not None and manifest["step"] >= 20 and manifest["step"] % BATCHES_PER_EPOCH
+        wait_for(mid_epoch_checkpoint, 150, "a mid-epoch checkpoint")
+        os.killpg(victim.pid, signal.SIGKILL)
+        assert victim.wait(30) == -signal.SIGKILL, "the run finished before it could be killed"
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+    manifest = _manifest(run_dir)
+    saved = torch.load(run_dir / manifest["checkpoint"], weights_only=False)
+    batch_idx = saved["loops"]["fit_loop"]["batch_idx"]
+    assert 0 < batch_idx < BATCHES_PER_EPOCH, f"expected a mid-epoch checkpoint, got batch_idx={batch_idx}"
+
+    resumed = _start(tmp_path, "resumed", "--ckpt-dir", str(run_dir), "--ckpt-path", "last", "--save-weights",
+                     str(tmp_path / "resumed.pt"))
+    try:
+        assert resumed.wait(150) == 0, _log(tmp_path, "resumed")
+        assert reference.wait(150) == 0, _log(tmp_path, "reference")
+    finally:
+        for proc in (resumed, reference):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert "step=400 " in _log(tmp_path, "resumed") and "step=400 " in _log(tmp_path, "reference")
+    expected, actual = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs after resume from step {saved['global_step']}"
+
+    # The same checkpoint under another world size is refused, naming both sizes.
+    saved["volt_resume"]["world_size"] = 2
+    torch.save(saved, tmp_path / "from-2-ranks.ckpt")
+    from volt.examples import synthetic
+
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\) but this run has 1"):
+        synthetic.main([*RUN_ARGS, "--ckpt-dir", str(tmp_path / "other"), "--ckpt-path",
+                        str(tmp_path / "from-2-ranks.ckpt")])

@@ -158,6 +158,9 @@ class PreemptionCallback(Callback):
 
     def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
         self._pending = None  # never wait on a collective after a failure: peers may be gone
+        if self._installed:  # teardown hooks do not run after an exception
+            self.flag.uninstall()
+            self._installed = False
 
     # --- the check --------------------------------------------------------------
     def on_train_batch_end(
