@@ -30,7 +30,6 @@ class LightningModule(HyperparametersMixin, nn.Module):
         super().__init__(*args, **kwargs)
         self._trainer: Optional["Trainer"] = None
         self._automatic_optimization = True
-        self._current_fx_name: Optional[str] = None
         self._example_input_array: Any = None
         self.truncated_bptt_steps: int = 0
         self.prepare_data_per_node: bool = True
@@ -142,8 +141,8 @@ class LightningModule(HyperparametersMixin, nn.Module):
         if trainer is None:
             log.warning("self.log(%r) called outside of a Trainer run: ignored", name)
             return
-        trainer._log_from_module(
-            self._current_fx_name, name, value,
+        trainer._logger_connector.log(
+            name, value,
             prog_bar=prog_bar, logger=True if logger is None else bool(logger), on_step=on_step,
             on_epoch=on_epoch, reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
             add_dataloader_idx=add_dataloader_idx,

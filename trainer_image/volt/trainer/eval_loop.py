@@ -23,6 +23,7 @@ import torch
 from volt.module import LightningModule
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import iterate
+from volt.utilities import move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -123,19 +124,20 @@ def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
     if hooks is None:  # resolved once per run: the datamodule's hooks win over the module's
         dm = trainer.datamodule
         hooks = []
+        custom = False
         for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
-            owner = dm if defines(dm, name, LightningDataModule) else trainer.lightning_module_ref
-            hooks.append(getattr(owner, name))
-        trainer._transfer_hooks = hooks
-    module = trainer.lightning_module_ref
-    prev = module._current_fx_name
-    module._current_fx_name = "on_before_batch_transfer"
-    try:
-        batch = hooks[0](batch, dataloader_idx)
-        batch = hooks[1](batch, trainer.strategy.root_device, dataloader_idx)
-        batch = hooks[2](batch, dataloader_idx)
-    finally:
-        module._current_fx_name = prev
+            if defines(dm, name, LightningDataModule):
+                hooks.append(getattr(dm, name))
+                custom = True
+            else:
+                hooks.append(getattr(trainer.lightning_module_ref, name))
+                custom = custom or trainer._module_overrides(name)
+        trainer._transfer_hooks = hooks if custom else []
+    if not hooks:  # the defaults: just move the tensors
+        return trainer.precision_plugin.convert_input(move_data_to_device(batch, trainer.strategy.root_device))
+    batch = hooks[0](batch, dataloader_idx)
+    batch = hooks[1](batch, trainer.strategy.root_device, dataloader_idx)
+    batch = hooks[2](batch, dataloader_idx)
     return trainer.precision_plugin.convert_input(batch)
 
 

@@ -113,12 +113,9 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
 # setup
 # --------------------------------------------------------------------------------------------
 def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
-    prev = module._current_fx_name
-    module._current_fx_name = "configure_optimizers"
-    try:
-        trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
-    finally:
-        module._current_fx_name = prev
+    trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
+        trainer._call_module("configure_optimizers", always=True)
+    )
     trainer._lightning_optimizers = [LightningOptimizer(o, trainer) for o in trainer.optimizers]
     if not trainer.optimizers and module.automatic_optimization:
         raise ValueError("configure_optimizers() returned None: automatic optimization needs an optimizer")
@@ -144,6 +141,11 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
     trainer._legacy_optimizer_step = "optimizer_idx" in step_params
     trainer._collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
         _takes_outputs(cb) for cb in trainer._callbacks_for("on_train_epoch_end")
+    )
+    # Detaching step outputs costs a dict per step: do it only when a hook will see them.
+    trainer._train_outputs_needed = bool(
+        trainer._collect_train_outputs or trainer._callbacks_for("on_train_batch_end")
+        or trainer._module_overrides("on_train_batch_end")
     )
 
 
@@ -407,6 +409,8 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
             if opt_idx is not None and len(trainer.optimizers) > 1:
                 module.untoggle_optimizer(optimizer)
             out = result.get("output")
+            if trainer._train_outputs_needed:
+                out = _detached(out)
             if tbptt and isinstance(out, Mapping) and out.get("hiddens") is not None:
                 hiddens = _detach_hiddens(out["hiddens"])
             split_outputs.append(out)
@@ -435,7 +439,7 @@ def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch
         if trainer._module_overrides("training_step_end"):
             output = trainer._call_module("training_step_end", output)
         loss = _loss_from(output)
-        result["output"] = _detached(output)
+        result["output"] = output
         if loss is not None and trainer.terminate_on_nan and not bool(torch.isfinite(loss).all()):
             raise ValueError(f"training_step returned a non-finite loss ({loss.item()}) at epoch "
                              f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
@@ -557,9 +561,14 @@ def _log_grad_norms(trainer: "Trainer", optimizer: torch.optim.Optimizer) -> Non
     if not norms:
         return
     norms[f"grad_{p}_norm_total"] = torch.linalg.vector_norm(torch.stack(list(norms.values())), ord=p)
-    for name, value in norms.items():
-        trainer._logger_connector.log("on_before_optimizer_step", name, value, prog_bar=False, logger=True,
-                                      on_step=True, on_epoch=False, reduce_fx="mean", sync_dist=False, batch_size=1)
+    connector = trainer._logger_connector
+    prev, connector.fx = connector.fx, "on_before_optimizer_step"
+    try:
+        for name, value in norms.items():
+            connector.log(name, value, prog_bar=False, logger=True, on_step=True, on_epoch=False, reduce_fx="mean",
+                          sync_dist=False, batch_size=1)
+    finally:
+        connector.fx = prev
 
 
 def _maybe_flush_logs(trainer: "Trainer") -> None:

@@ -27,6 +27,7 @@ class LoggerConnector:
         self.logged_metrics: Dict[str, torch.Tensor] = {}
         self._progress_bar: Dict[str, torch.Tensor] = {}
         self.enabled = True  # barebones=True turns self.log into a no-op
+        self.fx: Optional[str] = None  # the hook running now: self.log's on_step/on_epoch defaults follow it
 
     # --- recording ------------------------------------------------------------
     def set_batch(self, batch: Any) -> None:
@@ -38,9 +39,10 @@ class LoggerConnector:
             self._batch_size = infer_batch_size(self.current_batch)
         return self._batch_size
 
-    def log(self, fx: Optional[str], name: str, value: Any, add_dataloader_idx: bool = True, **options: Any) -> None:
+    def log(self, name: str, value: Any, add_dataloader_idx: bool = True, **options: Any) -> None:
         if not self.enabled:
             return
+        fx = self.fx
         if fx is None:
             raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
         self.active.log(

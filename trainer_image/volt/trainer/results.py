@@ -171,10 +171,14 @@ def forked_names(m: LoggedMetric) -> Tuple[str, str]:
     return m.name, m.name
 
 
+_REDUCE_ALIASES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
+                   max: "max", min: "min", sum: "sum"}
+
+
 def _reduce_fx_name(name: str, reduce_fx: Any) -> str:
-    aliases = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min", max: "max", min: "min", sum: "sum"}
-    if not isinstance(reduce_fx, str):
-        reduce_fx = aliases.get(reduce_fx, reduce_fx)
+    if reduce_fx in REDUCE_FXS:  # the common case: a string
+        return reduce_fx
+    reduce_fx = _REDUCE_ALIASES.get(reduce_fx, reduce_fx)
     if reduce_fx not in REDUCE_FXS:
         raise ValueError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): reduce_fx must be one of {REDUCE_FXS}")
     return reduce_fx

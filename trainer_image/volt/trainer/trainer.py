@@ -22,7 +22,7 @@ from volt.precision import Precision, parse_precision
 from volt.strategies.single import SingleDeviceStrategy
 from volt.strategies.strategy import Strategy
 from volt.trainer import arguments as A
-from volt.trainer import checkpoint_connector
+from volt.trainer import checkpoint_connector, eval_loop, fit_loop
 from volt.trainer.data import INF, as_loader_list, defines, limited_length, without_shuffle
 from volt.trainer.logger_connector import LoggerConnector
 from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
@@ -685,8 +685,6 @@ class Trainer:
         train_dataloader: Any = None,
     ) -> None:
         """Train ``model``. ``train_dataloader=`` is the 1.x spelling of ``train_dataloaders=``."""
-        from volt.trainer.fit_loop import run_fit
-
         if train_dataloader is not None:
             if train_dataloaders is not None:
                 raise ValueError("fit(train_dataloader=...) is the 1.x name of train_dataloaders; pass only one")
@@ -705,7 +703,7 @@ class Trainer:
         else:
             ckpt_path = resume_ckpt_path(ckpt_path)
         self.state.fn = TrainerFn.FITTING
-        self._run(run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
+        self._run(fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
 
     def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
                  verbose: bool = True, datamodule: Optional[LightningDataModule] = None,
@@ -725,13 +723,11 @@ class Trainer:
                 datamodule: Optional[LightningDataModule] = None, return_predictions: Optional[bool] = None,
                 ckpt_path: Optional[str] = None) -> Optional[List[Any]]:
         """Run predict_step over the loaders; returns the predictions (a list per loader when several)."""
-        from volt.trainer.eval_loop import run_predict
-
         model = self._eval_model(model, "predict")
         self._check_sources(dataloaders, None, datamodule, "predict")
         self.state.fn = TrainerFn.PREDICTING
         self._return_predictions = True if return_predictions is None else return_predictions
-        return self._run(run_predict, model, datamodule, dict(predict=dataloaders), self._eval_ckpt(ckpt_path, model))
+        return self._run(eval_loop.run_predict, model, datamodule, dict(predict=dataloaders), self._eval_ckpt(ckpt_path, model))
 
     def tune(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
              datamodule: Optional[LightningDataModule] = None, *, train_dataloader: Any = None,
@@ -775,15 +771,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------
     def _evaluate(self, fn: str, model: Optional[LightningModule], dataloaders: Any, ckpt_path: Optional[str],
                   verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
-        from volt.trainer.eval_loop import run_evaluate
-
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         model = self._eval_model(model, fn)
         self._check_sources(dataloaders, None, datamodule, fn)
         self.state.fn = fn
         self._verbose = verbose
-        return self._run(run_evaluate, model, datamodule, {fn: dataloaders}, self._eval_ckpt(ckpt_path, model))
+        return self._run(eval_loop.run_evaluate, model, datamodule, {fn: dataloaders}, self._eval_ckpt(ckpt_path, model))
 
     def _eval_model(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
@@ -890,15 +884,13 @@ class Trainer:
         cbs = self._callbacks_for(hook) if only is None else only
         if not cbs:
             return
-        prev = module._current_fx_name if module is not None else None
-        if module is not None:
-            module._current_fx_name = hook
+        connector = self._logger_connector
+        prev, connector.fx = connector.fx, hook  # self.log's defaults depend on the calling hook
         try:
             for cb in cbs:
                 getattr(cb, hook)(self, module, *args)
         finally:
-            if module is not None:
-                module._current_fx_name = prev
+            connector.fx = prev
 
     def _module_overrides(self, hook: str) -> bool:
         cache = self._module_hooks
@@ -912,13 +904,12 @@ class Trainer:
         """Call a module hook; no-op defaults are skipped unless ``always``."""
         if not always and not self._module_overrides(hook):
             return None
-        module = self.lightning_module_ref
-        prev = module._current_fx_name  # type: ignore[union-attr]
-        module._current_fx_name = hook  # type: ignore[union-attr]
+        connector = self._logger_connector
+        prev, connector.fx = connector.fx, hook
         try:
-            return getattr(module, hook)(*args, **kwargs)
+            return getattr(self.lightning_module_ref, hook)(*args, **kwargs)
         finally:
-            module._current_fx_name = prev  # type: ignore[union-attr]
+            connector.fx = prev
 
     def _call_hook(self, hook: str, *args: Any) -> None:
         """Callbacks first, then the module (Lightning's order for most hooks)."""
@@ -927,18 +918,17 @@ class Trainer:
 
     def _call_step(self, name: str, *args: Any) -> Any:
         """A *_step through the strategy (so DDP hooks fire), under the precision's autocast."""
-        module = self.lightning_module_ref
-        prev = module._current_fx_name  # type: ignore[union-attr]
-        module._current_fx_name = name  # type: ignore[union-attr]
+        connector = self._logger_connector
+        prev, connector.fx = connector.fx, name
         try:
             with self.precision_plugin.forward_context():
                 return getattr(self.strategy, name)(*args)
         finally:
-            module._current_fx_name = prev  # type: ignore[union-attr]
+            connector.fx = prev
 
     # --- used by LightningModule ---------------------------------------------------------------
-    def _log_from_module(self, fx: Optional[str], name: str, value: Any, **options: Any) -> None:
-        self._logger_connector.log(fx, name, value, **options)
+    def _log_from_module(self, name: str, value: Any, **options: Any) -> None:
+        self._logger_connector.log(name, value, **options)
 
     def _run_backward(self, loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer], *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
@@ -949,9 +939,7 @@ class Trainer:
         self._call_hook("on_after_backward")
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, **kwargs: Any) -> Any:
-        from volt.trainer.fit_loop import optimizer_step
-
-        return optimizer_step(self, optimizer, closure, **kwargs)
+        return fit_loop.optimizer_step(self, optimizer, closure, **kwargs)
 
     # --- data sources ---------------------------------------------------------------------------
     def _request_loaders(self, stage: str) -> List[Iterable]:
@@ -981,13 +969,12 @@ class Trainer:
         return [self.strategy.process_dataloader(dl, stage) for dl in loaders]
 
     def _call_source(self, source: Any, method: str) -> Any:
-        module = self.lightning_module_ref
-        prev = module._current_fx_name  # type: ignore[union-attr]
-        module._current_fx_name = method  # type: ignore[union-attr]
+        connector = self._logger_connector
+        prev, connector.fx = connector.fx, method
         try:
             return getattr(source, method)()
         finally:
-            module._current_fx_name = prev  # type: ignore[union-attr]
+            connector.fx = prev
 
     def _limited(self, stage: str, loaders: List[Iterable]) -> List[float]:
         limit, arg, name = {

@@ -1,0 +1,255 @@
+"""Engine step overhead: the same model and pre-built batches through a raw PyTorch loop and through volt.
+
+volt runs the "typical" configuration: ``self.log`` every step, no progress bar,
+no checkpointing, no model summary, CSV logger (``--logger none`` to turn it off).
+When ``lightning`` is importable the same module also runs under Lightning's Trainer.
+
+Each engine trains ``--epochs`` epochs over the same batches; the first epoch is
+warm-up. Epoch times come from wall clock at epoch boundaries (a CUDA sync there),
+so per-step costs are compared, not setup. Raw and engine runs alternate
+``--repeats`` times and the median epoch time of each is compared.
+
+    python bench/engine_overhead.py                      # CPU, fp32, tiny MLP and medium model
+    python bench/engine_overhead.py --device cuda --precision bf16-mixed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "trainer_image"))
+
+import volt  # noqa: E402
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+MODELS: Dict[str, Dict[str, Any]] = {
+    # Overhead dominates: a step is ~100 us on one CPU thread.
+    "tiny_mlp": dict(kind="mlp", dim=32, hidden=64, layers=2, classes=10, batch=64, steps=200),
+    # A 6-layer transformer encoder: the step is compute-bound.
+    "medium_transformer": dict(kind="transformer", dim=256, heads=4, layers=6, seq=64, classes=10, batch=16, steps=12),
+}
+GPU_SCALE = {"tiny_mlp": dict(steps=400), "medium_transformer": dict(dim=512, heads=8, seq=256, batch=64, steps=40)}
+
+
+def build_net(cfg: Dict[str, Any]) -> nn.Module:
+    if cfg["kind"] == "mlp":
+        layers: List[nn.Module] = []
+        width = cfg["dim"]
+        for _ in range(cfg["layers"]):
+            layers += [nn.Linear(width, cfg["hidden"]), nn.ReLU()]
+            width = cfg["hidden"]
+        return nn.Sequential(*layers, nn.Linear(width, cfg["classes"]))
+    layer = nn.TransformerEncoderLayer(cfg["dim"], cfg["heads"], dim_feedforward=4 * cfg["dim"], batch_first=True,
+                                       dropout=0.0)
+    return nn.Sequential(nn.TransformerEncoder(layer, cfg["layers"]), Pool(), nn.Linear(cfg["dim"], cfg["classes"]))
+
+
+class Pool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+def build_batches(cfg: Dict[str, Any], device: torch.device) -> List[Batch]:
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg["batch"], cfg["dim"]) if cfg["kind"] == "mlp" else (cfg["batch"], cfg["seq"], cfg["dim"])
+    return [(torch.randn(*shape, generator=g).to(device), torch.randint(0, cfg["classes"], (cfg["batch"],), generator=g).to(device))
+            for _ in range(cfg["steps"])]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast_for(device: torch.device, precision: str) -> Any:
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# --- raw PyTorch ------------------------------------------------------------------------------
+def run_raw(cfg: Dict[str, Any], batches: List[Batch], epochs: int, device: torch.device, precision: str) -> List[float]:
+    torch.manual_seed(0)
+    net = build_net(cfg).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+    loss_fn = nn.functional.cross_entropy
+    times = []
+    net.train()
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            with autocast_for(device, precision):
+                loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# --- engines (volt, and Lightning when installed) -------------------------------------------------
+def make_module(base: type, cfg: Dict[str, Any]) -> Any:
+    class Bench(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = build_net(cfg)
+
+        def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Bench()
+
+
+def epoch_timer(callback_base: type, device: torch.device) -> Any:
+    class EpochTimer(callback_base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.times: List[float] = []
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            sync(device)
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            sync(device)
+            self.times.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def run_engine(pkg: Any, cfg: Dict[str, Any], batches: List[Batch], epochs: int, device: torch.device,
+               precision: str, logger: str, workdir: str) -> List[float]:
+    timer = epoch_timer(pkg.Callback, device)
+    if logger == "csv":
+        import importlib
+
+        log_arg: Any = importlib.import_module(pkg.__name__ + ".loggers").CSVLogger(save_dir=workdir)
+    else:
+        log_arg = False
+    trainer = pkg.Trainer(
+        max_epochs=epochs, accelerator=device.type if device.type != "cuda" else "gpu", devices=1,
+        precision=precision if precision != "32" else "32-true", logger=log_arg, callbacks=[timer],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=workdir,
+    )
+    trainer.fit(make_module(pkg.LightningModule, cfg), batches)
+    return timer.times
+
+
+def lightning_pkg() -> Optional[Any]:
+    try:
+        import lightning.pytorch as L
+        import lightning.pytorch.loggers  # noqa: F401
+
+        return L
+    except ImportError:
+        return None
+
+
+# --- measurement ---------------------------------------------------------------------------------
+def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    batches = build_batches(cfg, device)
+    lightning = lightning_pkg() if not args.no_lightning else None
+    runners: Dict[str, Callable[[str], List[float]]] = {
+        "raw": lambda d: run_raw(cfg, batches, args.epochs, device, args.precision),
+        "volt": lambda d: run_engine(volt, cfg, batches, args.epochs, device, args.precision, args.logger, d),
+    }
+    if lightning is not None:
+        runners["lightning"] = lambda d: run_engine(lightning, cfg, batches, args.epochs, device, args.precision,
+                                                    args.logger, d)
+    epoch_times: Dict[str, List[float]] = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for key, run in runners.items():  # interleaved, so drifts in machine load hit every engine alike
+            with tempfile.TemporaryDirectory(prefix="volt-bench-") as d:
+                epoch_times[key] += run(d)[1:]  # drop the warm-up epoch
+    medians = {k: statistics.median(v) for k, v in epoch_times.items()}
+    result: Dict[str, Any] = {
+        "config": cfg,
+        "steps_per_epoch": cfg["steps"],
+        "median_epoch_s": medians,
+        "median_step_ms": {k: 1000 * v / cfg["steps"] for k, v in medians.items()},
+        "ratio_vs_raw": {k: medians[k] / medians["raw"] for k in medians if k != "raw"},
+        "samples": {k: len(v) for k, v in epoch_times.items()},
+    }
+    line = ", ".join(f"{k}/raw = {r:.3f}" for k, r in result["ratio_vs_raw"].items())
+    print(f"{name:>20}: raw {result['median_step_ms']['raw']:.3f} ms/step, "
+          f"volt {result['median_step_ms']['volt']:.3f} ms/step, {line}", flush=True)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps CPU timings stable)")
+    parser.add_argument("--logger", default="csv", choices=["csv", "none"])
+    parser.add_argument("--no-lightning", action="store_true", help="skip Lightning even when installed")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "engine_overhead.json"))
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: Dict[str, Any] = {}
+    for name in args.models.split(","):
+        if name not in MODELS:
+            parser.error(f"--models: unknown model {name!r}; choose from {sorted(MODELS)}")
+        cfg = dict(MODELS[name])
+        if device.type == "cuda":
+            cfg.update(GPU_SCALE.get(name, {}))
+        results[name] = measure(name, cfg, args, device)
+    report = {
+        "benchmark": "engine_overhead",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "precision": args.precision,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "volt": volt.__version__,
+        "lightning": getattr(lightning_pkg(), "__version__", None),
+        "logger": args.logger,
+        "targets": {"tiny_mlp": 1.05, "medium_transformer": 1.01},
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
