@@ -33,6 +33,8 @@ from prometheus_client.utils import floatToGoString
 
 from volt.callbacks.base import Callback
 
+_now = time.perf_counter
+
 PORT_ENV = "VOLT_METRICS_PORT"
 JOB_ENV = "VOLT_JOB_NAME"
 ATTEMPT_ENV = "VOLT_ATTEMPT"
@@ -52,27 +54,28 @@ LOSS_KEYS: Tuple[str, ...] = ("train_loss", "train_loss_step", "loss", "loss_ste
 class _Histogram:
     """Cumulative-bucket histogram cheap enough for every training batch.
 
-    prometheus_client's Histogram takes one lock per bucket on every observe;
-    this one does a bisect and two adds under a single uncontended lock.
+    One writer (the training thread) and readers that only copy: no lock is
+    needed for the counts to stay exact. prometheus_client's Histogram takes
+    a lock per bucket on every observe, which costs more than this whole hook.
     """
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self._bounds = tuple(bounds)
         self._counts = [0] * (len(self._bounds) + 1)
         self._sum = 0.0
-        self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        index = bisect.bisect_left(self._bounds, value)
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
 
     def snapshot(self) -> Tuple[List[Tuple[str, int]], float, int]:
-        """(cumulative buckets as (le, count) pairs, sum, count) taken atomically."""
-        with self._lock:
-            counts = list(self._counts)
-            total = self._sum
+        """(cumulative buckets as (le, count) pairs, sum, count).
+
+        The copy of the counts is atomic; the sum may lag or lead it by the one
+        observation being written, which a scrape every few seconds cannot see.
+        """
+        counts = list(self._counts)
+        total = self._sum
         buckets, running = [], 0
         for bound, count in zip(self._bounds + (math.inf,), counts):
             running += count
@@ -119,11 +122,14 @@ def infer_batch_size(batch: Any) -> int:
     """Leading dimension of the first tensor in ``batch`` (1 when there is none)."""
     while True:
         if isinstance(batch, torch.Tensor):
-            return int(batch.shape[0]) if batch.dim() > 0 else 1
-        if isinstance(batch, Mapping):
+            shape = batch.shape
+            return int(shape[0]) if shape else 1
+        if isinstance(batch, (list, tuple)):  # before Mapping: an ABC check is slower
+            if not batch:
+                return 1
+            batch = batch[0]
+        elif isinstance(batch, Mapping):
             batch = next(iter(batch.values()), None)
-        elif isinstance(batch, (list, tuple)):
-            batch = batch[0] if batch else None
         else:
             return 1
 
@@ -186,7 +192,7 @@ class PrometheusCallback(Callback):
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         # perf_counter -> wall clock, so the hot path never calls time.time().
-        self._wall_offset = time.time() - time.perf_counter()
+        self._wall_offset = time.time() - _now()
 
         self._step_time = _Histogram(STEP_BUCKETS)
         self._data_wait = _Histogram(STEP_BUCKETS)
@@ -247,16 +253,16 @@ class PrometheusCallback(Callback):
     # --- hot path ----------------------------------------------------------
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # The first batch's wait includes creating the loader iterator (worker start-up): real data wait.
-        self._last_batch_end = time.perf_counter()
+        self._last_batch_end = _now()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
+        now = _now()
         if self._last_batch_end is not None:
             self._data_wait.observe(now - self._last_batch_end)
         self._batch_start = now
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
+        now = _now()
         if self._batch_start is not None:
             self._step_time.observe(now - self._batch_start)
             self._batch_start = None
@@ -271,7 +277,7 @@ class PrometheusCallback(Callback):
         self._last_batch_end = None
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._last_batch_end = time.perf_counter()
+        self._last_batch_end = _now()
 
     # --- checkpoints -------------------------------------------------------
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Dict[str, Any]) -> None:
@@ -289,13 +295,13 @@ class PrometheusCallback(Callback):
         original: Callable[..., Any] = trainer.save_checkpoint
 
         def save_checkpoint(filepath: Any, *args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = _now()
             try:
                 result = original(filepath, *args, **kwargs)
             except BaseException:
                 self._checkpoint_failures += 1
                 raise
-            finished = time.perf_counter()
+            finished = _now()
             self._checkpoint_time.observe(finished - started)
             self._checkpoint = (str(filepath), int(trainer.global_step), finished + self._wall_offset)
             if self._last_batch_end is not None:
@@ -349,7 +355,7 @@ class PrometheusCallback(Callback):
         points = list(self._throughput_points)  # one C call: atomic w.r.t. the training thread
         if len(points) < 2:
             return None
-        now = time.perf_counter()
+        now = _now()
         window_start = now - self.throughput_window_seconds
         first = next((point for point in points[:-1] if point[0] >= window_start), points[-2])
         # Divide by the time until now, not until the last batch, so a stalled run shows falling throughput.
