@@ -22,6 +22,7 @@ def reference_weights(samples, features, hidden, lr, batch_size, world_size, epo
     model = RegressionModel(features, hidden, lr)
     data = SyntheticRegression(samples, features, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
     for epoch in range(epochs):
         shards = []
         for rank in range(world_size):
@@ -34,6 +35,7 @@ def reference_weights(samples, features, hidden, lr, batch_size, world_size, epo
                       for s in shards]
             torch.stack(losses).mean().backward()  # DDP averages the ranks' gradients
             optimizer.step()
+        scheduler.step()
     return model.state_dict()
 
 

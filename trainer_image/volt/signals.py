@@ -103,6 +103,21 @@ def _hard_exit_after(grace_period: float, signum: int) -> threading.Timer:
     return timer
 
 
+def _remove_older_preempted(keep: str) -> None:
+    """Drop earlier SIGTERM checkpoints: a job preempted often would fill its volume.
+
+    Called after the manifest names ``keep``, so the checkpoint a restart needs is never removed.
+    """
+    dirpath = os.path.dirname(keep)
+    for name in os.listdir(dirpath):
+        path = os.path.join(dirpath, name)
+        if name.startswith("preempted-") and name.endswith(".ckpt") and path != keep:
+            try:
+                os.remove(path)
+            except OSError as err:
+                log.warning("could not remove old checkpoint %s: %s", path, err)
+
+
 class PreemptionCallback(Callback):
     """Turns SIGTERM into "checkpoint on all ranks, exit ``CHECKPOINTED``".
 
@@ -221,6 +236,7 @@ class PreemptionCallback(Callback):
             from volt.checkpoint import write_manifest
 
             write_manifest(os.path.dirname(path), path, step=trainer.global_step, epoch=trainer.current_epoch)
+            _remove_older_preempted(path)
             log.warning(
                 "%s: saved %s in %.2f s; exiting with %d (%s)",
                 name, path, time.monotonic() - started, exit_codes.CHECKPOINTED,

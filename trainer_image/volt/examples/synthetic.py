@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -52,16 +53,19 @@ class SyntheticRegression(Dataset):
 class RegressionModel(LightningModule):
     """Two-layer MLP trained with SGD + momentum on mean squared error."""
 
-    def __init__(self, features: int = 16, hidden: int = 32, lr: float = 0.05) -> None:
+    def __init__(self, features: int = 16, hidden: int = 32, lr: float = 0.05, step_delay: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.lr = lr
+        self.step_delay = step_delay
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.step_delay:
+            time.sleep(self.step_delay)  # stands in for a bigger model in demos
         x, y, _ = batch
         loss = nn.functional.mse_loss(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
@@ -71,8 +75,10 @@ class RegressionModel(LightningModule):
         x, y, _ = batch
         self.log("val_loss", nn.functional.mse_loss(self(x), y), sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+    def configure_optimizers(self) -> Dict[str, Any]:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per training step (demos)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ckpt-dir", default=os.environ.get("VOLT_CHECKPOINT_DIR") or "checkpoints")
     parser.add_argument("--every-n-steps", type=int, default=int(env_every) if env_every else None,
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     seed_everything(args.seed)
-    model = RegressionModel(args.features, args.hidden, args.lr)
+    model = RegressionModel(args.features, args.hidden, args.lr, args.step_delay)
     train = DataLoader(SyntheticRegression(args.samples, args.features, args.seed), batch_size=args.batch_size,
                        shuffle=True)
     val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed, "val"), batch_size=args.batch_size)
