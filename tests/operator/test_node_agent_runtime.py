@@ -232,3 +232,25 @@ def test_on_failure_restarts_with_back_off_and_keeps_last_state(harness: Harness
     assert status["restartCount"] == 1
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert harness.log(flaky, 0).strip() == "first" and harness.log(flaky, 1).strip() == "second"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_gloo_rendezvous_over_the_master_dns_name(harness: Harness) -> None:
+    """DDP's c10d TCP store and gloo find each other as in a cluster: MASTER_ADDR=<job>-node-0.<job>."""
+    script = (
+        "import os, torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo', init_method='env://')\n"
+        "t = torch.tensor([float(dist.get_rank() + 1)])\n"
+        "dist.all_reduce(t)\n"
+        "print(dist.get_rank(), dist.get_world_size(), t.item())\n"
+        "dist.destroy_process_group()\n")
+    ranks = []
+    for rank in range(2):
+        env = [{"name": "MASTER_ADDR", "value": "job-node-0.job"}, {"name": "MASTER_PORT", "value": str(PORT + 1)},
+               {"name": "WORLD_SIZE", "value": "2"}, {"name": "RANK", "value": str(rank)}]
+        ranks.append(harness.add(f"job-node-{rank}", ["python", "-c", script], subdomain="job", env=env))
+    harness.run_until(lambda: all(rt.finished() for rt in ranks), timeout=200)
+    for rank, runtime in enumerate(ranks):
+        assert harness.status(runtime)["phase"] == "Succeeded", harness.all_logs()
+        assert harness.log(runtime).split()[-3:] == [str(rank), "2", "3.0"]

@@ -169,8 +169,10 @@ class NodeAgent:
     def shutdown(self) -> None:
         """Kill every pod process (SIGTERM, short grace, SIGKILL) and remove what we made."""
         self.stopping.set()
+        started = time.monotonic()
         with self.lock:
             states = list(self.states.values())
+        log.info("shutting down: stopping %d pods", len(states))
         for state in states:
             if state.runtime is not None:
                 state.runtime.terminate(min(self._grace(state.pod), SHUTDOWN_GRACE_S))
@@ -193,6 +195,7 @@ class NodeAgent:
         if self._run_entry is not None:
             self._run_entry.unlink(missing_ok=True)
         self.api.close()
+        log.info("shutdown complete in %.1fs", time.monotonic() - started)
 
     # -- watches and side loops ----------------------------------------------
 
