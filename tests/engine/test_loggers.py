@@ -165,3 +165,10 @@ def test_default_logger_is_tensorboard(tmp_path):
     acc = EventAccumulator(trainer.log_dir)
     acc.Reload()
     assert len(acc.Scalars("train_loss")) == 4
+
+
+def test_sync_version_adopts_rank_zeros_version(tmp_path):
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    late = CSVLogger(tmp_path)  # would pick version_1 on its own
+    late.sync_version(lambda value: 0)  # what rank 0's broadcast returns
+    assert late.version == 0 and late.log_dir.endswith("version_0")

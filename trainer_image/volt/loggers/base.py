@@ -152,6 +152,14 @@ class Logger(ABC):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Called by ModelCheckpoint after each checkpoint it writes."""
 
+    def sync_version(self, broadcast: Callable[[Any], Any]) -> None:
+        """Adopt global rank 0's version (``broadcast`` = ``trainer.strategy.broadcast``).
+
+        Loggers that pick ``version_N`` by listing directories call this once,
+        on every rank, before first use: otherwise a rank that looks after rank 0
+        created ``version_N`` would pick ``N+1`` and report another ``log_dir``.
+        """
+
 
 class DummyLogger(Logger):
     """A logger that records nothing (what ``fast_dev_run`` and the tuner use)."""
@@ -169,6 +177,15 @@ class DummyLogger(Logger):
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+class _VersionedDirLogger(Logger):
+    """Shared by the file loggers: ``<save_dir>/<name>/version_<N>``, N auto-incremented."""
+
+    _version: Optional[Union[int, str]]
+
+    def sync_version(self, broadcast: Callable[[Any], Any]) -> None:
+        self._version = broadcast(self.version)
 
 
 def _next_version(root_dir: str) -> int:

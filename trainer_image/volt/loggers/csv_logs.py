@@ -8,7 +8,7 @@ import os
 from typing import Any, Dict, List, Optional, Union
 
 from volt.loggers.base import (
-    Logger,
+    _VersionedDirLogger,
     _next_version,
     _sanitize_hparams,
     add_prefix,
@@ -87,7 +87,7 @@ class _CSVWriter:
         os.replace(tmp, os.path.join(self.log_dir, HPARAMS_FILE))
 
 
-class CSVLogger(Logger):
+class CSVLogger(_VersionedDirLogger):
     """Log to ``<save_dir>/<name>/version_<N>/metrics.csv`` and ``hparams.yaml``.
 
     Rows are buffered and written every ``flush_logs_every_n_steps`` steps,

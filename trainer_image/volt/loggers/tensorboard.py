@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from volt.loggers.base import (
-    Logger,
+    _VersionedDirLogger,
     _next_version,
     _sanitize_hparams,
     add_prefix,
@@ -29,7 +29,7 @@ def tensorboard_available() -> bool:
     return True
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_VersionedDirLogger):
     """Log to TensorBoard event files in ``<save_dir>/<name>/version_<N>[/<sub_dir>]``.
 
     ``default_hp_metric`` registers an ``hp_metric`` scalar (-1 until the user
