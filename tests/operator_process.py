@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +45,9 @@ def apply_crd(kube: Any) -> None:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  "crd/trainingjobs.volt.dev")
+    # Discovery (short name tj) follows a moment after Established.
+    wait_until("`kubectl get tj` to know the resource", lambda: kube.kubectl(
+        "get", "tj", "-A", check=False).returncode == 0, 60)
 
 
 class OperatorProcess:
@@ -114,6 +118,28 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def parse_table(text: str) -> List[Dict[str, str]]:
+    """kubectl's table output as dicts, cut at the header's column offsets
+    (empty cells, such as LOSS before the first poll, stay empty)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = []
+    for line in lines[1:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [len(line) + 1])]
+        rows.append(dict(zip(names, cells)))
+    return rows
+
+
+def get_tj_rows(kube: Any, namespace: str, *names: str) -> List[Dict[str, str]]:
+    """`kubectl get tj [names]` as a user sees it, parsed."""
+    out = kube.kubectl("get", "-n", namespace, "tj", *names, check=False)
+    return parse_table(out.stdout) if out.returncode == 0 else []
 
 
 def get_json(kube: Any, *args: str) -> Dict[str, Any]:

@@ -14,7 +14,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 import yaml
 
-from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
+from operator_process import (
+    OperatorProcess, apply_crd, get_json, get_tj_rows, job_status, wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -50,16 +52,14 @@ def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProce
 
 
 def watch_table(kube: Any, namespace: str, name: str, until: Tuple[str, ...],
-                timeout: float) -> List[List[str]]:
+                timeout: float) -> List[Dict[str, str]]:
     """Rows of `kubectl get tj <name>` every second until PHASE is in ``until``."""
-    rows: List[List[str]] = []
+    rows: List[Dict[str, str]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = kube.kubectl("get", "-n", namespace, "tj", name, "--no-headers", check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            row = out.stdout.split()
+        for row in get_tj_rows(kube, namespace, name):
             rows.append(row)
-            if row[1] in until:
+            if row["PHASE"] in until:
                 return rows
         time.sleep(1.0)
     raise AssertionError(f"{name} did not reach {until} in {timeout:.0f}s; rows: {rows[-5:]}")
@@ -86,11 +86,12 @@ def test_example_trains_to_success(operator: OperatorProcess, namespace: str) ->
     assert status["phase"] == "Succeeded", (status, rows[-3:])
 
     # While it ran, `kubectl get tj` showed Running with the step moving.
-    running = [r for r in rows if r[1] == "Running"]
+    running = [r for r in rows if r["PHASE"] == "Running"]
     assert running, rows
-    steps = {int(r[4]) for r in running if r[4].isdigit()}
+    steps = {int(r["STEP"]) for r in running if r["STEP"].isdigit()}
     assert len(steps) >= 2, f"STEP never moved while Running: {running}"
-    assert all(r[2] == "2/2" for r in running)
+    assert any(r["EPOCH"].isdigit() for r in running) and any(r["LOSS"] for r in running)
+    assert all(r["NODES"] == "2/2" for r in running)
     assert status["training"]["step"] > 0 and status["restarts"] == 0
     assert status["completionTime"] and status["startTime"]
 

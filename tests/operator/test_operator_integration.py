@@ -8,7 +8,9 @@ from typing import Any, Dict, Iterator
 import pytest
 import yaml
 
-from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
+from operator_process import (
+    OperatorProcess, apply_crd, get_json, get_tj_rows, job_status, wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -52,8 +54,9 @@ def test_crd_is_structural_and_served(crd: Any) -> None:
     assert conditions.get("Established") == "True"
     assert conditions.get("NamesAccepted") == "True"
     assert "NonStructuralSchema" not in conditions
-    explained = crd.kubectl("explain", "tj.spec.trainer.numNodes").stdout
-    assert "Number of nodes" in explained
+    # The published OpenAPI (kubectl explain) carries the models' descriptions.
+    wait_until("kubectl explain", lambda: "Number of nodes" in crd.kubectl(
+        "explain", "tj.spec.trainer.numNodes", check=False).stdout, 60)
 
 
 INVALID = {
@@ -139,11 +142,12 @@ def test_valid_job_gets_service_pods_env_and_columns(operator: OperatorProcess,
 
     wait_until("phase Running", lambda: job_status(kube, namespace, "demo").get("phase")
                == "Running", 90)
-    table = kube.kubectl("get", "-n", namespace, "tj").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "NODES", "EPOCH", "STEP", "LOSS", "RESTARTS",
-                                "AGE"]
-    row = table[1].split()
-    assert row[:3] == ["demo", "Running", "2/2"] and row[6] == "0"
+    header = kube.kubectl("get", "-n", namespace, "tj").stdout.splitlines()[0]
+    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "STEP", "LOSS", "RESTARTS",
+                              "AGE"]
+    (row,) = get_tj_rows(kube, namespace)
+    assert (row["NAME"], row["PHASE"], row["NODES"], row["RESTARTS"]) == (
+        "demo", "Running", "2/2", "0")
     events = get_json(kube, "-n", namespace, "events",
                       "--field-selector", "involvedObject.name=demo")["items"]
     assert {"Created", "Running"} <= {e["reason"] for e in events}
