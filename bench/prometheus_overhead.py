@@ -1,22 +1,21 @@
-"""Cost of PrometheusCallback: the engine's step overhead with the callback on vs off.
+"""Cost of PrometheusCallback: bench/engine_overhead.py's overhead ratio with the callback on vs off.
 
-Method (one process, one run): the same model, data and optimizer are trained
-by (a) a raw PyTorch loop, (b) the volt Trainer without the callback and (c)
-with it, while a background thread scrapes /metrics and /progress every
+Same method and models as bench/engine_overhead.py (its helpers are imported):
+pre-built batches, a raw PyTorch loop against volt's Trainer (``self.log``
+every step, CSV logger), epoch times taken at epoch boundaries, the first
+epoch dropped as warm-up, runs interleaved ``--repeats`` times and medians
+compared. volt runs twice: without the callback ("off") and with it ("on"),
+while a thread scrapes ``/metrics`` and ``/progress`` every
 ``--scrape-interval`` seconds (Prometheus scrapes every 15-30 s; 1 s is harsh).
-Rounds interleave the three in rotating order; each configuration's step time
-is the median over rounds of (training time / steps), timed from
-``on_train_start`` to ``on_train_end`` (the raw loop: first to last step), so
-setup is excluded. Reported:
 
-- ``overhead_off`` = volt-off / raw and ``overhead_on`` = volt-on / raw,
-  the engine overhead ratio without and with the callback;
-- ``delta_pct`` = (overhead_on / overhead_off - 1) * 100, target <= 1;
-- ``hook_us_per_step``: the callback's per-batch hooks timed alone (a
-  noise-free bound on what it adds per step), and ``hook_share_pct`` = that
-  over the raw step time.
+Per model it reports ``ratio_off`` = volt-off / raw and ``ratio_on`` =
+volt-on / raw (the engine overhead ratio), ``delta_pct`` = (ratio_on /
+ratio_off - 1) * 100 with a target of <= 1, and ``hook_us_per_step``: the
+callback's per-batch hooks timed alone, a noise-free bound on what it adds to
+a step (``hook_share_pct`` of a raw step).
 
-    python bench/prometheus_overhead.py [--device cuda] [--steps 300] [--rounds 7]
+    python bench/prometheus_overhead.py                 # CPU
+    python bench/prometheus_overhead.py --device cuda
 
 Writes bench/results/prometheus_overhead.json.
 """
@@ -24,145 +23,87 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "trainer_image"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "trainer_image"))
 
-from volt import LightningModule, Trainer  # noqa: E402
-from volt.callbacks import Callback  # noqa: E402
+import engine_overhead as eo  # noqa: E402
+import volt  # noqa: E402
+import volt.loggers  # noqa: E402
 from volt.callbacks.prometheus import PrometheusCallback  # noqa: E402
 
 
-def make_net(features: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-
-def make_loader(args: argparse.Namespace) -> DataLoader:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size * args.steps, args.features, generator=generator)
-    y = x.sum(dim=1, keepdim=True)
-    return DataLoader(TensorDataset(x, y), batch_size=args.batch_size)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def raw_step_time(args: argparse.Namespace, device: torch.device) -> float:
-    torch.manual_seed(0)
-    net = make_net(args.features, args.hidden).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    loader = make_loader(args)
-    started = None
-    for step, (x, y) in enumerate(loader):
-        if step == 1:  # the first step pays for lazy initialisation in both loops
-            sync(device)
-            started = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.mse_loss(net(x), y)
-        loss.backward()
-        optimizer.step()
-    sync(device)
-    assert started is not None
-    return (time.perf_counter() - started) / (len(loader) - 1)
-
-
-class Model(LightningModule):
-    def __init__(self, features: int, hidden: int) -> None:
-        super().__init__()
-        self.net = make_net(features, hidden)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-class StepTimer(Callback):
-    """Times batches 1..N-1, like the raw loop (synchronising the device at both ends)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.started: Optional[float] = None
-        self.steps = 0
-        self.elapsed = 0.0
-
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx == 1:
-            sync(self.device)
-            self.started = time.perf_counter()
-
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        sync(self.device)
-        assert self.started is not None
-        self.elapsed = time.perf_counter() - self.started
-        self.steps = trainer.global_step - 1
-
-
 class Scraper:
-    """Scrapes a callback's endpoints every ``interval`` seconds while training runs."""
+    """Scrapes a callback's endpoints every ``interval`` seconds until stopped."""
 
     def __init__(self, callback: PrometheusCallback, interval: float) -> None:
         self.callback, self.interval = callback, interval
-        self.stop_event = threading.Event()
+        self.stopped = threading.Event()
         self.scrapes = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.interval):
+        while not self.stopped.wait(self.interval):
             port = self.callback.port
             if port is None:
                 continue
-            for path in ("/metrics", "/progress"):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-                    response.read()
+            try:
+                for path in ("/metrics", "/progress"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                        response.read()
+            except OSError:
+                if self.callback.port is None:  # the trainer tore the server down mid-scrape
+                    return
+                raise
             self.scrapes += 1
 
+    def stop(self) -> int:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        return self.scrapes
 
-def volt_step_time(args: argparse.Namespace, device: torch.device, with_callback: bool) -> Dict[str, float]:
-    torch.manual_seed(0)
-    timer = StepTimer(device)
-    callbacks: List[Callback] = [timer]
+
+def run_volt(cfg: Dict[str, Any], batches: List[Any], args: argparse.Namespace, device: torch.device,
+             workdir: str, prometheus: bool, scrapes: List[int]) -> List[float]:
+    """engine_overhead.run_engine for volt, optionally with the callback and a scraper."""
+    timer = eo.epoch_timer(volt.Callback, device)
+    callbacks: List[Any] = [timer]
     scraper = None
-    if with_callback:
-        prometheus = PrometheusCallback(port=0, host="127.0.0.1")
-        callbacks.insert(0, prometheus)
-        scraper = Scraper(prometheus, args.scrape_interval)
-        scraper.thread.start()
-    trainer = Trainer(
-        max_steps=args.steps, max_epochs=1, accelerator=device.type, devices=1, callbacks=callbacks,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=50,
+    if prometheus:
+        callback = PrometheusCallback(port=0, host="127.0.0.1")
+        callbacks.insert(0, callback)
+        scraper = Scraper(callback, args.scrape_interval)
+    logger: Any = volt.loggers.CSVLogger(save_dir=workdir) if args.logger == "csv" else False
+    trainer = volt.Trainer(
+        max_epochs=args.epochs, accelerator="gpu" if device.type == "cuda" else device.type, devices=1,
+        precision=args.precision if args.precision != "32" else "32-true", logger=logger, callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=workdir,
     )
-    trainer.fit(Model(args.features, args.hidden), train_dataloaders=make_loader(args))
-    if scraper is not None:
-        scraper.stop_event.set()
-        scraper.thread.join(timeout=10)
-    return {"step_s": timer.elapsed / timer.steps, "scrapes": float(scraper.scrapes if scraper else 0)}
+    try:
+        trainer.fit(eo.make_module(volt.LightningModule, cfg), batches)
+    finally:
+        if scraper is not None:
+            scrapes.append(scraper.stop())
+    return timer.times
 
 
-def hook_cost_us(batch_size: int, features: int, iterations: int = 20000) -> float:
-    """Per-batch cost of the callback's hot-path hooks, timed alone."""
+def hook_cost_us(batch: Any, iterations: int = 20000) -> float:
+    """Per-batch cost of the callback's training-batch hooks, called directly."""
     callback = PrometheusCallback(port=0)
-    batch = (torch.zeros(batch_size, features), torch.zeros(batch_size, 1))
     outputs = {"loss": torch.zeros(())}
     callback.on_train_epoch_start(None, None)
     started = time.perf_counter()
@@ -172,65 +113,89 @@ def hook_cost_us(batch_size: int, features: int, iterations: int = 20000) -> flo
     return (time.perf_counter() - started) / iterations * 1e6
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--features", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--scrape-interval", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prometheus_overhead.json")
-    args = parser.parse_args(argv)
-    if args.steps < 10 or args.rounds < 1:
-        parser.error("--steps must be >= 10 and --rounds >= 1")
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-
-    runs: Dict[str, Callable[[], float]] = {
-        "raw": lambda: raw_step_time(args, device),
-        "volt_off": lambda: volt_step_time(args, device, with_callback=False)["step_s"],
-        "volt_on": lambda: volt_step_time(args, device, with_callback=True)["step_s"],
+def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    batches = eo.build_batches(cfg, device)
+    scrapes: List[int] = []
+    runners: Dict[str, Callable[[str], List[float]]] = {
+        "raw": lambda d: eo.run_raw(cfg, batches, args.epochs, device, args.precision),
+        "volt_off": lambda d: run_volt(cfg, batches, args, device, d, prometheus=False, scrapes=scrapes),
+        "volt_on": lambda d: run_volt(cfg, batches, args, device, d, prometheus=True, scrapes=scrapes),
     }
-    for run in runs.values():  # warm-up: allocator, kernels, imports
-        run()
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            times[name].append(runs[name]())
-    median = {name: statistics.median(values) for name, values in times.items()}
-    hook_us = hook_cost_us(args.batch_size, args.features)
-    overhead_off = median["volt_off"] / median["raw"]
-    overhead_on = median["volt_on"] / median["raw"]
+    epoch_times: Dict[str, List[float]] = {key: [] for key in runners}
+    keys = list(runners)
+    for repeat in range(args.repeats):
+        # Interleaved, rotating the order, so drifts in machine load hit every configuration alike.
+        for key in keys[repeat % 3:] + keys[: repeat % 3]:
+            with tempfile.TemporaryDirectory(prefix="volt-bench-") as workdir:
+                epoch_times[key] += runners[key](workdir)[1:]  # drop the warm-up epoch
+    medians = {key: statistics.median(times) for key, times in epoch_times.items()}
+    ratio_off = medians["volt_off"] / medians["raw"]
+    ratio_on = medians["volt_on"] / medians["raw"]
+    raw_step_s = medians["raw"] / cfg["steps"]
+    hook_us = hook_cost_us(batches[0])
     result = {
-        "benchmark": "prometheus_overhead",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "step_s_median": median,
-        "step_s_all": times,
-        "overhead_off": overhead_off,
-        "overhead_on": overhead_on,
-        "delta_pct": (overhead_on / overhead_off - 1) * 100,
+        "config": cfg,
+        "median_step_ms": {key: 1000 * value / cfg["steps"] for key, value in medians.items()},
+        "ratio_off": ratio_off,
+        "ratio_on": ratio_on,
+        "delta_pct": (ratio_on / ratio_off - 1) * 100,
         "hook_us_per_step": hook_us,
-        "hook_share_pct": hook_us * 1e-6 / median["raw"] * 100,
-        "target_pct": 1.0,
+        "hook_share_pct": hook_us * 1e-6 / raw_step_s * 100,
+        "scrapes": sum(scrapes),
+        "epochs_measured": {key: len(times) for key, times in epoch_times.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{result['device_name']}: raw {median['raw'] * 1e3:.3f} ms/step, volt off {median['volt_off'] * 1e3:.3f}, "
-        f"on {median['volt_on'] * 1e3:.3f}; overhead off {overhead_off:.3f}x, on {overhead_on:.3f}x, "
-        f"delta {result['delta_pct']:+.2f}% (target <= 1%); hooks {hook_us:.2f} us/step = {result['hook_share_pct']:.2f}% of a raw step"
+        f"{name:>20}: raw {result['median_step_ms']['raw']:.3f} ms/step; ratio off {ratio_off:.3f}, on {ratio_on:.3f}, "
+        f"delta {result['delta_pct']:+.2f}%; hooks {hook_us:.2f} us/step = {result['hook_share_pct']:.2f}% of a raw step",
+        flush=True,
     )
-    print(f"wrote {args.out}")
     return result
 
 
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--models", default=",".join(eo.MODELS), help="comma-separated subset of " + ", ".join(eo.MODELS))
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps CPU timings stable)")
+    parser.add_argument("--logger", default="csv", choices=["csv", "none"])
+    parser.add_argument("--scrape-interval", type=float, default=1.0)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "prometheus_overhead.json"))
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU")
+    if args.epochs < 2 or args.repeats < 1 or not args.scrape_interval > 0:
+        parser.error("--epochs must be >= 2, --repeats >= 1 and --scrape-interval > 0")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: Dict[str, Any] = {}
+    for name in args.models.split(","):
+        if name not in eo.MODELS:
+            parser.error(f"--models: unknown model {name!r}; choose from {sorted(eo.MODELS)}")
+        cfg = dict(eo.MODELS[name])
+        if device.type == "cuda":
+            cfg.update(eo.GPU_SCALE.get(name, {}))
+        results[name] = measure(name, cfg, args, device)
+    report = {
+        "benchmark": "prometheus_overhead",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "precision": args.precision,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "volt": volt.__version__,
+        "logger": args.logger,
+        "scrape_interval_s": args.scrape_interval,
+        "target_delta_pct": 1.0,
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -361,3 +361,40 @@ def test_hot_path_never_reads_tensors(tmp_path: Path, monkeypatch: pytest.Monkey
     assert Checked.hook_calls == 2 * 2 * BATCHES_PER_EPOCH
     # The scrapes did convert tensors, in the server's threads.
     assert any(name != threading.main_thread().name for name in reads)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_exports_memory_and_reads_no_tensor_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: List[str] = []
+    original_item = torch.Tensor.item
+
+    def counting_item(self: torch.Tensor) -> Any:
+        if self.is_cuda:
+            reads.append(threading.current_thread().name)
+        return original_item(self)
+
+    class Checked(PrometheusCallback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            before = len(reads)
+            super().on_train_batch_end(*args)
+            assert len(reads) == before, "on_train_batch_end read a CUDA tensor"
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    prometheus = Checked(port=0, host="127.0.0.1", job_name="gpu-job")
+    scraper = ScrapeDuringTraining(prometheus, at_steps=(5,))
+    trainer = Trainer(
+        max_epochs=1, accelerator="gpu", devices=1, callbacks=[prometheus, scraper], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(Regression(), train_dataloaders=loader(0), val_dataloaders=loader(1))
+    samples = scraper.snapshots[5].samples
+    device = f"cuda:{torch.cuda.current_device()}"
+    labels = {"rank": "0", "trainingjob": "gpu-job", "device": device}
+    allocated = one(samples, "volt_gpu_memory_allocated_bytes", **labels)
+    reserved = one(samples, "volt_gpu_memory_reserved_bytes", **labels)
+    peak = one(samples, "volt_gpu_memory_max_allocated_bytes", **labels)
+    assert 0 < allocated <= peak and allocated <= reserved
+    # Logged CUDA values were converted when scraped (in the HTTP thread), matching the trainer's.
+    logged = {key["metric"]: value for key, value in pick(samples, "volt_logged_metric", rank="0")}
+    assert logged["train_loss"] == pytest.approx(scraper.snapshots[5].callback_metrics["train_loss"])
+    assert any(name != threading.main_thread().name for name in reads)
