@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 from pathlib import Path
@@ -16,11 +20,14 @@ from typing import Any, Callable
 
 import pytest
 
+import volt_operator.testing.node_agent as node_agent
 from volt_operator.testing.cluster import LocalCluster, wait_for
+from volt_operator.testing.node_agent.network import agent_id_for
 
 pytestmark = pytest.mark.timeout(240)
 
 PORT = 33020
+OPERATOR_DIR = str(Path(node_agent.__file__).resolve().parents[3])
 
 
 def pod(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
@@ -206,3 +213,69 @@ def test_nodes_are_ready_with_capacity_and_oversized_pods_stay_pending(
     message = next(c["message"] for c in unschedulable["status"]["conditions"] if c["type"] == "PodScheduled")
     assert "Insufficient cpu" in message
     assert unschedulable["status"]["phase"] == "Pending"
+
+
+def start_agent(kube: LocalCluster, node: str, workdir: Path) -> subprocess.Popen[str]:
+    env = kube.env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [OPERATOR_DIR, env.get("PYTHONPATH")]))
+    workdir.mkdir(parents=True, exist_ok=True)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "volt_operator.testing.node_agent", "--kubeconfig", str(kube.kubeconfig),
+         "--nodes", node, "--workdir", str(workdir), "--restart-backoff", "1"],
+        stdout=subprocess.PIPE, stderr=open(workdir.parent / f"{node}.log", "w"), text=True, env=env)
+    assert agent.stdout is not None
+    line = agent.stdout.readline()
+    assert line.startswith("node-agent ready"), (workdir.parent / f"{node}.log").read_text()
+    return agent
+
+
+def netns_names() -> list[str]:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+
+
+def test_agent_shutdown_and_crash_leave_nothing_behind(
+        kube: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def sleeper(name: str, node: str) -> dict[str, Any]:
+        # `$$$$`: Kubernetes expands `$$` to `$`, so the shell sees `$$` (its pid).
+        return pod(name, ["sh", "-c", f"echo $$$$ > /pids/{name}; exec sleep 1000"], nodeName=node,
+                   volumes=[{"name": "pids", "hostPath": {"path": str(pids)}}],
+                   container={"volumeMounts": [{"name": "pids", "mountPath": "/pids"}]})
+
+    crashed = start_agent(kube, "lifecycle-a", tmp_path / "a")
+    try:
+        apply(kube, namespace, sleeper("orphan", "lifecycle-a"))
+        wait_pod(kube, namespace, "orphan", phase_in("Running"), "running")
+        orphan_pid = int(wait_for(lambda: (pids / "orphan").exists() and (pids / "orphan").read_text(),
+                                  30, "the orphan's pid"))
+        crashed.kill()  # SIGKILL: no cleanup; its pod process and netns stay behind
+        crashed.wait(10)
+        assert Path(f"/proc/{orphan_pid}").exists()
+
+        agent = start_agent(kube, "lifecycle-b", tmp_path / "b")  # sweeps the dead agent's leftovers
+        assert not Path(f"/proc/{orphan_pid}").exists()
+        assert not [n for n in netns_names() if n.startswith(f"volt-{agent_id_for(tmp_path / 'a')}-")]
+
+        apply(kube, namespace, sleeper("victim", "lifecycle-b"))
+        wait_pod(kube, namespace, "victim", phase_in("Running"), "running")
+        victim_pid = int(wait_for(lambda: (pids / "victim").exists() and (pids / "victim").read_text(),
+                                  30, "the victim's pid"))
+        bridge = f"vb{agent_id_for(tmp_path / 'b')}"
+        started = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(60) == 0
+        assert time.monotonic() - started < 20
+        assert not Path(f"/proc/{victim_pid}").exists()
+        assert not [n for n in netns_names() if n.startswith(f"volt-{agent_id_for(tmp_path / 'b')}-")]
+        assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            kube.request("GET", "/api/v1/nodes/lifecycle-b")
+        assert gone.value.code == 404
+    finally:
+        for process in (crashed, locals().get("agent")):
+            if isinstance(process, subprocess.Popen) and process.poll() is None:
+                process.kill()
+                process.wait(10)
+        kube.kubectl("delete", "node", "lifecycle-a", "lifecycle-b", "--ignore-not-found", check=False)
