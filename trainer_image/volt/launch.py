@@ -25,6 +25,7 @@ What volt-run adds to torch's agent:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -361,8 +362,10 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
         master_port=None,
     )
     logs = DefaultLogsSpecs(log_dir=log_dir)
-    agent = VoltAgent(spec=spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=60,
-                      shutdown_timeout=int(plan.grace_period))
+    options: dict = dict(spec=spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=60)
+    if "shutdown_timeout" in inspect.signature(LocalElasticAgent.__init__).parameters:  # torch >= 2.12
+        options["shutdown_timeout"] = int(plan.grace_period)
+    agent = VoltAgent(**options)
     agent.rdzv = rdzv
     return agent
 

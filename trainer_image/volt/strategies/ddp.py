@@ -355,7 +355,7 @@ class DDPStrategy(Strategy):
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[assignment]
             self._lightning_module = module
         module.to(self.root_device)
-        if not dist.is_initialized() or self.world_size == 1:
+        if not dist.is_initialized():  # a world of one without a launcher
             self._model = module
             return
         if not any(p.requires_grad for p in module.parameters()):
