@@ -5,6 +5,7 @@
 # Outputs, keyed by version and never inside the repository:
 #   $VOLT_CACHE/kube/<KUBE_VERSION>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
 #   $VOLT_CACHE/etcd/<ETCD_VERSION>/bin/etcd
+#   $VOLT_CACHE/bin/kubectl -> the kubectl above
 # Go's module and build caches live in $VOLT_CACHE/go so CI reuses them.
 #
 # k8s.io/kubernetes cannot be `go install`ed (its go.mod replaces every staging
@@ -31,8 +32,16 @@ kube_done() {
 }
 etcd_done() { [[ -x "$ETCD_DIR/bin/etcd" && -f "$ETCD_DIR/bin/.complete" ]]; }
 
+# `make` puts $VOLT_CACHE/bin on PATH: point kubectl there at this release's,
+# so every make target talks to the server with a client of the same version.
+link_kubectl() {
+    mkdir -p "$VOLT_CACHE/bin"
+    ln -sfn "$KUBE_DIR/bin/kubectl" "$VOLT_CACHE/bin/kubectl"
+}
+
 # Fast path: nothing to do (no Go needed, no lock taken).
 if kube_done && etcd_done; then
+    link_kubectl
     log "up to date: kubernetes v$KUBE_VERSION ($KUBE_DIR/bin), etcd v$ETCD_VERSION ($ETCD_DIR/bin)"
     exit 0
 fi
@@ -141,4 +150,5 @@ build_kube() {
 start=$SECONDS
 etcd_done || build_etcd
 kube_done || build_kube
+link_kubectl
 log "all built in $(( SECONDS - start ))s; cache sizes: $(du -sh "$VOLT_CACHE/go" 2>/dev/null | cut -f1) go, $(du -sh "$KUBE_DIR/bin" | cut -f1) kube, $(du -sh "$ETCD_DIR/bin" | cut -f1) etcd"

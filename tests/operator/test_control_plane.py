@@ -15,6 +15,7 @@ import pytest
 
 from volt_operator.testing import cluster as cluster_mod
 from volt_operator.testing.cluster import KubectlError, LocalCluster, wait_for
+from volt_operator.testing.pki import CertificateAuthority
 
 
 def test_versions_agree_with_build_script_and_makefile(repo_root: Path) -> None:
@@ -23,6 +24,19 @@ def test_versions_agree_with_build_script_and_makefile(repo_root: Path) -> None:
     for var, value in (("KUBE_VERSION", cluster_mod.KUBE_VERSION), ("ETCD_VERSION", cluster_mod.ETCD_VERSION)):
         assert f'{var}="${{{var}:-{value}}}"' in script, f"{var} default differs in build-kube.sh"
         assert re.search(rf"^{var} \?= {re.escape(value)}$", makefile, re.M), f"{var} differs in Makefile"
+
+
+def test_ca_issues_certificates_that_carry_user_and_groups(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    pair = ca.issue("bob", "bob", ["team-a", "system:authenticated"])
+    subject = subprocess.run(["openssl", "x509", "-in", str(pair.cert), "-noout", "-subject"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "O = team-a, O = system:authenticated, CN = bob" in subject
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca.cert), str(pair.cert)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    with pytest.raises(ValueError, match="common_name"):
+        ca.issue("evil", "bob/O=system:masters")
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

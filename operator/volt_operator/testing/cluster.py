@@ -218,6 +218,14 @@ def _spawn(name: str, argv: Sequence[str], log_dir: Path, *, env: Mapping[str, s
     return Component(name=name, pid=popen.pid, start_ticks=ticks, log_path=log_path, popen=popen)
 
 
+def _agent_available() -> bool:
+    """True when `python -m volt_operator.testing.node_agent` can run (it has a __main__)."""
+    try:
+        return importlib.util.find_spec(AGENT_MODULE + ".__main__") is not None
+    except ImportError:
+        return False
+
+
 # --- kubeconfigs -------------------------------------------------------------
 
 def _b64(path: Path) -> str:
@@ -463,7 +471,7 @@ class LocalCluster:
     def _start_agent(self) -> None:
         if self.nodes == 0:
             return
-        if importlib.util.find_spec(AGENT_MODULE) is None:
+        if not _agent_available():
             log.warning("%s is not available: starting without nodes (pods will stay Pending)", AGENT_MODULE)
             return
         self.node_names = [f"node-{i}" for i in range(self.nodes)]
