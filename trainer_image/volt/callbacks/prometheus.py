@@ -5,12 +5,13 @@ Every rank serves ``GET /metrics`` (Prometheus text format) and ``GET /progress`
 ``VOLT_METRICS_PORT + local_rank``. Names and labels are documented in
 ``docs/metrics.md``.
 
-The training thread only does cheap host-side bookkeeping per batch (two
-``perf_counter`` calls, two histogram bucket increments, an integer add and a
-reference to the step output). Tensors -- logged values, the loss -- are
-converted to floats in the HTTP thread when scraped, so exporting adds no
-per-step host-device synchronisation; a scrape costs at most one sync per
-logged CUDA value, every scrape interval.
+Per training batch the training thread takes two ``perf_counter`` readings,
+reads the batch's leading dimension and appends one tuple to a deque; it keeps
+a reference to the step output. The timings are turned into histograms when
+scraped (or every ``DRAIN_AT`` batches when nobody scrapes), and tensors --
+logged values, the loss -- are converted to floats in the HTTP thread, so
+exporting adds no per-step host-device synchronisation; a scrape costs at most
+one sync per logged CUDA value, every scrape interval.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ PORT_ENV = "VOLT_METRICS_PORT"
 JOB_ENV = "VOLT_JOB_NAME"
 ATTEMPT_ENV = "VOLT_ATTEMPT"
 DEFAULT_PORT = 9090
+# Queued batch timings are accounted at each scrape, or by the training thread every DRAIN_AT batches.
+DRAIN_AT = 4096
+_RESET = "reset"  # event: the next batch's data wait starts at this time (None: not measured)
+_SKIP = "skip"  # event: time until here was not data wait (e.g. a checkpoint save)
 
 # Seconds; from a tiny CPU step to a large-model step or a slow data loader.
 STEP_BUCKETS: Tuple[float, ...] = (
@@ -54,8 +59,8 @@ LOSS_KEYS: Tuple[str, ...] = ("train_loss", "train_loss_step", "loss", "loss_ste
 class _Histogram:
     """Cumulative-bucket histogram cheap enough for every training batch.
 
-    One writer (the training thread) and readers that only copy: no lock is
-    needed for the counts to stay exact. prometheus_client's Histogram takes
+    One writer at a time (``_drain``, under its lock) and readers that only
+    copy: the counts stay exact without a lock of their own. prometheus_client's Histogram takes
     a lock per bucket on every observe, which costs more than this whole hook.
     """
 
@@ -199,12 +204,18 @@ class PrometheusCallback(Callback):
         self._checkpoint_time = _Histogram(CHECKPOINT_BUCKETS)
         self._checkpoint_failures = 0
         self._checkpoint: Optional[Tuple[Optional[str], int, float]] = None  # (path, step, unix time)
-        self._samples = 0
-        self._throughput_points: Deque[Tuple[float, int]] = collections.deque(maxlen=512)
+        # Training thread: appends timings to _events (thread-safe deque) and nothing else.
+        # _drain (scrape thread, or the training thread every DRAIN_AT batches) turns them
+        # into histograms and counters under _drain_lock.
+        self._events: Deque[Tuple[Any, Optional[float], int]] = collections.deque()
+        self._drain_lock = threading.Lock()
         self._batch_start: Optional[float] = None
-        self._last_batch_end: Optional[float] = None
-        self._batch_idx = 0
+        self._batch_idx = -1
         self._last_output: Any = None
+        self._samples = 0
+        self._last_batch_end: Optional[float] = None  # drain side: end of the previous batch, None = no wait to count
+        self._last_step_end: Optional[float] = None
+        self._throughput_points: Deque[Tuple[float, int]] = collections.deque(maxlen=512)
 
     # --- lifecycle ---------------------------------------------------------
     @property
@@ -253,31 +264,45 @@ class PrometheusCallback(Callback):
     # --- hot path ----------------------------------------------------------
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # The first batch's wait includes creating the loader iterator (worker start-up): real data wait.
-        self._last_batch_end = _now()
+        self._events.append((_RESET, _now(), 0))
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        now = _now()
-        if self._last_batch_end is not None:
-            self._data_wait.observe(now - self._last_batch_end)
-        self._batch_start = now
+        self._batch_start = _now()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = _now()
-        if self._batch_start is not None:
-            self._step_time.observe(now - self._batch_start)
-            self._batch_start = None
-        self._last_batch_end = now
-        self._samples += infer_batch_size(batch)
-        self._throughput_points.append((now, self._samples))
+        events = self._events
+        events.append((self._batch_start, _now(), infer_batch_size(batch)))
         self._batch_idx = batch_idx
         self._last_output = outputs  # a reference only; converted when scraped
+        if len(events) >= DRAIN_AT:  # nobody scrapes: keep memory bounded
+            self._drain()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         # Validation between two training batches is not data wait.
-        self._last_batch_end = None
+        self._events.append((_RESET, None, 0))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._last_batch_end = _now()
+        self._events.append((_RESET, _now(), 0))
+
+    def _drain(self) -> None:
+        """Account the queued batch timings (any thread)."""
+        with self._drain_lock:
+            events = self._events
+            while events:
+                start, end, size = events.popleft()
+                if start is _RESET:
+                    self._last_batch_end = end
+                elif start is _SKIP:
+                    if self._last_batch_end is not None:
+                        self._last_batch_end = end
+                else:
+                    if start is not None:
+                        if self._last_batch_end is not None:
+                            self._data_wait.observe(start - self._last_batch_end)
+                        self._step_time.observe(end - start)
+                    self._samples += size
+                    self._last_batch_end = self._last_step_end = end
+                    self._throughput_points.append((end, self._samples))
 
     # --- checkpoints -------------------------------------------------------
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Dict[str, Any]) -> None:
@@ -304,8 +329,7 @@ class PrometheusCallback(Callback):
             finished = _now()
             self._checkpoint_time.observe(finished - started)
             self._checkpoint = (str(filepath), int(trainer.global_step), finished + self._wall_offset)
-            if self._last_batch_end is not None:
-                self._last_batch_end = finished  # saving is not data wait
+            self._events.append((_SKIP, finished, 0))  # saving between batches is not data wait
             return result
 
         save_checkpoint._volt_prometheus = self  # type: ignore[attr-defined]
@@ -352,7 +376,7 @@ class PrometheusCallback(Callback):
 
     def samples_per_second(self) -> Optional[float]:
         """Samples per second over the last ``throughput_window_seconds`` (at least two batches)."""
-        points = list(self._throughput_points)  # one C call: atomic w.r.t. the training thread
+        points = list(self._throughput_points)
         if len(points) < 2:
             return None
         now = _now()
@@ -374,7 +398,7 @@ class PrometheusCallback(Callback):
         batches = getattr(trainer, "num_training_batches", None)
         if isinstance(max_epochs, int) and max_epochs > 0:
             within = 0.0
-            if isinstance(batches, (int, float)) and 0 < batches < math.inf and self._samples:
+            if isinstance(batches, (int, float)) and 0 < batches < math.inf and self._batch_idx >= 0:
                 within = min((self._batch_idx + 1) / batches, 1.0)
             fractions.append((int(trainer.current_epoch) + within) / max_epochs)
         if not fractions:
@@ -383,6 +407,7 @@ class PrometheusCallback(Callback):
 
     def progress(self) -> Dict[str, Any]:
         """The ``/progress`` document (see docs/metrics.md)."""
+        self._drain()
         trainer = self._trainer
         metrics = self.logged_metrics()
         loss = next((metrics[key] for key in LOSS_KEYS if key in metrics), None)
@@ -394,7 +419,7 @@ class PrometheusCallback(Callback):
             checkpoint = {"path": path, "step": step, "time": _rfc3339(saved_at)}
         max_steps = getattr(trainer, "max_steps", None)
         max_epochs = getattr(trainer, "max_epochs", None)
-        last_end = self._last_batch_end if self._samples else None
+        last_end = self._last_step_end
         return {
             "epoch": int(getattr(trainer, "current_epoch", 0) or 0),
             "step": int(getattr(trainer, "global_step", 0) or 0),
@@ -429,6 +454,7 @@ class _TrainingCollector:
 
     def collect(self) -> Iterator[Any]:
         cb, trainer = self._cb, self._cb._trainer
+        cb._drain()
         base = cb.labels()
         names, values = list(base), list(base.values())
 
