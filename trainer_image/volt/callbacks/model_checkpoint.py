@@ -233,6 +233,8 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return  # epoch-based: nothing to do per batch
         self._train_batches_seen += 1
         if self._should_skip_saving_checkpoint(trainer):
             return
