@@ -439,7 +439,7 @@ class LocalCluster:
             # The kubernetes Service would point at loopback, which Endpoints refuse.
             "--endpoint-reconciler-type=none",
             f"--audit-policy-file={self.dir / 'audit-policy.json'}",
-            f"--audit-log-path={self.audit_log}", "--audit-log-maxbackup=1",
+            f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
             "--profiling=false",
         ], self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
         write_kubeconfig(self.kubeconfig, self.server, pki / "ca.crt", "volt-admin", client=self._admin)
