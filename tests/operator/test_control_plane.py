@@ -84,6 +84,22 @@ def test_down_of_a_stopped_cluster_is_a_no_op(tmp_path: Path) -> None:
     assert LocalCluster(tmp_path).status()["ready"] is False
 
 
+def test_down_with_a_stale_state_file_leaves_reused_pids_alone(tmp_path: Path) -> None:
+    # An unrelated process group leader now holds a pid the state file records.
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (tmp_path / "cluster.json").write_text(json.dumps({
+            "server": "https://127.0.0.1:1", "nodes": [],
+            "components": [{"name": "etcd", "pid": bystander.pid, "start_ticks": 1,
+                            "log": str(tmp_path / "etcd.log")}]}))
+        LocalCluster(tmp_path).down()
+        assert bystander.poll() is None, "down() killed a process it did not start"
+        assert not (tmp_path / "cluster.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_cluster_refuses_negative_nodes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nodes"):
         LocalCluster(tmp_path, nodes=-1)

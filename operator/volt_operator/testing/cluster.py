@@ -183,8 +183,10 @@ class Component:
             deadline = time.monotonic() + grace
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        # Also catches children that outlived the leader in its group.
-        self._signal_group(signal.SIGKILL)
+        # Also catches children that outlived the leader in its group, unless
+        # the pid now names an unrelated process (a stale state file).
+        if self.popen is not None or _start_ticks(self.pid) in (None, self.start_ticks):
+            self._signal_group(signal.SIGKILL)
         if self.popen is not None:
             self.popen.wait(timeout=10)
         else:
