@@ -39,7 +39,7 @@ from .podenv import decode_secret
 from .provisioner import Provisioner
 from .runner import HostDirs, PodContext, PodRuntime, host_base_env
 from .stale import record_self, sweep_dead_agents
-from .status import PodRecord, compute_pod_status, rfc3339
+from .status import PodRecord, compute_pod_status
 from .volumes import VolumeError, prepare_volumes
 
 log = logging.getLogger(__name__)
@@ -483,4 +483,4 @@ class _ApiSources:
         return response.status.token
 
 
-__all__ = ["AgentConfig", "NodeAgent", "rfc3339"]
+__all__ = ["AgentConfig", "NodeAgent"]

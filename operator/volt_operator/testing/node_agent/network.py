@@ -16,6 +16,7 @@ them with `ip`, `iptables` (only when installed) and files.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -35,6 +36,7 @@ SUPERNET = ipaddress.IPv4Network("198.18.0.0/16")
 SUBNET_PREFIX = 24
 NETNS_ETC = Path("/etc/netns")
 CLUSTER_DOMAIN = "cluster.local"
+LOCK_FILE = Path("/run/volt-node-agent/subnet.lock")
 
 
 def agent_id_for(workdir: str | os.PathLike[str]) -> str:
@@ -173,10 +175,14 @@ class PodNetwork:
     def setup(self) -> ipaddress.IPv4Network:
         """Create the bridge (removing leftovers of a crashed run first)."""
         self.teardown()
-        subnet = choose_subnet(self.agent_id, addresses_in_use())
-        self.pool = AddressPool(subnet)
-        _run("ip", "link", "add", "name", self.bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{self.pool.gateway}/{subnet.prefixlen}", "dev", self.bridge)
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_FILE, "w") as lock:
+            # Agents starting at once must not both pick the same free /24.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subnet = choose_subnet(self.agent_id, addresses_in_use())
+            self.pool = AddressPool(subnet)
+            _run("ip", "link", "add", "name", self.bridge, "type", "bridge")
+            _run("ip", "addr", "add", f"{self.pool.gateway}/{subnet.prefixlen}", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
         self._allow_forwarding()
         log.info("bridge %s up with %s (gateway %s)", self.bridge, subnet, self.pool.gateway)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from .podenv import EnvError, Lookup, expand, resolve_env
 from .status import (RUNNING, TERMINATED, WAITING, ContainerRecord, PodRecord, Termination,

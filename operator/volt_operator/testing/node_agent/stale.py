@@ -42,7 +42,7 @@ def record_self(agent_id: str, workdir: Path, run_dir: Path = RUN_DIR) -> Path:
 def sweep_dead_agents(run_dir: Path = RUN_DIR) -> list[str]:
     """Tear down the network and host dirs of every recorded agent that is gone."""
     swept = []
-    for entry in sorted(run_dir.glob("*.json")) if run_dir.is_dir() else []:
+    for entry in sorted(run_dir.glob("*.json")):
         try:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
