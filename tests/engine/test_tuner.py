@@ -242,3 +242,26 @@ def test_attr_helpers():
     assert model.hparams.lr == 0.5
     with pytest.raises(AttributeError, match="nothing"):
         lightning_getattr(model, "nothing")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.timeout(300)
+def test_scale_batch_size_on_gpu_catches_real_cuda_oom(tmp_path):
+    """On a GPU: each sample needs 1/100 of the free memory, so the limit is just under 100."""
+    free, _total = torch.cuda.mem_get_info()
+    per_sample = free // 100 // 4  # float32 elements
+
+    class Hungry(BatchSized):
+        def training_step(self, batch, batch_idx):
+            activations = torch.empty(batch[0].shape[0], per_sample, device=self.device)
+            del activations
+            return super().training_step(batch, batch_idx)
+
+    results = {}
+    for mode in ("power", "binsearch"):
+        model = Hungry(batch_size=2, n=4096)
+        trainer = quiet_trainer(tmp_path, accelerator="gpu", devices=1, max_epochs=1)
+        results[mode] = Tuner(trainer).scale_batch_size(model, mode=mode, steps_per_trial=1)
+        torch.cuda.empty_cache()
+    assert results["power"] == 64
+    assert 64 < results["binsearch"] < 100
