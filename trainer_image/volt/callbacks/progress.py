@@ -72,7 +72,8 @@ class ProgressBar(Callback):
 
     Args:
         refresh_rate: draw every N batches (0 disables the bar).
-        process_position: line offset, for several trainers in one terminal.
+        process_position: 1.x/Lightning argument, kept for compatibility: volt draws a
+            single status line with ``\\r``, so there is no line offset to apply.
         leave: keep the finished epoch's line instead of overwriting it.
         max_refresh_per_s: cap on draws per second (bounds metric reads on fast steps).
         stream: where to draw (default ``sys.stdout``); nothing is drawn unless it is a TTY.
