@@ -208,3 +208,38 @@ def test_on_exception_checkpoint(tmp_path):
     assert ckpt_io.resolve_ckpt_path("last", cb.dirpath) == cb.ckpt_path
     with pytest.raises(ValueError, match="filename"):
         OnExceptionCheckpoint(tmp_path, filename="")
+
+
+def test_save_last_link_points_at_the_newest_checkpoint(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path / "ck", save_last="link", save_top_k=-1, every_n_epochs=1)
+    _fit(tmp_path, TinyModel(), [cb], epochs=2)
+    last = os.path.join(cb.dirpath, "last.ckpt")
+    assert os.path.islink(last) and os.readlink(last) == "epoch=1-step=8.ckpt"  # relative: survives a remount
+    assert ckpt_io.load(last)["global_step"] == 8
+
+
+def test_period_is_the_1x_name_of_every_n_epochs(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path / "ck", period=2)
+    assert cb.every_n_epochs == 2
+    with pytest.raises(ValueError, match="period"):
+        ModelCheckpoint(period=2, every_n_epochs=1)
+
+
+def test_weights_save_path_1x(tmp_path):
+    from volt.loggers import CSVLogger
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, weights_save_path=str(tmp_path / "w"),
+                            logger=CSVLogger(tmp_path / "logs"))
+    trainer.fit(TinyModel(), loader(n=16, batch_size=8))
+    expected = tmp_path / "w" / "lightning_logs" / "version_0" / "checkpoints"
+    assert trainer.checkpoint_callback.dirpath == os.path.realpath(expected)
+    assert _ckpts(expected) == ["epoch=0-step=2.ckpt"]
+
+
+def test_stale_temp_files_are_swept_at_fit_start(tmp_path):
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / ".epoch=0-step=2.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
+    cb = ModelCheckpoint(dirpath=d)
+    _fit(tmp_path, TinyModel(), [cb], epochs=1)
+    assert sorted(os.listdir(d)) == ["epoch=0-step=4.ckpt", "latest.json"]

@@ -156,3 +156,15 @@ def test_weights_summary_full_is_max_depth_minus_one(tmp_path, capsys):
     trainer = quiet_trainer(tmp_path, max_epochs=1, enable_model_summary=True, weights_summary="full")
     trainer.fit(TinyModel(), loader(n=16, batch_size=8))
     assert "layer" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_test_and_predict(tmp_path, tty):
+    master, stream = tty
+    bar = ProgressBar(stream=stream)
+    trainer = quiet_trainer(tmp_path, callbacks=[bar])
+    trainer.test(TinyModel(), loader(n=32, batch_size=8), verbose=False)
+    trainer.predict(TinyModel(), loader(n=16, batch_size=8))
+    out = _read_all(master)
+    assert "Testing: 100%" in out and "4/4" in out
+    assert "Predicting: 100%" in out and "2/2" in out

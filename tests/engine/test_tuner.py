@@ -265,3 +265,18 @@ def test_scale_batch_size_on_gpu_catches_real_cuda_oom(tmp_path):
         torch.cuda.empty_cache()
     assert results["power"] == 64
     assert 64 < results["binsearch"] < 100
+
+
+def test_plot_needs_matplotlib():
+    finder = LRFinder("exponential", 1e-5, 1.0, 10)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="matplotlib"):
+            finder.plot()
+    else:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        finder.results = {"lr": [1e-5, 1e-3, 1e-1], "loss": [1.0, 0.5, 2.0]}
+        assert finder.plot() is not None
