@@ -1,0 +1,229 @@
+"""`helm install` into the local control plane, then a TrainingJob run end to end by an
+operator that holds only the chart ServiceAccount's token (from `kubectl create token`).
+
+This proves the chart's RBAC is sufficient. The API server's audit log then
+proves it is minimal: every (resource, verb) the chart grants was used by the
+operator during the run, none was refused, and `kubectl auth can-i --list`
+shows nothing beyond the chart's rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from helm_util import CHART, REPO, helm_binary, run_helm
+from volt_operator.testing.cluster import ClusterError, LocalCluster, wait_for, write_kubeconfig
+
+RELEASE = "volt"
+JOB_TIMEOUT = 360
+STEPS = 8
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+# kopf probes these cluster-scoped resources to notice CRDs and namespaces that
+# appear while it runs. Refused, it logs that it will only see them at start and
+# carries on: the chart installs the CRD before the operator, and a namespaced
+# operator must not hold cluster-wide read permissions just for that.
+TOLERATED_REFUSALS = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("", "namespaces"),
+}
+# Every authenticated user may review itself; the test's own `kubectl auth` checks do.
+SELF_REVIEWS = {"authentication.k8s.io", "authorization.k8s.io"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def helm_env(kube: LocalCluster, home: Path) -> dict[str, str]:
+    """Admin kubeconfig; helm's config, cache and data kept out of the user's home."""
+    return {**kube.env(), "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_DATA_HOME": str(home / "data")}
+
+
+def granted(rules: list[dict[str, Any]]) -> set[Permission]:
+    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def used_by(audit_log: Path, user: str) -> tuple[set[Permission], list[dict[str, Any]]]:
+    """What `user` did according to the audit log, and its refused requests (but kopf's probes)."""
+    used: set[Permission] = set()
+    refused: list[dict[str, Any]] = []
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if event["user"]["username"] != user or "objectRef" not in event:
+            continue
+        ref = event["objectRef"]
+        group = ref.get("apiGroup", "")
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        if group in SELF_REVIEWS:
+            continue
+        if event.get("responseStatus", {}).get("code") == 403:
+            if (group, resource) not in TOLERATED_REFUSALS:
+                refused.append({"verb": event["verb"], "uri": event["requestURI"]})
+        else:
+            used.add((group, resource, event["verb"]))
+    return used, refused
+
+
+def can_i_list(output: str) -> dict[str, set[str]]:
+    """`kubectl auth can-i --list` as {resource: verbs}; non-resource URL rows are left out."""
+    allowed: dict[str, set[str]] = {}
+    for line in output.splitlines()[1:]:
+        if not line.strip() or line[0].isspace():
+            continue
+        name = line.split()[0]
+        verbs = line[line.rindex("[") + 1:line.rindex("]")].split()
+        allowed.setdefault(name, set()).update(verbs)
+    return allowed
+
+
+@pytest.fixture
+def release_namespace(kube: LocalCluster, namespace: str) -> Iterator[str]:
+    """The operator's own namespace, apart from the namespace whose jobs it runs."""
+    name = f"{namespace}-sys"
+    kube.kubectl("create", "namespace", name)
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def example_job(namespace: str) -> tuple[list[dict[str, Any]], str]:
+    """examples/trainingjob.yaml, moved into the test namespace and shortened.
+
+    The finished job's pods are cleaned up and the job itself expires soon after
+    (cleanPodPolicy All, ttlSecondsAfterFinished), so the run also takes the
+    operator's delete paths and the audit log sees them.
+    """
+    docs = [d for d in yaml.safe_load_all((REPO / "examples" / "trainingjob.yaml").read_text()) if d]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+    job = next(d for d in docs if d["kind"] == "TrainingJob")
+    job["spec"]["trainer"]["maxSteps"] = STEPS
+    job["spec"]["cleanPodPolicy"] = "All"
+    job["spec"]["ttlSecondsAfterFinished"] = 5
+    return docs, job["metadata"]["name"]
+
+
+def test_chart_installs_and_its_service_account_runs_a_job(
+        kube: LocalCluster, namespace: str, release_namespace: str, tmp_path: Path) -> None:
+    helm = helm_binary()
+    env = helm_env(kube, tmp_path / "helm")
+
+    # The in-cluster operator pod cannot run here (the node agent runs commands, not
+    # images), so replicas=0: everything else is installed exactly as on a cluster.
+    run_helm(helm, "install", RELEASE, str(CHART), "--namespace", release_namespace,
+             "--set", f"watchNamespace={namespace}", "--set", "operator.replicas=0",
+             "--wait", "--timeout", "120s", env=env, timeout=180)
+    status = json.loads(run_helm(helm, "status", RELEASE, "-n", release_namespace, "-o", "json",
+                                 env=env).stdout)
+    assert status["info"]["status"] == "deployed"
+    kube.kubectl("wait", "--for", "condition=established", "--timeout", "60s", "crd/trainingjobs.volt.dev")
+    for kind, ns in (("deployment", release_namespace), ("serviceaccount", release_namespace),
+                     ("service", release_namespace), ("role", namespace), ("rolebinding", namespace)):
+        kube.kubectl("get", kind, "-n", ns, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+    manifest = list(yaml.safe_load_all(run_helm(helm, "get", "manifest", RELEASE, "-n", release_namespace,
+                                                env=env).stdout))
+    role = next(d for d in manifest if d and d["kind"] == "Role")
+    sa_name = next(d for d in manifest if d and d["kind"] == "ServiceAccount")["metadata"]["name"]
+    user = f"system:serviceaccount:{release_namespace}:{sa_name}"
+
+    # The operator's credentials: the ServiceAccount's token, as a user would get it.
+    token = kube.kubectl("create", "token", sa_name, "-n", release_namespace, "--duration", "1h").stdout.strip()
+    op_kubeconfig = write_kubeconfig(tmp_path / "operator.kubeconfig", kube.server, kube.pki / "ca.crt",
+                                     user, token=token)
+    whoami = json.loads(kube.kubectl("auth", "whoami", "-o", "json", kubeconfig=op_kubeconfig).stdout)
+    assert whoami["status"]["userInfo"]["username"] == user
+    # Namespaced mode: nothing outside the watched namespace, no secrets anywhere.
+    for args in (("list", "pods", "-A"), ("list", "trainingjobs.volt.dev", "-n", release_namespace),
+                 ("get", "secrets", "-n", namespace), ("create", "clusterroles"), ("list", "nodes")):
+        answer = kube.kubectl("auth", "can-i", *args, kubeconfig=op_kubeconfig, check=False).stdout.strip()
+        assert answer == "no", f"the operator may {' '.join(args)}"
+
+    health, metrics = free_port(), free_port()
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "volt_operator", "--standalone", f"--namespace={namespace}",
+             f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-port={metrics}"],
+            env={**os.environ, "KUBECONFIG": str(op_kubeconfig)}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: operator.poll() is None and
+                 urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
+                 60, "the operator's /healthz")
+        docs, job = example_job(namespace)
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+        def operator_alive() -> None:
+            # ClusterError is the one exception wait_for lets through at once.
+            if operator.poll() is not None:
+                raise ClusterError(f"the operator exited ({operator.returncode}):\n{log_path.read_text()[-4000:]}")
+
+        def finished() -> str | None:
+            operator_alive()
+            phase = kube.kubectl("get", "tj", job, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        phase = wait_for(finished, JOB_TIMEOUT, f"TrainingJob {job} to finish", interval=2)
+        described = kube.kubectl("get", "tj", job, "-n", namespace, "-o", "yaml").stdout
+        assert phase == "Succeeded", f"{described}\noperator log:\n{log_path.read_text()[-4000:]}"
+        status = yaml.safe_load(described)["status"]
+        assert status["nodes"]["desired"] == 2 and status["restarts"] == 0, status
+
+        def expired() -> bool:
+            operator_alive()
+            left = kube.kubectl("get", "tj,pods", "-n", namespace, "-o", "name").stdout.split()
+            return not left
+
+        wait_for(expired, 120, f"TrainingJob {job} and its pods to be deleted (ttlSecondsAfterFinished)")
+        operator_metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert 'volt_operator_time_to_running_seconds_count' in operator_metrics, operator_metrics[:2000]
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+
+    # Least privilege, from the API server's own record of the run.
+    time.sleep(1)  # the audit backend writes batches; let the last one land
+    used, refused = used_by(kube.audit_log, user)
+    assert not refused, f"the chart's RBAC refused the operator: {refused}"
+    rules = granted(role["rules"])
+    assert used <= rules
+    unused = rules - used
+    assert not unused, f"the chart grants permissions the operator never used: {sorted(unused)}"
+
+    can_i = kube.kubectl("auth", "can-i", "--list", "-n", namespace, kubeconfig=op_kubeconfig).stdout
+    allowed = can_i_list(can_i)
+    expected: dict[str, set[str]] = {}
+    for group, resource, verb in rules:
+        base, _, sub = resource.partition("/")
+        name = (f"{base}.{group}" if group else base) + (f"/{sub}" if sub else "")
+        expected.setdefault(name, set()).add(verb)
+    # Every authenticated user may review itself (system:basic-user); nothing else is extra.
+    extra = {name: verbs - expected.get(name, set()) for name, verbs in allowed.items()
+             if not name.startswith("selfsubject")}
+    assert not any(extra.values()), f"auth can-i --list allows more than the chart's rules:\n{can_i}"
+
+    run_helm(helm, "uninstall", RELEASE, "-n", release_namespace, "--wait", env=env, timeout=180)
+    answer = kube.kubectl("auth", "can-i", "list", "trainingjobs.volt.dev", "-n", namespace,
+                          kubeconfig=op_kubeconfig, check=False).stdout.strip()
+    assert answer == "no", "uninstall left the operator's permissions behind"
