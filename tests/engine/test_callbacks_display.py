@@ -168,3 +168,22 @@ def test_progress_bar_test_and_predict(tmp_path, tty):
     out = _read_all(master)
     assert "Testing: 100%" in out and "4/4" in out
     assert "Predicting: 100%" in out and "2/2" in out
+
+
+def test_summary_in_out_sizes_from_example_input_array():
+    m = Nested()
+    m.example_input_array = torch.zeros(3, 10)
+
+    def forward(x):
+        return m.head(m.encoder(x))
+
+    m.forward = forward
+    m.train()
+    m.frozen.eval()
+    s = summarize(m, max_depth=1)
+    encoder, head, frozen = s.layers
+    assert (encoder.in_sizes, encoder.out_sizes) == ([3, 10], [3, 10])
+    assert (head.in_sizes, head.out_sizes) == ([3, 10], [3, 2])
+    assert frozen.in_sizes == "?"  # not called by forward
+    assert "In sizes" in str(s) and "[3, 2]" in str(s)
+    assert m.training and m.encoder.training and not m.frozen.training  # modes restored

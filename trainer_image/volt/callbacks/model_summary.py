@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, List
+import warnings
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import torch
 from torch import nn
@@ -36,12 +37,58 @@ def _num_params(params: List[nn.Parameter]) -> int:
     return sum(0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel() for p in params)
 
 
+UNKNOWN_SIZE = "?"
+
+
+def _sizes(value: Any) -> Any:
+    """Shapes of the tensors in ``value``: ``[8, 4]``, or nested lists for tuples of tensors."""
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, (list, tuple)):
+        return [_sizes(v) for v in value]
+    return UNKNOWN_SIZE
+
+
 @dataclass(frozen=True)
 class LayerSummary:
     name: str
     type: str
     params: int
     mode: str  # "train" or "eval"
+    in_sizes: Any = UNKNOWN_SIZE
+    out_sizes: Any = UNKNOWN_SIZE
+
+
+def _forward_sizes(module: nn.Module, layers: Dict[str, nn.Module], example: Any) -> Dict[str, Any]:
+    """In/out sizes of ``layers`` during one forward pass of ``example`` (no grad, eval mode)."""
+    from volt.utilities import move_data_to_device
+
+    recorded: Dict[str, Any] = {}
+    handles = []
+    for name, layer in layers.items():
+        def hook(_m: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
+            inputs = inputs[0] if isinstance(inputs, tuple) and len(inputs) == 1 else inputs
+            recorded[name] = (_sizes(inputs), _sizes(output))
+
+        handles.append(layer.register_forward_hook(hook))
+    modes = {m: m.training for m in module.modules()}
+    try:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        example = move_data_to_device(example, device)
+        module.eval()
+        with torch.no_grad():
+            if isinstance(example, (list, tuple)):
+                module(*example)
+            elif isinstance(example, dict):
+                module(**example)
+            else:
+                module(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    return recorded
 
 
 class Summary:
@@ -59,14 +106,17 @@ class Summary:
             0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel() * p.element_size() for p in params
         )
         self.layers: List[LayerSummary] = []
+        self.has_sizes = False
         if max_depth == 0:
             return
+        chosen: Dict[str, nn.Module] = {}
         for name, sub in module.named_modules():
             if not name:
                 continue
             depth = name.count(".") + 1
             if max_depth != -1 and depth > max_depth:
                 continue
+            chosen[name] = sub
             self.layers.append(
                 LayerSummary(
                     name=name,
@@ -75,6 +125,19 @@ class Summary:
                     mode="train" if sub.training else "eval",
                 )
             )
+        example = getattr(module, "example_input_array", None)
+        if example is not None:
+            try:
+                sizes = _forward_sizes(module, chosen, example)
+            except Exception as err:  # noqa: BLE001 - a summary must never stop training
+                warnings.warn(f"ModelSummary: forward pass on example_input_array failed, sizes omitted: {err}")
+            else:
+                self.has_sizes = True
+                self.layers = [
+                    replace(layer, in_sizes=sizes[layer.name][0], out_sizes=sizes[layer.name][1])
+                    if layer.name in sizes else layer
+                    for layer in self.layers
+                ]
 
     @property
     def non_trainable_parameters(self) -> int:
@@ -87,6 +150,10 @@ class Summary:
     def __str__(self) -> str:
         header = ["", "Name", "Type", "Params", "Mode"]
         rows = [[str(i), layer.name, layer.type, human_readable_count(layer.params), layer.mode] for i, layer in enumerate(self.layers)]
+        if self.has_sizes:
+            header += ["In sizes", "Out sizes"]
+            for row, layer in zip(rows, self.layers):
+                row += [str(layer.in_sizes), str(layer.out_sizes)]
         widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
         fmt = lambda r: " | ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()  # noqa: E731
         lines = []
