@@ -45,6 +45,7 @@ from .volumes import VolumeError, prepare_volumes
 log = logging.getLogger(__name__)
 
 LOOP_PERIOD_S = 0.25
+API_TIMEOUT_S = 15  # no API call may stall the reconcile loop for longer
 LEASE_PERIOD_S = 10.0
 NODE_STATUS_PERIOD_S = 60.0
 PROVISION_PERIOD_S = 2.0
@@ -203,8 +204,8 @@ class NodeAgent:
         selector = f"spec.nodeName={node}"
         while not self.stopping.is_set():
             try:
-                response = self.core.list_pod_for_all_namespaces(field_selector=selector,
-                                                                 _preload_content=False)
+                response = self.core.list_pod_for_all_namespaces(
+                    field_selector=selector, _preload_content=False, _request_timeout=API_TIMEOUT_S)
                 listing = json.loads(response.data)
                 with self.lock:
                     for uid in [u for u, p in self.desired.items() if p["spec"].get("nodeName") == node]:
@@ -216,6 +217,7 @@ class NodeAgent:
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces, field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=120,
+                    _request_timeout=150,  # a dead connection must not hang the watch
                     deserialize=False)  # plain dicts, as the rest of the agent uses
                 for event in stream:
                     pod = event["object"]
@@ -356,7 +358,8 @@ class NodeAgent:
             return
         meta = state.pod["metadata"]
         try:
-            self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+            self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status},
+                                                  _request_timeout=API_TIMEOUT_S)
             state.reported = status
         except ApiException as error:
             if error.status == 404:
@@ -370,7 +373,8 @@ class NodeAgent:
             self.core.delete_namespaced_pod(
                 meta["name"], meta["namespace"],
                 body=client.V1DeleteOptions(grace_period_seconds=0,
-                                            preconditions=client.V1Preconditions(uid=state.uid)))
+                                            preconditions=client.V1Preconditions(uid=state.uid)),
+                _request_timeout=API_TIMEOUT_S)
         except ApiException as error:
             if error.status not in (404, 409):
                 log.warning("deleting pod %s: %s", state.key, error.reason)
@@ -410,9 +414,10 @@ class NodeAgent:
     def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         try:
             if kind == "ConfigMap":
-                return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
-            return decode_secret(self.api.sanitize_for_serialization(
-                self.core.read_namespaced_secret(name, namespace)).get("data") or {})
+                return dict(self.core.read_namespaced_config_map(
+                    name, namespace, _request_timeout=API_TIMEOUT_S).data or {})
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=API_TIMEOUT_S)
+            return decode_secret(self.api.sanitize_for_serialization(secret).get("data") or {})
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -453,14 +458,15 @@ class _ApiSources:
     def claim_host_path(self, namespace: str, claim: str) -> str:
         core = self.agent.core
         try:
-            pvc = core.read_namespaced_persistent_volume_claim(claim, namespace)
+            pvc = core.read_namespaced_persistent_volume_claim(claim, namespace,
+                                                             _request_timeout=API_TIMEOUT_S)
         except ApiException as error:
             if error.status == 404:
                 raise VolumeError(f"persistentVolumeClaim {namespace}/{claim} not found") from None
             raise
         if not pvc.spec.volume_name or (pvc.status and pvc.status.phase != "Bound"):
             raise VolumeError(f"persistentVolumeClaim {namespace}/{claim} is not bound yet")
-        pv = core.read_persistent_volume(pvc.spec.volume_name)
+        pv = core.read_persistent_volume(pvc.spec.volume_name, _request_timeout=API_TIMEOUT_S)
         source = pv.spec.host_path or pv.spec.local
         if source is None:
             raise VolumeError(f"persistentVolume {pv.metadata.name} of claim {namespace}/{claim} is "
@@ -479,7 +485,7 @@ class _ApiSources:
         }
         account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
         response = self.agent.core.create_namespaced_service_account_token(
-            account, meta["namespace"], {"spec": spec})
+            account, meta["namespace"], {"spec": spec}, _request_timeout=API_TIMEOUT_S)
         return response.status.token
 
 

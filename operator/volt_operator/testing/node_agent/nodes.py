@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 AGENT_VERSION = "v1.34.0-volt-local"
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40
+API_TIMEOUT_S = 15
 GPU_RESOURCE = "nvidia.com/gpu"
 AGENT_LABEL = "volt.dev/local-node-agent"
 
@@ -71,6 +72,12 @@ def _machine_id() -> str:
         return uuid.uuid4().hex
 
 
+def _architecture() -> str:
+    """The machine as Go's GOARCH names it (what kubernetes.io/arch holds)."""
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
 def ready_conditions(now: datetime, previous: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The kubelet's node conditions: Ready, and no pressure of any kind."""
     before = {c["type"]: c for c in previous or []}
@@ -106,8 +113,7 @@ def node_status(name: str, address: str, kubelet_port: int, shape: NodeShape,
             "kubeletVersion": AGENT_VERSION,
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine,
-                                                                       os.uname().machine),
+            "architecture": _architecture(),
         },
     }
 
@@ -131,18 +137,18 @@ class NodeRegistry:
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": {
                     "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": node_status(name, "", 0, self.shape, now)["nodeInfo"]["architecture"],
+                    "kubernetes.io/arch": _architecture(),
                     AGENT_LABEL: "true"}},
             }
             try:
-                node = self.core.create_node(body)
+                node = self.core.create_node(body, _request_timeout=API_TIMEOUT_S)
                 uid = node.metadata.uid
             except ApiException as error:
                 if error.status != 409:
                     raise
-                uid = self.core.read_node(name).metadata.uid
+                uid = self.core.read_node(name, _request_timeout=API_TIMEOUT_S).metadata.uid
             status = node_status(name, self.address, self.kubelet_ports[name], self.shape, now)
-            self.core.patch_node_status(name, {"status": status})
+            self.core.patch_node_status(name, {"status": status}, _request_timeout=API_TIMEOUT_S)
             self._renew_lease(name, uid, now)
         log.info("registered nodes %s", ",".join(self.names))
 
@@ -150,14 +156,14 @@ class NodeRegistry:
         now = datetime.now(timezone.utc)
         for name in self.names:
             try:
-                node = self.core.read_node(name)
+                node = self.core.read_node(name, _request_timeout=API_TIMEOUT_S)
                 if refresh_status:
                     previous = [c.to_dict() for c in node.status.conditions or []]
                     previous = [{"type": c["type"], "status": c["status"],
                                  "lastTransitionTime": rfc3339(c["last_transition_time"])}
                                 for c in previous]
                     self.core.patch_node_status(name, {"status": {
-                        "conditions": ready_conditions(now, previous)}})
+                        "conditions": ready_conditions(now, previous)}}, _request_timeout=API_TIMEOUT_S)
                 self._renew_lease(name, node.metadata.uid, now)
             except ApiException as error:
                 if error.status == 404:  # someone deleted our node: register it again
@@ -175,16 +181,17 @@ class NodeRegistry:
                      "renewTime": renew},
         }
         try:
-            self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, {"spec": body["spec"]})
+            self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, {"spec": body["spec"]},
+                                                   _request_timeout=API_TIMEOUT_S)
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.coordination.create_namespaced_lease(LEASE_NAMESPACE, body)
+            self.coordination.create_namespaced_lease(LEASE_NAMESPACE, body, _request_timeout=API_TIMEOUT_S)
 
     def unregister(self) -> None:
         for name in self.names:
             try:
-                self.core.delete_node(name)
+                self.core.delete_node(name, _request_timeout=API_TIMEOUT_S)
             except ApiException as error:
                 if error.status != 404:
                     log.warning("deleting node %s failed: %s", name, error.reason)

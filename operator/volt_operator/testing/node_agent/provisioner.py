@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 STORAGE_CLASS = "volt-local"
 PROVISIONED_BY = "volt.dev/local-provisioner"
+API_TIMEOUT_S = 15
 
 
 def wants_local_volume(claim: dict[str, Any]) -> bool:
@@ -69,24 +70,25 @@ class Provisioner:
         self.owner = owner
 
     def sync(self) -> None:
-        claims = self.api.sanitize_for_serialization(
-            self.core.list_persistent_volume_claim_for_all_namespaces())["items"]
+        listing = self.core.list_persistent_volume_claim_for_all_namespaces(_request_timeout=API_TIMEOUT_S)
+        claims = self.api.sanitize_for_serialization(listing)["items"]
         for claim in claims:
             if wants_local_volume(claim):
                 body = volume_for(claim, self.root, self.owner)
                 try:
-                    self.core.create_persistent_volume(body)
+                    self.core.create_persistent_volume(body, _request_timeout=API_TIMEOUT_S)
                     Path(body["spec"]["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
                     log.info("provisioned %s for claim %s/%s", body["metadata"]["name"],
                              claim["metadata"]["namespace"], claim["metadata"]["name"])
                 except ApiException as error:
                     if error.status != 409:
                         raise
-        volumes = self.core.list_persistent_volume(label_selector=f"{PROVISIONED_BY}={self.owner}")
+        volumes = self.core.list_persistent_volume(label_selector=f"{PROVISIONED_BY}={self.owner}",
+                                               _request_timeout=API_TIMEOUT_S)
         for volume in volumes.items:
             if volume.status and volume.status.phase in ("Released", "Failed"):
                 try:
-                    self.core.delete_persistent_volume(volume.metadata.name)
+                    self.core.delete_persistent_volume(volume.metadata.name, _request_timeout=API_TIMEOUT_S)
                 except ApiException as error:
                     if error.status != 404:
                         raise
