@@ -9,6 +9,7 @@ keep a timeout of at least 180 s.
 exists (pods can be created at once), deleted afterwards.
 
 Tests that use `kube` get the `cluster` marker, so `-m "not cluster"` skips them.
+VOLT_TEST_CLUSTER_DIR=D reuses a cluster started with the CLI (faster iterations).
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    reuse = os.environ.get("VOLT_TEST_CLUSTER_DIR")
+    if reuse:
+        # Developer loop: a cluster started with `python -m volt_operator.testing.cluster up --dir D`
+        # is used as it is and left running.
+        cluster = LocalCluster(reuse)
+        if not cluster.status()["ready"]:
+            pytest.fail(f"VOLT_TEST_CLUSTER_DIR={reuse} names no running cluster: start it with "
+                        f"`python -m volt_operator.testing.cluster up --dir {reuse} --nodes {TEST_NODES}`",
+                        pytrace=False)
+        yield cluster
+        return
     try:
         find_binaries()
     except ClusterError as exc:
