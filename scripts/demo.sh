@@ -104,11 +104,13 @@ PY
     ns="$(kubectl get tj "$job" -o jsonpath='{.metadata.namespace}')"
 
     say "kubectl get tj $job -w   (until it finishes; up to ${job_timeout}s)"
-    local phase="" last="" line deadline=$((SECONDS + job_timeout))
+    local phase="" last="" line key deadline=$((SECONDS + job_timeout))
     kubectl get tj "$job" -n "$ns" | head -n 1
     while (( SECONDS < deadline )); do
         line="$(kubectl get tj "$job" -n "$ns" --no-headers 2>/dev/null || true)"
-        [[ "$line" != "$last" && -n "$line" ]] && { echo "$line"; last="$line"; }
+        # Print a row when something but its AGE column changed.
+        key="${line%"${line##*[[:space:]]}"}"
+        [[ -n "$line" && "$key" != "$last" ]] && { echo "$line"; last="$key"; }
         phase="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
         [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
         kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
