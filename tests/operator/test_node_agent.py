@@ -177,6 +177,11 @@ def test_restart_policy_on_failure_counts_restarts(kube: LocalCluster, namespace
     assert status["lastState"]["terminated"]["exitCode"] == 5
     assert kube.kubectl("-n", namespace, "logs", "flaky").stdout == "second\n"
     assert kube.kubectl("-n", namespace, "logs", "flaky", "--previous").stdout == "first\n"
+    # The kubelet-style events `kubectl describe` shows.
+    def reasons() -> set[str]:
+        events = kube.request("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+        return {e["reason"] for e in events if e["involvedObject"]["name"] == "flaky"}
+    wait_for(lambda: {"Started", "BackOff"} <= reasons(), 30, "Started and BackOff events")
 
 
 def test_pvc_gets_a_local_volume_that_outlives_the_pod(kube: LocalCluster, namespace: str) -> None:

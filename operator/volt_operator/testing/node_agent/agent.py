@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from .events import EventRecorder
 from .logs import LogNotFound, LogServer, LogSource, make_serving_cert
 from .network import PodAddress, PodNetwork, agent_id_for, render_hosts, render_resolv_conf
 from .nodes import NodeRegistry, NodeShape
@@ -100,6 +101,7 @@ class NodeAgent:
         self.cfg = cfg
         self.api = config.new_client_from_config(config_file=cfg.kubeconfig)
         self.core = client.CoreV1Api(self.api)
+        self.events = EventRecorder(self.api)
         self.agent_id = agent_id_for(cfg.workdir)
         self.network = PodNetwork(self.agent_id)
         self.host_dirs = HostDirs(cfg.workdir / "created-host-dirs.json")
@@ -193,6 +195,7 @@ class NodeAgent:
         if self.registry is not None:
             self.registry.unregister()
         shutil.rmtree(self.pods_root, ignore_errors=True)
+        self.events.close()
         if self._run_entry is not None:
             self._run_entry.unlink(missing_ok=True)
         self.api.close()
@@ -336,6 +339,7 @@ class NodeAgent:
             message = str(error) if isinstance(error, VolumeError) else f"API error: {error.reason}"
             if state.record.config_error != message:
                 log.warning("pod %s cannot start yet: %s", state.key, message)
+                self.events.record(pod, "Warning", "FailedMount", message)
             state.record.config_error = message
             state.retry_at = time.monotonic() + START_RETRY_S
             if not state.record.containers:
@@ -348,7 +352,9 @@ class NodeAgent:
             pod=pod, pod_dir=pod_dir, netns=state.netns, volume_paths=volume_paths,
             lookup=self._lookup, node_allocatable=self.cfg.shape.resources(),
             host_dirs=self.host_dirs, backoff_s=self.cfg.restart_backoff_s,
-            base_env=host_base_env(pod_hostname(pod)))
+            base_env=host_base_env(pod_hostname(pod)),
+            on_event=lambda kind, reason, message, container: self.events.record(
+                pod, kind, reason, message, container))
         state.runtime = PodRuntime(context, state.record)
         self._refresh_hosts()  # before the first process reads /etc/hosts
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .podenv import EnvError, Lookup, expand, resolve_env
 from .status import (RUNNING, TERMINATED, WAITING, ContainerRecord, PodRecord, Termination,
@@ -119,6 +119,14 @@ class Container:
     pod_done: bool = False
 
 
+# on_event(type, reason, message, container): see events.py
+EventSink = Callable[[str, str, str, "str | None"], None]
+
+
+def _no_events(kind: str, reason: str, message: str, container: str | None) -> None:
+    pass
+
+
 @dataclass
 class PodContext:
     """What the runner needs to start containers, resolved by the agent."""
@@ -132,6 +140,7 @@ class PodContext:
     host_dirs: HostDirs
     backoff_s: float = 10.0
     base_env: dict[str, str] = field(default_factory=dict)
+    on_event: EventSink = _no_events
 
 
 class PodRuntime:
@@ -219,6 +228,8 @@ class PodRuntime:
                 record.waiting_reason = "CrashLoopBackOff"
                 record.waiting_message = (f"back-off {delay:.0f}s restarting failed container="
                                           f"{record.name}")
+                self.context.on_event("Warning", "BackOff",
+                                      f"Back-off restarting failed container {record.name}", record.name)
             else:
                 container.pod_done = True
             log.info("pod %s container %s exited %d%s", self._pod_name(), record.name, exit_code,
@@ -264,6 +275,8 @@ class PodRuntime:
         try:
             env, argv, mounts, working_dir = self._launch_plan(container.spec)
         except (EnvError, VolumeError) as error:
+            if record.waiting_message != str(error):
+                ctx.on_event("Warning", "Failed", f"Error: {error}", record.name)
             record.state, record.waiting_reason = WAITING, "CreateContainerConfigError"
             record.waiting_message = str(error)
             self.record.config_error = str(error)
@@ -299,6 +312,7 @@ class PodRuntime:
         record.pid = container.process.pid
         record.state, record.started_at = RUNNING, utcnow()
         record.waiting_reason, record.waiting_message = "ContainerCreating", None
+        ctx.on_event("Normal", "Started", f"Started container {record.name}", record.name)
         log.info("pod %s container %s started pid %d: %s", self._pod_name(), record.name,
                  record.pid, " ".join(argv))
 
@@ -306,6 +320,7 @@ class PodRuntime:
         record = container.record
         now = utcnow()
         record.terminated = Termination(128, now, now, reason="StartError", message=message)
+        self.context.on_event("Warning", "Failed", f"Error: {message}", record.name)
         record.state = TERMINATED
         self.log_path(record.name, record.restart_count).parent.mkdir(parents=True, exist_ok=True)
         self.log_path(record.name, record.restart_count).write_text(message + "\n")
@@ -345,6 +360,8 @@ class PodRuntime:
             deadline = time.monotonic() + max(grace_seconds, 0)
             for container in self.containers:
                 if container.process is not None:
+                    self.context.on_event("Normal", "Killing", f"Stopping container {container.record.name}",
+                                          container.record.name)
                     sig = signal.SIGTERM if grace_seconds > 0 else signal.SIGKILL
                     _kill_group(container.process.pid, sig)
                     container.kill_deadline = deadline
