@@ -62,7 +62,12 @@ def test_cli_up_status_down_is_fast_and_leaves_no_process(tmp_path: Path) -> Non
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["ready"] is True
 
-        version = LocalCluster(directory).kubectl("version", "-o", "json")
+        # `up` on a running cluster's directory reuses it.
+        reused = LocalCluster(directory).up()
+        assert reused.server == state["server"]
+        assert {c.name: c.pid for c in reused.components} == pids
+
+        version = reused.kubectl("version", "-o", "json")
         assert json.loads(version.stdout)["serverVersion"]["gitVersion"] == f"v{cluster_mod.KUBE_VERSION}"
     finally:
         started = time.monotonic()

@@ -303,7 +303,6 @@ class LocalCluster:
             self._start_apiserver(binaries["kube-apiserver"])
             self._start_controllers(binaries["kube-controller-manager"], binaries["kube-scheduler"])
             self._start_agent()
-            self._save_state()
             self._wait_ready()
         except BaseException:
             self.down()
@@ -390,6 +389,7 @@ class LocalCluster:
     # -- internals --
 
     def _prepare_files(self) -> None:
+        self._ssl = None  # it trusted the previous CA
         for stale in ("etcd-data", "pki", "agent"):
             shutil.rmtree(self.dir / stale, ignore_errors=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -504,6 +504,8 @@ class LocalCluster:
 
     def _add(self, component: Component) -> None:
         self.components.append(component)
+        # Saved at every start, so `down` finds whatever a killed `up` left running.
+        self._save_state()
 
     def _alive_or_raise(self) -> bool:
         for component in self.components:

@@ -97,24 +97,24 @@ class CertificateAuthority:
         for org in organizations:
             _check_name("organization", org)
         key = self.directory / f"{name}.key"
-        csr = self.directory / f"{name}.csr"
         cert = self.directory / f"{name}.crt"
-        ext = self.directory / f"{name}.ext"
-        _ec_key(key)
-        subject = "".join(f"/O={org}" for org in organizations) + f"/CN={common_name}"
-        _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
-        lines = ["[leaf]", "basicConstraints = critical,CA:FALSE",
+        config = self.directory / f"{name}.cnf"
+        lines = ["[req]", "distinguished_name = dn", "[dn]", "[leaf]",
+                 "basicConstraints = critical,CA:FALSE",
                  "keyUsage = critical,digitalSignature,keyEncipherment",
                  "extendedKeyUsage = " + ("serverAuth,clientAuth" if server else "clientAuth")]
         sans = [f"DNS:{d}" for d in dns_names] + [f"IP:{ip}" for ip in ip_addresses]
         if sans:
             lines.append("subjectAltName = " + ",".join(sans))
-        ext.write_text("\n".join(lines) + "\n")
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
-                 "-set_serial", str(secrets.randbits(63)), "-days", "365", "-sha256",
-                 "-extfile", str(ext), "-extensions", "leaf", "-out", str(cert))
-        csr.unlink()
-        ext.unlink()
+        config.write_text("\n".join(lines) + "\n")
+        subject = "".join(f"/O={org}" for org in organizations) + f"/CN={common_name}"
+        # One openssl run: new key, request and CA signature (-CA implies -x509).
+        _openssl("req", "-new", "-config", str(config), "-extensions", "leaf",
+                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-noenc", "-keyout", str(key),
+                 "-subj", subject, "-CA", str(self.cert), "-CAkey", str(self.key),
+                 "-set_serial", str(secrets.randbits(63)), "-days", "365", "-sha256", "-out", str(cert))
+        key.chmod(0o600)
+        config.unlink()
         return KeyPair(cert=cert, key=key)
 
 
