@@ -227,3 +227,15 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     answer = kube.kubectl("auth", "can-i", "list", "trainingjobs.volt.dev", "-n", namespace,
                           kubeconfig=op_kubeconfig, check=False).stdout.strip()
     assert answer == "no", "uninstall left the operator's permissions behind"
+
+
+def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, namespace: str) -> None:
+    """The default (cluster-wide) rendering, with every optional object, is valid for the API server."""
+    helm = helm_binary()
+    rendered = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds",
+                        "--set", "metrics.grafanaDashboard.enabled=true").stdout
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
+                     "Deployment", "Service", "ServiceAccount"]
+    out = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered).stdout
+    assert out.count("(server dry run)") == len(kinds), out
