@@ -199,6 +199,10 @@ def test_pvc_gets_a_local_volume_that_outlives_the_pod(kube: LocalCluster, names
     assert kube.kubectl("-n", namespace, "logs", "reader").stdout == "step-100\n"
     bound = kube.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/ckpts")
     assert bound["status"]["phase"] == "Bound"
+    # The data is on the PV's host directory, not on the host's /checkpoints.
+    volume = kube.request("GET", f"/api/v1/persistentvolumes/{bound['spec']['volumeName']}")
+    assert Path(volume["spec"]["hostPath"]["path"], "latest").read_text() == "step-100\n"
+    assert not Path("/checkpoints/latest").exists()
 
 
 def test_nodes_are_ready_with_capacity_and_oversized_pods_stay_pending(
@@ -234,6 +238,14 @@ def start_agent(kube: LocalCluster, node: str, workdir: Path) -> subprocess.Pope
     return agent
 
 
+def process_gone(pid: int) -> bool:
+    """Dead: no /proc entry, or a zombie nobody has reaped yet (its parent, the agent, was killed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def netns_names() -> list[str]:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
 
@@ -259,7 +271,7 @@ def test_agent_shutdown_and_crash_leave_nothing_behind(
         crashed.wait(10)
 
         agent = start_agent(kube, "lifecycle-b", tmp_path / "b")  # sweeps the dead agent's leftovers
-        assert not Path(f"/proc/{orphan_pid}").exists()
+        wait_for(lambda: process_gone(orphan_pid), 10, "the orphan to be killed")
         assert not [n for n in netns_names() if n.startswith(f"volt-{agent_id_for(tmp_path / 'a')}-")]
 
         apply(kube, namespace, sleeper("victim", "lifecycle-b"))
@@ -271,7 +283,7 @@ def test_agent_shutdown_and_crash_leave_nothing_behind(
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(60) == 0
         assert time.monotonic() - started < 20
-        assert not Path(f"/proc/{victim_pid}").exists()
+        assert process_gone(victim_pid)
         assert not [n for n in netns_names() if n.startswith(f"volt-{agent_id_for(tmp_path / 'b')}-")]
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
         with pytest.raises(urllib.error.HTTPError) as gone:

@@ -21,7 +21,8 @@ import pytest
 
 from volt_operator.testing.node_agent.network import (
     PodAddress, PodNetwork, agent_id_for, render_hosts, render_resolv_conf)
-from volt_operator.testing.node_agent.runner import HostDirs, PodContext, PodRuntime, host_base_env
+from volt_operator.testing.node_agent.runner import (
+    HostDirs, PodContext, PodRuntime, host_base_env, mount_points_in_use)
 from volt_operator.testing.node_agent.status import PodRecord, compute_pod_status
 from volt_operator.testing.node_agent.volumes import prepare_volumes
 
@@ -254,3 +255,24 @@ def test_gloo_rendezvous_over_the_master_dns_name(harness: Harness) -> None:
     for rank, runtime in enumerate(ranks):
         assert harness.status(runtime)["phase"] == "Succeeded", harness.all_logs()
         assert harness.log(runtime).split()[-3:] == [str(rank), "2", "3.0"]
+
+
+def test_cleanup_keeps_mount_points_that_running_pods_use(harness: Harness) -> None:
+    """rmdir of a mount point in use would detach the pod's mount (its writes would land on the
+    host); the host-dir cleanup of any agent must leave it while some pod mounts on it."""
+    mount_path = f"/volt-agent-test-{uuid.uuid4().hex[:8]}"
+    pod = harness.add("pod-0", ["sh", "-c", f"while [ ! -e /go/now ]; do sleep 0.05; done; echo kept > {mount_path}/f"],
+                      volumes=[{"name": "data", "emptyDir": {}}, {"name": "go", "emptyDir": {}}],
+                      mounts=[{"name": "data", "mountPath": mount_path}, {"name": "go", "mountPath": "/go"}])
+    harness.run_until(lambda: harness.status(pod)["phase"] == "Running")
+    wait = time.monotonic() + 10
+    while mount_path not in mount_points_in_use() and time.monotonic() < wait:
+        time.sleep(0.05)
+    harness.host_dirs.remove_all()  # as another agent's shutdown or sweep would
+    assert os.path.isdir(mount_path)
+    Path(pod.context.volume_paths["go"], "now").touch()
+    harness.run_until(pod.finished)
+    assert harness.status(pod)["phase"] == "Succeeded", harness.all_logs()
+    assert Path(pod.context.volume_paths["data"], "f").read_text() == "kept\n"
+    assert os.listdir(mount_path) == []
+    os.rmdir(mount_path)

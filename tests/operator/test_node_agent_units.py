@@ -75,7 +75,7 @@ def test_exit_codes_of_signals() -> None:
 
 
 def test_pod_status_document() -> None:
-    pod = {"spec": {"restartPolicy": "Never"},
+    pod = {"metadata": {"generation": 2}, "spec": {"restartPolicy": "Never"},
            "status": {"conditions": [{"type": "PodScheduled", "status": "True"}]}}
     record = PodRecord("198.18.0.1", pod_ip="198.18.0.7", sandbox_ready=True, start_time=T0,
                        containers=[_done("main", 137)])
@@ -89,6 +89,7 @@ def test_pod_status_document() -> None:
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
     assert conditions["PodScheduled"]["status"] == "True"
     assert status["containerStatuses"][0]["ready"] is False
+    assert status["observedGeneration"] == 2
 
 
 def test_condition_transition_time_is_kept_while_status_is_unchanged() -> None:

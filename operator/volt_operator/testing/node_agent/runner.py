@@ -99,13 +99,48 @@ class HostDirs:
 
     def remove_all(self) -> None:
         with self._lock:
-            # Deepest first; rmdir refuses non-empty dirs, which we then keep.
-            for path in sorted(self._load(), key=lambda p: p.count("/"), reverse=True):
+            created = self._load()
+            if not created:
+                return
+            # rmdir of a directory that is a mount point in another mount
+            # namespace succeeds and silently detaches that mount: a pod of
+            # another agent using the same mountPath would then write to the
+            # host. So keep every directory some process still mounts on.
+            busy = mount_points_in_use()
+            for path in sorted(created, key=lambda p: p.count("/"), reverse=True):  # deepest first
+                if os.path.realpath(path) in busy:
+                    log.info("left %s in place: another pod mounts on it", path)
+                    continue
                 try:
                     os.rmdir(path)
+                except FileNotFoundError:
+                    pass
                 except OSError:
-                    log.warning("left %s in place (not empty or busy)", path)
+                    log.warning("left %s in place (not empty)", path)
             self.record_file.unlink(missing_ok=True)
+
+
+def mount_points_in_use() -> set[str]:
+    """Every mount point of every mount namespace on the machine (one read per namespace)."""
+    seen_namespaces: set[str] = set()
+    points: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            namespace = os.readlink(proc / "ns" / "mnt")
+            if namespace in seen_namespaces:
+                continue
+            seen_namespaces.add(namespace)
+            mountinfo = (proc / "mountinfo").read_text()
+        except OSError:  # the process is gone, or not ours to read
+            continue
+        for line in mountinfo.splitlines():
+            fields = line.split()
+            if len(fields) > 4:
+                # Octal escapes (\040 for a space) as the kernel writes them.
+                points.add(fields[4].encode().decode("unicode_escape"))
+    return points
 
 
 @dataclass

@@ -212,4 +212,7 @@ def compute_pod_status(pod: dict[str, Any], record: PodRecord, now: datetime) ->
         status["podIPs"] = [{"ip": record.pod_ip}]
     if record.config_error:
         status["message"] = record.config_error
+    generation = (pod.get("metadata") or {}).get("generation")
+    if generation is not None:  # which spec this status describes (1.33+ kubelets report it)
+        status["observedGeneration"] = generation
     return status
