@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,21 @@ def test_cli_up_status_down_is_fast_and_leaves_no_process(tmp_path: Path) -> Non
     assert not left, f"still running after down: {left}"
     assert not (directory / "cluster.json").exists()
     assert _cli("status", "--dir", str(directory)).returncode == 1
+
+
+@pytest.mark.timeout(240)
+def test_up_retries_once_when_a_port_is_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process binds the port etcd was handed, as a parallel cluster might.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = cluster_mod.free_port
+        monkeypatch.setattr(cluster_mod, "free_port", lambda: next(ports, None) or real_free_port())
+        with LocalCluster(tmp_path) as kube:
+            assert kube.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+            assert f":{taken}" not in kube.server
 
 
 def test_down_of_a_stopped_cluster_is_a_no_op(tmp_path: Path) -> None:

@@ -297,19 +297,31 @@ class LocalCluster:
             self.down()
         binaries = find_binaries()
         started = time.monotonic()
-        try:
-            self._prepare_files()
-            self._start_etcd(binaries["etcd"])
-            self._start_apiserver(binaries["kube-apiserver"])
-            self._start_controllers(binaries["kube-controller-manager"], binaries["kube-scheduler"])
-            self._start_agent()
-            self._wait_ready()
-        except BaseException:
-            self.down()
-            raise
+        for attempt in (1, 2):
+            try:
+                self._start_all(binaries)
+                break
+            except ClusterError as exc:
+                self.down()
+                # Ports are picked free, then bound by another process: another
+                # cluster on the machine may win the race once. Retry that only.
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                log.warning("a port was taken while starting (%s); retrying once", exc)
+            except BaseException:
+                self.down()
+                raise
         log.info("cluster up at %s in %.1fs (kubeconfig %s)", self.server,
                  time.monotonic() - started, self.kubeconfig)
         return self
+
+    def _start_all(self, binaries: Mapping[str, Path]) -> None:
+        self._prepare_files()
+        self._start_etcd(binaries["etcd"])
+        self._start_apiserver(binaries["kube-apiserver"])
+        self._start_controllers(binaries["kube-controller-manager"], binaries["kube-scheduler"])
+        self._start_agent()
+        self._wait_ready()
 
     def down(self, purge: bool = False) -> None:
         """Stop every process (agent first, etcd last); keep logs unless `purge`."""
