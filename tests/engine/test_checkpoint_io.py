@@ -208,7 +208,7 @@ def test_sigkill_at_random_points_never_corrupts_latest(tmp_path):
     """Kill the writer at arbitrary moments (mid-data, pre-rename, mid-manifest...)."""
     rng = random.Random(1234)
     numel = 8 * 1024 * 1024 // 4  # 8 MiB per checkpoint
-    for trial in range(3):
+    for trial in range(2):
         d = tmp_path / f"t{trial}"
         d.mkdir()
         proc = _start_writer(d, numel)
