@@ -172,3 +172,10 @@ def test_sync_version_adopts_rank_zeros_version(tmp_path):
     late = CSVLogger(tmp_path)  # would pick version_1 on its own
     late.sync_version(lambda value: 0)  # what rank 0's broadcast returns
     assert late.version == 0 and late.log_dir.endswith("version_0")
+
+
+def test_1x_names():
+    from volt.callbacks.progress import ProgressBar, ProgressBarBase
+    from volt.loggers import LightningLoggerBase
+
+    assert LightningLoggerBase is Logger and ProgressBarBase is ProgressBar

@@ -270,3 +270,7 @@ class ProgressBar(Callback):
 
 class TQDMProgressBar(ProgressBar):
     """Lightning's name for the default bar (volt draws it itself; tqdm is not needed)."""
+
+
+#: The 1.x name of the progress bar base class.
+ProgressBarBase = ProgressBar

@@ -3,4 +3,15 @@ from volt.loggers.base import DummyLogger, Logger, rank_zero_only
 from volt.loggers.csv_logs import CSVLogger
 from volt.loggers.tensorboard import TensorBoardLogger, tensorboard_available
 
-__all__ = ["Logger", "DummyLogger", "CSVLogger", "TensorBoardLogger", "rank_zero_only", "tensorboard_available"]
+#: The 1.x name of the Logger base class (the seed's era), for scripts that subclass it.
+LightningLoggerBase = Logger
+
+__all__ = [
+    "Logger",
+    "LightningLoggerBase",
+    "DummyLogger",
+    "CSVLogger",
+    "TensorBoardLogger",
+    "rank_zero_only",
+    "tensorboard_available",
+]
