@@ -13,6 +13,7 @@ back-off.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SANDBOX = Path(__file__).with_name("sandbox.py")
 MAX_BACKOFF_S = 300.0
+HOST_DIRS_LOCK = Path("/run/volt-node-agent/host-dirs.lock")
 
 
 def utcnow() -> datetime:
@@ -73,9 +75,22 @@ class HostDirs:
     can be using them.
     """
 
-    def __init__(self, record_file: Path) -> None:
+    def __init__(self, record_file: Path, lock_file: Path = HOST_DIRS_LOCK) -> None:
         self.record_file = record_file
+        self.lock_file = lock_file
         self._lock = threading.Lock()
+
+    def hold_shared(self) -> int:
+        """A shared lock (its fd) that keeps every agent's `remove_all` waiting.
+
+        Held from creating a container's mount targets until its sandbox has
+        mounted on them (the sandbox inherits the fd and closes it then), so no
+        cleanup can rmdir a target between the mkdir and the mount.
+        """
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
 
     def _load(self) -> list[str]:
         try:
@@ -98,10 +113,12 @@ class HostDirs:
             self.record_file.write_text(json.dumps(created))
 
     def remove_all(self) -> None:
-        with self._lock:
+        if not self._load():
+            return
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a") as exclusive, self._lock:
+            fcntl.flock(exclusive, fcntl.LOCK_EX)  # no sandbox is between mkdir and mount
             created = self._load()
-            if not created:
-                return
             # rmdir of a directory that is a mount point in another mount
             # namespace succeeds and silently detaches that mount: a pod of
             # another agent using the same mountPath would then write to the
@@ -326,24 +343,29 @@ class PodRuntime:
         spec_file = ctx.pod_dir / "containers" / f"{record.name}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         hostname = env.get("HOSTNAME", "")
-        spec_file.write_text(json.dumps({
-            "hostname": hostname,
-            "workingDir": working_dir,
-            "mounts": [m.to_spec() for m in mounts],
-        }))
-        for mount in mounts:
-            if os.path.isdir(mount.source):
-                ctx.host_dirs.ensure_dir(mount.target)
-        if working_dir:
-            ctx.host_dirs.ensure_dir(working_dir)
-        log_file = self.log_path(record.name, record.restart_count)
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        command = ["ip", "netns", "exec", ctx.netns, "unshare", "--uts",
-                   sys.executable, "-I", "-S", str(SANDBOX), str(spec_file), *argv]
-        with open(log_file, "ab") as output:
-            container.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, close_fds=True)
+        lock_fd = ctx.host_dirs.hold_shared()
+        try:
+            spec_file.write_text(json.dumps({
+                "hostname": hostname,
+                "workingDir": working_dir,
+                "mounts": [m.to_spec() for m in mounts],
+                "releaseFd": lock_fd,
+            }))
+            for mount in mounts:
+                if os.path.isdir(mount.source):
+                    ctx.host_dirs.ensure_dir(mount.target)
+            if working_dir:
+                ctx.host_dirs.ensure_dir(working_dir)
+            log_file = self.log_path(record.name, record.restart_count)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            command = ["ip", "netns", "exec", ctx.netns, "unshare", "--uts",
+                       sys.executable, "-I", "-S", str(SANDBOX), str(spec_file), *argv]
+            with open(log_file, "ab") as output:
+                container.process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True, close_fds=True, pass_fds=(lock_fd,))
+        finally:
+            os.close(lock_fd)  # the sandbox's copy keeps the lock until it has mounted
         record.pid = container.process.pid
         record.state, record.started_at = RUNNING, utcnow()
         record.waiting_reason, record.waiting_message = "ContainerCreating", None

@@ -55,6 +55,13 @@ def main(argv):
     except OSError as error:
         sys.stderr.write(f"volt node agent: cannot set up the container: {error}\n")
         return START_ERROR_EXIT
+    finally:
+        # The agent's host-dir lock: our mount targets are in use now.
+        if spec.get("releaseFd") is not None:
+            try:
+                os.close(spec["releaseFd"])
+            except OSError:
+                pass
     try:
         os.execvp(command[0], command)
     except OSError as error:
