@@ -92,3 +92,41 @@ def test_checkpoint_early_stopping_timer_and_logger_under_ddp(tmp_path):
     assert os.listdir(out / "lightning_logs") == ["version_0"]
     metrics = (out / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "lr-SGD" in metrics and "val_loss" in metrics
+
+
+_RAISE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import volt
+    from volt.callbacks import OnExceptionCheckpoint
+
+    sys.path.insert(0, sys.argv[2])
+    from conftest import TinyModel, loader
+
+    class Raising(TinyModel):
+        def training_step(self, batch, batch_idx):
+            if self.global_rank == 1 and self.global_step == 2:
+                raise RuntimeError("injected failure on rank 1")
+            return super().training_step(batch, batch_idx)
+
+    trainer = volt.Trainer(
+        max_epochs=50, accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
+        callbacks=[OnExceptionCheckpoint(sys.argv[1])], enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(Raising(), loader(n=32, batch_size=4))
+    """
+)
+
+
+@pytest.mark.timeout(180)
+def test_on_exception_checkpoint_does_not_hang_ddp(tmp_path):
+    script = tmp_path / "raise.py"
+    script.write_text(_RAISE_SCRIPT)
+    out = tmp_path / "exc"
+    procs = start_nodes(1, 2, ["python", str(script), str(out), os.path.dirname(__file__)], tmp_path)
+    codes = wait_all(procs, 120)  # a hang in on_exception would run into this timeout (and fail below)
+    assert codes[0] != 0, logs(tmp_path)
+    text = (tmp_path / "node0.log").read_text()
+    assert "injected failure on rank 1" in text
+    assert "OnExceptionCheckpoint: not saving" in text, logs(tmp_path)
+    assert not (out / "on_exception.ckpt").exists()

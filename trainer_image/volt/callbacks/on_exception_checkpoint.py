@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 class OnExceptionCheckpoint(Callback):
     """Save ``<dirpath>/<filename>.ckpt`` from ``on_exception`` (a crash, a KeyboardInterrupt).
 
-    The file is written by this process alone, without the barrier that
-    ``trainer.save_checkpoint`` ends with: after an exception the other ranks
-    may never reach a collective, and waiting for them would hide the error.
-    Under DDP every rank writes its own file (``on_exception-rank<N>.ckpt``
-    for ranks > 0), since only the failing rank is guaranteed to get here.
-    Rank 0's file is named in ``latest.json``, so ``fit(ckpt_path="last")``
+    The file is written without the barrier that ``trainer.save_checkpoint``
+    ends with, and is named in ``latest.json`` so ``fit(ckpt_path="last")``
     resumes from it as in Lightning (see docs/checkpoints.md for what a
     checkpoint taken mid-step means for exact resume).
+
+    Under DDP (world size > 1) it saves nothing and says so: a checkpoint
+    gathers every rank's state (RNG snapshots), and after an exception on one
+    rank the others are stuck in a different collective, so trying would hang
+    the job instead of letting it fail and restart. Restarts then resume from
+    the last periodic or SIGTERM checkpoint.
     """
 
     FILE_EXTENSION = ckpt_io.CHECKPOINT_SUFFIX
@@ -41,13 +43,15 @@ class OnExceptionCheckpoint(Callback):
     def ckpt_path(self) -> str:
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
-    def _path_for_rank(self, rank: int) -> str:
-        if rank == 0:
-            return self.ckpt_path
-        return os.path.join(self.dirpath, f"{self.filename}-rank{rank}{self.FILE_EXTENSION}")
-
     def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
-        path = self._path_for_rank(trainer.global_rank)
+        path = self.ckpt_path
+        if trainer.world_size > 1:
+            log.warning(
+                "OnExceptionCheckpoint: not saving %s after %s: with %d ranks a checkpoint needs every rank, and "
+                "the others cannot join after an exception on this one", path, type(exception).__name__,
+                trainer.world_size,
+            )
+            return
         try:
             from volt.trainer import checkpoint_connector
 
@@ -57,5 +61,4 @@ class OnExceptionCheckpoint(Callback):
             log.error("OnExceptionCheckpoint: could not save %s: %s", path, err)
             return
         log.warning("OnExceptionCheckpoint: saved %s after %s", path, type(exception).__name__)
-        if trainer.global_rank == 0:
-            ckpt_io.write_manifest(self.dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
+        ckpt_io.write_manifest(self.dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
