@@ -14,10 +14,13 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from volt_operator.testing.cluster import LocalCluster, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "e2e"
@@ -78,16 +81,23 @@ def image_config(env: dict[str, str], image: str) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.timeout(1200)
-def test_operator_image_builds_and_runs_locked_down(docker_env: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def operator_image(docker_env: dict[str, str]) -> str:
     build(docker_env, "operator", timeout=1100)
-    image = f"volt-operator:{TAG}"
+    return f"volt-operator:{TAG}"
+
+
+LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+
+
+@pytest.mark.timeout(1200)
+def test_operator_image_builds_and_runs_locked_down(docker_env: dict[str, str], operator_image: str) -> None:
+    image = operator_image
     config = image_config(docker_env, image)
     assert config["User"] == "65532:65532"
     assert config["Entrypoint"] == ["python", "-m", "volt_operator"]
     # As the chart runs it: read-only root, no capabilities, no privilege escalation.
-    locked = ["run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-              "--security-opt", "no-new-privileges"]
+    locked = ["run", "--rm", "--network", "none", *LOCKED_DOWN]
     proc = docker(docker_env, *locked, image, "--help", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--namespace" in proc.stdout and "--standalone" in proc.stdout
@@ -98,6 +108,31 @@ def test_operator_image_builds_and_runs_locked_down(docker_env: dict[str, str]) 
                   timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.timeout(1200)
+def test_operator_image_runs_against_the_control_plane(docker_env: dict[str, str], operator_image: str,
+                                                       kube: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """The image's operator connects to a real API server and reports healthy, locked down as in the chart."""
+    kubeconfig = tmp_path / "kubeconfig"
+    shutil.copy(kube.kubeconfig, kubeconfig)
+    kubeconfig.chmod(0o644)  # read by uid 65532 inside the container
+    health = free_port()
+    name = f"volt-operator-{namespace}"
+    proc = docker(docker_env, "run", "-d", "--name", name, "--network", "host", *LOCKED_DOWN,
+                  "-v", f"{kubeconfig}:/etc/volt/kubeconfig:ro", "-e", "KUBECONFIG=/etc/volt/kubeconfig",
+                  operator_image, "--standalone", f"--namespace={namespace}",
+                  f"--liveness=http://127.0.0.1:{health}/healthz", "--metrics-port=-1")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
+                 120, "the containerized operator's /healthz")
+        state = json.loads(docker(docker_env, "inspect", "--format", "{{json .State}}", name).stdout)
+        assert state["Running"], state
+    finally:
+        logs = docker(docker_env, "logs", name).stderr
+        docker(docker_env, "rm", "--force", name)
+    assert "Traceback" not in logs, logs[-4000:]
 
 
 @pytest.mark.timeout(3000)
