@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,21 +11,25 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
 
-from ddp_support import example, logs, start_nodes, wait_all, wait_for
+from ddp_support import child_env, example, logs, start_nodes, wait_all, wait_for
 from volt import seed_everything
 from volt.examples.synthetic import RegressionModel, SyntheticRegression
 
 pytestmark = pytest.mark.slow
 
 
-def reference_weights(samples, features, hidden, lr, batch_size, world_size, epochs, seed=0):
-    """Plain-torch training on the union of the ranks' batches: what DDP must reproduce."""
+def reference_weights(samples, features, hidden, lr, batch_size, world_size, epochs=None, max_steps=None, seed=0):
+    """Plain-torch training on the union of the ranks' batches: what DDP must reproduce.
+
+    Mirrors the example: SGD with momentum, StepLR(gamma=0.9) after each full epoch.
+    """
     seed_everything(seed)
     model = RegressionModel(features, hidden, lr)
     data = SyntheticRegression(samples, features, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
-    for epoch in range(epochs):
+    step, epoch = 0, 0
+    while (epochs is None or epoch < epochs) and (max_steps is None or step < max_steps):
         shards = []
         for rank in range(world_size):
             sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -35,8 +41,17 @@ def reference_weights(samples, features, hidden, lr, batch_size, world_size, epo
                       for s in shards]
             torch.stack(losses).mean().backward()  # DDP averages the ranks' gradients
             optimizer.step()
+            step += 1
+            if max_steps is not None and step == max_steps:
+                return model.state_dict()
         scheduler.step()
+        epoch += 1
     return model.state_dict()
+
+
+def assert_weights_close(actual, expected, what):
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {what}")
 
 
 @pytest.mark.timeout(300)
@@ -55,35 +70,46 @@ def test_two_nodes_two_processes_equal_single_process_on_the_global_batch(tmp_pa
     assert "VOLT_TRAINER overrides Trainer(max_epochs=5) with 3" in node0  # and it was applied: epoch=3 above
     ddp = torch.load(tmp_path / "ddp.pt")
     expected = reference_weights(256, 16, 32, 0.05, 32, world_size=4, epochs=3)
-    for name, value in expected.items():
-        torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6, msg=f"{name} differs from the reference")
+    assert_weights_close(ddp, expected, "DDP differs from single-process training on the global batch")
     manifest = json.loads((ckpt_dir / "latest.json").read_text())
     assert (ckpt_dir / manifest["checkpoint"]).is_file()
 
 
 @pytest.mark.timeout(300)
-def test_sigterm_checkpoints_exits_retryable_and_resume_continues(tmp_path):
+def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     env = dict(VOLT_CHECKPOINT_DIR=str(ckpt_dir), VOLT_PREEMPTION_CHECK_EVERY_N_STEPS="4", VOLT_GRACE_PERIOD_S="60")
-    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--samples", "256", "--every-n-steps", "10"),
-                        tmp_path, **env)
+    # First attempt without a launcher: Trainer(devices=2) re-executes the script under volt-run,
+    # in the same process, which is the one that gets SIGTERM.
+    with open(tmp_path / "first.log", "wb") as out:
+        first = subprocess.Popen(
+            [sys.executable, *example("--max-epochs", "1000000", "--samples", "256", "--every-n-steps", "10")[1:]],
+            env=child_env(VOLT_TRAINER='{"devices": 2, "accelerator": "cpu"}', **env), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")
-    except AssertionError:
-        wait_all(procs, 0.1)
-        raise AssertionError(logs(tmp_path))
-    signalled = time.monotonic()
-    os.kill(procs[0].pid, signal.SIGTERM)
-    assert wait_all(procs, 60) == [75], logs(tmp_path)
+        signalled = time.monotonic()
+        os.kill(first.pid, signal.SIGTERM)
+        assert wait_all([first], 60) == [75], logs(tmp_path)
+    finally:
+        wait_all([first], 0.1)
     assert time.monotonic() - signalled < 30
+    first_log = (tmp_path / "first.log").read_text()
+    assert "re-running under volt-run" in first_log or "2 process(es), world size 2" in first_log, logs(tmp_path)
     manifest = json.loads((ckpt_dir / "latest.json").read_text())
     assert manifest["checkpoint"].startswith("preempted-"), manifest
     saved = torch.load(ckpt_dir / manifest["checkpoint"], weights_only=False)
     step = saved["global_step"]
     assert step > 0 and saved["volt_resume"]["world_size"] == 2
 
-    (tmp_path / "node0.log").rename(tmp_path / "first.log")
-    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--max-steps", str(step + 8), "--samples", "256"), tmp_path,
-                        VOLT_RESUME="auto", **env)
+    # The restart (VOLT_RESUME=auto, as the operator sets it) continues from that checkpoint.
+    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--max-steps", str(step + 6), "--samples", "256",
+                                      "--save-weights", str(tmp_path / "resumed.pt")),
+                        tmp_path, VOLT_RESUME="auto", **env)
     assert wait_all(procs, 150) == [0], logs(tmp_path)
-    assert f"step={step + 8} " in (tmp_path / "node0.log").read_text(), logs(tmp_path)
+    assert f"step={step + 6} " in (tmp_path / "node0.log").read_text(), logs(tmp_path)
+    # Exactly: a batch trained twice or skipped would move the weights far beyond the tolerance.
+    expected = reference_weights(256, 16, 32, 0.05, 32, world_size=2, max_steps=step + 6)
+    assert_weights_close(torch.load(tmp_path / "resumed.pt"), expected,
+                         f"interrupted at step {step} and resumed, DDP differs from uninterrupted training")

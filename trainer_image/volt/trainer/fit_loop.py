@@ -63,7 +63,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from volt.module import LightningModule
-from volt.resume import capture_rng_state, resume_epoch_iterator
+from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_iterator
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
 from volt.trainer.eval_loop import run_validation_in_fit, setup_stage, teardown_stage, transfer_batch
@@ -84,6 +84,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     _setup_optimizers(trainer, module)
     if checkpoint is not None:
         checkpoint_connector.restore_training_state(trainer, checkpoint)
+        _finish_saved_epoch(trainer, checkpoint)
     trainer._call_hook("on_fit_start")
     _log_hyperparams(trainer)
 
@@ -244,6 +245,22 @@ def _fit_done(trainer: "Trainer") -> bool:
     return False
 
 
+def _finish_saved_epoch(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
+    """resume: a checkpoint taken after an epoch's last batch but before that epoch's epoch-interval
+    LR scheduler step (at the last batch, in validation or in on_train_epoch_end) resumes at the
+    next epoch, so take that step now, as the interrupted run would have. ReduceLROnPlateau is
+    not stepped: the metric it monitors is gone with the old process."""
+    saved = checkpoint.get("loops", {}).get("fit_loop", {})
+    if not saved.get("epoch_batches_done") or saved.get("epoch_schedulers_stepped"):
+        return
+    if not trainer.lr_scheduler_configs or not trainer.lightning_module_ref.automatic_optimization:
+        return
+    count = int(saved.get("current_epoch", 0)) + 1
+    for cfg in trainer.lr_scheduler_configs:
+        if cfg.interval == "epoch" and not cfg.reduce_on_plateau and count % cfg.frequency == 0:
+            trainer._call_module("lr_scheduler_step", cfg.scheduler, None, always=True)
+
+
 # --------------------------------------------------------------------------------------------
 # one epoch
 # --------------------------------------------------------------------------------------------
@@ -274,13 +291,20 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         if skip:
             log.warning("resuming epoch %d after batch %d without saved RNG states: batch order may differ",
                         epoch, skip)
+        elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
+            restore_rng_state(rng["current"])
         trainer._epoch_start_rng = capture_rng_state()  # before iter(loader): it draws the shuffle seed
     for batch_idx, batch, is_last in iterate(source, trainer.num_training_batches, skip=skip, skipped=skipped):
         if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break
         if _should_check_val(trainer, batch_idx, is_last):
+            # resume: validation must not move the training random stream (its loader draws a
+            # seed), so a checkpoint taken before it resumes bit-exactly and val_check_interval
+            # does not change what training draws
+            training_rng = capture_rng_state()
             run_validation_in_fit(trainer, trainer.num_val_batches)
+            restore_rng_state(training_rng)
         if _max_steps_reached(trainer) or (trainer.should_stop and _min_reached(trainer)):
             break
     else:
@@ -318,6 +342,7 @@ def _end_train_epoch(trainer: "Trainer", module: LightningModule, outputs: List[
     trainer._call_hook("on_epoch_end")
     if trainer.progress.epoch_batches_done:
         _step_schedulers(trainer, "epoch", trainer.current_epoch + 1)
+        trainer.progress.epoch_schedulers_stepped = True
 
 
 def _call_train_epoch_end(trainer: "Trainer", callbacks: List[Any], outputs: List[Any]) -> None:

@@ -19,11 +19,13 @@ class Progress:
     batch_idx: int = 0
     batches_that_stepped: int = 0  # training batches done, over all epochs (logger step)
     epoch_batches_done: bool = False
+    epoch_schedulers_stepped: bool = False  # the epoch-interval LR schedulers ran for current_epoch
 
     def start_epoch(self, epoch: int) -> None:
         self.current_epoch = epoch
         self.batch_idx = 0
         self.epoch_batches_done = False
+        self.epoch_schedulers_stepped = False
 
     def state_dict(self) -> Dict[str, Any]:
         return asdict(self)
