@@ -4,12 +4,21 @@
    Prometheus (Debian's package) scrapes both ranks through file-based targets.
    The series must carry the expected labels, and every dashboard query over
    engine metrics must return data.
+2. The operator runs a 2-node x 2-process TrainingJob on the local control
+   plane. Debian's Prometheus is built without Kubernetes service discovery,
+   so the test lists the pods through the API and writes them as file-based
+   targets carrying the same `__meta_kubernetes_pod_*` labels the pod role
+   gives; Prometheus then applies the relabeling the Prometheus Operator
+   generates from the chart's PodMonitor. It also scrapes the operator. Every rank's series arrive with the
+   pod, namespace and node_rank labels, and every dashboard query (operator
+   panels included, GPU panels excepted on CPU) returns data.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,7 +63,8 @@ def wait_until(what: str, predicate: Callable[[], Any], timeout: float, interval
 class Prometheus:
     """A real Prometheus server on 127.0.0.1 with file-based scrape targets."""
 
-    def __init__(self, workdir: Path, jobs: Sequence[str]) -> None:
+    def __init__(self, workdir: Path, jobs: Sequence[str], relabel: Optional[Dict[str, List[Dict[str, Any]]]] = None,
+                 metrics_path: str = "/metrics") -> None:
         binary = shutil.which("prometheus")
         assert binary, "prometheus is missing: `make prometheus` installs Debian's package"
         self.workdir = workdir
@@ -66,7 +76,12 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
             "scrape_configs": [
-                {"job_name": job, "file_sd_configs": [{"files": [str(path)], "refresh_interval": "1s"}]}
+                {
+                    "job_name": job,
+                    "metrics_path": metrics_path,
+                    "file_sd_configs": [{"files": [str(path)], "refresh_interval": "1s"}],
+                    "relabel_configs": (relabel or {}).get(job, []),
+                }
                 for job, path in self.target_files.items()
             ],
         }
@@ -100,9 +115,15 @@ class Prometheus:
         return (self.workdir / "prometheus.log").read_text(errors="replace")[-4000:]
 
     def set_targets(self, job: str, targets: List[str], labels: Dict[str, str]) -> None:
-        tmp = self.target_files[job].with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": targets, "labels": labels}]))
-        tmp.replace(self.target_files[job])  # atomic: Prometheus never reads half a file
+        self.set_target_groups(job, [{"targets": targets, "labels": labels}])
+
+    def set_target_groups(self, job: str, groups: List[Dict[str, Any]]) -> None:
+        text = json.dumps(groups)
+        path = self.target_files[job]
+        if path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)  # atomic: Prometheus never reads half a file
 
     def api(self, endpoint: str, **params: Any) -> Any:
         url = f"{self.url}/api/v1/{endpoint}?{urllib.parse.urlencode(params, doseq=True)}"
@@ -121,7 +142,7 @@ class Prometheus:
         return data["result"] if data["resultType"] == "vector" else [{"metric": {}, "value": data["result"]}]
 
     def active_targets(self, job: str) -> List[Dict[str, Any]]:
-        return [t for t in self.api("targets", state="active")["activeTargets"] if t["labels"].get("job") == job]
+        return [t for t in self.api("targets", state="active")["activeTargets"] if t["scrapePool"] == job]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -174,7 +195,16 @@ def assert_dashboard_has_data(
         pending = still
         if pending:
             time.sleep(1)
-    assert not pending, f"dashboard queries without data: {json.dumps({t: missing[t] for t, _ in pending}, indent=1)}"
+    if pending:
+        # Name what the failing queries' metrics hold, so a failure says why.
+        raw = {}
+        for _, expr in pending:
+            for metric in sorted(set(re.findall(r"volt_[a-z_]+", expr))):
+                raw[metric] = [(s["metric"], s["value"][1]) for s in prometheus.query(metric)][:6]
+        raise AssertionError(
+            f"dashboard queries without data: {json.dumps({t: missing[t] for t, _ in pending}, indent=1)}\n"
+            f"their metrics now: {json.dumps(raw, indent=1)[:6000]}"
+        )
     return checked
 
 
@@ -218,7 +248,8 @@ def volt_run_command() -> List[str]:
         "--nproc-per-node", "2",
         sys.executable, "-m", "volt.examples.synthetic",
         "--max-steps", "100000", "--max-epochs", "1000",
-        "--samples", "256", "--batch-size", "16", "--every-n-steps", "100",
+        "--samples", "256", "--batch-size", "16", "--every-n-steps", "50",
+        "--step-delay", "0.02",  # ~40 steps/s per rank: plenty for 1 s scrapes, light on a shared CPU
     ]
 
 
@@ -288,3 +319,155 @@ def test_prometheus_scrapes_two_local_ranks_and_dashboard_has_data(tmp_path: Pat
     finally:
         code = stop_run(run, log_path)
     assert code in (0, 75), f"volt-run exited {code} after SIGTERM:\n{log_path.read_text()[-4000:]}"
+
+
+# --- 2. a TrainingJob run by the operator on the local control plane ----------------------
+
+
+def _meta(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def pod_role_targets(pods: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Target groups as Prometheus' Kubernetes pod role builds them: one per declared container port."""
+    groups = []
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            continue
+        pod_labels = {"__meta_kubernetes_namespace": pod["metadata"]["namespace"],
+                      "__meta_kubernetes_pod_name": pod["metadata"]["name"],
+                      "__meta_kubernetes_pod_ip": ip,
+                      "__meta_kubernetes_pod_phase": pod["status"].get("phase", "")}
+        for key, value in (pod["metadata"].get("labels") or {}).items():
+            pod_labels[f"__meta_kubernetes_pod_label_{_meta(key)}"] = value
+            pod_labels[f"__meta_kubernetes_pod_labelpresent_{_meta(key)}"] = "true"
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                groups.append({
+                    "targets": [f"{ip}:{port['containerPort']}"],
+                    "labels": {**pod_labels,
+                               "__meta_kubernetes_pod_container_name": container["name"],
+                               "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                               "__meta_kubernetes_pod_container_port_number": str(port["containerPort"])},
+                })
+    return groups
+
+
+def podmonitor_relabel_configs(podmonitor: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The relabeling the Prometheus Operator generates for a PodMonitor with one endpoint.
+
+    Covers what our PodMonitor uses: a label selector (matchLabels, matchExpressions
+    Exists/In), the operator's standard target labels (namespace, container, pod,
+    job) and the endpoint's own relabelings.
+    """
+    meta, spec = podmonitor["metadata"], podmonitor["spec"]
+    (endpoint,) = spec["podMetricsEndpoints"]
+    relabel: List[Dict[str, Any]] = [
+        {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)", "action": "drop"}
+    ]
+    for label, value in (spec["selector"].get("matchLabels") or {}).items():
+        relabel.append({"source_labels": [f"__meta_kubernetes_pod_label_{_meta(label)}", f"__meta_kubernetes_pod_labelpresent_{_meta(label)}"],
+                        "regex": f"({value});true", "action": "keep"})
+    for expression in spec["selector"].get("matchExpressions") or []:
+        label, op = expression["key"], expression["operator"]
+        if op == "Exists":
+            relabel.append({"source_labels": [f"__meta_kubernetes_pod_labelpresent_{_meta(label)}"], "regex": "true", "action": "keep"})
+        elif op == "In":
+            relabel.append({"source_labels": [f"__meta_kubernetes_pod_label_{_meta(label)}", f"__meta_kubernetes_pod_labelpresent_{_meta(label)}"],
+                            "regex": f"({'|'.join(expression['values'])});true", "action": "keep"})
+        else:
+            raise AssertionError(f"matchExpressions operator {op} is not translated by this test")
+    relabel += [
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
+    ]
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label", "regex": "regex",
+            "action": "action", "replacement": "replacement", "separator": "separator"}
+    for rule in endpoint.get("relabelings") or []:
+        relabel.append({keys[key]: value for key, value in rule.items()})
+    return relabel
+
+
+def rendered_podmonitor() -> Dict[str, Any]:
+    import yaml
+    from helm_util import CHART, helm_binary, run_helm
+
+    out = run_helm(
+        helm_binary(), "template", "volt", str(CHART), "--api-versions", "monitoring.coreos.com/v1",
+        "--set", "metrics.podMonitor.enabled=true", "--show-only", "templates/podmonitor.yaml",
+    ).stdout
+    (podmonitor,) = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert podmonitor["kind"] == "PodMonitor"
+    return podmonitor
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_prometheus_scrapes_a_trainingjob_and_the_operator(kube: Any, namespace: str, tmp_path: Path) -> None:
+    import yaml
+    from operator_process import OperatorProcess, apply_crd, free_port as operator_free_port, job_status
+
+    podmonitor = rendered_podmonitor()
+    apply_crd(kube)
+    operator = OperatorProcess(kube, [namespace], tmp_path, metrics_port=operator_free_port()).start()
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    prometheus = Prometheus(
+        workdir, jobs=["volt-operator", "podmonitor"], relabel={"podmonitor": podmonitor_relabel_configs(podmonitor)},
+        metrics_path=podmonitor["spec"]["podMetricsEndpoints"][0].get("path", "/metrics"),
+    )
+    name = "metrics-e2e"
+    try:
+        prometheus.set_targets("volt-operator", [f"127.0.0.1:{operator.metrics_port}"], {})
+        # As in a cluster, monitoring runs before the job: rate() over the operator's histograms
+        # needs a sample from before the job's first Running.
+        wait_until("Prometheus to scrape the operator", lambda: prometheus.query(
+            "volt_operator_time_to_running_seconds_count == 0"), timeout=60)
+        pvc, job = list(yaml.safe_load_all((REPO / "examples" / "trainingjob.yaml").read_text()))
+        job["metadata"]["name"] = name
+        # Long enough to be scraped for a while; the test deletes it when done.
+        job["spec"]["args"] = ["--samples", "65536", "--batch-size", "32", "--step-delay", "0.02"]
+        job["spec"]["trainer"]["maxEpochs"] = 100
+        job["spec"]["checkpoint"]["everyNSteps"] = 20
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+
+        def list_pods() -> List[Dict[str, Any]]:
+            return json.loads(kube.kubectl("get", "-n", namespace, "pods", "-o", "json").stdout)["items"]
+
+        def all_ranks_up() -> bool:
+            prometheus.set_target_groups("podmonitor", pod_role_targets(list_pods()))  # our stand-in for pod discovery
+            status = job_status(kube, namespace, name)
+            if status.get("phase") in ("Failed", "Succeeded"):
+                raise AssertionError(f"job ended early: {status}\n{operator.logs()[-4000:]}")
+            targets = prometheus.active_targets("podmonitor")
+            return len(targets) == 4 and all(t["health"] == "up" for t in targets)
+
+        wait_until("4 ranks discovered through the PodMonitor config and scraped", all_ranks_up, timeout=300, interval=1)
+
+        pods = {pod["metadata"]["name"]: pod for pod in list_pods()}
+        series = prometheus.query(f'volt_train_global_step{{trainingjob="{name}"}}')
+        by_rank = {s["metric"]["rank"]: s["metric"] for s in series}
+        assert set(by_rank) == {"0", "1", "2", "3"}, series
+        for rank, labels in by_rank.items():
+            node, local_rank = divmod(int(rank), 2)  # 2 processes per node, ranks node-major
+            pod = pods[f"{name}-node-{node}"]
+            port = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            assert labels["namespace"] == namespace and labels["pod"] == f"{name}-node-{node}"
+            assert labels["node_rank"] == str(node)
+            assert labels["instance"] == f"{pod['status']['podIP']}:{port[f'metrics-{local_rank}']}"
+            assert labels["job"] == f"{podmonitor['metadata']['namespace']}/{podmonitor['metadata']['name']}"
+
+        wait_until("the operator to report the job Running", lambda: [
+            s for s in prometheus.query(f'volt_operator_trainingjob_phase{{trainingjob="{name}",namespace="{namespace}"}}')
+            if s["metric"]["phase"] == "Running"
+        ], timeout=60)
+
+        checked = assert_dashboard_has_data(prometheus, name, skip=lambda expr: "volt_gpu_" in expr, timeout=180)
+        assert {"Jobs by phase", "Restarts by reason", "Time to Running p90", "Checkpoint age"} <= set(checked)
+    finally:
+        kube.kubectl("delete", "-n", namespace, "trainingjob", name, "--wait=false", check=False)
+        prometheus.stop()
+        operator.stop()
