@@ -179,3 +179,19 @@ def test_1x_names():
     from volt.loggers import LightningLoggerBase
 
     assert LightningLoggerBase is Logger and ProgressBarBase is ProgressBar
+
+
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard not installed")
+def test_tensorboard_log_graph(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    with pytest.warns(UserWarning, match="example_input_array"):
+        logger.log_graph(model)
+    model.example_input_array = torch.zeros(2, 4)
+    logger.log_graph(model)
+    logger.finalize("success")
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert acc.Graph() is not None

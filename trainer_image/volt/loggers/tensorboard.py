@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -148,11 +149,16 @@ class TensorBoardLogger(_VersionedDirLogger):
         if input_array is None:
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
-            raise ValueError(
-                "TensorBoardLogger(log_graph=True) needs an input: set `model.example_input_array` "
+            # Called at fit start: a missing example must not stop training (as in Lightning).
+            warnings.warn(
+                "TensorBoardLogger(log_graph=True) could not log the graph: set `model.example_input_array` "
                 "or pass `input_array` to log_graph"
             )
-        self.experiment.add_graph(model, input_array)
+            return
+        from volt.utilities import move_data_to_device
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.experiment.add_graph(model, move_data_to_device(input_array, device))
 
     @rank_zero_only
     def save(self) -> None:
