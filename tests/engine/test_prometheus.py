@@ -398,3 +398,24 @@ def test_gpu_run_exports_memory_and_reads_no_tensor_per_step(tmp_path: Path, mon
     logged = {key["metric"]: value for key, value in pick(samples, "volt_logged_metric", rank="0")}
     assert logged["train_loss"] == pytest.approx(scraper.snapshots[5].callback_metrics["train_loss"])
     assert any(name != threading.main_thread().name for name in reads)
+
+
+def test_resumed_run_reports_the_checkpoint_it_resumed_from(
+    run: Tuple[Trainer, PrometheusCallback, ScrapeDuringTraining], tmp_path: Path
+) -> None:
+    first, _, _ = run
+    resumed_from = Path(first.checkpoint_callback.best_model_path or sorted((tmp_path / "ckpt").glob("*.ckpt"))[0])
+    saved_step = int(torch.load(resumed_from, map_location="cpu", weights_only=False)["global_step"])
+    prometheus = PrometheusCallback(port=0, host="127.0.0.1")
+    scraper = ScrapeDuringTraining(prometheus, at_steps=(saved_step + 1,))
+    trainer = Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, callbacks=[prometheus, scraper], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Regression(), train_dataloaders=loader(0), ckpt_path=str(resumed_from))
+    snap = scraper.snapshots[saved_step + 1]
+    assert snap.progress["checkpoint"]["path"] == str(resumed_from)
+    assert snap.progress["checkpoint"]["step"] == saved_step
+    saved_at = one(snap.samples, "volt_checkpoint_last_timestamp_seconds", rank="0")
+    assert saved_at == pytest.approx(resumed_from.stat().st_mtime)
