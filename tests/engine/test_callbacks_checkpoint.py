@@ -243,3 +243,17 @@ def test_stale_temp_files_are_swept_at_fit_start(tmp_path):
     cb = ModelCheckpoint(dirpath=d)
     _fit(tmp_path, TinyModel(), [cb], epochs=1)
     assert sorted(os.listdir(d)) == ["epoch=0-step=4.ckpt", "latest.json"]
+
+
+def test_model_checkpoint_save_on_exception(tmp_path):
+    cb = ModelCheckpoint(dirpath=tmp_path / "ck", save_on_exception=True)
+    with pytest.raises(RuntimeError, match="boom at step 5"):
+        _fit(tmp_path, Boom(), [cb], epochs=3)
+    path = tmp_path / "ck" / "epoch=1-step=5-exception.ckpt"
+    assert ckpt_io.load(path)["global_step"] == 5
+    assert ckpt_io.latest_checkpoint(cb.dirpath) == str(path)
+    # Off by default.
+    cb2 = ModelCheckpoint(dirpath=tmp_path / "ck2")
+    with pytest.raises(RuntimeError):
+        _fit(tmp_path, Boom(), [cb2], epochs=3)
+    assert not [f for f in os.listdir(tmp_path / "ck2") if "exception" in f]

@@ -72,6 +72,8 @@ class ModelCheckpoint(Callback):
         save_on_train_epoch_end: save at train epoch end rather than after validation.
         auto_insert_metric_name: ``{epoch}`` becomes ``epoch=3`` in file names.
         enable_version_counter: add ``-v1``, ``-v2``... instead of overwriting an existing file.
+        save_on_exception: when training raises, save ``<name>-exception.ckpt`` (single process
+            only, like OnExceptionCheckpoint).
         period: 1.x name of ``every_n_epochs``.
     """
 
@@ -97,6 +99,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: Optional[int] = None,
         save_on_train_epoch_end: Optional[bool] = None,
         enable_version_counter: bool = True,
+        save_on_exception: bool = False,
         period: Optional[int] = None,
     ) -> None:
         super().__init__()
@@ -137,6 +140,7 @@ class ModelCheckpoint(Callback):
         self.filename = filename
         self._save_on_train_epoch_end = save_on_train_epoch_end
         self._enable_version_counter = enable_version_counter
+        self.save_on_exception = save_on_exception
         self._dirpath_arg = None if dirpath is None else os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath: Optional[str] = self._dirpath_arg
         self._init_triggers(every_n_train_steps, every_n_epochs, train_time_interval)
@@ -256,6 +260,15 @@ class ModelCheckpoint(Callback):
         if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_checkpoints(trainer)
+
+    def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
+        if not self.save_on_exception or self.dirpath is None:
+            return
+        from volt.callbacks.on_exception_checkpoint import save_after_exception
+
+        name = self.format_checkpoint_name(self._monitor_candidates(trainer))
+        path = name[: -len(self.FILE_EXTENSION)] + self.CHECKPOINT_JOIN_CHAR + "exception" + self.FILE_EXTENSION
+        save_after_exception(trainer, path, self.dirpath, exception, "ModelCheckpoint(save_on_exception=True)")
 
     # --- state -----------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -44,21 +44,32 @@ class OnExceptionCheckpoint(Callback):
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
     def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
-        path = self.ckpt_path
-        if trainer.world_size > 1:
-            log.warning(
-                "OnExceptionCheckpoint: not saving %s after %s: with %d ranks a checkpoint needs every rank, and "
-                "the others cannot join after an exception on this one", path, type(exception).__name__,
-                trainer.world_size,
-            )
-            return
-        try:
-            from volt.trainer import checkpoint_connector
+        save_after_exception(trainer, self.ckpt_path, self.dirpath, exception, "OnExceptionCheckpoint")
 
-            checkpoint = checkpoint_connector.dump_checkpoint(trainer, weights_only=False)
-            ckpt_io.atomic_save(checkpoint, path)
-        except Exception as err:  # never replace the user's exception with ours
-            log.error("OnExceptionCheckpoint: could not save %s: %s", path, err)
-            return
-        log.warning("OnExceptionCheckpoint: saved %s after %s", path, type(exception).__name__)
-        ckpt_io.write_manifest(self.dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
+
+def save_after_exception(
+    trainer: "Trainer", path: str, dirpath: str, exception: BaseException, who: str
+) -> bool:
+    """Write a checkpoint of the current state from ``on_exception``; True when saved.
+
+    No barrier and no collective: in a single process only (see OnExceptionCheckpoint).
+    Never raises: the user's exception is what must surface.
+    """
+    if trainer.world_size > 1:
+        log.warning(
+            "%s: not saving %s after %s: with %d ranks a checkpoint needs every rank, and "
+            "the others cannot join after an exception on this one", who, path, type(exception).__name__,
+            trainer.world_size,
+        )
+        return False
+    try:
+        from volt.trainer import checkpoint_connector
+
+        checkpoint = checkpoint_connector.dump_checkpoint(trainer, weights_only=False)
+        ckpt_io.atomic_save(checkpoint, path)
+        ckpt_io.write_manifest(dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
+    except Exception as err:  # never replace the user's exception with ours
+        log.error("%s: could not save %s: %s", who, path, err)
+        return False
+    log.warning("%s: saved %s after %s", who, path, type(exception).__name__)
+    return True
