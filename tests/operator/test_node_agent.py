@@ -224,13 +224,13 @@ def test_nodes_are_ready_with_capacity_and_oversized_pods_stay_pending(
     assert unschedulable["status"]["phase"] == "Pending"
 
 
-def start_agent(kube: LocalCluster, node: str, workdir: Path) -> subprocess.Popen[str]:
+def start_agent(kube: LocalCluster, node: str, workdir: Path, *extra: str) -> subprocess.Popen[str]:
     env = kube.env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [OPERATOR_DIR, env.get("PYTHONPATH")]))
     workdir.mkdir(parents=True, exist_ok=True)
     agent = subprocess.Popen(
         [sys.executable, "-m", "volt_operator.testing.node_agent", "--kubeconfig", str(kube.kubeconfig),
-         "--nodes", node, "--workdir", str(workdir), "--restart-backoff", "1"],
+         "--nodes", node, "--workdir", str(workdir), "--restart-backoff", "1", *extra],
         stdout=subprocess.PIPE, stderr=open(workdir.parent / f"{node}.log", "w"), text=True, env=env)
     assert agent.stdout is not None
     line = agent.stdout.readline()
@@ -295,3 +295,23 @@ def test_agent_shutdown_and_crash_leave_nothing_behind(
                 process.kill()
                 process.wait(10)
         kube.kubectl("delete", "node", "lifecycle-a", "lifecycle-b", "--ignore-not-found", check=False)
+
+
+def test_gpu_nodes_advertise_capacity_and_pods_see_their_devices(
+        kube: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    agent = start_agent(kube, "gpu-0,gpu-1", tmp_path / "gpu", "--gpus", "2")
+    try:
+        node = kube.request("GET", "/api/v1/nodes/gpu-1")
+        assert node["status"]["capacity"]["nvidia.com/gpu"] == "2"
+        show = ["python", "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'] or '-')"]
+        apply(kube, namespace,
+              pod("one", show, nodeName="gpu-1", container={"resources": {"limits": {"nvidia.com/gpu": "1"}}}),
+              pod("none", show, nodeName="gpu-1"))
+        for name in ("one", "none"):
+            wait_pod(kube, namespace, name, phase_in("Succeeded", "Failed"), "finished")
+        # node i owns GPUs i*N .. i*N+N-1: gpu-1 hands out 2 or 3.
+        assert kube.kubectl("-n", namespace, "logs", "one").stdout.strip() in ("2", "3")
+        assert kube.kubectl("-n", namespace, "logs", "none").stdout.strip() == "-"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(60)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from volt_operator.testing.node_agent.gpus import GpuAllocator, GpuError, gpu_request, node_gpu_ids
 from volt_operator.testing.node_agent.logs import tail_offset
 from volt_operator.testing.node_agent.network import (
     SUPERNET, AddressPool, PodAddress, agent_id_for, choose_subnet, pod_dns_names, render_hosts)
@@ -271,3 +273,36 @@ def test_provisioner_picks_unbound_classless_claims(tmp_path: Path) -> None:
     assert pv["spec"]["hostPath"]["path"].startswith(str(tmp_path))
     assert not wants_local_volume({**claim, "spec": {**claim["spec"], "storageClassName": "fast-ssd"}})
     assert not wants_local_volume({**claim, "spec": {**claim["spec"], "volumeName": "pv-1"}})
+
+
+# -- GPUs -------------------------------------------------------------------------------
+
+def _gpu_pod(uid: str, node: str, *requests: int, init: int = 0) -> dict[str, Any]:
+    def container(name: str, count: int) -> dict[str, Any]:
+        return {"name": name, "resources": {"limits": {"nvidia.com/gpu": str(count)}} if count else {}}
+    spec: dict[str, Any] = {"nodeName": node, "containers": [container(f"c{i}", n) for i, n in enumerate(requests)]}
+    if init:
+        spec["initContainers"] = [container("init", init)]
+    return {"metadata": {"uid": uid}, "spec": spec}
+
+
+def test_gpus_are_split_between_nodes_and_containers() -> None:
+    allocator = GpuAllocator(node_gpu_ids(["node-0", "node-1"], 2))
+    assert allocator.devices == {"node-0": [0, 1], "node-1": [2, 3]}
+    env = allocator.env_for_pod(_gpu_pod("a", "node-1", 1, 0, init=1))
+    assert env["c0"] == {"CUDA_VISIBLE_DEVICES": "2", "NVIDIA_VISIBLE_DEVICES": "2"}
+    assert env["c1"] == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
+    assert env["init"]["CUDA_VISIBLE_DEVICES"] == "2"  # init containers reuse the pod's GPUs
+    assert allocator.env_for_pod(_gpu_pod("b", "node-1", 1))["c0"]["CUDA_VISIBLE_DEVICES"] == "3"
+    with pytest.raises(GpuError, match="node node-1 has 0 free of 2"):
+        allocator.env_for_pod(_gpu_pod("c", "node-1", 1))
+    allocator.release("a")
+    assert allocator.env_for_pod(_gpu_pod("c", "node-1", 1))["c0"]["CUDA_VISIBLE_DEVICES"] == "2"
+
+
+def test_without_gpus_the_agent_leaves_visibility_alone() -> None:
+    allocator = GpuAllocator(node_gpu_ids(["node-0"], 0))
+    assert allocator.env_for_pod(_gpu_pod("a", "node-0", 0)) == {}
+    assert gpu_request({"name": "x", "resources": {"requests": {"nvidia.com/gpu": 2}}}) == 2
+    with pytest.raises(GpuError, match="whole number"):
+        gpu_request({"name": "x", "resources": {"limits": {"nvidia.com/gpu": "half"}}})

@@ -33,6 +33,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from .events import EventRecorder
+from .gpus import GpuAllocator, GpuError, node_gpu_ids
 from .logs import LogNotFound, LogServer, LogSource, make_serving_cert
 from .network import PodAddress, PodNetwork, agent_id_for, render_hosts, render_resolv_conf
 from .nodes import NodeRegistry, NodeShape
@@ -102,6 +103,7 @@ class NodeAgent:
         self.api = config.new_client_from_config(config_file=cfg.kubeconfig)
         self.core = client.CoreV1Api(self.api)
         self.events = EventRecorder(self.api)
+        self.gpus = GpuAllocator(node_gpu_ids(cfg.nodes, cfg.shape.gpus))
         self.agent_id = agent_id_for(cfg.workdir)
         self.network = PodNetwork(self.agent_id)
         self.host_dirs = HostDirs(cfg.workdir / "created-host-dirs.json")
@@ -334,12 +336,14 @@ class NodeAgent:
             self._hosts_signature = ()
         pod_dir = self.pods_root / state.uid
         try:
+            node_env = self.gpus.env_for_pod(pod)
             volume_paths = prepare_volumes(pod, pod_dir, _ApiSources(self))
-        except (VolumeError, ApiException) as error:
-            message = str(error) if isinstance(error, VolumeError) else f"API error: {error.reason}"
+        except (VolumeError, GpuError, ApiException) as error:
+            message = f"API error: {error.reason}" if isinstance(error, ApiException) else str(error)
             if state.record.config_error != message:
                 log.warning("pod %s cannot start yet: %s", state.key, message)
-                self.events.record(pod, "Warning", "FailedMount", message)
+                reason = "UnexpectedAdmissionError" if isinstance(error, GpuError) else "FailedMount"
+                self.events.record(pod, "Warning", reason, message)
             state.record.config_error = message
             state.retry_at = time.monotonic() + START_RETRY_S
             if not state.record.containers:
@@ -352,7 +356,7 @@ class NodeAgent:
             pod=pod, pod_dir=pod_dir, netns=state.netns, volume_paths=volume_paths,
             lookup=self._lookup, node_allocatable=self.cfg.shape.resources(),
             host_dirs=self.host_dirs, backoff_s=self.cfg.restart_backoff_s,
-            base_env=host_base_env(pod_hostname(pod)),
+            base_env=host_base_env(pod_hostname(pod)), node_env=node_env,
             on_event=lambda kind, reason, message, container: self.events.record(
                 pod, kind, reason, message, container))
         state.runtime = PodRuntime(context, state.record)
@@ -393,10 +397,12 @@ class NodeAgent:
             self.network.delete_pod_namespace(state.netns)
             state.netns = None
             state.record.sandbox_ready = False
+            self.gpus.release(state.uid)
             self._hosts_signature = ()
 
     def _cleanup(self, state: PodState) -> None:
         self._teardown_sandbox(state)
+        self.gpus.release(state.uid)
         shutil.rmtree(self.pods_root / state.uid, ignore_errors=True)
         log.info("pod %s removed", state.key)
 

@@ -193,6 +193,8 @@ class PodContext:
     backoff_s: float = 10.0
     base_env: dict[str, str] = field(default_factory=dict)
     on_event: EventSink = _no_events
+    # Per container name, variables the node adds before the pod's own env (GPUs).
+    node_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class PodRuntime:
@@ -397,7 +399,8 @@ class PodRuntime:
         pod["status"] = dict(pod.get("status") or {}, podIP=self.record.pod_ip,
                              hostIP=self.record.host_ip,
                              podIPs=[{"ip": self.record.pod_ip}], hostIPs=[{"ip": self.record.host_ip}])
-        env = resolve_env(pod, spec, ctx.base_env, ctx.lookup, ctx.node_allocatable)
+        base = {**ctx.base_env, **ctx.node_env.get(spec["name"], {})}
+        env = resolve_env(pod, spec, base, ctx.lookup, ctx.node_allocatable)
         command = list(spec.get("command") or [])
         if not command:
             raise EnvError(f"container {spec['name']!r} has no command: the local node agent "
