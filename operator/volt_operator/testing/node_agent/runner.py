@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -155,8 +156,8 @@ def mount_points_in_use() -> set[str]:
         for line in mountinfo.splitlines():
             fields = line.split()
             if len(fields) > 4:
-                # Octal escapes (\040 for a space) as the kernel writes them.
-                points.add(fields[4].encode().decode("unicode_escape"))
+                # The kernel writes space, tab, newline and backslash as octal escapes.
+                points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
     return points
 
 
