@@ -1,5 +1,5 @@
 """Experiment loggers: ``from volt.loggers import CSVLogger, TensorBoardLogger``."""
-from volt.loggers.base import DummyLogger, Logger, rank_zero_only
+from volt.loggers.base import DummyExperiment, DummyLogger, Logger, rank_zero_experiment, rank_zero_only
 from volt.loggers.csv_logs import CSVLogger
 from volt.loggers.tensorboard import TensorBoardLogger, tensorboard_available
 
@@ -10,6 +10,8 @@ __all__ = [
     "Logger",
     "LightningLoggerBase",
     "DummyLogger",
+    "DummyExperiment",
+    "rank_zero_experiment",
     "CSVLogger",
     "TensorBoardLogger",
     "rank_zero_only",

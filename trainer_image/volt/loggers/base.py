@@ -43,6 +43,38 @@ def rank_zero_only(fn: F) -> F:
 rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
 
 
+class DummyExperiment:
+    """What ``logger.experiment`` is off rank 0: every method call does nothing.
+
+    User code such as ``self.logger.experiment.add_image(...)`` then runs
+    unchanged on every rank, and only rank 0 writes.
+    """
+
+    def _noop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return self._noop
+
+    def __getitem__(self, idx: Any) -> "DummyExperiment":
+        return self  # loggers whose experiment is a list
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """For ``experiment`` properties: the real object on rank 0, a DummyExperiment elsewhere."""
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if rank_zero_only.rank > 0:
+            return DummyExperiment()
+        return fn(self)
+
+    return experiment
+
+
 def flatten_dict(params: Mapping[str, Any], separator: str = "/", prefix: str = "") -> Dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; Namespaces count as dicts."""
     out: Dict[str, Any] = {}

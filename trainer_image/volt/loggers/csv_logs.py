@@ -14,6 +14,7 @@ from volt.loggers.base import (
     add_prefix,
     metrics_to_scalars,
     params_to_dict,
+    rank_zero_experiment,
     rank_zero_only,
 )
 
@@ -143,7 +144,7 @@ class CSVLogger(_VersionedDirLogger):
         return os.path.join(self.root_dir, sub)
 
     @property
-    @rank_zero_only
+    @rank_zero_experiment
     def experiment(self) -> _CSVWriter:
         """The writer (created on first use, on rank 0 only)."""
         if self._experiment is None:

@@ -16,6 +16,7 @@ from volt.loggers.base import (
     flatten_dict,
     metrics_to_scalars,
     params_to_dict,
+    rank_zero_experiment,
     rank_zero_only,
 )
 
@@ -98,7 +99,7 @@ class TensorBoardLogger(_VersionedDirLogger):
         return os.path.expandvars(os.path.expanduser(log_dir))
 
     @property
-    @rank_zero_only
+    @rank_zero_experiment
     def experiment(self) -> Any:
         """The ``torch.utils.tensorboard.SummaryWriter`` (rank 0 only)."""
         if self._experiment is None:
