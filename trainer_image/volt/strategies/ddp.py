@@ -213,7 +213,7 @@ class DDPStrategy(Strategy):
         self._ddp_kwargs = ddp_kwargs
         self._cluster: Optional[ClusterEnvironment] = None
         self._control_group: Optional[Any] = None
-        self._configure(accelerator=self._accelerator)
+        self._configure(accelerator=self._accelerator, devices=devices, num_nodes=num_nodes)
 
     def _configure(
         self,
