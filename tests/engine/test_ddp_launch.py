@@ -108,7 +108,9 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
                                       "--save-weights", str(tmp_path / "resumed.pt")),
                         tmp_path, VOLT_RESUME="auto", **env)
     assert wait_all(procs, 150) == [0], logs(tmp_path)
-    assert f"step={step + 6} " in (tmp_path / "node0.log").read_text(), logs(tmp_path)
+    resumed_log = (tmp_path / "node0.log").read_text()
+    assert f"step={step + 6} " in resumed_log, logs(tmp_path)
+    assert f"volt: resumed from checkpoint {ckpt_dir / manifest['checkpoint']} at epoch " in resumed_log
     # Exactly: a batch trained twice or skipped would move the weights far beyond the tolerance.
     expected = reference_weights(256, 16, 32, 0.05, 32, world_size=2, max_steps=step + 6)
     assert_weights_close(torch.load(tmp_path / "resumed.pt"), expected,

@@ -56,6 +56,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 import torch
@@ -85,6 +86,9 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     if checkpoint is not None:
         checkpoint_connector.restore_training_state(trainer, checkpoint)
         _finish_saved_epoch(trainer, checkpoint)
+        if trainer.is_global_zero:  # resume: one stable line for operators and e2e checks, logging or not
+            print(f"volt: resumed from checkpoint {trainer.ckpt_path} at epoch {trainer.current_epoch}, "
+                  f"global step {trainer.global_step}", file=sys.stderr, flush=True)
     trainer._call_hook("on_fit_start")
     _log_hyperparams(trainer)
 
