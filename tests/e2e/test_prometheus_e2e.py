@@ -9,9 +9,12 @@
    so the test lists the pods through the API and writes them as file-based
    targets carrying the same `__meta_kubernetes_pod_*` labels the pod role
    gives; Prometheus then applies the relabeling the Prometheus Operator
-   generates from the chart's PodMonitor. It also scrapes the operator. Every rank's series arrive with the
-   pod, namespace and node_rank labels, and every dashboard query (operator
-   panels included, GPU panels excepted on CPU) returns data.
+   generates from the chart's PodMonitor. It also scrapes the operator.
+   Every rank's series arrive with the pod, namespace and node_rank labels,
+   and every dashboard query (operator panels included, GPU panels excepted
+   on CPU) returns data.
+0. Without a server: promtool parses every dashboard query, and each names
+   only metrics that docs/metrics.md documents.
 """
 from __future__ import annotations
 
@@ -471,3 +474,30 @@ def test_prometheus_scrapes_a_trainingjob_and_the_operator(kube: Any, namespace:
         kube.kubectl("delete", "-n", namespace, "trainingjob", name, "--wait=false", check=False)
         prometheus.stop()
         operator.stop()
+
+
+# --- 0. static checks (no server) ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_queries_parse_and_use_documented_metrics(tmp_path: Path) -> None:
+    """Every panel query is valid PromQL (promtool) and names only metrics docs/metrics.md documents."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make prometheus` installs Debian's prometheus package"
+    queries = dashboard_queries()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{index}", "expr": grafana_render(expr, ".+")} for index, (_, expr) in enumerate(queries)
+    ]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(json.dumps(rules))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    documented = set(re.findall(r"`(volt_[a-z_]+)`", (REPO / "docs" / "metrics.md").read_text()))
+    for title, expr in queries:
+        for name in set(re.findall(r"\bvolt_[a-z_]+", expr)):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert name in documented or base in documented, f"panel {title!r} uses undocumented {name}"
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
