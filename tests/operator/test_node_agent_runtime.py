@@ -276,3 +276,25 @@ def test_cleanup_keeps_mount_points_that_running_pods_use(harness: Harness) -> N
     assert Path(pod.context.volume_paths["data"], "f").read_text() == "kept\n"
     assert os.listdir(mount_path) == []
     os.rmdir(mount_path)
+
+
+def test_adopting_a_pod_after_an_agent_restart_applies_the_restart_policy(harness: Harness) -> None:
+    before = {"containerStatuses": [{"name": "main", "restartCount": 2,
+                                     "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
+    never = harness.add("pod-0", ["sh", "-c", "echo should not run"])
+    never.adopt(before)
+    again = harness.add("pod-1", ["sh", "-c", "echo rerun"], restart_policy="OnFailure")
+    again.adopt({"containerStatuses": [{"name": "main", "restartCount": 2, "state": {"running": {}}}]})
+    done = harness.add("pod-2", ["sh", "-c", "echo should not run either"], restart_policy="OnFailure")
+    done.adopt({"containerStatuses": [{"name": "main", "restartCount": 0, "state": {"terminated": {
+        "exitCode": 0, "reason": "Completed", "finishedAt": "2026-01-01T00:00:05Z"}}}]})
+    harness.run_until(lambda: never.finished() and done.finished()
+                      and harness.status(again)["phase"] == "Succeeded")
+    lost = harness.status(never)["containerStatuses"][0]
+    assert harness.status(never)["phase"] == "Failed"
+    assert lost["state"]["terminated"]["exitCode"] == 137 and "restarted" in lost["state"]["terminated"]["message"]
+    assert not never.log_path("main", 2).exists()
+    rerun = harness.status(again)["containerStatuses"][0]
+    assert rerun["restartCount"] == 3 and rerun["lastState"]["terminated"]["exitCode"] == 137
+    assert harness.log(again, 3) == "rerun\n"
+    assert harness.status(done)["phase"] == "Succeeded" and not done.log_path("main", 0).exists()

@@ -360,6 +360,7 @@ class NodeAgent:
             on_event=lambda kind, reason, message, container: self.events.record(
                 pod, kind, reason, message, container))
         state.runtime = PodRuntime(context, state.record)
+        state.runtime.adopt(pod.get("status") or {})  # after an agent restart
         self._refresh_hosts()  # before the first process reads /etc/hosts
 
     def _report(self, state: PodState) -> None:

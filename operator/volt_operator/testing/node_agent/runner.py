@@ -45,6 +45,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
 def host_base_env(hostname: str) -> dict[str, str]:
     """The "image" environment: the agent's own Python environment first on PATH.
 
@@ -266,31 +272,66 @@ class PodRuntime:
             _kill_group(process.pid, signal.SIGKILL)  # leftovers of the "container"
             exit_code = exit_code_of(process.returncode)
             record = container.record
-            record.terminated = Termination(exit_code, record.started_at, utcnow())
-            record.state, record.pid, container.process = TERMINATED, None, None
-            container.kill_deadline = None
-            if container.is_init:  # init containers are retried on failure unless Never
-                restart = exit_code != 0 and self.restart_policy != "Never"
-            else:
-                restart = will_restart(self.restart_policy, exit_code)
-            restart = restart and not self.terminating
-            if restart:
-                delay = min(self.context.backoff_s * (2 ** record.restart_count), MAX_BACKOFF_S)
-                container.not_before = time.monotonic() + delay
-                record.last_terminated, record.terminated = record.terminated, None
-                record.restart_count += 1
-                record.state = WAITING
-                record.waiting_reason = "CrashLoopBackOff"
-                record.waiting_message = (f"back-off {delay:.0f}s restarting failed container="
-                                          f"{record.name}")
-                self.context.on_event("Warning", "BackOff",
-                                      f"Back-off restarting failed container {record.name}", record.name)
-            else:
-                container.pod_done = True
+            record.pid, container.process, container.kill_deadline = None, None, None
+            restart = self._exited(container, Termination(exit_code, record.started_at, utcnow()))
             log.info("pod %s container %s exited %d%s", self._pod_name(), record.name, exit_code,
                      " (will restart)" if restart else "")
             changed = True
         return changed
+
+    def _exited(self, container: Container, termination: Termination) -> bool:
+        """Record a termination and apply the restart policy; True if it will restart."""
+        record = container.record
+        record.terminated, record.state = termination, TERMINATED
+        if container.is_init:  # init containers are retried on failure unless Never
+            restart = termination.exit_code != 0 and self.restart_policy != "Never"
+        else:
+            restart = will_restart(self.restart_policy, termination.exit_code)
+        restart = restart and not self.terminating
+        if not restart:
+            container.pod_done = True
+            return False
+        delay = min(self.context.backoff_s * (2 ** record.restart_count), MAX_BACKOFF_S)
+        container.not_before = time.monotonic() + delay
+        record.last_terminated, record.terminated = record.terminated, None
+        record.restart_count += 1
+        record.state = WAITING
+        record.waiting_reason = "CrashLoopBackOff"
+        record.waiting_message = f"back-off {delay:.0f}s restarting failed container={record.name}"
+        self.context.on_event("Warning", "BackOff",
+                              f"Back-off restarting failed container {record.name}", record.name)
+        return True
+
+    def adopt(self, previous: Mapping[str, Any]) -> None:
+        """Take over the container statuses a previous agent reported for this pod.
+
+        Its processes died with it (the startup sweep kills what is left), so a
+        container it reported running is now terminated (137, as if killed)
+        and the restart policy decides, as a kubelet does for a container that
+        died while it was down; finished containers stay finished.
+        """
+        reported = {s["name"]: s for s in (previous.get("initContainerStatuses") or [])
+                    + (previous.get("containerStatuses") or [])}
+        now = utcnow()
+        with self._lock:
+            for container in self.containers:
+                status = reported.get(container.record.name) or {}
+                state = status.get("state") or {}
+                container.record.restart_count = int(status.get("restartCount") or 0)
+                last = (status.get("lastState") or {}).get("terminated")
+                if last:
+                    container.record.last_terminated = Termination(
+                        int(last.get("exitCode", 0)), parse_time(last.get("startedAt")),
+                        parse_time(last.get("finishedAt")) or now, last.get("reason"), last.get("message"))
+                if "running" in state:
+                    started = parse_time(state["running"].get("startedAt"))
+                    self._exited(container, Termination(
+                        137, started, now, message="the node agent restarted and lost the process"))
+                elif "terminated" in state:
+                    done = state["terminated"]
+                    self._exited(container, Termination(
+                        int(done.get("exitCode", 0)), parse_time(done.get("startedAt")),
+                        parse_time(done.get("finishedAt")) or now, done.get("reason"), done.get("message")))
 
     def _enforce_deadlines(self) -> bool:
         now = time.monotonic()
@@ -379,20 +420,13 @@ class PodRuntime:
     def _start_failed(self, container: Container, message: str) -> None:
         record = container.record
         now = utcnow()
-        record.terminated = Termination(128, now, now, reason="StartError", message=message)
+        log_file = self.log_path(record.name, record.restart_count)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text(message + "\n")
         self.context.on_event("Warning", "Failed", f"Error: {message}", record.name)
-        record.state = TERMINATED
-        self.log_path(record.name, record.restart_count).parent.mkdir(parents=True, exist_ok=True)
-        self.log_path(record.name, record.restart_count).write_text(message + "\n")
-        if will_restart(self.restart_policy, 128) and not container.is_init:
-            delay = min(self.context.backoff_s * (2 ** record.restart_count), MAX_BACKOFF_S)
-            container.not_before = time.monotonic() + delay
-            record.last_terminated, record.terminated = record.terminated, None
-            record.restart_count += 1
-            record.state, record.waiting_reason, record.waiting_message = (
-                WAITING, "CrashLoopBackOff", message)
-        else:
-            container.pod_done = True
+        self._exited(container, Termination(128, now, now, reason="StartError", message=message))
+        if record.state == WAITING:
+            record.waiting_message = message
 
     def _launch_plan(self, spec: dict[str, Any]) -> tuple[dict[str, str], list[str], list[Mount], str]:
         ctx = self.context
