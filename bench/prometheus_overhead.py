@@ -132,7 +132,7 @@ def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: to
     ratio_off = medians["volt_off"] / medians["raw"]
     ratio_on = medians["volt_on"] / medians["raw"]
     raw_step_s = medians["raw"] / cfg["steps"]
-    hook_us = hook_cost_us(batches[0])
+    hook_us = hook_cost_us(next(iter(batches)))
     result = {
         "config": cfg,
         "median_step_ms": {key: 1000 * value / cfg["steps"] for key, value in medians.items()},
