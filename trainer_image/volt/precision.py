@@ -137,20 +137,28 @@ class Precision:
     ) -> Any:
         """Run ``closure`` (forward + backward), then ``after_closure`` (hooks, clipping), then step.
 
-        Without loss scaling the closure goes into ``optimizer.step`` (so LBFGS,
-        which re-evaluates it, works). With scaling the closure runs first, the
-        gradients are unscaled before ``after_closure`` sees them, and the step is
-        skipped when the closure produced no loss.
+        The closure runs first (LBFGS, which re-evaluates it, gets it passed into
+        ``step``). With loss scaling the gradients are unscaled before
+        ``after_closure`` sees them, and the step is skipped when the closure
+        produced no loss.
         """
         if self.scaler is None:
+            if isinstance(optimizer, torch.optim.LBFGS):  # re-evaluates the closure inside step()
 
-            def wrapped() -> Any:
-                result = closure() if closure is not None else None
-                if after_closure is not None:
-                    after_closure()
-                return result
+                def wrapped() -> Any:
+                    result = closure() if closure is not None else None
+                    if after_closure is not None:
+                        after_closure()
+                    return result
 
-            return optimizer.step(closure=wrapped, **kwargs)
+                return optimizer.step(closure=wrapped, **kwargs)
+            # Forward/backward outside optimizer.step(): running them inside its
+            # grad-mode and profiler wrappers measurably slows small steps.
+            closure_result = closure() if closure is not None else None
+            if after_closure is not None:
+                after_closure()
+            out = optimizer.step(**kwargs)
+            return closure_result if out is None else out
         if isinstance(optimizer, torch.optim.LBFGS):
             raise ValueError("precision='16-mixed' cannot drive LBFGS (its closure re-runs under a loss scaler); use 32 or bf16-mixed")
         closure_result = closure() if closure is not None else None

@@ -372,10 +372,11 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     progress = trainer.progress
     batch = transfer_batch(trainer, batch, 0)
     trainer._logger_connector.set_batch(batch)
-    trainer._call_callbacks("on_batch_start")
-    trainer._call_module("on_batch_start", batch)
-    trainer._call_callbacks("on_train_batch_start", batch, batch_idx)
-    if trainer._call_module("on_train_batch_start", batch, batch_idx) == -1:
+    if trainer._callbacks_for("on_batch_start"):  # 1.x: callbacks take no batch, the module does
+        trainer._call_callbacks("on_batch_start")
+    if trainer._module_overrides("on_batch_start"):
+        trainer._call_module("on_batch_start", batch, always=True)
+    if trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
         return -1
 
     if module.automatic_optimization:
@@ -397,8 +398,7 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     progress.batch_idx = batch_idx + 1
     if is_last:
         progress.epoch_batches_done = True
-    trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
-    trainer._call_module("on_train_batch_end", outputs, batch, batch_idx)
+    trainer._call_hook("on_train_batch_end", outputs, batch, batch_idx)
     trainer._call_hook("on_batch_end")
     if trainer._collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
@@ -474,8 +474,7 @@ def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch
                              f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
         # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
         if zero_grad:
-            trainer._call_callbacks("on_before_zero_grad", optimizer)
-            trainer._call_module("on_before_zero_grad", optimizer)
+            trainer._call_hook("on_before_zero_grad", optimizer)
             if trainer._module_overrides("optimizer_zero_grad"):
                 if trainer._legacy_optimizer_step:
                     trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
@@ -559,8 +558,7 @@ def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure
     automatic = getattr(trainer, "_auto_stepping", False)
 
     def before_step() -> None:
-        trainer._call_callbacks("on_before_optimizer_step", optimizer)
-        trainer._call_module("on_before_optimizer_step", optimizer)
+        trainer._call_hook("on_before_optimizer_step", optimizer)
         if automatic:
             if trainer.track_grad_norm != -1 and _is_log_step(trainer):
                 _log_grad_norms(trainer, optimizer)

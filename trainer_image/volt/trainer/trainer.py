@@ -868,6 +868,7 @@ class Trainer:
     def _reset_hook_cache(self) -> None:
         self._hook_cache = {}
         self._module_hooks: Dict[str, bool] = {}
+        self._hook_plan: Dict[str, Any] = {}
         self._transfer_hooks: Optional[List[Any]] = None
 
     def _callbacks_for(self, hook: str) -> List[Callback]:
@@ -911,10 +912,21 @@ class Trainer:
         finally:
             connector.fx = prev
 
-    def _call_hook(self, hook: str, *args: Any) -> None:
-        """Callbacks first, then the module (Lightning's order for most hooks)."""
-        self._call_callbacks(hook, *args)
-        self._call_module(hook, *args)
+    def _call_hook(self, hook: str, *args: Any) -> Any:
+        """Callbacks first, then the module (Lightning's order for most hooks); returns the module's result.
+
+        Who overrides ``hook`` is looked up once per run, so a hook nobody
+        overrides costs one dict lookup per call.
+        """
+        plan = self._hook_plan.get(hook)
+        if plan is None:
+            plan = self._hook_plan[hook] = (self._callbacks_for(hook), self._module_overrides(hook))
+        cbs, module_overrides = plan
+        if cbs:
+            self._call_callbacks(hook, *args, only=cbs)
+        if module_overrides:
+            return self._call_module(hook, *args, always=True)
+        return None
 
     def _call_step(self, name: str, *args: Any) -> Any:
         """A *_step through the strategy (so DDP hooks fire), under the precision's autocast."""
@@ -935,7 +947,10 @@ class Trainer:
         self._call_hook("on_before_backward", loss)
         scaler = self.precision_plugin.scaler
         scaled = scaler.scale(loss) if scaler is not None else loss
-        self._call_module("backward", scaled, *args, always=True, **kwargs)
+        if self._module_overrides("backward") or args or kwargs:
+            self._call_module("backward", scaled, *args, always=True, **kwargs)
+        else:
+            scaled.backward()
         self._call_hook("on_after_backward")
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, **kwargs: Any) -> Any:
