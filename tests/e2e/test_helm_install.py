@@ -66,7 +66,10 @@ def used_by(audit_log: Path, user: str) -> tuple[set[Permission], list[dict[str,
     """What `user` did according to the audit log, and its refused requests (but kopf's probes)."""
     used: set[Permission] = set()
     refused: list[dict[str, Any]] = []
-    for line in audit_log.read_text().splitlines():
+    # The API server rotates the log by size into audit-<time>.log beside it.
+    lines = [line for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}"))
+             for line in path.read_text().splitlines()]
+    for line in lines:
         event = json.loads(line)
         if event["user"]["username"] != user or "objectRef" not in event:
             continue
