@@ -3,7 +3,7 @@
 #   docker build --network host --build-arg BASE_IMAGE=<debian with python3 and python3-venv> \
 #       -t volt-operator:0.1.0 .
 #
-# No registry is assumed: BASE_IMAGE is any Debian/Ubuntu image with python3 (>= 3.10)
+# No registry is assumed: BASE_IMAGE is any Debian/Ubuntu image with python3 (>= 3.11: the build reads pyproject.toml with tomllib)
 # and its venv module (scripts/build-base-image.sh builds one with debootstrap;
 # scripts/build-images.sh builds both volt images with the right arguments).
 ARG BASE_IMAGE
