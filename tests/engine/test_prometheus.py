@@ -419,3 +419,21 @@ def test_resumed_run_reports_the_checkpoint_it_resumed_from(
     assert snap.progress["checkpoint"]["step"] == saved_step
     saved_at = one(snap.samples, "volt_checkpoint_last_timestamp_seconds", rank="0")
     assert saved_at == pytest.approx(resumed_from.stat().st_mtime)
+
+
+@pytest.mark.parametrize(
+    "batch, size",
+    [
+        ((torch.zeros(7, 3), torch.zeros(7)), 7),
+        ([torch.zeros(5, 2)], 5),
+        (torch.zeros(4, 9), 4),
+        ({"text": ["a", "b", "c"], "input_ids": torch.zeros(3, 12)}, 3),  # first value holds no tensor
+        ({"inputs": {"ids": torch.zeros(6, 2)}, "labels": torch.zeros(6)}, 6),
+        ((["no", "tensors"], {"x": 1}), 1),
+        (torch.tensor(2.0), 1),
+    ],
+)
+def test_batch_size_is_the_first_tensors_leading_dimension(batch: Any, size: int) -> None:
+    from volt.callbacks.prometheus import infer_batch_size
+
+    assert infer_batch_size(batch) == size

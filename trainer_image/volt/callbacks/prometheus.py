@@ -124,19 +124,29 @@ def _json_float(value: Optional[float]) -> Optional[float]:
 
 
 def infer_batch_size(batch: Any) -> int:
-    """Leading dimension of the first tensor in ``batch`` (1 when there is none)."""
-    while True:
-        if isinstance(batch, torch.Tensor):
-            shape = batch.shape
+    """Leading dimension of the first tensor in ``batch`` (depth-first), or 1 when it holds none."""
+    if type(batch) is tuple or type(batch) is list:  # the common (x, y) case, without the ABC checks below
+        if batch and isinstance(batch[0], torch.Tensor):
+            shape = batch[0].shape
             return int(shape[0]) if shape else 1
-        if isinstance(batch, (list, tuple)):  # before Mapping: an ABC check is slower
-            if not batch:
-                return 1
-            batch = batch[0]
-        elif isinstance(batch, Mapping):
-            batch = next(iter(batch.values()), None)
-        else:
-            return 1
+    found = _first_leading_dim(batch)
+    return 1 if found is None else found
+
+
+def _first_leading_dim(obj: Any) -> Optional[int]:
+    if isinstance(obj, torch.Tensor):
+        return int(obj.shape[0]) if obj.dim() else 1
+    if isinstance(obj, Mapping):
+        items: Any = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    else:
+        return None
+    for item in items:
+        found = _first_leading_dim(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _loss_from_output(output: Any) -> Any:
