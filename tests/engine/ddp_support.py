@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
@@ -42,7 +42,7 @@ def volt_run(args: Sequence[str], env: Dict[str, str], log: Path) -> subprocess.
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "volt.launch", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, cwd=log.parent,  # relative outputs (checkpoints/) stay in the test's dir
         )
     finally:
         out.close()

@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
         first = subprocess.Popen(
             [sys.executable, *example("--max-epochs", "1000000", "--samples", "256", "--every-n-steps", "10")[1:]],
             env=child_env(VOLT_TRAINER='{"devices": 2, "accelerator": "cpu"}', **env), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
         )
     try:
         wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")

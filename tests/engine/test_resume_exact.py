@@ -89,7 +89,7 @@ RUN_ARGS = ["--max-epochs", "1000000", "--max-steps", "400", "--samples", "256",
 def _start(tmp_path, name, *extra):
     with open(tmp_path / f"{name}.log", "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "volt.examples.synthetic", *RUN_ARGS, *extra], env=child_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
 
 
 def _log(tmp_path, name):

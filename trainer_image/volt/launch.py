@@ -309,7 +309,7 @@ class _Supervisor:
 
 
 def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
-    from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
+    from torch.distributed.elastic.agent.server.api import WorkerSpec, WorkerState
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 
@@ -411,8 +411,6 @@ def _exit_code(result: Any, supervisor: _Supervisor) -> int:
 
 def run(plan: LaunchPlan) -> int:
     """Run this node's workers to completion; return the process exit code."""
-    from torch.distributed.elastic.rendezvous import registry
-
     supervisor = _Supervisor(plan)
     os.environ["VOLT_LAUNCHER"] = "volt-run"
     os.environ["VOLT_GRACE_PERIOD_S"] = os.environ.get("VOLT_GRACE_PERIOD_S", str(plan.grace_period))
