@@ -50,3 +50,20 @@ def test_trainer_layout_disagreeing_with_the_launch_exits_config_error(tmp_path)
                         FAIL_STEP="0", VOLT_TRAINER_SCRIPT_DEVICES="3")
     assert wait_all(procs, 90) == [78], logs(tmp_path)
     assert "Trainer(num_nodes=1, devices=3) needs num_nodes x devices = 3" in (tmp_path / "node0.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stragglers_are_killed_after_the_grace_period(tmp_path):
+    import os
+    import signal
+
+    from ddp_support import wait_for
+
+    procs = start_nodes(1, 2, ["--grace-period", "2", *script("ignore_sigterm.py")], tmp_path)
+    log = tmp_path / "node0.log"
+    wait_for(lambda: log.read_text().count("ready") == 2, 60, "both workers")
+    signalled = time.monotonic()
+    os.kill(procs[0].pid, signal.SIGTERM)
+    assert wait_all(procs, 60) == [143], logs(tmp_path)  # no checkpoint: "terminated", not 75
+    assert 2 <= time.monotonic() - signalled < 30
+    assert "workers still running 2 s after SIGTERM: killing them" in log.read_text()
