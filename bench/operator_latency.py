@@ -5,7 +5,7 @@
 Runs against the local control plane (etcd, kube-apiserver, controller
 manager, scheduler, the node agent) that the tests use, with the real
 operator as a subprocess and the real engine in the pods. For each batch
-size N it applies N TrainingJobs at once (2 nodes x 1 CPU process each,
+size N it applies N TrainingJobs at once (--nodes nodes x 1 CPU process each,
 training `volt.examples.synthetic`) and measures, per job:
 
   * running_s:    apply -> every node pod of the job reports phase Running
@@ -43,7 +43,7 @@ from volt_operator.testing.cluster import LocalCluster  # noqa: E402
 POLL_S = 0.2
 
 
-def job_manifest(name: str, steps: int) -> Dict[str, Any]:
+def job_manifest(name: str, steps: int, nodes: int) -> Dict[str, Any]:
     return {
         "apiVersion": "volt.dev/v1alpha1",
         "kind": "TrainingJob",
@@ -52,7 +52,7 @@ def job_manifest(name: str, steps: int) -> Dict[str, Any]:
             "image": "volt-trainer:bench",
             "command": ["python", "-m", "volt.examples.synthetic"],
             "args": ["--samples", "2048", "--batch-size", "16"],
-            "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxSteps": steps},
+            "trainer": {"numNodes": nodes, "devices": 1, "accelerator": "cpu", "maxSteps": steps},
             "terminationGracePeriodSeconds": 5,
             "cleanPodPolicy": "All",
         },
@@ -84,6 +84,7 @@ class Observer(threading.Thread):
         self.running: Dict[str, float] = {}
         self.status_running: Dict[str, float] = {}
         self.first_step: Dict[str, float] = {}
+        self.phases: Dict[str, str] = {}
 
     def _get(self, path: str) -> Dict[str, Any]:
         return self.kube.request("GET", path)
@@ -101,7 +102,8 @@ class Observer(threading.Thread):
             jobs = self._get(f"/apis/volt.dev/v1alpha1/namespaces/{self.namespace}/trainingjobs")
             for job in jobs["items"]:
                 name = job["metadata"]["name"]
-                if (job.get("status") or {}).get("phase") == "Running":
+                self.phases[name] = (job.get("status") or {}).get("phase") or ""
+                if self.phases[name] == "Running":
                     self.status_running.setdefault(name, now)
             for name in self.names:
                 group = by_job.get(name, [])
@@ -152,15 +154,16 @@ def new_namespace(kube: LocalCluster, prefix: str, timeout: float = 60) -> str:
     raise RuntimeError(f"no default service account in namespace {name} after {timeout}s")
 
 
-def run_batch(kube: LocalCluster, jobs: int, steps: int, timeout: float) -> Dict[str, Any]:
+def run_batch(kube: LocalCluster, jobs: int, nodes: int, steps: int,
+              timeout: float) -> Dict[str, Any]:
     namespace = new_namespace(kube, f"bench-{jobs}")
     names = [f"lat-{i}" for i in range(jobs)]
     with tempfile.TemporaryDirectory() as logdir:
         operator = OperatorProcess(kube, [namespace], Path(logdir)).start()
         try:
-            docs = yaml.safe_dump_all([job_manifest(n, steps) for n in names])
+            docs = yaml.safe_dump_all([job_manifest(n, steps, nodes) for n in names])
             start = time.monotonic()
-            observer = Observer(kube, namespace, names, 2, start, timeout)
+            observer = Observer(kube, namespace, names, nodes, start, timeout)
             observer.start()
             kube.kubectl("apply", "-n", namespace, "-f", "-", input=docs, timeout=120)
             observer.join()
@@ -169,9 +172,11 @@ def run_batch(kube: LocalCluster, jobs: int, steps: int, timeout: float) -> Dict
     kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     return {
         "jobs": jobs,
+        "nodes_per_job": nodes,
         "pods_running": summarize(observer.running, jobs),
         "status_running": summarize(observer.status_running, jobs),
         "first_step": summarize(observer.first_step, jobs),
+        "phases_at_end": sorted(observer.phases.values()),
     }
 
 
@@ -193,13 +198,17 @@ def baseline_pod(kube: LocalCluster, timeout: float = 120) -> Optional[float]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="1,20", help="comma-separated batch sizes")
-    parser.add_argument("--steps", type=int, default=20, help="maxSteps of each job")
+    parser.add_argument("--nodes", type=int, default=2, help="numNodes of each job")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="maxSteps of each job (long enough to be seen training)")
     parser.add_argument("--timeout", type=float, default=600, help="per batch, seconds")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_latency.json"))
     args = parser.parse_args(argv)
     batches = [int(x) for x in args.jobs.split(",") if x.strip()]
     if not batches or min(batches) < 1:
         parser.error(f"--jobs must list positive integers, got {args.jobs!r}")
+    if args.nodes < 1:
+        parser.error(f"--nodes must be >= 1, got {args.nodes}")
 
     with tempfile.TemporaryDirectory(prefix="volt-bench-kube-") as workdir:
         kube = LocalCluster(workdir, nodes=2)
@@ -208,12 +217,14 @@ def main(argv: Optional[List[str]] = None) -> None:
             apply_crd(kube)
             results = {
                 "baseline_bare_pod_running_s": baseline_pod(kube),
-                "batches": [run_batch(kube, n, args.steps, args.timeout) for n in batches],
+                "batches": [run_batch(kube, n, args.nodes, args.steps, args.timeout)
+                            for n in batches],
             }
         finally:
             kube.down()
-    results["note"] = ("medians over the jobs of one batch applied at once; 2 nodes x 1 CPU "
-                       "process per job; local control plane and node agent on this machine")
+    results["note"] = (f"medians over the jobs of one batch applied at once; {args.nodes} "
+                       "node(s) x 1 CPU process per job; local control plane and node agent "
+                       "on this machine")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -43,8 +43,13 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float
 def apply_crd(kube: Any) -> None:
     """Install (or update) the committed CRD and wait until it is served."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/trainingjobs.volt.dev")
+
+    def established() -> bool:
+        crd = get_json(kube, "crd", "trainingjobs.volt.dev")
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or [])
+
+    wait_until("the CRD to be Established", established, 60)
     # Discovery (short name tj) follows a moment after Established.
     wait_until("`kubectl get tj` to know the resource", lambda: kube.kubectl(
         "get", "tj", "-A", check=False).returncode == 0, 60)
