@@ -222,3 +222,18 @@ def test_sigkill_at_random_points_never_corrupts_latest(tmp_path):
                 proc.kill()
                 proc.wait()
         _assert_latest_is_complete(d)
+
+
+def test_files_get_the_umask_default_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        ckpt = tmp_path / "a.ckpt"
+        ckpt_io.atomic_save({"x": 1}, ckpt)
+        ckpt_io.write_manifest(tmp_path, ckpt, step=1, epoch=0)
+        assert ckpt.stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "latest.json").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        ckpt_io.atomic_save({"x": 2}, ckpt)
+        assert ckpt.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -53,6 +53,20 @@ def _fsync_dir(dirpath: str) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask is a process-wide swap)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: swap and restore at once
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: PathLike, write: Callable[[str], None]) -> int:
     """Run ``write(tmp_path)`` on a temp file next to ``path``, then atomically move it into place."""
     path = os.fspath(path)
@@ -63,6 +77,9 @@ def _atomic_write(path: PathLike, write: Callable[[str], None]) -> int:
     )
     os.close(fd)
     try:
+        # mkstemp creates 0600; give the file the mode open() would (0666 minus the
+        # umask) so other readers of a shared checkpoint volume (eval jobs, another UID) can read it.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         # Writers get a path, not a Python file object: torch.save then writes
         # from C++ directly, measurably faster for large states.
         write(tmp_path)
