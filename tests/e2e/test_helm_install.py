@@ -233,7 +233,8 @@ def test_chart_installs_and_its_service_account_runs_a_job(
 
 
 def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, namespace: str) -> None:
-    """The default (cluster-wide) rendering, with every optional object, is valid for the API server."""
+    """The default (cluster-wide) rendering, with every optional object, is valid for the API server,
+    and its operator pod passes the "restricted" Pod Security admission."""
     helm = helm_binary()
     rendered = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds",
                         "--set", "metrics.grafanaDashboard.enabled=true").stdout
@@ -242,3 +243,16 @@ def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, na
                      "Deployment", "Service", "ServiceAccount"]
     out = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered).stdout
     assert out.count("(server dry run)") == len(kinds), out
+
+    # The operator pod meets the "restricted" Pod Security Standard: the API server's
+    # Pod Security admission, enforcing it on the namespace, admits the pod template.
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    deployment = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment")
+    spec = dict(deployment["spec"]["template"]["spec"], serviceAccountName="default")
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": spec,
+           "metadata": {"name": "operator-pod-security", "namespace": namespace}}
+    admitted = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert admitted.returncode == 0 and "Warning" not in admitted.stderr, admitted.stderr
+    spec["securityContext"] = {}  # without the pod-level settings it must be refused: the check is live
+    refused = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
