@@ -46,7 +46,7 @@ _SCRIPT = textwrap.dedent(
     trainer = volt.Trainer(
         max_epochs=6, accelerator="cpu", devices=2, strategy="ddp", logger=CSVLogger(out),
         callbacks=[topk, timed, es, timer, LearningRateMonitor()], log_every_n_steps=2,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
     )
     trainer.fit(PerRankVal(), loader(n=32, batch_size=4), loader(n=16, batch_size=4))
     print("RESULT " + json.dumps({
@@ -112,6 +112,7 @@ _RAISE_SCRIPT = textwrap.dedent(
     trainer = volt.Trainer(
         max_epochs=50, accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
         callbacks=[OnExceptionCheckpoint(sys.argv[1])], enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=sys.argv[1],
     )
     trainer.fit(Raising(), loader(n=32, batch_size=4))
     """
