@@ -55,7 +55,7 @@ helm:
 docker:
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
-	  $$apt install -y --no-install-recommends docker.io debootstrap || { $$apt update && $$apt install -y --no-install-recommends docker.io debootstrap; }; }
+	  $$apt install -y docker.io debootstrap || { $$apt update && $$apt install -y docker.io debootstrap; }; }
 
 # The whole system on this machine: local control plane + node agent, the helm
 # chart, the operator as the chart's ServiceAccount, an example TrainingJob
