@@ -1,6 +1,29 @@
 """volt: a Lightning-style PyTorch training engine (``from volt import Trainer, LightningModule``)."""
 __version__ = "0.1.0"
 
+import logging as _logging
+import os as _os
+
+
+def _configure_package_logger() -> None:
+    """Engine messages (overrides applied, checkpoints restored) reach stderr, as Lightning's do.
+
+    Only rank 0 logs INFO; other ranks log warnings and errors. An application
+    that configures logging itself can remove or replace this handler.
+    """
+    logger = _logging.getLogger("volt")
+    if logger.handlers:
+        return
+    handler = _logging.StreamHandler()
+    handler.setFormatter(_logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    rank = _os.environ.get("RANK", "0")
+    logger.setLevel(_logging.INFO if rank in ("", "0") else _logging.WARNING)
+    logger.propagate = False
+
+
+_configure_package_logger()
+
 from volt.callbacks.base import Callback  # noqa: E402
 from volt.datamodule import LightningDataModule  # noqa: E402
 from volt.module import LightningModule  # noqa: E402

@@ -6,6 +6,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from volt.loggers.base import rank_zero_only  # noqa: F401  (1.x: pytorch_lightning.utilities.rank_zero_only)
+
 
 def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     """Apply ``fn`` to every tensor in a nested structure of dicts, lists, tuples, dataclasses."""

@@ -5,7 +5,7 @@ from volt.callbacks.lr_monitor import LearningRateMonitor
 from volt.callbacks.model_checkpoint import ModelCheckpoint
 from volt.callbacks.model_summary import ModelSummary
 from volt.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
-from volt.callbacks.progress import ProgressBar, TQDMProgressBar
+from volt.callbacks.progress import ProgressBar, ProgressBarBase, TQDMProgressBar
 from volt.callbacks.prometheus import PrometheusCallback
 from volt.callbacks.timer import Timer
 
@@ -17,6 +17,7 @@ __all__ = [
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
+    "ProgressBarBase",
     "PrometheusCallback",
     "TQDMProgressBar",
     "Timer",

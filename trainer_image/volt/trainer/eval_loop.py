@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
@@ -43,6 +44,13 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     trainer._reset_hook_cache()
     _add_configured_callbacks(trainer, module)
     trainer.strategy.setup_environment()
+    from volt.loggers.base import rank_zero_only
+
+    rank_zero_only.rank = trainer.global_rank  # loggers write on global rank 0 only
+    if trainer.world_size > 1:  # every rank runs this, so the broadcast is matched
+        for logger in trainer.loggers:
+            if hasattr(logger, "sync_version"):
+                logger.sync_version(trainer.strategy.broadcast)
     _prepare_data(trainer, module)
     dm = trainer.datamodule
     if dm is not None:
@@ -101,6 +109,8 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
 
     cb = trainer.checkpoint_callback
     dirpath = getattr(cb, "dirpath", None) if cb is not None else None
+    if dirpath is None:  # no ModelCheckpoint: the TrainingJob's volume still holds SIGTERM checkpoints
+        dirpath = os.environ.get("VOLT_CHECKPOINT_DIR") or None
     best = getattr(cb, "best_model_path", None) if cb is not None else None
     if ckpt_path == "best" and not best:
         raise ValueError(

@@ -169,6 +169,8 @@ def _log_hyperparams(trainer: "Trainer") -> None:
         params.update(dm.hparams)
     for logger in trainer.loggers:
         logger.log_hyperparams(params)
+        if hasattr(logger, "log_graph"):
+            logger.log_graph(module)
 
 
 def _has_validation(trainer: "Trainer") -> bool:
