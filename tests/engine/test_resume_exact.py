@@ -150,3 +150,29 @@ def test_sigkill_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path
     with pytest.raises(ValueError, match=r"written by 2 process\(es\) but this run has 1"):
         synthetic.main([*RUN_ARGS, "--ckpt-dir", str(tmp_path / "other"), "--ckpt-path",
                         str(tmp_path / "from-2-ranks.ckpt")])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_resume_from_an_epoch_boundary_checkpoint_is_bit_identical(tmp_path):
+    """A checkpoint at an epoch's last batch (before validation and the epoch's LR step) resumes exactly."""
+    reference = _start(tmp_path, "reference", "--max-steps", "40", "--ckpt-dir", str(tmp_path / "ref"),
+                       "--save-weights", str(tmp_path / "reference.pt"))
+    first = _start(tmp_path, "first", "--max-steps", "16", "--every-n-steps", "4", "--ckpt-dir", str(tmp_path / "run"))
+    resumed = None
+    try:
+        assert first.wait(150) == 0, _log(tmp_path, "first")
+        saved = torch.load(tmp_path / "run" / _manifest(tmp_path / "run")["checkpoint"], weights_only=False)
+        assert saved["global_step"] == 16 and saved["loops"]["fit_loop"]["epoch_batches_done"]
+        resumed = _start(tmp_path, "resumed", "--max-steps", "40", "--ckpt-dir", str(tmp_path / "run"),
+                         "--ckpt-path", "last", "--save-weights", str(tmp_path / "resumed.pt"))
+        assert resumed.wait(150) == 0, _log(tmp_path, "resumed")
+        assert reference.wait(150) == 0, _log(tmp_path, "reference")
+    finally:
+        for proc in (first, reference, resumed):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    expected, actual = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs after resuming at an epoch boundary"
