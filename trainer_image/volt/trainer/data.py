@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import itertools
-import math
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Tuple, Union
 
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 Number = Union[int, float]
 INF = float("inf")
-
-_LOADER_METHOD = {"fit": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
-                  "predict": "predict_dataloader", "train": "train_dataloader", "val": "val_dataloader"}
 
 
 def defines(obj: Any, method: str, base: type) -> bool:

@@ -14,7 +14,6 @@ Hook order (see fit_loop.py for where validation sits inside fit):
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional

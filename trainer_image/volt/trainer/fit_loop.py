@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 

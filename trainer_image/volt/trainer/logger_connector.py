@@ -1,7 +1,7 @@
 """Routes ``self.log`` values to loggers, the progress bar and ``callback_metrics``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 

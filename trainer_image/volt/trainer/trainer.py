@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 
@@ -25,7 +25,7 @@ from volt.trainer import arguments as A
 from volt.trainer import checkpoint_connector, eval_loop, fit_loop
 from volt.trainer.data import INF, as_loader_list, defines, limited_length, without_shuffle
 from volt.trainer.logger_connector import LoggerConnector
-from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from volt.trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,6 @@ class Trainer:
     ) -> None:
         passed = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         passed = self._apply_env_overrides(passed)
-        self._init_callbacks_early = passed["callbacks"]
         self._setup_arguments(**passed)
 
     # ------------------------------------------------------------------------------------
@@ -939,9 +938,6 @@ class Trainer:
             connector.fx = prev
 
     # --- used by LightningModule ---------------------------------------------------------------
-    def _log_from_module(self, name: str, value: Any, **options: Any) -> None:
-        self._logger_connector.log(name, value, **options)
-
     def _run_backward(self, loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer], *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
         self._call_hook("on_before_backward", loss)
