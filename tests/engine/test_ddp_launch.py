@@ -83,7 +83,9 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
     # in the same process, which is the one that gets SIGTERM.
     with open(tmp_path / "first.log", "wb") as out:
         first = subprocess.Popen(
-            [sys.executable, *example("--max-epochs", "1000000", "--samples", "256", "--every-n-steps", "10")[1:]],
+            # 1600 samples / 2 ranks / 32 = 25 batches per epoch: agreement points (every 4th batch)
+            # fall mid-epoch except at multiples of 100 (the epoch-boundary case has its own test)
+            [sys.executable, *example("--max-epochs", "1000000", "--samples", "1600", "--every-n-steps", "10")[1:]],
             env=child_env(VOLT_TRAINER='{"devices": 2, "accelerator": "cpu"}', **env), stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
         )
@@ -104,7 +106,7 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
     assert step > 0 and saved["volt_resume"]["world_size"] == 2
 
     # The restart (VOLT_RESUME=auto, as the operator sets it) continues from that checkpoint.
-    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--max-steps", str(step + 6), "--samples", "256",
+    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--max-steps", str(step + 6), "--samples", "1600",
                                       "--save-weights", str(tmp_path / "resumed.pt")),
                         tmp_path, VOLT_RESUME="auto", **env)
     assert wait_all(procs, 150) == [0], logs(tmp_path)
@@ -112,6 +114,6 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
     assert f"step={step + 6} " in resumed_log, logs(tmp_path)
     assert f"volt: resumed from checkpoint {ckpt_dir / manifest['checkpoint']} at epoch " in resumed_log
     # Exactly: a batch trained twice or skipped would move the weights far beyond the tolerance.
-    expected = reference_weights(256, 16, 32, 0.05, 32, world_size=2, max_steps=step + 6)
+    expected = reference_weights(1600, 16, 32, 0.05, 32, world_size=2, max_steps=step + 6)
     assert_weights_close(torch.load(tmp_path / "resumed.pt"), expected,
                          f"interrupted at step {step} and resumed, DDP differs from uninterrupted training")
