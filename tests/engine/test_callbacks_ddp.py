@@ -88,7 +88,8 @@ def test_checkpoint_early_stopping_timer_and_logger_under_ddp(tmp_path):
     names = [n for n in os.listdir(out / "timed") if n.endswith(".ckpt")]
     steps = sorted(int(n[len("step="):-len(".ckpt")]) for n in names)
     assert steps == list(range(2, 17, 2))
-    # One logger directory, written by rank 0 only.
+    # One logger directory, the same on every rank, written by rank 0 only.
+    assert r0["log_dir"] == r1["log_dir"] == str(out / "lightning_logs" / "version_0")
     assert os.listdir(out / "lightning_logs") == ["version_0"]
     metrics = (out / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "lr-SGD" in metrics and "val_loss" in metrics
