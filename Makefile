@@ -78,8 +78,12 @@ test-operator: setup cluster
 test-e2e: setup prometheus cluster helm docker
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# Each benchmark prints its ratio and writes bench/results/<name>.json.
 bench: setup
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/prometheus_overhead.py
+	$(PY) bench/ddp_scaling.py
+	$(PY) bench/checkpoint.py
 
 lint: setup
 	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench
