@@ -82,6 +82,7 @@ class Precision:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.device = torch.device(device)
+        self._autocast_dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
         self.scaler: Optional[torch.amp.GradScaler] = None
         if precision == "16-mixed":
             # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
@@ -93,7 +94,7 @@ class Precision:
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
-        return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(self.precision)
+        return self._autocast_dtype
 
     @property
     def param_dtype(self) -> torch.dtype:

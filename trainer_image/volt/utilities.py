@@ -13,6 +13,11 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     """Apply ``fn`` to every tensor in a nested structure of dicts, lists, tuples, dataclasses."""
     if isinstance(data, torch.Tensor):
         return fn(data)
+    kind = type(data)
+    if kind is tuple or kind is list:  # the common batch shapes, without the generic checks below
+        return kind([apply_to_tensors(v, fn) for v in data])
+    if kind is dict:
+        return {k: apply_to_tensors(v, fn) for k, v in data.items()}
     if isinstance(data, Mapping):
         out = {k: apply_to_tensors(v, fn) for k, v in data.items()}
         if type(data) is dict:

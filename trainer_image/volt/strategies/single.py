@@ -1,7 +1,7 @@
 """One process, one device (CPU, one CUDA GPU or MPS)."""
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -18,6 +18,10 @@ class SingleDeviceStrategy(Strategy):
     @property
     def root_device(self) -> torch.device:
         return self._device
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        # The hot path: no wrapper to route through on one device.
+        return self._lightning_module.training_step(*args, **kwargs)  # type: ignore[union-attr]
 
     def setup_environment(self) -> None:
         if self._device.type == "cuda":

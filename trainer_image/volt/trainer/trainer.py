@@ -932,6 +932,8 @@ class Trainer:
         connector = self._logger_connector
         prev, connector.fx = connector.fx, name
         try:
+            if self.precision_plugin.autocast_dtype is None:
+                return getattr(self.strategy, name)(*args)
             with self.precision_plugin.forward_context():
                 return getattr(self.strategy, name)(*args)
         finally:
