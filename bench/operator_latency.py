@@ -43,7 +43,7 @@ from volt_operator.testing.cluster import LocalCluster  # noqa: E402
 POLL_S = 0.2
 
 
-def job_manifest(name: str, steps: int, nodes: int) -> Dict[str, Any]:
+def job_manifest(name: str, steps: int, nodes: int, ckpt_dir: str) -> Dict[str, Any]:
     return {
         "apiVersion": "volt.dev/v1alpha1",
         "kind": "TrainingJob",
@@ -51,10 +51,12 @@ def job_manifest(name: str, steps: int, nodes: int) -> Dict[str, Any]:
         "spec": {
             "image": "volt-trainer:bench",
             "command": ["python", "-m", "volt.examples.synthetic"],
-            "args": ["--samples", "2048", "--batch-size", "16"],
+            # Fresh training in a directory of its own: no volume, nothing to resume.
+            "args": ["--samples", "2048", "--batch-size", "16", "--ckpt-dir", ckpt_dir],
+            "resume": "Never",
             "trainer": {"numNodes": nodes, "devices": 1, "accelerator": "cpu", "maxSteps": steps},
             "terminationGracePeriodSeconds": 5,
-            "cleanPodPolicy": "All",
+            "cleanPodPolicy": "Running",
         },
     }
 
@@ -85,6 +87,7 @@ class Observer(threading.Thread):
         self.status_running: Dict[str, float] = {}
         self.first_step: Dict[str, float] = {}
         self.phases: Dict[str, str] = {}
+        self.failures: Dict[str, str] = {}
 
     def _get(self, path: str) -> Dict[str, Any]:
         return self.kube.request("GET", path)
@@ -103,6 +106,9 @@ class Observer(threading.Thread):
             for job in jobs["items"]:
                 name = job["metadata"]["name"]
                 self.phases[name] = (job.get("status") or {}).get("phase") or ""
+                failure = (job.get("status") or {}).get("lastFailure")
+                if failure:
+                    self.failures[name] = failure.get("message", "")
                 if self.phases[name] == "Running":
                     self.status_running.setdefault(name, now)
             for name in self.names:
@@ -158,18 +164,26 @@ def run_batch(kube: LocalCluster, jobs: int, nodes: int, steps: int,
               timeout: float) -> Dict[str, Any]:
     namespace = new_namespace(kube, f"bench-{jobs}")
     names = [f"lat-{i}" for i in range(jobs)]
-    with tempfile.TemporaryDirectory() as logdir:
-        operator = OperatorProcess(kube, [namespace], Path(logdir)).start()
+    with tempfile.TemporaryDirectory(prefix="volt-bench-") as workdir:
+        operator = OperatorProcess(kube, [namespace], Path(workdir)).start()
         try:
-            docs = yaml.safe_dump_all([job_manifest(n, steps, nodes) for n in names])
+            docs = yaml.safe_dump_all(
+                [job_manifest(n, steps, nodes, f"{workdir}/ckpt/{n}") for n in names]
+            )
             start = time.monotonic()
             observer = Observer(kube, namespace, names, nodes, start, timeout)
             observer.start()
             kube.kubectl("apply", "-n", namespace, "-f", "-", input=docs, timeout=120)
             observer.join()
+            failed_logs = ""
+            if observer.failures:
+                pod = next(iter(observer.failures.values())).split(" ")[0]
+                failed_logs = kube.kubectl("logs", "-n", namespace, pod, check=False).stdout[-2000:]
         finally:
             operator.stop()
-    kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+            # Pods checkpoint on SIGTERM into workdir: let them finish before it goes.
+            kube.kubectl("delete", "namespace", namespace, "--wait=true", check=False,
+                         timeout=300)
     return {
         "jobs": jobs,
         "nodes_per_job": nodes,
@@ -177,6 +191,8 @@ def run_batch(kube: LocalCluster, jobs: int, nodes: int, steps: int,
         "status_running": summarize(observer.status_running, jobs),
         "first_step": summarize(observer.first_step, jobs),
         "phases_at_end": sorted(observer.phases.values()),
+        "failures": sorted(set(observer.failures.values()))[:5],
+        "first_failed_pod_log_tail": failed_logs,
     }
 
 
