@@ -145,3 +145,19 @@ def test_hooks_on_save_and_load_checkpoint(tmp_path: Any) -> None:
     m = Model()
     quiet_trainer(tmp_path, max_steps=2).fit(m, loader(), ckpt_path=str(tmp_path / "x.ckpt"))
     assert m.loaded_extra == 42
+
+
+def test_module_copies_and_pickles_without_its_trainer(tmp_path: Any) -> None:
+    import copy
+    import io
+
+    model = TinyModel()
+    quiet_trainer(tmp_path, max_steps=1).fit(model, loader())
+    assert model._trainer is not None
+    clone = copy.deepcopy(model)
+    assert clone._trainer is None and model._trainer is not None
+    torch.testing.assert_close(clone.layer.weight, model.layer.weight)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False)._trainer is None

@@ -34,6 +34,12 @@ class LightningModule(HyperparametersMixin, nn.Module):
         self.truncated_bptt_steps: int = 0
         self.prepare_data_per_node: bool = True
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickling or deep-copying a module must not drag its trainer (loaders, loggers) along.
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        return state
+
     # --- attachment to a trainer -----------------------------------------------
     @property
     def trainer(self) -> "Trainer":
