@@ -57,6 +57,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # warnings and errors from handlers.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
+    # No runtime scanning of CRDs and namespaces (cluster-scoped list/watch that the
+    # chart's least-privilege RBAC does not grant): the CRD is installed before the
+    # operator starts and the namespaces are named on the command line.
+    settings.scanning.disabled = True
     memo.reconciler = Reconciler(
         KubeClient(options.kube_configuration), progress_interval=options.progress_seconds
     )
