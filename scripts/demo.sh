@@ -105,7 +105,9 @@ PY
 
     say "kubectl get tj $job -w   (until it finishes; up to ${job_timeout}s)"
     local phase="" last="" line key deadline=$((SECONDS + job_timeout))
-    kubectl get tj "$job" -n "$ns" | head -n 1
+    # The header row (no `| head`: with pipefail, kubectl's SIGPIPE would end the script).
+    line="$(kubectl get tj "$job" -n "$ns")"
+    echo "${line%%$'\n'*}"
     while (( SECONDS < deadline )); do
         line="$(kubectl get tj "$job" -n "$ns" --no-headers 2>/dev/null || true)"
         # Print a row when something but its AGE column changed.
