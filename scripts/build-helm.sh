@@ -17,7 +17,9 @@ link_into_bin() {
     ln -sfn "$helm_bin" "$VOLT_CACHE/bin/helm"
 }
 
-if [[ -x "$helm_bin" && -f "$marker" ]] && "$helm_bin" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+reports_version() { [[ "$("$helm_bin" version --template '{{.Version}}' 2>/dev/null)" == "$HELM_VERSION" ]]; }
+
+if [[ -x "$helm_bin" && -f "$marker" ]] && reports_version; then
     link_into_bin
     echo "helm $HELM_VERSION: cached at $helm_bin"
     exit 0
@@ -54,8 +56,7 @@ mkdir -p "$out_dir"
 # Rename into place so a concurrent reader never sees a half-written binary.
 cp "$work/bin/helm" "$out_dir/.helm.tmp.$$"
 mv -f "$out_dir/.helm.tmp.$$" "$helm_bin"
-"$helm_bin" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" \
-    || { echo "build-helm: built binary does not report $HELM_VERSION" >&2; exit 1; }
+reports_version || { echo "build-helm: built binary does not report $HELM_VERSION" >&2; exit 1; }
 touch "$marker"
 link_into_bin
 echo "helm $HELM_VERSION: built at $helm_bin"
