@@ -118,8 +118,10 @@ PY
         kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
         sleep 2
     done
-    # The row that shows the final phase (the loop read the row before the phase).
-    kubectl get tj "$job" -n "$ns" --no-headers 2>/dev/null || true
+    # The row that shows the final phase, unless the loop already printed it.
+    line="$(kubectl get tj "$job" -n "$ns" --no-headers 2>/dev/null || true)"
+    key="${line%"${line##*[[:space:]]}"}"
+    [[ -n "$line" && "$key" != "$last" ]] && echo "$line"
     [[ "$phase" == Succeeded ]] || {
         kubectl describe tj "$job" -n "$ns" >&2 || true
         die "job $job ended in phase '${phase:-unknown}' (operator log: $demo_dir/operator.log)"
