@@ -38,6 +38,12 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 
 def move_data_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in ``batch`` to ``device`` (non-blocking from pinned memory)."""
+    if type(batch) is tuple or type(batch) is list:  # pre-placed batches (the common case on GPU loaders)
+        for item in batch:
+            if not isinstance(item, torch.Tensor) or item.device != device:
+                break
+        else:
+            return batch
     non_blocking = device.type == "cuda"
     return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
 

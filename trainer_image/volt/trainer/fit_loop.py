@@ -146,11 +146,18 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
     trainer._collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
         _takes_outputs(cb) for cb in trainer._callbacks_for("on_train_epoch_end")
     )
+    trainer._silent = frozenset(
+        h for h in _PER_STEP_HOOKS if not trainer._callbacks_for(h) and not trainer._module_overrides(h)
+    )
     # Detaching step outputs costs a dict per step: do it only when a hook will see them.
     trainer._train_outputs_needed = bool(
         trainer._collect_train_outputs or trainer._callbacks_for("on_train_batch_end")
         or trainer._module_overrides("on_train_batch_end")
     )
+
+
+_PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_batch_end", "on_before_zero_grad",
+                   "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 def _takes_outputs(cb: Any) -> bool:
@@ -377,7 +384,8 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
         trainer._call_callbacks("on_batch_start")
     if trainer._module_overrides("on_batch_start"):
         trainer._call_module("on_batch_start", batch, always=True)
-    if trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
+    silent = trainer._silent
+    if "on_train_batch_start" not in silent and trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
         return -1
 
     if module.automatic_optimization:
@@ -394,13 +402,16 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
 
     if steps_now:
         progress.batches_that_stepped += 1
-        _step_schedulers(trainer, "step", progress.batches_that_stepped)
+        if trainer.lr_scheduler_configs:
+            _step_schedulers(trainer, "step", progress.batches_that_stepped)
     # resume: the batch is done before on_train_batch_end, where checkpoints are taken
     progress.batch_idx = batch_idx + 1
     if is_last:
         progress.epoch_batches_done = True
-    trainer._call_hook("on_train_batch_end", outputs, batch, batch_idx)
-    trainer._call_hook("on_batch_end")
+    if "on_train_batch_end" not in silent:
+        trainer._call_hook("on_train_batch_end", outputs, batch, batch_idx)
+    if "on_batch_end" not in silent:
+        trainer._call_hook("on_batch_end")
     if trainer._collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
     if steps_now:
@@ -475,7 +486,8 @@ def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch
                              f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
         # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
         if zero_grad:
-            trainer._call_hook("on_before_zero_grad", optimizer)
+            if "on_before_zero_grad" not in trainer._silent:
+                trainer._call_hook("on_before_zero_grad", optimizer)
             if trainer._module_overrides("optimizer_zero_grad"):
                 if trainer._legacy_optimizer_step:
                     trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
@@ -559,7 +571,8 @@ def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure
     automatic = getattr(trainer, "_auto_stepping", False)
 
     def before_step() -> None:
-        trainer._call_hook("on_before_optimizer_step", optimizer)
+        if "on_before_optimizer_step" not in trainer._silent:
+            trainer._call_hook("on_before_optimizer_step", optimizer)
         if automatic:
             if trainer.track_grad_norm != -1 and _is_log_step(trainer):
                 _log_grad_norms(trainer, optimizer)

@@ -105,7 +105,8 @@ class ResultCollection:
         default_step, default_epoch = LOG_DEFAULTS[fx]
         on_step = default_step if on_step is None else bool(on_step)
         on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
-        reduce_fx = _reduce_fx_name(name, reduce_fx)
+        if reduce_fx not in REDUCE_FXS:
+            reduce_fx = _reduce_fx_name(name, reduce_fx)
         metric_object = None
         if hasattr(value, "compute") and hasattr(value, "update") and not isinstance(value, torch.Tensor):
             metric_object, value = value, None  # torchmetrics-style: compute() at epoch end

@@ -868,6 +868,8 @@ class Trainer:
         self._hook_cache = {}
         self._module_hooks: Dict[str, bool] = {}
         self._hook_plan: Dict[str, Any] = {}
+        # Per-step hooks nobody overrides; the loop skips even the dispatch call for them.
+        self._silent: frozenset = frozenset()
         self._transfer_hooks: Optional[List[Any]] = None
 
     def _callbacks_for(self, hook: str) -> List[Callback]:
@@ -942,14 +944,17 @@ class Trainer:
     # --- used by LightningModule ---------------------------------------------------------------
     def _run_backward(self, loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer], *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
-        self._call_hook("on_before_backward", loss)
+        silent = self._silent
+        if "on_before_backward" not in silent:
+            self._call_hook("on_before_backward", loss)
         scaler = self.precision_plugin.scaler
         scaled = scaler.scale(loss) if scaler is not None else loss
         if self._module_overrides("backward") or args or kwargs:
             self._call_module("backward", scaled, *args, always=True, **kwargs)
         else:
             scaled.backward()
-        self._call_hook("on_after_backward")
+        if "on_after_backward" not in silent:
+            self._call_hook("on_after_backward")
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, **kwargs: Any) -> Any:
         return fit_loop.optimizer_step(self, optimizer, closure, **kwargs)
