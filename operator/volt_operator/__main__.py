@@ -79,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         progress_seconds=args.progress_interval,
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         kube_configuration=configuration,
+        namespaces=list(args.namespace),
     )
     namespaces = args.namespace
     logging.getLogger("volt_operator").info(

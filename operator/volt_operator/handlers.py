@@ -1,9 +1,12 @@
 """kopf handlers: thin wiring from API events to ``Reconciler.reconcile``.
 
 Every handler does the same thing, level-based: look at the job and its pods
-now and move one step. Job create/resume/update, a resync timer, and every
-event of a pod labelled ``volt.dev/job`` all funnel into one reconcile, which
-is serialised per job. A pod's DELETED event carries its last state (exit
+now and move one step. Job create/resume/update, every event of a pod
+labelled ``volt.dev/job``, and a periodic resync (backoff expiry, deadlines,
+TTL and progress need a clock, not an event) all funnel into one reconcile,
+which is serialised per job. The resync is a plain thread rather than a kopf
+timer: kopf puts a finalizer on every object with a timer, and a TrainingJob
+must stay deletable (with its namespace) while the operator is down. A pod's DELETED event carries its last state (exit
 code, reason); it is handed to the reconcile so that a pod deleted right
 after it failed still counts with its real exit code.
 """
@@ -11,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 import kopf
 
 from . import metrics
-from .api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from .api import GROUP, PLURAL, VERSION
 from .builders import LABEL_JOB
 from .kube import KubeClient
-from .reconciler import Reconciler
+from .reconciler import Reconciler, Resyncer
 
 log = logging.getLogger("volt_operator.handlers")
 # Read at import: kopf fixes a timer's interval when the handler is registered.
@@ -34,6 +37,7 @@ class Options:
     progress_seconds: float = 5.0
     metrics_port: Optional[int] = 8080
     kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
+    namespaces: List[str] = field(default_factory=list)  # empty: all namespaces
 
 
 def _options(memo: Any) -> Options:
@@ -64,6 +68,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler = Reconciler(
         KubeClient(options.kube_configuration), progress_interval=options.progress_seconds
     )
+    memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS)
+    memo.resyncer.start()
     memo.metrics_server = None
     if options.metrics_port is not None:
         memo.metrics_server = metrics.start_metrics_server(options.metrics_port)
@@ -72,6 +78,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    resyncer = getattr(memo, "resyncer", None)
+    if resyncer is not None:
+        resyncer.stop()
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.stop()
@@ -95,19 +104,6 @@ def on_resume(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_update(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     _reconcile(memo, "update", namespace, name)
-
-
-def _needs_resync(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """Finished jobs need no look unless a TTL will delete them."""
-    return status.get("phase") not in TERMINAL_PHASES or (
-        spec.get("ttlSecondsAfterFinished") is not None
-    )
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=1.0, when=_needs_resync)
-def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Backoff expiry, deadlines, TTL and progress polling need a clock, not an event."""
-    _reconcile(memo, "timer", namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

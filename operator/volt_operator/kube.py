@@ -115,6 +115,14 @@ class KubeClient:
                 return None
             raise
 
+    def list_jobs(self, namespace: Optional[str] = None) -> list:
+        """TrainingJobs in one namespace, or in all of them."""
+        if namespace:
+            path = self.job_path(namespace)
+        else:
+            path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+        return list(self.request("GET", path).get("items") or [])
+
     def patch_job_status(self, namespace: str, name: str, patch: Dict[str, Any]) -> Any:
         return self.request(
             "PATCH", self.job_path(namespace, name, "status"), patch,

@@ -11,13 +11,22 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pydantic import ValidationError
 
 from . import metrics, progress, status as machine
-from .api import API_VERSION, KIND, TrainingJobSpec, TrainingJobStatus, format_time, parse_time
+from .api import (
+    API_VERSION,
+    KIND,
+    TERMINAL_PHASES,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    format_time,
+    parse_time,
+)
 from .builders import LABEL_JOB, JobRef, build_pods, build_service
 from .kube import ApiError, KubeClient
 from .observed import PodView, pod_view
@@ -269,4 +278,59 @@ class Reconciler:
         except ApiError as exc:
             log.warning("posting event %s on %s/%s failed: %s", reason, meta["namespace"],
                         meta["name"], exc)
+
+
+class Resyncer:
+    """Reconciles every live TrainingJob every ``interval`` seconds (a thread)."""
+
+    def __init__(self, reconciler: Reconciler, namespaces: List[str], interval: float,
+                 workers: int = 4) -> None:
+        self.reconciler = reconciler
+        self.namespaces = list(namespaces)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="volt-resync", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-resync")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def needs_look(job: Dict[str, Any]) -> bool:
+        """Finished jobs need no look unless a TTL will delete them."""
+        phase = (job.get("status") or {}).get("phase")
+        ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+        return phase not in TERMINAL_PHASES or ttl is not None
+
+    def sweep(self) -> None:
+        client = self.reconciler.client
+        jobs: List[Dict[str, Any]] = []
+        for namespace in self.namespaces or [None]:
+            jobs.extend(client.list_jobs(namespace))
+        futures = [
+            self._pool.submit(self._one, job["metadata"]["namespace"], job["metadata"]["name"])
+            for job in jobs
+            if self.needs_look(job)
+        ]
+        for future in futures:
+            future.result()
+
+    def _one(self, namespace: str, name: str) -> None:
+        try:
+            with metrics.reconcile_timer("resync"):
+                self.reconciler.reconcile(namespace, name)
+        except Exception:  # one broken job must not stop the others' resync
+            log.exception("resync of %s/%s failed", namespace, name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("listing TrainingJobs for the resync failed")
 

@@ -153,6 +153,8 @@ def test_valid_job_gets_service_pods_env_and_columns(operator: OperatorProcess,
     assert {"Created", "Running"} <= {e["reason"] for e in events}
     status = job_status(kube, namespace, "demo")
     assert status["observedGeneration"] == 1 and status["startTime"]
+    # No finalizer: a TrainingJob (and its namespace) stays deletable without the operator.
+    assert not get_json(kube, "-n", namespace, "tj", "demo")["metadata"].get("finalizers")
 
     # Deleting the job removes its children through the owner references.
     kube.kubectl("delete", "-n", namespace, "tj", "demo", "--wait=true", timeout=60)
