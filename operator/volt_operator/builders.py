@@ -196,6 +196,10 @@ def _container(
         "ports": ports,
         "resources": _resources(spec),
         "volumeMounts": mounts,
+        # Rank 0 leaves its final progress here; the operator reads it from the
+        # pod status once the /progress endpoint is gone.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy

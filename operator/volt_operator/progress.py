@@ -47,6 +47,18 @@ def fetch(ip: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> Dict[st
     return payload
 
 
+def from_termination_message(message: str) -> Optional[Dict[str, Any]]:
+    """The final /progress payload rank 0 left as its termination message, if any."""
+    text = (message or "").strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and "step" in payload else None
+
+
 def _int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

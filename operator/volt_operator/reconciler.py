@@ -117,8 +117,24 @@ class Reconciler:
         self, key: Tuple[str, str], spec: TrainingJobSpec, st: TrainingJobStatus,
         pods: List[PodView], now: datetime,
     ) -> None:
-        """Mirror rank 0's /progress into ``st`` (at most once per interval)."""
+        """Mirror rank 0's /progress into ``st`` (at most once per interval).
+
+        Once rank 0 has exited its endpoint is gone; the engine leaves its
+        final progress as the container's termination message (the kubelet
+        copies /dev/termination-log into the pod status), which makes the
+        last row of `kubectl get tj` exact.
+        """
         if st.phase != "Running":
+            return
+        done = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt
+                     and p.succeeded), None)
+        if done is not None:
+            final = progress.from_termination_message(done.message)
+            if final is not None:
+                training, checkpoint = progress.to_status(final, now)
+                st.training = training
+                if checkpoint is not None:
+                    st.checkpoint = checkpoint
             return
         rank0 = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt and p.ip
                       and p.active), None)

@@ -442,3 +442,18 @@ def test_progress_rate_limiter() -> None:
     assert limiter.allow(("ns", "b"))
     limiter.forget(("ns", "a"))
     assert limiter.allow(("ns", "a"))
+
+
+def test_final_progress_from_the_termination_message() -> None:
+    from volt_operator import progress
+
+    final = progress.from_termination_message(
+        '{"epoch": 3, "step": 128, "loss": 0.01, "checkpoint": {"path": "/c/last.ckpt", '
+        '"step": 128, "time": "2026-11-27T12:00:00Z"}}'
+    )
+    assert final is not None
+    training, checkpoint = progress.to_status(final, NOW)
+    assert (training.epoch, training.step) == (3, 128)
+    assert checkpoint is not None and checkpoint.step == 128
+    assert progress.from_termination_message("Error: boom") is None
+    assert progress.from_termination_message('{"no": "step"}') is None
