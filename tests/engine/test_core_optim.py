@@ -224,3 +224,24 @@ def test_truncated_bptt_with_hiddens(tmp_path: Any) -> None:
     assert trainer.global_step == 6  # 2 batches x 3 splits of length 2
     assert received[0] is None and received[1] is not None and not received[1][0].requires_grad
     assert received[3] is None  # hiddens restart with each batch
+
+
+def test_estimated_stepping_batches_in_configure_optimizers(tmp_path: Any) -> None:
+    """OneCycleLR(total_steps=trainer.estimated_stepping_batches), the common 2.x idiom."""
+    requested: List[int] = []
+
+    class Model(TinyModel):
+        def train_dataloader(self) -> Any:
+            requested.append(1)
+            return loader(64)
+
+        def configure_optimizers(self) -> Any:
+            opt = sgd(self)
+            total = self.trainer.estimated_stepping_batches
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=int(total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=2)
+    trainer.fit(Model())
+    assert trainer.estimated_stepping_batches == 12 == trainer.global_step  # 8 batches / 2 x 3 epochs
+    assert requested == [1]  # loaded once, not again by the loop

@@ -81,6 +81,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     if not trainer._module_overrides("training_step"):
         raise ValueError(f"{type(module).__name__} has no training_step(); define training_step(self, batch, batch_idx) to fit")
     checkpoint = setup_stage(trainer, "fit", ckpt_path)
+    trainer._train_loader_loaded = False  # estimated_stepping_batches may load it early
     _setup_optimizers(trainer, module)
     if checkpoint is not None:
         checkpoint_connector.restore_training_state(trainer, checkpoint)
@@ -96,7 +97,8 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     if trainer.num_sanity_val_steps and checkpoint is None:
         _run_sanity_check(trainer)
 
-    _load_train_dataloader(trainer)
+    if not trainer._train_loader_loaded:
+        _load_train_dataloader(trainer)
     trainer.state.stage = "train"
     module.train()
     trainer._call_hook("on_train_start")
@@ -207,6 +209,7 @@ def _load_train_dataloader(trainer: "Trainer") -> None:
         )
     trainer.train_dataloader = loaders[0]
     trainer.num_training_batches = trainer._limited("train", loaders)[0]
+    trainer._train_loader_loaded = True
     trainer._val_check_batch = _val_check_batch(trainer)
 
 

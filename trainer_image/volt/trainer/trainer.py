@@ -660,7 +660,9 @@ class Trainer:
 
     @property
     def estimated_stepping_batches(self) -> float:
-        """Optimizer steps the fit will take (for schedulers such as OneCycleLR)."""
+        """Optimizer steps the fit will take (for schedulers such as OneCycleLR in configure_optimizers)."""
+        if self.state.fn == TrainerFn.FITTING and not getattr(self, "_train_loader_loaded", True):
+            fit_loop._load_train_dataloader(self)  # configure_optimizers runs before the loop loads it
         batches = self.num_training_batches
         if batches == INF:
             return float(self.max_steps) if self.max_steps != -1 else INF
