@@ -71,3 +71,14 @@ def test_step_dtypes(tmp_path: Any, precision: str, param: torch.dtype, inp: tor
         assert scaler is not None and scaler.get_scale() > 0
         ckpt = volt.trainer.checkpoint_connector.dump_checkpoint(trainer)
         assert "native_amp_scaling_state" in ckpt
+
+
+def test_init_module_creates_parameters_in_the_precision_dtype(tmp_path: Any) -> None:
+    trainer = quiet_trainer(tmp_path, precision="64-true", max_steps=1)
+    with trainer.init_module():
+        model = TinyModel()
+    assert model.layer.weight.dtype == torch.float64
+    assert torch.get_default_dtype() == torch.float32
+    trainer.fit(model, loader())
+    with quiet_trainer(tmp_path, precision="bf16-mixed").init_module():
+        assert TinyModel().layer.weight.dtype == torch.float32  # mixed keeps fp32 weights

@@ -6,12 +6,13 @@ Lightning's public properties.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 
@@ -752,6 +753,18 @@ class Trainer:
             result["lr_find"] = tuner.lr_find(model, train_dataloaders=train_dataloaders,
                                               val_dataloaders=val_dataloaders, datamodule=datamodule, **kwargs)
         return result
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: Optional[bool] = None) -> Iterator[None]:
+        """Create the model's tensors directly on the training device, in the ``*-true`` precision's dtype."""
+        device = self.strategy.root_device
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.precision_plugin.param_dtype)
+        try:
+            with device if device.type != "cpu" else contextlib.nullcontext():
+                yield
+        finally:
+            torch.set_default_dtype(previous)
 
     def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False,
                         storage_options: Any = None) -> None:
