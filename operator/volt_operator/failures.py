@@ -99,7 +99,7 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
         return Verdict(FAIL, pod, name, where)
     if pod.reason == "OOMKilled":
         return Verdict(RESTART, pod, "OOMKilled", where)
-    if code is None and pod.gone:
+    if code is None and (pod.gone or pod.deleting):
         return Verdict(RESTART, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted")
     return Verdict(RESTART, pod, "Crashed" if code else "PodFailed", where)
 
@@ -109,8 +109,8 @@ def worst(failed: Iterable[PodView], policy: FailurePolicy) -> Optional[Verdict]
 
     When one rank crashes or is preempted, the others exit with PEER_LOST as
     a consequence; the root cause decides (a preempted rank must not spend
-    the budget because its peers noticed). Among root causes the most severe
-    action wins, then the lowest rank.
+    the budget because its peers noticed). A pod removed from outside comes
+    first, then the most severe action, then the lowest rank.
     """
     verdicts = [judge(p, policy) for p in failed]
     if not verdicts:
@@ -119,4 +119,6 @@ def worst(failed: Iterable[PodView], policy: FailurePolicy) -> Optional[Verdict]
         v for v in verdicts if not (v.pod.exit_code == PEER_LOST and v.reason == "PeerLost")
     ]
     pool = causes or verdicts
-    return sorted(pool, key=lambda v: (-_SEVERITY[v.action], v.pod.rank))[0]
+    # A pod someone deleted, evicted or preempted is the root cause: its peers
+    # stop (75/76) because of it, whichever exit the operator saw first.
+    return sorted(pool, key=lambda v: (not v.pod.removed, -_SEVERITY[v.action], v.pod.rank))[0]

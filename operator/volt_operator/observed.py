@@ -43,6 +43,12 @@ class PodView:
     disrupted: bool
     finished_at: Optional[str]
     ip: Optional[str]
+    deletion_time: Optional[str] = None
+
+    @property
+    def removed(self) -> bool:
+        """Taken away from outside (deleted, evicted, preempted), not crashed by itself."""
+        return self.deleting or self.gone or self.disrupted
 
     @property
     def succeeded(self) -> bool:
@@ -113,4 +119,5 @@ def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
         disrupted=disrupted,
         finished_at=terminated.get("finishedAt"),
         ip=status.get("podIP"),
+        deletion_time=meta.get("deletionTimestamp"),
     )

@@ -237,6 +237,20 @@ def _missing_after_start(current: List[PodView], n: int, attempt: int, job: str)
     ]
 
 
+def _awaiting_deleted_pod(spec: TrainingJobSpec, live: List[PodView], now: datetime) -> bool:
+    """Someone deleted a running node pod and it is still shutting down: wait for
+    its exit code (75 means it checkpointed) before judging the gang, so that
+    its peers' reactions are not taken for the cause. Bounded by the grace
+    period, in case its node never reports back."""
+    limit = spec.termination_grace_period_seconds + 30
+    for pod in live:
+        if pod.deleting and pod.exit_code is None:
+            since = parse_time(pod.deletion_time)
+            if since is None or (now - since).total_seconds() < limit:
+                return True
+    return False
+
+
 def _await_root_cause(verdict: failures.Verdict, live: List[PodView], now: datetime) -> bool:
     """Only peers reported PEER_LOST while another rank still looks alive."""
     if verdict.reason != "PeerLost" or not any(p.active for p in live):
@@ -315,6 +329,12 @@ def decide(
     failed += [p for p in gone if p.failed or (st.phase == "Running" and not p.succeeded)]
     if st.phase == "Running":
         failed += _missing_after_start(live + gone, n, st.attempt, meta.name)
+    if st.phase == "Running":
+        if _awaiting_deleted_pod(spec, live, now):
+            plan.requeue(1.0)
+            return plan
+        # Deleted long ago and never reported an exit: count it as deleted.
+        failed += [p for p in live if p.deleting and p.exit_code is None and not p.failed]
     verdict = failures.worst(failed, spec.failure_policy)
     if verdict is not None and _await_root_cause(verdict, live, now):
         plan.requeue(1.0)

@@ -47,6 +47,7 @@ def pod(
     deleting: bool = False,
     gone: bool = False,
     finished: Optional[datetime] = None,
+    deleted_at: Optional[datetime] = None,
 ) -> Any:
     """A pod as the API returns it, built by the real builder then given a status."""
     body = build_pod(JOB, spec(), rank, attempt, "auto")
@@ -65,7 +66,7 @@ def pod(
     if pod_reason:
         status["reason"] = pod_reason
     if deleting:
-        body["metadata"]["deletionTimestamp"] = format_time(NOW)
+        body["metadata"]["deletionTimestamp"] = format_time(deleted_at or NOW)
     body["status"] = status
     return pod_view(body, gone=gone)
 
@@ -94,6 +95,7 @@ class Case:
     delete_job: bool = False
     resume: Optional[str] = None
     now: datetime = NOW
+    failed_rank: Optional[int] = None
 
 
 CASES: Dict[str, Case] = {
@@ -191,6 +193,30 @@ CASES: Dict[str, Case] = {
     ),
     "terminating pod without exit code yet: wait for it": Case(
         st(phase="Running"), [pod(0), pod(1, deleting=True)], "Running"
+    ),
+    "deleted pod still shutting down, peer already exited 75: wait for it": Case(
+        st(phase="Running"), [pod(0, phase="Failed", exit_code=75), pod(1, deleting=True)],
+        "Running",
+    ),
+    "deleted pod and its peer both checkpointed: the deleted pod is the cause": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=75), pod(1, phase="Failed", exit_code=75,
+                                                   deleting=True)],
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
+        events=["GangRestart"], failed_rank=1,
+    ),
+    "deleted pod killed after its peer reported peer lost: it is the cause": Case(
+        st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=143,
+                                                   deleting=True)],
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=1,
+        events=["GangRestart"], failed_rank=1,
+    ),
+    "a stuck terminating pod is judged once the grace period is long over": Case(
+        st(phase="Running"),
+        [pod(0), pod(1, deleting=True, deleted_at=NOW - timedelta(seconds=200))],
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=1,
+        events=["GangRestart"], failed_rank=1,
     ),
     "restart: old gang still terminating, wait": Case(
         st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1),
@@ -294,6 +320,8 @@ def test_decide(name: str) -> None:
     assert got.observed_generation == 3
     if case.resume is not None:
         assert plan.resume == case.resume
+    if case.failed_rank is not None:
+        assert got.last_failure is not None and got.last_failure.rank == case.failed_rank
     # Level-based: the same observations again ask for no new transition.
     again = decide(case.spec, JobMeta("mnist", 3), got, case.pods, case.service, case.now)
     assert again.status.phase == got.phase or got.phase == "Restarting"
