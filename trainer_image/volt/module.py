@@ -147,11 +147,18 @@ class LightningModule(HyperparametersMixin, nn.Module):
         if trainer is None:
             log.warning("self.log(%r) called outside of a Trainer run: ignored", name)
             return
-        trainer._logger_connector.log(
-            name, value,
+        # LoggerConnector.log, inlined (self.log runs several times per step)
+        connector = trainer._logger_connector
+        if not connector.enabled:
+            return
+        fx = connector.fx
+        if fx is None:
+            raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
+        connector.active.log(
+            fx, name + connector.dataloader_suffix if add_dataloader_idx else name, value,
             prog_bar=prog_bar, logger=True if logger is None else bool(logger), on_step=on_step,
             on_epoch=on_epoch, reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
-            add_dataloader_idx=add_dataloader_idx,
+            batch_size_fn=connector._current_batch_size, strategy=trainer.strategy,
         )
 
     def log_dict(

@@ -114,7 +114,7 @@ class Precision:
 
     def forward_context(self) -> ContextManager:
         """Context for every step call: autocast under the mixed precisions."""
-        dtype = self.autocast_dtype
+        dtype = self._autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)

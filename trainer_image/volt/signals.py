@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 
 from volt import exit_codes
-from volt.callbacks.base import Callback
+from volt.callbacks.base import Callback, ignores_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -154,6 +154,7 @@ class PreemptionCallback(Callback):
         self._pending: Optional[Any] = None  # torch.distributed Work
         self._buffer: Optional[torch.Tensor] = None
         self._watchdog: Optional[threading.Timer] = None
+        self._world_size: Optional[int] = None
 
     @property
     def state_key(self) -> str:
@@ -161,6 +162,7 @@ class PreemptionCallback(Callback):
 
     # --- lifecycle -------------------------------------------------------------
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        self._world_size = None
         if stage == "fit":
             self._installed = self.flag.install()
             self._batches = 0
@@ -178,14 +180,18 @@ class PreemptionCallback(Callback):
             self._installed = False
 
     # --- the check --------------------------------------------------------------
+    @ignores_outputs
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.flag.is_set and self._watchdog is None:
+        flag_set = self.flag.signum is not None  # flag.is_set without the property call: this runs every batch
+        if flag_set and self._watchdog is None:
             self._watchdog = _hard_exit_after(self.grace_period, self.flag.signum or signal.SIGTERM)
-        world_size = trainer.world_size
+        world_size = self._world_size
+        if world_size is None:  # fixed for a run: read once (setup() forgets it)
+            world_size = self._world_size = trainer.world_size
         if world_size <= 1:
-            if self.flag.is_set:
+            if flag_set:
                 self._checkpoint_and_exit(trainer)
             return
         self._batches += 1

@@ -139,6 +139,17 @@ def overrides(callback: Callback, hook: str, base: Optional[Type[Callback]] = No
     return impl is not None and impl is not getattr(base, hook, None)
 
 
+def ignores_outputs(hook: Any) -> Any:
+    """Marks an ``on_train_batch_end`` that never reads ``outputs``.
+
+    When every hook that receives a batch's outputs is marked (or none does), the
+    training loop skips detaching them into a dict each step. A subclass that
+    overrides the hook without this mark gets detached outputs as usual.
+    """
+    hook._volt_ignores_outputs = True
+    return hook
+
+
 if False:  # pragma: no cover - imports for type checkers only, avoid a cycle at runtime
     from volt.module import LightningModule
     from volt.trainer import Trainer

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import torch
 
 from volt import checkpoint as ckpt_io
-from volt.callbacks.base import Callback
+from volt.callbacks.base import Callback, ignores_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -234,6 +234,7 @@ class ModelCheckpoint(Callback):
     def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._last_time_checked = time.monotonic()
 
+    @ignores_outputs
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

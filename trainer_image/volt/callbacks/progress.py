@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO, Union
 
 import torch
 
-from volt.callbacks.base import Callback
+from volt.callbacks.base import Callback, ignores_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -209,6 +209,7 @@ class ProgressBar(Callback):
         self._close(keep=False)
         self._open(f"Epoch {trainer.current_epoch}", trainer.num_training_batches)
 
+    @ignores_outputs
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

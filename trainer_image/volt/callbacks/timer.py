@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
-from volt.callbacks.base import Callback
+from volt.callbacks.base import Callback, ignores_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -140,6 +140,7 @@ class Timer(Callback):
         if self._duration is not None and self._offset >= self.duration:  # type: ignore[operator]
             self._check_time_remaining(trainer, force=True)
 
+    @ignores_outputs
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -124,13 +124,13 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
     return load(path, map_location="cpu")
 
 
-def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
-    """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (datamodule wins)."""
+def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:
+    """The three batch-transfer hooks, or [] when none is overridden (resolved once per run)."""
     from volt.datamodule import LightningDataModule
     from volt.trainer.data import defines
 
     hooks = trainer._transfer_hooks
-    if hooks is None:  # resolved once per run: the datamodule's hooks win over the module's
+    if hooks is None:  # the datamodule's hooks win over the module's
         dm = trainer.datamodule
         hooks = []
         custom = False
@@ -141,7 +141,15 @@ def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
             else:
                 hooks.append(getattr(trainer.lightning_module_ref, name))
                 custom = custom or trainer._module_overrides(name)
-        trainer._transfer_hooks = hooks if custom else []
+        hooks = trainer._transfer_hooks = hooks if custom else []
+    return hooks
+
+
+def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
+    """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (datamodule wins)."""
+    hooks = trainer._transfer_hooks
+    if hooks is None:
+        hooks = resolve_transfer_hooks(trainer)
     if not hooks:  # the defaults: just move the tensors
         return trainer.precision_plugin.convert_input(move_data_to_device(batch, trainer.strategy.root_device))
     batch = hooks[0](batch, dataloader_idx)

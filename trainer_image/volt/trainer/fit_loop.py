@@ -66,8 +66,11 @@ from volt.module import LightningModule
 from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_iterator
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
-from volt.trainer.eval_loop import run_validation_in_fit, setup_stage, teardown_stage, transfer_batch
+from volt.strategies.single import SingleDeviceStrategy
+from volt.trainer.eval_loop import (resolve_transfer_hooks, run_validation_in_fit, setup_stage, teardown_stage,
+                                    transfer_batch)
 from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
+from volt.utilities import move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -102,6 +105,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     trainer.state.stage = "train"
     module.train()
     trainer._call_hook("on_train_start")
+    _prepare_hot_path(trainer, module)
     while not _fit_done(trainer):
         _run_train_epoch(trainer)
         if trainer.progress.epoch_batches_done:
@@ -151,15 +155,56 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
     trainer._silent = frozenset(
         h for h in _PER_STEP_HOOKS if not trainer._callbacks_for(h) and not trainer._module_overrides(h)
     )
-    # Detaching step outputs costs a dict per step: do it only when a hook will see them.
+    # Detaching step outputs costs a dict per step: do it only when a hook will read them
+    # (built-in callbacks that never do are marked with callbacks.base.ignores_outputs).
     trainer._train_outputs_needed = bool(
-        trainer._collect_train_outputs or trainer._callbacks_for("on_train_batch_end")
+        trainer._collect_train_outputs
+        or any(not getattr(cb.on_train_batch_end, "_volt_ignores_outputs", False)
+               for cb in trainer._callbacks_for("on_train_batch_end"))
         or trainer._module_overrides("on_train_batch_end")
     )
 
 
 _PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_batch_end", "on_before_zero_grad",
                    "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+class _HotPath:
+    """Per-batch decisions that cannot change during a run, made once before the first batch.
+
+    The batch loop reads these flags instead of calling the hook-dispatch helpers each step;
+    each flag is exactly the test the loop would otherwise repeat per batch.
+    """
+
+    __slots__ = ("plain_transfer", "device", "batch_start", "plain_auto", "step_end", "zero_grad_hook",
+                 "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure")
+
+
+def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
+    from volt.precision import _TRUE_DTYPES, Precision
+
+    overrides = trainer._module_overrides
+    silent = trainer._silent
+    plugin = trainer.precision_plugin
+    hot = _HotPath()
+    hot.device = trainer.strategy.root_device
+    # transfer_batch with no transfer hooks and no input cast is move_data_to_device
+    hot.plain_transfer = (not resolve_transfer_hooks(trainer) and type(plugin).convert_input is Precision.convert_input
+                          and plugin.precision not in _TRUE_DTYPES)
+    hot.batch_start = bool(trainer._callbacks_for("on_batch_start")) or overrides("on_batch_start")
+    # module.automatic_optimization is a property a subclass may override; otherwise read its field
+    hot.plain_auto = type(module).automatic_optimization is LightningModule.automatic_optimization
+    hot.step_end = overrides("training_step_end")
+    hot.zero_grad_hook = overrides("optimizer_zero_grad")
+    hot.legacy_step = trainer._legacy_optimizer_step
+    hot.optimizer_step_hook = overrides("optimizer_step")
+    hot.clip_hook = overrides("configure_gradient_clipping")
+    # Trainer._run_backward with nothing to call but loss.backward()
+    hot.plain_backward = ("on_before_backward" in silent and "on_after_backward" in silent
+                          and not overrides("backward") and plugin.scaler is None)
+    hot.closure = _TrainingClosure(trainer, hot)
+    trainer._direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
+    trainer._hot = hot
 
 
 def _takes_outputs(cb: Any) -> bool:
@@ -313,14 +358,14 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break
-        if _should_check_val(trainer, batch_idx, is_last):
+        if trainer.val_dataloaders and _should_check_val(trainer, batch_idx, is_last):
             # resume: validation must not move the training random stream (its loader draws a
             # seed), so a checkpoint taken before it resumes bit-exactly and val_check_interval
             # does not change what training draws
             training_rng = capture_rng_state()
             run_validation_in_fit(trainer, trainer.num_val_batches)
             restore_rng_state(training_rng)
-        if _max_steps_reached(trainer) or (trainer.should_stop and _min_reached(trainer)):
+        if (trainer.max_steps != -1 and _max_steps_reached(trainer)) or (trainer.should_stop and _min_reached(trainer)):
             break
     else:
         progress.epoch_batches_done = True  # the loader ended before the expected length
@@ -380,19 +425,28 @@ def _is_monitoring(cb: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
                      epoch_outputs: List[Any]) -> Optional[int]:
+    # Runs once per batch: per-run decisions come from trainer._hot (see _prepare_hot_path).
     progress = trainer.progress
-    batch = transfer_batch(trainer, batch, 0)
-    trainer._logger_connector.set_batch(batch)
-    if trainer._callbacks_for("on_batch_start"):  # 1.x: callbacks take no batch, the module does
-        trainer._call_callbacks("on_batch_start")
-    if trainer._module_overrides("on_batch_start"):
-        trainer._call_module("on_batch_start", batch, always=True)
+    hot: _HotPath = trainer._hot
+    if hot.plain_transfer:
+        batch = move_data_to_device(batch, hot.device)
+    else:
+        batch = transfer_batch(trainer, batch, 0)
+    connector = trainer._logger_connector
+    connector.current_batch, connector._batch_size = batch, None  # connector.set_batch(batch)
+    if hot.batch_start:
+        if trainer._callbacks_for("on_batch_start"):  # 1.x: callbacks take no batch, the module does
+            trainer._call_callbacks("on_batch_start")
+        if trainer._module_overrides("on_batch_start"):
+            trainer._call_module("on_batch_start", batch, always=True)
     silent = trainer._silent
     if "on_train_batch_start" not in silent and trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
         return -1
 
-    if module.automatic_optimization:
-        accumulation = trainer.current_accumulation
+    if module._automatic_optimization if hot.plain_auto else module.automatic_optimization:
+        accumulation = trainer.accumulate_grad_batches
+        if not isinstance(accumulation, int):  # the 1.x {epoch: k} form
+            accumulation = trainer.current_accumulation
         window_start = batch_idx % accumulation == 0
         steps_now = (batch_idx + 1) % accumulation == 0 or is_last
         outputs = _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
@@ -418,41 +472,58 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     if trainer._collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
     if steps_now:
-        _maybe_flush_logs(trainer)
+        # _maybe_flush_logs has work only at these points (it repeats the test)
+        n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
+        if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
+            _maybe_flush_logs(trainer)
     return None
+
+
+_NO_OPT_IDX = (None,)
 
 
 def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, accumulation: int,
                      window_start: bool, steps_now: bool) -> Any:
     """Forward, backward and (when the accumulation window closes) step, for each optimizer and split."""
-    splits = [batch]
     tbptt = module.truncated_bptt_steps or 0
-    if tbptt > 0:
-        splits = module.tbptt_split_batch(batch, tbptt)
-    opt_indices = range(len(trainer.optimizers)) if trainer._step_takes_optimizer_idx else [None]
+    splits = module.tbptt_split_batch(batch, tbptt) if tbptt > 0 else (batch,)
+    if trainer._step_takes_optimizer_idx:  # 1.x: training_step(batch, batch_idx, optimizer_idx), each in turn
+        opt_indices: Any = range(len(trainer.optimizers))
+        toggles = len(trainer.optimizers) > 1
+    else:
+        opt_indices, toggles = _NO_OPT_IDX, False
+    hot: _HotPath = trainer._hot
+    closure = hot.closure
     hiddens: Any = None
     split_outputs: List[Any] = []
     for split in splits:
         for opt_idx in opt_indices:
             i = opt_idx or 0
             optimizer = trainer._lightning_optimizers[i]
-            if opt_idx is not None and len(trainer.optimizers) > 1:
+            if toggles:
                 module.toggle_optimizer(optimizer)
-            result: Dict[str, Any] = {}
-            closure = _make_closure(trainer, module, split, batch_idx, opt_idx, hiddens if tbptt else None,
-                                    optimizer.optimizer, accumulation, window_start, result)
+            # arm the run's closure for this split/optimizer (one object per run, no per-step allocation)
+            closure.batch, closure.batch_idx, closure.opt_idx = split, batch_idx, opt_idx
+            closure.hiddens = hiddens if tbptt else None
+            closure.optimizer, closure.accumulation = optimizer._optimizer, accumulation
+            closure.zero_grad = window_start
+            closure.output = None
             if steps_now:
                 trainer._auto_stepping = True
                 try:
-                    _call_optimizer_step(trainer, module, batch_idx, optimizer, i, closure)
+                    if hot.optimizer_step_hook:
+                        _call_optimizer_step(trainer, module, batch_idx, optimizer, i, closure)
+                    else:  # what LightningOptimizer.step -> Trainer._optimizer_step would call
+                        optimizer_step(trainer, optimizer._optimizer, closure)
                 finally:
                     trainer._auto_stepping = False
             else:
                 with trainer.strategy.no_backward_sync(should_sync=False):
                     closure()
-            if opt_idx is not None and len(trainer.optimizers) > 1:
+            if toggles:
                 module.untoggle_optimizer(optimizer)
-            out = result.get("output")
+            out = closure.output
+            closure.batch = closure.hiddens = closure.output = None  # hold no batch or graph past the step
             if trainer._train_outputs_needed:
                 out = _detached(out)
             if tbptt and isinstance(out, Mapping) and out.get("hiddens") is not None:
@@ -465,45 +536,74 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
 
 def _call_optimizer_step(trainer: "Trainer", module: LightningModule, batch_idx: int, optimizer: LightningOptimizer,
                          opt_idx: int, closure: Callable[[], Any]) -> None:
-    if trainer._module_overrides("optimizer_step"):
-        if trainer._legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
-            trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
-                                 optimizer_idx=opt_idx, optimizer_closure=closure)
-        else:
-            trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+    """The module's optimizer_step override (the default is optimizer.step(closure=closure))."""
+    if trainer._legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
+        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
+                             optimizer_idx=opt_idx, optimizer_closure=closure)
     else:
-        optimizer.step(closure=closure)
+        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
 
 
-def _make_closure(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, opt_idx: Optional[int],
-                  hiddens: Any, optimizer: torch.optim.Optimizer, accumulation: int, zero_grad: bool,
-                  result: Dict[str, Any]) -> Callable[[], Optional[torch.Tensor]]:
-    def closure() -> Optional[torch.Tensor]:
-        output = trainer._call_step("training_step", *_step_args(trainer, batch, batch_idx, opt_idx, hiddens))
-        if trainer._module_overrides("training_step_end"):
+class _TrainingClosure:
+    """The closure optimizer_step runs: training_step -> training_step_end (1.x) -> on_before_zero_grad ->
+    optimizer_zero_grad (first batch of the window) -> on_before_backward -> backward -> on_after_backward.
+
+    One per run, armed by _automatic_batch for each split and optimizer; the output of
+    training_step is left in ``output``. Returns the detached loss (None: batch skipped).
+    """
+
+    __slots__ = ("trainer", "hot", "batch", "batch_idx", "opt_idx", "hiddens", "optimizer", "accumulation",
+                 "zero_grad", "output")
+
+    def __init__(self, trainer: "Trainer", hot: _HotPath) -> None:
+        self.trainer, self.hot = trainer, hot
+        self.batch: Any = None
+        self.batch_idx = 0
+        self.opt_idx: Optional[int] = None
+        self.hiddens: Any = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.accumulation = 1
+        self.zero_grad = False
+        self.output: Any = None
+
+    def __call__(self) -> Optional[torch.Tensor]:
+        trainer, hot = self.trainer, self.hot
+        batch_idx, opt_idx = self.batch_idx, self.opt_idx
+        if opt_idx is None and not trainer._step_takes_hiddens:  # _step_args would add nothing
+            output = trainer._call_step("training_step", self.batch, batch_idx)
+        else:
+            output = trainer._call_step("training_step",
+                                        *_step_args(trainer, self.batch, batch_idx, opt_idx, self.hiddens))
+        if hot.step_end:
             output = trainer._call_module("training_step_end", output)
-        loss = _loss_from(output)
-        result["output"] = output
+        if isinstance(output, torch.Tensor) and output.requires_grad:  # what _loss_from accepts without a call
+            loss: Optional[torch.Tensor] = output
+        else:
+            loss = _loss_from(output)
+        self.output = output
         if loss is not None and trainer.terminate_on_nan and not bool(torch.isfinite(loss).all()):
             raise ValueError(f"training_step returned a non-finite loss ({loss.item()}) at epoch "
                              f"{trainer.current_epoch}, batch {batch_idx} (Trainer(terminate_on_nan=True))")
+        optimizer = self.optimizer
         # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
-        if zero_grad:
+        if self.zero_grad:
             if "on_before_zero_grad" not in trainer._silent:
                 trainer._call_hook("on_before_zero_grad", optimizer)
-            if trainer._module_overrides("optimizer_zero_grad"):
-                if trainer._legacy_optimizer_step:
+            if hot.zero_grad_hook:
+                if hot.legacy_step:
                     trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
                 else:
                     trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
             else:
-                optimizer.zero_grad()
+                optimizer.zero_grad()  # type: ignore[union-attr]
         if loss is None:
             return None
-        trainer._run_backward(loss / accumulation if accumulation > 1 else loss, optimizer)
+        accumulation = self.accumulation
+        if hot.plain_backward:  # no backward hooks, no override, no loss scaler: Trainer._run_backward's result
+            (loss / accumulation if accumulation > 1 else loss).backward()
+        else:
+            trainer._run_backward(loss / accumulation if accumulation > 1 else loss, optimizer)
         return loss.detach()
-
-    return closure
 
 
 def _step_args(trainer: "Trainer", batch: Any, batch_idx: int, opt_idx: Optional[int], hiddens: Any) -> tuple:
@@ -571,8 +671,18 @@ def _to_cpu(outputs: Any) -> Any:
 def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]],
                    **kwargs: Any) -> Any:
     """Closure -> on_before_optimizer_step -> grad norms / clipping (automatic) -> step; counts global_step."""
-    automatic = getattr(trainer, "_auto_stepping", False)
+    automatic = trainer._auto_stepping
+    if "on_before_optimizer_step" in trainer._silent and (not automatic or (
+            trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer._hot.clip_hook)):
+        before_step: Optional[Callable[[], None]] = None  # it would do nothing: no closure, no call
+    else:
+        before_step = _before_step(trainer, optimizer, automatic)
+    out = trainer.precision_plugin.optimizer_step(optimizer, closure, before_step, **kwargs)
+    trainer.progress.global_step += 1
+    return out
 
+
+def _before_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, automatic: bool) -> Callable[[], None]:
     def before_step() -> None:
         if "on_before_optimizer_step" not in trainer._silent:
             trainer._call_hook("on_before_optimizer_step", optimizer)
@@ -583,9 +693,7 @@ def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure
                 trainer._call_module("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
                                      trainer.gradient_clip_algorithm, always=True)
 
-    out = trainer.precision_plugin.optimizer_step(optimizer, closure, before_step, **kwargs)
-    trainer.progress.global_step += 1
-    return out
+    return before_step
 
 
 def _is_log_step(trainer: "Trainer") -> bool:

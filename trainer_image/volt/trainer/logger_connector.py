@@ -39,15 +39,19 @@ class LoggerConnector:
             self._batch_size = infer_batch_size(self.current_batch)
         return self._batch_size
 
-    def log(self, name: str, value: Any, add_dataloader_idx: bool = True, **options: Any) -> None:
+    def log(self, name: str, value: Any, add_dataloader_idx: bool = True, *, prog_bar: bool, logger: bool,
+            on_step: Optional[bool], on_epoch: Optional[bool], reduce_fx: Any, sync_dist: bool,
+            batch_size: Optional[int]) -> None:
+        # LightningModule.log inlines this body: keep the two in step.
         if not self.enabled:
             return
         fx = self.fx
         if fx is None:
             raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
         self.active.log(
-            fx, name + self.dataloader_suffix if add_dataloader_idx else name, value, batch_size_fn=self._current_batch_size,
-            device=self.trainer.strategy.root_device, **options,
+            fx, name + self.dataloader_suffix if add_dataloader_idx else name, value, prog_bar=prog_bar, logger=logger,
+            on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+            batch_size_fn=self._current_batch_size, strategy=self.trainer.strategy,
         )
 
     # --- step and epoch boundaries ----------------------------------------------

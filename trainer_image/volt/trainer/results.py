@@ -95,28 +95,37 @@ class ResultCollection:
         sync_dist: bool,
         batch_size: Optional[int],
         batch_size_fn: Callable[[], int],
-        device: torch.device,
+        strategy: "Strategy",
     ) -> None:
-        if fx not in LOG_DEFAULTS:
+        """Runs on every ``self.log`` call: a dict update, no host sync, as few calls as possible.
+
+        ``strategy.root_device`` is read only for a Python number (the tensor it becomes goes there).
+        """
+        defaults = LOG_DEFAULTS.get(fx)
+        if defaults is None:
             raise RuntimeError(
                 f"self.log({name!r}) was called from {fx!r}, where logging is not supported; "
                 "log from a *_step method or an on_*_batch/epoch hook"
             )
-        default_step, default_epoch = LOG_DEFAULTS[fx]
-        on_step = default_step if on_step is None else bool(on_step)
-        on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
+        on_step = defaults[0] if on_step is None else bool(on_step)
+        on_epoch = defaults[1] if on_epoch is None else bool(on_epoch)
         if reduce_fx not in REDUCE_FXS:
             reduce_fx = _reduce_fx_name(name, reduce_fx)
         metric_object = None
-        if hasattr(value, "compute") and hasattr(value, "update") and not isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor):
+            if value.ndim == 0 and value.is_floating_point():  # the common case, _as_scalar_tensor inlined
+                value = value.detach()
+            else:
+                value = _as_scalar_tensor(name, value, None)
+        elif hasattr(value, "compute") and hasattr(value, "update"):
             metric_object, value = value, None  # torchmetrics-style: compute() at epoch end
         else:
-            value = _as_scalar_tensor(name, value, device)
+            value = _as_scalar_tensor(name, value, strategy.root_device)
         m = self.metrics.get(name)
         if m is None:
             m = LoggedMetric(name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist)
             self.metrics[name] = m
-        elif (m.on_step, m.on_epoch, m.reduce_fx) != (on_step, on_epoch, reduce_fx):
+        elif m.on_step != on_step or m.on_epoch != on_epoch or m.reduce_fx != reduce_fx:
             raise ValueError(
                 f"self.log({name!r}) was called with on_step={on_step}, on_epoch={on_epoch}, "
                 f"reduce_fx={reduce_fx!r}, but earlier in this loop with on_step={m.on_step}, "
@@ -185,7 +194,8 @@ def _reduce_fx_name(name: str, reduce_fx: Any) -> str:
     return reduce_fx
 
 
-def _as_scalar_tensor(name: str, value: Any, device: torch.device) -> torch.Tensor:
+def _as_scalar_tensor(name: str, value: Any, device: Optional[torch.device]) -> torch.Tensor:
+    """``value`` as a detached 0-dim float tensor; ``device`` is where a Python number goes (unused for tensors)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(

@@ -886,6 +886,10 @@ class Trainer:
         # Per-step hooks nobody overrides; the loop skips even the dispatch call for them.
         self._silent: frozenset = frozenset()
         self._transfer_hooks: Optional[List[Any]] = None
+        # Set by the fit loop once per run (fit_loop._prepare_hot_path).
+        self._direct_training_step = False
+        self._hot: Any = None
+        self._auto_stepping = False  # True while the fit loop steps an optimizer (automatic optimization)
 
     def _callbacks_for(self, hook: str) -> List[Callback]:
         cbs = self._hook_cache.get(hook)
@@ -938,21 +942,35 @@ class Trainer:
         if plan is None:
             plan = self._hook_plan[hook] = (self._callbacks_for(hook), self._module_overrides(hook))
         cbs, module_overrides = plan
-        if cbs:
-            self._call_callbacks(hook, *args, only=cbs)
-        if module_overrides:
-            return self._call_module(hook, *args, always=True)
-        return None
+        if not cbs and not module_overrides:
+            return None
+        # _call_callbacks then _call_module, inlined: this runs for per-step hooks
+        module = self.lightning_module_ref
+        connector = self._logger_connector
+        prev, connector.fx = connector.fx, hook  # self.log's defaults depend on the calling hook
+        try:
+            for cb in cbs:
+                getattr(cb, hook)(self, module, *args)
+            if module_overrides:
+                return getattr(module, hook)(*args)
+            return None
+        finally:
+            connector.fx = prev
 
     def _call_step(self, name: str, *args: Any) -> Any:
         """A *_step through the strategy (so DDP hooks fire), under the precision's autocast."""
         connector = self._logger_connector
         prev, connector.fx = connector.fx, name
         try:
-            if self.precision_plugin.autocast_dtype is None:
-                return getattr(self.strategy, name)(*args)
-            with self.precision_plugin.forward_context():
-                return getattr(self.strategy, name)(*args)
+            if name == "training_step" and self._direct_training_step:  # the strategy would only forward it
+                step = self.lightning_module_ref.training_step  # type: ignore[union-attr]
+            else:
+                step = getattr(self.strategy, name)
+            plugin = self.precision_plugin
+            if plugin._autocast_dtype is None:
+                return step(*args)
+            with plugin.forward_context():
+                return step(*args)
         finally:
             connector.fx = prev
 

@@ -1,0 +1,141 @@
+"""Per-step Python call budget of the training loop, against a raw PyTorch loop.
+
+The deterministic proxy for the engine's step overhead (docs/benchmarks.md): Python function
+calls per training step (``sys.setprofile`` "call" events), counted between two batches
+taken from the same pre-built batches, for volt in the benchmark's "typical" config
+(``self.log`` each step, CSV logger, no progress bar, no checkpoint) minus a raw loop doing
+the same forward/backward/step. Both share torch's own calls, so the difference is what the
+engine adds, whatever the torch version. A new per-step call in the hot path fails here.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+import torch
+from torch import nn
+
+import volt
+from volt.loggers import CSVLogger
+
+from conftest import quiet_trainer
+
+pytestmark = pytest.mark.timeout(120)
+
+STEPS = 70
+WINDOW = (10, 60)  # batches counted: after warm-up, one logging point (step 50) included
+
+# Measured extra calls per step over raw (CPU, torch 2.11): 10.4 (32-true), 14.4 (bf16-mixed);
+# before the hot-path work they were 46.3 and 51.3.
+EXTRA_CALLS_BOUND = {"32-true": 12.5, "bf16-mixed": 16.5}
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _batches() -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(STEPS)]
+
+
+class CallCounter:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.marks: List[int] = []
+
+    def profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            self.calls += 1
+
+    def per_step(self) -> float:
+        lo, hi = WINDOW
+        return (self.marks[hi] - self.marks[lo]) / (hi - lo)
+
+
+class MarkedBatches:
+    """Pre-built batches as one iterable; records the call count each time a batch is taken."""
+
+    def __init__(self, items: List[Any], counter: CallCounter) -> None:
+        self.items, self.counter = items, counter
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.counter.marks.append(self.counter.calls)
+            yield item
+        self.counter.marks.append(self.counter.calls)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Bench(volt.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _autocast(precision: str) -> Any:
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _profiled(counter: CallCounter, fn: Any) -> None:
+    sys.setprofile(counter.profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+
+
+def raw_calls_per_step(precision: str) -> float:
+    counter = CallCounter()
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    batches = MarkedBatches(_batches(), counter)
+
+    def loop() -> None:
+        for x, y in batches:
+            with _autocast(precision):
+                loss = nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    _profiled(counter, loop)
+    return counter.per_step()
+
+
+def volt_calls_per_step(tmp_path: Any, precision: str) -> float:
+    counter = CallCounter()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, precision=precision, logger=CSVLogger(str(tmp_path)),
+                            num_sanity_val_steps=0)
+    batches = MarkedBatches(_batches(), counter)
+    _profiled(counter, lambda: trainer.fit(Bench(), batches))
+    assert trainer.global_step == STEPS
+    return counter.per_step()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_engine_calls_per_step_within_budget(tmp_path: Any, precision: str) -> None:
+    raw = raw_calls_per_step(precision)
+    engine = volt_calls_per_step(tmp_path, precision)
+    extra = engine - raw
+    assert extra <= EXTRA_CALLS_BOUND[precision], (
+        f"volt makes {engine:.2f} Python calls per training step, raw PyTorch {raw:.2f}: {extra:.2f} extra, "
+        f"over the budget of {EXTRA_CALLS_BOUND[precision]} (a new per-step call in the hot path?)"
+    )
