@@ -126,7 +126,9 @@ def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess,
     rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 420)
     status = job_status(kube, namespace, "synthetic")
     assert status["phase"] == "Succeeded", (status, rows[-3:])
-    assert status["restarts"] == 1 and status["attempt"] == 1
+    restarts = [e["message"] for e in _events(kube, namespace, "synthetic")
+                if e["reason"] == "GangRestart"]
+    assert status["restarts"] == 1 and status["attempt"] == 1, (restarts, status)
     failure = status["lastFailure"]
     assert failure["pod"] == "synthetic-node-1" and failure["rank"] == 1
     # A graceful delete lets the engine checkpoint and exit 75 (free restart);
