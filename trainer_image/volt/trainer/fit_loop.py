@@ -549,7 +549,8 @@ class _TrainingClosure:
     optimizer_zero_grad (first batch of the window) -> on_before_backward -> backward -> on_after_backward.
 
     One per run, armed by _automatic_batch for each split and optimizer; the output of
-    training_step is left in ``output``. Returns the detached loss (None: batch skipped).
+    training_step is left in ``output``. Returns the loss, detached when a module's optimizer_step
+    override will see it (None: batch skipped).
     """
 
     __slots__ = ("trainer", "hot", "batch", "batch_idx", "opt_idx", "hiddens", "optimizer", "accumulation",
@@ -603,7 +604,9 @@ class _TrainingClosure:
             (loss / accumulation if accumulation > 1 else loss).backward()
         else:
             trainer._run_backward(loss / accumulation if accumulation > 1 else loss, optimizer)
-        return loss.detach()
+        # Only a module's optimizer_step override sees what the closure returns (through
+        # optimizer.step); the default path drops it, so it skips the detach (a tensor op).
+        return loss.detach() if hot.optimizer_step_hook else loss
 
 
 def _step_args(trainer: "Trainer", batch: Any, batch_idx: int, opt_idx: Optional[int], hiddens: Any) -> tuple:
