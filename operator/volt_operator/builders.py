@@ -42,6 +42,10 @@ class JobRef:
         }
 
 
+
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
 def pod_name(job: str, rank: int) -> str:
     return f"{job}-node-{rank}"
 
@@ -146,6 +150,8 @@ def build_env(
         "VOLT_RENDEZVOUS_TIMEOUT": str(spec.rendezvous.timeout_seconds),
         # The engine's SIGTERM budget: save a checkpoint before the kill.
         "VOLT_GRACE_PERIOD_S": str(grace_budget(spec.termination_grace_period_seconds)),
+        # Where rank 0 writes its final progress (the container's terminationMessagePath).
+        "VOLT_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,
         # Logs reach `kubectl logs` as they are written.
         "PYTHONUNBUFFERED": "1",
     }
@@ -198,7 +204,7 @@ def _container(
         "volumeMounts": mounts,
         # Rank 0 leaves its final progress here; the operator reads it from the
         # pod status once the /progress endpoint is gone.
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
     }
     if spec.image_pull_policy:

@@ -437,3 +437,30 @@ def test_batch_size_is_the_first_tensors_leading_dimension(batch: Any, size: int
     from volt.callbacks.prometheus import infer_batch_size
 
     assert infer_batch_size(batch) == size
+
+
+def test_rank_zero_leaves_final_progress_as_termination_message(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv("VOLT_TERMINATION_MESSAGE_PATH", str(message))
+    monkeypatch.delenv("VOLT_METRICS_PORT", raising=False)
+    prometheus = PrometheusCallback(port=0, host="127.0.0.1")
+    trainer, _ = fit(tmp_path, prometheus)
+    final = json.loads(message.read_text())
+    # The endpoint is gone after fit; the file holds what it would have said last.
+    assert final["step"] == trainer.global_step == 2 * BATCHES_PER_EPOCH
+    assert final["epoch"] == trainer.current_epoch
+    assert final["checkpoint"]["step"] == 2 * BATCHES_PER_EPOCH
+    assert Path(final["checkpoint"]["path"]).parent == tmp_path / "ckpt"
+
+
+def test_termination_message_fits_the_kubelet_limit() -> None:
+    from volt.termination import MAX_BYTES, encode_progress
+
+    progress = {"step": 7, "epoch": 1, "checkpoint": None,
+                "metrics": {f"metric_{i}": float(i) for i in range(1000)}}
+    body = encode_progress(progress)
+    assert len(body) <= MAX_BYTES
+    assert json.loads(body) == {"step": 7, "epoch": 1, "checkpoint": None}
+    small = {"step": 3, "metrics": {"loss": 0.5}}
+    assert json.loads(encode_progress(small)) == small

@@ -62,7 +62,8 @@ def test_pod_identity_labels_and_dns() -> None:
 
 
 def test_env_contract() -> None:
-    env = env_of(build_pod(JOB, spec(), rank=2, attempt=1, resume="auto"))
+    pod = build_pod(JOB, spec(), rank=2, attempt=1, resume="auto")
+    env, container = env_of(pod), pod["spec"]["containers"][0]
     assert env["MASTER_ADDR"] == "mnist-node-0.mnist"
     assert env["MASTER_PORT"] == "29500"
     assert env["NODE_RANK"] == "2"
@@ -81,6 +82,7 @@ def test_env_contract() -> None:
     assert env["VOLT_METRICS_PORT"] == "9090"
     assert env["VOLT_RENDEZVOUS_TIMEOUT"] == "600"
     assert env["VOLT_GRACE_PERIOD_S"] == "55"  # below terminationGracePeriodSeconds=60
+    assert env["VOLT_TERMINATION_MESSAGE_PATH"] == container["terminationMessagePath"] == "/dev/termination-log"
     assert json.loads(env["VOLT_TRAINER"]) == {
         "num_nodes": 3, "devices": 2, "accelerator": "cpu", "strategy": "ddp", "max_epochs": 2,
     }

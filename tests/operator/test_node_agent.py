@@ -83,6 +83,21 @@ def test_pods_report_succeeded_and_failed_with_exit_codes_and_logs(kube: LocalCl
     assert kube.kubectl("-n", namespace, "logs", "bad").stdout == "failing\n"
 
 
+def test_termination_message_reaches_the_pod_status(kube: LocalCluster, namespace: str) -> None:
+    # The engine writes its final progress to VOLT_TERMINATION_MESSAGE_PATH; the agent gives
+    # each container a file of its own there and copies it into the status like a kubelet.
+    script = ("import os; open(os.environ['VOLT_TERMINATION_MESSAGE_PATH'], 'w')"
+              ".write('{\"step\": 42}')")
+    spec = pod("epitaph", ["python", "-c", script])
+    spec["spec"]["containers"][0]["env"] = [
+        {"name": "VOLT_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"}]
+    apply(kube, namespace, spec)
+    done = wait_pod(kube, namespace, "epitaph", phase_in("Succeeded", "Failed"), "finished")
+    assert done["status"]["phase"] == "Succeeded"
+    assert json.loads(terminated(done)["message"]) == {"step": 42}
+    assert not os.path.exists("/dev/termination-log")  # nothing written on the host's /dev
+
+
 def test_follow_logs_of_a_running_pod(kube: LocalCluster, namespace: str) -> None:
     apply(kube, namespace, pod("ticker", ["python", "-u", "-c",
                                           "import time\nfor i in range(3):\n    print('tick', i); time.sleep(1)"]))

@@ -33,6 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from volt.callbacks.base import Callback
+from volt.termination import write_termination_message
 
 _now = time.perf_counter
 
@@ -241,6 +242,8 @@ class PrometheusCallback(Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._unwrap_save_checkpoint(trainer)
+        if stage == "fit" and getattr(trainer, "is_global_zero", False):
+            write_termination_message(self.progress())
         self.stop()
 
     def stop(self) -> None:

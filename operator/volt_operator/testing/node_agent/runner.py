@@ -73,6 +73,11 @@ def resolve_executable(name: str, env: Mapping[str, str]) -> str | None:
     return shutil.which(name, path=env.get("PATH", ""))
 
 
+# The engine writes its final progress to the file this variable names (see builders.py).
+TERMINATION_ENV = "VOLT_TERMINATION_MESSAGE_PATH"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+
+
 class HostDirs:
     """Mount targets and working dirs the agent had to create on the host.
 
@@ -273,7 +278,8 @@ class PodRuntime:
             exit_code = exit_code_of(process.returncode)
             record = container.record
             record.pid, container.process, container.kill_deadline = None, None, None
-            restart = self._exited(container, Termination(exit_code, record.started_at, utcnow()))
+            restart = self._exited(container, Termination(
+                exit_code, record.started_at, utcnow(), message=self._termination_message(record.name)))
             log.info("pod %s container %s exited %d%s", self._pod_name(), record.name, exit_code,
                      " (will restart)" if restart else "")
             changed = True
@@ -442,7 +448,26 @@ class PodRuntime:
                            "runs no images, so there is no image entrypoint to fall back to")
         argv = [expand(part, env) for part in command + list(spec.get("args") or [])]
         mounts = container_mounts(spec, ctx.volume_paths)
+        if TERMINATION_ENV in env:
+            # A kubelet mounts a per-container file at terminationMessagePath; here the
+            # containers share the host's /dev, so the engine is pointed at a file of its own.
+            message_file = self.termination_message_path(spec["name"])
+            message_file.parent.mkdir(parents=True, exist_ok=True)
+            message_file.write_bytes(b"")
+            env[TERMINATION_ENV] = str(message_file)
         return env, argv, mounts, spec.get("workingDir") or ""
+
+    def termination_message_path(self, container_name: str) -> Path:
+        return self.context.pod_dir / "containers" / f"{container_name}.termination-log"
+
+    def _termination_message(self, container_name: str) -> str | None:
+        """What the container left in its termination message file (at most 4 KiB, like a kubelet)."""
+        try:
+            with open(self.termination_message_path(container_name), "rb") as handle:
+                data = handle.read(MAX_TERMINATION_MESSAGE_BYTES)
+        except OSError:
+            return None
+        return data.decode("utf-8", "replace") or None
 
     # -- termination --------------------------------------------------------
 
