@@ -214,7 +214,32 @@ class DummyLogger(Logger):
 class _VersionedDirLogger(Logger):
     """Shared by the file loggers: ``<save_dir>/<name>/version_<N>``, N auto-incremented."""
 
+    _name: str
+    _save_dir: str
     _version: Optional[Union[int, str]]
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> Union[int, str]:
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name)
+
+    def _version_dir(self) -> str:
+        """``root_dir/version_N``, or ``root_dir/<version>`` for a string version."""
+        version = self.version
+        return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
 
     def sync_version(self, broadcast: Callable[[Any], Any]) -> None:
         self._version = broadcast(self.version)

@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Optional, Union
 
 from volt.loggers.base import (
     _VersionedDirLogger,
-    _next_version,
     _sanitize_hparams,
     add_prefix,
     metrics_to_scalars,
@@ -120,28 +119,8 @@ class CSVLogger(_VersionedDirLogger):
         self._next_flush_step = flush_logs_every_n_steps - 1
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> Union[int, str]:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        version = self.version
-        sub = version if isinstance(version, str) else f"version_{version}"
-        return os.path.join(self.root_dir, sub)
+        return self._version_dir()
 
     @property
     @rank_zero_experiment

@@ -10,7 +10,6 @@ import torch
 
 from volt.loggers.base import (
     _VersionedDirLogger,
-    _next_version,
     _sanitize_hparams,
     add_prefix,
     flatten_dict,
@@ -72,28 +71,8 @@ class TensorBoardLogger(_VersionedDirLogger):
         self._hparams: Dict[str, Any] = {}
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> Union[int, str]:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        version = self.version
-        sub = version if isinstance(version, str) else f"version_{version}"
-        log_dir = os.path.join(self.root_dir, sub)
+        log_dir = self._version_dir()
         if self._sub_dir:
             log_dir = os.path.join(log_dir, self._sub_dir)
         return os.path.expandvars(os.path.expanduser(log_dir))
