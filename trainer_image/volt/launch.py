@@ -305,7 +305,6 @@ class _Supervisor:
         self.sigterm_at: Optional[float] = None
         self.peer_failure: Optional[str] = None
         self.own_failure_reported = False
-        self.killed_for_peer = False  # our workers were stopped because another node failed
         self.stopping = threading.Event()
 
 
@@ -348,7 +347,6 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
                         "node %s rank %s failed (exit code %s): stopping this node's workers",
                         peer.get("node"), peer.get("rank"), peer.get("exitcode"),
                     )
-                    supervisor.killed_for_peer = True
                     self._kill_workers(signal.SIGKILL)
             return result
 
@@ -404,10 +402,6 @@ def _exit_code(result: Any, supervisor: _Supervisor) -> int:
         return exit_codes.CHECKPOINTED
     if supervisor.sigterm_at is not None:
         return exit_codes.from_signal(signal.SIGTERM)
-    if codes and codes[0] != exit_codes.PEER_LOST and not supervisor.killed_for_peer:
-        # Our own rank failed first-hand (e.g. a user error): that is this node's cause,
-        # even when a peer that lost its connection to us reported its failure sooner.
-        return codes[0]
     if supervisor.peer_failure is not None:
         return exit_codes.PEER_LOST
     if not codes:
