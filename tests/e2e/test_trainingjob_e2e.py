@@ -70,6 +70,34 @@ def _events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
                     "--field-selector", f"involvedObject.name={name}")["items"]
 
 
+def diagnosis(kube: Any, namespace: str, name: str) -> str:
+    """What a user would look at after a surprise: status, events, each pod's logs."""
+    parts = [yaml.safe_dump({"status": job_status(kube, namespace, name)})]
+    parts += [f"event {e['reason']}: {e.get('message', '')}" for e in _events(kube, namespace, name)]
+    pods = get_json(kube, "-n", namespace, "pods", "-l", f"volt.dev/job={name}")["items"]
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        for previous in (True, False):
+            out = kube.kubectl("logs", "-n", namespace, pod_name, *(["--previous"] if previous else []),
+                               check=False)
+            if out.returncode == 0:
+                parts.append(f"--- {pod_name} logs{' (previous)' if previous else ''} ---\n"
+                             f"{out.stdout[-4000:]}")
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def explain(operator: "OperatorProcess", namespace: str) -> Iterator[List[str]]:
+    """Name jobs in the list; if the test fails, print their diagnosis."""
+    jobs: List[str] = []
+    yield jobs
+    for name in jobs:
+        try:
+            print(f"===== diagnosis of {name} =====\n{diagnosis(operator.kube, namespace, name)}")
+        except Exception as err:  # the cluster may be half gone; the test's own error matters
+            print(f"no diagnosis for {name}: {err}")
+
+
 def _volume_dir(kube: Any, namespace: str, claim: str) -> Path:
     pvc = get_json(kube, "-n", namespace, "pvc", claim)
     pv = get_json(kube, "pv", pvc["spec"]["volumeName"])
@@ -78,8 +106,10 @@ def _volume_dir(kube: Any, namespace: str, claim: str) -> Path:
 
 
 @pytest.mark.timeout(600)
-def test_example_trains_to_success(operator: OperatorProcess, namespace: str) -> None:
+def test_example_trains_to_success(operator: OperatorProcess, namespace: str,
+                                   explain: List[str]) -> None:
     kube = operator.kube
+    explain.append("synthetic")
     kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
     rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 480)
     status = job_status(kube, namespace, "synthetic")
@@ -106,9 +136,10 @@ def test_example_trains_to_success(operator: OperatorProcess, namespace: str) ->
 
 
 @pytest.mark.timeout(600)
-def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess,
-                                                   namespace: str) -> None:
+def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess, namespace: str,
+                                                   explain: List[str]) -> None:
     kube = operator.kube
+    explain.append("synthetic")
     pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
                        failurePolicy={"maxRestarts": 2, "backoffSeconds": 1})
     job["spec"]["trainer"]["maxEpochs"] = 3
@@ -151,9 +182,10 @@ def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess,
 
 
 @pytest.mark.timeout(300)
-def test_user_error_fails_fast_naming_rank_and_exit_code(operator: OperatorProcess,
-                                                        namespace: str) -> None:
+def test_user_error_fails_fast_naming_rank_and_exit_code(operator: OperatorProcess, namespace: str,
+                                                        explain: List[str]) -> None:
     kube = operator.kube
+    explain.append("crashy")
     crash = ("import os, time\n"
              "if os.environ['NODE_RANK'] == '1':\n"
              "    time.sleep(2)\n"
