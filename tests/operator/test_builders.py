@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import pytest
 
-from volt_operator.api import TrainingJobSpec
+from volt_operator.api import RESERVED_ENV, TrainingJobSpec
 from volt_operator.builders import JobRef, build_pod, build_pods, build_service, resume_value
 
 pytestmark = pytest.mark.timeout(30)
@@ -87,6 +87,13 @@ def test_env_contract() -> None:
         "num_nodes": 3, "devices": 2, "accelerator": "cpu", "strategy": "ddp", "max_epochs": 2,
     }
     assert "RANK" not in env and "LOCAL_RANK" not in env
+
+
+def test_every_contract_variable_is_reserved() -> None:
+    """A user's env may not shadow what the operator sets (the CRD refuses it)."""
+    contract = set(env_of(build_pod(JOB, spec(), rank=0, attempt=0, resume="auto")))
+    overridable = {"PYTHONUNBUFFERED"}  # a convenience default, not part of the contract
+    assert contract - overridable <= set(RESERVED_ENV), contract - overridable - set(RESERVED_ENV)
 
 
 def test_command_runs_under_volt_run() -> None:
