@@ -7,6 +7,9 @@ against the timeout of the first test that asks for it, so tests using `kube`
 keep a timeout of at least 180 s.
 `namespace` (function): a fresh namespace whose `default` service account
 exists (pods can be created at once), deleted afterwards.
+`crd` (module): `kube` with the committed TrainingJob CRD installed and served.
+`operator` (function): the real operator watching `namespace`; its log tail is
+printed afterwards (pytest shows it when the test fails).
 
 Tests that use `kube` get the `cluster` marker, so `-m "not cluster"` skips them.
 VOLT_TEST_CLUSTER_DIR=D reuses a cluster started with the CLI (faster iterations).
@@ -23,6 +26,7 @@ from typing import Iterator
 
 import pytest
 
+from operator_process import OperatorProcess, apply_crd
 from volt_operator.testing.cluster import ClusterError, LocalCluster, find_binaries, wait_for
 
 # Nodes the agent registers for the session's cluster (node-0 .. node-N-1).
@@ -92,3 +96,19 @@ def namespace(kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[st
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def crd(kube: LocalCluster) -> LocalCluster:
+    apply_crd(kube)
+    return kube
+
+
+@pytest.fixture
+def operator(crd: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(crd, [namespace], tmp_path).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.logs()[-6000:])

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from operator_process import (
-    OperatorProcess, apply_crd, get_json, get_tj_rows, job_status, wait_until,
+    OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -33,22 +33,6 @@ def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 def apply(kube: Any, namespace: str, *docs: Dict[str, Any]) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
-
-
-@pytest.fixture(scope="module")
-def crd(kube: Any) -> Any:
-    apply_crd(kube)
-    return kube
-
-
-@pytest.fixture
-def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(crd, [namespace], tmp_path).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-6000:])
 
 
 def watch_table(kube: Any, namespace: str, name: str, until: Tuple[str, ...],

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import yaml
 
 from operator_process import (
-    OperatorProcess, apply_crd, get_json, get_tj_rows, job_status, wait_until,
+    OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -30,22 +29,6 @@ def manifest(name: str, **spec: Any) -> str:
         {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob",
          "metadata": {"name": name}, "spec": body}
     )
-
-
-@pytest.fixture(scope="module")
-def crd(kube: Any) -> Any:
-    apply_crd(kube)
-    return kube
-
-
-@pytest.fixture
-def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(crd, [namespace], tmp_path).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-4000:])
 
 
 def test_crd_is_structural_and_served(crd: Any) -> None:
