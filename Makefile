@@ -16,7 +16,7 @@ export VOLT_CACHE
 export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 
-.PHONY: setup prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -31,6 +31,26 @@ $(VENV)/.ok:
 # (no deps, seconds) so that `volt-run` runs this checkout's code.
 setup: $(VENV)/.ok
 	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
+
+# Lightning, for the differential tests only (tests/engine/test_lightning_differential.py);
+# volt never imports it. A separate venv whose .pth file puts the main venv's
+# site-packages on its path: torch and numpy are the main venv's (no second torch
+# download, same versions), pip sees them as installed and adds only Lightning's
+# own dependencies. Keyed by the main venv too, since it points into it.
+LIGHTNING_VERSION ?= 2.6.6
+LIGHTNING_VENV ?= $(VOLT_CACHE)/venv-lightning-$(LIGHTNING_VERSION)-$(DEPS_KEY)
+export VOLT_LIGHTNING_PYTHON := $(LIGHTNING_VENV)/bin/python
+
+$(LIGHTNING_VENV)/.ok: | $(VENV)/.ok
+	@echo ">> creating the Lightning $(LIGHTNING_VERSION) test environment $(LIGHTNING_VENV)"
+	python3 -m venv $(LIGHTNING_VENV)
+	purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'; \
+	  $(PY) -c "$$purelib" > "$$($(LIGHTNING_VENV)/bin/python -c "$$purelib")/volt-main-venv.pth"
+	$(LIGHTNING_VENV)/bin/python -m pip install -q 'lightning==$(LIGHTNING_VERSION)'
+	$(LIGHTNING_VENV)/bin/python -c 'import lightning.pytorch, torch; assert torch.__file__.startswith("$(VENV)/"), torch.__file__'
+	touch $@
+
+lightning-env: $(LIGHTNING_VENV)/.ok
 
 # Debian's Prometheus (prometheus + promtool) for the metrics tests: installed once, idempotent.
 prometheus:
@@ -66,10 +86,10 @@ demo: setup cluster helm
 demo-down:
 	@bash scripts/demo.sh down
 
-test: setup prometheus cluster helm docker
+test: setup lightning-env prometheus cluster helm docker
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-engine: setup prometheus
+test-engine: setup lightning-env prometheus
 	$(PY) -m pytest tests/engine $(PYTEST_ARGS)
 
 test-operator: setup cluster
