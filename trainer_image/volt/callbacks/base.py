@@ -19,7 +19,8 @@ class Callback:
     def _generate_state_key(self, **kwargs: Any) -> str:
         if not kwargs:
             return type(self).__qualname__
-        return f"{type(self).__qualname__}{repr(dict(sorted(kwargs.items())))}"
+        # Keyword order, not sorted: the same key Lightning writes, so callback states load across the two.
+        return f"{type(self).__qualname__}{repr(kwargs)}"
 
     # --- setup / teardown -------------------------------------------------
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None: ...
