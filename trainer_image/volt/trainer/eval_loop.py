@@ -41,6 +41,7 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     module = trainer.lightning_module_ref
     assert module is not None
     trainer._reset_hook_cache()
+    trainer._logger_connector.eval_steps_seen = {}
     _add_configured_callbacks(trainer, module)
     trainer.strategy.setup_environment()
     from volt.loggers.base import rank_zero_only
@@ -221,6 +222,7 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
     step_fn = f"{step_name}_step"
     multi = len(loaders) > 1
     outputs: List[List[Any]] = [[] for _ in loaders]
+    log_steps = not trainer.sanity_checking
     trainer._call_module(f"on_{hook_stage}_model_eval", always=True)
     trainer._call_hook(f"on_{hook_stage}_start")
     trainer._call_hook("on_epoch_start")
@@ -240,6 +242,8 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
                 if step_end:
                     out = trainer._call_module(f"{step_name}_step_end", out)
                 trainer._call_hook(f"on_{hook_stage}_batch_end", out, batch, batch_idx, *extra)
+                if log_steps:
+                    connector.flush_eval_step(dl_idx)
                 if collect and out is not None:
                     outputs[dl_idx].append(out)
         connector.dataloader_suffix = ""

@@ -391,6 +391,7 @@ def _should_check_val(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool
 def _end_train_epoch(trainer: "Trainer", module: LightningModule, outputs: List[Any]) -> None:
     connector = trainer._logger_connector
     connector.active = connector.train_results
+    connector.preview_epoch(connector.train_results)  # epoch-end hooks read x_epoch in callback_metrics
     if trainer._module_overrides("training_epoch_end"):
         trainer._call_module("training_epoch_end", outputs)
     monitoring = [cb for cb in trainer._callbacks_for("on_train_epoch_end") if _is_monitoring(cb)]

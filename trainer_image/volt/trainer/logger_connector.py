@@ -28,6 +28,9 @@ class LoggerConnector:
         self._progress_bar: Dict[str, torch.Tensor] = {}
         self.enabled = True  # barebones=True turns self.log into a no-op
         self.fx: Optional[str] = None  # the hook running now: self.log's on_step/on_epoch defaults follow it
+        # Validation/test batches seen per dataloader in this fit/validate/test call: the logger step
+        # of on_step eval metrics (Lightning's count; it runs on across validation runs in one fit).
+        self.eval_steps_seen: Dict[int, int] = {}
 
     # --- recording ------------------------------------------------------------
     def set_batch(self, batch: Any) -> None:
@@ -66,6 +69,33 @@ class LoggerConnector:
         if to_log:
             self._send(to_log, step)
 
+    def flush_eval_step(self, dataloader_idx: int) -> None:
+        """After a validation/test batch: send its on_step values (``step`` = eval batches seen, no ``epoch``)."""
+        step = self.eval_steps_seen.get(dataloader_idx, 0)
+        self.eval_steps_seen[dataloader_idx] = step + 1
+        fresh = self.eval_results.step_metrics(self.trainer.strategy)
+        to_log = {forked_names(m)[0]: m.step_value for m in fresh.values() if m.logger}
+        if to_log:
+            self._send(to_log, step, add_epoch=False)  # type: ignore[arg-type]
+
+    def preview_epoch(self, results: ResultCollection) -> None:
+        """Epoch values so far into callback_metrics and the bar, once the epoch's batches are done.
+
+        Lightning computes them whenever callback_metrics is read at that point, so the
+        epoch-end hooks see ``x_epoch``; ``finish_epoch`` recomputes them after the module's
+        hook. Left to finish_epoch: metric objects (compute() resets them) and, under DDP,
+        sync_dist values (a second collective per epoch for a preview is not worth it).
+        """
+        distributed = self.trainer.world_size > 1
+        for m in results.metrics.values():
+            if not m.on_epoch or m.total is None or m.metric_object is not None or (distributed and m.sync_dist):
+                continue
+            m.epoch_value = m.total / max(m.weight, 1e-12) if m.reduce_fx == "mean" else m.total
+            _, epoch_name = forked_names(m)
+            self._callback[epoch_name] = self._callback[m.name] = m.epoch_value
+            if m.prog_bar:
+                self._progress_bar[epoch_name] = m.epoch_value
+
     def finish_epoch(self, results: ResultCollection, step: int) -> None:
         """Compute epoch aggregates of ``results`` and send them to loggers."""
         results.compute_epoch(self.trainer.strategy)
@@ -79,13 +109,14 @@ class LoggerConnector:
                     self._progress_bar[epoch_name] = m.epoch_value
                 if m.logger:
                     to_log[epoch_name] = m.epoch_value
-        if to_log:
+        if to_log and not self.trainer.sanity_checking:  # sanity-check results never reach loggers
             self._send(to_log, step)
 
-    def _send(self, metrics: Dict[str, torch.Tensor], step: int) -> None:
+    def _send(self, metrics: Dict[str, torch.Tensor], step: int, add_epoch: bool = True) -> None:
         trainer = self.trainer
         metrics = dict(metrics)
-        metrics.setdefault("epoch", torch.tensor(float(trainer.current_epoch)))
+        if add_epoch:
+            metrics.setdefault("epoch", torch.tensor(float(trainer.current_epoch)))
         self.logged_metrics.update(metrics)
         if not trainer.loggers:
             return
