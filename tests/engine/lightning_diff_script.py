@@ -1,0 +1,385 @@
+"""One script body, two engines: ``python lightning_diff_script.py volt|lightning OUT.json``.
+
+Only the import block below depends on the engine; every scenario is the same
+code. Each scenario returns plain JSON data (hook call lists, floats, keys), so
+``test_lightning_differential.py`` compares what the engines did, not how.
+Lightning runs from its own test-only venv (``make lightning-env``); volt never
+imports Lightning.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+ENGINE = sys.argv[1] if len(sys.argv) > 1 else "volt"
+if ENGINE == "volt":
+    import volt as pl
+    from volt.callbacks import ModelCheckpoint
+    from volt.loggers import CSVLogger
+elif ENGINE == "lightning":
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    warnings.filterwarnings("ignore")  # num_workers, log batch-size inference etc.: noise, not behaviour
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+else:
+    raise SystemExit(f"usage: {sys.argv[0]} volt|lightning OUT.json")
+
+torch.set_num_threads(1)
+
+# Lightning 2.x LightningModule hooks (the 1.x-only hooks are volt extras and would not be called by Lightning).
+MODULE_HOOKS = [
+    "prepare_data", "setup", "teardown", "configure_model", "configure_callbacks", "configure_optimizers",
+    "train_dataloader", "val_dataloader", "test_dataloader",
+    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end",
+    "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start", "on_train_batch_end",
+    "on_validation_start", "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_batch_start", "on_validation_batch_end",
+    "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad",
+    "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_test_model_eval", "on_test_model_train",
+    "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
+    "training_step", "validation_step", "test_step",
+    "on_before_zero_grad", "optimizer_zero_grad", "on_before_backward", "backward", "on_after_backward",
+    "on_before_optimizer_step", "configure_gradient_clipping", "optimizer_step", "lr_scheduler_step",
+    "on_save_checkpoint",
+]
+CALLBACK_HOOKS = [
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_train_batch_start", "on_train_batch_end",
+    "on_validation_start", "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_batch_start", "on_validation_batch_end",
+    "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_test_batch_start", "on_test_batch_end",
+    "on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_save_checkpoint", "state_dict",
+]
+# Arguments worth recording: they say which batch/stage a call was for, whatever the calling convention.
+RECORDED_ARGS = ("stage", "batch_idx", "dataloader_idx")
+
+
+def recording(cls: type, names: List[str], calls: List[str], prefix: str = "") -> type:
+    """A subclass of ``cls`` whose ``names`` append ``prefix + name(args)`` to ``calls``, then run as before."""
+
+    def wrap(name: str) -> Callable[..., Any]:
+        original = getattr(cls, name)
+        signature = inspect.signature(original)
+
+        def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                # getattr(.., "value"): Lightning passes stage as a str enum (TrainerFn.FITTING == "fit")
+                shown = [f"{k}={getattr(bound.arguments[k], 'value', bound.arguments[k])}"
+                         for k in RECORDED_ARGS if k in bound.arguments]
+            except TypeError:
+                shown = ["<unbindable>"]
+            calls.append(prefix + name + (f"({', '.join(shown)})" if shown else ""))
+            return original(self, *args, **kwargs)
+
+        # No functools.wraps: Lightning's is_overridden follows __wrapped__ and would see the base
+        # hook, not an override. __signature__ keeps signature checks (dataloader_idx, outputs) right.
+        hook.__name__ = hook.__qualname__ = name
+        hook.__signature__ = signature  # type: ignore[attr-defined]
+        return hook
+
+    return type(cls.__name__, (cls,), {n: wrap(n) for n in names})
+
+
+def dataset(n: int, dim: int = 4, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = x @ torch.arange(1.0, dim + 1).unsqueeze(1) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def loader(n: int, batch_size: int = 8, seed: int = 0) -> DataLoader:
+    return DataLoader(dataset(n, seed=seed), batch_size=batch_size, shuffle=False)
+
+
+def trainer(root: str, **kwargs: Any) -> Any:
+    defaults: Dict[str, Any] = dict(
+        default_root_dir=root, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def floats(d: Dict[str, Any]) -> Dict[str, float]:
+    return {k: float(v) for k, v in sorted(d.items())}
+
+
+class Net(pl.LightningModule):
+    """A two-layer regression net; what each scenario varies is in its subclass."""
+
+    def __init__(self, optimizer: str = "sgd", scheduler: Optional[str] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self(x), y))
+        self.log("test_xsum", x.sum(), reduce_fx="sum")
+
+    def configure_optimizers(self) -> Any:
+        if self.hparams.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        if self.hparams.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if self.hparams.scheduler == "epoch":
+            return [opt], [torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.7)]
+        return opt
+
+
+def weights(module: nn.Module) -> Dict[str, List[float]]:
+    return {k: v.detach().flatten().tolist() for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# scenarios
+# ------------------------------------------------------------------------------------------------
+def hook_order(root: str) -> Dict[str, Any]:
+    """Every module and callback hook of a fit with a sanity check, mid-epoch validation, 2 epochs, then test."""
+    calls: List[str] = []
+    model_cls = recording(Net, MODULE_HOOKS, calls)
+    callback_cls = recording(pl.Callback, CALLBACK_HOOKS, calls, prefix="Callback.")
+    torch.manual_seed(0)
+    model = model_cls()
+    t = trainer(root, max_epochs=2, limit_train_batches=3, limit_val_batches=2, val_check_interval=2,
+                num_sanity_val_steps=1, callbacks=[callback_cls()])
+    t.fit(model, loader(32), loader(24))
+    fit_calls = list(calls)
+    calls.clear()
+    t.test(model, loader(16), verbose=False)
+    return {"fit": fit_calls, "test": list(calls)}
+
+
+def optimization(root: str) -> Dict[str, Any]:
+    """Final weights after SGD/Adam with step/epoch schedulers, clipping and accumulation over a partial window."""
+    out: Dict[str, Any] = {}
+    for opt, sched, clip_algo in (("sgd", "epoch", "norm"), ("adam", "step", "value"), ("sgd", None, None)):
+        torch.manual_seed(0)
+        model = Net(opt, sched)
+        t = trainer(root, max_epochs=2, limit_train_batches=5, accumulate_grad_batches=2,
+                    gradient_clip_val=0.3 if clip_algo else None, gradient_clip_algorithm=clip_algo,
+                    limit_val_batches=0)
+        t.fit(model, loader(48))
+        out[f"{opt}-{sched}-{clip_algo}"] = {
+            "weights": weights(model), "global_step": t.global_step, "current_epoch": t.current_epoch,
+            "lr": t.optimizers[0].param_groups[0]["lr"],
+        }
+    return out
+
+
+class LogNet(Net):
+    """``self.log`` in each kind of hook with on_step/on_epoch/prog_bar/logger/reduce_fx/batch_size."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        s = x.sum().detach()
+        self.log("loss", loss, prog_bar=True)
+        self.log("both", s, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("ep_max", s, on_step=False, on_epoch=True, reduce_fx="max")
+        self.log("ep_sum", s, on_step=False, on_epoch=True, reduce_fx="sum")
+        self.log("ep_min", s, on_step=False, on_epoch=True, reduce_fx=torch.min)
+        self.log("weighted", s, on_step=False, on_epoch=True, batch_size=batch_idx + 1)
+        self.log("bar_only", s, logger=False, prog_bar=True)
+        self.log_dict({"d1": 2 * s, "d2": 3 * s}, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        s = x.sum()
+        self.log("val_loss", nn.functional.mse_loss(self(x), y), prog_bar=True)
+        self.log("val_max", s, reduce_fx="max")
+        self.log("val_stepped", s, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch_end_value", float(self.current_epoch) + 0.5)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_epoch_end_value", torch.tensor(7.0 + self.current_epoch))
+
+
+class MetricsSnapshot(pl.Callback):
+    """The metric dicts as a callback sees them at a few points."""
+
+    def __init__(self) -> None:
+        self.snapshots: Dict[str, Any] = {}
+
+    def _take(self, trainer: Any, label: str) -> None:
+        self.snapshots[label] = {"callback": sorted(trainer.callback_metrics),
+                                 "progress_bar": sorted(trainer.progress_bar_metrics)}
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == 1:
+            self._take(trainer, "epoch0_batch1")
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._take(trainer, f"validation_end_{trainer.current_epoch}_{trainer.global_step}")
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._take(trainer, f"train_epoch_end_{trainer.current_epoch}")
+
+
+def logging_metrics(root: str) -> Dict[str, Any]:
+    """callback_metrics / logged_metrics / progress_bar_metrics and the CSV rows after a fit."""
+    torch.manual_seed(0)
+    model = LogNet()
+    snap = MetricsSnapshot()
+    logger = CSVLogger(os.path.join(root, "csv"), name="run", version=0)
+    t = trainer(root, max_epochs=2, limit_train_batches=5, val_check_interval=3, log_every_n_steps=2,
+                num_sanity_val_steps=2, logger=logger, callbacks=[snap])
+    t.fit(model, loader(36), loader(20))  # last train batch has 4 rows, last val batch 4
+    import csv
+
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return {
+        "callback_metrics": floats(t.callback_metrics),
+        "logged_metrics": floats(t.logged_metrics),
+        "progress_bar_metrics": floats(t.progress_bar_metrics),
+        "snapshots": snap.snapshots,
+        "csv_rows": rows,
+    }
+
+
+def evaluation(root: str) -> Dict[str, Any]:
+    """trainer.test()/validate() return values, one loader and two."""
+    torch.manual_seed(0)
+    model = Net()
+    t = trainer(root)
+    return {
+        "test_one": t.test(model, loader(20), verbose=False),
+        "test_two": t.test(model, [loader(20), loader(12, seed=1)], verbose=False),
+        "validate_one": t.validate(model, loader(20), verbose=False),
+    }
+
+
+def checkpoint(root: str) -> Dict[str, Any]:
+    """What ModelCheckpoint writes: file names, top-level keys, weights, counters."""
+    torch.manual_seed(0)
+    model = Net("adam", "epoch")
+    ckpt_dir = os.path.join(root, "ckpt")
+    cb = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_loss", save_top_k=2, save_last=True)
+    t = trainer(root, max_epochs=3, limit_train_batches=4, limit_val_batches=2, enable_checkpointing=True,
+                callbacks=[cb])
+    t.fit(model, loader(40), loader(16))
+    best = torch.load(cb.best_model_path, map_location="cpu", weights_only=False)
+    last = torch.load(cb.last_model_path, map_location="cpu", weights_only=False)
+    return {
+        "files": sorted(os.listdir(ckpt_dir)),
+        "best": os.path.basename(cb.best_model_path),
+        "last": os.path.basename(cb.last_model_path),
+        "best_score": float(cb.best_model_score),
+        "keys": sorted(last),
+        "epoch": last["epoch"], "global_step": last["global_step"],
+        "best_epoch": best["epoch"], "best_global_step": best["global_step"],
+        "callback_keys": sorted(last["callbacks"]),
+        "hyper_parameters": dict(last["hyper_parameters"]),
+        "optimizer_state_keys": sorted(last["optimizer_states"][0]),
+        "lr_schedulers": [sorted(s) for s in last["lr_schedulers"]],
+        "state_dict": {k: v.flatten().tolist() for k, v in last["state_dict"].items()},
+        "final_weights": weights(model),
+    }
+
+
+class CountingNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = {"train": 0, "val_epochs": 0, "train_epoch_ends": 0}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.counts["train"] += 1
+        return super().training_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.counts["val_epochs"] += 1
+
+    def on_train_epoch_end(self) -> None:
+        self.counts["train_epoch_ends"] += 1
+
+
+def counters(root: str) -> Dict[str, Any]:
+    """global_step/current_epoch and how many steps/validations ran, for the loop limits."""
+    cases: Dict[str, Dict[str, Any]] = {
+        "max_steps_mid_epoch": dict(max_epochs=5, max_steps=3, limit_train_batches=5),
+        "max_steps_accumulate": dict(max_epochs=5, max_steps=4, limit_train_batches=5, accumulate_grad_batches=2),
+        "limit_fraction": dict(max_epochs=2, limit_train_batches=0.5),
+        "limit_int": dict(max_epochs=2, limit_train_batches=3),
+        "val_check_fraction": dict(max_epochs=1, val_check_interval=0.25),
+        "val_every_2_epochs": dict(max_epochs=3, limit_train_batches=2, check_val_every_n_epoch=2),
+        "val_check_int_across_epochs": dict(max_epochs=3, limit_train_batches=3, val_check_interval=2,
+                                            check_val_every_n_epoch=None),
+        "fast_dev_run": dict(fast_dev_run=2),
+        "overfit_batches": dict(max_epochs=2, overfit_batches=2),
+        "min_steps_over_max_epochs": dict(max_epochs=1, min_steps=7, limit_train_batches=5),
+    }
+    out: Dict[str, Any] = {}
+    for name, kwargs in cases.items():
+        torch.manual_seed(0)
+        model = CountingNet()
+        t = trainer(root, num_sanity_val_steps=0, limit_val_batches=1, **kwargs)
+        t.fit(model, loader(80), loader(8))
+        out[name] = {"global_step": t.global_step, "current_epoch": t.current_epoch,
+                     "num_training_batches": float(t.num_training_batches), **model.counts}
+    return out
+
+
+SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "hook_order": hook_order, "optimization": optimization, "logging": logging_metrics,
+    "evaluation": evaluation, "checkpoint": checkpoint, "counters": counters,
+}
+
+
+def main() -> None:
+    out_path = sys.argv[2]
+    results: Dict[str, Any] = {"engine": ENGINE, "torch": torch.__version__}
+    for name, scenario in SCENARIOS.items():
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"diff-{ENGINE}-{name}-") as root:
+            try:
+                results[name] = scenario(root)
+            except Exception as err:  # reported per scenario, so one failure does not hide the others
+                import traceback
+
+                results[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
