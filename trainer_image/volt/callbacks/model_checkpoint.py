@@ -491,13 +491,16 @@ class ModelCheckpoint(Callback):
         trainer.strategy.barrier("ModelCheckpoint.link")
 
     def _remove_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
-        if not trainer.is_global_zero or not os.path.lexists(filepath):
+        if not trainer.is_global_zero:
             return
         assert self.dirpath is not None
         manifest = ckpt_io.read_manifest(self.dirpath)
         if manifest is not None and os.path.realpath(manifest.path(self.dirpath)) == os.path.realpath(filepath):
             return  # never delete what latest.json names (e.g. another callback's file)
-        os.remove(filepath)
+        if os.path.islink(filepath):  # last.ckpt as a link to a top-k file: the link is ours, not the IO's
+            os.unlink(filepath)
+        else:  # the CheckpointIO plugin that wrote it deletes it
+            trainer.checkpoint_io.remove_checkpoint(filepath)
 
     # --- names ----------------------------------------------------------------------------
     @classmethod

@@ -66,7 +66,7 @@ def save_after_exception(
         from volt.trainer import checkpoint_connector
 
         checkpoint = checkpoint_connector.dump_checkpoint(trainer, weights_only=False)
-        ckpt_io.atomic_save(checkpoint, path)
+        trainer.checkpoint_io.save_checkpoint(checkpoint, path)
         ckpt_io.write_manifest(dirpath, path, step=trainer.global_step, epoch=trainer.current_epoch)
     except Exception as err:  # never replace the user's exception with ours
         log.error("%s: could not save %s: %s", who, path, err)

@@ -171,8 +171,12 @@ def choose_devices(
     ipus: Any,
     distributed_backend: Any,
     auto_select_gpus: Any,
+    cluster: Optional[Any] = None,
 ) -> DeviceChoice:
-    """Resolve the 1.x and 2.x device arguments into one DeviceChoice."""
+    """Resolve the 1.x and 2.x device arguments into one DeviceChoice.
+
+    ``cluster`` (a ClusterEnvironment plugin) stands in for the launcher's environment variables.
+    """
     import torch
 
     if tpu_cores is not None:
@@ -265,13 +269,67 @@ def choose_devices(
         if isinstance(parsed_devices, list):
             raise ValueError(f"Trainer(devices={devices!r}): CPU devices are a count, not ids")
         # Under volt-run/torchrun, "auto" means the processes the launcher started on this node.
-        count = launched_local_world_size() if parsed_devices in ("auto", -1) else parsed_devices
+        if parsed_devices not in ("auto", -1):
+            count = parsed_devices
+        elif cluster is not None:
+            count = cluster.local_world_size if cluster.launched else 1
+        else:
+            count = launched_local_world_size()
         ids = list(range(count))  # CPU "devices" are processes
     if strategy is None:
         strategy = "auto"
     if isinstance(strategy, str):
         strategy = strategy.lower()
     return DeviceChoice(accelerator, ids, num_nodes, strategy, note)
+
+
+@dataclass
+class PluginChoice:
+    """``Trainer(plugins=...)`` sorted by kind; None where not given."""
+
+    precision: Optional[Any] = None  # volt.plugins.Precision
+    checkpoint_io: Optional[Any] = None  # volt.plugins.CheckpointIO
+    cluster_environment: Optional[Any] = None  # volt.plugins.ClusterEnvironment
+    strategy: Optional[str] = None  # a 1.x DDP strategy name
+
+
+PLUGINS_ACCEPTED = (
+    "a volt.plugins.Precision, CheckpointIO or ClusterEnvironment instance, or a DDP strategy name "
+    "(1.x, e.g. 'ddp_find_unused_parameters_true'); or a list with at most one of each"
+)
+
+
+def parse_plugins(plugins: Any) -> PluginChoice:
+    """Sort ``plugins`` (one or a list) by kind; anything else, or two of a kind, raises naming ``plugins``."""
+    from volt.plugins import CheckpointIO, ClusterEnvironment, Precision
+
+    choice = PluginChoice()
+    if plugins is None:
+        return choice
+    items = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    for plugin in items:
+        if isinstance(plugin, Precision):
+            slot = "precision"
+        elif isinstance(plugin, CheckpointIO):
+            slot = "checkpoint_io"
+        elif isinstance(plugin, ClusterEnvironment):
+            slot = "cluster_environment"
+        elif isinstance(plugin, str):
+            from volt.strategies.ddp import normalize_strategy_name
+
+            try:
+                normalize_strategy_name(plugin)
+            except ValueError:
+                raise ValueError(f"Trainer(plugins={plugin!r}): not a plugin volt knows. Accepted: {PLUGINS_ACCEPTED}. "
+                                 "Precision is also set with precision=, e.g. '16-mixed'") from None
+            slot = "strategy"
+        else:
+            raise TypeError(f"Trainer(plugins=...) got {type(plugin).__name__} {plugin!r}. Accepted: {PLUGINS_ACCEPTED}")
+        if getattr(choice, slot) is not None:
+            raise ValueError(f"Trainer(plugins=...) holds two {slot} plugins ({getattr(choice, slot)!r} and "
+                             f"{plugin!r}); pass at most one of each kind")
+        setattr(choice, slot, plugin)
+    return choice
 
 
 def launched_world_size() -> int:

@@ -105,7 +105,7 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
     if ckpt_path is None:
         trainer.ckpt_path = None
         return None
-    from volt.checkpoint import load, resolve_ckpt_path
+    from volt.checkpoint import resolve_ckpt_path
 
     cb = trainer.checkpoint_callback
     dirpath = getattr(cb, "dirpath", None) if cb is not None else None
@@ -122,7 +122,7 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
         log.info("ckpt_path=%r: no checkpoint saved yet, starting fresh", ckpt_path)
         return None
     log.info("restoring from checkpoint %s", path)
-    return load(path, map_location="cpu")
+    return trainer.checkpoint_io.load_checkpoint(path, map_location="cpu")
 
 
 def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:

@@ -19,6 +19,7 @@ import torch
 from volt.callbacks.base import Callback
 from volt.datamodule import LightningDataModule
 from volt.module import LightningModule
+from volt.plugins import CheckpointIO, TorchCheckpointIO
 from volt.precision import Precision, parse_precision
 from volt.strategies.single import SingleDeviceStrategy
 from volt.strategies.strategy import Strategy
@@ -187,18 +188,36 @@ class Trainer:
         if a["resume_from_checkpoint"] is not None and not isinstance(a["resume_from_checkpoint"], (str, os.PathLike)):
             raise TypeError("Trainer(resume_from_checkpoint=...) must be a path")
 
-        # -- devices and strategy --
+        # -- plugins, devices and strategy --
+        self._plugins = plugins = A.parse_plugins(a["plugins"])
+        if plugins.strategy is not None:  # 1.x: plugins="ddp_..." named the strategy
+            if a["strategy"] not in (None, "auto", plugins.strategy):
+                raise ValueError(f"Trainer(plugins={plugins.strategy!r}) names a strategy but strategy={a['strategy']!r} "
+                                 "was also given; pass only strategy=")
+            a["strategy"] = plugins.strategy
         self._device_choice = A.choose_devices(
             a["accelerator"], a["strategy"], a["devices"], a["num_nodes"], a["gpus"], a["num_processes"],
             a["tpu_cores"], a["ipus"], a["distributed_backend"], a["auto_select_gpus"],
+            cluster=plugins.cluster_environment,
         )
         if self._device_choice.legacy_note:
             log.info(self._device_choice.legacy_note)
-        self._precision_name = parse_precision(a["precision"], a["amp_level"], a["amp_backend"])
+        if plugins.precision is not None and (a["precision"] is not None or a["amp_level"] is not None):
+            raise ValueError(f"Trainer(plugins=[{plugins.precision!r}]) sets the precision, and precision=/amp_level= "
+                             "was also given; pass only one")
+        self._precision_name = (plugins.precision.precision if plugins.precision is not None
+                                else parse_precision(a["precision"], a["amp_level"], a["amp_backend"]))
         self.sync_batchnorm = A.check_bool("sync_batchnorm", a["sync_batchnorm"])
         self.use_distributed_sampler = A.check_bool("use_distributed_sampler", a["use_distributed_sampler"])
         self.strategy = self._build_strategy(self._device_choice)
-        self.precision_plugin = Precision(self._precision_name, self.strategy.root_device)
+        if plugins.precision is not None:
+            if plugins.precision.device.type != self.strategy.root_device.type:
+                raise ValueError(f"Trainer(plugins=[...]): the Precision plugin is for device type "
+                                 f"{plugins.precision.device.type!r} but training runs on {self.strategy.root_device}")
+            self.precision_plugin = plugins.precision
+        else:
+            self.precision_plugin = Precision(self._precision_name, self.strategy.root_device)
+        self.checkpoint_io: CheckpointIO = plugins.checkpoint_io or TorchCheckpointIO()
 
         # -- loop limits --
         self.fast_dev_run = self._parse_fast_dev_run(a["fast_dev_run"])
@@ -271,11 +290,6 @@ class Trainer:
             raise ValueError(
                 f"Trainer(profiler={a['profiler']!r}) is not supported by volt; profile with torch.profiler in a "
                 "callback, or read the step-time metrics the engine exports"
-            )
-        if a["plugins"]:
-            raise ValueError(
-                f"Trainer(plugins={a['plugins']!r}) is not supported: set precision= and strategy= directly "
-                "(cluster environments are detected by volt-run)"
             )
 
         # -- output locations --
@@ -396,14 +410,22 @@ class Trainer:
     def _build_strategy(self, choice: A.DeviceChoice) -> Strategy:
         strategy = choice.strategy
         world = choice.num_devices * choice.num_nodes
+        cluster = self._plugins.cluster_environment
         if isinstance(strategy, Strategy):
             if hasattr(strategy, "_configure"):
                 strategy._configure(accelerator=choice.accelerator, devices=choice.num_devices,
                                     num_nodes=choice.num_nodes, sync_batchnorm=self.sync_batchnorm)
+            if cluster is not None:
+                if not hasattr(strategy, "_cluster"):
+                    raise ValueError(f"Trainer(plugins=[ClusterEnvironment]) needs a distributed strategy; "
+                                     f"{type(strategy).__name__} has no cluster environment")
+                strategy._cluster = cluster
             return strategy
         if not isinstance(strategy, str):
             raise TypeError(f"Trainer(strategy=...) must be a name or a Strategy, got {type(strategy).__name__}")
-        if strategy in ("auto", "single_device") and world == 1 and A.launched_world_size() == 1:
+        # a ClusterEnvironment plugin replaces what a launcher's environment variables would say
+        launched = cluster.world_size if cluster is not None and cluster.launched else A.launched_world_size()
+        if strategy in ("auto", "single_device") and world == 1 and launched == 1:
             return SingleDeviceStrategy(self._device_for(choice))
         if strategy == "single_device":
             raise ValueError(f"strategy='single_device' but {choice.num_devices} devices x {choice.num_nodes} nodes requested")
@@ -416,8 +438,11 @@ class Trainer:
             strategy, note = normalize_strategy_name(strategy)
             if note:
                 log.warning(note)
-        return DDPStrategy(accelerator=choice.accelerator, devices=choice.num_devices, num_nodes=choice.num_nodes,
-                           sync_batchnorm=self.sync_batchnorm, **extra)
+        ddp = DDPStrategy(accelerator=choice.accelerator, devices=choice.num_devices, num_nodes=choice.num_nodes,
+                          sync_batchnorm=self.sync_batchnorm, **extra)
+        if cluster is not None:
+            ddp._cluster = cluster
+        return ddp
 
     @staticmethod
     def _device_for(choice: A.DeviceChoice) -> torch.device:
@@ -771,13 +796,9 @@ class Trainer:
         """Write a checkpoint of the current state. Call it on every rank: rank 0 writes, all wait."""
         if self.lightning_module is None:
             raise RuntimeError("save_checkpoint() needs a model: call it during or after fit()")
-        if storage_options is not None:
-            raise ValueError("save_checkpoint(storage_options=...) is not supported: volt writes local/volume paths")
-        from volt.checkpoint import atomic_save
-
         checkpoint = checkpoint_connector.dump_checkpoint(self, weights_only)
-        if self.is_global_zero:
-            atomic_save(checkpoint, os.fspath(filepath))
+        if self.is_global_zero:  # the default CheckpointIO writes atomically (volt.checkpoint.atomic_save)
+            self.checkpoint_io.save_checkpoint(checkpoint, os.fspath(filepath), storage_options=storage_options)
         self.strategy.barrier("save_checkpoint")
 
     # ------------------------------------------------------------------------------------
@@ -864,6 +885,7 @@ class Trainer:
             self.state.stage = None
             self.sanity_checking = False
             self.strategy.teardown()
+            self.checkpoint_io.teardown()
 
     def _on_exception(self, err: BaseException) -> None:
         self._call_callbacks("on_exception", err)
