@@ -34,6 +34,24 @@ def test_one_rank_raising_ends_every_node_quickly(tmp_path):
     assert "injected failure on rank 1" in (tmp_path / "node1.log").read_text()
 
 
+@pytest.mark.timeout(150)
+def test_the_failing_node_reports_its_own_code_when_the_peer_lost_report_comes_first(tmp_path):
+    # Rank 1 closes its connections, so rank 0 exits 76 and node 0 reports "peer lost"
+    # to the store 3 s before rank 1 raises. Node 1 must still exit 1 (it saw the user
+    # error first-hand), not 76 (what it read in the store), and must not kill its own
+    # rank early because of a mere PEER_LOST report.
+    procs = start_nodes(2, 1, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
+                        FAIL_RANK="1", FAIL_STEP="5", FAIL_CLOSE_FIRST_S="3")
+    started = time.monotonic()
+    codes = wait_all(procs, 120)
+    assert codes == [76, 1], logs(tmp_path)
+    assert time.monotonic() - started < 100
+    node0, node1 = (tmp_path / "node0.log").read_text(), (tmp_path / "node1.log").read_text()
+    assert "exiting with 76" in node0, logs(tmp_path)  # the peer-lost report really came first
+    assert "injected failure on rank 1" in node1
+    assert "stopping this node's workers" not in node1, logs(tmp_path)
+
+
 @pytest.mark.timeout(120)
 def test_world_size_mismatch_fails_fast_naming_it(tmp_path):
     procs = start_nodes(1, 2, example(), tmp_path, VOLT_TRAINER='{"devices": 3}')

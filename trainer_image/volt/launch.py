@@ -14,9 +14,13 @@ What volt-run adds to torch's agent:
 * a roll call before rendezvous: node 0 waits ``--rdzv-timeout`` seconds for
   every node and then names the missing node ranks; the others name node 0 when
   it never comes up. Both exit with ``RENDEZVOUS_TIMEOUT``.
-* failure propagation across nodes: the first node whose worker fails records it
-  in the rendezvous store; the other nodes stop their workers at once and exit
-  with ``PEER_LOST`` (a gloo/NCCL timeout would take 30 minutes).
+* failure propagation across nodes: a node whose worker fails reports it in the
+  rendezvous store; the other nodes stop their workers (at once for a root
+  cause, after ``PEER_LOST_GRACE_S`` for a mere ``PEER_LOST``) instead of waiting
+  30 minutes for a gloo/NCCL timeout.
+* each node exits with what it saw first-hand (``exit_codes.node_exit_code``):
+  the node whose rank raised exits 1 and the others ``PEER_LOST``, whoever
+  reported first.
 * SIGTERM is forwarded to the workers, which checkpoint and exit with
   ``CHECKPOINTED`` (``volt.signals``); after ``--grace-period`` seconds the
   stragglers are killed.
@@ -39,7 +43,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import FrameType
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from volt import exit_codes
 from volt.cluster import ClusterConfigError, NodeEnvironment, node_environment
@@ -49,6 +53,12 @@ log = logging.getLogger("volt.launch")
 
 RDZV_BACKEND = "volt"
 _FAILED_KEY = "volt/failed"
+_ROOT_CAUSE_KEY = "volt/failed/root"
+#: How long a node waits after another node reported only PEER_LOST before it stops its
+#: own workers (the node with the real failure gets that long to report it).
+PEER_LOST_GRACE_S = 10.0
+#: How long node 0 keeps the store up after its own failure, waiting for the other nodes to finish.
+_STORE_LINGER_S = PEER_LOST_GRACE_S + 2.0
 _DEFAULT_RDZV_TIMEOUT = 300.0
 _DEFAULT_GRACE_PERIOD = 25.0
 
@@ -303,9 +313,47 @@ class _Supervisor:
     def __init__(self, plan: LaunchPlan) -> None:
         self.plan = plan
         self.sigterm_at: Optional[float] = None
-        self.peer_failure: Optional[str] = None
+        self.peer_report: Optional[Dict[str, Any]] = None  # the first failure another node reported
+        self.peer_root_cause: Optional[Dict[str, Any]] = None  # the first one that was not PEER_LOST
+        self.peer_report_seen_at: Optional[float] = None
+        self.store_lost = False
         self.own_failure_reported = False
-        self.stopping = threading.Event()
+        self.stopped_for_peer = False  # we killed our workers because another node failed
+        self.stopping = threading.Event()  # the workers are done: the peer watcher ends
+        self.finished = threading.Event()  # our exit code is decided
+        self.linger_over = threading.Event()  # SIGTERM after that: node 0 stops keeping the store up
+
+    def should_stop_for_peer(self, now: float) -> bool:
+        return should_stop_for_peer(
+            self.peer_report, self.peer_root_cause, self.store_lost,
+            0.0 if self.peer_report_seen_at is None else now - self.peer_report_seen_at,
+        )
+
+
+def should_stop_for_peer(
+    report: Optional[Mapping[str, Any]],
+    root_cause: Optional[Mapping[str, Any]],
+    store_lost: bool,
+    report_age_s: float,
+) -> bool:
+    """Whether a healthy node kills its workers because of what other nodes reported.
+
+    * A root cause (a code other than PEER_LOST and CHECKPOINTED) stops us at once.
+    * A PEER_LOST report is only a consequence: the node whose rank really failed
+      may still be exiting (a rank's sockets close before its interpreter ends).
+      Killing its rank now would replace its own exit code with our SIGKILL, so
+      wait ``PEER_LOST_GRACE_S``; our own ranks usually exit PEER_LOST by themselves
+      well before (gloo sees the closed connection).
+    * A CHECKPOINTED report: our ranks take part in the same save and exit 75 themselves.
+    * Node 0's store vanished with nothing reported: node 0 is gone, stop at once.
+      After a report the store going away only means that node 0 exited; the
+      report decides.
+    """
+    if root_cause is not None:
+        return True
+    if report is not None:
+        return report.get("exitcode") == exit_codes.PEER_LOST and report_age_s >= PEER_LOST_GRACE_S
+    return store_lost
 
 
 def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
@@ -328,26 +376,22 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
-            store = rdzv.raw_store
-            if result.state == WorkerState.FAILED and store is not None and not supervisor.own_failure_reported:
+            if result.state == WorkerState.FAILED and not supervisor.own_failure_reported:
                 supervisor.own_failure_reported = True
-                rank, failure = min(result.failures.items(), key=lambda item: item[1].timestamp)
-                value = json.dumps({"node": plan.node.node_rank, "rank": rank, "exitcode": failure.exitcode})
-                try:
-                    # First writer wins: that node holds the root cause.
-                    current = store.compare_set(_FAILED_KEY, "", value).decode()
-                    if current != value:
-                        supervisor.peer_failure = current
-                except Exception:  # node 0's store may be gone already
-                    pass
-            if result.state == WorkerState.HEALTHY and supervisor.peer_failure is not None:
-                peer = json.loads(supervisor.peer_failure)
-                if peer.get("exitcode") != exit_codes.CHECKPOINTED:
+                _report_failure(rdzv.raw_store, plan, supervisor, result)
+            if result.state == WorkerState.HEALTHY and not supervisor.stopped_for_peer and (
+                supervisor.should_stop_for_peer(time.monotonic())
+            ):
+                peer = supervisor.peer_root_cause or supervisor.peer_report
+                if peer is None:
+                    log.error("node 0's store is gone (node 0 left): stopping this node's workers")
+                else:
                     log.error(
                         "node %s rank %s failed (exit code %s): stopping this node's workers",
                         peer.get("node"), peer.get("rank"), peer.get("exitcode"),
                     )
-                    self._kill_workers(signal.SIGKILL)
+                supervisor.stopped_for_peer = True
+                self._kill_workers(signal.SIGKILL)
             return result
 
     spec = WorkerSpec(
@@ -370,43 +414,74 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
     return agent
 
 
+def _worker_codes(result: Any) -> List[int]:
+    """The failed workers' exit codes in the order the agent saw them (signal N as 128 + N).
+
+    Failure timestamps are whole seconds; the sort is stable, and the agent records
+    the failures it found before stopping the rest first, so ties keep that order.
+    """
+    if result is None:
+        return []
+    failures = sorted(result.failures.values(), key=lambda f: f.timestamp)
+    return [f.exitcode if f.exitcode >= 0 else exit_codes.from_signal(-f.exitcode) for f in failures]
+
+
+def _node_code(result: Any, supervisor: _Supervisor, rendezvous_failed: bool = False) -> int:
+    return exit_codes.node_exit_code(
+        _worker_codes(result),
+        failed=result is None or result.is_failed(),
+        sigterm=supervisor.sigterm_at is not None,
+        stopped_for_peer=supervisor.stopped_for_peer,
+        rendezvous_failed=rendezvous_failed,
+    )
+
+
+def _report_failure(store: Any, plan: LaunchPlan, supervisor: _Supervisor, result: Any) -> None:
+    """Tell the other nodes that ours failed, and whether first-hand (a root cause) or not.
+
+    ``_FAILED_KEY`` takes the first report of any kind; ``_ROOT_CAUSE_KEY`` the first
+    that is neither PEER_LOST nor CHECKPOINTED. First writer wins on each.
+    Our own exit code never depends on what others wrote (``exit_codes.node_exit_code``).
+    """
+    if store is None:
+        return
+    failures = result.failures
+    rank = min(failures, key=lambda r: failures[r].timestamp) if failures else None
+    code = _node_code(result, supervisor)
+    value = json.dumps({"node": plan.node.node_rank, "rank": rank, "exitcode": code})
+    consequence = code in (exit_codes.PEER_LOST, exit_codes.CHECKPOINTED)  # 75: every node saves and exits 75
+    keys = [_FAILED_KEY] if consequence else [_FAILED_KEY, _ROOT_CAUSE_KEY]
+    for key in keys:
+        try:
+            store.compare_set(key, "", value)
+        except Exception:  # node 0's store may be gone already
+            return
+
+
 def _watch_peers(agent: Any, supervisor: _Supervisor) -> None:
-    """Poll the store for another node's failure; a vanished store (node 0 gone) is one too."""
+    """Poll the store for other nodes' failure reports; a vanished store (node 0 gone) is one too."""
     misses = 0
+    me = supervisor.plan.node.node_rank
     while not supervisor.stopping.wait(0.5):
         store = agent.rdzv.raw_store
         if store is None:
             continue
         try:
-            if store.check([_FAILED_KEY]):
-                value = store.get(_FAILED_KEY).decode()
-                if value and json.loads(value).get("node") != supervisor.plan.node.node_rank:
-                    supervisor.peer_failure = value
+            for key in (_FAILED_KEY, _ROOT_CAUSE_KEY):
+                if store.check([key]):
+                    report = json.loads(store.get(key).decode())
+                    if report.get("node") == me:
+                        continue
+                    if key == _ROOT_CAUSE_KEY:
+                        supervisor.peer_root_cause = report
+                    elif supervisor.peer_report is None:
+                        supervisor.peer_report_seen_at = time.monotonic()
+                        supervisor.peer_report = report
             misses = 0
         except Exception:
             misses += 1
-            if misses >= 6 and supervisor.plan.node.node_rank != 0:
-                supervisor.peer_failure = json.dumps({"node": 0, "rank": None, "exitcode": None, "lost": True})
-
-
-def _exit_code(result: Any, supervisor: _Supervisor) -> int:
-    if result is not None and not result.is_failed():
-        return exit_codes.SUCCESS
-    codes = []
-    if result is not None:
-        failures = sorted(result.failures.values(), key=lambda f: f.timestamp)
-        codes = [f.exitcode if f.exitcode >= 0 else exit_codes.from_signal(-f.exitcode) for f in failures]
-    if exit_codes.CHECKPOINTED in codes:
-        # A rank exits CHECKPOINTED only after the collective save returned on every rank:
-        # the checkpoint is complete even if the agent then stopped slower ranks by signal.
-        return exit_codes.CHECKPOINTED
-    if supervisor.sigterm_at is not None:
-        return exit_codes.from_signal(signal.SIGTERM)
-    if supervisor.peer_failure is not None:
-        return exit_codes.PEER_LOST
-    if not codes:
-        return exit_codes.USER_ERROR
-    return codes[0]
+            if misses >= 6 and me != 0:
+                supervisor.store_lost = True
 
 
 def run(plan: LaunchPlan) -> int:
@@ -420,6 +495,9 @@ def run(plan: LaunchPlan) -> int:
     agent = _make_agent(plan, supervisor, log_dir)
 
     def on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
+        if supervisor.finished.is_set():
+            supervisor.linger_over.set()  # the exit code is decided; only stop keeping the store up
+            return
         if supervisor.sigterm_at is not None:
             return
         supervisor.sigterm_at = time.monotonic()
@@ -449,21 +527,56 @@ def run(plan: LaunchPlan) -> int:
         result = agent.run()
     except RendezvousTimeout as err:
         log.error("rendezvous failed: %s", err)
-        return exit_codes.RENDEZVOUS_TIMEOUT
+        return _node_code(None, supervisor, rendezvous_failed=True)
     except Exception as err:
         cause = err
         while cause is not None and not isinstance(cause, RendezvousTimeout):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             log.error("rendezvous failed: %s", cause)
-            return exit_codes.RENDEZVOUS_TIMEOUT
+            return _node_code(None, supervisor, rendezvous_failed=True)
         raise
     finally:
         supervisor.stopping.set()
+        # A daemon thread still inside a store call when the interpreter exits makes
+        # the C++ store abort the process (SIGABRT instead of our exit code) once
+        # node 0, which hosts the store, is gone.
+        watcher.join(timeout=5.0)
         shutil.rmtree(log_dir, ignore_errors=True)
-    code = _exit_code(result, supervisor)
+    code = _node_code(result, supervisor)
+    supervisor.finished.set()
     log.log(logging.INFO if code == 0 else logging.ERROR, "exit %d: %s", code, exit_codes.describe(code))
+    _check_out(agent.rdzv.raw_store, supervisor, code)
     return code
+
+
+def _check_out(store: Any, supervisor: _Supervisor, code: int) -> None:
+    """Tell node 0 this node is done; on node 0, keep the store up until every node is.
+
+    Node 0's ``volt-run`` hosts the store. Leaving right after its own failure
+    would take its report with it, and a node that then finds the store gone
+    with nothing reported must assume node 0 vanished and kill its ranks at once,
+    maybe before its own failing rank has exited with its own code. A successful
+    run needs none of this (torch's exit barrier already waits for every node),
+    nor a checkpointed one (every node saves and exits 75 together). Bounded by
+    ``_STORE_LINGER_S``, under the operator's 15 s wait for a root cause after a 76.
+    """
+    if store is None:
+        return
+    node = supervisor.plan.node
+    try:
+        store.set(f"volt/done/{node.node_rank}", str(code))
+        if node.node_rank != 0 or node.num_nodes == 1 or code in (exit_codes.SUCCESS, exit_codes.CHECKPOINTED):
+            return
+        if supervisor.sigterm_at is not None:
+            return  # the pod is being deleted: its grace period is not ours to spend
+        keys = [f"volt/done/{rank}" for rank in range(1, node.num_nodes)]
+        deadline = time.monotonic() + _STORE_LINGER_S
+        while not store.check(keys) and time.monotonic() < deadline:
+            if supervisor.linger_over.wait(0.2):
+                return
+    except Exception:  # best effort: a store that is gone has nothing to keep up
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
