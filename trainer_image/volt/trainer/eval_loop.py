@@ -23,6 +23,7 @@ import torch
 from volt.module import LightningModule
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import iterate
+from volt.trainer.profiling import ProfiledBatches
 from volt.utilities import move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,6 +210,13 @@ def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str,
     return results
 
 
+def _batches(trainer: "Trainer", stage: str, loader: Any, limit: float) -> Any:
+    """``iterate(loader, limit)``; with a profiler, each fetch is the action ``get_<stage>_batch``."""
+    if trainer._profiling:
+        loader = ProfiledBatches(trainer.profiler, f"get_{stage}_batch", loader)
+    return iterate(loader, limit)
+
+
 def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_batches: List[float],
                      in_fit: bool) -> List[Dict[str, float]]:
     step_name = _STEP[stage]
@@ -234,7 +242,7 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
                 continue
             connector.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if multi else ""
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch, _ in iterate(loader, limit):
+            for batch_idx, batch, _ in _batches(trainer, stage, loader, limit):
                 batch = transfer_batch(trainer, batch, dl_idx)
                 connector.set_batch(batch)
                 trainer._call_hook(f"on_{hook_stage}_batch_start", batch, batch_idx, *extra)
@@ -312,7 +320,7 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
     with grad_ctx():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch, _ in iterate(loader, limit):
+            for batch_idx, batch, _ in _batches(trainer, "predict", loader, limit):
                 batch = transfer_batch(trainer, batch, dl_idx)
                 trainer._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
                 out = trainer._call_step("predict_step", batch, batch_idx, *extra)

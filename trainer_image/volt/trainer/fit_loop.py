@@ -70,6 +70,7 @@ from volt.strategies.single import SingleDeviceStrategy
 from volt.trainer.eval_loop import (resolve_transfer_hooks, run_validation_in_fit, setup_stage, teardown_stage,
                                     transfer_batch)
 from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
+from volt.trainer.profiling import ProfiledBatches, action
 from volt.utilities import move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,8 +107,9 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     module.train()
     trainer._call_hook("on_train_start")
     _prepare_hot_path(trainer, module)
+    run_epoch = action(trainer.profiler, "run_training_epoch", _run_train_epoch) if trainer._profiling else _run_train_epoch
     while not _fit_done(trainer):
-        _run_train_epoch(trainer)
+        run_epoch(trainer)
         if trainer.progress.epoch_batches_done:
             trainer.progress.start_epoch(trainer.current_epoch + 1)
         else:  # stopped mid-epoch (max_steps, should_stop): current_epoch stays the last one run
@@ -177,7 +179,8 @@ class _HotPath:
     """
 
     __slots__ = ("plain_transfer", "device", "batch_start", "plain_auto", "step_end", "zero_grad_hook",
-                 "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure")
+                 "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure", "simple",
+                 "optimizer", "batch_end_callbacks", "batch_end_module")
 
 
 def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
@@ -202,8 +205,28 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     # Trainer._run_backward with nothing to call but loss.backward()
     hot.plain_backward = ("on_before_backward" in silent and "on_after_backward" in silent
                           and not overrides("backward") and plugin.scaler is None)
+    if trainer._profiling:  # every step goes through the (profiled) dispatch, as Lightning records it
+        hot.plain_backward, hot.optimizer_step_hook = False, True
     hot.closure = _TrainingClosure(trainer, hot)
     trainer._direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
+    # _run_simple_batch: the whole batch in one frame when every hook and option in the way is
+    # unused (the typical config). Each condition is a branch of the general path it skips.
+    opts = trainer.optimizers
+    hot.simple = bool(
+        not trainer._profiling and trainer._direct_training_step and hot.plain_auto
+        and len(opts) == 1 and not isinstance(opts[0], torch.optim.LBFGS)
+        and not trainer._step_takes_optimizer_idx and not trainer._step_takes_hiddens
+        and not (module.truncated_bptt_steps or 0)
+        and type(trainer.accumulate_grad_batches) is int and trainer.accumulate_grad_batches == 1
+        and not (hot.batch_start or hot.step_end or hot.zero_grad_hook or hot.optimizer_step_hook or hot.clip_hook)
+        and hot.plain_backward  # no backward hooks, no backward override, no loss scaler
+        and {"on_train_batch_start", "on_before_zero_grad", "on_before_optimizer_step"} <= silent
+        and trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.terminate_on_nan
+        and type(plugin).optimizer_step is Precision.optimizer_step
+    )
+    hot.optimizer = opts[0] if hot.simple else None
+    hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
+    hot.batch_end_module = overrides("on_train_batch_end")
     trainer._hot = hot
 
 
@@ -354,8 +377,12 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
             restore_rng_state(rng["current"])
         trainer._epoch_start_rng = capture_rng_state()  # before iter(loader): it draws the shuffle seed
+    run_batch = _run_simple_batch if trainer._hot.simple else _run_train_batch
+    if trainer._profiling:  # chosen once per epoch: the plain path has no profiling call per batch
+        source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
+        run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
     for batch_idx, batch, is_last in iterate(source, trainer.num_training_batches, skip=skip, skipped=skipped):
-        if _run_train_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
+        if run_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break
         if trainer.val_dataloaders and _should_check_val(trainer, batch_idx, is_last):
@@ -424,6 +451,69 @@ def _is_monitoring(cb: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # one batch
 # --------------------------------------------------------------------------------------------
+def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
+                      epoch_outputs: List[Any]) -> Optional[int]:
+    """_run_train_batch for the typical config (``hot.simple``, see _prepare_hot_path), in one frame.
+
+    Same calls in the same order as the general path takes there: training_step (under the
+    precision's autocast) -> optimizer.zero_grad() -> backward -> optimizer.step(), then
+    on_train_batch_end and the logging point. Only the Python between them is less.
+    """
+    if not module._automatic_optimization:  # switched off mid-run: the general path knows manual optimization
+        return _run_train_batch(trainer, module, batch, batch_idx, is_last, epoch_outputs)
+    hot: _HotPath = trainer._hot
+    progress = trainer.progress
+    batch = move_data_to_device(batch, hot.device) if hot.plain_transfer else transfer_batch(trainer, batch, 0)
+    connector = trainer._logger_connector
+    connector.current_batch, connector._batch_size = batch, None
+    prev, connector.fx = connector.fx, "training_step"
+    try:
+        if trainer.precision_plugin._autocast_dtype is None:
+            output = module.training_step(batch, batch_idx)
+        else:
+            with trainer.precision_plugin.forward_context():
+                output = module.training_step(batch, batch_idx)
+    finally:
+        connector.fx = prev
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        loss: Optional[torch.Tensor] = output
+    else:
+        loss = _loss_from(output)
+    optimizer = hot.optimizer
+    optimizer.zero_grad()
+    if loss is not None:  # None: batch skipped; the step still runs, on no gradients (as the general path)
+        loss.backward()
+    del loss
+    optimizer.step()
+    progress.global_step += 1
+    if trainer._train_outputs_needed:
+        output = _detached(output)
+    progress.batches_that_stepped += 1
+    if trainer.lr_scheduler_configs:
+        _step_schedulers(trainer, "step", progress.batches_that_stepped)
+    progress.batch_idx = batch_idx + 1  # resume: the batch is done before on_train_batch_end
+    if is_last:
+        progress.epoch_batches_done = True
+    callbacks = hot.batch_end_callbacks
+    if callbacks or hot.batch_end_module:  # trainer._call_hook("on_train_batch_end", ...), inlined
+        prev, connector.fx = connector.fx, "on_train_batch_end"
+        try:
+            for hook in callbacks:
+                hook(trainer, module, output, batch, batch_idx)
+            if hot.batch_end_module:
+                module.on_train_batch_end(output, batch, batch_idx)
+        finally:
+            connector.fx = prev
+    if "on_batch_end" not in trainer._silent:
+        trainer._call_hook("on_batch_end")
+    if trainer._collect_train_outputs and output is not None:
+        epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
+    n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
+    if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
+        _maybe_flush_logs(trainer)
+    return None
+
+
 def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
                      epoch_outputs: List[Any]) -> Optional[int]:
     # Runs once per batch: per-run decisions come from trainer._hot (see _prepare_hot_path).
@@ -540,9 +630,9 @@ def _call_optimizer_step(trainer: "Trainer", module: LightningModule, batch_idx:
     """The module's optimizer_step override (the default is optimizer.step(closure=closure))."""
     if trainer._legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
         trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
-                             optimizer_idx=opt_idx, optimizer_closure=closure)
+                             optimizer_idx=opt_idx, optimizer_closure=closure, always=True)
     else:
-        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure, always=True)
 
 
 class _TrainingClosure:

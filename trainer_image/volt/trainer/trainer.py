@@ -21,10 +21,11 @@ from volt.datamodule import LightningDataModule
 from volt.module import LightningModule
 from volt.plugins import CheckpointIO, TorchCheckpointIO
 from volt.precision import Precision, parse_precision
+from volt.profilers import Profiler, profiler_from_argument
 from volt.strategies.single import SingleDeviceStrategy
 from volt.strategies.strategy import Strategy
 from volt.trainer import arguments as A
-from volt.trainer import checkpoint_connector, eval_loop, fit_loop
+from volt.trainer import checkpoint_connector, eval_loop, fit_loop, profiling
 from volt.trainer.data import INF, as_loader_list, defines, limited_length, without_shuffle
 from volt.trainer.logger_connector import LoggerConnector
 from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
@@ -286,11 +287,8 @@ class Trainer:
             raise ValueError("Trainer(auto_scale_batch_size=...) must be False, True, 'power' or 'binsearch'")
         self.resume_from_checkpoint = a["resume_from_checkpoint"]
         self._setup_determinism(a["deterministic"], a["benchmark"])
-        if a["profiler"] is not None:
-            raise ValueError(
-                f"Trainer(profiler={a['profiler']!r}) is not supported by volt; profile with torch.profiler in a "
-                "callback, or read the step-time metrics the engine exports"
-            )
+        self.profiler: Profiler = profiler_from_argument(a["profiler"])
+        self._profiling = False  # True during a run with a profiler (volt.trainer.profiling)
 
         # -- output locations --
         root = a["default_root_dir"]
@@ -863,6 +861,8 @@ class Trainer:
         self.state.status = "running"
         self.should_stop = False
         self._reset_hook_cache()
+        # with a profiler, the dispatch methods are swapped for profiled ones for this run only
+        self._profiling = profiling.instrument(self, self.state.fn or "fit")
         try:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 result = loop(self, ckpt_path)
@@ -884,6 +884,9 @@ class Trainer:
         finally:
             self.state.stage = None
             self.sanity_checking = False
+            if self._profiling:
+                self._profiling = False
+                profiling.uninstrument(self)  # writes the report
             self.strategy.teardown()
             self.checkpoint_io.teardown()
 
