@@ -32,22 +32,24 @@ $(VENV)/.ok:
 setup: $(VENV)/.ok
 	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
 
-# Lightning, for the differential tests only (tests/engine/test_lightning_differential.py);
-# volt never imports it. A separate venv whose .pth file puts the main venv's
-# site-packages on its path: torch and numpy are the main venv's (no second torch
-# download, same versions), pip sees them as installed and adds only Lightning's
-# own dependencies. Keyed by the main venv too, since it points into it.
+# Test-only reference packages volt never imports: Lightning for the differential
+# tests (tests/engine/test_lightning_differential.py) and onnx to check what
+# LightningModule.to_onnx() writes (tests/engine/test_export.py). A separate venv
+# whose .pth file puts the main venv's site-packages on its path: torch and numpy
+# are the main venv's (no second torch download, same versions), pip sees them as
+# installed and adds only the rest. Keyed by the main venv too, since it points into it.
 LIGHTNING_VERSION ?= 2.6.6
-LIGHTNING_VENV ?= $(VOLT_CACHE)/venv-lightning-$(LIGHTNING_VERSION)-$(DEPS_KEY)
+ONNX_VERSION ?= 1.23.2
+LIGHTNING_VENV ?= $(VOLT_CACHE)/venv-lightning-$(LIGHTNING_VERSION)-onnx-$(ONNX_VERSION)-$(DEPS_KEY)
 export VOLT_LIGHTNING_PYTHON := $(LIGHTNING_VENV)/bin/python
 
 $(LIGHTNING_VENV)/.ok: | $(VENV)/.ok
-	@echo ">> creating the Lightning $(LIGHTNING_VERSION) test environment $(LIGHTNING_VENV)"
+	@echo ">> creating the test reference environment $(LIGHTNING_VENV)"
 	python3 -m venv $(LIGHTNING_VENV)
 	purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'; \
 	  $(PY) -c "$$purelib" > "$$($(LIGHTNING_VENV)/bin/python -c "$$purelib")/volt-main-venv.pth"
-	$(LIGHTNING_VENV)/bin/python -m pip install -q 'lightning==$(LIGHTNING_VERSION)'
-	$(LIGHTNING_VENV)/bin/python -c 'import lightning.pytorch, torch; assert torch.__file__.startswith("$(VENV)/"), torch.__file__'
+	$(LIGHTNING_VENV)/bin/python -m pip install -q 'lightning==$(LIGHTNING_VERSION)' 'onnx==$(ONNX_VERSION)'
+	$(LIGHTNING_VENV)/bin/python -c 'import lightning.pytorch, onnx, torch; assert torch.__file__.startswith("$(VENV)/"), torch.__file__'
 	touch $@
 
 lightning-env: $(LIGHTNING_VENV)/.ok

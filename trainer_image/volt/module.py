@@ -5,8 +5,10 @@ Every hook has a no-op default. The Trainer calls the step methods and hooks;
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+import os
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         self._trainer: Optional["Trainer"] = None
         self._automatic_optimization = True
         self._example_input_array: Any = None
+        self._jit_is_scripting = False  # True while to_torchscript/to_onnx run
         self.truncated_bptt_steps: int = 0
         self.prepare_data_per_node: bool = True
 
@@ -43,7 +46,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
     # --- attachment to a trainer -----------------------------------------------
     @property
     def trainer(self) -> "Trainer":
-        if self._trainer is None:
+        if self._trainer is None and not self._jit_is_scripting:  # TorchScript reads every property
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer")
         return self._trainer
 
@@ -421,6 +424,67 @@ class LightningModule(HyperparametersMixin, nn.Module):
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None: ...
 
+    # --- export ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def to_torchscript(
+        self, file_path: Optional[Union[str, "os.PathLike[str]"]] = None, method: str = "script",
+        example_inputs: Any = None, **kwargs: Any,
+    ) -> torch.jit.ScriptModule:
+        """The module compiled by TorchScript in eval mode (``method="script"``) or traced with
+        ``example_inputs`` (default: ``self.example_input_array``); saved to ``file_path`` when given.
+
+        The module's train/eval mode is left as it was. ``kwargs`` go to ``torch.jit.script``/``trace``.
+        """
+        with self._exporting():
+            if method == "script":
+                module = torch.jit.script(self, **kwargs)
+            elif method == "trace":
+                if example_inputs is None:
+                    example_inputs = self.example_input_array
+                if example_inputs is None:
+                    raise ValueError(f"{type(self).__name__}.to_torchscript(method='trace') needs example_inputs= "
+                                     "or self.example_input_array")
+                module = torch.jit.trace(self, self._export_inputs(example_inputs), **kwargs)
+            else:
+                raise ValueError(f"to_torchscript(method={method!r}): method must be 'script' or 'trace'")
+        if file_path is not None:
+            torch.jit.save(module, os.fspath(file_path))
+        return module
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: Union[str, "os.PathLike[str]"], input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export to ONNX with ``torch.onnx.export`` (``kwargs`` are its options, e.g. ``dynamo=False``,
+        ``dynamic_axes``). ``input_sample`` defaults to ``self.example_input_array``.
+
+        torch's default exporter (``dynamo=True``) needs the ``onnx`` and ``onnxscript`` packages; the
+        legacy one (``dynamo=False``) needs ``onnx``. volt does not install them.
+        """
+        if input_sample is None:
+            input_sample = self.example_input_array
+        if input_sample is None:
+            raise ValueError(f"{type(self).__name__}.to_onnx() needs input_sample= or self.example_input_array")
+        _require_onnx_packages(dynamo=kwargs.get("dynamo", True))
+        args = self._export_inputs(input_sample)
+        with self._exporting():
+            return torch.onnx.export(self, args if isinstance(args, tuple) else (args,), os.fspath(file_path), **kwargs)
+
+    @contextlib.contextmanager
+    def _exporting(self) -> Iterator[None]:
+        """Eval mode, and properties that do not raise while torch.jit/onnx read every attribute."""
+        was_training = self.training
+        self._jit_is_scripting = True
+        self.eval()
+        try:
+            yield
+        finally:
+            self._jit_is_scripting = False
+            self.train(was_training)
+
+    def _export_inputs(self, sample: Any) -> Any:
+        """An export sample on the module's device, as a batch would be; a list becomes positional args."""
+        sample = move_data_to_device(sample, self.device)
+        return tuple(sample) if isinstance(sample, list) else sample
+
     @classmethod
     def load_from_checkpoint(
         cls, checkpoint_path: str, map_location: Any = None, strict: bool = True, **kwargs: Any
@@ -433,3 +497,24 @@ class LightningModule(HyperparametersMixin, nn.Module):
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"], strict=strict)
         return model
+
+
+# TorchScript compiles a scripted module's properties; these read the trainer or Python-only state.
+LightningModule.__jit_unused_properties__ = sorted(  # type: ignore[attr-defined]
+    {name for klass in LightningModule.__mro__ for name, attr in vars(klass).items() if isinstance(attr, property)}
+)
+
+
+def _require_onnx_packages(dynamo: bool) -> None:
+    """Name the missing package before torch.onnx fails deep inside the export."""
+    import importlib.util
+
+    needed = ("onnx", "onnxscript") if dynamo else ("onnx",)
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        names = " and ".join(repr(m) for m in missing)
+        raise ImportError(
+            f"LightningModule.to_onnx() needs the {names} package{'s' if len(missing) > 1 else ''}, not installed "
+            f"here: pip install {' '.join(missing)}"
+            + (" (or pass dynamo=False to use torch's legacy exporter, which needs only 'onnx')" if dynamo else "")
+        )
