@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, Iterator,
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler, SequentialSampler,
+)
 
 from volt import exit_codes
 from volt.cluster import ClusterConfigError, ClusterEnvironment, cluster_environment
@@ -45,6 +47,21 @@ _ALIASES: Dict[str, Optional[str]] = {
 }
 
 _DEFAULT_TIMEOUT_S = 1800.0
+
+#: Training batches between the ranks' agreements on a stream of unknown length (``_AgreedLength``).
+ENV_AGREE_EVERY = "VOLT_UNEVEN_CHECK_EVERY_N_BATCHES"
+_DEFAULT_AGREE_EVERY = 8
+
+
+def _agree_every() -> int:
+    raw = os.environ.get(ENV_AGREE_EVERY, "")
+    try:
+        value = int(raw) if raw else _DEFAULT_AGREE_EVERY
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{ENV_AGREE_EVERY} must be an int >= 1, got {raw!r}")
+    return value
 
 
 def normalize_strategy_name(name: str) -> Tuple[str, Optional[str]]:
@@ -114,6 +131,66 @@ class _FirstNBatches(Sampler):
 
     def __len__(self) -> int:
         return self.n
+
+
+class _AgreedLength:
+    """A training iterable whose ranks may yield different numbers of batches.
+
+    DDP deadlocks when one rank runs a step that another does not. A map-style
+    loader's length is agreed once per fit (``_equalize_batches``); a stream has
+    no trustworthy length, so ranks agree as they go, without a per-step
+    collective: each rank reads up to ``every`` batches ahead, one MIN/MAX
+    all-reduce on the gloo control group says how many every rank holds, and all
+    ranks yield that many. A window that some rank could not fill ends the epoch
+    for everyone at the shortest rank's last batch; the longer ranks' remaining
+    batches of that epoch are not used (rank 0 warns once). The price: one small
+    CPU all-reduce per ``every`` batches and ``every`` batches held in memory.
+
+    Everything but iteration (``dataset``, ``batch_size``, ``len()``) is the wrapped loader's.
+    """
+
+    def __init__(self, loader: Iterable, group: Optional[Any], every: int) -> None:
+        self.loader = loader
+        self.group = group
+        self.every = every
+        self._warned = False
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        window: List[Any] = []
+        exhausted = False
+        yielded = 0
+        while True:
+            while not exhausted and len(window) < self.every:
+                try:
+                    window.append(next(it))
+                except StopIteration:
+                    exhausted = True
+            counts = torch.tensor([len(window), -len(window)], dtype=torch.int64)
+            dist.all_reduce(counts, op=dist.ReduceOp.MIN, group=self.group)
+            fewest, most = int(counts[0]), -int(counts[1])
+            if fewest < most and not self._warned and dist.get_rank() == 0:
+                self._warned = True
+                log.warning(
+                    "the ranks' training streams have different lengths: the shortest ended after %d batches of "
+                    "this epoch while another rank had more; every rank ends the epoch there so that DDP does not "
+                    "deadlock (the longer ranks' remaining batches are not used). Shard the stream evenly to use "
+                    "all data.", yielded + fewest,
+                )
+            for batch in window[:fewest]:
+                yield batch
+            yielded += fewest
+            if fewest < self.every:
+                return
+            window = []
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]  # TypeError for a stream: its length is unknown
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def _loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
@@ -213,6 +290,7 @@ class DDPStrategy(Strategy):
         self._ddp_kwargs = ddp_kwargs
         self._cluster: Optional[ClusterEnvironment] = None
         self._control_group: Optional[Any] = None
+        self._warned_iterable = False
         self._configure(accelerator=self._accelerator, devices=devices, num_nodes=num_nodes)
 
     def _configure(
@@ -396,20 +474,34 @@ class DDPStrategy(Strategy):
         return True
 
     def process_dataloader(self, dataloader: Iterable, stage: str) -> Iterable:
-        if self.world_size <= 1 or not isinstance(dataloader, DataLoader):
+        if self.world_size <= 1:
             return dataloader
-        if isinstance(dataloader.dataset, torch.utils.data.IterableDataset):
-            log.warning(
-                "%s dataloader wraps an IterableDataset: volt does not shard it. Each rank must yield different "
-                "samples and the same number of batches, or DDP deadlocks.", stage,
-            )
-            return dataloader
+        training = stage in ("train", "fit")
+        if not isinstance(dataloader, DataLoader) or isinstance(dataloader.dataset, IterableDataset):
+            if isinstance(dataloader, DataLoader):
+                self._warn_unsharded_iterable(stage)
+            # Streams of unknown or unequal length: every rank must still run the same
+            # number of training steps. Evaluation has no per-batch collective to hang in.
+            return _AgreedLength(dataloader, self._control_group, _agree_every()) if training else dataloader
         loader = dataloader
         if self._use_distributed_sampler():
             loader = self._with_distributed_sampler(loader, stage)
-        if stage in ("train", "fit"):
+        if training:
             loader = self._equalize_batches(loader)
         return loader
+
+    def _warn_unsharded_iterable(self, stage: str) -> None:
+        if self._warned_iterable or not self.is_global_zero:
+            return
+        self._warned_iterable = True
+        log.warning(
+            "the %s dataloader wraps an IterableDataset: volt does not shard it (nor does Lightning), so each of "
+            "the %d ranks must yield its own part of the stream. Split it in the dataset's __iter__ by "
+            "trainer.global_rank / trainer.world_size (torch.distributed.get_rank() / get_world_size()) and, with "
+            "DataLoader workers, by torch.utils.data.get_worker_info(). Ranks that yield different numbers of "
+            "batches all stop at the shortest (agreed every %d batches, %s).",
+            stage, self.world_size, _agree_every(), ENV_AGREE_EVERY,
+        )
 
     def _with_distributed_sampler(self, loader: DataLoader, stage: str) -> DataLoader:
         batch_sampler = loader.batch_sampler
