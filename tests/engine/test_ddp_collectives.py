@@ -58,3 +58,33 @@ def test_world_of_one_leaves_loaders_alone(monkeypatch):
     loader = [1, 2, 3]
     assert strategy.process_dataloader(loader, "train") is loader
     assert strategy.world_size == 1 and strategy.reduce(torch.ones(1), "sum").item() == 1.0
+
+
+# A rank that dies of a peer's failure must exit PEER_LOST, not USER_ERROR: volt-run
+# reports each node's first-hand code, so a misread consequence would fail the job
+# (and name the wrong rank) when the real cause is retryable.
+PEER_ERRORS = [
+    RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                 "[127.0.0.1]:35235. This is typically caused by a remote worker crashing."),  # seen in these tests
+    RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:598] Connection reset by peer [10.0.0.7]:40000"),
+    RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error, "
+                 "NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a remote "
+                 "process exiting prematurely."),
+]
+OWN_ERRORS = [
+    RuntimeError("injected failure on rank 1"),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ValueError("Connection closed by peer"),  # not a RuntimeError from torch: the user's own
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("error, peer", [(e, True) for e in PEER_ERRORS] + [(e, False) for e in OWN_ERRORS])
+def test_errors_caused_by_a_dead_peer_are_told_apart(error, peer):
+    import torch.distributed as dist
+
+    from volt.strategies.ddp import _is_peer_failure
+
+    assert _is_peer_failure(error) is peer
+    if hasattr(dist, "DistNetworkError"):
+        assert _is_peer_failure(dist.DistNetworkError("store gone"))

@@ -238,7 +238,8 @@ def _is_peer_failure(error: BaseException) -> bool:
         return True
     text = str(error)
     markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET",
-               "NCCL communicator was aborted", "Socket Timeout")
+               "NCCL communicator was aborted", "Socket Timeout",
+               "ncclRemoteError", "remote process exited")  # NCCL >= 2.14 when a peer died
     return isinstance(error, RuntimeError) and any(marker in text for marker in markers)
 
 
