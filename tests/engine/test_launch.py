@@ -133,3 +133,13 @@ def test_when_a_healthy_node_stops_its_workers_for_a_peer(report, root, store_lo
 
     age = PEER_LOST_GRACE_S if age == "grace" else age
     assert should_stop_for_peer(report, root, store_lost, age) is expected
+
+
+def test_volt_run_waits_stay_under_the_operators_wait_for_a_root_cause():
+    """After a pod exits 76 the operator waits PEER_LOST_GRACE_SECONDS for the pod with the
+    cause; volt-run's own waits (stopping for a mere 76, node 0 keeping its store up) must
+    end before, or the operator restarts a gang whose root cause is still exiting."""
+    from volt import launch
+    from volt_operator import status
+
+    assert launch.PEER_LOST_GRACE_S < launch._STORE_LINGER_S < status.PEER_LOST_GRACE_SECONDS
