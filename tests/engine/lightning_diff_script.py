@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, TensorDataset
 ENGINE = sys.argv[1] if len(sys.argv) > 1 else "volt"
 if ENGINE == "volt":
     import volt as pl
-    from volt.callbacks import ModelCheckpoint
+    from volt.callbacks import EarlyStopping, ModelCheckpoint
     from volt.loggers import CSVLogger
 elif ENGINE == "lightning":
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     warnings.filterwarnings("ignore")  # num_workers, log batch-size inference etc.: noise, not behaviour
@@ -358,9 +358,176 @@ def counters(root: str) -> Dict[str, Any]:
     return out
 
 
+class ManualNet(Net):
+    """Manual optimization, GAN-style: two optimizers toggled in turn, manual clipping, a stepped scheduler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        first, second = self.optimizers()
+        for opt in (first, second):
+            self.toggle_optimizer(opt)
+            loss = nn.functional.mse_loss(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+            opt.step()
+            self.untoggle_optimizer(opt)
+        if batch_idx % 2 == 1:
+            self.lr_schedulers().step()
+        self.log("manual_loss", loss)
+
+    def configure_optimizers(self) -> Any:
+        first = torch.optim.SGD(self.net[0].parameters(), lr=0.05)
+        second = torch.optim.Adam(self.net[2].parameters(), lr=0.01)
+        return [first, second], [torch.optim.lr_scheduler.StepLR(first, step_size=1, gamma=0.5)]
+
+
+def manual_optimization(root: str) -> Dict[str, Any]:
+    calls: List[str] = []
+    names = ["training_step", "on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step",
+             "on_before_zero_grad", "optimizer_step", "optimizer_zero_grad", "on_train_batch_end",
+             "configure_gradient_clipping", "lr_scheduler_step"]
+    torch.manual_seed(0)
+    model = recording(ManualNet, names, calls)()
+    t = trainer(root, max_epochs=2, limit_train_batches=3, limit_val_batches=0)
+    t.fit(model, loader(32))
+    return {"weights": weights(model), "global_step": t.global_step, "calls": calls,
+            "lr": [o.param_groups[0]["lr"] for o in t.optimizers], "callback_metrics": floats(t.callback_metrics)}
+
+
+class PlateauNet(Net):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5, threshold=10.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+class LrAtEpochStart(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: List[float] = []
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def early_stopping_and_plateau(root: str) -> Dict[str, Any]:
+    """EarlyStopping's stop epoch and ReduceLROnPlateau's lr, both watching val_loss."""
+    torch.manual_seed(0)
+    model = PlateauNet()
+    lrs = LrAtEpochStart()
+    stop = EarlyStopping(monitor="val_loss", patience=1, min_delta=5.0)
+    t = trainer(root, max_epochs=8, limit_train_batches=3, limit_val_batches=2, callbacks=[lrs, stop])
+    t.fit(model, loader(32), loader(16))
+    return {"lrs": lrs.lrs, "stopped_epoch": stop.stopped_epoch, "wait_count": stop.wait_count,
+            "best_score": float(stop.best_score), "global_step": t.global_step, "current_epoch": t.current_epoch,
+            "weights": weights(model), "should_stop": t.should_stop}
+
+
+class DM(pl.LightningDataModule):
+    def __init__(self, calls: List[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def prepare_data(self) -> None:
+        self.calls.append("dm.prepare_data")
+
+    def setup(self, stage: str) -> None:
+        self.calls.append(f"dm.setup({getattr(stage, 'value', stage)})")
+
+    def teardown(self, stage: str) -> None:
+        self.calls.append(f"dm.teardown({getattr(stage, 'value', stage)})")
+
+    def train_dataloader(self) -> DataLoader:
+        self.calls.append("dm.train_dataloader")
+        return loader(24)
+
+    def val_dataloader(self) -> List[DataLoader]:
+        self.calls.append("dm.val_dataloader")
+        return [loader(16), loader(8, seed=1)]
+
+    def test_dataloader(self) -> DataLoader:
+        self.calls.append("dm.test_dataloader")
+        return loader(16)
+
+    def predict_dataloader(self) -> List[DataLoader]:
+        self.calls.append("dm.predict_dataloader")
+        return [loader(8), loader(4, seed=1)]
+
+
+class MultiValNet(Net):
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+        self.log("val_sum", x.sum(), reduce_fx="sum", prog_bar=True)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self(batch[0])
+
+
+def datamodule_and_predict(root: str) -> Dict[str, Any]:
+    """A datamodule's hooks, two validation loaders' metric keys, test() and predict() through it."""
+    calls: List[str] = []
+    model_calls: List[str] = []
+    torch.manual_seed(0)
+    model = recording(MultiValNet, ["setup", "teardown", "prepare_data"], model_calls)()
+    dm = DM(calls)
+    t = trainer(root, max_epochs=2, limit_train_batches=2, num_sanity_val_steps=1)
+    t.fit(model, datamodule=dm)
+    metrics = floats(t.callback_metrics)
+    tested = t.test(model, datamodule=dm, verbose=False)
+    predictions = t.predict(model, datamodule=dm)
+    return {"dm_calls": calls, "module_calls": model_calls, "callback_metrics": metrics, "test": tested,
+            "predictions": [[p.flatten().tolist() for p in per_loader] for per_loader in predictions]}
+
+
+class StopEarlyInEpoch(Net):
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Optional[int]:
+        return -1 if batch_idx == 2 and self.current_epoch == 0 else None
+
+
+def resume_and_batch_start_stop(root: str) -> Dict[str, Any]:
+    """fit(ckpt_path=last) from an epoch boundary; on_train_batch_start returning -1 ends an epoch."""
+    torch.manual_seed(0)
+    model = Net("adam", "epoch")
+    ckpt = ModelCheckpoint(dirpath=os.path.join(root, "ck"), save_last=True)
+    trainer(root, max_epochs=2, limit_train_batches=3, limit_val_batches=1, enable_checkpointing=True,
+            callbacks=[ckpt]).fit(model, loader(32), loader(8))
+    torch.manual_seed(1)  # different initial weights: the checkpoint must replace them
+    resumed = Net("adam", "epoch")
+    t = trainer(root, max_epochs=4, limit_train_batches=3, limit_val_batches=1)
+    t.fit(resumed, loader(32), loader(8), ckpt_path=ckpt.last_model_path)
+    torch.manual_seed(0)
+    stopper = StopEarlyInEpoch()
+    t2 = trainer(root, max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    t2.fit(stopper, loader(32))
+    return {"resumed": {"weights": weights(resumed), "global_step": t.global_step, "current_epoch": t.current_epoch,
+                        "lr": t.optimizers[0].param_groups[0]["lr"]},
+            "batch_start_stop": {"global_step": t2.global_step, "current_epoch": t2.current_epoch,
+                                 "weights": weights(stopper)}}
+
+
+def bf16_mixed(root: str) -> Dict[str, Any]:
+    """bf16-mixed autocast on CPU: weights after a few steps (same autocast regions in both engines)."""
+    torch.manual_seed(0)
+    model = Net("adam", None)
+    t = trainer(root, max_epochs=1, limit_train_batches=4, precision="bf16-mixed", limit_val_batches=0)
+    t.fit(model, loader(32))
+    x = dataset(4)[:][0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    return {"weights": weights(model), "output_dtype": str(out.dtype), "param_dtype": str(model.net[0].weight.dtype)}
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
     "hook_order": hook_order, "optimization": optimization, "logging": logging_metrics,
     "evaluation": evaluation, "checkpoint": checkpoint, "counters": counters,
+    "manual_optimization": manual_optimization, "early_stopping_and_plateau": early_stopping_and_plateau,
+    "datamodule_and_predict": datamodule_and_predict, "resume_and_batch_start_stop": resume_and_batch_start_stop,
+    "bf16_mixed": bf16_mixed,
 }
 
 

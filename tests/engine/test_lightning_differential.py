@@ -146,3 +146,36 @@ def test_loop_counters_match(results: Results) -> None:
         volt[case]["current_epoch"] = lightning[case]["current_epoch"]
     assert_same(volt, lightning)
     assert volt["max_steps_mid_epoch"]["global_step"] == 3 and volt["limit_fraction"]["num_training_batches"] == 5
+
+
+def test_manual_optimization_matches(results: Results) -> None:
+    """Two toggled optimizers, manual_backward, clip_gradients, a scheduler stepped by hand: weights, global_step
+    (one per optimizer step), learning rates and the hooks that run around each step."""
+    volt, lightning = scenario(results, "manual_optimization")
+    assert_same(volt, lightning)
+    assert volt["global_step"] == 12 and "on_before_optimizer_step" in volt["calls"]
+
+
+def test_early_stopping_and_reduce_lr_on_plateau_match(results: Results) -> None:
+    volt, lightning = scenario(results, "early_stopping_and_plateau")
+    assert_same(volt, lightning)
+    assert volt["should_stop"] and volt["current_epoch"] < 8 and len(set(volt["lrs"])) > 1
+
+
+def test_datamodule_hooks_two_val_loaders_and_predict_match(results: Results) -> None:
+    volt, lightning = scenario(results, "datamodule_and_predict")
+    assert_same(volt, lightning)
+    assert {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1"} <= set(volt["callback_metrics"])
+    assert [len(p) for p in volt["predictions"]] == [1, 1]
+
+
+def test_resume_from_checkpoint_and_batch_start_stop_match(results: Results) -> None:
+    volt, lightning = scenario(results, "resume_and_batch_start_stop")
+    assert_same(volt, lightning)
+    assert volt["resumed"]["global_step"] == 12 and volt["batch_start_stop"]["global_step"] == 6
+
+
+def test_bf16_mixed_matches(results: Results) -> None:
+    volt, lightning = scenario(results, "bf16_mixed")
+    assert_same(volt, lightning)
+    assert volt["output_dtype"] == "torch.bfloat16" and volt["param_dtype"] == "torch.float32"
