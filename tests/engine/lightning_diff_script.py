@@ -522,7 +522,80 @@ def bf16_mixed(root: str) -> Dict[str, Any]:
     return {"weights": weights(model), "output_dtype": str(out.dtype), "param_dtype": str(model.net[0].weight.dtype)}
 
 
+def describe(value: Any) -> Any:
+    """The shape of a hook argument: type names and dict keys, not values."""
+    if isinstance(value, dict):
+        return {k: describe(v) for k, v in sorted(value.items())}
+    if isinstance(value, torch.Tensor):
+        return f"Tensor(requires_grad={value.requires_grad})"
+    return type(value).__name__
+
+
+class DictStepNet(Net):
+    """training_step returns a dict with an extra key; outputs as the batch-end hooks receive them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: List[Any] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        return {"loss": loss, "extra": loss.detach() * 2} if batch_idx % 2 else loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seen.append(describe(outputs))
+
+
+class CallbackLogger(pl.Callback):
+    """Callbacks log through pl_module.log and see the outputs too."""
+
+    def __init__(self) -> None:
+        self.seen: List[Any] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seen.append(describe(outputs))
+        pl_module.log("cb_step", float(batch_idx))
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.log("cb_val_epoch", float(trainer.current_epoch) + 10.0)
+
+
+def callbacks_and_files(root: str) -> Dict[str, Any]:
+    """Batch-end outputs, callback logging, LearningRateMonitor with accumulation, checkpoint file names,
+    validate(ckpt_path="best")."""
+    from importlib import import_module
+
+    callbacks_module = import_module(pl.__name__ + ".callbacks")
+    torch.manual_seed(0)
+    model = DictStepNet()
+    cb = CallbackLogger()
+    every = ModelCheckpoint(dirpath=os.path.join(root, "every"), every_n_train_steps=2, save_top_k=-1,
+                            filename="{epoch}-{step}")
+    named = ModelCheckpoint(dirpath=os.path.join(root, "named"), monitor="val_loss", save_top_k=2,
+                            filename="{epoch}-{val_loss:.2f}")
+    plain = ModelCheckpoint(dirpath=os.path.join(root, "plain"), monitor="val_loss", mode="max",
+                            filename="e{epoch:02d}_v{val_loss:.3f}", auto_insert_metric_name=False)
+    lr_monitor = callbacks_module.LearningRateMonitor(logging_interval="step")
+    logger = CSVLogger(os.path.join(root, "csv"), name="run", version=0)
+    t = trainer(root, max_epochs=3, limit_train_batches=5, limit_val_batches=2, accumulate_grad_batches=2,
+                log_every_n_steps=1, enable_checkpointing=True, logger=logger,
+                callbacks=[cb, every, named, plain, lr_monitor])
+    t.fit(model, loader(48), loader(16))
+    import csv
+
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    validated = t.validate(ckpt_path="best", dataloaders=loader(16), verbose=False)
+    return {
+        "module_outputs": model.seen, "callback_outputs": cb.seen, "csv_rows": rows,
+        "files": {d: sorted(os.listdir(os.path.join(root, d))) for d in ("every", "named", "plain")},
+        "best_k": sorted(os.path.basename(k) for k in named.best_k_models),
+        "validate_best": validated, "callback_metrics": floats(t.callback_metrics),
+    }
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "callbacks_and_files": callbacks_and_files,
     "hook_order": hook_order, "optimization": optimization, "logging": logging_metrics,
     "evaluation": evaluation, "checkpoint": checkpoint, "counters": counters,
     "manual_optimization": manual_optimization, "early_stopping_and_plateau": early_stopping_and_plateau,

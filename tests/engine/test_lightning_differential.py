@@ -179,3 +179,22 @@ def test_bf16_mixed_matches(results: Results) -> None:
     volt, lightning = scenario(results, "bf16_mixed")
     assert_same(volt, lightning)
     assert volt["output_dtype"] == "torch.bfloat16" and volt["param_dtype"] == "torch.float32"
+
+
+def test_callback_logging_outputs_checkpoint_names_and_lr_monitor_match(results: Results) -> None:
+    """on_train_batch_end outputs (tensor and dict returns), pl_module.log from callbacks, ModelCheckpoint name
+    templates (every_n_train_steps, metric formats, auto_insert_metric_name=False), LearningRateMonitor rows with
+    accumulate_grad_batches=2, validate(ckpt_path="best") and the metrics left after it."""
+    volt, lightning = scenario(results, "callbacks_and_files")
+    for files in volt["files"].values():  # on purpose: the manifest, as in test_checkpoints_match
+        files.remove("latest.json")
+    # On purpose: LearningRateMonitor(logging_interval="step") writes once per optimizer step; Lightning writes
+    # from every batch of an accumulation window, the same value at the same step (a duplicate row).
+    rows = lightning["csv_rows"]
+    deduplicated = [row for i, row in enumerate(rows) if i == 0 or row != rows[i - 1]]
+    assert len(deduplicated) < len(rows)
+    lightning["csv_rows"] = deduplicated
+    assert_same(volt, lightning)
+    assert volt["module_outputs"][:2] == [{"loss": "Tensor(requires_grad=False)"},
+                                          {"extra": "Tensor(requires_grad=False)", "loss": "Tensor(requires_grad=False)"}]
+    assert "cb_step" not in volt["callback_metrics"]  # validate() starts with empty metric dicts

@@ -64,6 +64,7 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     checkpoint = _load_checkpoint(trainer, ckpt_path)
     if checkpoint is not None:
         checkpoint_connector.restore_model_and_callbacks(trainer, checkpoint)
+    trainer._logger_connector.reset_metrics()  # metrics of an earlier fit/test do not carry over
     trainer.strategy.setup(trainer, module)
     return checkpoint
 

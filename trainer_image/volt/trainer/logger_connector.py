@@ -128,6 +128,15 @@ class LoggerConnector:
         for logger in trainer.loggers:
             logger.log_metrics(floats, step=step)
 
+    def reset_metrics(self) -> None:
+        """A new fit/validate/test/predict starts with empty metric dicts, as in Lightning."""
+        self.train_results = ResultCollection()
+        self.eval_results = ResultCollection()
+        self.active = self.train_results
+        self._callback = {}
+        self.logged_metrics = {}
+        self._progress_bar = {}
+
     def reset_eval(self) -> None:
         self.eval_results = ResultCollection()
 
