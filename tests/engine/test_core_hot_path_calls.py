@@ -1,4 +1,4 @@
-"""Per-step Python call budget of the training loop, against a raw PyTorch loop.
+"""Per-step Python call and aten op budgets of the training loop, against a raw PyTorch loop.
 
 The deterministic proxy for the engine's step overhead (docs/benchmarks.md): Python function
 calls per training step (``sys.setprofile`` "call" events), counted between two batches
@@ -6,11 +6,17 @@ taken from the same pre-built batches, for volt in the benchmark's "typical" con
 (``self.log`` each step, CSV logger, no progress bar, no checkpoint) minus a raw loop doing
 the same forward/backward/step. Both share torch's own calls, so the difference is what the
 engine adds, whatever the torch version. A new per-step call in the hot path fails here.
+
+The second budget counts aten ops per step (``torch.profiler`` events, composite ops such as a
+no-op ``aten::to`` included) the same way: a tensor op the engine adds per step (a detach, a
+running-mean add, a cast, a zero_grad that fills instead of freeing) fails there, whatever its
+cost in Python calls. volt adds exactly one: the ``detach`` of the logged value in ``self.log``.
 """
 from __future__ import annotations
 
+import collections
 import sys
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Callable, Counter, Iterator, List, Tuple
 
 import pytest
 import torch
@@ -25,10 +31,13 @@ pytestmark = pytest.mark.timeout(120)
 
 STEPS = 70
 WINDOW = (10, 60)  # batches counted: after warm-up, one logging point (step 50) included
+OP_WINDOW = (10, 40)  # no logging point: its stack/tolist are once per log_every_n_steps, not per step
 
-# Measured extra calls per step over raw (CPU, torch 2.11): 10.4 (32-true), 14.4 (bf16-mixed);
-# before the hot-path work they were 46.3 and 51.3.
-EXTRA_CALLS_BOUND = {"32-true": 12.5, "bf16-mixed": 16.5}
+# Measured extra calls per step over raw (CPU, torch 2.11): 4.4 (32-true), 8.4 (bf16-mixed);
+# 10.4 and 14.4 before the one-frame batch path, 46.3 and 51.3 before the hot-path work.
+EXTRA_CALLS_BOUND = {"32-true": 5.5, "bf16-mixed": 9.5}
+# aten ops per step over raw: self.log's detach of the logged loss.
+EXTRA_ATEN_OPS = {"aten::detach": 1}
 
 
 def _net() -> nn.Module:
@@ -138,4 +147,71 @@ def test_engine_calls_per_step_within_budget(tmp_path: Any, precision: str) -> N
     assert extra <= EXTRA_CALLS_BOUND[precision], (
         f"volt makes {engine:.2f} Python calls per training step, raw PyTorch {raw:.2f}: {extra:.2f} extra, "
         f"over the budget of {EXTRA_CALLS_BOUND[precision]} (a new per-step call in the hot path?)"
+    )
+
+
+# --- aten ops per step ----------------------------------------------------------------------
+class OpWindow:
+    """A torch.profiler session over the WINDOW batches; ``per_step`` counts aten ops by name."""
+
+    def __init__(self) -> None:
+        self.prof: Any = None
+
+    def batches(self, items: List[Any]) -> Iterator[Any]:
+        lo, hi = OP_WINDOW
+        for i, item in enumerate(items):
+            if i == lo:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.prof.__enter__()
+            if i == hi:
+                self.prof.__exit__(None, None, None)
+            yield item
+
+    def per_step(self) -> Counter[str]:
+        counts: Counter[str] = collections.Counter(e.name for e in self.prof.events() if e.name.startswith("aten::"))
+        assert counts, "the profiler recorded no aten op"
+        return counts
+
+
+class OpBatches:
+    def __init__(self, items: List[Any], window: OpWindow) -> None:
+        self.items, self.window = items, window
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.window.batches(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _ops(run: Callable[[OpBatches], None]) -> Counter[str]:
+    window = OpWindow()
+    run(OpBatches(_batches(), window))
+    return window.per_step()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_engine_adds_no_aten_op_per_step_but_the_logged_detach(tmp_path: Any, precision: str) -> None:
+    def raw_loop(batches: OpBatches) -> None:
+        net = _net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        for x, y in batches:
+            with _autocast(precision):
+                loss = nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def volt_fit(batches: OpBatches) -> None:
+        trainer = quiet_trainer(tmp_path, max_epochs=1, precision=precision, logger=CSVLogger(str(tmp_path)),
+                                num_sanity_val_steps=0)
+        trainer.fit(Bench(), batches)
+        assert trainer.global_step == STEPS
+
+    raw, engine = _ops(raw_loop), _ops(volt_fit)
+    steps = OP_WINDOW[1] - OP_WINDOW[0]
+    extra = {name: (engine[name] - raw[name]) / steps for name in set(raw) | set(engine) if engine[name] != raw[name]}
+    assert extra == EXTRA_ATEN_OPS, (
+        f"aten ops per training step, volt minus raw PyTorch: {extra} (expected {EXTRA_ATEN_OPS}); "
+        f"raw runs {sum(raw.values()) / steps:.1f} per step"
     )
