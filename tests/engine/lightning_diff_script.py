@@ -594,7 +594,66 @@ def callbacks_and_files(root: str) -> Dict[str, Any]:
     }
 
 
+class SavedDM(pl.LightningDataModule):
+    def __init__(self, batch_size: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.served = 0
+
+    def train_dataloader(self) -> DataLoader:
+        self.served += 1
+        return loader(24, batch_size=self.hparams.batch_size)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"served": self.served}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.served = state_dict["served"]
+
+
+class ToggledManual(ManualNet):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for opt in self.optimizers():
+            with self.toggled_optimizer(opt):
+                loss = nn.functional.mse_loss(self(x), y)
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+
+
+def lightning_api(root: str) -> Dict[str, Any]:
+    """LambdaCallback, GradientAccumulationScheduler, toggled_optimizer, LightningDataModule.load_from_checkpoint."""
+    from importlib import import_module
+
+    callbacks_module = import_module(pl.__name__ + ".callbacks")
+    calls: List[str] = []
+    lam = callbacks_module.LambdaCallback(
+        setup=lambda trainer, pl_module, stage: calls.append(f"setup:{getattr(stage, 'value', stage)}"),
+        on_train_epoch_start=lambda trainer, pl_module: calls.append(f"epoch_start:{trainer.current_epoch}"),
+        on_train_batch_end=lambda trainer, pl_module, outputs, batch, batch_idx: calls.append(f"batch:{batch_idx}"),
+    )
+    schedule = callbacks_module.GradientAccumulationScheduler({1: 3, 2: 2})
+    torch.manual_seed(0)
+    model = Net("sgd", None)
+    dm = SavedDM(batch_size=6)
+    t = trainer(root, max_epochs=3, limit_train_batches=5, limit_val_batches=0, callbacks=[lam, schedule],
+                enable_checkpointing=True)
+    t.fit(model, datamodule=dm)
+    path = os.path.join(root, "dm.ckpt")
+    t.save_checkpoint(path)
+    restored = SavedDM.load_from_checkpoint(path)
+    torch.manual_seed(0)
+    toggled = ToggledManual()
+    trainer(root, max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(toggled, loader(32))
+    return {"calls": calls, "weights": weights(model), "global_step": t.global_step,
+            "restored": {"batch_size": restored.hparams.batch_size, "served": restored.served},
+            "toggled_weights": weights(toggled),
+            "requires_grad": [p.requires_grad for p in toggled.parameters()]}
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "lightning_api": lightning_api,
     "callbacks_and_files": callbacks_and_files,
     "hook_order": hook_order, "optimization": optimization, "logging": logging_metrics,
     "evaluation": evaluation, "checkpoint": checkpoint, "counters": counters,

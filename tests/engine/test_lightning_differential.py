@@ -198,3 +198,11 @@ def test_callback_logging_outputs_checkpoint_names_and_lr_monitor_match(results:
     assert volt["module_outputs"][:2] == [{"loss": "Tensor(requires_grad=False)"},
                                           {"extra": "Tensor(requires_grad=False)", "loss": "Tensor(requires_grad=False)"}]
     assert "cb_step" not in volt["callback_metrics"]  # validate() starts with empty metric dicts
+
+
+def test_lambda_callback_accumulation_scheduler_toggled_optimizer_and_datamodule_checkpoint_match(
+        results: Results) -> None:
+    volt, lightning = scenario(results, "lightning_api")
+    assert_same(volt, lightning)
+    assert volt["global_step"] == 4 + 2 + 2  # factors 1, 3, 2 over 4 batches per epoch (a last short window steps)
+    assert volt["restored"] == {"batch_size": 6, "served": 1} and all(volt["requires_grad"])

@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class LightningDataModule(HyperparametersMixin):
     """Override ``prepare_data``, ``setup(stage)`` and the ``*_dataloader`` methods you need."""
 
+    name: Optional[str] = None
+    CHECKPOINT_HYPER_PARAMS_KEY = "datamodule_hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "datamodule_hparams_type"
+
     def __init__(self) -> None:
         self.trainer: Optional["Trainer"] = None
         self.prepare_data_per_node: bool = True
@@ -55,6 +60,21 @@ class LightningDataModule(HyperparametersMixin):
         return {}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None: ...
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> "LightningDataModule":
+        """Build the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (``kwargs`` override them)
+        and load the state it saved under its class name."""
+        from volt.checkpoint import load
+
+        checkpoint = load(checkpoint_path, map_location=map_location or "cpu")
+        hparams = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        hparams.update(kwargs)
+        datamodule = cls(**hparams)
+        state = checkpoint.get(cls.__qualname__)
+        if state:
+            datamodule.load_state_dict(state)
+        return datamodule
 
     @classmethod
     def from_datasets(

@@ -28,12 +28,19 @@ STEP_OUTPUT = Union[torch.Tensor, Mapping[str, Any], None]
 class LightningModule(HyperparametersMixin, nn.Module):
     """Base class for a model trained by ``volt.Trainer``."""
 
+    # Lightning's checkpoint key names, for code that reads checkpoints through them.
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trainer: Optional["Trainer"] = None
         self._automatic_optimization = True
         self._example_input_array: Any = None
         self._jit_is_scripting = False  # True while to_torchscript/to_onnx run
+        # False: a checkpoint's state_dict may miss or add keys when the Trainer restores it (Lightning's flag)
+        self.strict_loading: bool = True
         self.truncated_bptt_steps: int = 0
         self.prepare_data_per_node: bool = True
 
@@ -318,6 +325,15 @@ class LightningModule(HyperparametersMixin, nn.Module):
             if id(p) in saved:
                 p.requires_grad_(saved[id(p)])
         self._toggled = {}
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """``with self.toggled_optimizer(opt):`` = toggle_optimizer, then untoggle_optimizer on exit."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def freeze(self) -> None:
         for p in self.parameters():

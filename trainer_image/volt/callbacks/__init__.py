@@ -1,6 +1,8 @@
 """Callbacks: the base class and the built-in callbacks (Lightning's names)."""
 from volt.callbacks.base import Callback
 from volt.callbacks.early_stopping import EarlyStopping
+from volt.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
+from volt.callbacks.lambda_function import LambdaCallback
 from volt.callbacks.lr_monitor import LearningRateMonitor
 from volt.callbacks.model_checkpoint import ModelCheckpoint
 from volt.callbacks.model_summary import ModelSummary
@@ -12,6 +14,8 @@ from volt.callbacks.timer import Timer
 __all__ = [
     "Callback",
     "EarlyStopping",
+    "GradientAccumulationScheduler",
+    "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",

@@ -70,7 +70,7 @@ def restore_model_and_callbacks(trainer: "Trainer", checkpoint: Dict[str, Any]) 
     _require(checkpoint, "state_dict")
     module = trainer.lightning_module
     module.on_load_checkpoint(checkpoint)
-    module.load_state_dict(checkpoint["state_dict"])
+    module.load_state_dict(checkpoint["state_dict"], strict=getattr(module, "strict_loading", True))
     dm = trainer.datamodule
     if dm is not None and type(dm).__qualname__ in checkpoint:
         dm.load_state_dict(checkpoint[type(dm).__qualname__])
