@@ -652,7 +652,39 @@ def lightning_api(root: str) -> Dict[str, Any]:
             "requires_grad": [p.requires_grad for p in toggled.parameters()]}
 
 
+class PropertyProbe(pl.Callback):
+    """Trainer properties as hooks see them."""
+
+    def __init__(self) -> None:
+        self.seen: List[str] = []
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append(f"fit_start evaluating={trainer.evaluating} scaler={trainer.scaler is not None} "
+                         f"sampler_kwargs={trainer.distributed_sampler_kwargs} sigterm={trainer.received_sigterm}")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append(f"train_start enable_validation={trainer.enable_validation}")
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.seen.append(f"batch {batch_idx} last={trainer.is_last_batch} evaluating={trainer.evaluating}")
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append(f"validation evaluating={trainer.evaluating} sanity={trainer.sanity_checking}")
+
+
+def trainer_properties(root: str) -> Dict[str, Any]:
+    probe = PropertyProbe()
+    torch.manual_seed(0)
+    trainer(root, max_epochs=2, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=1,
+            callbacks=[probe]).fit(Net(), loader(32), loader(8))
+    no_val = PropertyProbe()
+    trainer(root, max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[no_val],
+            precision="16-mixed").fit(Net(), loader(32), loader(8))
+    return {"with_validation": probe.seen, "without_validation": no_val.seen}
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "trainer_properties": trainer_properties,
     "lightning_api": lightning_api,
     "callbacks_and_files": callbacks_and_files,
     "hook_order": hook_order, "optimization": optimization, "logging": logging_metrics,

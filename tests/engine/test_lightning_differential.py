@@ -206,3 +206,15 @@ def test_lambda_callback_accumulation_scheduler_toggled_optimizer_and_datamodule
     assert_same(volt, lightning)
     assert volt["global_step"] == 4 + 2 + 2  # factors 1, 3, 2 over 4 batches per epoch (a last short window steps)
     assert volt["restored"] == {"batch_size": 6, "served": 1} and all(volt["requires_grad"])
+
+
+def test_trainer_properties_match(results: Results) -> None:
+    """is_last_batch, evaluating, enable_validation, scaler, distributed_sampler_kwargs, received_sigterm."""
+    volt, lightning = scenario(results, "trainer_properties")
+    # On purpose: precision="16-mixed" on CPU runs fp16 autocast with a GradScaler("cpu") as asked (torch supports
+    # both); Lightning replaces it with bf16-mixed, which has no scaler.
+    assert volt["without_validation"][0].replace("scaler=True", "scaler=False") == lightning["without_validation"][0]
+    volt["without_validation"][0] = lightning["without_validation"][0]
+    assert_same(volt, lightning)
+    assert "batch 2 last=True evaluating=False" in volt["with_validation"]
+    assert "validation evaluating=True sanity=True" in volt["with_validation"]

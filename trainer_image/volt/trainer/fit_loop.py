@@ -382,6 +382,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
         run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
     for batch_idx, batch, is_last in iterate(source, trainer.num_training_batches, skip=skip, skipped=skipped):
+        trainer._is_last_batch = is_last  # trainer.is_last_batch (an attribute store, no call)
         if run_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
             break

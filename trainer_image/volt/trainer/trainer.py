@@ -171,6 +171,7 @@ class Trainer:
         self.test_dataloaders: List[Iterable] = []
         self.predict_dataloaders: List[Iterable] = []
         self.ckpt_path: Optional[str] = None
+        self._is_last_batch = False  # set per training batch by the fit loop
         self._reset_hook_cache()
 
         # -- 1.x names onto 2.x ones --
@@ -649,6 +650,41 @@ class Trainer:
 
         bar_type = getattr(C, "ProgressBar", None)
         return next((c for c in self.callbacks if bar_type is not None and isinstance(c, bar_type)), None)
+
+    @property
+    def is_last_batch(self) -> bool:
+        """True while the epoch's last training batch runs (from on_train_batch_start to on_train_batch_end)."""
+        return self._is_last_batch
+
+    @property
+    def evaluating(self) -> bool:
+        return self.state.stage in ("validate", "test", "sanity_check")
+
+    @property
+    def enable_validation(self) -> bool:
+        """Whether fit runs validation: a validation_step, validation data, and limit_val_batches > 0."""
+        module = self.lightning_module_ref
+        return (module is not None and self._module_overrides("validation_step") and bool(self.val_dataloaders)
+                and self.limit_val_batches != 0)
+
+    @property
+    def received_sigterm(self) -> bool:
+        from volt.signals import PreemptionCallback
+
+        return any(cb.flag.is_set for cb in self.callbacks if isinstance(cb, PreemptionCallback))
+
+    @property
+    def scaler(self) -> Optional[torch.amp.GradScaler]:
+        return self.precision_plugin.scaler
+
+    @property
+    def distributed_sampler_kwargs(self) -> Optional[Dict[str, Any]]:
+        return self.strategy.distributed_sampler_kwargs
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
 
     @property
     def training(self) -> bool:
