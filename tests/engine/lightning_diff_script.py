@@ -683,7 +683,63 @@ def trainer_properties(root: str) -> Dict[str, Any]:
     return {"with_validation": probe.seen, "without_validation": no_val.seen}
 
 
+class OneCycleNet(Net):
+    """OneCycleLR sized by trainer.estimated_stepping_batches; loaders owned by the module (reloaded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loader_calls: List[str] = []
+        self.stepping: List[float] = []
+
+    def configure_optimizers(self) -> Any:
+        total = self.trainer.estimated_stepping_batches
+        self.stepping.append(float(total))
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=int(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        self.loader_calls.append(f"train@{self.current_epoch}")
+        return loader(40)
+
+    def val_dataloader(self) -> DataLoader:
+        self.loader_calls.append(f"val@{self.current_epoch}")
+        return loader(24)
+
+
+class BatchCounts(pl.Callback):
+    def __init__(self) -> None:
+        self.seen: List[Any] = []
+
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append(("sanity", [float(n) for n in trainer.num_sanity_val_batches]))
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append(("train", float(trainer.num_training_batches), [float(n) for n in trainer.num_val_batches]))
+
+
+def more_loops(root: str) -> Dict[str, Any]:
+    """estimated_stepping_batches, reload_dataloaders_every_n_epochs, all sanity batches, a val fraction,
+    ModelCheckpoint every_n_epochs/save_on_train_epoch_end, EarlyStopping on train epoch end, test() after fit."""
+    torch.manual_seed(0)
+    model = OneCycleNet()
+    counts = BatchCounts()
+    ckpt = ModelCheckpoint(dirpath=os.path.join(root, "ck"), monitor="val_loss", every_n_epochs=2, save_top_k=-1,
+                           save_on_train_epoch_end=True, filename="{epoch}")
+    stop = EarlyStopping(monitor="val_loss", check_on_train_epoch_end=True, stopping_threshold=3.0)
+    t = trainer(root, max_epochs=5, accumulate_grad_batches=2, reload_dataloaders_every_n_epochs=2,
+                num_sanity_val_steps=-1, limit_val_batches=0.5, enable_checkpointing=True, callbacks=[counts, ckpt, stop])
+    t.fit(model)
+    tested = t.test(dataloaders=loader(16), verbose=False)  # no model: the best checkpoint
+    return {"stepping": model.stepping, "loader_calls": model.loader_calls, "counts": counts.seen,
+            "files": sorted(f for f in os.listdir(os.path.join(root, "ck")) if f.endswith(".ckpt")),
+            "stopped_epoch": stop.stopped_epoch, "global_step": t.global_step, "current_epoch": t.current_epoch,
+            "lr": t.optimizers[0].param_groups[0]["lr"], "weights": weights(model), "test": tested,
+            "ckpt_path": os.path.basename(t.ckpt_path or "")}
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "more_loops": more_loops,
     "trainer_properties": trainer_properties,
     "lightning_api": lightning_api,
     "callbacks_and_files": callbacks_and_files,

@@ -218,3 +218,13 @@ def test_trainer_properties_match(results: Results) -> None:
     assert_same(volt, lightning)
     assert "batch 2 last=True evaluating=False" in volt["with_validation"]
     assert "validation evaluating=True sanity=True" in volt["with_validation"]
+
+
+def test_stepping_estimate_reloads_sanity_and_checkpoint_cadence_match(results: Results) -> None:
+    """estimated_stepping_batches inside configure_optimizers (OneCycleLR), reload_dataloaders_every_n_epochs,
+    num_sanity_val_steps=-1, a limit_val_batches fraction, ModelCheckpoint(every_n_epochs=2,
+    save_on_train_epoch_end=True), EarlyStopping(check_on_train_epoch_end=True) and test() after fit."""
+    volt, lightning = scenario(results, "more_loops")
+    assert_same(volt, lightning)
+    assert volt["stepping"] == [15.0] and volt["files"] == ["epoch=1.ckpt", "epoch=3.ckpt"]
+    assert volt["loader_calls"] == ["train@0", "val@0", "train@2", "val@2", "train@4", "val@4"]
