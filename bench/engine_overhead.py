@@ -4,11 +4,15 @@ volt runs the "typical" configuration: ``self.log`` every step, no progress bar,
 no checkpointing, no model summary, CSV logger (``--logger none`` to turn it off).
 When ``lightning`` is importable the same module also runs under Lightning's Trainer.
 
-Each engine trains ``--epochs`` epochs over the same batches; the first epoch is
-warm-up. Epoch times come from wall clock at epoch boundaries (a CUDA sync there),
-so per-step costs are compared, not setup. Raw and engine runs alternate
-``--repeats`` times; the ratio compares each engine's fastest epoch (the median
-ratio is reported too, it shows how noisy the machine was).
+Each engine trains ``--epochs`` epochs over the same batches; the first is
+warm-up. An epoch is timed by the batch iterable itself, from the first batch
+fetched to the end of the last step (wall clock, a CUDA sync at both ends), the
+same instrument for every engine, so per-step costs are compared, not setup or
+epoch-end hooks. Raw and engine runs alternate ``--repeats`` times. Three ratios:
+``best`` (each engine's fastest epoch: the least interference), ``median`` (of all
+epochs) and ``paired`` (the median over repeats of each run's median epoch over
+the raw run just before it: robust to a machine whose load drifts, as a shared
+CI box does).
 
     python bench/engine_overhead.py                      # CPU, fp32, tiny MLP and medium model
     python bench/engine_overhead.py --device cuda --precision bf16-mixed
@@ -23,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,12 +40,15 @@ import volt  # noqa: E402
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 MODELS: Dict[str, Dict[str, Any]] = {
-    # Overhead dominates: a step is ~100 us on one CPU thread.
-    "tiny_mlp": dict(kind="mlp", dim=32, hidden=64, layers=2, classes=10, batch=64, steps=200),
-    # A 6-layer transformer encoder: the step is compute-bound.
-    "medium_transformer": dict(kind="transformer", dim=128, heads=4, layers=6, seq=32, classes=10, batch=8, steps=10),
+    # Overhead dominates: a step is ~300 us on one CPU thread. Many short epochs: the best and
+    # median of 10 per run filter out other processes' bursts.
+    "tiny_mlp": dict(kind="mlp", dim=32, hidden=64, layers=2, classes=10, batch=64, steps=100, epochs=11),
+    # A 6-layer transformer encoder: the step (~25 ms on one CPU thread) is compute-bound.
+    "medium_transformer": dict(kind="transformer", dim=128, heads=4, layers=6, seq=32, classes=10, batch=8, steps=20,
+                               epochs=4),
 }
-GPU_SCALE = {"tiny_mlp": dict(steps=400), "medium_transformer": dict(dim=512, heads=8, seq=256, batch=64, steps=40)}
+GPU_SCALE = {"tiny_mlp": dict(steps=400, epochs=4),
+             "medium_transformer": dict(dim=512, heads=8, seq=256, batch=64, steps=40, epochs=4)}
 
 
 def build_net(cfg: Dict[str, Any]) -> nn.Module:
@@ -63,13 +70,25 @@ class Pool(nn.Module):
 
 
 class Batches:
-    """Pre-built batches as one iterable (a bare list would read as a list of loaders to Lightning)."""
+    """Pre-built batches as one iterable (a bare list would read as a list of loaders to Lightning).
 
-    def __init__(self, items: List[Batch]) -> None:
-        self.items = items
+    Also the stopwatch: each pass over the batches appends its duration to ``times``, from the
+    first fetch to the moment the engine asks for the next batch after the last one or drops the
+    iterator (the end of the last step either way).
+    """
 
-    def __iter__(self) -> Any:
-        return iter(self.items)
+    def __init__(self, items: List[Batch], device: torch.device) -> None:
+        self.items, self.device = items, device
+        self.times: List[float] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        sync(self.device)
+        start = time.perf_counter()
+        try:
+            yield from self.items
+        finally:
+            sync(self.device)
+            self.times.append(time.perf_counter() - start)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -80,7 +99,7 @@ def build_batches(cfg: Dict[str, Any], device: torch.device) -> Batches:
     shape = (cfg["batch"], cfg["dim"]) if cfg["kind"] == "mlp" else (cfg["batch"], cfg["seq"], cfg["dim"])
     return Batches([(torch.randn(*shape, generator=g).to(device),
                      torch.randint(0, cfg["classes"], (cfg["batch"],), generator=g).to(device))
-                    for _ in range(cfg["steps"])])
+                    for _ in range(cfg["steps"])], device)
 
 
 def sync(device: torch.device) -> None:
@@ -105,11 +124,9 @@ def run_raw(cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.de
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
     loss_fn = nn.functional.cross_entropy
-    times = []
     net.train()
+    first = len(batches.times)
     for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
         for x, y in batches:
             with autocast_for(device, precision):
                 loss = loss_fn(net(x), y)
@@ -121,9 +138,7 @@ def run_raw(cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.de
             else:
                 loss.backward()
                 opt.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    return batches.times[first:]
 
 
 # --- engines (volt, and Lightning when installed) -------------------------------------------------
@@ -146,26 +161,8 @@ def make_module(base: type, cfg: Dict[str, Any]) -> Any:
     return Bench()
 
 
-def epoch_timer(callback_base: type, device: torch.device) -> Any:
-    class EpochTimer(callback_base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            self.times: List[float] = []
-            self._start = 0.0
-
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            sync(device)
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            sync(device)
-            self.times.append(time.perf_counter() - self._start)
-
-    return EpochTimer()
-
-
 def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.device,
                precision: str, logger: str, workdir: str) -> List[float]:
-    timer = epoch_timer(pkg.Callback, device)
     if logger == "csv":
         import importlib
 
@@ -174,12 +171,13 @@ def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, epochs: int, dev
         log_arg = False
     trainer = pkg.Trainer(
         max_epochs=epochs, accelerator=device.type if device.type != "cuda" else "gpu", devices=1,
-        precision=precision if precision != "32" else "32-true", logger=log_arg, callbacks=[timer],
+        precision=precision if precision != "32" else "32-true", logger=log_arg,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=workdir,
     )
+    first = len(batches.times)
     trainer.fit(make_module(pkg.LightningModule, cfg), batches)
-    return timer.times
+    return batches.times[first:]
 
 
 def lightning_pkg() -> Optional[Any]:
@@ -196,22 +194,31 @@ def lightning_pkg() -> Optional[Any]:
 def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     batches = build_batches(cfg, device)
     lightning = lightning_pkg() if not args.no_lightning else None
+    epochs = args.epochs or cfg["epochs"]
     runners: Dict[str, Callable[[str], List[float]]] = {
-        "raw": lambda d: run_raw(cfg, batches, args.epochs, device, args.precision),
-        "volt": lambda d: run_engine(volt, cfg, batches, args.epochs, device, args.precision, args.logger, d),
+        "raw": lambda d: run_raw(cfg, batches, epochs, device, args.precision),
+        "volt": lambda d: run_engine(volt, cfg, batches, epochs, device, args.precision, args.logger, d),
     }
     if lightning is not None:
-        runners["lightning"] = lambda d: run_engine(lightning, cfg, batches, args.epochs, device, args.precision,
+        runners["lightning"] = lambda d: run_engine(lightning, cfg, batches, epochs, device, args.precision,
                                                     args.logger, d)
     epoch_times: Dict[str, List[float]] = {k: [] for k in runners}
+    run_medians: Dict[str, List[float]] = {k: [] for k in runners}
     for _ in range(args.repeats):
         for key, run in runners.items():  # interleaved, so drifts in machine load hit every engine alike
             with tempfile.TemporaryDirectory(prefix="volt-bench-") as d:
-                epoch_times[key] += run(d)[1:]  # drop the warm-up epoch
+                times = run(d)[1:]  # drop the warm-up epoch
+            if len(times) != epochs - 1:
+                raise RuntimeError(f"{key}: timed {len(times) + 1} epochs, expected {epochs}")
+            epoch_times[key] += times
+            run_medians[key].append(statistics.median(times))
     # The fastest epoch is each engine's cost with the least interference from other
-    # processes (as timeit reports); the median is kept to show the spread.
+    # processes (as timeit reports); the median shows the spread; the paired ratio compares
+    # each run with the raw run next to it in time.
     best = {k: min(v) for k, v in epoch_times.items()}
     medians = {k: statistics.median(v) for k, v in epoch_times.items()}
+    paired = {k: statistics.median(m / r for m, r in zip(run_medians[k], run_medians["raw"]))
+              for k in runners if k != "raw"}
     result: Dict[str, Any] = {
         "config": cfg,
         "steps_per_epoch": cfg["steps"],
@@ -219,9 +226,10 @@ def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: to
         "median_step_ms": {k: 1000 * v / cfg["steps"] for k, v in medians.items()},
         "ratio_vs_raw": {k: best[k] / best["raw"] for k in best if k != "raw"},
         "ratio_vs_raw_median": {k: medians[k] / medians["raw"] for k in medians if k != "raw"},
+        "ratio_vs_raw_paired": paired,
         "epochs_measured": {k: len(v) for k, v in epoch_times.items()},
     }
-    line = ", ".join(f"{k}/raw = {r:.3f} (median {result['ratio_vs_raw_median'][k]:.3f})"
+    line = ", ".join(f"{k}/raw = {r:.3f} (median {result['ratio_vs_raw_median'][k]:.3f}, paired {paired[k]:.3f})"
                      for k, r in result["ratio_vs_raw"].items())
     print(f"{name:>20}: raw {result['best_step_ms']['raw']:.3f} ms/step, "
           f"volt {result['best_step_ms']['volt']:.3f} ms/step, {line}", flush=True)
@@ -233,8 +241,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs per run, the first is warm-up (default: per model, 11 tiny, 4 medium)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per engine")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps CPU timings stable)")
     parser.add_argument("--logger", default="csv", choices=["csv", "none"])
     parser.add_argument("--no-lightning", action="store_true", help="skip Lightning even when installed")

@@ -217,17 +217,22 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
         and len(opts) == 1 and not isinstance(opts[0], torch.optim.LBFGS)
         and not trainer._step_takes_optimizer_idx and not trainer._step_takes_hiddens
         and not (module.truncated_bptt_steps or 0)
-        and type(trainer.accumulate_grad_batches) is int and trainer.accumulate_grad_batches == 1
         and not (hot.batch_start or hot.step_end or hot.zero_grad_hook or hot.optimizer_step_hook or hot.clip_hook)
         and hot.plain_backward  # no backward hooks, no backward override, no loss scaler
         and {"on_train_batch_start", "on_before_zero_grad", "on_before_optimizer_step"} <= silent
-        and trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.terminate_on_nan
         and type(plugin).optimizer_step is Precision.optimizer_step
     )
     hot.optimizer = opts[0] if hot.simple else None
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
     trainer._hot = hot
+
+
+def _simple_this_epoch(trainer: "Trainer") -> bool:
+    """hot.simple, and the Trainer attributes a callback may change between epochs still allow it."""
+    accumulation = trainer.accumulate_grad_batches
+    return bool(trainer._hot.simple and type(accumulation) is int and accumulation == 1
+                and trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.terminate_on_nan)
 
 
 def _takes_outputs(cb: Any) -> bool:
@@ -377,7 +382,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
             restore_rng_state(rng["current"])
         trainer._epoch_start_rng = capture_rng_state()  # before iter(loader): it draws the shuffle seed
-    run_batch = _run_simple_batch if trainer._hot.simple else _run_train_batch
+    run_batch = _run_simple_batch if _simple_this_epoch(trainer) else _run_train_batch
     if trainer._profiling:  # chosen once per epoch: the plain path has no profiling call per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
         run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
