@@ -52,7 +52,7 @@ def test_checkpoint_io_receives_saves_loads_and_removals(tmp_path: Path, tiny: T
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=1, monitor="val_loss")
     trainer = quiet_trainer(tmp_path, max_epochs=3, limit_train_batches=2, limit_val_batches=1,
                             enable_checkpointing=True, callbacks=[ckpt], plugins=[io])
-    assert trainer.checkpoint_io is io
+    assert trainer.checkpoint_io is io and trainer.strategy.checkpoint_io is io  # where Lightning keeps it
     trainer.fit(tiny, loader(), loader())
     saves = [c for c in io.calls if c[0] == "save"]
     assert [c[1:3] for c in saves] == [("epoch=0.ckpt", 2), ("epoch=1.ckpt", 4), ("epoch=2.ckpt", 6)]
@@ -105,6 +105,11 @@ def test_single_process_cluster_environment(tmp_path: Path) -> None:
                              num_nodes=1, master_addr="127.0.0.1", master_port=29500, source="local", launched=False)
     trainer = quiet_trainer(tmp_path, plugins=[env], devices="auto")
     assert isinstance(trainer.strategy, SingleDeviceStrategy) and trainer.global_rank == 0
+    unlaunched = ClusterEnvironment(global_rank=0, local_rank=0, node_rank=0, world_size=4, local_world_size=2,
+                                    num_nodes=2, master_addr="10.0.0.1", master_port=29500, source="volt",
+                                    launched=False)
+    with pytest.raises(ValueError, match="launched=True"):
+        quiet_trainer(tmp_path, plugins=[unlaunched])
 
 
 _RANK_SCRIPT = textwrap.dedent("""

@@ -313,6 +313,13 @@ def parse_plugins(plugins: Any) -> PluginChoice:
         elif isinstance(plugin, CheckpointIO):
             slot = "checkpoint_io"
         elif isinstance(plugin, ClusterEnvironment):
+            if not plugin.launched and plugin.world_size > 1:
+                # volt-run would start the other processes from environment variables, not from this record
+                raise ValueError(
+                    f"Trainer(plugins=[ClusterEnvironment(launched=False, world_size={plugin.world_size})]): the plugin "
+                    "describes a process of a world whose processes are already started; set launched=True, or let "
+                    "volt-run start the processes from the environment (no plugin)"
+                )
             slot = "cluster_environment"
         elif isinstance(plugin, str):
             from volt.strategies.ddp import normalize_strategy_name

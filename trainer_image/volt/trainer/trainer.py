@@ -219,7 +219,11 @@ class Trainer:
             self.precision_plugin = plugins.precision
         else:
             self.precision_plugin = Precision(self._precision_name, self.strategy.root_device)
-        self.checkpoint_io: CheckpointIO = plugins.checkpoint_io or TorchCheckpointIO()
+        # Lightning keeps the CheckpointIO on the strategy (trainer.strategy.checkpoint_io); so does volt.
+        own_io = getattr(self.strategy, "checkpoint_io", None)
+        if own_io is not None and plugins.checkpoint_io is not None and own_io is not plugins.checkpoint_io:
+            raise ValueError("Trainer(plugins=[CheckpointIO]) and a strategy with its own checkpoint_io: pass one")
+        self.strategy.checkpoint_io = plugins.checkpoint_io or own_io or TorchCheckpointIO()
 
         # -- loop limits --
         self.fast_dev_run = self._parse_fast_dev_run(a["fast_dev_run"])
@@ -650,6 +654,15 @@ class Trainer:
 
         bar_type = getattr(C, "ProgressBar", None)
         return next((c for c in self.callbacks if bar_type is not None and isinstance(c, bar_type)), None)
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """How checkpoints are written, read and removed (``plugins=[CheckpointIO]``; ``strategy.checkpoint_io``)."""
+        return self.strategy.checkpoint_io  # type: ignore[attr-defined, no-any-return]
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        self.strategy.checkpoint_io = io  # type: ignore[attr-defined]
 
     @property
     def is_last_batch(self) -> bool:
