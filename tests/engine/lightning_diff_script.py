@@ -738,7 +738,24 @@ def more_loops(root: str) -> Dict[str, Any]:
             "ckpt_path": os.path.basename(t.ckpt_path or "")}
 
 
+def default_outputs(root: str) -> Dict[str, Any]:
+    """Trainer defaults: the logger, its directories, where ModelCheckpoint writes, and a second run's version."""
+    out: Dict[str, Any] = {}
+    for run in ("first", "second"):
+        torch.manual_seed(0)
+        t = pl.Trainer(default_root_dir=root, accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2,
+                       limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False)
+        t.fit(Net(), loader(32), loader(8))
+        files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                       if f.endswith(".ckpt") or f in ("hparams.yaml", "metrics.csv"))
+        out[run] = {"logger": type(t.logger).__name__, "log_dir": os.path.relpath(t.log_dir, root),
+                    "best": os.path.relpath(t.checkpoint_callback.best_model_path, root), "files": files,
+                    "version": t.logger.version, "name": t.logger.name}
+    return out
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "default_outputs": default_outputs,
     "more_loops": more_loops,
     "trainer_properties": trainer_properties,
     "lightning_api": lightning_api,

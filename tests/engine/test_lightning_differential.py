@@ -228,3 +228,11 @@ def test_stepping_estimate_reloads_sanity_and_checkpoint_cadence_match(results: 
     assert_same(volt, lightning)
     assert volt["stepping"] == [15.0] and volt["files"] == ["epoch=1.ckpt", "epoch=3.ckpt"]
     assert volt["loader_calls"] == ["train@0", "val@0", "train@2", "val@2", "train@4", "val@4"]
+
+
+def test_default_logger_and_checkpoint_locations_match(results: Results) -> None:
+    """Trainer defaults: TensorBoardLogger under lightning_logs/version_N, hparams.yaml, and ModelCheckpoint
+    writing into the logger's version directory; a second run takes the next version."""
+    volt, lightning = scenario(results, "default_outputs")
+    assert_same(volt, lightning)
+    assert volt["second"]["log_dir"] == os.path.join("lightning_logs", "version_1")
