@@ -147,10 +147,11 @@ class LightningModule(HyperparametersMixin, nn.Module):
         Defaults follow the hook: per step in training hooks, per epoch (batch-size
         weighted mean) in validation/test. ``log=...`` (the seed's 1.x spelling) means ``logger=...``.
         """
-        if "log" in kwargs:
-            logger = kwargs.pop("log")
         if kwargs:
-            raise TypeError(f"self.log() got unexpected keyword arguments {sorted(kwargs)}")
+            if "log" in kwargs:
+                logger = kwargs.pop("log")
+            if kwargs:
+                raise TypeError(f"self.log() got unexpected keyword arguments {sorted(kwargs)}")
         if not isinstance(name, str) or not name:
             raise TypeError(f"self.log(name, ...): name must be a non-empty str, got {name!r}")
         trainer = self._trainer
@@ -164,11 +165,11 @@ class LightningModule(HyperparametersMixin, nn.Module):
         fx = connector.fx
         if fx is None:
             raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
+        # positional: binding a dozen keywords costs more than the call's useful work
         connector.active.log(
-            fx, name + connector.dataloader_suffix if add_dataloader_idx else name, value,
-            prog_bar=prog_bar, logger=True if logger is None else bool(logger), on_step=on_step,
-            on_epoch=on_epoch, reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
-            batch_size_fn=connector._current_batch_size, strategy=trainer.strategy,
+            fx, name + connector.dataloader_suffix if add_dataloader_idx else name, value, prog_bar,
+            True if logger is None else bool(logger), on_step, on_epoch, reduce_fx, sync_dist, batch_size,
+            connector._current_batch_size, trainer.strategy,
         )
 
     def log_dict(

@@ -180,7 +180,7 @@ class _HotPath:
 
     __slots__ = ("plain_transfer", "device", "batch_start", "plain_auto", "step_end", "zero_grad_hook",
                  "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure", "simple",
-                 "optimizer", "batch_end_callbacks", "batch_end_module")
+                 "optimizer", "autocast", "batch_end_callbacks", "batch_end_module", "batch_end_1x")
 
 
 def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
@@ -223,6 +223,8 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
         and type(plugin).optimizer_step is Precision.optimizer_step
     )
     hot.optimizer = opts[0] if hot.simple else None
+    hot.autocast = plugin if plugin._autocast_dtype is not None else None
+    hot.batch_end_1x = "on_batch_end" not in silent
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
     trainer._hot = hot
@@ -474,10 +476,10 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
     connector.current_batch, connector._batch_size = batch, None
     prev, connector.fx = connector.fx, "training_step"
     try:
-        if trainer.precision_plugin._autocast_dtype is None:
+        if hot.autocast is None:
             output = module.training_step(batch, batch_idx)
         else:
-            with trainer.precision_plugin.forward_context():
+            with hot.autocast.forward_context():
                 output = module.training_step(batch, batch_idx)
     finally:
         connector.fx = prev
@@ -510,7 +512,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
                 module.on_train_batch_end(output, batch, batch_idx)
         finally:
             connector.fx = prev
-    if "on_batch_end" not in trainer._silent:
+    if hot.batch_end_1x:
         trainer._call_hook("on_batch_end")
     if trainer._collect_train_outputs and output is not None:
         epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)

@@ -89,7 +89,6 @@ class ResultCollection:
         fx: str,
         name: str,
         value: Any,
-        *,
         prog_bar: bool,
         logger: bool,
         on_step: Optional[bool],
