@@ -754,7 +754,31 @@ def default_outputs(root: str) -> Dict[str, Any]:
     return out
 
 
+def prediction_writer(root: str) -> Dict[str, Any]:
+    """BasePredictionWriter: batch indices (a shuffled loader too), per-batch and end-of-epoch writes."""
+    from importlib import import_module
+
+    base = import_module(pl.__name__ + ".callbacks").BasePredictionWriter
+    written: List[Any] = []
+
+    class Writer(base):  # type: ignore[misc, valid-type]
+        def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any, batch: Any,
+                               batch_idx: int, dataloader_idx: int) -> None:
+            written.append(["batch", batch_idx, dataloader_idx, list(batch_indices), prediction.flatten().tolist()])
+
+        def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+            written.append(["epoch", [[p.flatten().tolist() for p in per] for per in predictions], batch_indices])
+
+    torch.manual_seed(0)
+    model = MultiValNet()
+    shuffled = DataLoader(dataset(10), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
+    t = trainer(root, callbacks=[Writer("batch_and_epoch")])
+    returned = t.predict(model, [shuffled, loader(6, batch_size=4, seed=1)])
+    return {"written": written, "returned": [[p.flatten().tolist() for p in per] for per in returned]}
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "prediction_writer": prediction_writer,
     "default_outputs": default_outputs,
     "more_loops": more_loops,
     "trainer_properties": trainer_properties,

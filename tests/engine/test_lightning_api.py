@@ -77,3 +77,21 @@ def test_toggled_optimizer_restores_on_error() -> None:
             assert not module.extra.weight.requires_grad and module.layer.weight.requires_grad
             raise KeyError("boom")
     assert all(p.requires_grad for p in module.parameters())
+
+
+def test_prediction_writer_checks_interval_and_handles_plain_iterables(tmp_path: Path, tiny: TinyModel) -> None:
+    from volt.callbacks import BasePredictionWriter
+
+    with pytest.raises(ValueError, match="write_interval"):
+        BasePredictionWriter("step")
+    seen = []
+
+    class Writer(BasePredictionWriter):
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+            seen.append((batch_idx, batch_indices))
+
+    batches = [(torch.randn(2, 4), torch.randn(2, 1)) for _ in range(2)]  # not a DataLoader: no indices
+    quiet_trainer(tmp_path, callbacks=[Writer()]).predict(tiny, batches, return_predictions=False)
+    assert seen == [(0, None), (1, None)]
+    with pytest.raises(NotImplementedError, match="write_on_epoch_end"):
+        quiet_trainer(tmp_path, callbacks=[Writer("epoch")]).predict(tiny, batches)

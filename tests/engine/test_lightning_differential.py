@@ -236,3 +236,11 @@ def test_default_logger_and_checkpoint_locations_match(results: Results) -> None
     volt, lightning = scenario(results, "default_outputs")
     assert_same(volt, lightning)
     assert volt["second"]["log_dir"] == os.path.join("lightning_logs", "version_1")
+
+
+def test_prediction_writer_matches(results: Results) -> None:
+    """BasePredictionWriter("batch_and_epoch") over a shuffled loader and a plain one: the batch indices, what is
+    written per batch and at the end, and what predict() returns."""
+    volt, lightning = scenario(results, "prediction_writer")
+    assert_same(volt, lightning)
+    assert volt["written"][0][:4] == ["batch", 0, 0, [7, 4, 2, 9]]  # the shuffled order, not 0..3

@@ -300,6 +300,59 @@ def _print_results(fn: str, results: List[Dict[str, float]]) -> None:
 # --------------------------------------------------------------------------------------------
 # predict
 # --------------------------------------------------------------------------------------------
+class PredictLoopState:
+    """``trainer.predict_loop``: what Lightning's prediction writers read.
+
+    ``current_batch_indices``: the dataset indices of the batch being predicted, and
+    ``epoch_batch_indices`` (one list per dataloader) those of every batch so far; both only
+    when a ``BasePredictionWriter`` is attached (the loaders are then rebuilt around a
+    recording batch sampler) and the loader is a DataLoader with a batch sampler.
+    """
+
+    def __init__(self) -> None:
+        self.current_batch_indices: Optional[List[int]] = None
+        self.epoch_batch_indices: List[List[List[int]]] = []
+        self._predictions: List[List[Any]] = []
+
+    @property
+    def predictions(self) -> List[Any]:
+        """The kept predictions (``return_predictions``): a list, or one list per dataloader when several."""
+        return self._predictions[0] if len(self._predictions) == 1 else self._predictions
+
+
+class _RecordingBatchSampler:
+    """Wraps a batch sampler and remembers the indices of each batch it yields (per iteration)."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.seen: List[List[int]] = []
+
+    def __iter__(self) -> Any:
+        self.seen = []
+        for indices in self.batch_sampler:
+            self.seen.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def _recording(loader: Any) -> Any:
+    """``loader`` rebuilt around a _RecordingBatchSampler, or None where indices cannot be known."""
+    from torch.utils.data import DataLoader
+
+    if type(loader) is not DataLoader or loader.batch_sampler is None:
+        return None
+    workers = loader.num_workers
+    return DataLoader(
+        loader.dataset, batch_sampler=_RecordingBatchSampler(loader.batch_sampler), num_workers=workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator, prefetch_factor=loader.prefetch_factor if workers else None,
+        persistent_workers=loader.persistent_workers if workers else False, pin_memory_device=loader.pin_memory_device,
+    )
+
+
 def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[Any]]:
     setup_stage(trainer, "predict", ckpt_path)
     loaders = trainer._request_loaders("predict")
@@ -314,6 +367,13 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
     keep = trainer._return_predictions
     multi = len(loaders) > 1
     predictions: List[List[Any]] = [[] for _ in loaders]
+    state = trainer.predict_loop = PredictLoopState()
+    state._predictions = predictions
+    from volt.callbacks.prediction_writer import BasePredictionWriter
+
+    recorded = ([_recording(dl) for dl in loaders] if any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks)
+                else [None] * len(loaders))
+    state.epoch_batch_indices = [[] for _ in loaders]
     trainer._call_module("on_predict_model_eval", always=True)
     trainer._call_hook("on_predict_start")
     trainer._call_hook("on_predict_epoch_start")
@@ -321,7 +381,11 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
     with grad_ctx():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch, _ in _batches(trainer, "predict", loader, limit):
+            recorder = recorded[dl_idx]
+            for batch_idx, batch, _ in _batches(trainer, "predict", recorder or loader, limit):
+                if recorder is not None:  # the sampler ran ahead at most by the prefetched batches
+                    state.current_batch_indices = recorder.batch_sampler.seen[batch_idx]
+                    state.epoch_batch_indices[dl_idx].append(state.current_batch_indices)
                 batch = transfer_batch(trainer, batch, dl_idx)
                 trainer._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
                 out = trainer._call_step("predict_step", batch, batch_idx, *extra)

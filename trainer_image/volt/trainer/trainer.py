@@ -172,6 +172,7 @@ class Trainer:
         self.predict_dataloaders: List[Iterable] = []
         self.ckpt_path: Optional[str] = None
         self._is_last_batch = False  # set per training batch by the fit loop
+        self.predict_loop = eval_loop.PredictLoopState()  # batch indices and predictions, for prediction writers
         self._reset_hook_cache()
 
         # -- 1.x names onto 2.x ones --
