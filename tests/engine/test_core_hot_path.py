@@ -85,3 +85,66 @@ def test_logging_point_converts_once(tmp_path: Any) -> None:
         counter.restore()
     assert counter.calls.count("item") == 0
     assert counter.calls.count("tolist") == 2
+
+
+# --- the one-frame batch path (fit_loop._run_simple_batch) ---------------------------------------
+class Recorder(volt.Callback):
+    """Records what on_train_batch_end sees (a read of outputs: a host sync, fine in this test)."""
+
+    def __init__(self) -> None:
+        self.seen: List[Any] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = None if outputs is None else (float(outputs["loss"]), outputs["extra"])
+        self.seen.append((batch_idx, trainer.global_step, trainer.is_last_batch, loss))
+
+
+class GeneralPath(Recorder):
+    """Overriding on_before_zero_grad (as a no-op) makes the loop take the general path."""
+
+    def on_before_zero_grad(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        pass
+
+
+class EpochLogging(TinyModel):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.log("mean_loss", loss, on_step=False, on_epoch=True)
+        return None if batch_idx == 3 else {"loss": loss, "extra": batch_idx}  # batch 3: skipped
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_simple_and_general_batch_paths_train_identically(tmp_path: Any, precision: str) -> None:
+    from volt.loggers import CSVLogger
+
+    results = []
+    for recorder in (Recorder(), GeneralPath()):
+        volt.seed_everything(0)
+        trainer = quiet_trainer(tmp_path, max_epochs=2, precision=precision, callbacks=[recorder],
+                                logger=CSVLogger(str(tmp_path), name=type(recorder).__name__), log_every_n_steps=3)
+        model = EpochLogging()
+        trainer.fit(model, loader(64, shuffle=True))
+        results.append((trainer, model, recorder))
+    (simple, m1, r1), (general, m2, r2) = results
+    assert simple._hot.simple and not general._hot.simple
+    assert simple.global_step == general.global_step == 16
+    assert r1.seen == r2.seen and len(r1.seen) == 16
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p1, p2)
+    assert simple.logged_metrics.keys() == general.logged_metrics.keys()
+    for name, value in simple.logged_metrics.items():
+        assert torch.equal(value, general.logged_metrics[name]), name
+    assert simple.callback_metrics.keys() == general.callback_metrics.keys()
+
+
+class SwitchesAccumulation(volt.Callback):
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            trainer.accumulate_grad_batches = 4
+
+
+def test_a_callback_changing_accumulation_between_epochs_leaves_the_simple_path(tmp_path: Any) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[SwitchesAccumulation()])
+    trainer.fit(TinyModel(), loader(64))  # 8 batches: 8 steps, then 2
+    assert trainer._hot.simple
+    assert trainer.global_step == 8 + 2
