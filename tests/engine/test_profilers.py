@@ -105,7 +105,8 @@ def test_pytorch_profiler_schedule_bounds_the_recording(tmp_path: Any) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=1, profiler=profiler)
     trainer.fit(TinyModel(), loader(64))
     report = (tmp_path / "fit-sched.txt").read_text()
-    row = next(line for line in report.splitlines() if "[volt][profile][LightningModule]TinyModel.training_step" in line)
+    step = "[volt][profile][LightningModule]TinyModel.training_step"
+    row = next(line for line in report.splitlines() if step in line)
     assert re.search(r"\s2\s*$", row), row  # Calls column: the 2 active steps only
 
 

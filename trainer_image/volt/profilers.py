@@ -70,7 +70,10 @@ class Profiler(ABC):
 
     # --- lifecycle, driven by the trainer (or by hand when a profiler is used alone) ---------------
     def setup(self, stage: str, local_rank: Optional[int] = None, log_dir: Optional[str] = None) -> None:
-        """Called before a run: ``stage`` names the report, ``local_rank`` (None: single process) the file."""
+        """Called before a run: ``stage`` names the report, ``local_rank`` (None: single process) the file.
+
+        (The trainer passes the global rank: Lightning's name for the argument, volt's meaning.)
+        """
         self._stage = stage
         self._rank = local_rank
         self.dirpath = self.dirpath or log_dir
@@ -169,8 +172,10 @@ class SimpleProfiler(Profiler):
         rows.sort(key=lambda r: r[3], reverse=True)
         width = max(len("Action"), *(len(r[0]) for r in rows))
         if self.extended:
-            head = f"| {'Action':<{width}} | {'Mean duration (s)':>17} | {'Num calls':>9} | {'Total time (s)':>14} | {'Percentage %':>12} |"
-            lines = [f"| {'Total':<{width}} | {'-':>17} | {sum(r[2] for r in rows):>9} | {total:>14.5g} | {'100 %':>12} |"]
+            head = (f"| {'Action':<{width}} | {'Mean duration (s)':>17} | {'Num calls':>9} | {'Total time (s)':>14} "
+                    f"| {'Percentage %':>12} |")
+            calls = sum(r[2] for r in rows)
+            lines = [f"| {'Total':<{width}} | {'-':>17} | {calls:>9} | {total:>14.5g} | {'100 %':>12} |"]
             lines += [f"| {n:<{width}} | {m:>17.5g} | {c:>9} | {t:>14.5g} | {100 * t / total:>12.5g} |"
                       for n, m, c, t in rows]
         else:

@@ -107,7 +107,9 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     module.train()
     trainer._call_hook("on_train_start")
     _prepare_hot_path(trainer, module)
-    run_epoch = action(trainer.profiler, "run_training_epoch", _run_train_epoch) if trainer._profiling else _run_train_epoch
+    run_epoch = _run_train_epoch
+    if trainer._profiling:
+        run_epoch = action(trainer.profiler, "run_training_epoch", _run_train_epoch)
     while not _fit_done(trainer):
         run_epoch(trainer)
         if trainer.progress.epoch_batches_done:

@@ -2,15 +2,15 @@
 
 ``instrument(trainer)`` binds profiled versions of the trainer's dispatch methods on the
 instance (``_call_hook``, ``_call_callbacks``, ``_call_module``, ``_call_step``,
-``_run_backward``, ``_optimizer_step``) for one run; ``uninstrument`` removes them. Without a profiler nothing
-is bound, the class methods run, and the loops take their plain path: the per-step code
-never asks "is a profiler on?". The loop-level actions (``run_training_epoch``,
+``_run_backward``, ``_optimizer_step``) for one run; ``uninstrument`` removes them. Without a
+profiler nothing is bound, the class methods run, and the loops take their plain path: the
+per-step code never asks "is a profiler on?". The loop-level actions (``run_training_epoch``,
 ``run_training_batch``, ``get_train_batch``, ``optimizer_step``, ...) are picked the same
 way, once per epoch, through :func:`action` and :class:`ProfiledBatches`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from volt.profilers import PassThroughProfiler, Profiler
 
@@ -31,13 +31,14 @@ def instrument(trainer: "Trainer", stage: str) -> bool:
     profiler = trainer.profiler
     if not is_active(trainer):
         return False
+    # the global rank names each DDP rank's report (pods on different nodes may share a volume)
     rank = trainer.global_rank if trainer.world_size > 1 else None
     profiler.setup(stage=stage, local_rank=rank, log_dir=_log_dir(trainer))
     cls = type(trainer)
     originals = {name: getattr(cls, name).__get__(trainer) for name in _BOUND}
     module_name = type(trainer.lightning_module_ref).__name__
     strategy_name = type(trainer.strategy).__name__
-    keys: dict = {}
+    keys: Dict[int, str] = {}  # callback id -> state_key, computed once per run
 
     def callback_key(cb: Any) -> str:
         key = keys.get(id(cb))
