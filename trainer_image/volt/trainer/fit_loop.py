@@ -54,9 +54,10 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -390,7 +391,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     if trainer._profiling:  # chosen once per epoch: the plain path has no profiling call per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
         run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
-    for batch_idx, batch, is_last in iterate(source, trainer.num_training_batches, skip=skip, skipped=skipped):
+    for is_last, batch_idx, batch in _epoch_batches(source, trainer.num_training_batches, skip, skipped):
         trainer._is_last_batch = is_last  # trainer.is_last_batch (an attribute store, no call)
         if run_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
@@ -407,6 +408,22 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     else:
         progress.epoch_batches_done = True  # the loader ended before the expected length
     _end_train_epoch(trainer, module, outputs)
+
+
+def _epoch_batches(loader: Iterable, limit: float, skip: int, skipped: bool) -> Iterator[Tuple[bool, int, Any]]:
+    """``(is_last, batch_idx, batch)`` for the epoch: ``data.iterate``'s batches, reordered.
+
+    The common case (a known number of batches, no resume skip) is a ``zip`` of C iterators,
+    with no Python frame per batch. The flags come first so that after the last batch the zip
+    ends without fetching one more from the loader (as ``iterate`` does).
+    """
+    if limit == INF or skip:
+        return ((is_last, i, batch) for i, batch, is_last in iterate(loader, limit, skip=skip, skipped=skipped))
+    n = int(limit)
+    if n <= 0:
+        return iter(())
+    flags = itertools.chain(itertools.repeat(False, n - 1), (True,))
+    return zip(flags, itertools.count(), iter(loader))
 
 
 def _should_check_val(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
