@@ -36,6 +36,20 @@ def test_csv_logger_writes_metrics_and_hparams(tmp_path):
     assert hp["obj"].startswith("<object object")
 
 
+def test_csv_logger_rewrites_hparams_only_after_they_change(tmp_path):
+    logger = CSVLogger(tmp_path)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.save()
+    path = os.path.join(logger.log_dir, "hparams.yaml")
+    os.remove(path)
+    logger.log_metrics({"loss": 0.5}, step=0)
+    logger.save()  # a metrics flush: the unchanged hparams are not dumped again
+    assert not os.path.exists(path)
+    logger.log_hyperparams({"layers": 2})
+    logger.save()
+    assert yaml.safe_load(open(path)) == {"lr": 0.1, "layers": 2}
+
+
 def test_csv_logger_flushes_every_n_steps_and_appends(tmp_path):
     logger = CSVLogger(tmp_path, flush_logs_every_n_steps=10)
     path = os.path.join(logger.log_dir, "metrics.csv")

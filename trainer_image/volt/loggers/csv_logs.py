@@ -34,6 +34,7 @@ class _CSVWriter:
         self.log_dir = log_dir
         self.metrics_path = os.path.join(log_dir, METRICS_FILE)
         self.hparams: Dict[str, Any] = {}
+        self._hparams_dirty = False  # hparams.yaml is rewritten only after log_hparams
         self._pending: List[Dict[str, Any]] = []
         self._columns: List[str] = []
         os.makedirs(log_dir, exist_ok=True)
@@ -48,10 +49,13 @@ class _CSVWriter:
 
     def log_hparams(self, params: Dict[str, Any]) -> None:
         self.hparams.update(params)
+        self._hparams_dirty = True
 
     def save(self) -> None:
-        if self.hparams:
+        # save() runs at every flush: re-dumping unchanged hparams there cost a YAML dump per flush.
+        if self._hparams_dirty:
             self._save_hparams()
+            self._hparams_dirty = False
         if not self._pending:
             return
         new_keys = [k for row in self._pending for k in row if k not in self._columns]
