@@ -126,7 +126,8 @@ def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess, n
     kube = operator.kube
     explain.append("synthetic")
     pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
-                       failurePolicy={"maxRestarts": 2, "backoffSeconds": 1})
+                       failurePolicy={"maxRestarts": 2, "backoffSeconds": 1},
+                       cleanPodPolicy="None")  # keep every pod's logs for the diagnosis
     job["spec"]["trainer"]["maxEpochs"] = 3
     apply(kube, namespace, pvc, job)
 
