@@ -193,6 +193,103 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
     )
 
 
+# --- the rendezvous store -----------------------------------------------------------
+
+#: Node 0 writes its run id (``<job>-<attempt>``) here as soon as its store is up.
+_OWNER_KEY = "volt/owner"
+#: How long a new connection waits for that key before taking the store for someone else's.
+_OWNER_WAIT_S = 5.0
+_CONNECT_ATTEMPT_S = 10.0
+
+
+def _host_store(plan: LaunchPlan) -> Any:
+    """Node 0: listen on MASTER_PORT (every interface) and sign the store with our run id.
+
+    The server's own client connects over loopback: node 0 resolving its own DNS
+    name could get a stale record (a previous attempt's pod) and fail to start.
+    """
+    from torch.distributed import TCPStore
+
+    node = plan.node
+    try:
+        store = TCPStore("127.0.0.1", node.master_port, None, True, timedelta(seconds=plan.rdzv_timeout),
+                         wait_for_workers=False, multi_tenant=True)
+    except Exception as err:  # DistNetworkError, socket errors
+        raise RendezvousTimeout(f"node 0 could not listen on port {node.master_port} ({err})") from err
+    store.set(_OWNER_KEY, plan.run_id)
+    return store
+
+
+def _resolve(host: str, port: int) -> List[str]:
+    """Every address ``host`` has now, in resolver order (empty if it does not resolve yet)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def store_owner(store: Any, wait_s: float) -> Optional[str]:
+    """The run id node 0 signed ``store`` with, waiting up to ``wait_s`` for it; None if unsigned."""
+    deadline = time.monotonic() + wait_s
+    while not store.check([_OWNER_KEY]):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+    return store.get(_OWNER_KEY).decode()
+
+
+def _join_store(plan: LaunchPlan) -> "tuple[Any, str]":
+    """Other nodes: connect to node 0's store *of this run*, returning it and its address.
+
+    A gang restart recreates node 0 under the same DNS name. Until every resolver
+    forgets the old pod (CoreDNS caches answers; a local hosts file is rewritten
+    when pods come and go), the name can lead to the previous attempt's node 0,
+    still shutting down, whose store holds a completed roll call. Joining it would
+    start this attempt's workers against a store that then vanishes, and they fail
+    as "peer lost" a while later. So: resolve afresh, connect to each address, and
+    keep only the store signed with our run id; retry until the rendezvous timeout.
+    """
+    from torch.distributed import TCPStore
+
+    node = plan.node
+    deadline = time.monotonic() + plan.rdzv_timeout
+    strangers: Dict[str, str] = {}  # address -> run id of the store found there
+    last_error: Optional[BaseException] = None
+    while True:
+        for address in _resolve(node.master_addr, node.master_port):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                store = TCPStore(address, node.master_port, None, False,
+                                 timedelta(seconds=min(left, _CONNECT_ATTEMPT_S)), wait_for_workers=False)
+                owner = store_owner(store, min(left, _OWNER_WAIT_S))
+            except Exception as err:  # not listening yet, or it went away while we asked
+                last_error = err
+                continue
+            if owner == plan.run_id:
+                store.set_timeout(timedelta(seconds=plan.rdzv_timeout))
+                return store, address
+            if strangers.get(address) != owner:
+                log.warning(
+                    "%s:%d is node 0 of run %r, not of this run %r (a previous attempt still shutting down, "
+                    "or a stale DNS record): waiting for ours", address, node.master_port, owner, plan.run_id,
+                )
+            strangers[address] = str(owner)
+            del store
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    found = "; only found " + ", ".join(f"{a} (run {r})" for a, r in strangers.items()) if strangers else ""
+    cause = f" ({last_error})" if last_error is not None and not strangers else ""
+    raise RendezvousTimeout(
+        f"node 0 (MASTER_ADDR={node.master_addr}, MASTER_PORT={node.master_port}) of run {plan.run_id!r} did "
+        f"not come up within {plan.rdzv_timeout:.0f} s; this is node {node.node_rank} of {node.num_nodes}"
+        f"{found}{cause}"
+    )
+
+
 # --- rendezvous with a roll call ----------------------------------------------------
 
 
@@ -212,13 +309,16 @@ def _wait_for_any(store: Any, keys: List[str], deadline: float) -> Optional[str]
 
 def _make_rendezvous_handler(plan: LaunchPlan) -> Any:
     """A static TCP rendezvous (node 0 hosts the store) that names missing nodes."""
-    from torch.distributed import PrefixStore, TCPStore
+    from torch.distributed import PrefixStore
     from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousInfo, RendezvousStoreInfo
 
     class RollCallRendezvous(RendezvousHandler):
         def __init__(self) -> None:
             self._store: Optional[Any] = None
             self.prefixed: Optional[Any] = None
+            # Where this node's workers reach the store: the address the owner check
+            # passed (a name could resolve elsewhere later); node 0's is its own.
+            self.store_address = "127.0.0.1"
 
         def get_backend(self) -> str:
             return RDZV_BACKEND
@@ -228,22 +328,10 @@ def _make_rendezvous_handler(plan: LaunchPlan) -> Any:
             return True
 
         def _connect(self) -> Any:
-            node = plan.node
-            is_master = node.node_rank == 0
-            try:
-                return TCPStore(
-                    node.master_addr, node.master_port, None, is_master,
-                    timedelta(seconds=plan.rdzv_timeout), wait_for_workers=False, multi_tenant=True,
-                )
-            except Exception as err:  # DistNetworkError, TimeoutError, socket errors
-                if is_master:
-                    raise RendezvousTimeout(
-                        f"node 0 could not listen on {node.master_addr}:{node.master_port} ({err})"
-                    ) from err
-                raise RendezvousTimeout(
-                    f"node 0 (MASTER_ADDR={node.master_addr}, MASTER_PORT={node.master_port}) did not come up "
-                    f"within {plan.rdzv_timeout:.0f} s; this is node {node.node_rank} of {node.num_nodes}"
-                ) from err
+            if plan.node.node_rank == 0:
+                return _host_store(plan)
+            store, self.store_address = _join_store(plan)
+            return store
 
         def _roll_call(self, store: Any) -> None:
             node = plan.node
@@ -279,7 +367,7 @@ def _make_rendezvous_handler(plan: LaunchPlan) -> Any:
                 self._roll_call(store)
                 self._store = store
                 self.prefixed = PrefixStore(plan.run_id, store)
-            bootstrap = RendezvousStoreInfo(plan.node.master_addr, plan.node.master_port)
+            bootstrap = RendezvousStoreInfo(self.store_address, plan.node.master_port)
             return RendezvousInfo(self.prefixed, plan.node.node_rank, plan.node.num_nodes, bootstrap)
 
         @property

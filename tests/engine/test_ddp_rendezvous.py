@@ -1,0 +1,72 @@
+"""Rendezvous across attempts: a node reaching a previous attempt's node 0 waits for its own.
+
+After a gang restart, node 0 comes back under the same DNS name. Until every
+resolver forgets the old pod, another node can reach the previous attempt's
+node 0, still shutting down, whose store holds a finished roll call.
+"""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ddp_support import child_env, example, free_port, logs, volt_run, wait_all
+
+pytestmark = pytest.mark.slow
+
+STALE_STORE = """
+import sys, time
+from datetime import timedelta
+from torch.distributed import TCPStore
+store = TCPStore("127.0.0.1", int(sys.argv[1]), None, True, timedelta(seconds=30), wait_for_workers=False,
+                 multi_tenant=True)
+# What a previous attempt's node 0 holds: its signature and a completed roll call.
+store.set("volt/owner", "job-0")
+for key in ("volt/rollcall/0", "volt/rollcall/1", "volt/rollcall/go"):
+    store.set(key, "1")
+print("stale store up", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def node_env(port: int, node: int, attempt: int) -> dict:
+    return child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), NUM_NODES="2",
+                     WORLD_SIZE="2", PET_NPROC_PER_NODE="1", VOLT_JOB_NAME="job", VOLT_ATTEMPT=str(attempt))
+
+
+@pytest.mark.timeout(180)
+def test_a_node_that_reaches_the_previous_attempts_store_waits_for_its_own(tmp_path):
+    port = free_port()
+    stale = subprocess.Popen([sys.executable, "-c", STALE_STORE, str(port), "4"], env=child_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert stale.stdout.readline().strip() == "stale store up"
+        # Attempt 1's node 1 starts while the old node 0 still answers on MASTER_ADDR.
+        command = ["--rdzv-timeout", "60", *example("--samples", "256", "--max-epochs", "1")]
+        node1 = volt_run(command, node_env(port, 1, attempt=1), tmp_path / "node1.log")
+        assert stale.wait(timeout=30) == 0
+        node0 = volt_run(command, node_env(port, 0, attempt=1), tmp_path / "node0.log")
+        assert wait_all([node0, node1], 150) == [0, 0], logs(tmp_path)
+    finally:
+        stale.kill()
+    text = (tmp_path / "node1.log").read_text()
+    assert "is node 0 of run 'job-0', not of this run 'job-1'" in text, logs(tmp_path)
+    assert text.count("not of this run") == 1  # said once, not once per retry
+
+
+@pytest.mark.timeout(120)
+def test_a_node_that_only_ever_finds_another_runs_store_names_it_and_exits_77(tmp_path):
+    port = free_port()
+    stale = subprocess.Popen([sys.executable, "-c", STALE_STORE, str(port), "60"], env=child_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert stale.stdout.readline().strip() == "stale store up"
+        started = time.monotonic()
+        node1 = volt_run(["--rdzv-timeout", "4", *example()], node_env(port, 1, attempt=1), tmp_path / "node1.log")
+        assert wait_all([node1], 60) == [77], logs(tmp_path)
+        assert time.monotonic() - started < 40
+    finally:
+        stale.kill()
+    text = (tmp_path / "node1.log").read_text()
+    assert "of run 'job-1' did not come up within 4 s" in text, logs(tmp_path)
+    assert "only found 127.0.0.1 (run job-0)" in text, logs(tmp_path)
