@@ -298,3 +298,36 @@ def test_adopting_a_pod_after_an_agent_restart_applies_the_restart_policy(harnes
     assert rerun["restartCount"] == 3 and rerun["lastState"]["terminated"]["exitCode"] == 137
     assert harness.log(again, 3) == "rerun\n"
     assert harness.status(done)["phase"] == "Succeeded" and not done.log_path("main", 0).exists()
+
+
+def test_leftovers_in_their_own_session_are_killed_and_waited_for(harness: Harness, tmp_path: Path) -> None:
+    # torch's elastic agent starts each worker in a session of its own: killing the
+    # container's process group misses it; the end of the pod (its netns) must not.
+    orphan_pid_file = tmp_path / "orphan.pid"
+    pod = harness.add("pod-0", py(
+        "import subprocess\n"
+        "orphan = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        f"open('{orphan_pid_file}', 'w').write(str(orphan.pid))\n"))
+    harness.run_until(lambda: pod.finished())
+    orphan = int(orphan_pid_file.read_text())
+    assert Path(f"/proc/{orphan}").exists()  # it outlived the container's process group
+    assert harness.network.namespace_pids(pod.context.netns) == [orphan]
+    assert harness.network.kill_namespace_processes(pod.context.netns) == []
+    assert harness.network.namespace_pids(pod.context.netns) == []
+
+
+def test_a_deleted_pod_leaves_the_bridge_even_while_a_process_holds_its_namespace(harness: Harness) -> None:
+    pod = harness.add("pod-0", py("import time; time.sleep(1000)"))
+    netns = pod.context.netns
+    veth = harness.network.host_veth(netns)
+    assert subprocess.run(["ip", "link", "show", veth], capture_output=True).returncode == 0
+    holder = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "1000"])
+    try:
+        harness.network.delete_pod_namespace(netns)
+        # The namespace lives on in `holder`, but no longer on the bridge, so the
+        # address the pool hands out next answers from one place only.
+        assert subprocess.run(["ip", "link", "show", veth], capture_output=True).returncode != 0
+        assert netns not in harness.network.list_namespaces()
+    finally:
+        holder.kill()
+        holder.wait()

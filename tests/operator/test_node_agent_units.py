@@ -232,6 +232,18 @@ def test_address_pool_reuses_per_key_and_releases() -> None:
     assert pool.allocate("f") == b
 
 
+def test_address_pool_hands_out_a_released_address_last() -> None:
+    # As CNI host-local: peers may still hold a dead pod's address for a while.
+    pool = AddressPool(ipaddress.IPv4Network("198.18.7.0/29"))  # .2 .. .6
+    a = pool.allocate("a")
+    pool.release("a")
+    following = [pool.allocate(key) for key in "bcde"]
+    assert a not in following and len(set(following)) == 4
+    assert pool.allocate("f") == a  # the only one left
+    pool.release("c")
+    assert pool.allocate("g") == following[1]
+
+
 # -- nodes, logs, provisioner --------------------------------------------------------
 
 def test_node_shape_validation_names_the_flag() -> None:

@@ -87,6 +87,7 @@ class PodState:
     reported: dict[str, Any] | None = None
     gone: bool = False
     retry_at: float = 0.0  # monotonic time before which a failed start is not retried
+    leftovers_ended: bool = False  # since the last container exit: see NodeAgent._end_leftovers
 
     @property
     def key(self) -> str:
@@ -315,6 +316,7 @@ class NodeAgent:
                 if state.runtime.alive():
                     self._report(state)
                     return
+                self._end_leftovers(state)  # the kubelet deletes a pod only once all of it is dead
             if not state.gone:
                 self._report(state)
                 self._delete_object(state)
@@ -323,6 +325,7 @@ class NodeAgent:
             self._start_pod(state)
         if state.runtime is not None:
             state.runtime.step()
+            self._end_leftovers(state)
             if state.runtime.finished() and state.netns is not None:
                 self._teardown_sandbox(state)  # the pod is done: free its address
         self._report(state)
@@ -362,6 +365,28 @@ class NodeAgent:
         state.runtime = PodRuntime(context, state.record)
         state.runtime.adopt(pod.get("status") or {})  # after an agent restart
         self._refresh_hosts()  # before the first process reads /etc/hosts
+
+    def _end_leftovers(self, state: PodState) -> None:
+        """When no container of the pod runs, nothing else of it may: kill what is left.
+
+        Containers are process groups here, and a process that starts its own
+        session (torch's elastic agent runs each worker in one) outlives its
+        container's main process. In a real pod the end of the pid namespace
+        takes it along; an orphan left here would keep the pod's address and
+        sockets (a store, a gloo peer) alive after the pod is reported dead.
+        Checked once per container exit, not every reconcile.
+        """
+        if state.runtime is None or state.netns is None:
+            return
+        if state.runtime.alive():
+            state.leftovers_ended = False
+            return
+        if state.leftovers_ended:
+            return
+        stuck = self.network.kill_namespace_processes(state.netns)
+        if stuck:
+            log.warning("pod %s: processes %s survive SIGKILL (stuck in the kernel)", state.key, stuck)
+        state.leftovers_ended = True
 
     def _report(self, state: PodState) -> None:
         status = compute_pod_status(state.pod, state.record, datetime.now(timezone.utc))

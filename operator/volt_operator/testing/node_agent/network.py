@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +118,19 @@ def render_resolv_conf(namespace: str) -> str:
 
 
 class AddressPool:
-    """Hands out the host addresses of one subnet (gateway excluded), keyed by pod uid."""
+    """Hands out the host addresses of one subnet (gateway excluded), keyed by pod uid.
+
+    Sequential, as CNI's host-local IPAM: each allocation takes the next free
+    address after the last one handed out, wrapping around, so an address that
+    was just released is the last to be reused. A pod's peers may still hold
+    its old address (connections, ARP and DNS caches) for a while after it died.
+    """
 
     def __init__(self, subnet: ipaddress.IPv4Network) -> None:
         self.subnet = subnet
         self.gateway = next(subnet.hosts())
+        self._hosts = [a for a in subnet.hosts() if a != self.gateway]
+        self._last = -1  # index in _hosts of the last address handed out
         self._by_key: dict[str, ipaddress.IPv4Address] = {}
         self._lock = threading.Lock()
 
@@ -129,11 +138,13 @@ class AddressPool:
         with self._lock:
             if key in self._by_key:
                 return self._by_key[key]
-            taken = set(self._by_key.values()) | {self.gateway}
-            for address in self.subnet.hosts():
-                if address not in taken:
-                    self._by_key[key] = address
-                    return address
+            taken = set(self._by_key.values())
+            for step in range(1, len(self._hosts) + 1):
+                index = (self._last + step) % len(self._hosts)
+                if self._hosts[index] not in taken:
+                    self._last = index
+                    self._by_key[key] = self._hosts[index]
+                    return self._hosts[index]
         raise RuntimeError(f"address pool {self.subnet} is exhausted")
 
     def release(self, key: str) -> None:
@@ -222,6 +233,11 @@ class PodNetwork:
     def netns_name(self, pod_uid: str) -> str:
         return self.netns_prefix + pod_uid
 
+    @staticmethod
+    def host_veth(netns: str) -> str:
+        """The bridge end of the pod's veth pair (names are limited to 15 characters)."""
+        return "vh" + hashlib.sha1(netns.encode()).hexdigest()[:9]
+
     def list_namespaces(self) -> list[str]:
         out = _run("ip", "-j", "netns", "list", check=False).stdout
         names = [entry["name"] for entry in json.loads(out or "[]")]
@@ -235,9 +251,8 @@ class PodNetwork:
         ip = self.pool.allocate(pod_uid)
         if netns in self.list_namespaces():
             return netns, str(ip)
-        # veth names are limited to 15 characters: derive them from the uid.
-        suffix = hashlib.sha1(netns.encode()).hexdigest()[:9]
-        host_end, pod_end = f"vh{suffix}", f"vp{suffix}"
+        host_end = self.host_veth(netns)
+        pod_end = "vp" + host_end[2:]
         try:
             _run("ip", "netns", "add", netns)
             _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", pod_end, "netns", netns)
@@ -279,15 +294,34 @@ class PodNetwork:
         out = _run("ip", "netns", "pids", netns, check=False).stdout
         return [int(p) for p in out.split()]
 
-    def kill_namespace_processes(self, netns: str) -> None:
-        for pid in self.namespace_pids(netns):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+    def kill_namespace_processes(self, netns: str, wait_s: float = 5.0) -> list[int]:
+        """SIGKILL every process in the pod's network namespace and wait until they are gone.
+
+        This is the end of the pod's pid namespace: processes that started their
+        own session (torch's elastic agent runs each worker in one) escape the
+        container's process group but not this. Returns the pids still there
+        after ``wait_s`` (stuck in the kernel); the caller logs them.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            pids = self.namespace_pids(netns)
+            if not pids or time.monotonic() >= deadline:
+                return pids
+            for pid in pids:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
 
     def delete_pod_namespace(self, netns: str) -> None:
-        """Delete the netns (the kernel removes its veth pair with it) and its files."""
+        """Detach the pod from the bridge, then delete its netns, files and address.
+
+        The host end of the veth goes first: a namespace outlives ``ip netns del``
+        while anything still holds it, and must not keep answering for an address
+        that the pool hands to the next pod.
+        """
+        _run("ip", "link", "del", self.host_veth(netns), check=False)
         _run("ip", "netns", "del", netns, check=False)
         shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
         if self.pool is not None and netns.startswith(self.netns_prefix):
