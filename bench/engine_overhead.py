@@ -6,8 +6,10 @@ When ``lightning`` is importable the same module also runs under Lightning's Tra
 
 Each engine trains ``--epochs`` epochs over the same batches; the first is
 warm-up. An epoch is timed by the batch iterable itself, from the first batch
-fetched to the end of the last step (wall clock, a CUDA sync at both ends), the
-same instrument for every engine, so per-step costs are compared, not setup or
+fetched to the end of the last step, the same instrument for every engine: on
+CPU the process's CPU time (``--clock cpu``: the time other processes of a shared
+machine hold the core is left out, not counted as volt's), on CUDA the wall
+clock with a device sync at both ends, so per-step costs are compared, not setup or
 epoch-end hooks. Raw and engine runs alternate ``--repeats`` times. Three ratios:
 ``best`` (each engine's fastest epoch: the least interference), ``median`` (of all
 epochs) and ``paired`` (the median over repeats of each run's median epoch over
@@ -77,29 +79,32 @@ class Batches:
     iterator (the end of the last step either way).
     """
 
-    def __init__(self, items: List[Batch], device: torch.device) -> None:
-        self.items, self.device = items, device
+    def __init__(self, items: List[Batch], device: torch.device, clock: Callable[[], float]) -> None:
+        self.items, self.device, self.clock = items, device, clock
         self.times: List[float] = []
 
     def __iter__(self) -> Iterator[Batch]:
         sync(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         try:
             yield from self.items
         finally:
             sync(self.device)
-            self.times.append(time.perf_counter() - start)
+            self.times.append(self.clock() - start)
 
     def __len__(self) -> int:
         return len(self.items)
 
 
-def build_batches(cfg: Dict[str, Any], device: torch.device) -> Batches:
+CLOCKS: Dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def build_batches(cfg: Dict[str, Any], device: torch.device, clock: Callable[[], float]) -> Batches:
     g = torch.Generator().manual_seed(0)
     shape = (cfg["batch"], cfg["dim"]) if cfg["kind"] == "mlp" else (cfg["batch"], cfg["seq"], cfg["dim"])
     return Batches([(torch.randn(*shape, generator=g).to(device),
                      torch.randint(0, cfg["classes"], (cfg["batch"],), generator=g).to(device))
-                    for _ in range(cfg["steps"])], device)
+                    for _ in range(cfg["steps"])], device, clock)
 
 
 def sync(device: torch.device) -> None:
@@ -192,7 +197,7 @@ def lightning_pkg() -> Optional[Any]:
 
 # --- measurement ---------------------------------------------------------------------------------
 def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    batches = build_batches(cfg, device)
+    batches = build_batches(cfg, device, CLOCKS[args.clock])
     lightning = lightning_pkg() if not args.no_lightning else None
     epochs = args.epochs or cfg["epochs"]
     runners: Dict[str, Callable[[str], List[float]]] = {
@@ -246,6 +251,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per engine")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps CPU timings stable)")
     parser.add_argument("--logger", default="csv", choices=["csv", "none"])
+    parser.add_argument("--clock", default=None, choices=sorted(CLOCKS),
+                        help="cpu: this process's CPU time, which leaves out the time other processes of a "
+                             "shared machine take the core (default on CPU); wall: wall clock (default on CUDA, "
+                             "where the host waits for the device)")
     parser.add_argument("--no-lightning", action="store_true", help="skip Lightning even when installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "engine_overhead.json"))
     args = parser.parse_args(argv)
@@ -253,6 +262,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--device cuda: torch sees no GPU")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock is None:
+        args.clock = "wall" if device.type == "cuda" else "cpu"
     results: Dict[str, Any] = {}
     for name in args.models.split(","):
         if name not in MODELS:
@@ -270,6 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "volt": volt.__version__,
         "lightning": getattr(lightning_pkg(), "__version__", None),
         "logger": args.logger,
+        "clock": args.clock,
         "targets": {"tiny_mlp": 1.05, "medium_transformer": 1.01},
         "results": results,
     }

@@ -235,3 +235,38 @@ def test_seed_callback_metrics_snippets(tmp_path: Any) -> None:
     assert trainer.callback_metrics["a_val"] == 2
     assert trainer.logged_metrics["b_val"] == 2
     assert trainer.progress_bar_metrics["c_val"] == 2
+
+
+def test_repeated_tensor_logs_take_the_fast_path_with_the_same_results(tmp_path: Any) -> None:
+    # self.log(name, tensor) repeated with the same options skips resolving them again
+    # (LightningModule.log); values, epoch means, dataloader suffixes and option checks
+    # must come out as on the first call.
+    seen: List[float] = []
+
+    class Model(TinyModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.log("t", torch.tensor(float(batch_idx)))
+            self.log("t2", torch.tensor(2.0 * batch_idx), on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            seen.append(float(self.trainer.callback_metrics["t"]))
+
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            self.log("v", torch.tensor(float(batch_idx + 10 * dataloader_idx)))
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=3,
+                            num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer.fit(Model(), loader(64), [loader(64), loader(64)])
+    assert seen == [0.0, 1.0, 2.0, 3.0]
+    cm = trainer.callback_metrics
+    assert float(cm["t"]) == 3.0 and float(cm["t2_epoch"]) == 3.0  # mean of 0, 2, 4, 6
+    assert float(cm["v/dataloader_idx_0"]) == 1.0 and float(cm["v/dataloader_idx_1"]) == 11.0
+
+    class Changed(TinyModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.log("x", torch.tensor(1.0), on_epoch=batch_idx > 1)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match="use one set of options per name"):
+        quiet_trainer(tmp_path, max_steps=4).fit(Changed(), loader())

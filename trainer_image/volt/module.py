@@ -147,6 +147,24 @@ class LightningModule(HyperparametersMixin, nn.Module):
         Defaults follow the hook: per step in training hooks, per epoch (batch-size
         weighted mean) in validation/test. ``log=...`` (the seed's 1.x spelling) means ``logger=...``.
         """
+        trainer = self._trainer
+        if trainer is not None and type(value) is torch.Tensor and not kwargs and type(name) is str:
+            # The per-step case, kept to a dict lookup and one tuple compare: the same call as
+            # last time (same hook, options and dataloader) with a float scalar tensor.
+            connector = trainer._logger_connector
+            m = connector.active.metrics.get(name)
+            if (m is not None and m.fast_key == (connector.fx, connector.dataloader_suffix, prog_bar, logger, on_step,
+                                                 on_epoch, reduce_fx, sync_dist, add_dataloader_idx)
+                    and value.ndim == 0 and value.is_floating_point()):
+                value = value.detach()
+                if m.on_step:
+                    m.step_value = value
+                    m.step_fresh = True
+                if m.on_epoch:
+                    if batch_size is None and m.reduce_fx == "mean":
+                        batch_size = connector._current_batch_size()
+                    m.update_epoch(value, batch_size or 1)
+                return
         if kwargs:
             if "log" in kwargs:
                 logger = kwargs.pop("log")
@@ -154,22 +172,23 @@ class LightningModule(HyperparametersMixin, nn.Module):
                 raise TypeError(f"self.log() got unexpected keyword arguments {sorted(kwargs)}")
         if not isinstance(name, str) or not name:
             raise TypeError(f"self.log(name, ...): name must be a non-empty str, got {name!r}")
-        trainer = self._trainer
         if trainer is None:
             log.warning("self.log(%r) called outside of a Trainer run: ignored", name)
             return
-        # LoggerConnector.log, inlined (self.log runs several times per step)
+        # LoggerConnector.log, inlined
         connector = trainer._logger_connector
-        if not connector.enabled:
+        if not connector.enabled:  # barebones: no metric is ever created, so the fast path above never hits
             return
         fx = connector.fx
         if fx is None:
             raise RuntimeError(f"self.log({name!r}) must be called from a LightningModule or Callback hook")
+        suffix = connector.dataloader_suffix
         # positional: binding a dozen keywords costs more than the call's useful work
         connector.active.log(
-            fx, name + connector.dataloader_suffix if add_dataloader_idx else name, value, prog_bar,
+            fx, name + suffix if add_dataloader_idx else name, value, prog_bar,
             True if logger is None else bool(logger), on_step, on_epoch, reduce_fx, sync_dist, batch_size,
             connector._current_batch_size, trainer.strategy,
+            (fx, suffix, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx),
         )
 
     def log_dict(

@@ -226,7 +226,9 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
         and type(plugin).optimizer_step is Precision.optimizer_step
     )
     hot.optimizer = opts[0] if hot.simple else None
-    hot.autocast = plugin if plugin._autocast_dtype is not None else None
+    # One autocast object for the run: entering and leaving it restores the previous state each
+    # time, and building one per step (its __init__ validates every argument) is most of its cost.
+    hot.autocast = plugin.forward_context() if plugin._autocast_dtype is not None else None
     hot.batch_end_1x = "on_batch_end" not in silent
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
@@ -498,7 +500,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
         if hot.autocast is None:
             output = module.training_step(batch, batch_idx)
         else:
-            with hot.autocast.forward_context():
+            with hot.autocast:
                 output = module.training_step(batch, batch_idx)
     finally:
         connector.fx = prev

@@ -60,9 +60,9 @@ class LoggedMetric:
     weight: float = 0.0
     epoch_value: Optional[torch.Tensor] = None
     metric_object: Any = None  # a torchmetrics-like object with compute()/reset()
-    # (fx, on_step, on_epoch, reduce_fx, prog_bar, logger, sync_dist) of the last self.log call: a
-    # repeat of the same call (every step) skips resolving and checking the options again
-    last_call: Optional[Tuple[Any, ...]] = None
+    # LightningModule.log's arguments (and hook) of the last call that logged a float scalar tensor:
+    # a repeat of the same call (every step) skips resolving and checking the options again
+    fast_key: Optional[Tuple[Any, ...]] = None
 
     def update_epoch(self, value: torch.Tensor, batch_size: int) -> None:
         fx = self.reduce_fx
@@ -98,26 +98,15 @@ class ResultCollection:
         batch_size: Optional[int],
         batch_size_fn: Callable[[], int],
         strategy: "Strategy",
+        fast_key: Optional[Tuple[Any, ...]] = None,
     ) -> None:
-        """Runs on every ``self.log`` call: a dict update, no host sync, as few calls as possible.
+        """Resolve and check the options of a ``self.log`` call and record its value (no host sync).
 
-        ``strategy.root_device`` is read only for a Python number (the tensor it becomes goes there).
+        ``fast_key`` (from LightningModule.log) is kept on the metric when the value is a float
+        scalar tensor: the next identical call records its value without coming here, see
+        ``LightningModule.log``. ``strategy.root_device`` is read only for a Python number.
         """
-        call = (fx, on_step, on_epoch, reduce_fx, prog_bar, logger, sync_dist)
         m = self.metrics.get(name)
-        if (m is not None and m.last_call == call and isinstance(value, torch.Tensor) and value.ndim == 0
-                and value.is_floating_point()):
-            # the same call as last time with a scalar float tensor (the per-step case): options
-            # already resolved and checked
-            value = value.detach()
-            if m.on_step:
-                m.step_value = value
-                m.step_fresh = True
-            if m.on_epoch:
-                if batch_size is None and m.reduce_fx == "mean":
-                    batch_size = batch_size_fn()
-                m.update_epoch(value, batch_size or 1)
-            return
         defaults = LOG_DEFAULTS.get(fx)
         if defaults is None:
             raise RuntimeError(
@@ -148,10 +137,11 @@ class ResultCollection:
                 f"on_epoch={m.on_epoch}, reduce_fx={m.reduce_fx!r}; use one set of options per name"
             )
         m.prog_bar, m.logger, m.sync_dist = prog_bar, logger, sync_dist
-        m.last_call = call
         if metric_object is not None:
             m.metric_object = metric_object
+            m.fast_key = None
             return
+        m.fast_key = fast_key
         if on_step:
             m.step_value = value
             m.step_fresh = True
