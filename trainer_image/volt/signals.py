@@ -184,22 +184,28 @@ class PreemptionCallback(Callback):
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        flag_set = self.flag.signum is not None  # flag.is_set without the property call: this runs every batch
-        if flag_set and self._watchdog is None:
-            self._watchdog = _hard_exit_after(self.grace_period, self.flag.signum or signal.SIGTERM)
+        # Runs every batch: attribute reads only (flag.signum, not the flag.is_set property).
         world_size = self._world_size
         if world_size is None:  # fixed for a run: read once (setup() forgets it)
             world_size = self._world_size = trainer.world_size
-        if world_size <= 1:
-            if flag_set:
+        if world_size == 1:  # nothing to agree with: act on our own signal at once
+            if self.flag.signum is not None:
+                self._arm_watchdog()
                 self._checkpoint_and_exit(trainer)
             return
+        if self.flag.signum is not None:
+            self._arm_watchdog()
         self._batches += 1
         if self._batches % self.check_every_n_steps:
             return
         agreed = self._exchange(trainer)
         if agreed:
             self._checkpoint_and_exit(trainer)
+
+    def _arm_watchdog(self) -> None:
+        """From the first batch end after the signal: a hard exit if the save outlasts the grace period."""
+        if self._watchdog is None:
+            self._watchdog = _hard_exit_after(self.grace_period, self.flag.signum or signal.SIGTERM)
 
     def _exchange(self, trainer: "Trainer") -> bool:
         """Read the previous exchange's result and start the next one (async)."""

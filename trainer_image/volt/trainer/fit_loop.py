@@ -183,7 +183,7 @@ class _HotPath:
 
     __slots__ = ("plain_transfer", "device", "batch_start", "plain_auto", "step_end", "zero_grad_hook",
                  "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure", "simple",
-                 "optimizer", "autocast", "batch_end_callbacks", "batch_end_module", "batch_end_1x")
+                 "optimizer", "autocast", "step_context", "batch_end_callbacks", "batch_end_module", "batch_end_1x")
 
 
 def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
@@ -226,9 +226,12 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
         and type(plugin).optimizer_step is Precision.optimizer_step
     )
     hot.optimizer = opts[0] if hot.simple else None
-    # One autocast object for the run: entering and leaving it restores the previous state each
-    # time, and building one per step (its __init__ validates every argument) is most of its cost.
-    hot.autocast = plugin.forward_context() if plugin._autocast_dtype is not None else None
+    # The built-in plugin's autocast is one object for the run: entering and leaving it restores
+    # the previous state each time, and building one per step (its __init__ validates every
+    # argument) is most of its cost. A plugin's own forward_context() is called every step.
+    builtin_context = type(plugin).forward_context is Precision.forward_context
+    hot.autocast = plugin.forward_context() if builtin_context and plugin._autocast_dtype is not None else None
+    hot.step_context = None if builtin_context else plugin
     hot.batch_end_1x = "on_batch_end" not in silent
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
@@ -497,10 +500,13 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
     connector.current_batch, connector._batch_size = batch, None
     prev, connector.fx = connector.fx, "training_step"
     try:
-        if hot.autocast is None:
+        if hot.autocast is not None:
+            with hot.autocast:
+                output = module.training_step(batch, batch_idx)
+        elif hot.step_context is None:
             output = module.training_step(batch, batch_idx)
         else:
-            with hot.autocast:
+            with hot.step_context.forward_context():
                 output = module.training_step(batch, batch_idx)
     finally:
         connector.fx = prev
