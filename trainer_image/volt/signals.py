@@ -211,14 +211,18 @@ class PreemptionCallback(Callback):
         """Read the previous exchange's result and start the next one (async)."""
         import torch.distributed as dist
 
-        agreed = False
         if self._pending is not None:
             self._pending.wait()
-            agreed = bool(self._buffer[0] > 0)  # CPU tensor: no device sync
+            self._pending = None
+            if self._buffer[0] > 0:  # CPU tensor: no device sync
+                # Every rank read the same result: none starts another exchange, so no
+                # collective is left in flight when the ranks exit (gloo aborts the
+                # process, SIGABRT instead of CHECKPOINTED, if one is).
+                return True
         group = getattr(trainer.strategy, "control_group", None)
         self._buffer = torch.tensor([1 if self.flag.is_set else 0], dtype=torch.int32)
         self._pending = dist.all_reduce(self._buffer, op=dist.ReduceOp.MAX, group=group, async_op=True)
-        return agreed
+        return False
 
     def _drain(self) -> None:
         pending, self._pending = self._pending, None
