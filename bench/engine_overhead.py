@@ -10,11 +10,13 @@ fetched to the end of the last step, the same instrument for every engine: on
 CPU the process's CPU time (``--clock cpu``: the time other processes of a shared
 machine hold the core is left out, not counted as volt's), on CUDA the wall
 clock with a device sync at both ends, so per-step costs are compared, not setup or
-epoch-end hooks. Raw and engine runs alternate ``--repeats`` times. Three ratios:
-``best`` (each engine's fastest epoch: the least interference), ``median`` (of all
-epochs) and ``paired`` (the median over repeats of each run's median epoch over
-the raw run just before it: robust to a machine whose load drifts, as a shared
-CI box does).
+epoch-end hooks. After each engine epoch, from its on_train_epoch_end, the raw
+loop (its own copy of the model) runs one epoch over the same batches: each
+engine epoch has a raw epoch next to it in time, in the same process. Three
+ratios: ``best`` (each engine's fastest epoch over raw's fastest: the least
+interference), ``median`` (of all epochs) and ``paired`` (the median over epochs
+of engine epoch / the raw epoch right after it: robust to a machine whose load
+drifts, as a shared CI box does). ``--repeats`` runs of each engine.
 
     python bench/engine_overhead.py                      # CPU, fp32, tiny MLP and medium model
     python bench/engine_overhead.py --device cuda --precision bf16-mixed
@@ -123,17 +125,21 @@ def autocast_for(device: torch.device, precision: str) -> Any:
 
 
 # --- raw PyTorch ------------------------------------------------------------------------------
-def run_raw(cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.device, precision: str) -> List[float]:
-    torch.manual_seed(0)
-    net = build_net(cfg).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-    loss_fn = nn.functional.cross_entropy
-    net.train()
-    first = len(batches.times)
-    for _ in range(epochs):
-        for x, y in batches:
-            with autocast_for(device, precision):
+class RawLoop:
+    """The hand-written loop: its own copy of the model and optimizer, one epoch per call."""
+
+    def __init__(self, cfg: Dict[str, Any], batches: Batches, device: torch.device, precision: str) -> None:
+        torch.manual_seed(0)
+        self.net = build_net(cfg).to(device)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+        self.batches, self.device, self.precision = batches, device, precision
+        self.net.train()
+
+    def epoch(self) -> None:
+        net, opt, scaler, loss_fn = self.net, self.opt, self.scaler, nn.functional.cross_entropy
+        for x, y in self.batches:
+            with autocast_for(self.device, self.precision):
                 loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -143,7 +149,6 @@ def run_raw(cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.de
             else:
                 loss.backward()
                 opt.step()
-    return batches.times[first:]
 
 
 # --- engines (volt, and Lightning when installed) -------------------------------------------------
@@ -166,23 +171,30 @@ def make_module(base: type, cfg: Dict[str, Any]) -> Any:
     return Bench()
 
 
-def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, epochs: int, device: torch.device,
-               precision: str, logger: str, workdir: str) -> List[float]:
-    if logger == "csv":
-        import importlib
+def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, raw: RawLoop, epochs: int, device: torch.device,
+               precision: str, logger: str, workdir: str) -> Tuple[List[float], List[float]]:
+    """Epoch times of the engine and of a raw epoch run right after each of its epochs (same
+    process, same moment: the pair sees the same machine), as two aligned lists."""
+    import importlib
 
+    if logger == "csv":
         log_arg: Any = importlib.import_module(pkg.__name__ + ".loggers").CSVLogger(save_dir=workdir)
     else:
         log_arg = False
+
+    class RawAfterEachEpoch(importlib.import_module(pkg.__name__ + ".callbacks").Callback):  # type: ignore[misc]
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            raw.epoch()  # outside the engine's timed epoch: that ended with its last batch
+
     trainer = pkg.Trainer(
         max_epochs=epochs, accelerator=device.type if device.type != "cuda" else "gpu", devices=1,
         precision=precision if precision != "32" else "32-true", logger=log_arg,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=workdir,
+        num_sanity_val_steps=0, default_root_dir=workdir, callbacks=[RawAfterEachEpoch()],
     )
-    first = len(batches.times)
+    first, raw_first = len(batches.times), len(raw.batches.times)
     trainer.fit(make_module(pkg.LightningModule, cfg), batches)
-    return batches.times[first:]
+    return batches.times[first:], raw.batches.times[raw_first:]
 
 
 def lightning_pkg() -> Optional[Any]:
@@ -197,42 +209,41 @@ def lightning_pkg() -> Optional[Any]:
 
 # --- measurement ---------------------------------------------------------------------------------
 def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    batches = build_batches(cfg, device, CLOCKS[args.clock])
+    clock = CLOCKS[args.clock]
+    batches, raw_batches = build_batches(cfg, device, clock), build_batches(cfg, device, clock)
     lightning = lightning_pkg() if not args.no_lightning else None
     epochs = args.epochs or cfg["epochs"]
-    runners: Dict[str, Callable[[str], List[float]]] = {
-        "raw": lambda d: run_raw(cfg, batches, epochs, device, args.precision),
-        "volt": lambda d: run_engine(volt, cfg, batches, epochs, device, args.precision, args.logger, d),
-    }
-    if lightning is not None:
-        runners["lightning"] = lambda d: run_engine(lightning, cfg, batches, epochs, device, args.precision,
-                                                    args.logger, d)
-    epoch_times: Dict[str, List[float]] = {k: [] for k in runners}
-    run_medians: Dict[str, List[float]] = {k: [] for k in runners}
+    engines = {"volt": volt, **({"lightning": lightning} if lightning is not None else {})}
+    times: Dict[str, List[float]] = {"raw": []}
+    ratios: Dict[str, List[float]] = {}
     for _ in range(args.repeats):
-        for key, run in runners.items():  # interleaved, so drifts in machine load hit every engine alike
+        for key, pkg in engines.items():
+            raw = RawLoop(cfg, raw_batches, device, args.precision)
             with tempfile.TemporaryDirectory(prefix="volt-bench-") as d:
-                times = run(d)[1:]  # drop the warm-up epoch
-            if len(times) != epochs - 1:
-                raise RuntimeError(f"{key}: timed {len(times) + 1} epochs, expected {epochs}")
-            epoch_times[key] += times
-            run_medians[key].append(statistics.median(times))
-    # The fastest epoch is each engine's cost with the least interference from other
-    # processes (as timeit reports); the median shows the spread; the paired ratio compares
-    # each run with the raw run next to it in time.
-    best = {k: min(v) for k, v in epoch_times.items()}
-    medians = {k: statistics.median(v) for k, v in epoch_times.items()}
-    paired = {k: statistics.median(m / r for m, r in zip(run_medians[k], run_medians["raw"]))
-              for k in runners if k != "raw"}
+                engine_times, raw_times = run_engine(pkg, cfg, batches, raw, epochs, device, args.precision,
+                                                     args.logger, d)
+            if len(engine_times) != epochs or len(raw_times) != epochs:
+                raise RuntimeError(f"{key}: timed {len(engine_times)} epochs and {len(raw_times)} raw, "
+                                   f"expected {epochs}")
+            pairs = list(zip(engine_times, raw_times))[1:]  # the first pair is warm-up
+            times.setdefault(key, []).extend(e for e, _ in pairs)
+            times["raw"].extend(r for _, r in pairs)
+            ratios.setdefault(key, []).extend(e / r for e, r in pairs)
+    # best: each engine's fastest epoch over raw's fastest (the least interference, as timeit
+    # reports); paired: the median over epochs of each engine epoch over the raw epoch right
+    # after it, which cancels load that drifts over seconds.
+    best = {k: min(v) for k, v in times.items()}
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    paired = {k: statistics.median(v) for k, v in ratios.items()}
     result: Dict[str, Any] = {
         "config": cfg,
         "steps_per_epoch": cfg["steps"],
         "best_step_ms": {k: 1000 * v / cfg["steps"] for k, v in best.items()},
         "median_step_ms": {k: 1000 * v / cfg["steps"] for k, v in medians.items()},
-        "ratio_vs_raw": {k: best[k] / best["raw"] for k in best if k != "raw"},
-        "ratio_vs_raw_median": {k: medians[k] / medians["raw"] for k in medians if k != "raw"},
+        "ratio_vs_raw": {k: best[k] / best["raw"] for k in engines},
+        "ratio_vs_raw_median": {k: medians[k] / medians["raw"] for k in engines},
         "ratio_vs_raw_paired": paired,
-        "epochs_measured": {k: len(v) for k, v in epoch_times.items()},
+        "epochs_measured": {k: len(v) for k, v in ratios.items()},
     }
     line = ", ".join(f"{k}/raw = {r:.3f} (median {result['ratio_vs_raw_median'][k]:.3f}, paired {paired[k]:.3f})"
                      for k, r in result["ratio_vs_raw"].items())

@@ -408,7 +408,8 @@ def _run_train_epoch(trainer: "Trainer") -> None:
             training_rng = capture_rng_state()
             run_validation_in_fit(trainer, trainer.num_val_batches)
             restore_rng_state(training_rng)
-        if (trainer.max_steps != -1 and _max_steps_reached(trainer)) or (trainer.should_stop and _min_reached(trainer)):
+        max_steps = trainer.max_steps  # _max_steps_reached, inlined: this runs every batch
+        if (max_steps != -1 and progress.global_step >= max_steps) or (trainer.should_stop and _min_reached(trainer)):
             break
     else:
         progress.epoch_batches_done = True  # the loader ended before the expected length
