@@ -70,3 +70,16 @@ def test_a_node_that_only_ever_finds_another_runs_store_names_it_and_exits_77(tm
     text = (tmp_path / "node1.log").read_text()
     assert "of run 'job-1' did not come up within 4 s" in text, logs(tmp_path)
     assert "only found 127.0.0.1 (run job-0)" in text, logs(tmp_path)
+
+
+@pytest.mark.timeout(240)
+def test_nodes_finishing_a_minute_apart_all_succeed(tmp_path):
+    # Node 0 finishes first and waits for the others at torch's exit barrier, keeping the
+    # store up. A barrier shorter than the gap (torch's 60 s default) lets node 0 leave, and
+    # the later node finds the store gone: it took that for node 0's death and killed its
+    # own healthy processes (exit 76), so the operator restarted a job that had succeeded.
+    from ddp_support import script, start_nodes
+
+    procs = start_nodes(2, 1, ["--rdzv-timeout", "120", *script("linger_after_fit.py", "--max-epochs", "1")],
+                        tmp_path, LINGER_NODE="1", LINGER_S="65")
+    assert wait_all(procs, 220) == [0, 0], logs(tmp_path)

@@ -494,7 +494,11 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
         master_port=None,
     )
     logs = DefaultLogsSpecs(log_dir=log_dir)
-    options: dict = dict(spec=spec, logs_specs=logs, start_method="spawn", exit_barrier_timeout=60)
+    # A node that succeeded waits here for the others (node 0 keeps the store up meanwhile):
+    # as long as nodes may take to arrive, not torch's 60 s, so that one node's rank-local
+    # work after fit() does not find the store gone and count as node 0's death.
+    options: dict = dict(spec=spec, logs_specs=logs, start_method="spawn",
+                         exit_barrier_timeout=max(60, int(plan.rdzv_timeout)))
     if "shutdown_timeout" in inspect.signature(LocalElasticAgent.__init__).parameters:  # torch >= 2.12
         options["shutdown_timeout"] = int(plan.grace_period)
     agent = VoltAgent(**options)
