@@ -4,9 +4,11 @@ After a gang restart, node 0 comes back under the same DNS name. Until every
 resolver forgets the old pod, another node can reach the previous attempt's
 node 0, still shutting down, whose store holds a finished roll call.
 """
+import contextlib
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -29,6 +31,19 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+@contextlib.contextmanager
+def stale_store(port: int, seconds: float) -> Iterator[subprocess.Popen]:
+    """A previous attempt's node 0 store on ``port`` for ``seconds``."""
+    stale = subprocess.Popen([sys.executable, "-c", STALE_STORE, str(port), str(seconds)], env=child_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert stale.stdout.readline().strip() == "stale store up"
+        yield stale
+    finally:
+        stale.kill()
+        stale.wait()
+
+
 def node_env(port: int, node: int, attempt: int) -> dict:
     return child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), NUM_NODES="2",
                      WORLD_SIZE="2", PET_NPROC_PER_NODE="1", VOLT_JOB_NAME="job", VOLT_ATTEMPT=str(attempt))
@@ -37,18 +52,13 @@ def node_env(port: int, node: int, attempt: int) -> dict:
 @pytest.mark.timeout(180)
 def test_a_node_that_reaches_the_previous_attempts_store_waits_for_its_own(tmp_path):
     port = free_port()
-    stale = subprocess.Popen([sys.executable, "-c", STALE_STORE, str(port), "4"], env=child_env(),
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert stale.stdout.readline().strip() == "stale store up"
+    with stale_store(port, 4) as stale:
         # Attempt 1's node 1 starts while the old node 0 still answers on MASTER_ADDR.
         command = ["--rdzv-timeout", "60", *example("--samples", "256", "--max-epochs", "1")]
         node1 = volt_run(command, node_env(port, 1, attempt=1), tmp_path / "node1.log")
         assert stale.wait(timeout=30) == 0
         node0 = volt_run(command, node_env(port, 0, attempt=1), tmp_path / "node0.log")
         assert wait_all([node0, node1], 150) == [0, 0], logs(tmp_path)
-    finally:
-        stale.kill()
     text = (tmp_path / "node1.log").read_text()
     assert "is node 0 of run 'job-0', not of this run 'job-1'" in text, logs(tmp_path)
     assert text.count("not of this run") == 1  # said once, not once per retry
@@ -57,16 +67,11 @@ def test_a_node_that_reaches_the_previous_attempts_store_waits_for_its_own(tmp_p
 @pytest.mark.timeout(120)
 def test_a_node_that_only_ever_finds_another_runs_store_names_it_and_exits_77(tmp_path):
     port = free_port()
-    stale = subprocess.Popen([sys.executable, "-c", STALE_STORE, str(port), "60"], env=child_env(),
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert stale.stdout.readline().strip() == "stale store up"
+    with stale_store(port, 60):
         started = time.monotonic()
         node1 = volt_run(["--rdzv-timeout", "4", *example()], node_env(port, 1, attempt=1), tmp_path / "node1.log")
         assert wait_all([node1], 60) == [77], logs(tmp_path)
         assert time.monotonic() - started < 40
-    finally:
-        stale.kill()
     text = (tmp_path / "node1.log").read_text()
     assert "of run 'job-1' did not come up within 4 s" in text, logs(tmp_path)
     assert "only found 127.0.0.1 (run job-0)" in text, logs(tmp_path)

@@ -23,6 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from volt.utilities import loader_kwargs
+
 try:  # numpy is optional
     import numpy as np
 except ImportError:  # pragma: no cover
@@ -117,19 +119,8 @@ def skip_batches(loader: DataLoader, n: int) -> DataLoader:
         )
     if n == 0:
         return loader
-    kwargs: Dict[str, Any] = dict(
-        batch_sampler=_SkipFirstBatches(loader.batch_sampler, n),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
+    kwargs = loader_kwargs(loader)
+    kwargs["batch_sampler"] = _SkipFirstBatches(loader.batch_sampler, n)
     return type(loader)(loader.dataset, **kwargs)
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Dict, Mapping, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from volt.loggers.base import rank_zero_only  # noqa: F401  (1.x: pytorch_lightning.utilities.rank_zero_only)
 
@@ -68,3 +69,23 @@ def is_overridden(name: str, obj: Any, base: type) -> bool:
     """True when ``type(obj)`` defines ``name`` differently from ``base``."""
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
+
+
+def loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
+    """The arguments that re-create ``loader`` (other than dataset and sampling), for a copy
+    with another sampler or batch sampler."""
+    kwargs: Dict[str, Any] = dict(
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if getattr(loader, "pin_memory_device", ""):
+        kwargs["pin_memory_device"] = loader.pin_memory_device
+    return kwargs

@@ -26,6 +26,7 @@ from torch.utils.data import (
 from volt import exit_codes
 from volt.cluster import ClusterConfigError, ClusterEnvironment, cluster_environment
 from volt.strategies.strategy import REDUCE_OPS, Strategy
+from volt.utilities import loader_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -193,27 +194,9 @@ class _AgreedLength:
         return getattr(self.loader, name)
 
 
-def _loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = dict(
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    if getattr(loader, "pin_memory_device", ""):
-        kwargs["pin_memory_device"] = loader.pin_memory_device
-    return kwargs
-
-
 def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
     """A DataLoader like ``loader`` with a different sampler or batch sampler."""
-    kwargs = _loader_kwargs(loader)
+    kwargs = loader_kwargs(loader)
     kwargs.update(changes)
     cls = type(loader)
     try:
@@ -543,7 +526,7 @@ class DDPStrategy(Strategy):
             )
         if loader.batch_sampler is None:
             raise ValueError("uneven training dataloaders without a batch sampler cannot be equalized")
-        kwargs = _loader_kwargs(loader)
+        kwargs = loader_kwargs(loader)
         return type(loader)(loader.dataset, batch_sampler=_FirstNBatches(loader.batch_sampler, fewest), **kwargs)
 
     # --- collectives ------------------------------------------------------------------------
