@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -172,7 +172,8 @@ def make_module(base: type, cfg: Dict[str, Any]) -> Any:
 
 
 def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, raw: RawLoop, epochs: int, device: torch.device,
-               precision: str, logger: str, workdir: str) -> Tuple[List[float], List[float]]:
+               precision: str, logger: str, workdir: str,
+               extra_callbacks: Sequence[Any] = ()) -> Tuple[List[float], List[float]]:
     """Epoch times of the engine and of a raw epoch run right after each of its epochs (same
     process, same moment: the pair sees the same machine), as two aligned lists."""
     import importlib
@@ -190,7 +191,7 @@ def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, raw: RawLoop, ep
         max_epochs=epochs, accelerator=device.type if device.type != "cuda" else "gpu", devices=1,
         precision=precision if precision != "32" else "32-true", logger=log_arg,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=workdir, callbacks=[RawAfterEachEpoch()],
+        num_sanity_val_steps=0, default_root_dir=workdir, callbacks=[*extra_callbacks, RawAfterEachEpoch()],
     )
     first, raw_first = len(batches.times), len(raw.batches.times)
     trainer.fit(make_module(pkg.LightningModule, cfg), batches)

@@ -1,10 +1,9 @@
 """Cost of PrometheusCallback: bench/engine_overhead.py's overhead ratio with the callback on vs off.
 
 Same method and models as bench/engine_overhead.py (its helpers are imported):
-pre-built batches, a raw PyTorch loop against volt's Trainer (``self.log``
-every step, CSV logger), epoch times taken at epoch boundaries, the first
-epoch dropped as warm-up, runs interleaved ``--repeats`` times and medians
-compared. volt runs twice: without the callback ("off") and with it ("on"),
+pre-built batches, volt's Trainer (``self.log`` every step, CSV logger) with a
+raw PyTorch epoch run after each of its epochs, the first pair dropped as
+warm-up, and the median of the per-epoch ratios; ``--repeats`` runs of each. volt runs twice: without the callback ("off") and with it ("on"),
 while a thread scrapes ``/metrics`` and ``/progress`` every
 ``--scrape-interval`` seconds (Prometheus scrapes every 15-30 s; 1 s is harsh).
 
@@ -31,7 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -76,29 +75,21 @@ class Scraper:
         return self.scrapes
 
 
-def run_volt(cfg: Dict[str, Any], batches: List[Any], args: argparse.Namespace, device: torch.device,
-             workdir: str, prometheus: bool, scrapes: List[int]) -> List[float]:
-    """engine_overhead.run_engine for volt, optionally with the callback and a scraper."""
-    timer = eo.epoch_timer(volt.Callback, device)
-    callbacks: List[Any] = [timer]
+def run_volt(cfg: Dict[str, Any], batches: Any, raw: Any, args: argparse.Namespace, device: torch.device,
+             workdir: str, prometheus: bool, scrapes: List[int]) -> Tuple[List[float], List[float]]:
+    """engine_overhead.run_engine for volt (epochs paired with raw ones), with the callback and a scraper or not."""
+    callbacks: List[Any] = []
     scraper = None
     if prometheus:
         callback = PrometheusCallback(port=0, host="127.0.0.1")
-        callbacks.insert(0, callback)
+        callbacks.append(callback)
         scraper = Scraper(callback, args.scrape_interval)
-    logger: Any = volt.loggers.CSVLogger(save_dir=workdir) if args.logger == "csv" else False
-    trainer = volt.Trainer(
-        max_epochs=args.epochs, accelerator="gpu" if device.type == "cuda" else device.type, devices=1,
-        precision=args.precision if args.precision != "32" else "32-true", logger=logger, callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=workdir,
-    )
     try:
-        trainer.fit(eo.make_module(volt.LightningModule, cfg), batches)
+        return eo.run_engine(volt, cfg, batches, raw, args.epochs, device, args.precision, args.logger, workdir,
+                             extra_callbacks=callbacks)
     finally:
         if scraper is not None:
             scrapes.append(scraper.stop())
-    return timer.times
 
 
 def hook_cost_us(batch: Any, iterations: int = 20000) -> float:
@@ -114,38 +105,37 @@ def hook_cost_us(batch: Any, iterations: int = 20000) -> float:
 
 
 def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    batches = eo.build_batches(cfg, device)
+    clock = eo.CLOCKS["wall" if device.type == "cuda" else "cpu"]
+    batches, raw_batches = eo.build_batches(cfg, device, clock), eo.build_batches(cfg, device, clock)
     scrapes: List[int] = []
-    runners: Dict[str, Callable[[str], List[float]]] = {
-        "raw": lambda d: eo.run_raw(cfg, batches, args.epochs, device, args.precision),
-        "volt_off": lambda d: run_volt(cfg, batches, args, device, d, prometheus=False, scrapes=scrapes),
-        "volt_on": lambda d: run_volt(cfg, batches, args, device, d, prometheus=True, scrapes=scrapes),
-    }
-    epoch_times: Dict[str, List[float]] = {key: [] for key in runners}
-    keys = list(runners)
+    ratios: Dict[str, List[float]] = {"volt_off": [], "volt_on": []}
+    raw_times: List[float] = []
     for repeat in range(args.repeats):
-        # Interleaved, rotating the order, so drifts in machine load hit every configuration alike.
-        for key in keys[repeat % 3:] + keys[: repeat % 3]:
+        # Alternating which goes first, so drifts in machine load hit both alike.
+        for key in (("volt_off", "volt_on") if repeat % 2 == 0 else ("volt_on", "volt_off")):
+            raw = eo.RawLoop(cfg, raw_batches, device, args.precision)
             with tempfile.TemporaryDirectory(prefix="volt-bench-") as workdir:
-                epoch_times[key] += runners[key](workdir)[1:]  # drop the warm-up epoch
-    medians = {key: statistics.median(times) for key, times in epoch_times.items()}
-    ratio_off = medians["volt_off"] / medians["raw"]
-    ratio_on = medians["volt_on"] / medians["raw"]
-    raw_step_s = medians["raw"] / cfg["steps"]
+                engine, paired_raw = run_volt(cfg, batches, raw, args, device, workdir,
+                                              prometheus=key == "volt_on", scrapes=scrapes)
+            ratios[key] += [e / r for e, r in list(zip(engine, paired_raw))[1:]]  # drop the warm-up epoch
+            raw_times += paired_raw[1:]
+    ratio_off = statistics.median(ratios["volt_off"])
+    ratio_on = statistics.median(ratios["volt_on"])
+    raw_step_s = statistics.median(raw_times) / cfg["steps"]
     hook_us = hook_cost_us(next(iter(batches)))
     result = {
         "config": cfg,
-        "median_step_ms": {key: 1000 * value / cfg["steps"] for key, value in medians.items()},
+        "median_raw_step_ms": 1000 * raw_step_s,
         "ratio_off": ratio_off,
         "ratio_on": ratio_on,
         "delta_pct": (ratio_on / ratio_off - 1) * 100,
         "hook_us_per_step": hook_us,
         "hook_share_pct": hook_us * 1e-6 / raw_step_s * 100,
         "scrapes": sum(scrapes),
-        "epochs_measured": {key: len(times) for key, times in epoch_times.items()},
+        "epochs_measured": {key: len(values) for key, values in ratios.items()},
     }
     print(
-        f"{name:>20}: raw {result['median_step_ms']['raw']:.3f} ms/step; ratio off {ratio_off:.3f}, on {ratio_on:.3f}, "
+        f"{name:>20}: raw {result['median_raw_step_ms']:.3f} ms/step; ratio off {ratio_off:.3f}, on {ratio_on:.3f}, "
         f"delta {result['delta_pct']:+.2f}%; hooks {hook_us:.2f} us/step = {result['hook_share_pct']:.2f}% of a raw step",
         flush=True,
     )
