@@ -1,5 +1,6 @@
 """volt-run helpers that need no processes: overrides, resume policy, exit codes."""
 import logging
+import sys
 
 import pytest
 
@@ -143,3 +144,17 @@ def test_volt_run_waits_stay_under_the_operators_wait_for_a_root_cause():
     from volt_operator import status
 
     assert launch.PEER_LOST_GRACE_S < launch._STORE_LINGER_S < status.PEER_LOST_GRACE_SECONDS
+
+
+def test_in_place_restarts_are_refused_for_more_than_one_node():
+    from volt.cluster import ClusterConfigError
+    from volt.launch import build_parser, plan_launch
+
+    env = {"NUM_NODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    command = [sys.executable, "-c", "pass"]
+    with pytest.raises(ClusterConfigError, match="--max-restarts=2 restarts one node's processes in place"):
+        plan_launch(build_parser().parse_args(["--max-restarts", "2", *command]), env)
+    with pytest.raises(ClusterConfigError, match="--max-restarts must be >= 0"):
+        plan_launch(build_parser().parse_args(["--max-restarts", "-1", *command]), {})
+    assert plan_launch(build_parser().parse_args(["--max-restarts", "2", *command]), {}).max_restarts == 2
+    assert plan_launch(build_parser().parse_args(command), env).max_restarts == 0

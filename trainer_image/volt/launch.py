@@ -180,6 +180,16 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
     attempt = env.get("VOLT_ATTEMPT")
     if attempt:
         run_id = f"{run_id}-{attempt}"
+    if args.max_restarts < 0:
+        raise ClusterConfigError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.max_restarts and node.num_nodes > 1:
+        # The rendezvous is static (one round) and the failure reports in node 0's store
+        # outlive a restart: the other nodes would stop the restarted processes at once.
+        raise ClusterConfigError(
+            f"--max-restarts={args.max_restarts} restarts one node's processes in place, which a job of "
+            f"{node.num_nodes} nodes cannot do (DDP needs every rank): restart the whole gang instead (the "
+            "volt operator does, failurePolicy.maxRestarts), or use --max-restarts 0"
+        )
     if args.rdzv_timeout <= 0 or args.grace_period <= 0:
         raise ClusterConfigError("--rdzv-timeout and --grace-period must be > 0 seconds")
     return LaunchPlan(
