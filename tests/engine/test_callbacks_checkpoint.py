@@ -200,7 +200,12 @@ class Boom(TinyModel):
 
 def test_on_exception_checkpoint(tmp_path):
     cb = OnExceptionCheckpoint(dirpath=tmp_path / "exc")
-    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[cb])
+    # A Checkpoint callback, as in Lightning: it needs checkpointing on, and takes the default
+    # ModelCheckpoint's place.
+    with pytest.raises(ValueError, match=r"enable_checkpointing=False.*\(OnExceptionCheckpoint\)"):
+        quiet_trainer(tmp_path, callbacks=[cb])
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[cb], enable_checkpointing=True)
+    assert trainer.checkpoint_callbacks == [cb]
     with pytest.raises(RuntimeError, match="boom at step 5"):
         trainer.fit(Boom(), loader(n=32, batch_size=8))
     ckpt = ckpt_io.load(cb.ckpt_path)

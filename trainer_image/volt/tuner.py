@@ -232,7 +232,7 @@ _TRIAL_ATTRS = (
     "callbacks", "loggers", "max_steps", "max_epochs", "min_steps", "min_epochs", "limit_val_batches",
     "num_sanity_val_steps", "progress", "should_stop", "_logger_connector", "optimizers", "lr_scheduler_configs",
     "datamodule", "lightning_module_ref", "_loader_args", "_hook_cache", "_module_hooks", "val_check_interval",
-    "check_val_every_n_epoch",
+    "check_val_every_n_epoch", "_trial_run",
 )
 
 
@@ -257,7 +257,8 @@ class Tuner:
             trainer._logger_connector = LoggerConnector(trainer)
             trainer.loggers = []
             trainer.should_stop = False
-            for name, value in {"min_steps": None, "min_epochs": None, "num_sanity_val_steps": 0, **overrides}.items():
+            trial = {"min_steps": None, "min_epochs": None, "num_sanity_val_steps": 0, "_trial_run": True}
+            for name, value in {**trial, **overrides}.items():
                 if name in vars(trainer):
                     setattr(trainer, name, value)
             yield

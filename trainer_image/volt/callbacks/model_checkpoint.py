@@ -29,6 +29,7 @@ import torch
 
 from volt import checkpoint as ckpt_io
 from volt.callbacks.base import Callback, ignores_outputs
+from volt.callbacks.checkpoint_base import Checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -55,7 +56,7 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     """Save the model periodically (Lightning's ``ModelCheckpoint`` arguments and attributes).
 
     Args:

@@ -186,11 +186,14 @@ class ModelSummary(Callback):
     ``-1`` (``"full"``) lists every module.
     """
 
-    def __init__(self, max_depth: int = 1) -> None:
+    def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
         super().__init__()
         if not isinstance(max_depth, int) or isinstance(max_depth, bool) or max_depth < -1:
             raise ValueError(f"ModelSummary(max_depth={max_depth!r}) must be an int >= -1")
         self._max_depth = max_depth
+        # Lightning hands these to a subclass's summarize() (the rich table's styles); volt's
+        # one table has no options, so they are kept for subclasses and otherwise unused.
+        self._summarize_kwargs: Dict[str, Any] = summarize_kwargs
         self.summary: Summary | None = None
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

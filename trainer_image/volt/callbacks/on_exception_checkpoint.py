@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Union
 
 from volt import checkpoint as ckpt_io
-from volt.callbacks.base import Callback
+from volt.callbacks.checkpoint_base import Checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-class OnExceptionCheckpoint(Callback):
+class OnExceptionCheckpoint(Checkpoint):
     """Save ``<dirpath>/<filename>.ckpt`` from ``on_exception`` (a crash, a KeyboardInterrupt).
 
     The file is written without the barrier that ``trainer.save_checkpoint``

@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 
 from volt.module import LightningModule
 from volt.trainer import checkpoint_connector
@@ -218,6 +219,20 @@ def _batches(trainer: "Trainer", stage: str, loader: Any, limit: float) -> Any:
     return iterate(loader, limit)
 
 
+def _grad_context(trainer: "Trainer", in_fit: bool) -> Any:
+    """no_grad or inference_mode for an evaluation or prediction loop, as Lightning picks them.
+
+    Validation inside fit() runs under no_grad: what a callback creates there (a pruning
+    mask, a buffer) is used by the next training step, and an inference tensor cannot be
+    saved for backward. With gloo, collectives on inference tensors misbehave: no_grad too.
+    """
+    if in_fit or not trainer.inference_mode:
+        return torch.no_grad
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        return torch.no_grad
+    return torch.inference_mode
+
+
 def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_batches: List[float],
                      in_fit: bool) -> List[Dict[str, float]]:
     step_name = _STEP[stage]
@@ -236,8 +251,7 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
     trainer._call_hook(f"on_{hook_stage}_start")
     trainer._call_hook("on_epoch_start")
     trainer._call_hook(f"on_{hook_stage}_epoch_start")
-    grad_ctx = torch.inference_mode if trainer.inference_mode else torch.no_grad
-    with grad_ctx():
+    with _grad_context(trainer, in_fit)():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num_batches)):
             if limit == 0:
                 continue
@@ -377,8 +391,7 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
     trainer._call_module("on_predict_model_eval", always=True)
     trainer._call_hook("on_predict_start")
     trainer._call_hook("on_predict_epoch_start")
-    grad_ctx = torch.inference_mode if trainer.inference_mode else torch.no_grad
-    with grad_ctx():
+    with _grad_context(trainer, in_fit=False)():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num)):
             extra = (dl_idx,) if multi else ()
             recorder = recorded[dl_idx]

@@ -8,8 +8,8 @@
       [ckpt_path: module.on_load_checkpoint, weights, callback states]
       strategy.setup(model)             move to device, wrap (DDP)
       configure_optimizers()
-      [ckpt_path: optimizers, schedulers, loss scaler, Progress]
       on_fit_start
+      [ckpt_path: optimizers, schedulers, loss scaler, Progress]
       on_sanity_check_start             num_sanity_val_steps batches of the validation loop
         <validation loop>
       on_sanity_check_end
@@ -88,14 +88,16 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     checkpoint = setup_stage(trainer, "fit", ckpt_path)
     trainer._train_loader_loaded = False  # estimated_stepping_batches may load it early
     _setup_optimizers(trainer, module)
+    trainer._call_hook("on_fit_start")
+    _log_hyperparams(trainer)
     if checkpoint is not None:
+        # After on_fit_start, as Lightning: a callback may reshape the optimizers there
+        # (BaseFinetuning re-adds its param groups) before their saved states load.
         checkpoint_connector.restore_training_state(trainer, checkpoint)
         _finish_saved_epoch(trainer, checkpoint)
         if trainer.is_global_zero:  # resume: one stable line for operators and e2e checks, logging or not
             print(f"volt: resumed from checkpoint {trainer.ckpt_path} at epoch {trainer.current_epoch}, "
                   f"global step {trainer.global_step}", file=sys.stderr, flush=True)
-    trainer._call_hook("on_fit_start")
-    _log_hyperparams(trainer)
 
     trainer.val_dataloaders = trainer._request_loaders("val") if _has_validation(trainer) else []
     trainer.num_val_batches = trainer._limited("val", trainer.val_dataloaders)

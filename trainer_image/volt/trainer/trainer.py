@@ -292,6 +292,7 @@ class Trainer:
         if self.auto_scale_batch_size not in (False, True, "power", "binsearch"):
             raise ValueError("Trainer(auto_scale_batch_size=...) must be False, True, 'power' or 'binsearch'")
         self.resume_from_checkpoint = a["resume_from_checkpoint"]
+        self._trial_run = False  # the tuner's trial fits: they start fresh, whatever the resume settings
         self._setup_determinism(a["deterministic"], a["benchmark"])
         self.profiler: Profiler = profiler_from_argument(a["profiler"])
         self._profiling = False  # True during a run with a profiler (volt.trainer.profiling)
@@ -487,11 +488,12 @@ class Trainer:
         from volt import callbacks as C
 
         out = list(user)
-        ckpt_type = getattr(C, "ModelCheckpoint", None)
-        if self.enable_checkpointing and ckpt_type is not None and not any(isinstance(c, ckpt_type) for c in out):
-            out.append(ckpt_type())
-        elif not self.enable_checkpointing and ckpt_type is not None and any(isinstance(c, ckpt_type) for c in user):
-            raise ValueError("Trainer(enable_checkpointing=False) but a ModelCheckpoint was passed in callbacks")
+        checkpointing = [c for c in user if isinstance(c, C.Checkpoint)]  # ModelCheckpoint and the like
+        if self.enable_checkpointing and not checkpointing:
+            out.append(C.ModelCheckpoint())
+        elif not self.enable_checkpointing and checkpointing:
+            raise ValueError(f"Trainer(enable_checkpointing=False) but callbacks holds a checkpoint callback "
+                             f"({type(checkpointing[0]).__name__})")
         bar_type = getattr(C, "ProgressBar", None)
         if bar_type is not None and not any(isinstance(c, bar_type) for c in out):
             if self.enable_progress_bar and sys.stdout.isatty():
@@ -627,10 +629,9 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> List[Callback]:
-        from volt import callbacks as C
+        from volt.callbacks.checkpoint_base import Checkpoint
 
-        ckpt_type = getattr(C, "ModelCheckpoint", None)
-        return [c for c in self.callbacks if ckpt_type is not None and isinstance(c, ckpt_type)]
+        return [c for c in self.callbacks if isinstance(c, Checkpoint)]
 
     @property
     def checkpoint_callback(self) -> Optional[Callback]:
@@ -768,6 +769,13 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_model(model, "fit")
         self._check_sources(train_dataloaders, val_dataloaders, datamodule, "fit")
+        if not self._trial_run:
+            ckpt_path = self._resume_path(ckpt_path)
+        self.state.fn = TrainerFn.FITTING
+        self._run(fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
+
+    def _resume_path(self, ckpt_path: Optional[str]) -> Optional[str]:
+        """fit()'s checkpoint: the argument, else the 1.x resume_from_checkpoint, then VOLT_RESUME's say."""
         if ckpt_path is None and self.resume_from_checkpoint is not None:
             ckpt_path = os.fspath(self.resume_from_checkpoint)
         try:
@@ -775,10 +783,8 @@ class Trainer:
         except ModuleNotFoundError as err:
             if err.name != "volt.overrides":
                 raise
-        else:
-            ckpt_path = resume_ckpt_path(ckpt_path)
-        self.state.fn = TrainerFn.FITTING
-        self._run(fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
+            return ckpt_path
+        return resume_ckpt_path(ckpt_path)
 
     def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
                  verbose: bool = True, datamodule: Optional[LightningDataModule] = None,
@@ -1116,10 +1122,13 @@ class Trainer:
 
 
 def _checkpoints_last(callbacks: List[Callback]) -> List[Callback]:
-    """Checkpoint callbacks run after the others, so they see every metric of the step/epoch."""
-    from volt import callbacks as C
+    """Lightning's order: the tuner's callbacks first (they change what the others see), then the
+    rest, then checkpoint callbacks, so that they see every metric of the step/epoch."""
+    from volt.callbacks.checkpoint_base import Checkpoint
+    from volt.callbacks.finders import BatchSizeFinder, LearningRateFinder
 
-    ckpt_type = getattr(C, "ModelCheckpoint", None)
-    if ckpt_type is None:
-        return callbacks
-    return [c for c in callbacks if not isinstance(c, ckpt_type)] + [c for c in callbacks if isinstance(c, ckpt_type)]
+    tuners = [c for c in callbacks if isinstance(c, (BatchSizeFinder, LearningRateFinder))]
+    checkpoints = [c for c in callbacks if isinstance(c, Checkpoint) and not isinstance(c, (BatchSizeFinder,
+                                                                                            LearningRateFinder))]
+    placed = {id(c) for c in tuners + checkpoints}
+    return tuners + [c for c in callbacks if id(c) not in placed] + checkpoints
