@@ -111,7 +111,7 @@ _RAISE_SCRIPT = textwrap.dedent(
             return super().training_step(batch, batch_idx)
 
     trainer = volt.Trainer(
-        max_epochs=50, accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
+        max_epochs=50, accelerator="cpu", devices=2, strategy="ddp", logger=False,
         callbacks=[OnExceptionCheckpoint(sys.argv[1])], enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=sys.argv[1],
     )
