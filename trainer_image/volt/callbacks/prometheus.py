@@ -246,6 +246,11 @@ class PrometheusCallback(Callback):
             write_termination_message(self.progress())
         self.stop()
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # teardown does not run after an exception; the SIGTERM checkpoint's exit is one
+        self._unwrap_save_checkpoint(trainer)
+        self.stop()
+
     def stop(self) -> None:
         """Stop serving (idempotent)."""
         server, thread = self._server, self._thread

@@ -932,10 +932,13 @@ class Trainer:
             self._on_exception(err)
             self._finalize_loggers("interrupted")
             raise
-        except Exception as err:
+        except (Exception, SystemExit) as err:
+            # SystemExit too, as Lightning (it handles every BaseException): the SIGTERM checkpoint
+            # exits through it, and callbacks must stop what they run (a metrics server thread
+            # answering scrapes while the interpreter shuts down can abort the process).
             self.state.status = "interrupted"
             self._on_exception(err)
-            self._finalize_loggers("failed")
+            self._finalize_loggers("failed" if isinstance(err, Exception) else "interrupted")
             raise
         finally:
             self.state.stage = None
