@@ -33,14 +33,18 @@ setup: $(VENV)/.ok
 	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
 
 # Test-only reference packages volt never imports: Lightning for the differential
-# tests (tests/engine/test_lightning_differential.py) and onnx to check what
-# LightningModule.to_onnx() writes (tests/engine/test_export.py). A separate venv
+# tests (tests/engine/test_lightning_differential.py), onnx to check what
+# LightningModule.to_onnx() writes (tests/engine/test_export.py), and the loggers' clients. A separate venv
 # whose .pth file puts the main venv's site-packages on its path: torch and numpy
 # are the main venv's (no second torch download, same versions), pip sees them as
 # installed and adds only the rest. Keyed by the main venv too, since it points into it.
 LIGHTNING_VERSION ?= 2.6.6
 ONNX_VERSION ?= 1.23.2
-LIGHTNING_VENV ?= $(VOLT_CACHE)/venv-lightning-$(LIGHTNING_VERSION)-onnx-$(ONNX_VERSION)-$(DEPS_KEY)
+# The client libraries of the MLflow, W&B and Comet loggers (tests/engine/test_loggers_external.py runs
+# them offline, next to Lightning's own loggers); volt does not depend on them.
+LOGGER_CLIENTS := 'wandb==0.31.0' 'mlflow-skinny==3.17.2' 'comet_ml==3.58.8'
+LOGGERS_KEY := $(shell echo "$(LOGGER_CLIENTS)" | sha256sum | cut -c1-8)
+LIGHTNING_VENV ?= $(VOLT_CACHE)/venv-lightning-$(LIGHTNING_VERSION)-onnx-$(ONNX_VERSION)-loggers-$(LOGGERS_KEY)-$(DEPS_KEY)
 export VOLT_LIGHTNING_PYTHON := $(LIGHTNING_VENV)/bin/python
 
 $(LIGHTNING_VENV)/.ok: | $(VENV)/.ok
@@ -48,8 +52,8 @@ $(LIGHTNING_VENV)/.ok: | $(VENV)/.ok
 	python3 -m venv $(LIGHTNING_VENV)
 	purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'; \
 	  $(PY) -c "$$purelib" > "$$($(LIGHTNING_VENV)/bin/python -c "$$purelib")/volt-main-venv.pth"
-	$(LIGHTNING_VENV)/bin/python -m pip install -q 'lightning==$(LIGHTNING_VERSION)' 'onnx==$(ONNX_VERSION)'
-	$(LIGHTNING_VENV)/bin/python -c 'import lightning.pytorch, onnx, torch; assert torch.__file__.startswith("$(VENV)/"), torch.__file__'
+	$(LIGHTNING_VENV)/bin/python -m pip install -q 'lightning==$(LIGHTNING_VERSION)' 'onnx==$(ONNX_VERSION)' $(LOGGER_CLIENTS)
+	$(LIGHTNING_VENV)/bin/python -c 'import lightning.pytorch, onnx, wandb, mlflow, comet_ml, torch; assert torch.__file__.startswith("$(VENV)/"), torch.__file__'
 	touch $@
 
 lightning-env: $(LIGHTNING_VENV)/.ok

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Optional

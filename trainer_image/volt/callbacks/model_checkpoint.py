@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import torch
 
 from volt import checkpoint as ckpt_io
-from volt.callbacks.base import Callback, ignores_outputs
+from volt.callbacks.base import ignores_outputs
 from volt.callbacks.checkpoint_base import Checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover

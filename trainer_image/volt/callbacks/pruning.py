@@ -14,7 +14,6 @@ from copy import deepcopy
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.utils.prune as torch_prune
 from torch import Tensor, nn
 

@@ -1,7 +1,10 @@
 """Experiment loggers: ``from volt.loggers import CSVLogger, TensorBoardLogger``."""
 from volt.loggers.base import DummyExperiment, DummyLogger, Logger, rank_zero_experiment, rank_zero_only
+from volt.loggers.comet import CometLogger, comet_available
 from volt.loggers.csv_logs import CSVLogger
+from volt.loggers.mlflow import MLFlowLogger, mlflow_available
 from volt.loggers.tensorboard import TensorBoardLogger, tensorboard_available
+from volt.loggers.wandb import WandbLogger, wandb_available
 
 #: The 1.x name of the Logger base class (the seed's era), for scripts that subclass it.
 LightningLoggerBase = Logger
@@ -16,4 +19,10 @@ __all__ = [
     "TensorBoardLogger",
     "rank_zero_only",
     "tensorboard_available",
+    "CometLogger",
+    "MLFlowLogger",
+    "WandbLogger",
+    "comet_available",
+    "mlflow_available",
+    "wandb_available",
 ]
