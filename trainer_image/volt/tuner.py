@@ -236,6 +236,22 @@ _TRIAL_ATTRS = (
 )
 
 
+LR_SWEEP_MODES = ("linear", "exponential")  # Lightning's LearningRateFinder.SUPPORTED_MODES order
+
+
+def check_sweep(owner: str, min_lr: float, max_lr: float, num_training: Any, mode: str,
+                early_stop_threshold: Optional[float], steps_name: str = "num_training") -> None:
+    """The learning-rate sweep's settings (``Tuner.lr_find``, ``LearningRateFinder``); errors name ``owner``'s argument."""
+    if mode not in LR_SWEEP_MODES:
+        raise ValueError(f"{owner}(mode={mode!r}) must be one of {LR_SWEEP_MODES}")
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 2:
+        raise ValueError(f"{owner}({steps_name}={num_training!r}) must be an int >= 2")
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"{owner} needs 0 < min_lr < max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    if early_stop_threshold is not None and not early_stop_threshold > 0:
+        raise ValueError(f"{owner}(early_stop_threshold={early_stop_threshold!r}) must be > 0 or None")
+
+
 class Tuner:
     """Hyper-parameter tuning on a Trainer: ``Tuner(trainer).lr_find(model)``, ``.scale_batch_size(model)``."""
 
@@ -307,14 +323,7 @@ class Tuner:
         """
         if method != "fit":
             raise ValueError(f"lr_find(method={method!r}): only 'fit' is supported")
-        if mode not in ("exponential", "linear"):
-            raise ValueError(f"lr_find(mode={mode!r}) must be 'exponential' or 'linear'")
-        if not (isinstance(num_training, int) and num_training >= 2):
-            raise ValueError(f"lr_find(num_training={num_training!r}) must be an int >= 2")
-        if not (0 < min_lr < max_lr):
-            raise ValueError(f"lr_find needs 0 < min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-        if early_stop_threshold is not None and early_stop_threshold <= 0:
-            raise ValueError(f"lr_find(early_stop_threshold={early_stop_threshold!r}) must be > 0 or None")
+        check_sweep("lr_find", min_lr, max_lr, num_training, mode, early_stop_threshold)
         if train_dataloaders is None:
             train_dataloaders = dataloaders
         attr = self._lr_attr(model, attr_name, datamodule) if update_attr else ""

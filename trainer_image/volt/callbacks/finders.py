@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from volt.callbacks.base import Callback
 from volt.profilers import PassThroughProfiler
 from volt.resume import capture_rng_state, restore_rng_state
-from volt.tuner import LRFinder, Tuner, lightning_hasattr, lightning_setattr
+from volt.tuner import LR_SWEEP_MODES, LRFinder, Tuner, check_sweep, lightning_hasattr, lightning_setattr
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -83,7 +83,7 @@ class LearningRateFinder(Callback):
     Subclasses may call ``lr_find(trainer, pl_module)`` from another hook (e.g. at chosen epochs).
     """
 
-    SUPPORTED_MODES = ("linear", "exponential")
+    SUPPORTED_MODES = LR_SWEEP_MODES
 
     def __init__(
         self,
@@ -97,13 +97,8 @@ class LearningRateFinder(Callback):
     ) -> None:
         super().__init__()
         mode = mode.lower() if isinstance(mode, str) else mode
-        if mode not in self.SUPPORTED_MODES:
-            raise ValueError(f"LearningRateFinder(mode={mode!r}) must be one of {self.SUPPORTED_MODES}")
-        _positive_int("LearningRateFinder", "num_training_steps", num_training_steps, minimum=2)
-        if not 0 < min_lr < max_lr:
-            raise ValueError(f"LearningRateFinder needs 0 < min_lr < max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
-        if early_stop_threshold is not None and not early_stop_threshold > 0:
-            raise ValueError(f"LearningRateFinder(early_stop_threshold={early_stop_threshold!r}) must be > 0 or None")
+        check_sweep("LearningRateFinder", min_lr, max_lr, num_training_steps, mode, early_stop_threshold,
+                    steps_name="num_training_steps")
         if not isinstance(update_attr, bool):
             raise TypeError(f"LearningRateFinder(update_attr={update_attr!r}) must be a bool")
         if not isinstance(attr_name, str):
