@@ -239,7 +239,7 @@ def _resolve(host: str, port: int) -> List[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def store_owner(store: Any, wait_s: float) -> Optional[str]:
+def _store_owner(store: Any, wait_s: float) -> Optional[str]:
     """The run id node 0 signed ``store`` with, waiting up to ``wait_s`` for it; None if unsigned."""
     deadline = time.monotonic() + wait_s
     while not store.check([_OWNER_KEY]):
@@ -274,7 +274,7 @@ def _join_store(plan: LaunchPlan) -> "tuple[Any, str]":
             try:
                 store = TCPStore(address, node.master_port, None, False,
                                  timedelta(seconds=min(left, _CONNECT_ATTEMPT_S)), wait_for_workers=False)
-                owner = store_owner(store, min(left, _OWNER_WAIT_S))
+                owner = _store_owner(store, min(left, _OWNER_WAIT_S))
             except Exception as err:  # not listening yet, or it went away while we asked
                 last_error = err
                 continue

@@ -216,8 +216,8 @@ class PreemptionCallback(Callback):
             self._pending = None
             if self._buffer[0] > 0:  # CPU tensor: no device sync
                 # Every rank read the same result: none starts another exchange, so no
-                # collective is left in flight when the ranks exit (gloo aborts the
-                # process, SIGABRT instead of CHECKPOINTED, if one is).
+                # collective is left in flight when the ranks exit (one that is may
+                # abort the process at shutdown: SIGABRT instead of CHECKPOINTED).
                 return True
         group = getattr(trainer.strategy, "control_group", None)
         self._buffer = torch.tensor([1 if self.flag.is_set else 0], dtype=torch.int32)
