@@ -6,18 +6,7 @@ import inspect
 from argparse import Namespace
 from typing import Any, Dict, MutableMapping, Optional, Sequence, Union
 
-
-class AttributeDict(dict):
-    """A dict whose keys are also attributes (``hparams.lr``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"no hyperparameter named {key!r}") from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
+from volt.utilities.parsing import AttributeDict
 
 
 def _init_args_from_frame(frame: Any) -> Dict[str, Any]:

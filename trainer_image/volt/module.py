@@ -15,14 +15,13 @@ from torch import nn
 
 from volt.hparams import HyperparametersMixin
 from volt.utilities import apply_to_tensors, move_data_to_device
+from volt.utilities.types import STEP_OUTPUT
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.optimizers import LightningOptimizer
     from volt.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-STEP_OUTPUT = Union[torch.Tensor, Mapping[str, Any], None]
 
 
 class LightningModule(HyperparametersMixin, nn.Module):

@@ -1,46 +1,16 @@
-"""The Logger base class and the rank-zero-only guard every logger uses.
-
-Only global rank 0 writes logs. ``rank_zero_only.rank`` starts from the
-launcher's environment (torchrun's ``RANK``, or ``LOCAL_RANK``/``NODE_RANK``)
-and the Trainer sets it to the strategy's global rank once ranks are known.
-"""
+"""The Logger base class. Only global rank 0 writes logs, through ``rank_zero_only``
+(``volt.utilities.rank_zero``; re-exported here, where volt had it before)."""
 from __future__ import annotations
 
 import argparse
 import functools
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Mapping, MutableMapping, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Mapping, MutableMapping, Optional, Union
 
 import torch
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _rank_from_env() -> int:
-    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    # Processes started per node without a global RANK (e.g. our own spawn).
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return node * per_node + local
-
-
-def rank_zero_only(fn: F) -> F:
-    """Run ``fn`` only on global rank 0; other ranks get None."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if rank_zero_only.rank == 0:
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapped  # type: ignore[return-value]
-
-
-rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+from volt.utilities.rank_zero import rank_zero_only
 
 
 class DummyExperiment:

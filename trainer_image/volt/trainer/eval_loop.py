@@ -26,6 +26,7 @@ from volt.trainer import checkpoint_connector
 from volt.trainer.data import iterate
 from volt.trainer.profiling import ProfiledBatches
 from volt.utilities import move_data_to_device
+from volt.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -46,8 +47,6 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     trainer._logger_connector.eval_steps_seen = {}
     _add_configured_callbacks(trainer, module)
     trainer.strategy.setup_environment()
-    from volt.loggers.base import rank_zero_only
-
     rank_zero_only.rank = trainer.global_rank  # loggers write on global rank 0 only
     if trainer.world_size > 1:  # every rank runs this, so the broadcast is matched
         for logger in trainer.loggers:

@@ -1,11 +1,12 @@
 """configure_optimizers in every Lightning form, scheduler configs, LightningOptimizer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.optim import Optimizer
+
+from volt.utilities.types import LRSchedulerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -16,19 +17,6 @@ _FORMS = (
     "'frequency': n, 'monitor': 'metric'}}; a list/tuple of such dicts; or None"
 )
 _SCHED_KEYS = {"scheduler", "interval", "frequency", "monitor", "strict", "name", "reduce_on_plateau", "opt_idx"}
-
-
-@dataclass
-class LRSchedulerConfig:
-    """A scheduler and when to step it (Lightning's names)."""
-
-    scheduler: Any
-    name: Optional[str] = None
-    interval: str = "epoch"
-    frequency: int = 1
-    reduce_on_plateau: bool = False
-    monitor: Optional[str] = None
-    strict: bool = True
 
 
 def parse_optimizers(result: Any) -> Tuple[List[Optimizer], List[LRSchedulerConfig]]:

@@ -1,13 +1,10 @@
-"""Small helpers shared by the engine: walking nested batches, rank-zero printing."""
+"""Walking nested batches: apply a function to every tensor, move a batch to a device."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Tuple, Type, Union
 
 import torch
-from torch.utils.data import DataLoader
-
-from volt.loggers.base import rank_zero_only  # noqa: F401  (1.x: pytorch_lightning.utilities.rank_zero_only)
 
 
 def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -49,43 +46,38 @@ def move_data_to_device(batch: Any, device: torch.device) -> Any:
     return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
 
 
-def infer_batch_size(batch: Any) -> int:
-    """Size of the first dimension of the first tensor found in ``batch`` (1 if none)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.ndim > 0 else 1
-    if isinstance(batch, Mapping):
-        items: Sequence = list(batch.values())
-    elif isinstance(batch, (list, tuple)):
-        items = batch
-    else:
-        return 1
-    for item in items:
-        if isinstance(item, (torch.Tensor, Mapping, list, tuple)):
-            return infer_batch_size(item)
-    return 1
+def apply_to_collection(
+    data: Any,
+    dtype: Union[type, Tuple[type, ...]],
+    function: Callable[..., Any],
+    *args: Any,
+    wrong_dtype: Optional[Union[type, Tuple[type, ...]]] = None,
+    include_none: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """``function(x, *args, **kwargs)`` for every ``x`` of type ``dtype`` in a nested collection
+    (``lightning_utilities.apply_to_collection``'s contract: dicts, lists, tuples, namedtuples and
+    dataclasses keep their type; with ``include_none=False`` results that are None are dropped)."""
+    if isinstance(data, dtype) and (wrong_dtype is None or not isinstance(data, wrong_dtype)):
+        return function(data, *args, **kwargs)
 
+    def again(value: Any) -> Any:
+        return apply_to_collection(value, dtype, function, *args, wrong_dtype=wrong_dtype,
+                                   include_none=include_none, **kwargs)
 
-def is_overridden(name: str, obj: Any, base: type) -> bool:
-    """True when ``type(obj)`` defines ``name`` differently from ``base``."""
-    impl = getattr(type(obj), name, None)
-    return impl is not None and impl is not getattr(base, name, None)
-
-
-def loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
-    """The arguments that re-create ``loader`` (other than dataset and sampling), for a copy
-    with another sampler or batch sampler."""
-    kwargs: Dict[str, Any] = dict(
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    if getattr(loader, "pin_memory_device", ""):
-        kwargs["pin_memory_device"] = loader.pin_memory_device
-    return kwargs
+    if isinstance(data, Mapping):
+        pairs = [(k, again(v)) for k, v in data.items()]
+        out = {k: v for k, v in pairs if include_none or v is not None}
+        try:
+            return type(data)(out)
+        except TypeError:  # mappings that cannot be built from a dict
+            return out
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(again(v) for v in data))
+    if isinstance(data, (list, tuple, set)):
+        values = [again(v) for v in data]
+        return type(data)(v for v in values if include_none or v is not None)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {f.name: again(getattr(data, f.name)) for f in dataclasses.fields(data) if f.init}
+        return dataclasses.replace(data, **changes)
+    return data

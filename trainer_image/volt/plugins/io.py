@@ -1,19 +1,5 @@
-"""What ``Trainer(plugins=...)`` accepts: precision, checkpoint IO and cluster environment.
-
-Lightning 2.x takes plugin *instances* of four kinds; volt takes the three that
-mean something here (there is no LayerSync plugin: ``sync_batchnorm=True`` is the
-switch):
-
-* a :class:`Precision` instance (``volt.precision.Precision`` or a subclass), in
-  place of ``precision=``;
-* a :class:`CheckpointIO` instance: how checkpoint files are written, read and
-  deleted (``trainer.save_checkpoint``, ModelCheckpoint, ``fit(ckpt_path=...)``);
-* a :class:`ClusterEnvironment` (``volt.cluster``'s record of ranks and the master
-  address), in place of reading them from the launcher's environment variables.
-
-A 1.x DDP strategy name (``plugins="ddp_find_unused_parameters_true"``) selects
-that strategy, as 1.x did. ``volt.trainer.arguments.parse_plugins`` does the checks.
-"""
+"""Checkpoint IO plugins: how checkpoint files are written, read and deleted (Lightning's
+``plugins.io``)."""
 from __future__ import annotations
 
 import os
@@ -21,12 +7,10 @@ from abc import ABC, abstractmethod
 from typing import Any, Dict, Optional, Union
 
 from volt import checkpoint as _ckpt
-from volt.cluster import ClusterEnvironment
-from volt.precision import Precision
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["CheckpointIO", "ClusterEnvironment", "Precision", "TorchCheckpointIO"]
+__all__ = ["CheckpointIO", "TorchCheckpointIO"]
 
 
 class CheckpointIO(ABC):
