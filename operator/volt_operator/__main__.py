@@ -2,7 +2,8 @@
 
     python -m volt_operator [--namespace NS ... | --all-namespaces] [--standalone]
                             [--log-format json|text] [--health-port P | --liveness URL]
-                            [--metrics-port P]
+                            [--metrics-port P] [--progress-interval S]
+                            [--stuck-pod-margin S]
 """
 from __future__ import annotations
 
@@ -44,12 +45,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=float(os.environ.get("VOLT_OPERATOR_PROGRESS_SECONDS", "5")),
         help="poll rank 0's /progress at most once per S seconds per job",
     )
+    parser.add_argument(
+        "--stuck-pod-margin", type=float, metavar="S",
+        default=float(os.environ.get("VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS", "30")),
+        help="force-delete a job's pod still terminating S seconds after its grace period "
+        "ended (its node does not report back); env VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS",
+    )
     args = parser.parse_args(argv)
     for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
         if port is not None and not -1 <= port <= 65535:
             parser.error(f"{flag} must be a TCP port, got {port}")
     if args.progress_interval <= 0:
         parser.error(f"--progress-interval must be > 0, got {args.progress_interval}")
+    if args.stuck_pod_margin < 0:
+        parser.error(f"--stuck-pod-margin must be >= 0, got {args.stuck_pod_margin}")
     return args
 
 
@@ -77,6 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     memo = kopf.Memo()
     memo.options = handlers.Options(
         progress_seconds=args.progress_interval,
+        stuck_pod_margin=args.stuck_pod_margin,
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         kube_configuration=configuration,
         namespaces=list(args.namespace),

@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from kubernetes.utils.quantity import parse_quantity as _parse_quantity
 from pydantic.alias_generators import to_camel
 
 GROUP = "volt.dev"
@@ -86,6 +87,12 @@ PRECISIONS: List[Union[int, str]] = [
 ]
 # Same pattern as the CEL rule in _DEVICES_SCHEMA.
 _DEVICE_TEXT = re.compile(r"^(auto|[0-9]+( *, *[0-9]+)* *,?)$")
+# Processes (devices) per node: each gets a metrics port and, on GPUs, a device;
+# the largest machines have 8-16 accelerators or a few hundred cores.
+MAX_PROCESSES_PER_NODE = 128
+MAX_NODES = 4096
+# Kubernetes' classic environment variable name (C identifier plus - and .).
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 
 def _batches(value: Union[int, float, None], field: str) -> Union[int, float, None]:
@@ -126,30 +133,93 @@ def _device_count(value: Union[int, str, None], field: str) -> Optional[int]:
             )
         if value < 0:
             raise ValueError(f"{field} must be >= 0, got {value}")
-        return value
-    if not _DEVICE_TEXT.match(value):
+        count = value
+    elif not _DEVICE_TEXT.match(value):
         raise ValueError(
             f"{field}: {value!r} is not a device count, \"auto\" or indices like \"0,1\""
         )
-    if value == "auto":
+    elif value == "auto":
         return None
-    if "," not in value:
-        return int(value)
-    return len([part for part in value.split(",") if part.strip()])
+    elif "," not in value:
+        count = int(value)
+    else:
+        count = len([part for part in value.split(",") if part.strip()])
+    if count > MAX_PROCESSES_PER_NODE:
+        raise ValueError(f"{field} must be at most {MAX_PROCESSES_PER_NODE} per node, got {count}")
+    return count
 
 
 # A list of device indices is written as a string ("0,1"), as Lightning 1.x
 # also accepted: the API server's CEL cannot see fields of mixed JSON types.
 _DEVICES_SCHEMA = {
     **INT_OR_STRING,
+    "maxLength": 512,
     "x-kubernetes-validations": [
         cel(
             "type(self) == int ? int(self) >= 0 : "
             "string(self).matches('^(auto|[0-9]+( *, *[0-9]+)* *,?)$')",
             "must be a device count >= 0, \"auto\" or a list of indices like \"0,1\"",
-        )
+        ),
+        cel(
+            f"type(self) == int ? int(self) <= {MAX_PROCESSES_PER_NODE} : "
+            "string(self) == 'auto' || string(self).contains(',') "
+            f"|| !string(self).matches('^[0-9]+$') || int(string(self)) <= {MAX_PROCESSES_PER_NODE}",
+            f"must be at most {MAX_PROCESSES_PER_NODE} devices per node",
+        ),
     ],
 }
+
+
+# -- CEL expressions of what the operator derives (TrainingJobSpec.processes_per_node
+# and friends), so that the API server checks the same numbers. `t` is the
+# trainer object, `s` the spec.
+
+
+def _cel_device_count(value: str) -> str:
+    """Devices a gpus/devices value names (0 for "auto"), as _device_count."""
+    return (
+        f"(type({value}) == int ? int({value}) : string({value}) == 'auto' ? 0 : "
+        f"!string({value}).contains(',') ? int(string({value})) : "
+        f"string({value}).split(',').filter(p, p.trim() != '').size())"
+    )
+
+
+def _cel_gpus_asked(t: str) -> str:
+    """trainer.gpus set to something other than 0 ("auto" counts)."""
+    return (
+        f"(has({t}.gpus) && (type({t}.gpus) == int ? int({t}.gpus) != 0 : "
+        f"string({t}.gpus) == 'auto' || {_cel_device_count(t + '.gpus')} != 0))"
+    )
+
+
+def _cel_gpu_limit(s: str) -> str:
+    """The nvidia.com/gpu amount of spec.resources (limits first), 0 when unset."""
+    return (
+        f"(has({s}.resources.limits) && 'nvidia.com/gpu' in {s}.resources.limits "
+        f"? int({s}.resources.limits['nvidia.com/gpu']) : "
+        f"has({s}.resources.requests) && 'nvidia.com/gpu' in {s}.resources.requests "
+        f"? int({s}.resources.requests['nvidia.com/gpu']) : 0)"
+    )
+
+
+def _cel_uses_gpu(s: str) -> str:
+    t = f"{s}.trainer"
+    return (
+        f"({_cel_gpus_asked(t)} || (has({t}.accelerator) && ({t}.accelerator in "
+        f"['gpu', 'cuda', 'dp', 'ddp2'] || ({t}.accelerator == 'ddp' && has({t}.gpus)))) "
+        f"|| ((!has({t}.accelerator) || {t}.accelerator == 'auto') && {_cel_gpu_limit(s)} > 0))"
+    )
+
+
+def _cel_processes_per_node(s: str) -> str:
+    t = f"{s}.trainer"
+    gpus, devices = _cel_device_count(t + ".gpus"), _cel_device_count(t + ".devices")
+    return (
+        f"((has({t}.gpus) && {gpus} > 0) ? {gpus} : "
+        f"(has({t}.devices) && {devices} > 0) ? {devices} : "
+        f"has({t}.numProcesses) ? {t}.numProcesses : "
+        f"({_cel_uses_gpu(s)} && {_cel_gpu_limit(s)} > 0) ? {_cel_gpu_limit(s)} : 1)"
+    )
 
 
 class TrainerExtra(BaseModel):
@@ -251,11 +321,20 @@ class TrainerSettings(_Model):
                     "trainer.strategy dp, ddp_spawn and single_device run on one node only",
                     ".strategy",
                 ),
+                cel(
+                    f"!({_cel_gpus_asked('self')} && has(self.accelerator) "
+                    "&& self.accelerator in ['cpu', 'ddp_cpu'])",
+                    "trainer.gpus asks for GPUs but trainer.accelerator runs on CPU: "
+                    "set one of them",
+                    ".gpus",
+                ),
             ]
         }
     )
 
-    num_nodes: int = Field(1, ge=1, le=4096, description="Number of nodes (pods) in the gang.")
+    num_nodes: int = Field(
+        1, ge=1, le=MAX_NODES, description="Number of nodes (pods) in the gang."
+    )
     gpus: Optional[Union[int, str]] = Field(
         None,
         description="1.x: GPUs per node as a count or device indices (\"0,1\"). "
@@ -274,7 +353,8 @@ class TrainerSettings(_Model):
     )
     strategy: Optional[Strategy] = Field(None, description="Distributed strategy.")
     num_processes: Optional[int] = Field(
-        None, ge=1, le=1024, description="1.x: CPU processes per node (with ddp_cpu)."
+        None, ge=1, le=MAX_PROCESSES_PER_NODE,
+        description="1.x: CPU processes per node (with ddp_cpu).",
     )
     precision: Optional[Union[int, str]] = Field(
         None,
@@ -287,8 +367,8 @@ class TrainerSettings(_Model):
     min_steps: Optional[int] = Field(None, ge=0)
     max_time: Optional[str] = Field(
         None,
-        pattern=r"^\d{1,3}:\d{2}:\d{2}:\d{2}$",
-        description="Wall-clock limit DD:HH:MM:SS.",
+        pattern=r"^[0-9]{1,3}:([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$",
+        description="Wall-clock limit DD:HH:MM:SS (hours 00-23, minutes and seconds 00-59).",
         max_length=12,
     )
     accumulate_grad_batches: Optional[int] = Field(None, ge=1, le=65536)
@@ -358,6 +438,11 @@ class TrainerSettings(_Model):
             raise ValueError(
                 "trainer.strategy dp, ddp_spawn and single_device run on one node only"
             )
+        gpus_asked = self.gpus is not None and _device_count(self.gpus, "trainer.gpus") != 0
+        if gpus_asked and self.accelerator in ("cpu", "ddp_cpu"):
+            raise ValueError(
+                "trainer.gpus asks for GPUs but trainer.accelerator runs on CPU: set one of them"
+            )
         return self
 
     # -- what the operator derives from the settings ------------------------
@@ -422,16 +507,25 @@ RESERVED_ENV = (
     "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "NUM_NODES", "WORLD_SIZE",
     "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
     "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR",
-    "PET_MASTER_PORT", "VOLT_JOB_NAME", "VOLT_ATTEMPT", "VOLT_TRAINER",
-    "VOLT_CHECKPOINT_DIR", "VOLT_RESUME", "VOLT_METRICS_PORT",
-    "VOLT_CHECKPOINT_EVERY_N_STEPS", "VOLT_RENDEZVOUS_TIMEOUT", "VOLT_GRACE_PERIOD_S",
-    "VOLT_TERMINATION_MESSAGE_PATH",
+    "PET_MASTER_PORT", "VOLT_JOB_NAME", "VOLT_JOB_UID", "VOLT_ATTEMPT", "VOLT_TRAINER",
+    "VOLT_CHECKPOINT_DIR", "VOLT_RESUME", "VOLT_RESUME_ANY_JOB", "VOLT_METRICS_PORT",
+    "VOLT_CHECKPOINT_EVERY_N_STEPS", "VOLT_CHECKPOINT_KEEP_LAST", "VOLT_RENDEZVOUS_TIMEOUT",
+    "VOLT_GRACE_PERIOD_S", "VOLT_TERMINATION_MESSAGE_PATH",
 )
-_RESERVED_LIST = "[" + ", ".join(f"'{k}'" for k in RESERVED_ENV) + "]"
+# What the operator names in every pod; a TrainingJob's template may not reuse them.
+CHECKPOINT_VOLUME = "volt-checkpoints"
+RESERVED_LABELS = ("volt.dev/job", "volt.dev/node-rank", "volt.dev/attempt")
+RESERVED_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+
+
+def _cel_list(items: tuple) -> str:
+    return "[" + ", ".join(f"'{k}'" for k in items) + "]"
+
+
 _ENV_LIST_SCHEMA = {
     "x-kubernetes-validations": [
         cel(
-            f"self.all(e, !(e.name in {_RESERVED_LIST}))",
+            f"self.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
             "env may not set the variables the operator sets: " + ", ".join(RESERVED_ENV),
         )
     ]
@@ -446,26 +540,90 @@ def _check_env_names(env: List["EnvVar"], field: str) -> List["EnvVar"]:
             )
     return env
 
+
+# A ".." segment escapes the directory it is joined to.
+_DOTDOT_CEL = "matches('(^|/)[.][.](/|$)')"
+_DOTDOT = re.compile(r"(^|/)\.\.(/|$)")
+
+
 class EnvVar(_Model):
     """A container environment variable (Kubernetes EnvVar)."""
 
-    name: str = Field(min_length=1, max_length=253)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.value) && has(self.valueFrom))",
+                    "an env entry sets value or valueFrom, not both",
+                    ".valueFrom",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=ENV_NAME_PATTERN,
+        description="Letters, digits, '_', '-' and '.', not starting with a digit.",
+    )
     value: Optional[str] = Field(None, max_length=32768)
     value_from: Optional[Dict[str, Any]] = Field(
         None, description="Kubernetes EnvVarSource.", json_schema_extra=PRESERVE
     )
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "EnvVar":
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set value or valueFrom, not both")
+        return self
+
+
+def parse_quantity(value: Union[int, str]) -> Any:
+    """A Kubernetes quantity ("500m", "2Gi", 4) as a Decimal; ValueError if it is none."""
+    return _parse_quantity(value)
+
+
+_QUANTITY_MAP = {
+    "maxProperties": 32,
+    "additionalProperties": {**INT_OR_STRING, "maxLength": 64},
+    "x-kubernetes-validations": [
+        cel(
+            "self.all(k, isQuantity(string(self[k])))",
+            "values must be Kubernetes quantities such as 500m, 2Gi or 4",
+        ),
+        cel(
+            "!('nvidia.com/gpu' in self) || string(self['nvidia.com/gpu']).matches('^[0-9]+$')",
+            "nvidia.com/gpu must be a whole number",
+        ),
+    ],
+}
+
 
 class ResourceRequirements(_Model):
     """Per-node (per-pod) compute resources; the GPU request follows the trainer."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+                    "!(k in self.limits) || !isQuantity(string(self.requests[k])) "
+                    "|| !isQuantity(string(self.limits[k])) || "
+                    "quantity(string(self.requests[k])).compareTo("
+                    "quantity(string(self.limits[k]))) <= 0)",
+                    "spec.resources.requests may not exceed spec.resources.limits",
+                    ".requests",
+                ),
+            ]
+        }
+    )
+
     limits: Dict[str, Union[int, str]] = Field(
-        default_factory=dict,
-        json_schema_extra={"maxProperties": 32, "additionalProperties": INT_OR_STRING},
+        default_factory=dict, json_schema_extra=_QUANTITY_MAP
     )
     requests: Dict[str, Union[int, str]] = Field(
-        default_factory=dict,
-        json_schema_extra={"maxProperties": 32, "additionalProperties": INT_OR_STRING},
+        default_factory=dict, json_schema_extra=_QUANTITY_MAP
     )
 
     def gpu_limit(self) -> Optional[int]:
@@ -477,7 +635,15 @@ class ResourceRequirements(_Model):
 
     @field_validator("limits", "requests")
     @classmethod
-    def _check_gpu_quantity(cls, value: Dict[str, Union[int, str]], info: Any) -> Any:
+    def _check_quantities(cls, value: Dict[str, Union[int, str]], info: Any) -> Any:
+        for key, amount in value.items():
+            try:
+                parse_quantity(amount)
+            except ValueError:
+                raise ValueError(
+                    f"resources.{info.field_name}.{key}: {amount!r} is not a Kubernetes "
+                    "quantity such as 500m, 2Gi or 4"
+                ) from None
         gpu = value.get("nvidia.com/gpu")
         if gpu is not None and not str(gpu).isdigit():
             raise ValueError(
@@ -485,9 +651,31 @@ class ResourceRequirements(_Model):
             )
         return value
 
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> "ResourceRequirements":
+        for key, amount in self.requests.items():
+            if key in self.limits and parse_quantity(amount) > parse_quantity(self.limits[key]):
+                raise ValueError(
+                    f"spec.resources.requests may not exceed spec.resources.limits: "
+                    f"{key} {amount} > {self.limits[key]}"
+                )
+        return self
+
 
 class CheckpointSpec(_Model):
     """Where the engine writes checkpoints: a PersistentVolumeClaim every node mounts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.path.matches('^/+$') && !self.path." + _DOTDOT_CEL,
+                    "spec.checkpoint.path must be a directory below / without '..'",
+                    ".path",
+                )
+            ]
+        }
+    )
 
     claim_name: str = Field(
         min_length=1, max_length=253, description="PersistentVolumeClaim to mount."
@@ -501,13 +689,65 @@ class CheckpointSpec(_Model):
     every_n_steps: Optional[int] = Field(
         None, ge=1, description="Save every N optimizer steps (besides epoch ends)."
     )
+    keep_last: int = Field(
+        3, ge=1, le=1000,
+        description="Checkpoints kept in the job's directory (older ones are deleted).",
+    )
+    allow_foreign_checkpoints: bool = Field(
+        False,
+        description="Resume from checkpoints that another TrainingJob wrote in the same "
+        "directory (e.g. a deleted job of the same name). Off: the engine refuses them, so a "
+        "recreated job never continues a stranger's run.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.strip("/") or _DOTDOT.search(value):
+            raise ValueError(
+                f"spec.checkpoint.path must be a directory below / without '..', got {value!r}"
+            )
+        return value
 
 
 class ExitCodeMatch(_Model):
     """Match on the container exit code, as Kubernetes podFailurePolicy does."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.operator != 'In' || !(0 in self.values)",
+                    "onExitCodes: exit code 0 means success and cannot be matched with "
+                    "operator In",
+                    ".values",
+                )
+            ]
+        }
+    )
+
     operator: Literal["In", "NotIn"] = "In"
-    values: List[int] = Field(min_length=1, max_length=255)
+    values: List[int] = Field(
+        min_length=1,
+        max_length=255,
+        json_schema_extra={
+            "items": {"type": "integer", "minimum": 0, "maximum": 255},
+            "x-kubernetes-list-type": "set",
+        },
+    )
+
+    @model_validator(mode="after")
+    def _check_values(self) -> "ExitCodeMatch":
+        bad = [v for v in self.values if not 0 <= v <= 255]
+        if bad:
+            raise ValueError(f"onExitCodes.values must be exit codes 0-255, got {bad}")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("onExitCodes.values has a duplicate exit code")
+        if self.operator == "In" and 0 in self.values:
+            raise ValueError(
+                "onExitCodes: exit code 0 means success and cannot be matched with operator In"
+            )
+        return self
 
 
 class FailureRule(_Model):
@@ -528,9 +768,10 @@ class FailureRule(_Model):
     on_exit_codes: Optional[ExitCodeMatch] = None
     on_reasons: Optional[List[str]] = Field(
         None,
+        min_length=1,
         max_length=16,
         description="Pod/container reasons, e.g. OOMKilled, Evicted, Preempted, Error.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 128}},
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 128}},
     )
 
     @model_validator(mode="after")
@@ -542,14 +783,29 @@ class FailureRule(_Model):
         return self
 
 
+DEFAULT_STALL_TIMEOUT_SECONDS = 1800
+
+
 class FailurePolicy(_Model):
     """How the gang restarts after a pod fails."""
 
     max_restarts: int = Field(
         3, ge=0, le=1000, description="Gang restarts that spend the budget before Failed."
     )
+    max_free_restarts: int = Field(
+        20, ge=0, le=10000,
+        description="Restarts that do not spend maxRestarts (preemption, eviction, exit 75 "
+        "after a checkpoint on SIGTERM); past this many the job fails with "
+        "FreeRestartLimitExceeded, so a flapping node cannot loop forever.",
+    )
     backoff_seconds: int = Field(
         10, ge=0, le=3600, description="Base delay before a restart; doubles each time."
+    )
+    stall_timeout_seconds: int = Field(
+        DEFAULT_STALL_TIMEOUT_SECONDS, ge=0, le=7 * 86400,
+        description="Restart the gang (condition Stalled, spends the budget) when rank 0 has "
+        "made no optimizer step for this long while Running, or when the gang has not "
+        "become Ready this long after its pods were created. 0 turns it off.",
     )
     rules: List[FailureRule] = Field(default_factory=list, max_length=32)
 
@@ -562,22 +818,65 @@ class RendezvousSpec(_Model):
 
 
 class MetricsSpec(_Model):
-    port: int = Field(9090, ge=1, le=65535, description="Engine Prometheus/progress port.")
+    port: int = Field(
+        9090, ge=1, le=65535,
+        description="Engine Prometheus/progress port; local rank L serves on port + L.",
+    )
 
 
 class Toleration(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.tolerationSeconds) || (has(self.effect) "
+                    "&& self.effect == 'NoExecute')",
+                    "tolerationSeconds needs effect NoExecute",
+                    ".tolerationSeconds",
+                ),
+                cel(
+                    "!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+                    "|| self.value == ''",
+                    "a toleration with operator Exists has no value",
+                    ".value",
+                ),
+                cel(
+                    "(has(self.key) && self.key != '') || (has(self.operator) "
+                    "&& self.operator == 'Exists')",
+                    "a toleration without a key needs operator Exists",
+                    ".operator",
+                ),
+            ]
+        }
+    )
+
     key: Optional[str] = Field(None, max_length=317)
     operator: Optional[Literal["Exists", "Equal"]] = None
     value: Optional[str] = Field(None, max_length=253)
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
     toleration_seconds: Optional[int] = None
 
+    @model_validator(mode="after")
+    def _check(self) -> "Toleration":
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("template.tolerations: tolerationSeconds needs effect NoExecute")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("template.tolerations: a toleration with operator Exists has no value")
+        if not self.key and self.operator != "Exists":
+            raise ValueError(
+                "template.tolerations: a toleration without a key needs operator Exists"
+            )
+        return self
+
 
 class VolumeMount(_Model):
     name: str = Field(min_length=1, max_length=253)
-    mount_path: str = Field(min_length=1, max_length=1024)
+    mount_path: str = Field(min_length=1, max_length=1024, pattern=r"^/")
     read_only: Optional[bool] = None
     sub_path: Optional[str] = Field(None, max_length=1024)
+
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class Volume(_Model):
@@ -585,15 +884,70 @@ class Volume(_Model):
 
     model_config = ConfigDict(extra="allow", json_schema_extra=PRESERVE)
 
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=_DNS_LABEL,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self != '{CHECKPOINT_VOLUME}'",
+                    f"{CHECKPOINT_VOLUME} is the checkpoint volume's name; use another",
+                )
+            ]
+        },
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == CHECKPOINT_VOLUME:
+            raise ValueError(
+                f"template.volumes: {CHECKPOINT_VOLUME} is the checkpoint volume's name; "
+                "use another"
+            )
+        return value
 
 
 class PodTemplateOverlay(_Model):
     """Merged into every node pod; lists are appended, maps are merged."""
 
-    labels: Dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 64})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.volumeMounts) || self.volumeMounts.all(m, "
+                    "self.volumeMounts.exists_one(n, n.mountPath == m.mountPath))",
+                    "spec.template.volumeMounts: each mountPath may be used once",
+                    ".volumeMounts",
+                ),
+            ]
+        }
+    )
+
+    labels: Dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": 64,
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.all(k, !(k in {_cel_list(RESERVED_LABELS)}))",
+                    "the operator sets the labels " + ", ".join(RESERVED_LABELS),
+                )
+            ],
+        },
+    )
     annotations: Dict[str, str] = Field(
-        default_factory=dict, json_schema_extra={"maxProperties": 64}
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": 64,
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.all(k, !(k in {_cel_list(RESERVED_ANNOTATIONS)}))",
+                    "the operator sets the annotations " + ", ".join(RESERVED_ANNOTATIONS),
+                )
+            ],
+        },
     )
     node_selector: Dict[str, str] = Field(
         default_factory=dict, json_schema_extra={"maxProperties": 64}
@@ -613,7 +967,14 @@ class PodTemplateOverlay(_Model):
         max_length=16,
         json_schema_extra={"items": {"type": "string", "maxLength": 253}},
     )
-    volumes: List[Volume] = Field(default_factory=list, max_length=64)
+    volumes: List[Volume] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
     volume_mounts: List[VolumeMount] = Field(default_factory=list, max_length=64)
     env: List[EnvVar] = Field(
         default_factory=list, max_length=256, json_schema_extra=_ENV_LIST_SCHEMA
@@ -623,6 +984,32 @@ class PodTemplateOverlay(_Model):
     @classmethod
     def _check_env(cls, value: List[EnvVar]) -> List[EnvVar]:
         return _check_env_names(value, "spec.template.env")
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: Dict[str, str]) -> Dict[str, str]:
+        taken = sorted(set(value) & set(RESERVED_LABELS))
+        if taken:
+            raise ValueError(f"spec.template.labels: the operator sets {', '.join(taken)}")
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _check_annotations(cls, value: Dict[str, str]) -> Dict[str, str]:
+        taken = sorted(set(value) & set(RESERVED_ANNOTATIONS))
+        if taken:
+            raise ValueError(f"spec.template.annotations: the operator sets {', '.join(taken)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_volumes(self) -> "PodTemplateOverlay":
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.template.volumes: each volume name may be used once")
+        paths = [m.mount_path for m in self.volume_mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError("spec.template.volumeMounts: each mountPath may be used once")
+        return self
 
 
 # --------------------------------------------------------------------------
@@ -663,7 +1050,10 @@ class TrainingJobSpec(_Model):
         "Auto", description="Auto: continue from the latest checkpoint if any."
     )
     from_path: Optional[str] = Field(
-        None, max_length=4096, description="Checkpoint file to start from (resume: FromPath)."
+        None,
+        max_length=4096,
+        pattern=r"^/",
+        description="Absolute path of the checkpoint file to start from (resume: FromPath).",
     )
     failure_policy: FailurePolicy = Field(
         default_factory=FailurePolicy, json_schema_extra=OBJECT_DEFAULT
@@ -700,15 +1090,51 @@ class TrainingJobSpec(_Model):
             raise ValueError("spec.fromPath is required when spec.resume is FromPath")
         if self.from_path and self.resume != "FromPath":
             raise ValueError("spec.fromPath is only used with spec.resume: FromPath")
-        if self.metrics.port == self.rendezvous.port:
-            raise ValueError("spec.metrics.port must differ from spec.rendezvous.port")
+        if self.from_path and _DOTDOT.search(self.from_path):
+            raise ValueError(f"spec.fromPath may not contain '..', got {self.from_path!r}")
         gpu_limit = self.resources.gpu_limit()
         wanted = self.trainer.processes_per_node(gpu_limit)
-        if gpu_limit is not None and self.trainer.uses_gpu(gpu_limit) and gpu_limit != wanted:
+        if wanted > MAX_PROCESSES_PER_NODE:
+            raise ValueError(
+                f"spec.trainer asks for {wanted} processes per node; at most "
+                f"{MAX_PROCESSES_PER_NODE}"
+            )
+        metrics, rendezvous = self.metrics.port, self.rendezvous.port
+        if metrics + wanted - 1 > 65535:
+            raise ValueError(
+                f"spec.metrics.port: local ranks serve on {metrics}..{metrics + wanted - 1}, "
+                "beyond 65535"
+            )
+        if metrics <= rendezvous < metrics + wanted:
+            raise ValueError(
+                f"spec.rendezvous.port {rendezvous} is one of the per-rank metrics ports "
+                f"spec.metrics.port..+{wanted - 1} ({metrics}..{metrics + wanted - 1})"
+            )
+        uses_gpu = self.trainer.uses_gpu(gpu_limit)
+        if gpu_limit is not None and uses_gpu and gpu_limit != wanted:
             raise ValueError(
                 f"spec.resources nvidia.com/gpu={gpu_limit} differs from the "
                 f"{wanted} devices per node that spec.trainer asks for"
             )
+        if gpu_limit and not uses_gpu:
+            raise ValueError(
+                f"spec.resources nvidia.com/gpu={gpu_limit} but spec.trainer runs on CPU "
+                "(trainer.accelerator): set trainer.gpus or drop the GPU resource"
+            )
+        overlay = self.template
+        volumes = {v.name for v in overlay.volumes}
+        if self.checkpoint is not None:
+            volumes.add(CHECKPOINT_VOLUME)
+        for mount in overlay.volume_mounts:
+            if mount.name not in volumes:
+                raise ValueError(
+                    f"spec.template.volumeMounts: {mount.name!r} names no volume in "
+                    "spec.template.volumes"
+                )
+            if self.checkpoint is not None and mount.mount_path == self.checkpoint.path:
+                raise ValueError(
+                    f"spec.template.volumeMounts: {mount.mount_path} is spec.checkpoint.path"
+                )
         return self
 
     def gpu_limit(self) -> Optional[int]:
@@ -725,6 +1151,13 @@ class TrainingJobSpec(_Model):
 
 
 def _spec_schema_rules() -> List[Dict[str, str]]:
+    nproc = _cel_processes_per_node("self")
+    uses_gpu = _cel_uses_gpu("self")
+    gpu_limit = _cel_gpu_limit("self")
+    has_gpu_limit = (
+        "((has(self.resources.limits) && 'nvidia.com/gpu' in self.resources.limits) || "
+        "(has(self.resources.requests) && 'nvidia.com/gpu' in self.resources.requests))"
+    )
     rules = [
         cel(
             "self.resume != 'FromPath' || has(self.fromPath)",
@@ -737,10 +1170,54 @@ def _spec_schema_rules() -> List[Dict[str, str]]:
             ".fromPath",
         ),
         cel(
-            "!has(self.metrics) || !has(self.rendezvous) "
-            "|| self.metrics.port != self.rendezvous.port",
-            "spec.metrics.port must differ from spec.rendezvous.port",
+            "!has(self.fromPath) || !self.fromPath." + _DOTDOT_CEL,
+            "spec.fromPath may not contain '..'",
+            ".fromPath",
+        ),
+        cel(
+            f"{nproc} <= {MAX_PROCESSES_PER_NODE}",
+            f"spec.trainer asks for more than {MAX_PROCESSES_PER_NODE} processes per node "
+            "(trainer.gpus, devices or numProcesses, or the nvidia.com/gpu resource)",
+            ".trainer",
+        ),
+        cel(
+            f"self.metrics.port + {nproc} - 1 <= 65535",
+            "spec.metrics.port: local rank L serves on spec.metrics.port + L, which must "
+            "stay <= 65535",
             ".metrics.port",
+        ),
+        cel(
+            f"self.rendezvous.port < self.metrics.port "
+            f"|| self.rendezvous.port >= self.metrics.port + {nproc}",
+            "spec.rendezvous.port must not be one of the per-rank metrics ports "
+            "spec.metrics.port .. spec.metrics.port + processes per node - 1",
+            ".rendezvous.port",
+        ),
+        cel(
+            f"!{has_gpu_limit} || !{uses_gpu} || {gpu_limit} == {nproc}",
+            "spec.resources nvidia.com/gpu differs from the devices per node that "
+            "spec.trainer asks for",
+            ".resources",
+        ),
+        cel(
+            f"{gpu_limit} == 0 || {uses_gpu}",
+            "spec.resources asks for nvidia.com/gpu but spec.trainer runs on CPU "
+            "(trainer.accelerator): set trainer.gpus or drop the GPU resource",
+            ".resources",
+        ),
+        cel(
+            "!has(self.template.volumeMounts) || self.template.volumeMounts.all(m, "
+            f"(has(self.checkpoint) && m.name == '{CHECKPOINT_VOLUME}') || "
+            "(has(self.template.volumes) && self.template.volumes.exists(v, v.name == m.name)))",
+            "spec.template.volumeMounts: each name must be a volume of spec.template.volumes "
+            f"(or {CHECKPOINT_VOLUME} with spec.checkpoint)",
+            ".template.volumeMounts",
+        ),
+        cel(
+            "!has(self.checkpoint) || !has(self.template.volumeMounts) || "
+            "self.template.volumeMounts.all(m, m.mountPath != self.checkpoint.path)",
+            "spec.template.volumeMounts: a mountPath equals spec.checkpoint.path",
+            ".template.volumeMounts",
         ),
     ]
     for name, field in TrainingJobSpec.model_fields.items():
@@ -811,7 +1288,14 @@ class TrainingProgress(_Model):
     step: Optional[int] = None
     loss: Optional[float] = None
     progress: Optional[float] = None
-    last_update: Optional[str] = None
+    last_update: Optional[str] = Field(
+        None,
+        description="Time of the last optimizer step when the engine reports it "
+        "(lastStepTime), else of the last progress read.",
+    )
+    last_step_time: Optional[str] = Field(
+        None, description="Time of rank 0's last optimizer step, as the engine reports it."
+    )
 
 
 class CheckpointStatus(_Model):
@@ -837,6 +1321,11 @@ class TrainingJobStatus(_Model):
     attempt: int = Field(0, description="Gang attempt; each gang restart adds one.")
     restarts: int = Field(0, description="Gang restarts so far (all causes).")
     restarts_counted: int = Field(0, description="Restarts that spent failurePolicy budget.")
+    create_refusals: int = Field(
+        0,
+        description="Pod creations the API server refused (invalid pod) since the gang last "
+        "existed in full; the job fails after a few.",
+    )
     backoff_until: Optional[str] = None
     last_failure: Optional[FailureInfo] = None
     start_time: Optional[str] = None

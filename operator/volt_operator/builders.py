@@ -15,14 +15,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .api import API_VERSION, KIND, TrainingJobSpec
+from .api import API_VERSION, CHECKPOINT_VOLUME, KIND, RESERVED_LABELS, TrainingJobSpec
 
-LABEL_JOB = "volt.dev/job"
-LABEL_RANK = "volt.dev/node-rank"
-LABEL_ATTEMPT = "volt.dev/attempt"
+LABEL_JOB, LABEL_RANK, LABEL_ATTEMPT = RESERVED_LABELS
 CONTAINER = "trainer"
-CHECKPOINT_VOLUME = "volt-checkpoints"
 LAUNCHER = "volt-run"
+
+
 @dataclass(frozen=True)
 class JobRef:
     """The identity of the owning TrainingJob."""
@@ -135,6 +134,9 @@ def build_env(
         "PET_MASTER_ADDR": addr,
         "PET_MASTER_PORT": port,
         "VOLT_JOB_NAME": job.name,
+        # The engine records it with each checkpoint and refuses a directory
+        # that another job (a deleted one of the same name) wrote.
+        "VOLT_JOB_UID": job.uid,
         "VOLT_ATTEMPT": str(attempt),
         "VOLT_TRAINER": json.dumps(
             spec.trainer.to_trainer_kwargs(spec.gpu_limit()), sort_keys=True
@@ -144,6 +146,12 @@ def build_env(
             str(spec.checkpoint.every_n_steps)
             if spec.checkpoint and spec.checkpoint.every_n_steps
             else None
+        ),
+        "VOLT_CHECKPOINT_KEEP_LAST": (
+            str(spec.checkpoint.keep_last) if spec.checkpoint else None
+        ),
+        "VOLT_RESUME_ANY_JOB": (
+            "1" if spec.checkpoint and spec.checkpoint.allow_foreign_checkpoints else None
         ),
         "VOLT_RESUME": resume,
         "VOLT_METRICS_PORT": str(spec.metrics.port),
@@ -276,9 +284,11 @@ def build_pod(
 
 
 def build_pods(
-    job: JobRef, spec: TrainingJobSpec, attempt: int, resume: str
+    job: JobRef, spec: TrainingJobSpec, attempt: int, resume: str,
+    ranks: Optional[List[int]] = None,
 ) -> List[Dict[str, Any]]:
-    """The whole gang for one attempt, rank 0 first."""
-    return [
-        build_pod(job, spec, rank, attempt, resume) for rank in range(spec.trainer.num_nodes)
-    ]
+    """The pods of ``ranks`` (default: the whole gang) for one attempt, in rank order.
+
+    Only the pods asked for are built, so a reconcile costs O(pods it creates)."""
+    wanted = range(spec.trainer.num_nodes) if ranks is None else sorted(ranks)
+    return [build_pod(job, spec, rank, attempt, resume) for rank in wanted]

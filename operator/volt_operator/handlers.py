@@ -24,6 +24,7 @@ from .api import GROUP, PLURAL, VERSION
 from .builders import LABEL_JOB
 from .kube import KubeClient
 from .reconciler import Reconciler, Resyncer
+from .status import STUCK_POD_MARGIN_SECONDS
 
 log = logging.getLogger("volt_operator.handlers")
 # Read at import: kopf fixes a timer's interval when the handler is registered.
@@ -35,6 +36,7 @@ class Options:
     """What ``python -m volt_operator`` passes in through kopf's memo."""
 
     progress_seconds: float = 5.0
+    stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS
     metrics_port: Optional[int] = 8080
     kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
     namespaces: List[str] = field(default_factory=list)  # empty: all namespaces
@@ -66,7 +68,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # operator starts and the namespaces are named on the command line.
     settings.scanning.disabled = True
     memo.reconciler = Reconciler(
-        KubeClient(options.kube_configuration), progress_interval=options.progress_seconds
+        KubeClient(options.kube_configuration), progress_interval=options.progress_seconds,
+        stuck_pod_margin=options.stuck_pod_margin,
     )
     memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS)
     memo.resyncer.start()

@@ -43,6 +43,11 @@ class ApiError(Exception):
     def already_exists(self) -> bool:
         return self.status == 409 and self.reason == "AlreadyExists"
 
+    @property
+    def refused(self) -> bool:
+        """The object itself is invalid (400/422): sending it again cannot succeed."""
+        return self.status in (400, 422)
+
 
 def load_configuration() -> Configuration:
     """In-cluster credentials when running in a pod, else $KUBECONFIG/~/.kube/config."""
@@ -164,9 +169,14 @@ class KubeClient:
                 return False
             raise
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, grace_seconds: Optional[int] = None) -> None:
+        """Delete a pod; ``grace_seconds=0`` force-deletes it (no wait for its kubelet)."""
+        body = None
+        if grace_seconds is not None:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1",
+                    "gracePeriodSeconds": grace_seconds}
         try:
-            self.request("DELETE", self.core_path(namespace, "pods", name))
+            self.request("DELETE", self.core_path(namespace, "pods", name), body)
         except ApiError as exc:
             if not exc.not_found:
                 raise

@@ -44,6 +44,14 @@ class PodView:
     finished_at: Optional[str]
     ip: Optional[str]
     deletion_time: Optional[str] = None
+    created: Optional[str] = None
+    node: Optional[str] = None
+    # Why a pod is not running yet: the scheduler's (Unschedulable) or the
+    # kubelet's (ImagePullBackOff, ContainerCreating...) reason and message.
+    waiting_reason: str = ""
+    waiting_message: str = ""
+    # metadata.deletionGracePeriodSeconds: 0 once someone force-deleted the pod.
+    deletion_grace: Optional[int] = None
 
     @property
     def removed(self) -> bool:
@@ -104,6 +112,12 @@ def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
             ready = cond.get("status") == "True"
     if status.get("reason") in DISRUPTION_REASONS:
         reason = status["reason"]
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    waiting_reason, waiting_message = waiting.get("reason") or "", waiting.get("message") or ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            waiting_reason = cond.get("reason") or "Unscheduled"
+            waiting_message = cond.get("message") or ""
     phase = status.get("phase") or "Pending"
     return PodView(
         name=meta.get("name", ""),
@@ -120,4 +134,9 @@ def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
         finished_at=terminated.get("finishedAt"),
         ip=status.get("podIP"),
         deletion_time=meta.get("deletionTimestamp"),
+        created=meta.get("creationTimestamp"),
+        node=(pod.get("spec") or {}).get("nodeName"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message[:1024],
+        deletion_grace=meta.get("deletionGracePeriodSeconds"),
     )

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple
 
 from .api import CheckpointStatus, TrainingProgress, format_time
@@ -70,17 +70,34 @@ def _float(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def _unix_time(value: Any) -> Optional[str]:
+    """Unix seconds (the engine's ``last_step_time``) as RFC 3339, if plausible."""
+    seconds = _float(value)
+    if seconds is None or seconds <= 0:
+        return None
+    try:
+        return format_time(datetime.fromtimestamp(seconds, tz=timezone.utc))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def to_status(
     payload: Dict[str, Any], now: datetime
 ) -> Tuple[TrainingProgress, Optional[CheckpointStatus]]:
-    """The status pieces one /progress payload fills (unknown keys ignored)."""
+    """The status pieces one /progress payload fills (unknown keys ignored).
+
+    ``lastUpdate`` is the time of the last optimizer step when the engine
+    reports it (``last_step_time``, unix seconds), else the time of this read.
+    """
     progress = _float(payload.get("progress"))
+    last_step = _unix_time(payload.get("last_step_time"))
     training = TrainingProgress(
         epoch=_int(payload.get("epoch")),
         step=_int(payload.get("step")),
         loss=_float(payload.get("loss")),
         progress=None if progress is None else round(min(max(progress, 0.0), 1.0), 4),
-        last_update=format_time(now),
+        last_update=last_step or format_time(now),
+        last_step_time=last_step,
     )
     if training.loss is not None:
         training.loss = float(f"{training.loss:.6g}")

@@ -64,9 +64,11 @@ class Reconciler:
         client: KubeClient,
         progress_interval: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
+        stuck_pod_margin: float = machine.STUCK_POD_MARGIN_SECONDS,
     ) -> None:
         self.client = client
         self.clock = clock
+        self.stuck_pod_margin = stuck_pod_margin
         self.poll_limiter = progress.RateLimiter(progress_interval)
         self._locks: Dict[Tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -174,7 +176,7 @@ class Reconciler:
         service_exists = self.client.service_exists(namespace, name)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
-            service_exists, now,
+            service_exists, now, stuck_pod_margin=self.stuck_pod_margin,
         )
 
         # 1. Intent first: the new status, conditional on what we read.
@@ -192,22 +194,42 @@ class Reconciler:
             if errors and event.reason in ("Created", "CheckpointResumed"):
                 continue
             self.post_event(job, event.type, event.reason, event.message)
-        self._record_metrics(job, plan)
         if errors:
-            message = "; ".join(errors)
-            failed = machine.with_create_error(plan.status, message, now)
-            self.client.patch_job_status(
-                namespace, name, {"status": merge_patch(new_status, failed.to_api())}
-            )
-            before = machine.condition(current, machine.CREATED)
-            if before is None or before.status != "False" or before.message != message[:4000]:
-                self.post_event(job, "Warning", "CreateFailed", message)
-            return 5.0
+            plan = self._create_failed(job, spec, current, plan, pods, errors, now)
+        self._record_metrics(job, plan)
         return plan.requeue_after
 
-    def _act(self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan) -> List[str]:
-        errors: List[str] = []
+    def _create_failed(
+        self, job: Dict[str, Any], spec: TrainingJobSpec, before: TrainingJobStatus,
+        plan: machine.Plan, pods: List[PodView], errors: List[machine.CreateError],
+        now: datetime,
+    ) -> machine.Plan:
+        """Record failed creations in the status (and fail the job once the API
+        server has refused its pods a few times), then clean up and tell users."""
+        meta = job["metadata"]
+        after = machine.after_create_errors(spec, plan.status, errors, pods, now)
+        self.client.patch_job_status(
+            meta["namespace"], meta["name"],
+            {"status": merge_patch(plan.status.to_api(), after.status.to_api())},
+        )
+        for pod in after.delete_pods:
+            self.client.delete_pod(meta["namespace"], pod)
+        message = "; ".join(e.message for e in errors)
+        old = machine.condition(before, machine.CREATED)
+        if old is None or old.status != "False" or old.message != message[:4000]:
+            self.post_event(job, "Warning", "CreateFailed", message)
+        for event in after.events:
+            self.post_event(job, event.type, event.reason, event.message)
+        return after
+
+    def _act(
+        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan
+    ) -> List[machine.CreateError]:
+        errors: List[machine.CreateError] = []
         ns = ref.namespace
+        for pod in plan.force_delete_pods:
+            log.warning("force-deleting %s/%s: stuck terminating", ns, pod)
+            self.client.delete_pod(ns, pod, grace_seconds=0)
         for pod in plan.delete_pods:
             self.client.delete_pod(ns, pod)
         if plan.delete_job:
@@ -218,17 +240,16 @@ class Reconciler:
             try:
                 self.client.create(ns, "services", build_service(ref, spec))
             except ApiError as exc:
-                errors.append(f"creating service {ref.name}: {exc}")
+                errors.append(machine.CreateError(f"creating service {ref.name}: {exc}",
+                                                  exc.refused))
         if plan.create_ranks:
-            wanted = set(plan.create_ranks)
-            for pod in build_pods(ref, spec, plan.status.attempt, plan.resume):
-                rank = int(pod["metadata"]["labels"]["volt.dev/node-rank"])
-                if rank not in wanted:
-                    continue
+            for pod in build_pods(ref, spec, plan.status.attempt, plan.resume,
+                                  plan.create_ranks):
                 try:
                     self.client.create(ns, "pods", pod)
                 except ApiError as exc:
-                    errors.append(f"creating pod {pod['metadata']['name']}: {exc}")
+                    errors.append(machine.CreateError(
+                        f"creating pod {pod['metadata']['name']}: {exc}", exc.refused))
         return errors
 
     def _invalid(

@@ -31,6 +31,12 @@ from .builders import pod_name, resume_value
 from .observed import PodView
 
 MAX_BACKOFF_SECONDS = 600
+# A pod still there this long after its grace period ended (its deletionTimestamp)
+# has a node that does not report back (NotReady, unreachable, kubelet gone):
+# it is force-deleted so that the gang, whose pods keep their names, can restart.
+STUCK_POD_MARGIN_SECONDS = 30.0
+# Creations the API server refuses (an invalid pod: 400/422) before the job fails.
+MAX_CREATE_REFUSALS = 3
 # A rank that exits with PEER_LOST reports a consequence; give the rank that
 # caused it this long to report its own exit before judging the gang.
 PEER_LOST_GRACE_SECONDS = 15.0
@@ -44,6 +50,7 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 CREATED = "Created"
+STALLED = "Stalled"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class Plan:
     create_ranks: List[int] = field(default_factory=list)
     resume: str = "auto"
     delete_pods: List[str] = field(default_factory=list)
+    # Deleted with gracePeriodSeconds=0: stuck terminating on a node that is gone.
+    force_delete_pods: List[str] = field(default_factory=list)
     delete_job: bool = False
     events: List[Event] = field(default_factory=list)
     requeue_after: Optional[float] = None
@@ -124,6 +133,43 @@ def with_create_error(status: TrainingJobStatus, message: str, now: datetime) ->
     out = status.model_copy(deep=True)
     set_condition(out, CREATED, False, "CreateFailed", message[:4000], now)
     return out
+
+
+@dataclass(frozen=True)
+class CreateError:
+    """Creating one child failed. ``refused``: the API server refused the object
+    itself (400 BadRequest / 422 Invalid), so the same request cannot succeed
+    later; other errors (quota, throttling, a webhook that is down) may pass."""
+
+    message: str
+    refused: bool
+
+
+def after_create_errors(
+    spec: TrainingJobSpec,
+    status: TrainingJobStatus,
+    errors: List[CreateError],
+    pods: List[PodView],
+    now: datetime,
+) -> Plan:
+    """The status after creations failed: condition Created=False with the API
+    server's message; after MAX_CREATE_REFUSALS refusals the job fails with it
+    (reason CreateFailed) instead of asking again every few seconds forever."""
+    plan = Plan(status=with_create_error(status, "; ".join(e.message for e in errors), now))
+    refused = [e for e in errors if e.refused]
+    if not refused:
+        plan.requeue(5.0)
+        return plan
+    st = plan.status
+    st.create_refusals += 1
+    if st.create_refusals < MAX_CREATE_REFUSALS:
+        plan.requeue(5.0)
+        return plan
+    return _finish(
+        spec, plan, [p for p in pods if not p.gone], now, "Failed", "CreateFailed",
+        f"the API server refused the job's pods {st.create_refusals} times: "
+        f"{refused[0].message}",
+    )
 
 
 def _count(status: TrainingJobStatus, current: List[PodView], desired: int) -> None:
@@ -200,6 +246,13 @@ def _restart(
             f"failurePolicy.maxRestarts={policy.max_restarts} spent; last failure: "
             f"{verdict.message}",
         )
+    free_used = st.restarts - st.restarts_counted
+    if not counted and free_used >= policy.max_free_restarts:
+        return _finish(
+            spec, plan, pods, now, "Failed", "FreeRestartLimitExceeded",
+            f"failurePolicy.maxFreeRestarts={policy.max_free_restarts} spent (preemptions, "
+            f"evictions, checkpointed exits); last: {verdict.message}",
+        )
     delay = 0
     if counted:
         st.restarts_counted += 1
@@ -251,6 +304,92 @@ def _awaiting_deleted_pod(spec: TrainingJobSpec, live: List[PodView], now: datet
     return False
 
 
+def _stuck_terminating(pods: List[PodView], now: datetime, margin: float) -> List[PodView]:
+    """Pods still there ``margin`` seconds after their grace period ended
+    (deletionTimestamp is the end of the grace period). One already
+    force-deleted (grace 0) waits on finalizers, which are not ours to remove."""
+    stuck = []
+    for pod in pods:
+        end = parse_time(pod.deletion_time)
+        if pod.gone or end is None or pod.deletion_grace == 0:
+            continue
+        if (now - end).total_seconds() >= margin:
+            stuck.append(pod)
+    return stuck
+
+
+def _force_delete(plan: Plan, stuck: List[PodView], now: datetime) -> None:
+    for pod in stuck:
+        late = (now - (parse_time(pod.deletion_time) or now)).total_seconds()
+        plan.force_delete_pods.append(pod.name)
+        plan.emit(
+            "Warning", "ForceDeleted",
+            f"{pod.name} was still terminating {late:.0f}s after its grace period ended "
+            f"(node {pod.node or 'unknown'} does not report back); force-deleted so that "
+            "the gang can restart",
+        )
+
+
+def _describe_waiting(pods: List[PodView]) -> str:
+    parts = []
+    for pod in pods:
+        why = pod.waiting_reason or pod.phase
+        if pod.waiting_message:
+            why += f": {pod.waiting_message}"
+        parts.append(f"{pod.name} ({why})")
+    return "; ".join(parts)
+
+
+def _stalled(
+    spec: TrainingJobSpec, st: TrainingJobStatus, live: List[PodView], n: int, now: datetime,
+    plan: Plan,
+) -> Optional[failures.Verdict]:
+    """A gang that makes no progress for failurePolicy.stallTimeoutSeconds.
+
+    Running: rank 0 reported no optimizer step for that long (counted from the
+    later of its last step and the gang becoming Running; armed once the engine
+    has reported a step time, so a script without the progress endpoint is
+    never judged). Not yet Running: every pod exists but some are not Ready
+    (Unschedulable, ImagePullBackOff...) that long after the last was created,
+    while the others hold their nodes at the rendezvous.
+    """
+    timeout = spec.failure_policy.stall_timeout_seconds
+    if not timeout or len(live) < n or any(p.succeeded for p in live):
+        return None
+    if st.phase == "Running":
+        running = condition(st, RUNNING)
+        last_step = parse_time(st.training.last_step_time) if st.training else None
+        since = parse_time(running.last_transition_time) if running else None
+        if last_step is None or since is None:
+            return None
+        since = max(since, last_step)
+        rank0 = next((p for p in live if p.rank == 0), None)
+        waited = (now - since).total_seconds()
+        if rank0 is None or waited < timeout:
+            plan.requeue(timeout - waited)
+            return None
+        step = st.training.step if st.training else None
+        return failures.Verdict(
+            failures.RESTART, rank0, "Stalled",
+            f"no optimizer step for {waited:.0f}s (failurePolicy.stallTimeoutSeconds="
+            f"{timeout}); {rank0.name} (rank 0) last reported step {step} at "
+            f"{st.training.last_step_time if st.training else '?'}: a rank is hung",
+        )
+    waiting = [p for p in live if p.active and not p.ready]
+    created = [t for t in (parse_time(p.created) for p in live) if t is not None]
+    if not waiting or not created:
+        return None
+    waited = (now - max(created)).total_seconds()
+    if waited < timeout:
+        plan.requeue(timeout - waited)
+        return None
+    return failures.Verdict(
+        failures.RESTART, waiting[0], "Stalled",
+        f"the gang did not start within failurePolicy.stallTimeoutSeconds={timeout}s; "
+        f"not ready: {_describe_waiting(waiting)}",
+    )
+
+
 def _await_root_cause(verdict: failures.Verdict, live: List[PodView], now: datetime) -> bool:
     """Only peers reported PEER_LOST while another rank still looks alive."""
     if verdict.reason != "PeerLost" or not any(p.active for p in live):
@@ -266,6 +405,7 @@ def decide(
     pods: List[PodView],
     service_exists: bool,
     now: datetime,
+    stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS,
 ) -> Plan:
     """Next status and actions for one TrainingJob (pure)."""
     st = status.model_copy(deep=True)
@@ -284,6 +424,9 @@ def decide(
     if st.phase is None:
         st.phase = "Pending"
         set_condition(st, RUNNING, False, "PodsPending", "waiting for the node pods", now)
+    stuck = _stuck_terminating(pods, now, stuck_pod_margin)
+    if stuck:
+        _force_delete(plan, stuck, now)
 
     if spec.suspend:
         if st.phase != "Suspended":
@@ -339,6 +482,10 @@ def decide(
     if verdict is not None and _await_root_cause(verdict, live, now):
         plan.requeue(1.0)
         return plan
+    if verdict is None and not stale:
+        verdict = _stalled(spec, st, live, n, now, plan)
+        if verdict is not None:
+            set_condition(st, STALLED, True, "Stalled", verdict.message, now)
     if verdict is not None:
         p = verdict.pod
         st.last_failure = FailureInfo(
@@ -397,6 +544,12 @@ def decide(
     if created is None or created.status != "True":
         # Only once every pod exists, so a failing create is not flapped to True.
         set_condition(st, CREATED, True, "PodsCreated", f"all {n} node pods exist", now)
+    st.create_refusals = 0
+    waiting = [p for p in live if p.active and not p.ready]
+    if waiting and st.phase != "Running":
+        # Say why the gang is not up yet: the scheduler's or the kubelet's reason.
+        set_condition(st, RUNNING, False, "PodsPending",
+                      f"waiting for {_describe_waiting(waiting)}"[:4000], now)
 
     if st.nodes.ready == n and st.phase != "Running":
         plan.became_running = True
@@ -405,5 +558,8 @@ def decide(
         set_condition(st, RUNNING, True, "AllNodesReady", message, now)
         if condition(st, RESTARTING) is not None:
             set_condition(st, RESTARTING, False, "AllNodesReady", message, now)
+        stalled = condition(st, STALLED)
+        if stalled is not None and stalled.status == "True":
+            set_condition(st, STALLED, False, "AllNodesReady", message, now)
         plan.emit("Normal", "Running", message)
     return plan

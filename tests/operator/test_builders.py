@@ -152,7 +152,7 @@ def test_template_overlay_is_merged_not_replaced() -> None:
     s = spec(
         env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
         template={
-            "labels": {"team": "vision", "volt.dev/job": "hijack"},
+            "labels": {"team": "vision"},
             "annotations": {"owner": "alice"},
             "nodeSelector": {"gpu": "a100"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -172,7 +172,7 @@ def test_template_overlay_is_merged_not_replaced() -> None:
     pod = build_pod(JOB, s, 0, 0, "auto")
     meta, podspec = pod["metadata"], pod["spec"]
     container = podspec["containers"][0]
-    # Ours win on our keys; the user's are kept beside them.
+    # The user's keys are kept beside ours (ours cannot be set: the API refuses them).
     assert meta["labels"]["team"] == "vision" and meta["labels"]["volt.dev/job"] == "mnist"
     assert meta["annotations"]["owner"] == "alice"
     assert meta["annotations"]["prometheus.io/scrape"] == "true"

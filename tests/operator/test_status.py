@@ -11,12 +11,20 @@ from volt_operator import failures
 from volt_operator.api import (
     CheckpointStatus,
     TrainingJobSpec,
+    TrainingProgress,
     TrainingJobStatus,
     format_time,
 )
 from volt_operator.builders import JobRef, build_pod
 from volt_operator.observed import pod_view
-from volt_operator.status import JobMeta, decide, with_create_error
+from volt_operator.status import (
+    MAX_CREATE_REFUSALS,
+    CreateError,
+    JobMeta,
+    after_create_errors,
+    decide,
+    with_create_error,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,10 +56,17 @@ def pod(
     gone: bool = False,
     finished: Optional[datetime] = None,
     deleted_at: Optional[datetime] = None,
+    created: Optional[datetime] = None,
+    waiting: Optional[str] = None,
+    deletion_grace: Optional[int] = None,
 ) -> Any:
     """A pod as the API returns it, built by the real builder then given a status."""
     body = build_pod(JOB, spec(), rank, attempt, "auto")
+    body["metadata"]["creationTimestamp"] = format_time(created or NOW - timedelta(seconds=60))
     status: Dict[str, Any] = {"phase": phase, "podIP": f"198.18.0.{10 + rank}", "conditions": []}
+    if waiting:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
+            "reason": waiting, "message": f"{waiting} for volt-trainer:1"}}}]
     if phase == "Running":
         status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
     if exit_code is not None:
@@ -67,6 +82,8 @@ def pod(
         status["reason"] = pod_reason
     if deleting:
         body["metadata"]["deletionTimestamp"] = format_time(deleted_at or NOW)
+        if deletion_grace is not None:
+            body["metadata"]["deletionGracePeriodSeconds"] = deletion_grace
     body["status"] = status
     return pod_view(body, gone=gone)
 
@@ -176,7 +193,13 @@ CASES: Dict[str, Case] = {
         [pod(0, 2), pod(1, 2, phase="Failed", exit_code=137)],
         "Failed", delete=["mnist-node-0"], attempt=2, restarts=2, counted=2, events=["Failed"],
     ),
-    "free restarts never exhaust the budget": Case(
+    "free restarts have their own budget: the 21st fails the job": Case(
+        st(phase="Running", restarts=20, restartsCounted=0, attempt=20),
+        [pod(0, 20), pod(1, 20, phase="Failed", exit_code=75)],
+        "Failed", delete=["mnist-node-0"], attempt=20, restarts=20, counted=0,
+        events=["Failed"], failed_rank=1,
+    ),
+    "free restarts never exhaust the counted budget": Case(
         st(phase="Running", restarts=9, restartsCounted=2, attempt=9),
         [pod(0, 9), pod(1, 9, phase="Failed", exit_code=75)],
         "Restarting", delete=["mnist-node-0", "mnist-node-1"],
@@ -216,7 +239,7 @@ CASES: Dict[str, Case] = {
         st(phase="Running"),
         [pod(0), pod(1, deleting=True, deleted_at=NOW - timedelta(seconds=200))],
         "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=1,
-        events=["GangRestart"], failed_rank=1,
+        events=["ForceDeleted", "GangRestart"], failed_rank=1,
     ),
     "restart: old gang still terminating, wait": Case(
         st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1),
@@ -485,3 +508,164 @@ def test_final_progress_from_the_termination_message() -> None:
     assert checkpoint is not None and checkpoint.step == 128
     assert progress.from_termination_message("Error: boom") is None
     assert progress.from_termination_message('{"no": "step"}') is None
+
+
+# --- bounded restarts, stuck pods, stalls -----------------------------------
+
+def _cond(plan: Any, type_: str) -> Any:
+    return next(c for c in plan.status.conditions if c.type == type_)
+
+
+def test_free_restart_budget_is_configurable_and_named_in_the_failure() -> None:
+    s = spec(failurePolicy={"maxRestarts": 2, "maxFreeRestarts": 1})
+    first = decide(s, JobMeta("mnist"), st(phase="Running"),
+                   [pod(0), pod(1, phase="Failed", pod_reason="Evicted")], True, NOW)
+    assert first.status.phase == "Restarting" and first.status.restarts_counted == 0
+    second = decide(s, JobMeta("mnist"), st(phase="Running", attempt=1, restarts=1),
+                    [pod(0, 1), pod(1, 1, phase="Failed", pod_reason="Evicted")], True, NOW)
+    assert second.status.phase == "Failed"
+    failed = _cond(second, "Failed")
+    assert failed.reason == "FreeRestartLimitExceeded"
+    assert "maxFreeRestarts=1" in failed.message and "mnist-node-1" in failed.message
+    # A counted failure still restarts: the budgets are separate.
+    third = decide(s, JobMeta("mnist"), st(phase="Running", attempt=1, restarts=1),
+                   [pod(0, 1), pod(1, 1, phase="Failed", exit_code=137)], True, NOW)
+    assert third.status.phase == "Restarting" and third.status.restarts_counted == 1
+
+
+def test_refused_pods_fail_the_job_after_a_bounded_number_of_tries() -> None:
+    refused = [CreateError("creating pod mnist-node-1: POST ...: 422 Pod \"mnist-node-1\" is "
+                           "invalid: spec.tolerations[0].operator: Invalid value", True)]
+    status = st(phase="Pending")
+    pods = [pod(0, phase="Pending", ready=False)]
+    for attempt in range(1, MAX_CREATE_REFUSALS):
+        plan = after_create_errors(spec(), status, refused, pods, NOW)
+        status = plan.status
+        assert status.phase == "Pending" and status.create_refusals == attempt
+        assert _cond(plan, "Created").reason == "CreateFailed"
+    plan = after_create_errors(spec(), status, refused, pods, NOW)
+    assert plan.status.phase == "Failed" and plan.status.completion_time
+    failed = _cond(plan, "Failed")
+    assert failed.reason == "CreateFailed" and "spec.tolerations[0].operator" in failed.message
+    assert plan.delete_pods == ["mnist-node-0"]  # the pod that did get created goes
+    assert [e.reason for e in plan.events] == ["Failed"]
+
+
+def test_quota_errors_retry_without_bound() -> None:
+    quota = [CreateError("creating pod mnist-node-1: 403 exceeded quota: one-pod", False)]
+    status = st(phase="Pending")
+    for _ in range(MAX_CREATE_REFUSALS * 3):
+        status = after_create_errors(spec(), status, quota, [], NOW).status
+    assert status.phase == "Pending" and status.create_refusals == 0
+
+
+def test_refusal_count_resets_once_the_gang_exists() -> None:
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Pending", createRefusals=2),
+                  running(0, 1), True, NOW)
+    assert plan.status.create_refusals == 0
+
+
+@pytest.mark.parametrize(
+    "ended_ago, grace, forced",
+    [(31, None, True), (29, None, False), (300, 0, False)],
+    ids=["past the margin", "within the margin", "already force-deleted (finalizer)"],
+)
+def test_old_gang_stuck_terminating_is_force_deleted(ended_ago: int, grace: Optional[int],
+                                                     forced: bool) -> None:
+    stale = [pod(0, 0, deleting=True, deleted_at=NOW - timedelta(seconds=ended_ago),
+                 deletion_grace=grace),
+             pod(1, 0, phase="Failed", exit_code=137, deleting=True)]
+    status = st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1)
+    plan = decide(spec(), JobMeta("mnist"), status, stale, True, NOW)
+    assert plan.status.phase == "Restarting" and plan.create_ranks == []
+    assert plan.force_delete_pods == (["mnist-node-0"] if forced else [])
+    events = [e for e in plan.events if e.reason == "ForceDeleted"]
+    assert len(events) == (1 if forced else 0)
+    if forced:
+        assert events[0].type == "Warning" and "mnist-node-0" in events[0].message
+    # Once it is gone the next attempt is created.
+    after = decide(spec(), JobMeta("mnist"), plan.status, [], True, NOW + timedelta(seconds=20))
+    assert after.create_ranks == [0, 1]
+
+
+def test_stuck_margin_is_a_parameter() -> None:
+    stale = [pod(0, 0, deleting=True, deleted_at=NOW - timedelta(seconds=5))]
+    status = st(phase="Restarting", attempt=1, restarts=1, restartsCounted=1)
+    plan = decide(spec(), JobMeta("mnist"), status, stale, True, NOW, stuck_pod_margin=2)
+    assert plan.force_delete_pods == ["mnist-node-0"]
+
+
+def _running_status(running_since: datetime, last_step: Optional[datetime]) -> Any:
+    status = st(phase="Running", conditions=[{
+        "type": "Running", "status": "True", "reason": "AllNodesReady", "message": "",
+        "lastTransitionTime": format_time(running_since)}])
+    if last_step is not None:
+        status.training = TrainingProgress(step=40, last_step_time=format_time(last_step))
+    return status
+
+
+@pytest.mark.parametrize(
+    "running_since, last_step, stalled",
+    [
+        (3600, 1801, True),   # no step for longer than the timeout
+        (3600, 100, False),   # a recent step
+        (3600, None, False),  # the engine reports no step time: never judged
+        (60, 3000, False),    # a new gang: counted from when it became Running
+        (1801, 3000, True),   # a new gang that never stepped
+    ],
+)
+def test_stall_while_running(running_since: int, last_step: Optional[int],
+                             stalled: bool) -> None:
+    status = _running_status(
+        NOW - timedelta(seconds=running_since),
+        None if last_step is None else NOW - timedelta(seconds=last_step),
+    )
+    plan = decide(spec(), JobMeta("mnist"), status, running(0, 1), True, NOW)
+    if not stalled:
+        assert plan.status.phase == "Running" and not plan.delete_pods
+        return
+    assert plan.status.phase == "Restarting" and plan.status.restarts_counted == 1
+    cond = _cond(plan, "Stalled")
+    assert cond.status == "True" and "mnist-node-0" in cond.message
+    assert "stallTimeoutSeconds=1800" in cond.message
+    assert plan.status.last_failure is not None
+    assert plan.status.last_failure.reason == "Stalled"
+    assert sorted(plan.delete_pods) == ["mnist-node-0", "mnist-node-1"]
+    # The new gang clears the condition once it runs.
+    back = decide(spec(), JobMeta("mnist"), plan.status, running(0, 1, attempt=1), True,
+                  NOW + timedelta(seconds=30))
+    assert back.status.phase == "Running" and _cond(back, "Stalled").status == "False"
+
+
+def test_stall_timeout_zero_turns_it_off() -> None:
+    status = _running_status(NOW - timedelta(days=1), NOW - timedelta(days=1))
+    plan = decide(spec(failurePolicy={"stallTimeoutSeconds": 0}), JobMeta("mnist"), status,
+                  running(0, 1), True, NOW)
+    assert plan.status.phase == "Running"
+
+
+def test_gang_that_cannot_start_is_bounded_and_named() -> None:
+    long_ago = NOW - timedelta(seconds=1801)
+    pods = [pod(0, created=long_ago),
+            pod(1, phase="Pending", waiting="ImagePullBackOff", created=long_ago)]
+    waiting = decide(spec(), JobMeta("mnist"), st(phase="Pending"), pods[:1] + [
+        pod(1, phase="Pending", waiting="ImagePullBackOff")], True, NOW)
+    # Before the timeout the reason shows in the Running condition.
+    assert waiting.status.phase == "Pending"
+    assert "ImagePullBackOff" in _cond(waiting, "Running").message
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Pending"), pods, True, NOW)
+    assert plan.status.phase == "Restarting" and plan.status.restarts_counted == 1
+    cond = _cond(plan, "Stalled")
+    assert "mnist-node-1 (ImagePullBackOff" in cond.message
+    assert "mnist-node-0" not in cond.message
+
+
+def test_last_update_is_the_time_of_the_last_step() -> None:
+    from volt_operator import progress
+
+    step_time = NOW - timedelta(seconds=42)
+    training, _ = progress.to_status(
+        {"step": 7, "last_step_time": step_time.timestamp()}, NOW)
+    assert training.last_update == format_time(step_time) == training.last_step_time
+    older, _ = progress.to_status({"step": 7}, NOW)
+    assert older.last_update == format_time(NOW) and older.last_step_time is None
