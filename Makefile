@@ -11,12 +11,14 @@ export PATH := $(VENV)/bin:$(VOLT_CACHE)/bin:$(PATH)
 PYTEST_ARGS ?=
 KUBE_VERSION ?= 1.34.4
 ETCD_VERSION ?= 3.6.16
+COREDNS_VERSION ?= 1.12.1
 # volt_operator.testing.cluster finds the binaries by these.
 export VOLT_CACHE
 export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
+export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -64,10 +66,21 @@ prometheus:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
 	  $$apt install -y --no-install-recommends prometheus || { $$apt update && $$apt install -y --no-install-recommends prometheus; }; }
 
-# etcd + kube-apiserver/controller-manager/scheduler/kubectl from the Go module
-# proxy into $(VOLT_CACHE)/{kube,etcd}/<version>/bin; a no-op once built.
+# etcd, kube-apiserver/controller-manager/scheduler/kubectl/kubelet, CoreDNS and the
+# pod sandbox's pause program from the Go module proxy into
+# $(VOLT_CACHE)/{kube,etcd,coredns,pause}/<version>/bin; a no-op once built.
 cluster:
-	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
+	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
+	  VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
+
+# Debian's containerd, runc and CNI plugins (bridge, host-local, loopback) for the
+# local cluster's real nodes (docs/local-cluster.md); installed once, idempotent.
+node-runtime:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && command -v iptables >/dev/null \
+	  && [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
+	  pkgs="containerd runc containernetworking-plugins iptables"; \
+	  $$apt install -y --no-install-recommends $$pkgs || { $$apt update && $$apt install -y --no-install-recommends $$pkgs; }; }
 
 # helm from the Go module proxy into $(VOLT_CACHE)/helm/<version>/helm, linked
 # as $(VOLT_CACHE)/bin/helm; a no-op once built.
@@ -92,7 +105,7 @@ demo: setup cluster helm
 demo-down:
 	@bash scripts/demo.sh down
 
-test: setup lightning-env prometheus cluster helm docker
+test: setup lightning-env prometheus cluster helm docker node-runtime
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup lightning-env prometheus
@@ -101,7 +114,7 @@ test-engine: setup lightning-env prometheus
 test-operator: setup cluster
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup prometheus cluster helm docker
+test-e2e: setup prometheus cluster helm docker node-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Each benchmark prints its ratio and writes bench/results/<name>.json.

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the local Kubernetes control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl) from the Go module proxy.
+# Build the local Kubernetes cluster (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, kubelet, CoreDNS and the
+# pod sandbox's pause program) from the Go module proxy.
 #
 # Outputs, keyed by version and never inside the repository:
-#   $VOLT_CACHE/kube/<KUBE_VERSION>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
+#   $VOLT_CACHE/kube/<KUBE_VERSION>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,kubelet}
 #   $VOLT_CACHE/etcd/<ETCD_VERSION>/bin/etcd
+#   $VOLT_CACHE/coredns/<COREDNS_VERSION>/bin/coredns
+#   $VOLT_CACHE/pause/<hash of scripts/pause/pause.go>/bin/pause
 #   $VOLT_CACHE/bin/kubectl -> the kubectl above
 # Go's module and build caches live in $VOLT_CACHE/go so CI reuses them.
 #
@@ -16,11 +19,16 @@ set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+# The CoreDNS release kubeadm installs with Kubernetes 1.34.
+COREDNS_VERSION="${COREDNS_VERSION:-1.12.1}"
 VOLT_CACHE="${VOLT_CACHE:-$HOME/.cache/volt}"
 
 KUBE_DIR="$VOLT_CACHE/kube/$KUBE_VERSION"
 ETCD_DIR="$VOLT_CACHE/etcd/$ETCD_VERSION"
-KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+COREDNS_DIR="$VOLT_CACHE/coredns/$COREDNS_VERSION"
+PAUSE_SRC="$(cd "$(dirname "$0")" && pwd)/pause/pause.go"
+PAUSE_DIR="$VOLT_CACHE/pause/$(sha256sum "$PAUSE_SRC" | cut -c1-12)"
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 log() { printf '>> [build-kube %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'build-kube: error: %s\n' "$*" >&2; exit 1; }
@@ -31,6 +39,9 @@ kube_done() {
     [[ -f "$KUBE_DIR/bin/.complete" ]]
 }
 etcd_done() { [[ -x "$ETCD_DIR/bin/etcd" && -f "$ETCD_DIR/bin/.complete" ]]; }
+coredns_done() { [[ -x "$COREDNS_DIR/bin/coredns" && -f "$COREDNS_DIR/bin/.complete" ]]; }
+pause_done() { [[ -x "$PAUSE_DIR/bin/pause" && -f "$PAUSE_DIR/bin/.complete" ]]; }
+all_done() { kube_done && etcd_done && coredns_done && pause_done; }
 
 # `make` puts $VOLT_CACHE/bin on PATH: point kubectl there at this release's,
 # so every make target talks to the server with a client of the same version.
@@ -40,9 +51,9 @@ link_kubectl() {
 }
 
 # Fast path: nothing to do (no Go needed, no lock taken).
-if kube_done && etcd_done; then
+if all_done; then
     link_kubectl
-    log "up to date: kubernetes v$KUBE_VERSION ($KUBE_DIR/bin), etcd v$ETCD_VERSION ($ETCD_DIR/bin)"
+    log "up to date: kubernetes v$KUBE_VERSION ($KUBE_DIR/bin), etcd v$ETCD_VERSION ($ETCD_DIR/bin), coredns v$COREDNS_VERSION ($COREDNS_DIR/bin)"
     exit 0
 fi
 
@@ -50,6 +61,7 @@ fi
 KUBE_MINOR="${BASH_REMATCH[1]}"
 STAGING_VERSION="v0.${KUBE_MINOR}.${BASH_REMATCH[2]}"
 [[ "$ETCD_VERSION" =~ ^3\.[0-9]+\.[0-9]+$ ]] || die "ETCD_VERSION must look like 3.6.16, got '$ETCD_VERSION'"
+[[ "$COREDNS_VERSION" =~ ^1\.[0-9]+\.[0-9]+$ ]] || die "COREDNS_VERSION must look like 1.12.1, got '$COREDNS_VERSION'"
 
 GO="${GO:-$(command -v go || true)}"
 [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
@@ -60,14 +72,18 @@ export GOMODCACHE="$VOLT_CACHE/go/mod"
 export GOCACHE="$VOLT_CACHE/go/build"
 export GOFLAGS="-trimpath -buildvcs=false"
 export CGO_ENABLED=0
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$VOLT_CACHE/kube" "$VOLT_CACHE/etcd"
+mkdir -p "$GOMODCACHE" "$GOCACHE" "$VOLT_CACHE/kube" "$VOLT_CACHE/etcd" "$VOLT_CACHE/coredns" "$VOLT_CACHE/pause"
 
-# Two concurrent `make cluster` runs must not build into the same directory.
-exec 9>"$VOLT_CACHE/kube/.build.lock"
-if ! flock -n 9; then
-    log "another build holds $VOLT_CACHE/kube/.build.lock; waiting for it"
-    flock 9
-fi
+# Two concurrent `make cluster` runs must not build into the same directory:
+# one lock for etcd and Kubernetes, one for CoreDNS and pause (they share no
+# modules, so a second run can build those while the first compiles Kubernetes).
+lock() {  # lock <file>: take it on fd 9 (closing any lock held before), waiting if needed
+    exec 9>"$1"
+    if ! flock -n 9; then
+        log "another build holds $1; waiting for it"
+        flock 9
+    fi
+}
 
 # `go build -v` names every package it compiles; print a count every 200
 # so a cold build (tens of minutes on 2 cores) shows it is alive.
@@ -147,8 +163,48 @@ build_kube() {
     log "kubernetes v$KUBE_VERSION: done -> $KUBE_DIR/bin ($("$KUBE_DIR/bin/kubectl" version --client | head -1))"
 }
 
+build_coredns() {
+    local src="$COREDNS_DIR/src" stage="$COREDNS_DIR/bin.partial"
+    log "coredns v$COREDNS_VERSION: resolving modules (github.com/coredns/coredns@v$COREDNS_VERSION)"
+    mkdir -p "$src"
+    cat >"$src/go.mod" <<EOF
+module volt.local/coredns-build
+
+go 1.24.0
+
+require github.com/coredns/coredns v$COREDNS_VERSION
+
+tool github.com/coredns/coredns
+EOF
+    (cd "$src" && "$GO" mod tidy) || die "go mod tidy failed for github.com/coredns/coredns@v$COREDNS_VERSION"
+    log "coredns v$COREDNS_VERSION: compiling"
+    rm -rf "$stage" && mkdir -p "$stage"
+    (cd "$src" && "$GO" build -v -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" \
+        -o "$stage/coredns" github.com/coredns/coredns 2>&1 | progress coredns; exit "${PIPESTATUS[0]}") \
+        || die "building coredns v$COREDNS_VERSION failed"
+    touch "$stage/.complete"
+    rm -rf "$COREDNS_DIR/bin" && mv "$stage" "$COREDNS_DIR/bin"
+    log "coredns v$COREDNS_VERSION: done -> $COREDNS_DIR/bin/coredns ($("$COREDNS_DIR/bin/coredns" -version | head -1))"
+}
+
+# The pod sandbox's pause program (scripts/pause/pause.go, standard library
+# only); the local cluster packs it into an image for each node's containerd.
+build_pause() {
+    local stage="$PAUSE_DIR/bin.partial"
+    log "pause: compiling $PAUSE_SRC"
+    rm -rf "$stage" && mkdir -p "$stage"
+    (cd "$(dirname "$PAUSE_SRC")" && "$GO" build -ldflags "-s -w" -o "$stage/pause" pause.go) \
+        || die "building $PAUSE_SRC failed"
+    touch "$stage/.complete"
+    rm -rf "$PAUSE_DIR/bin" && mv "$stage" "$PAUSE_DIR/bin"
+}
+
 start=$SECONDS
+lock "$VOLT_CACHE/coredns/.build.lock"
+pause_done || build_pause
+coredns_done || build_coredns
+lock "$VOLT_CACHE/kube/.build.lock"
 etcd_done || build_etcd
 kube_done || build_kube
 link_kubectl
-log "all built in $(( SECONDS - start ))s; cache sizes: $(du -sh "$VOLT_CACHE/go" 2>/dev/null | cut -f1) go, $(du -sh "$KUBE_DIR/bin" | cut -f1) kube, $(du -sh "$ETCD_DIR/bin" | cut -f1) etcd"
+log "all built in $(( SECONDS - start ))s; cache sizes: $(du -sh "$VOLT_CACHE/go" 2>/dev/null | cut -f1) go, $(du -sh "$KUBE_DIR/bin" | cut -f1) kube, $(du -sh "$ETCD_DIR/bin" | cut -f1) etcd, $(du -sh "$COREDNS_DIR/bin" | cut -f1) coredns"
