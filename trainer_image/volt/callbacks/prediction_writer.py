@@ -4,12 +4,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 from volt.callbacks.base import Callback
+from volt.utilities.enums import LightningEnum
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
     from volt.trainer.trainer import Trainer
 
 _INTERVALS = ("batch", "epoch", "batch_and_epoch")
+
+
+class WriteInterval(LightningEnum):
+    """``write_interval``'s values (equal to the strings, which work too)."""
+
+    BATCH = "batch"
+    EPOCH = "epoch"
+    BATCH_AND_EPOCH = "batch_and_epoch"
 
 
 class BasePredictionWriter(Callback):
@@ -24,7 +33,7 @@ class BasePredictionWriter(Callback):
     def __init__(self, write_interval: str = "batch") -> None:
         if write_interval not in _INTERVALS:
             raise ValueError(f"BasePredictionWriter(write_interval={write_interval!r}) must be one of {list(_INTERVALS)}")
-        self.write_interval = write_interval
+        self.write_interval = write_interval.value if isinstance(write_interval, WriteInterval) else write_interval
 
     def write_on_batch_end(self, trainer: "Trainer", pl_module: "LightningModule", prediction: Any,
                            batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,

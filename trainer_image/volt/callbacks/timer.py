@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from volt.callbacks.base import Callback, ignores_outputs
+from volt.utilities.enums import LightningEnum
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -16,6 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "validate", "test", "predict")
+
+
+class Interval(LightningEnum):
+    """``Timer(interval=...)``'s values (equal to the strings, which work too)."""
+
+    step = "step"
+    epoch = "epoch"
+
 _DURATION_RE = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})\s*$")
 
 Duration = Union[str, timedelta, Dict[str, float], None]
@@ -61,7 +70,7 @@ class Timer(Callback):
         if interval not in ("step", "epoch"):
             raise ValueError(f"Timer(interval={interval!r}) must be 'step' or 'epoch'")
         self._duration = parse_duration(duration)
-        self._interval = interval
+        self._interval = interval.value if isinstance(interval, Interval) else interval
         self._verbose = verbose
         self._start_time: Dict[str, Optional[float]] = {stage: None for stage in STAGES}
         self._end_time: Dict[str, Optional[float]] = {stage: None for stage in STAGES}

@@ -101,6 +101,11 @@ def _describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+def do_nothing_closure() -> None:
+    """A closure for ``optimizer.step(closure)`` that computes nothing (Lightning's name)."""
+    return None
+
+
 class LightningOptimizer:
     """Wraps a torch optimizer so that ``step()`` goes through the trainer (precision, hooks, counters)."""
 

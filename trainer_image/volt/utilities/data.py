@@ -1,6 +1,7 @@
 """Batches and DataLoaders: a batch's size, the arguments that re-create a loader."""
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Mapping, Sequence
 
 import torch
@@ -44,3 +45,12 @@ def loader_kwargs(loader: DataLoader) -> Dict[str, Any]:
 
 #: Lightning's name (``lightning.pytorch.utilities.data.extract_batch_size``).
 extract_batch_size = infer_batch_size
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """An upper bound for ``DataLoader(num_workers=...)``: the CPUs this process may use, shared by the
+    ``local_world_size`` processes of this machine, less one for each main process (Lightning's rule)."""
+    if local_world_size < 1:
+        raise ValueError(f"suggested_max_num_workers: local_world_size must be >= 1, got {local_world_size}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)
