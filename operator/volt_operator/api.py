@@ -145,7 +145,10 @@ def _device_count(value: Union[int, str, None], field: str) -> Optional[int]:
     else:
         count = len([part for part in value.split(",") if part.strip()])
     if count > MAX_PROCESSES_PER_NODE:
-        raise ValueError(f"{field} must be at most {MAX_PROCESSES_PER_NODE} per node, got {count}")
+        raise ValueError(
+            f"{field} asks for {count} devices: at most {MAX_PROCESSES_PER_NODE} processes "
+            "per node"
+        )
     return count
 
 
@@ -164,7 +167,7 @@ _DEVICES_SCHEMA = {
             f"type(self) == int ? int(self) <= {MAX_PROCESSES_PER_NODE} : "
             "string(self) == 'auto' || string(self).contains(',') "
             f"|| !string(self).matches('^[0-9]+$') || int(string(self)) <= {MAX_PROCESSES_PER_NODE}",
-            f"must be at most {MAX_PROCESSES_PER_NODE} devices per node",
+            f"must be at most {MAX_PROCESSES_PER_NODE} processes per node",
         ),
     ],
 }
@@ -194,11 +197,17 @@ def _cel_gpus_asked(t: str) -> str:
 
 def _cel_gpu_limit(s: str) -> str:
     """The nvidia.com/gpu amount of spec.resources (limits first), 0 when unset."""
+    def whole(value: str) -> str:
+        # A non-number is refused by the map's own rule; read it as 0 here.
+        return f"(string({value}).matches('^[0-9]{{1,6}}$') ? int(string({value})) : 0)"
+
+    limit = f"{s}.resources.limits['nvidia.com/gpu']"
+    request = f"{s}.resources.requests['nvidia.com/gpu']"
     return (
         f"(has({s}.resources.limits) && 'nvidia.com/gpu' in {s}.resources.limits "
-        f"? int({s}.resources.limits['nvidia.com/gpu']) : "
+        f"? {whole(limit)} : "
         f"has({s}.resources.requests) && 'nvidia.com/gpu' in {s}.resources.requests "
-        f"? int({s}.resources.requests['nvidia.com/gpu']) : 0)"
+        f"? {whole(request)} : 0)"
     )
 
 
@@ -1096,8 +1105,8 @@ class TrainingJobSpec(_Model):
         wanted = self.trainer.processes_per_node(gpu_limit)
         if wanted > MAX_PROCESSES_PER_NODE:
             raise ValueError(
-                f"spec.trainer asks for {wanted} processes per node; at most "
-                f"{MAX_PROCESSES_PER_NODE}"
+                f"spec.trainer (trainer.gpus, devices or numProcesses, or the nvidia.com/gpu "
+                f"resource) asks for {wanted}: at most {MAX_PROCESSES_PER_NODE} processes per node"
             )
         metrics, rendezvous = self.metrics.port, self.rendezvous.port
         if metrics + wanted - 1 > 65535:
@@ -1176,8 +1185,8 @@ def _spec_schema_rules() -> List[Dict[str, str]]:
         ),
         cel(
             f"{nproc} <= {MAX_PROCESSES_PER_NODE}",
-            f"spec.trainer asks for more than {MAX_PROCESSES_PER_NODE} processes per node "
-            "(trainer.gpus, devices or numProcesses, or the nvidia.com/gpu resource)",
+            "spec.trainer (trainer.gpus, devices or numProcesses, or the nvidia.com/gpu "
+            f"resource) asks for too many: at most {MAX_PROCESSES_PER_NODE} processes per node",
             ".trainer",
         ),
         cel(

@@ -6,6 +6,7 @@ from typing import Any, Dict
 import pytest
 from pydantic import ValidationError
 
+from invalid_specs import INVALID, VALID, spec_with
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -126,3 +127,18 @@ def test_round_trip_is_camel_case_without_nulls() -> None:
 def test_status_ignores_unknown_fields_and_defaults() -> None:
     status = TrainingJobStatus.model_validate({"phase": "Running", "kopf": {"x": 1}})
     assert status.phase == "Running" and status.restarts == 0 and status.ready_nodes == "0/0"
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_operator_refuses_what_the_api_server_refuses(case: str) -> None:
+    """The same table the API server is tested with (test_operator_integration.py)."""
+    change, names = INVALID[case]
+    with pytest.raises(ValidationError) as info:
+        TrainingJobSpec.model_validate(spec_with(change))
+    for name in names:
+        assert name in str(info.value), f"{case}: {name!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("case", list(VALID))
+def test_near_misses_are_accepted(case: str) -> None:
+    TrainingJobSpec.model_validate(spec_with(VALID[case]))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+import secrets
+from typing import Any, Dict, Iterator
 
 import pytest
 import yaml
 
+import invalid_specs
 from operator_process import (
     OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
 )
@@ -72,6 +74,32 @@ def test_invalid_trainingjob_is_refused_naming_the_field(crd: Any, namespace: st
     assert field in result.stderr, result.stderr
 
 
+def _apply(kube: Any, namespace: str, spec: Dict[str, Any], *flags: str) -> Any:
+    body = yaml.safe_dump({"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob",
+                           "metadata": {"name": "bad"}, "spec": spec})
+    return kube.kubectl("apply", "-n", namespace, *flags, "-f", "-", input=body, check=False)
+
+
+@pytest.mark.parametrize("case", list(invalid_specs.INVALID))
+def test_api_server_refuses_bad_input_naming_the_field(crd: Any, namespace: str,
+                                                      case: str) -> None:
+    """Every entry of the shared table (the models refuse the same: test_api.py)."""
+    change, names = invalid_specs.INVALID[case]
+    result = _apply(crd, namespace, invalid_specs.spec_with(change))
+    assert result.returncode != 0, f"{case} was accepted"
+    for name in names:
+        assert name in result.stderr, f"{case}: {name!r} not in {result.stderr}"
+    # A rule whose own evaluation failed would be reported, not the user's mistake.
+    assert "evaluation error" not in result.stderr and "cost" not in result.stderr
+
+
+@pytest.mark.parametrize("case", list(invalid_specs.VALID))
+def test_api_server_accepts_near_misses(crd: Any, namespace: str, case: str) -> None:
+    result = _apply(crd, namespace, invalid_specs.spec_with(invalid_specs.VALID[case]),
+                    "--dry-run=server")
+    assert result.returncode == 0, result.stderr
+
+
 def test_long_name_is_refused(crd: Any, namespace: str) -> None:
     result = crd.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("x" * 60),
                          check=False)
@@ -119,6 +147,7 @@ def test_valid_job_gets_service_pods_env_and_columns(operator: OperatorProcess,
         assert env["NODE_RANK"] == str(rank)
         assert env["WORLD_SIZE"] == "2"
         assert env["VOLT_ATTEMPT"] == "0"
+        assert env["VOLT_JOB_UID"] == job_uid
         assert json.loads(env["VOLT_TRAINER"])["num_nodes"] == 2
         assert "RANK" not in env and "LOCAL_RANK" not in env
         assert pod["spec"]["containers"][0]["command"][:1] == ["volt-run"]
@@ -183,3 +212,116 @@ def test_child_creation_errors_show_in_status_and_events(operator: OperatorProce
     events = get_json(kube, "-n", namespace, "events",
                       "--field-selector", "involvedObject.name=quota")["items"]
     assert any(e["reason"] == "CreateFailed" and e["type"] == "Warning" for e in events)
+
+
+def _events(kube: Any, namespace: str, name: str) -> list:
+    return get_json(kube, "-n", namespace, "events",
+                    "--field-selector", f"involvedObject.name={name}")["items"]
+
+
+def _condition(kube: Any, namespace: str, name: str, type_: str) -> Any:
+    conds = job_status(kube, namespace, name).get("conditions") or []
+    return next((c for c in conds if c["type"] == type_ and c["status"] == "True"), None)
+
+
+def test_a_pod_the_api_server_refuses_fails_the_job(operator: OperatorProcess,
+                                                    namespace: str) -> None:
+    """Something the CRD cannot check (a volume without a source) makes every pod
+    invalid: after a bounded number of tries the job fails with the API server's
+    message, instead of asking again every few seconds forever."""
+    kube = operator.kube
+    kube.kubectl("apply", "-n", namespace, "-f", "-",
+                 input=manifest("refused", template={"volumes": [{"name": "nosource"}]}))
+    failed = wait_until("Failed=True", lambda: _condition(kube, namespace, "refused",
+                                                          "Failed"), 90)
+    assert failed["reason"] == "CreateFailed"
+    assert "must specify a volume type" in failed["message"]
+    status = job_status(kube, namespace, "refused")
+    assert status["phase"] == "Failed" and status["createRefusals"] == 3
+    reasons = [e["reason"] for e in _events(kube, namespace, "refused")]
+    assert "CreateFailed" in reasons and "Failed" in reasons
+    assert not _pods(kube, namespace, "refused")
+
+
+def test_a_gang_that_cannot_start_is_stalled_and_bounded(operator: OperatorProcess,
+                                                         namespace: str) -> None:
+    """No scheduler takes the pods: after stallTimeoutSeconds the gang restarts
+    (condition Stalled naming the pods), and the budget bounds it."""
+    kube = operator.kube
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "stuck", template={"schedulerName": "nobody-schedules-this"},
+        failurePolicy={"maxRestarts": 1, "backoffSeconds": 0, "stallTimeoutSeconds": 3}))
+    failed = wait_until("Failed=True", lambda: _condition(kube, namespace, "stuck",
+                                                          "Failed"), 120)
+    assert failed["reason"] == "RestartLimitExceeded" and "did not start" in failed["message"]
+    status = job_status(kube, namespace, "stuck")
+    assert status["restarts"] == 1 and status["lastFailure"]["reason"] == "Stalled"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert "stuck-node-0" in stalled["message"] and "stuck-node-1" in stalled["message"]
+
+
+# --- node loss ----------------------------------------------------------------
+
+@pytest.fixture
+def lost_node(crd: Any) -> Iterator[str]:
+    """A Node object that no kubelet serves: its pods never confirm a deletion, as
+    on a node that lost power or network. Deleted afterwards (the pod garbage
+    collector then removes what is left on it)."""
+    name = f"lost-{secrets.token_hex(3)}"
+    crd.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                          "metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        crd.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def _bind_and_run(kube: Any, namespace: str, pod: str, node: str) -> None:
+    """What a scheduler and a kubelet would do: bind the pod, report it Ready."""
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/binding", {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+    body = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+    body["status"].update({"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]})
+    kube.request("PUT", f"/api/v1/namespaces/{namespace}/pods/{pod}/status", body)
+
+
+@pytest.mark.timeout(240)
+def test_gang_restart_does_not_wait_for_pods_on_a_lost_node(
+        crd: Any, namespace: str, lost_node: str, tmp_path: Any) -> None:
+    kube = crd
+    margin = 3
+    proc = OperatorProcess(kube, [namespace], tmp_path,
+                           extra_args=["--stuck-pod-margin", str(margin)]).start()
+    try:
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+            "lost", template={"schedulerName": "test-binds-by-hand"},
+            terminationGracePeriodSeconds=2,
+            failurePolicy={"backoffSeconds": 0}))
+        wait_until("both node pods", lambda: len(_pods(kube, namespace, "lost")) == 2, 60)
+        for rank in (0, 1):
+            _bind_and_run(kube, namespace, f"lost-node-{rank}", lost_node)
+        wait_until("Running", lambda: job_status(kube, namespace, "lost").get("phase")
+                   == "Running", 60)
+        # Rank 1 is deleted (as a preemption would); its kubelet never answers.
+        kube.kubectl("delete", "pod", "-n", namespace, "lost-node-1", "--wait=false")
+
+        def next_attempt() -> bool:
+            pods = _pods(kube, namespace, "lost")
+            return len(pods) == 2 and all(
+                p["metadata"]["labels"]["volt.dev/attempt"] == "1"
+                and not p["metadata"].get("deletionTimestamp") for p in pods.values())
+
+        wait_until("attempt 1's pods, the stuck ones force-deleted", next_attempt, 120)
+        status = job_status(kube, namespace, "lost")
+        assert status["attempt"] == 1 and status["restarts"] == 1
+        assert status["lastFailure"]["pod"] == "lost-node-1"
+        forced = [e for e in _events(kube, namespace, "lost") if e["reason"] == "ForceDeleted"]
+        assert {e["type"] for e in forced} == {"Warning"}
+        named = {pod for pod in ("lost-node-0", "lost-node-1")
+                 if any(pod in e["message"] and lost_node in e["message"] for e in forced)}
+        assert named == {"lost-node-0", "lost-node-1"}
+    finally:
+        proc.stop()
+        print(proc.logs()[-6000:])
