@@ -5,15 +5,16 @@ import sys
 import pytest
 
 from volt import exit_codes
-from volt.overrides import apply_env_overrides, resume_ckpt_path, trainer_settings
+from volt.contract import JobContract, JobContractError
+from volt.overrides import apply_trainer_settings
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def test_volt_trainer_overrides_and_logs_each(caplog):
     caplog.set_level(logging.INFO, logger="volt.overrides")
-    env = {"VOLT_TRAINER": '{"max_epochs": 3, "devices": 2, "accelerator": "cpu"}'}
-    out = apply_env_overrides({"max_epochs": 10, "accelerator": "cpu", "logger": False}, env)
+    settings = JobContract.from_env({"VOLT_TRAINER": '{"max_epochs": 3, "devices": 2, "accelerator": "cpu"}'})
+    out = apply_trainer_settings({"max_epochs": 10, "accelerator": "cpu", "logger": False}, settings.trainer_settings)
     assert out == {"max_epochs": 3, "devices": 2, "accelerator": "cpu", "logger": False}
     text = caplog.text
     assert "overrides Trainer(max_epochs=10) with 3" in text
@@ -21,21 +22,45 @@ def test_volt_trainer_overrides_and_logs_each(caplog):
     assert "accelerator" not in text  # same value: nothing to report
 
 
+@pytest.mark.parametrize("script, replaced", [
+    ({"gpus": 2}, "gpus=2"),
+    ({"num_processes": 2, "accelerator": "ddp_cpu"}, "accelerator='ddp_cpu', num_processes=2"),
+    ({"distributed_backend": "ddp", "num_processes": 4, "max_epochs": 1}, "num_processes=4, distributed_backend='ddp'"),
+    ({"tpu_cores": 8, "plugins": ["ddp_sharded"]}, "tpu_cores=8, plugins=['ddp_sharded']"),
+])
+def test_the_jobs_placement_replaces_the_scripts_whole(caplog, script, replaced):
+    caplog.set_level(logging.INFO, logger="volt.overrides")
+    job = {"accelerator": "cpu", "devices": 2, "num_nodes": 1, "strategy": "ddp"}
+    out = apply_trainer_settings(script, job)
+    assert {k: out[k] for k in job} == job
+    assert not {"gpus", "num_processes", "tpu_cores", "distributed_backend"} & set(out)
+    assert out.get("plugins", []) == [] and out.get("max_epochs") == script.get("max_epochs")
+    lines = [r.getMessage() for r in caplog.records if "replaces" in r.getMessage()]
+    assert lines == [f"VOLT_TRAINER replaces the script's Trainer({replaced}) with the TrainingJob's "
+                     "Trainer(accelerator='cpu', strategy='ddp', devices=2)"]
+    assert "sets Trainer(devices" not in caplog.text  # named once, in the line above
+
+
+def test_settings_without_placement_leave_the_scripts_placement():
+    out = apply_trainer_settings({"gpus": 2, "max_epochs": 5}, {"max_epochs": 3})
+    assert out == {"gpus": 2, "max_epochs": 3}
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"), ('{"maxEpochs": 3}', "snake_case")],
 )
 def test_bad_volt_trainer_is_a_clear_error(raw, message):
-    with pytest.raises(ValueError, match=message):
-        trainer_settings({"VOLT_TRAINER": raw})
+    with pytest.raises(JobContractError, match=message):
+        JobContract.from_env({"VOLT_TRAINER": raw})
 
 
 def test_resume_policy():
-    assert resume_ckpt_path(None, {}) is None
-    assert resume_ckpt_path("x.ckpt", {}) == "x.ckpt"
-    assert resume_ckpt_path(None, {"VOLT_RESUME": "Auto"}) == "last"
-    assert resume_ckpt_path("last", {"VOLT_RESUME": "never"}) is None
-    assert resume_ckpt_path(None, {"VOLT_RESUME": "/ckpt/a.ckpt"}) == "/ckpt/a.ckpt"
+    assert JobContract.from_env({}).resume_ckpt_path(None) is None
+    assert JobContract.from_env({}).resume_ckpt_path("x.ckpt") == "x.ckpt"
+    assert JobContract.from_env({"VOLT_RESUME": "Auto"}).resume_ckpt_path(None) == "last"
+    assert JobContract.from_env({"VOLT_RESUME": "never"}).resume_ckpt_path("last") is None
+    assert JobContract.from_env({"VOLT_RESUME": "/ckpt/a.ckpt"}).resume_ckpt_path(None) == "/ckpt/a.ckpt"
 
 
 def test_exit_codes_are_distinct_and_described():

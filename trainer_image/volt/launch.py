@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from volt import exit_codes
 from volt.cluster import ClusterConfigError, NodeEnvironment, node_environment
-from volt.overrides import trainer_settings
+from volt.contract import ENV_GRACE_PERIOD, ENV_LAUNCHER, VOLT_RUN, JobContract, job_contract
 
 log = logging.getLogger("volt.launch")
 
@@ -148,7 +148,8 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
         raise ClusterConfigError(f"node rank {node.node_rank} is out of range for {node.num_nodes} node(s)")
 
     nproc, source = args.nproc_per_node, "--nproc-per-node"
-    settings = trainer_settings(env)
+    contract = JobContract.from_env(env)
+    settings = contract.trainer_settings
     if nproc is None and node.nproc_per_node is not None:
         nproc, source = node.nproc_per_node, "PET_NPROC_PER_NODE"
     for key in ("devices", "gpus", "num_processes"):
@@ -176,10 +177,9 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
     if trainer_nodes is not None and trainer_nodes != node.num_nodes:
         raise ClusterConfigError(f"VOLT_TRAINER num_nodes={trainer_nodes} but NUM_NODES={node.num_nodes}")
 
-    run_id = args.run_id or env.get("VOLT_JOB_NAME", "") or "volt"
-    attempt = env.get("VOLT_ATTEMPT")
-    if attempt:
-        run_id = f"{run_id}-{attempt}"
+    run_id = args.run_id or contract.job_name or "volt"
+    if contract.attempt is not None:
+        run_id = f"{run_id}-{contract.attempt}"
     if args.max_restarts < 0:
         raise ClusterConfigError(f"--max-restarts must be >= 0, got {args.max_restarts}")
     if args.max_restarts and node.num_nodes > 1:
@@ -589,8 +589,8 @@ def _watch_peers(agent: Any, supervisor: _Supervisor) -> None:
 def run(plan: LaunchPlan) -> int:
     """Run this node's workers to completion; return the process exit code."""
     supervisor = _Supervisor(plan)
-    os.environ["VOLT_LAUNCHER"] = "volt-run"
-    os.environ["VOLT_GRACE_PERIOD_S"] = os.environ.get("VOLT_GRACE_PERIOD_S", str(plan.grace_period))
+    os.environ[ENV_LAUNCHER] = VOLT_RUN  # the workers' contract: who started them, and their grace period
+    os.environ.setdefault(ENV_GRACE_PERIOD, str(plan.grace_period))
     # torch's agent turns these into an exception; SIGTERM is ours (forward, then wait).
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
     log_dir = tempfile.mkdtemp(prefix="volt-run-")  # the agent's per-worker error files
@@ -682,6 +682,7 @@ def _check_out(store: Any, supervisor: _Supervisor, code: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    job = job_contract()  # the TrainingJob's timeouts are the defaults of the flags
     parser = argparse.ArgumentParser(
         prog="volt-run",
         description="Start this node's volt training processes (torch elastic agent, static rendezvous).",
@@ -696,10 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--master-addr", default=None, help="node 0's address (default: MASTER_ADDR)")
     parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: MASTER_PORT)")
     parser.add_argument("--rdzv-timeout", type=float,
-                        default=float(os.environ.get("VOLT_RENDEZVOUS_TIMEOUT", _DEFAULT_RDZV_TIMEOUT)),
+                        default=job.rendezvous_timeout_s or _DEFAULT_RDZV_TIMEOUT,
                         help="seconds to wait for all nodes (default: VOLT_RENDEZVOUS_TIMEOUT or 300)")
     parser.add_argument("--grace-period", type=float,
-                        default=float(os.environ.get("VOLT_GRACE_PERIOD_S", _DEFAULT_GRACE_PERIOD)),
+                        default=job.grace_period_s or _DEFAULT_GRACE_PERIOD,
                         help="seconds between SIGTERM and killing the workers (default: VOLT_GRACE_PERIOD_S or 25)")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="in-place worker group restarts (default 0: the operator restarts the gang)")
@@ -727,8 +728,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[volt-run %(levelname)s] %(message)s", stream=sys.stderr)
     for noisy in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         plan = plan_launch(args, os.environ)
     except (ClusterConfigError, ValueError) as err:
         log.error("%s", err)

@@ -16,9 +16,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 
+from volt import termination
 from volt.callbacks.base import Callback
+from volt.contract import ENV_TRAINER, JobContract
 from volt.datamodule import LightningDataModule
 from volt.module import LightningModule
+from volt.overrides import apply_trainer_settings
 from volt.plugins import CheckpointIO, TorchCheckpointIO
 from volt.precision import Precision, parse_precision
 from volt.profilers import Profiler, profiler_from_argument
@@ -128,27 +131,27 @@ class Trainer:
         move_metrics_to_cpu: bool = False,
     ) -> None:
         passed = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        passed = self._apply_env_overrides(passed)
+        #: What the TrainingJob told this process (volt.contract), parsed once for the whole run.
+        self.job_contract = JobContract.from_env(os.environ)
+        passed = self._apply_job_settings(passed, self.job_contract)
         self._setup_arguments(**passed)
 
     # ------------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------------
     @staticmethod
-    def _apply_env_overrides(passed: Dict[str, Any]) -> Dict[str, Any]:
-        try:
-            from volt.overrides import apply_env_overrides
-        except ModuleNotFoundError as err:  # the operator contract module is optional for local runs
-            if err.name != "volt.overrides":
-                raise
+    def _apply_job_settings(passed: Dict[str, Any], contract: JobContract) -> Dict[str, Any]:
+        """The script's arguments with the TrainingJob's ``VOLT_TRAINER`` applied (volt.overrides)."""
+        if not contract.trainer_settings:
             return passed
         defaults = {n: p.default for n, p in inspect.signature(Trainer.__init__).parameters.items() if n != "self"}
         explicit = {k: v for k, v in passed.items() if v is not defaults.get(k) and v != defaults.get(k)}
-        merged = apply_env_overrides(explicit)
+        merged = apply_trainer_settings(explicit, contract.trainer_settings)
         unknown = set(merged) - set(defaults)
         if unknown:
-            raise ValueError(f"VOLT_TRAINER sets unknown Trainer arguments {sorted(unknown)}")
-        return {**passed, **merged}
+            raise ValueError(f"{ENV_TRAINER} sets unknown Trainer arguments {sorted(unknown)}")
+        # what the job's settings replaced goes back to its default, not to the script's value
+        return {**defaults, **merged}
 
     def _setup_arguments(self, **a: Any) -> None:
         self.state = TrainerState()
@@ -514,7 +517,7 @@ class Trainer:
         else:
             if not any(isinstance(c, PreemptionCallback) for c in out):
                 out.append(PreemptionCallback())
-        if os.environ.get("VOLT_METRICS_PORT"):
+        if self.job_contract.metrics_port is not None:
             from volt.callbacks.prometheus import PrometheusCallback
 
             if not any(isinstance(c, PrometheusCallback) for c in out):
@@ -778,13 +781,7 @@ class Trainer:
         """fit()'s checkpoint: the argument, else the 1.x resume_from_checkpoint, then VOLT_RESUME's say."""
         if ckpt_path is None and self.resume_from_checkpoint is not None:
             ckpt_path = os.fspath(self.resume_from_checkpoint)
-        try:
-            from volt.overrides import resume_ckpt_path
-        except ModuleNotFoundError as err:
-            if err.name != "volt.overrides":
-                raise
-            return ckpt_path
-        return resume_ckpt_path(ckpt_path)
+        return self.job_contract.resume_ckpt_path(ckpt_path)
 
     def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
                  verbose: bool = True, datamodule: Optional[LightningDataModule] = None,
@@ -804,6 +801,8 @@ class Trainer:
                 datamodule: Optional[LightningDataModule] = None, return_predictions: Optional[bool] = None,
                 ckpt_path: Optional[str] = None) -> Optional[List[Any]]:
         """Run predict_step over the loaders; returns the predictions (a list per loader when several)."""
+        if isinstance(dataloaders, LightningDataModule):  # predict(model, datamodule), as Lightning accepts
+            datamodule, dataloaders = dataloaders, None
         model = self._eval_model(model, "predict")
         self._check_sources(dataloaders, None, datamodule, "predict")
         self.state.fn = TrainerFn.PREDICTING
@@ -939,6 +938,9 @@ class Trainer:
             self.state.status = "interrupted"
             self._on_exception(err)
             self._finalize_loggers("failed" if isinstance(err, Exception) else "interrupted")
+            exit_ = termination.exit_for_error(err)  # e.g. a full checkpoint volume: a retryable exit code
+            if exit_ is not None:
+                raise exit_ from err
             raise
         finally:
             self.state.stage = None
