@@ -1,6 +1,7 @@
 """Precision: parsing of every accepted spelling, and the dtypes the steps actually see."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict
 
 import pytest
@@ -24,20 +25,33 @@ def test_parse_precision(value: Any, expected: str) -> None:
 
 
 @pytest.mark.parametrize("precision,level,expected", [
-    (None, "O0", "32-true"), (None, "O1", "16-mixed"), (None, "O2", "16-mixed"), (None, "O3", "16-true"),
-    (16, "O1", "16-mixed"), (16, "O3", "16-true"), (32, "O0", "32-true"),
+    (None, "O0", "32-true"), (None, "O1", "32-true"), (None, "O2", "32-true"), (16, "O1", "16-mixed"),
+    (16, "O3", "16-mixed"), (32, "O2", "32-true"), ("bf16-mixed", "O1", "bf16-mixed"),
 ])
-def test_amp_level_maps_to_precision(precision: Any, level: str, expected: str) -> None:
-    assert parse_precision(precision, amp_level=level) == expected
+def test_amp_level_is_ignored_with_the_native_backend(precision: Any, level: str, expected: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="volt.precision")
+    assert parse_precision(precision, amp_level=level, amp_backend="native") == expected
+    assert parse_precision(precision, amp_level=level) == expected  # 1.x's default backend was native
+    notes = [r.getMessage() for r in caplog.records if "amp_level" in r.getMessage()]
+    assert notes == [f"amp_level={level!r} is ignored: it applies only to amp_backend='apex' (as in Lightning "
+                     f"1.x); precision is {expected!r}"] * 2
+
+
+def test_the_1x_default_signature_constructs(tmp_path: Any) -> None:
+    # the defaults as Lightning 1.x's Trainer printed them
+    trainer = volt.Trainer(precision=32, amp_backend="native", amp_level="O2", gpus=None, num_processes=1,
+                           auto_select_gpus=False, tpu_cores=None, logger=False, default_root_dir=str(tmp_path))
+    assert trainer.precision == "32-true"
 
 
 def test_precision_errors() -> None:
     with pytest.raises(ValueError, match="amp_backend='apex'"):
         volt.Trainer(logger=False, precision=16, amp_backend="apex")
+    with pytest.raises(ValueError, match=r"amp_backend='apex' \(with amp_level='O2'\) is not supported"):
+        volt.Trainer(logger=False, amp_backend="apex", amp_level="O2")
     with pytest.raises(ValueError, match="precision=8"):
         volt.Trainer(logger=False, precision=8)
-    with pytest.raises(ValueError, match="contradicts"):
-        volt.Trainer(logger=False, precision=32, amp_level="O2")
     with pytest.raises(ValueError, match="amp_level"):
         volt.Trainer(logger=False, amp_level="O4")
 

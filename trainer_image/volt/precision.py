@@ -7,12 +7,15 @@ Canonical names follow Lightning 2.x: ``"64-true"``, ``"32-true"``,
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, ContextManager, Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from volt.utilities import apply_to_tensors
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
@@ -24,9 +27,8 @@ _ALIASES: Dict[Any, str] = {
     "16-true": "16-true", "bf16-true": "bf16-true",
 }
 
-# apex opt levels (1.x ``amp_level``) expressed as native precisions:
-# O0 = pure fp32, O1/O2 = fp16 mixed (fp32 master weights), O3 = pure fp16.
-AMP_LEVELS = {"O0": "32-true", "O1": "16-mixed", "O2": "16-mixed", "O3": "16-true"}
+# apex opt levels (1.x ``amp_level``); they mean something only to apex, which volt does not run.
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 _TRUE_DTYPES = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}
 
@@ -38,18 +40,24 @@ def parse_precision(
 ) -> str:
     """Return the canonical precision name, or raise ValueError naming the bad argument.
 
-    ``precision=None`` means "not given" (32-true unless ``amp_level`` picks one).
+    ``precision=None`` means "not given" (32-true). ``amp_level`` is the 1.x apex opt level: as in
+    Lightning 1.x it applies only with ``amp_backend='apex'`` (which volt does not support), and
+    with the native backend it is ignored with a logged note, so 1.x's printed defaults
+    (``precision=32, amp_backend='native', amp_level='O2'``) construct.
     """
+    if amp_level is not None and amp_level not in AMP_LEVELS:
+        raise ValueError(f"amp_level must be one of {sorted(AMP_LEVELS)}, got {amp_level!r}")
     if amp_backend not in (None, "native"):
         if amp_backend == "apex":
+            level = f" (with amp_level={amp_level!r})" if amp_level is not None else ""
             raise ValueError(
-                "amp_backend='apex' is not supported: NVIDIA apex is deprecated. "
+                f"amp_backend='apex'{level} is not supported: NVIDIA apex is deprecated. "
                 "Use native mixed precision, e.g. Trainer(precision='16-mixed') or 'bf16-mixed'."
             )
         raise ValueError(f"amp_backend must be 'native' (or None), got {amp_backend!r}")
     if isinstance(precision, bool):
         raise TypeError(f"precision must be an int or str, got bool {precision!r}")
-    canonical: Optional[str] = None
+    canonical = "32-true"
     if precision is not None:
         key = precision.strip().lower() if isinstance(precision, str) else precision
         if key not in _ALIASES:
@@ -58,20 +66,10 @@ def parse_precision(
                 "64, 32, 16, 'bf16', '64-true', '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true'"
             )
         canonical = _ALIASES[key]
-    if amp_level is None:
-        return canonical or "32-true"
-    if amp_level not in AMP_LEVELS:
-        raise ValueError(f"amp_level must be one of {sorted(AMP_LEVELS)}, got {amp_level!r}")
-    level_precision = AMP_LEVELS[amp_level]
-    # amp_level picks the precision when precision is not given, and refines
-    # precision=16 (O1/O2 mixed, O3 pure fp16). Anything else is a contradiction.
-    fp16 = ("16-mixed", "16-true")
-    if canonical is None or canonical == level_precision or (canonical in fp16 and level_precision in fp16):
-        return level_precision
-    raise ValueError(
-        f"amp_level={amp_level!r} means precision {level_precision!r}, which contradicts "
-        f"precision={precision!r}; pass only one of them"
-    )
+    if amp_level is not None:
+        log.info("amp_level=%r is ignored: it applies only to amp_backend='apex' (as in Lightning 1.x); "
+                 "precision is %r", amp_level, canonical)
+    return canonical
 
 
 class Precision:

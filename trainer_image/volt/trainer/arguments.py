@@ -244,6 +244,9 @@ def choose_devices(
         else:
             accelerator = "cpu"
 
+    if auto_select_gpus and accelerator != "cuda":
+        log.warning("Trainer(auto_select_gpus=True): training runs on %s (torch sees %d CUDA GPU(s)), so there are "
+                    "no GPUs to select", accelerator, cuda_count)
     if accelerator == "cuda":
         if not cuda_count:
             raise ValueError(
@@ -252,15 +255,21 @@ def choose_devices(
             )
         if parsed_devices in ("auto", -1):
             ids = list(range(cuda_count))
+            if auto_select_gpus:
+                log.info("Trainer(auto_select_gpus=True): every visible GPU is used (%s)", ids)
         elif isinstance(parsed_devices, int):
             if parsed_devices > cuda_count:
                 raise ValueError(f"Trainer asks for {parsed_devices} GPUs but only {cuda_count} are visible")
             ids = list(range(parsed_devices))
+            if auto_select_gpus:
+                ids = _auto_select(parsed_devices, cluster)
         else:
             bad = [i for i in parsed_devices if i >= cuda_count]
             if bad:
                 raise ValueError(f"Trainer asks for GPU ids {bad} but only {cuda_count} GPUs are visible")
             ids = list(parsed_devices)
+            if auto_select_gpus:
+                log.info("Trainer(auto_select_gpus=True): the GPU ids %s are given, nothing to select", ids)
     elif accelerator == "mps":
         if parsed_devices not in ("auto", 1, -1, [0]):
             raise ValueError("accelerator='mps' supports one device")
@@ -281,6 +290,41 @@ def choose_devices(
     if isinstance(strategy, str):
         strategy = strategy.lower()
     return DeviceChoice(accelerator, ids, num_nodes, strategy, note)
+
+
+def free_gpus(count: int) -> List[int]:
+    """The ``count`` GPUs with the most free memory (``torch.cuda.mem_get_info``), in index order.
+
+    A GPU whose memory cannot be queried (taken by another process in exclusive mode) is not free.
+    Querying opens a CUDA context on every visible GPU, which is why this runs only when asked.
+    """
+    import torch
+
+    free: List[tuple] = []
+    for index in range(torch.cuda.device_count()):
+        try:
+            free_bytes, _total = torch.cuda.mem_get_info(index)
+        except RuntimeError as err:
+            log.info("auto_select_gpus: GPU %d is not available (%s)", index, err)
+            continue
+        free.append((-free_bytes, index))
+    if len(free) < count:
+        raise ValueError(f"Trainer(auto_select_gpus=True) needs {count} free GPU(s) but only {len(free)} of "
+                         f"{torch.cuda.device_count()} can be used")
+    return sorted(index for _, index in sorted(free)[:count])
+
+
+def _auto_select(count: int, cluster: Optional[Any]) -> List[int]:
+    launched = (cluster.world_size if cluster is not None and cluster.launched else launched_world_size()) > 1
+    if launched:
+        # Each rank would pick on its own, from memory figures that change between the picks:
+        # two ranks could choose the same GPU. A launcher's ranks take the GPUs in order.
+        log.warning("Trainer(auto_select_gpus=True) is not applied under a launcher (volt-run, torchrun): every "
+                    "rank must use the same GPU list, so GPUs 0..%d are used", count - 1)
+        return list(range(count))
+    ids = free_gpus(count)
+    log.info("Trainer(auto_select_gpus=True) selected GPU(s) %s (most free memory)", ids)
+    return ids
 
 
 @dataclass

@@ -208,8 +208,8 @@ class Trainer:
         )
         if self._device_choice.legacy_note:
             log.info(self._device_choice.legacy_note)
-        if plugins.precision is not None and (a["precision"] is not None or a["amp_level"] is not None):
-            raise ValueError(f"Trainer(plugins=[{plugins.precision!r}]) sets the precision, and precision=/amp_level= "
+        if plugins.precision is not None and a["precision"] is not None:
+            raise ValueError(f"Trainer(plugins=[{plugins.precision!r}]) sets the precision, and precision= "
                              "was also given; pass only one")
         self._precision_name = (plugins.precision.precision if plugins.precision is not None
                                 else parse_precision(a["precision"], a["amp_level"], a["amp_backend"]))
