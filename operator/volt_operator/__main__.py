@@ -1,6 +1,7 @@
 """``python -m volt_operator``: run the TrainingJob operator (kopf).
 
-    python -m volt_operator [--namespace NS ... | --all-namespaces] [--standalone]
+    python -m volt_operator [--namespace NS ... | --all-namespaces]
+                            [--standalone | --leader-elect [--leader-election-namespace NS]]
                             [--log-format json|text] [--health-port P | --liveness URL]
                             [--metrics-port P] [--progress-interval S]
                             [--stuck-pod-margin S]
@@ -27,6 +28,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                        help="watch every namespace (the default when no --namespace)")
     parser.add_argument("--standalone", action="store_true",
                         help="no kopf peering (run exactly one operator replica)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="several replicas: only the holder of a coordination.k8s.io "
+                        "Lease acts (implies no kopf peering)")
+    parser.add_argument("--leader-election-namespace", metavar="NS",
+                        default=os.environ.get("POD_NAMESPACE", "default"),
+                        help="namespace of the Lease volt-operator (env POD_NAMESPACE)")
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
     parser.add_argument("--verbose", "-v", action="store_true")
     health = parser.add_mutually_exclusive_group()
@@ -87,6 +94,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     memo.options = handlers.Options(
         progress_seconds=args.progress_interval,
         stuck_pod_margin=args.stuck_pod_margin,
+        leader_namespace=args.leader_election_namespace if args.leader_elect else None,
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         kube_configuration=configuration,
         namespaces=list(args.namespace),
@@ -96,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "watching %s", ", ".join(namespaces) if namespaces else "all namespaces"
     )
     kopf.run(
-        standalone=args.standalone,
+        standalone=args.standalone or args.leader_elect,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,

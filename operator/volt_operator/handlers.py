@@ -23,6 +23,7 @@ from . import metrics
 from .api import GROUP, PLURAL, VERSION
 from .builders import LABEL_JOB
 from .kube import KubeClient
+from .leader import LeaseElector
 from .reconciler import Reconciler, Resyncer
 from .status import STUCK_POD_MARGIN_SECONDS
 
@@ -37,6 +38,8 @@ class Options:
 
     progress_seconds: float = 5.0
     stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS
+    # Namespace of the leader-election Lease; None: no election (one replica).
+    leader_namespace: Optional[str] = None
     metrics_port: Optional[int] = 8080
     kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
     namespaces: List[str] = field(default_factory=list)  # empty: all namespaces
@@ -67,9 +70,15 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # chart's least-privilege RBAC does not grant): the CRD is installed before the
     # operator starts and the namespaces are named on the command line.
     settings.scanning.disabled = True
+    client = KubeClient(options.kube_configuration)
+    memo.elector = None
+    if options.leader_namespace:
+        memo.elector = LeaseElector(client, options.leader_namespace)
+        memo.elector.start()
     memo.reconciler = Reconciler(
-        KubeClient(options.kube_configuration), progress_interval=options.progress_seconds,
+        client, progress_interval=options.progress_seconds,
         stuck_pod_margin=options.stuck_pod_margin,
+        is_leader=memo.elector.is_leader if memo.elector else None,
     )
     memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS)
     memo.resyncer.start()
@@ -84,6 +93,9 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
     resyncer = getattr(memo, "resyncer", None)
     if resyncer is not None:
         resyncer.stop()
+    elector = getattr(memo, "elector", None)
+    if elector is not None:
+        elector.stop()
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.stop()

@@ -65,10 +65,13 @@ class Reconciler:
         progress_interval: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
         stuck_pod_margin: float = machine.STUCK_POD_MARGIN_SECONDS,
+        is_leader: Optional[Callable[[], bool]] = None,
     ) -> None:
         self.client = client
         self.clock = clock
         self.stuck_pod_margin = stuck_pod_margin
+        # With leader election only the Lease holder acts; the others wait.
+        self.is_leader = is_leader or (lambda: True)
         self.poll_limiter = progress.RateLimiter(progress_interval)
         self._locks: Dict[Tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -87,6 +90,8 @@ class Reconciler:
         self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None
     ) -> Optional[float]:
         """Bring one job closer to its spec; returns seconds until it wants another look."""
+        if not self.is_leader():
+            return None  # another replica holds the Lease; the resync catches up on takeover
         with self._lock((namespace, name)):
             for _ in range(CONFLICT_RETRIES):
                 try:
@@ -345,6 +350,8 @@ class Resyncer:
         return phase not in TERMINAL_PHASES or ttl is not None
 
     def sweep(self) -> None:
+        if not self.reconciler.is_leader():
+            return
         client = self.reconciler.client
         jobs: List[Dict[str, Any]] = []
         for namespace in self.namespaces or [None]:

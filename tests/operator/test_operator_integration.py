@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 from typing import Any, Dict, Iterator
 
 import pytest
@@ -325,3 +326,54 @@ def test_gang_restart_does_not_wait_for_pods_on_a_lost_node(
     finally:
         proc.stop()
         print(proc.logs()[-6000:])
+
+
+# --- more than one replica ------------------------------------------------------
+
+def _lease(kube: Any, namespace: str) -> Dict[str, Any]:
+    result = kube.kubectl("get", "-n", namespace, "lease", "volt-operator", "-o", "json",
+                          check=False)
+    return json.loads(result.stdout).get("spec", {}) if result.returncode == 0 else {}
+
+
+@pytest.mark.timeout(240)
+def test_with_two_replicas_only_the_lease_holder_acts(crd: Any, namespace: str,
+                                                      tmp_path: Any) -> None:
+    """A hung leader (SIGSTOP) is replaced once its Lease expires; the job is
+    created by the new holder only, and the old one, resumed, stays a standby."""
+    kube = crd
+    args = ["--leader-elect", "--leader-election-namespace", namespace]
+    replicas = [OperatorProcess(kube, [namespace], tmp_path / name, extra_args=args).start()
+                for name in ("a", "b")]
+    try:
+        holder = wait_until("a lease holder", lambda: _lease(kube, namespace)
+                            .get("holderIdentity"), 60)
+        by_pid = {str(r.proc.pid): r for r in replicas}
+        leader = by_pid[holder.rsplit("_", 1)[1]]
+        standby = next(r for r in replicas if r is not leader)
+        leader.proc.send_signal(signal.SIGSTOP)
+        try:
+            kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("ha"))
+            new_holder = wait_until("the standby to take the lease", lambda: (
+                h := _lease(kube, namespace).get("holderIdentity")) != holder and h, 60)
+            assert new_holder.endswith(f"_{standby.proc.pid}")
+            wait_until("Running", lambda: job_status(kube, namespace, "ha").get("phase")
+                       == "Running", 90)
+        finally:
+            leader.proc.send_signal(signal.SIGCONT)
+        lease = _lease(kube, namespace)
+        acquired = lease["acquireTime"][:19]
+        for pod in _pods(kube, namespace, "ha").values():
+            assert pod["metadata"]["creationTimestamp"][:19] >= acquired
+        # The resumed old leader finds the Lease taken and stays a standby.
+        wait_until("the old leader to see the new holder", lambda: f"held by {new_holder}"
+                   in leader.logs(), 30)
+        assert _lease(kube, namespace)["holderIdentity"] == new_holder
+        status = job_status(kube, namespace, "ha")
+        assert status["attempt"] == 0 and status["restarts"] == 0
+        created = [e for e in _events(kube, namespace, "ha") if e["reason"] == "Created"]
+        assert len(created) == 1
+    finally:
+        for replica in replicas:
+            replica.stop()
+            print(replica.logs()[-3000:])
