@@ -1,7 +1,7 @@
 """Tiny models and random data for trying the Trainer and for tests (Lightning's demo names).
 
 The classes take the constructor arguments of Lightning's ``demos.boring_classes``: 32 features,
-a ``Linear(32, 2)`` model whose loss pushes its outputs towards zero, datasets of random vectors.
+a ``Linear(32, 2)`` model whose loss pushes its outputs towards one, datasets of random vectors.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class RandomIterableDatasetWithLen(RandomIterableDataset):
 
 
 class BoringModel(LightningModule):
-    """``Linear(32, 2)`` trained with SGD (lr 0.1, StepLR) to output zeros, on 64 random samples per stage."""
+    """``Linear(32, 2)`` trained with SGD (lr 0.1, StepLR) to output ones, on 64 random samples per stage."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,7 +69,7 @@ class BoringModel(LightningModule):
 
     def loss(self, preds: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if labels is None:
-            labels = torch.zeros_like(preds)
+            labels = torch.ones_like(preds)
         return F.mse_loss(preds, labels)
 
     def step(self, batch: Any) -> torch.Tensor:
@@ -109,8 +109,14 @@ class BoringDataModule(LightningDataModule):
         self.random_full = RandomDataset(32, 64 * 4)
 
     def setup(self, stage: str) -> None:
-        quarters = [Subset(self.random_full, range(i * 64, (i + 1) * 64)) for i in range(4)]
-        self.random_train, self.random_val, self.random_test, self.random_predict = quarters
+        quarter = {"fit": 0, "validate": 1, "test": 2, "predict": 3}
+        if stage == "fit":
+            self.random_train = Subset(self.random_full, range(0, 64))
+        if stage in ("fit", "validate"):
+            self.random_val = Subset(self.random_full, range(64, 128))
+        if stage in ("test", "predict"):
+            start = quarter[stage] * 64
+            setattr(self, f"random_{stage}", Subset(self.random_full, range(start, start + 64)))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.random_train)
@@ -126,35 +132,47 @@ class BoringDataModule(LightningDataModule):
 
 
 class BoringDataModuleNoLen(LightningDataModule):
-    """Like BoringDataModule, with iterable datasets that have no ``len()``."""
+    """Iterable datasets without ``len()``: 512 train, 128 validation, 256 test, 64 predict samples."""
+
+    _COUNTS = {"train": 512, "val": 128, "test": 256, "predict": 64}
+
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(RandomIterableDataset(32, self._COUNTS[split]))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 512))
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 128))
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 128))
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 128))
+        return self._loader("predict")
 
 
-class IterableBoringDataModule(BoringDataModuleNoLen):
-    """Iterable datasets that report their length."""
+class IterableBoringDataModule(LightningDataModule):
+    """Two loaders per stage over 4-feature samples, one map-style and one iterable: 16 per training
+    loader (combined), then 32, 64 and 128 per validation, test and predict loader."""
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDatasetWithLen(32, 512))
+    _COUNTS = {"train": 16, "val": 32, "test": 64, "predict": 128}
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDatasetWithLen(32, 128))
+    def _loaders(self, split: str) -> List[DataLoader]:
+        count = self._COUNTS[split]
+        return [DataLoader(RandomDataset(4, count)), DataLoader(RandomIterableDataset(4, count))]
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDatasetWithLen(32, 128))
+    def train_dataloader(self) -> List[DataLoader]:
+        return self._loaders("train")
 
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDatasetWithLen(32, 128))
+    def val_dataloader(self) -> List[DataLoader]:
+        return self._loaders("val")
+
+    def test_dataloader(self) -> List[DataLoader]:
+        return self._loaders("test")
+
+    def predict_dataloader(self) -> List[DataLoader]:
+        return self._loaders("predict")
 
 
 class ManualOptimBoringModel(BoringModel):
@@ -176,14 +194,14 @@ class ManualOptimBoringModel(BoringModel):
 class Net(nn.Module):
     """A small convolutional classifier for 28x28 single-channel images."""
 
-    def __init__(self, out_dim: int = 10) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, 1)
         self.conv2 = nn.Conv2d(32, 64, 3, 1)
         self.dropout1 = nn.Dropout(0.25)
         self.dropout2 = nn.Dropout(0.5)
         self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, out_dim)
+        self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -194,7 +212,7 @@ class Net(nn.Module):
 
 
 class DemoModel(LightningModule):
-    """``Linear(32, out_dim)`` trained with SGD at ``learning_rate`` on the sum of its outputs."""
+    """``Linear(32, out_dim)`` with a ReLU, trained with Adam at ``learning_rate`` on the sum of its outputs."""
 
     def __init__(self, out_dim: int = 10, learning_rate: float = 0.02) -> None:
         super().__init__()
@@ -208,7 +226,7 @@ class DemoModel(LightningModule):
         return self(batch).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.learning_rate)
+        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
 
 
 __all__: List[str] = [

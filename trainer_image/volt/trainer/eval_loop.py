@@ -26,6 +26,8 @@ from volt.trainer import checkpoint_connector
 from volt.trainer.data import iterate
 from volt.trainer.profiling import ProfiledBatches
 from volt.utilities import move_data_to_device
+from volt.utilities.exceptions import MisconfigurationException
+from volt.utilities.model_helpers import is_overridden
 from volt.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,7 +109,7 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
     if ckpt_path is None:
         trainer.ckpt_path = None
         return None
-    from volt.checkpoint import resolve_ckpt_path
+    from volt.checkpoint import load_latest, resolve_ckpt_path
 
     cb = trainer.checkpoint_callback
     dirpath = getattr(cb, "dirpath", None) if cb is not None else None
@@ -118,6 +120,18 @@ def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[D
         raise ValueError(
             "ckpt_path='best' but no best checkpoint is known: fit() with a ModelCheckpoint first, or pass a path"
         )
+    if ckpt_path == "last":  # the newest checkpoint that verifies and loads, chosen by rank 0 for all
+        path, checkpoint = load_latest(
+            dirpath, lambda p: trainer.checkpoint_io.load_checkpoint(p, map_location="cpu"),
+            is_global_zero=trainer.is_global_zero,
+            broadcast=trainer.strategy.broadcast if trainer.world_size > 1 else None,
+        )
+        trainer.ckpt_path = path
+        if path is None:
+            log.info("ckpt_path='last': no checkpoint saved yet, starting fresh")
+        else:
+            log.info("restoring from checkpoint %s", path)
+        return checkpoint
     path = resolve_ckpt_path(ckpt_path, dirpath, best)
     trainer.ckpt_path = path
     if path is None:
@@ -189,12 +203,12 @@ def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str,
     step_name = _STEP[fn]
     module = trainer.lightning_module_ref
     if not trainer._module_overrides(f"{step_name}_step"):
-        raise ValueError(f"trainer.{fn}() needs {type(module).__name__}.{step_name}_step() to be defined")
+        raise MisconfigurationException(f"trainer.{fn}() needs {type(module).__name__}.{step_name}_step() to be defined")
     setup_stage(trainer, fn, ckpt_path)
     loader_stage = "val" if fn == "validate" else "test"
     loaders = trainer._request_loaders(loader_stage)
     if not loaders:
-        raise ValueError(
+        raise MisconfigurationException(
             f"trainer.{fn}() found no data: pass dataloaders=..., a datamodule with {loader_stage}_dataloader(), "
             f"or define {loader_stage}_dataloader() in the LightningModule"
         )
@@ -367,10 +381,16 @@ def _recording(loader: Any) -> Any:
 
 
 def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[Any]]:
+    module = trainer.lightning_module_ref
+    if not trainer._module_overrides("predict_step") and not is_overridden("forward", module, LightningModule):
+        raise MisconfigurationException(
+            f"trainer.predict() needs {type(module).__name__}.predict_step() or forward() to be defined "
+            "(the default predict_step returns self(batch))"
+        )
     setup_stage(trainer, "predict", ckpt_path)
     loaders = trainer._request_loaders("predict")
     if not loaders:
-        raise ValueError(
+        raise MisconfigurationException(
             "trainer.predict() found no data: pass dataloaders=..., a datamodule with predict_dataloader(), "
             "or define predict_dataloader() in the LightningModule"
         )
