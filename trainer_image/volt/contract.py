@@ -14,7 +14,7 @@ Precedence, one rule for every setting (docs/distributed.md, "The job contract")
    each replacement is logged once.
 2. **The script decides** everything else it passes explicitly.
 3. **The TrainingJob's defaults** (``VOLT_CHECKPOINT_EVERY_N_STEPS``,
-   ``VOLT_METRICS_PORT``, ``VOLT_GRACE_PERIOD_S``,
+   ``VOLT_CHECKPOINT_KEEP_LAST``, ``VOLT_METRICS_PORT``, ``VOLT_GRACE_PERIOD_S``,
    ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, ``VOLT_RENDEZVOUS_TIMEOUT``,
    ``VOLT_UNEVEN_CHECK_EVERY_N_BATCHES``) fill in what the script left unset.
 4. volt's own defaults come last.
@@ -36,6 +36,8 @@ ENV_CHECKPOINT_EVERY_N_STEPS = "VOLT_CHECKPOINT_EVERY_N_STEPS"
 ENV_METRICS_PORT = "VOLT_METRICS_PORT"
 ENV_JOB_NAME = "VOLT_JOB_NAME"
 ENV_JOB_UID = "VOLT_JOB_UID"
+ENV_RESUME_ANY_JOB = "VOLT_RESUME_ANY_JOB"
+ENV_CHECKPOINT_KEEP_LAST = "VOLT_CHECKPOINT_KEEP_LAST"
 ENV_ATTEMPT = "VOLT_ATTEMPT"
 ENV_RENDEZVOUS_TIMEOUT = "VOLT_RENDEZVOUS_TIMEOUT"
 ENV_GRACE_PERIOD = "VOLT_GRACE_PERIOD_S"
@@ -83,6 +85,15 @@ def _positive_seconds(env: Mapping[str, str], name: str) -> Optional[float]:
     return _number(env, name, float, "a number of seconds > 0", lambda v: v > 0)
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _text(env, name)
+    if raw is None or raw.lower() in ("0", "false", "no"):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise JobContractError(f"environment variable {name} must be 1/true/yes or 0/false/no, got {raw!r}")
+
+
 def parse_trainer_settings(raw: Optional[str]) -> Dict[str, Any]:
     """``VOLT_TRAINER``: a JSON object of snake_case Trainer arguments; empty or unset means none."""
     if raw is None or not raw.strip():
@@ -113,9 +124,11 @@ class JobContract:
     resume: Optional[str] = None  # "auto" | "never" | a checkpoint path
     checkpoint_dir: Optional[str] = None
     checkpoint_every_n_steps: Optional[int] = None
+    checkpoint_keep_last: Optional[int] = None
     metrics_port: Optional[int] = None
     job_name: Optional[str] = None
     job_uid: Optional[str] = None  # the TrainingJob's metadata.uid
+    resume_any_job: bool = False  # resume from a directory another TrainingJob wrote
     attempt: Optional[int] = None  # the gang attempt, 0 on the first run
     rendezvous_timeout_s: Optional[float] = None
     grace_period_s: Optional[float] = None
@@ -135,9 +148,11 @@ class JobContract:
             resume=resume,
             checkpoint_dir=_text(environ, ENV_CHECKPOINT_DIR),
             checkpoint_every_n_steps=_positive_int(environ, ENV_CHECKPOINT_EVERY_N_STEPS),
+            checkpoint_keep_last=_positive_int(environ, ENV_CHECKPOINT_KEEP_LAST),
             metrics_port=_number(environ, ENV_METRICS_PORT, int, "a port in 0..65535", lambda v: 0 <= v <= 65535),
             job_name=_text(environ, ENV_JOB_NAME),
             job_uid=_text(environ, ENV_JOB_UID),
+            resume_any_job=_flag(environ, ENV_RESUME_ANY_JOB),
             attempt=_number(environ, ENV_ATTEMPT, int, "an int >= 0", lambda v: v >= 0),
             rendezvous_timeout_s=_positive_seconds(environ, ENV_RENDEZVOUS_TIMEOUT),
             grace_period_s=_positive_seconds(environ, ENV_GRACE_PERIOD),

@@ -29,6 +29,7 @@ import torch
 
 from volt import exit_codes
 from volt.callbacks.base import Callback, ignores_outputs
+from volt.contract import job_contract
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -36,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-ENV_CHECK_EVERY = "VOLT_PREEMPTION_CHECK_EVERY_N_STEPS"
-ENV_GRACE_PERIOD = "VOLT_GRACE_PERIOD_S"
 DEFAULT_CHECK_EVERY = 10
 DEFAULT_GRACE_PERIOD = 25.0
 
@@ -82,16 +81,6 @@ class TerminationFlag:
         self.received_at = None
 
 
-def _env_number(name: str, default: float, cast: type) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be a {cast.__name__}, got {raw!r}") from None
-
-
 def _hard_exit_after(grace_period: float, signum: int) -> threading.Timer:
     def expire() -> None:
         log.error("no checkpoint within the %.1f s grace period after %s: exiting", grace_period, signal.Signals(signum).name)
@@ -122,13 +111,13 @@ class PreemptionCallback(Callback):
     """Turns SIGTERM into "checkpoint on all ranks, exit ``CHECKPOINTED``".
 
     Args:
-        check_every_n_steps: train batches between agreement points (env
-            ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, default 10). Single-process
+        check_every_n_steps: train batches between agreement points (default: the TrainingJob's
+            ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, else 10). Single-process
             runs check every batch: there is nothing to agree with.
-        grace_period: seconds from the signal to a hard exit (env
-            ``VOLT_GRACE_PERIOD_S``, default 25).
-        dirpath: where the checkpoint goes; default: the first ModelCheckpoint's
-            dirpath, else ``VOLT_CHECKPOINT_DIR``, else ``<default_root_dir>/checkpoints``.
+        grace_period: seconds from the signal to a hard exit (default: the TrainingJob's
+            ``VOLT_GRACE_PERIOD_S``, else 25).
+        dirpath: where the checkpoint goes: the TrainingJob's ``VOLT_CHECKPOINT_DIR``, else
+            this argument, else the ModelCheckpoint's dirpath, else ``<default_root_dir>/checkpoints``.
     """
 
     def __init__(
@@ -137,10 +126,9 @@ class PreemptionCallback(Callback):
         grace_period: Optional[float] = None,
         dirpath: Optional[str] = None,
     ) -> None:
-        if check_every_n_steps is None:
-            check_every_n_steps = _env_number(ENV_CHECK_EVERY, DEFAULT_CHECK_EVERY, int)
-        if grace_period is None:
-            grace_period = _env_number(ENV_GRACE_PERIOD, DEFAULT_GRACE_PERIOD, float)
+        job = job_contract()  # built by the script, before the Trainer: the job's defaults fill in
+        check_every_n_steps = job.default(check_every_n_steps, job.preemption_check_every_n_steps, DEFAULT_CHECK_EVERY)
+        grace_period = job.default(grace_period, job.grace_period_s, DEFAULT_GRACE_PERIOD)
         if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be an int >= 1, got {check_every_n_steps!r}")
         if grace_period <= 0:
@@ -230,15 +218,11 @@ class PreemptionCallback(Callback):
             pending.wait()
 
     def _resolve_dirpath(self, trainer: "Trainer") -> str:
-        if self.dirpath:
-            return self.dirpath
         callback = getattr(trainer, "checkpoint_callback", None)
-        if callback is not None and getattr(callback, "dirpath", None):
-            return str(callback.dirpath)
-        env_dir = os.environ.get("VOLT_CHECKPOINT_DIR")
-        if env_dir:
-            return env_dir
-        return os.path.join(str(trainer.default_root_dir), "checkpoints")
+        script_dir = self.dirpath or (str(callback.dirpath) if getattr(callback, "dirpath", None) else None)
+        # the TrainingJob's directory first, as for ModelCheckpoint and the resume lookup
+        return trainer.job_contract.checkpoint_dir_for(script_dir) or os.path.join(
+            str(trainer.default_root_dir), "checkpoints")
 
     def _checkpoint_and_exit(self, trainer: "Trainer") -> None:
         self._pending = None  # the agreed exchange was the last collective of this kind

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from volt import LightningModule, Trainer, seed_everything
 from volt.callbacks import ModelCheckpoint
 from volt.cluster import cluster_environment
+from volt.contract import job_contract
 
 
 class SyntheticRegression(Dataset):
@@ -82,7 +83,7 @@ class RegressionModel(LightningModule):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env_every = os.environ.get("VOLT_CHECKPOINT_EVERY_N_STEPS")
+    job = job_contract()
     parser = argparse.ArgumentParser(prog="python -m volt.examples.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=-1)
@@ -94,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per training step (demos)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ckpt-dir", default=os.environ.get("VOLT_CHECKPOINT_DIR") or "checkpoints")
-    parser.add_argument("--every-n-steps", type=int, default=int(env_every) if env_every else None,
+    parser.add_argument("--ckpt-dir", default=job.checkpoint_dir or "checkpoints")
+    parser.add_argument("--every-n-steps", type=int, default=job.checkpoint_every_n_steps,
                         help="checkpoint every N optimizer steps (default: VOLT_CHECKPOINT_EVERY_N_STEPS, else per epoch)")
     parser.add_argument("--ckpt-path", default=None, help="fit(ckpt_path=...): last | best | a path")
     parser.add_argument("--save-weights", default=None, help="write the final state_dict here (rank 0)")

@@ -25,6 +25,7 @@ from torch.utils.data import (
 
 from volt import exit_codes
 from volt.cluster import ClusterConfigError, ClusterEnvironment, cluster_environment
+from volt.contract import ENV_UNEVEN_CHECK_EVERY, job_contract
 from volt.strategies.strategy import REDUCE_OPS, Strategy
 from volt.utilities import loader_kwargs
 
@@ -50,19 +51,11 @@ _ALIASES: Dict[str, Optional[str]] = {
 _DEFAULT_TIMEOUT_S = 1800.0
 
 #: Training batches between the ranks' agreements on a stream of unknown length (``_AgreedLength``).
-ENV_AGREE_EVERY = "VOLT_UNEVEN_CHECK_EVERY_N_BATCHES"
 _DEFAULT_AGREE_EVERY = 8
 
 
 def _agree_every() -> int:
-    raw = os.environ.get(ENV_AGREE_EVERY, "")
-    try:
-        value = int(raw) if raw else _DEFAULT_AGREE_EVERY
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{ENV_AGREE_EVERY} must be an int >= 1, got {raw!r}")
-    return value
+    return job_contract().uneven_check_every_n_batches or _DEFAULT_AGREE_EVERY
 
 
 def normalize_strategy_name(name: str) -> Tuple[str, Optional[str]]:
@@ -367,11 +360,7 @@ class DDPStrategy(Strategy):
             return self._timeout
         if self._timeout is not None:
             return timedelta(seconds=float(self._timeout))
-        raw = os.environ.get("VOLT_RENDEZVOUS_TIMEOUT")
-        try:
-            return timedelta(seconds=float(raw)) if raw else timedelta(seconds=_DEFAULT_TIMEOUT_S)
-        except ValueError:
-            raise ValueError(f"VOLT_RENDEZVOUS_TIMEOUT must be a number of seconds, got {raw!r}") from None
+        return timedelta(seconds=job_contract().rendezvous_timeout_s or _DEFAULT_TIMEOUT_S)
 
     # --- lifecycle ------------------------------------------------------------------
     def setup_environment(self) -> None:
@@ -484,7 +473,7 @@ class DDPStrategy(Strategy):
             "trainer.global_rank / trainer.world_size (torch.distributed.get_rank() / get_world_size()) and, with "
             "DataLoader workers, by torch.utils.data.get_worker_info(). Ranks that yield different numbers of "
             "batches all stop at the shortest (agreed every %d batches, %s).",
-            stage, self.world_size, _agree_every(), ENV_AGREE_EVERY,
+            stage, self.world_size, _agree_every(), ENV_UNEVEN_CHECK_EVERY,
         )
 
     def _with_distributed_sampler(self, loader: DataLoader, stage: str) -> DataLoader:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from volt import resume
+from volt.checkpoint import resolve_ckpt_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -63,6 +64,32 @@ def _callback_states(trainer: "Trainer") -> Dict[str, Any]:
                 )
             states[key] = state
     return states
+
+
+def load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The checkpoint ``ckpt_path`` names (a path, ``"last"``, ``"best"``), or None for a fresh start.
+
+    ``"last"`` is looked up where checkpoints are written (``JobContract.checkpoint_dir_for``):
+    the TrainingJob's directory, else the ModelCheckpoint's, so a job resumes from its volume
+    even when the script has no ModelCheckpoint (the SIGTERM checkpoint is there).
+    """
+    if ckpt_path is None:
+        trainer.ckpt_path = None
+        return None
+    cb = trainer.checkpoint_callback
+    dirpath = trainer.job_contract.checkpoint_dir_for(getattr(cb, "dirpath", None) if cb is not None else None)
+    best = getattr(cb, "best_model_path", None) if cb is not None else None
+    if ckpt_path == "best" and not best:
+        raise ValueError(
+            "ckpt_path='best' but no best checkpoint is known: fit() with a ModelCheckpoint first, or pass a path"
+        )
+    path = resolve_ckpt_path(ckpt_path, dirpath, best)
+    trainer.ckpt_path = path
+    if path is None:
+        log.info("ckpt_path=%r: no checkpoint saved yet, starting fresh", ckpt_path)
+        return None
+    log.info("restoring from checkpoint %s", path)
+    return trainer.checkpoint_io.load_checkpoint(path, map_location="cpu")
 
 
 def restore_model_and_callbacks(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ Hook order (see fit_loop.py for where validation sits inside fit):
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
@@ -63,7 +62,7 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     trainer._call_module("configure_sharded_model")
     trainer._call_module("configure_model")
     trainer.precision_plugin.convert_module(module)
-    checkpoint = _load_checkpoint(trainer, ckpt_path)
+    checkpoint = checkpoint_connector.load_checkpoint(trainer, ckpt_path)
     if checkpoint is not None:
         checkpoint_connector.restore_model_and_callbacks(trainer, checkpoint)
     trainer._logger_connector.reset_metrics()  # metrics of an earlier fit/test do not carry over
@@ -103,42 +102,6 @@ def _prepare_data(trainer: "Trainer", module: LightningModule) -> None:
             else:
                 obj.prepare_data()
     strategy.barrier("prepare_data")
-
-
-def _load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Dict[str, Any]]:
-    if ckpt_path is None:
-        trainer.ckpt_path = None
-        return None
-    from volt.checkpoint import load_latest, resolve_ckpt_path
-
-    cb = trainer.checkpoint_callback
-    dirpath = getattr(cb, "dirpath", None) if cb is not None else None
-    if dirpath is None:  # no ModelCheckpoint: the TrainingJob's volume still holds SIGTERM checkpoints
-        dirpath = os.environ.get("VOLT_CHECKPOINT_DIR") or None
-    best = getattr(cb, "best_model_path", None) if cb is not None else None
-    if ckpt_path == "best" and not best:
-        raise ValueError(
-            "ckpt_path='best' but no best checkpoint is known: fit() with a ModelCheckpoint first, or pass a path"
-        )
-    if ckpt_path == "last":  # the newest checkpoint that verifies and loads, chosen by rank 0 for all
-        path, checkpoint = load_latest(
-            dirpath, lambda p: trainer.checkpoint_io.load_checkpoint(p, map_location="cpu"),
-            is_global_zero=trainer.is_global_zero,
-            broadcast=trainer.strategy.broadcast if trainer.world_size > 1 else None,
-        )
-        trainer.ckpt_path = path
-        if path is None:
-            log.info("ckpt_path='last': no checkpoint saved yet, starting fresh")
-        else:
-            log.info("restoring from checkpoint %s", path)
-        return checkpoint
-    path = resolve_ckpt_path(ckpt_path, dirpath, best)
-    trainer.ckpt_path = path
-    if path is None:
-        log.info("ckpt_path=%r: no checkpoint saved yet, starting fresh", ckpt_path)
-        return None
-    log.info("restoring from checkpoint %s", path)
-    return trainer.checkpoint_io.load_checkpoint(path, map_location="cpu")
 
 
 def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:
