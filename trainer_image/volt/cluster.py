@@ -59,22 +59,33 @@ class ClusterEnvironment:
             raise ClusterConfigError(f"devices and num_nodes must be >= 1, got devices={devices}, num_nodes={num_nodes}")
         if not self.launched and self.source == "local":
             return  # the Trainer decides the layout itself
-        expected = devices * num_nodes
-        if self.world_size != expected:
-            raise ClusterConfigError(
-                f"WORLD_SIZE={self.world_size} from the {self.source} environment, but Trainer(num_nodes={num_nodes}, "
-                f"devices={devices}) needs num_nodes x devices = {expected} processes. Make NUM_NODES/WORLD_SIZE and "
-                f"the Trainer's num_nodes/devices agree (WORLD_SIZE counts processes, not nodes)."
-            )
-        if self.num_nodes != num_nodes:
-            raise ClusterConfigError(
-                f"the {self.source} environment has {self.num_nodes} node(s) but Trainer(num_nodes={num_nodes})"
-            )
+        check_world_size(self.world_size, f"WORLD_SIZE={self.world_size} from the {self.source} environment",
+                         num_nodes, devices, f"Trainer(num_nodes={num_nodes}, devices={devices})")
+        check_num_nodes(self.num_nodes, f"the {self.source} environment", num_nodes, f"Trainer(num_nodes={num_nodes})")
         if self.launched and self.local_world_size != devices:
             raise ClusterConfigError(
                 f"the launcher started LOCAL_WORLD_SIZE={self.local_world_size} process(es) on this node but "
                 f"Trainer(devices={devices}); start {devices} process(es) per node (volt-run --nproc-per-node)"
             )
+
+
+def check_world_size(world_size: int, world_from: str, num_nodes: int, per_node: int, layout_from: str) -> None:
+    """The layout invariant, checked here only: world size = nodes x processes (devices) per node.
+
+    ``world_from`` and ``layout_from`` say where each side came from, so the message names both.
+    """
+    expected = num_nodes * per_node
+    if world_size != expected:
+        raise ClusterConfigError(
+            f"{world_from}, but {layout_from} = {num_nodes} node(s) x {per_node} process(es) per node = {expected} "
+            f"processes. Make them agree: WORLD_SIZE counts processes (num_nodes x devices), not nodes"
+        )
+
+
+def check_num_nodes(env_nodes: int, env_from: str, trainer_nodes: int, trainer_from: str) -> None:
+    """The Trainer's (or VOLT_TRAINER's) num_nodes must be the launch's; ``trainer_from`` shows the value."""
+    if env_nodes != trainer_nodes:
+        raise ClusterConfigError(f"{env_from} has {env_nodes} node(s) but {trainer_from}")
 
 
 @dataclass(frozen=True)
@@ -149,10 +160,9 @@ def node_environment(env: Mapping[str, str]) -> NodeEnvironment:
                 f"WORLD_SIZE={world_size} is not a multiple of NUM_NODES={num_nodes}: WORLD_SIZE counts processes "
                 f"(num_nodes x devices), not pods"
             )
-        if nproc is not None and world_size != nproc * num_nodes:
-            raise ClusterConfigError(
-                f"WORLD_SIZE={world_size} but NUM_NODES={num_nodes} x PET_NPROC_PER_NODE={nproc} = {num_nodes * nproc}"
-            )
+        if nproc is not None:
+            check_world_size(world_size, f"WORLD_SIZE={world_size}", num_nodes, nproc,
+                             f"NUM_NODES={num_nodes} x PET_NPROC_PER_NODE={nproc}")
     addr, port = _master(env)
     return NodeEnvironment(node_rank, num_nodes, nproc, world_size, addr, port)
 

@@ -46,7 +46,7 @@ from types import FrameType
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from volt import exit_codes
-from volt.cluster import ClusterConfigError, NodeEnvironment, node_environment
+from volt.cluster import ClusterConfigError, NodeEnvironment, check_num_nodes, check_world_size, node_environment
 from volt.contract import ENV_GRACE_PERIOD, ENV_LAUNCHER, VOLT_RUN, JobContract, job_contract
 
 log = logging.getLogger("volt.launch")
@@ -168,14 +168,12 @@ def plan_launch(args: argparse.Namespace, env: Mapping[str, str]) -> LaunchPlan:
                 f"VOLT_TRAINER {key}={settings[key]!r} asks for {wanted} process(es) per node but {source} "
                 f"gives {nproc}"
             )
-    if node.world_size is not None and node.world_size != node.num_nodes * nproc:
-        raise ClusterConfigError(
-            f"WORLD_SIZE={node.world_size} but {node.num_nodes} node(s) x {nproc} process(es) per node "
-            f"({source}) = {node.num_nodes * nproc}; WORLD_SIZE counts processes"
-        )
-    trainer_nodes = settings.get("num_nodes")
-    if trainer_nodes is not None and trainer_nodes != node.num_nodes:
-        raise ClusterConfigError(f"VOLT_TRAINER num_nodes={trainer_nodes} but NUM_NODES={node.num_nodes}")
+    if node.world_size is not None:
+        check_world_size(node.world_size, f"WORLD_SIZE={node.world_size}", node.num_nodes, nproc,
+                         f"NUM_NODES and {source}")
+    if settings.get("num_nodes") is not None:
+        check_num_nodes(node.num_nodes, "NUM_NODES", settings["num_nodes"],
+                        f"VOLT_TRAINER num_nodes={settings['num_nodes']}")
 
     run_id = args.run_id or contract.job_name or "volt"
     if contract.attempt is not None:
