@@ -8,6 +8,8 @@ two in step):
   76 PEER_LOST           another rank died: restart, spends budget
   77 RENDEZVOUS_TIMEOUT  a peer never arrived: restart, spends budget
   78 CONFIG_ERROR        bad arguments/env: fail now
+  79 CHECKPOINT_VOLUME_FULL   ENOSPC while saving: restart, spends budget
+  80 CHECKPOINT_VOLUME_ERROR  EIO/EROFS while saving: restart, spends budget
   1-127 otherwise        user error: fail now
   >= 128 (signal)        crash, OOM kill: restart, spends budget
 
@@ -26,14 +28,16 @@ CHECKPOINTED = 75
 PEER_LOST = 76
 RENDEZVOUS_TIMEOUT = 77
 CONFIG_ERROR = 78
-RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT})
+CHECKPOINT_VOLUME_FULL = 79
+CHECKPOINT_VOLUME_ERROR = 80
+RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT, CHECKPOINT_VOLUME_FULL, CHECKPOINT_VOLUME_ERROR})
 FREE_RESTART_CODES = frozenset({CHECKPOINTED})
 
 # Every `reason` a gang restart (or failure) can carry; metrics use this set.
 REASONS = (
     "Preempted", "Evicted", "Checkpointed", "PeerLost", "RendezvousTimeout",
     "OOMKilled", "PodDeleted", "Crashed", "PodFailed", "UserError", "ConfigError",
-    "FailurePolicyRule",
+    "FailurePolicyRule", "CheckpointVolumeFull", "CheckpointVolumeError",
 )
 
 FAIL = "FailJob"
@@ -59,6 +63,26 @@ def _rule_matches(rule: FailureRule, pod: PodView) -> bool:
     return pod.reason in (rule.on_reasons or [])
 
 
+_RETRY_REASONS = {
+    PEER_LOST: "PeerLost",
+    RENDEZVOUS_TIMEOUT: "RendezvousTimeout",
+    CHECKPOINT_VOLUME_FULL: "CheckpointVolumeFull",
+    CHECKPOINT_VOLUME_ERROR: "CheckpointVolumeError",
+}
+
+
+# The engine writes a one-line explanation as its termination message before exiting with these.
+_EXPLAINED_CODES = frozenset({CONFIG_ERROR, CHECKPOINT_VOLUME_FULL, CHECKPOINT_VOLUME_ERROR})
+
+
+def _engine_message(pod: PodView, code: int) -> str:
+    """The engine's own words (its termination message) for the codes that come with one."""
+    text = (pod.message or "").strip()
+    if code not in _EXPLAINED_CODES or not text or text.startswith("{"):
+        return ""
+    return ": " + text[:1000]
+
+
 def describe_exit(code: Optional[int]) -> str:
     if code is None:
         return "no exit code"
@@ -67,6 +91,8 @@ def describe_exit(code: Optional[int]) -> str:
         PEER_LOST: "lost a peer",
         RENDEZVOUS_TIMEOUT: "rendezvous timed out",
         CONFIG_ERROR: "configuration error",
+        CHECKPOINT_VOLUME_FULL: "checkpoint volume full",
+        CHECKPOINT_VOLUME_ERROR: "checkpoint volume failing",
     }
     if code in names:
         return f"exit code {code} ({names[code]})"
@@ -92,11 +118,10 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
     if code in FREE_RESTART_CODES:
         return Verdict(RESTART_FREE, pod, "Checkpointed", where)
     if code in RETRYABLE:
-        reason = "PeerLost" if code == PEER_LOST else "RendezvousTimeout"
-        return Verdict(RESTART, pod, reason, where)
+        return Verdict(RESTART, pod, _RETRY_REASONS[code], where + _engine_message(pod, code))
     if code is not None and 0 < code < 128:
         name = "ConfigError" if code == CONFIG_ERROR else "UserError"
-        return Verdict(FAIL, pod, name, where)
+        return Verdict(FAIL, pod, name, where + _engine_message(pod, code))
     if pod.reason == "OOMKilled":
         return Verdict(RESTART, pod, "OOMKilled", where)
     if code is None and (pod.gone or pod.deleting):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from volt import LightningModule, Trainer
 from volt.callbacks import Callback, ModelCheckpoint
-from volt.callbacks.prometheus import PrometheusCallback
+from volt.callbacks.prometheus import PrometheusCallback, _rfc3339
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -237,9 +237,11 @@ def test_progress_document(run: Tuple[Trainer, PrometheusCallback, ScrapeDuringT
     assert progress["samples_per_second"] > 0
     checkpoint = progress["checkpoint"]
     assert checkpoint["step"] == 8 and Path(checkpoint["path"]).is_file()
-    for key in ("time", "last_step_time"):
-        assert progress[key].endswith("Z")
-    assert checkpoint["time"] <= progress["last_step_time"] <= progress["time"]
+    assert progress["time"].endswith("Z") and checkpoint["time"].endswith("Z")
+    assert isinstance(progress["last_step_time"], float)  # unix seconds
+    assert checkpoint["time"] <= _rfc3339(progress["last_step_time"]) <= progress["time"]
+    assert one(late.samples, "volt_train_last_step_timestamp_seconds", rank="0") == pytest.approx(
+        progress["last_step_time"], abs=1.0)
 
     end = scraper.snapshots["end"].progress
     assert end["progress"] == pytest.approx(1.0) and end["step"] == 2 * BATCHES_PER_EPOCH
@@ -464,3 +466,74 @@ def test_termination_message_fits_the_kubelet_limit() -> None:
     assert json.loads(body) == {"step": 7, "epoch": 1, "checkpoint": None}
     small = {"step": 3, "metrics": {"loss": 0.5}}
     assert json.loads(encode_progress(small)) == small
+
+
+class HangsAtBatch(Regression):
+    """Blocks in training_step of one batch until the test lets it go (a hung rank, on demand)."""
+
+    def __init__(self, hang_at: int) -> None:
+        super().__init__()
+        self.hang_at = hang_at
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == self.hang_at:
+            self.hanging.set()
+            assert self.release.wait(60), "the test never released the hung step"
+        return super().training_step(batch, batch_idx)
+
+
+class RecordLastStep(Callback):
+    """After each batch: (global_step, the callback's last optimizer-step time, the wall clock)."""
+
+    def __init__(self, prometheus: PrometheusCallback) -> None:
+        self.prometheus = prometheus
+        self.seen: List[Tuple[int, Optional[float], float]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seen.append((trainer.global_step, self.prometheus.progress()["last_step_time"], time.time()))
+
+
+def test_last_step_time_moves_with_optimizer_steps_and_stops_when_training_hangs(tmp_path: Path) -> None:
+    """The stall signal: the end of the latest optimizer step, in /progress and as a gauge, frozen while a step hangs."""
+    torch.manual_seed(0)
+    prometheus = PrometheusCallback(port=0, host="127.0.0.1")
+    recorder = RecordLastStep(prometheus)
+    model = HangsAtBatch(hang_at=4)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[prometheus, recorder], logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      num_sanity_val_steps=0, limit_val_batches=0, accumulate_grad_batches=2, default_root_dir=tmp_path)
+    scrapes: List[Tuple[Dict[str, Any], Samples, float]] = []
+
+    def watch() -> None:
+        assert model.hanging.wait(60)
+        port = prometheus.port
+        for _ in range(2):  # two scrapes while the step hangs: the signal must not move
+            _, progress = get(f"http://127.0.0.1:{port}/progress")
+            _, text = get(f"http://127.0.0.1:{port}/metrics")
+            scrapes.append((json.loads(progress), parse(text), time.time()))
+        model.release.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        trainer.fit(model, train_dataloaders=loader(0))
+    finally:
+        model.release.set()
+        watcher.join(60)
+
+    # accumulate_grad_batches=2: batches 1, 3, 5 step; batches 0, 2, 4 do not move the signal.
+    steps = [step for step, _, _ in recorder.seen]
+    assert steps == [0, 1, 1, 2, 2, 3]
+    times = [t for _, t, _ in recorder.seen]
+    assert times[0] is None
+    assert times[1] is not None and times[1] <= recorder.seen[1][2]
+    assert times[2] == times[1] and times[4] == times[3]
+    assert times[1] < times[3] < times[5]
+    # While batch 4 hung, the last step was batch 3's, on /progress and on /metrics alike.
+    assert len(scrapes) == 2
+    for progress, samples, scraped_at in scrapes:
+        assert progress["last_step_time"] == times[3]
+        assert one(samples, "volt_train_last_step_timestamp_seconds", rank="0") == pytest.approx(times[3])
+        assert scraped_at >= times[3]

@@ -12,11 +12,16 @@ code   name                  retryable    meaning
 76     PEER_LOST             yes          another rank or node died or vanished
 77     RENDEZVOUS_TIMEOUT    yes          a peer never arrived within the timeout
 78     CONFIG_ERROR          no           bad arguments or environment contract
+79     CHECKPOINT_VOLUME_FULL   yes       saving a checkpoint hit ENOSPC/EDQUOT
+80     CHECKPOINT_VOLUME_ERROR  yes       saving a checkpoint hit EIO/EROFS/ESTALE
 128+N  killed by signal N    supervisor   137 = SIGKILL/OOM, 143 = SIGTERM, no checkpoint
 =====  ====================  ===========  =============================================
 
 75 and 78 follow BSD sysexits (EX_TEMPFAIL, EX_CONFIG). Scripts may exit with
-other codes in 2..127; they count as user errors.
+other codes in 2..127; they count as user errors. 79 and 80 leave the previous
+checkpoint and ``latest.json`` intact (``volt.checkpoint.CheckpointVolumeError``),
+so a restart resumes from it; they spend the restart budget, so a volume that
+stays full ends the job.
 
 ``node_exit_code`` is the rule ``volt-run`` applies to report one node: what
 that node saw first-hand, never what another node reported (see its docstring).
@@ -32,9 +37,11 @@ CHECKPOINTED = 75
 PEER_LOST = 76
 RENDEZVOUS_TIMEOUT = 77
 CONFIG_ERROR = 78
+CHECKPOINT_VOLUME_FULL = 79
+CHECKPOINT_VOLUME_ERROR = 80
 
 #: Codes after which a restart from the last checkpoint is the right reaction.
-RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT})
+RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT, CHECKPOINT_VOLUME_FULL, CHECKPOINT_VOLUME_ERROR})
 
 _NAMES = {
     SUCCESS: "success",
@@ -43,6 +50,8 @@ _NAMES = {
     PEER_LOST: "peer lost (another rank or node failed)",
     RENDEZVOUS_TIMEOUT: "rendezvous timeout (a peer never arrived)",
     CONFIG_ERROR: "configuration error (arguments or environment)",
+    CHECKPOINT_VOLUME_FULL: "checkpoint volume full (no space left while saving)",
+    CHECKPOINT_VOLUME_ERROR: "checkpoint volume failing (I/O error while saving)",
 }
 
 

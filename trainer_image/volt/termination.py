@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import traceback
 from typing import Any, Dict, Mapping, Optional
+
+from volt import exit_codes
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +45,35 @@ def write_termination_message(progress: Mapping[str, Any],
         log.warning("could not write the termination message to %s: %s", path, exc)
         return False
     return True
+
+
+def write_termination_text(text: str, environ: Optional[Dict[str, str]] = None) -> bool:
+    """Write one line of plain text (why the process exits) as the termination message, if one is wanted."""
+    path = (environ if environ is not None else os.environ).get(TERMINATION_ENV)
+    if not path:
+        return False
+    try:
+        with open(path, "wb") as handle:
+            handle.write(text.encode()[:MAX_BYTES])
+    except OSError as exc:
+        log.warning("could not write the termination message to %s: %s", path, exc)
+        return False
+    return True
+
+
+def exit_for_error(err: BaseException, environ: Optional[Dict[str, str]] = None) -> Optional[SystemExit]:
+    """The ``SystemExit`` for an error that names its own exit code (an int ``exit_code`` attribute), or None.
+
+    Before returning it prints the traceback (a ``SystemExit`` prints nothing) and
+    leaves ``<reason>: <message>`` as the termination message, so the operator's
+    status says why (e.g. ``CheckpointVolumeFull: the checkpoint volume is full: ...``).
+    """
+    code = getattr(err, "exit_code", None)
+    if isinstance(err, SystemExit) or not isinstance(code, int) or isinstance(code, bool):
+        return None
+    reason = getattr(err, "reason", None) or type(err).__name__
+    traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    sys.stderr.write(f"volt: exiting with {code} ({exit_codes.describe(code)}): {err}\n")
+    sys.stderr.flush()
+    write_termination_text(f"{reason}: {err}", environ)
+    return SystemExit(code)

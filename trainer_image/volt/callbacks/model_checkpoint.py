@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 ENV_CHECKPOINT_DIR = "VOLT_CHECKPOINT_DIR"
 ENV_EVERY_N_STEPS = "VOLT_CHECKPOINT_EVERY_N_STEPS"
+ENV_KEEP_LAST = "VOLT_CHECKPOINT_KEEP_LAST"
+#: keep_last on a TrainingJob's checkpoint volume ($VOLT_CHECKPOINT_DIR set) when nothing else says.
+JOB_DEFAULT_KEEP_LAST = 3
 
 
 def _stage_name(trainer: "Trainer") -> str:
@@ -54,6 +57,20 @@ def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().item())
     return float(value)
+
+
+def _resolve_keep_last(keep_last: Optional[int]) -> int:
+    """``keep_last``, else ``$VOLT_CHECKPOINT_KEEP_LAST``, else 3 on a TrainingJob's volume, else 1."""
+    if keep_last is not None:
+        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
+            raise ValueError(f"ModelCheckpoint(keep_last={keep_last!r}) must be an int >= 1")
+        return keep_last
+    raw = os.environ.get(ENV_KEEP_LAST, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"{ENV_KEEP_LAST}={raw!r} must be an int >= 1")
+        return int(raw)
+    return JOB_DEFAULT_KEEP_LAST if os.environ.get(ENV_CHECKPOINT_DIR) else 1
 
 
 class ModelCheckpoint(Checkpoint):
@@ -76,6 +93,11 @@ class ModelCheckpoint(Checkpoint):
         save_on_exception: when training raises, save ``<name>-exception.ckpt`` (single process
             only, like OnExceptionCheckpoint).
         period: 1.x name of ``every_n_epochs``.
+        keep_last: retention: a file the top-k/last rotation drops is deleted only once it is not
+            among the checkpoints of the ``keep_last`` newest steps in ``latest.json``, so a corrupt
+            latest checkpoint has valid ones to fall back to. Default: ``$VOLT_CHECKPOINT_KEEP_LAST``,
+            else 3 on a TrainingJob's volume (``$VOLT_CHECKPOINT_DIR`` set), else 1 (Lightning's
+            behaviour: only what top-k and ``last`` keep, plus the manifest's file).
     """
 
     CHECKPOINT_JOIN_CHAR = "-"
@@ -102,6 +124,7 @@ class ModelCheckpoint(Checkpoint):
         enable_version_counter: bool = True,
         save_on_exception: bool = False,
         period: Optional[int] = None,
+        keep_last: Optional[int] = None,
     ) -> None:
         super().__init__()
         if period is not None:
@@ -145,6 +168,7 @@ class ModelCheckpoint(Checkpoint):
         self._dirpath_arg = None if dirpath is None else os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath: Optional[str] = self._dirpath_arg
         self._init_triggers(every_n_train_steps, every_n_epochs, train_time_interval)
+        self.keep_last = _resolve_keep_last(keep_last)
 
         self.best_k_models: Dict[str, torch.Tensor] = {}
         self.kth_best_model_path = ""
@@ -161,6 +185,8 @@ class ModelCheckpoint(Checkpoint):
         self._validation_ran = False
         self._warned_missing_monitor = False
         self._pending_state: Optional[Dict[str, Any]] = None
+        # Files the rotation dropped that retention still keeps (deleted once out of the keep_last newest).
+        self._released: List[str] = []
 
     def _init_triggers(
         self, every_n_train_steps: Optional[int], every_n_epochs: Optional[int], train_time_interval: Optional[timedelta]
@@ -284,6 +310,7 @@ class ModelCheckpoint(Checkpoint):
             "kth_best_model_path": self.kth_best_model_path,
             "kth_value": self.kth_value,
             "last_model_path": self.last_model_path,
+            "released_paths": list(self._released),
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -303,6 +330,7 @@ class ModelCheckpoint(Checkpoint):
             self.kth_best_model_path = state.get("kth_best_model_path", "")
             self.kth_value = state.get("kth_value", self.kth_value)
             self.last_model_path = state.get("last_model_path", "")
+            self._released = [p for p in state.get("released_paths", []) if p not in self._released] + self._released
         else:
             warnings.warn(
                 f"The checkpoint directory changed from {saved_dir!r} to {self.dirpath!r}: only best_model_path "
@@ -370,6 +398,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_checkpoint_saved = ""
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+        self._delete_released(trainer)
 
     def _save_topk_checkpoint(self, trainer: "Trainer", candidates: Dict[str, Any]) -> None:
         if self.save_top_k == 0:
@@ -436,9 +465,9 @@ class ModelCheckpoint(Checkpoint):
                 trainer.current_epoch, trainer.global_step, self.monitor, float(score),
                 float(self.best_model_score), filepath, self.save_top_k,
             )
-        self._save_checkpoint(trainer, filepath)
         if removed and removed != filepath:
-            self._remove_checkpoint(trainer, removed)
+            self._release(removed)  # before the save, so the checkpoint's state remembers it
+        self._save_checkpoint(trainer, filepath)
 
     def _save_none_monitor_checkpoint(self, trainer: "Trainer", candidates: Dict[str, Any]) -> None:
         previous = self.best_model_path
@@ -450,9 +479,9 @@ class ModelCheckpoint(Checkpoint):
             filepath = trainer.strategy.broadcast(filepath)
         assert filepath is not None
         self.best_model_path = filepath
-        self._save_checkpoint(trainer, filepath)
         if self.save_top_k == 1 and previous and previous != filepath:
-            self._remove_checkpoint(trainer, previous)
+            self._release(previous)
+        self._save_checkpoint(trainer, filepath)
 
     def _save_last_checkpoint(self, trainer: "Trainer", candidates: Dict[str, Any]) -> None:
         if not self.save_last:
@@ -464,12 +493,12 @@ class ModelCheckpoint(Checkpoint):
             filepath = trainer.strategy.broadcast(filepath)
         assert filepath is not None
         previous, self.last_model_path = self.last_model_path, filepath
+        if previous and previous != filepath:
+            self._release(previous)
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
         else:
             self._save_checkpoint(trainer, filepath)
-        if previous and previous != filepath:
-            self._remove_checkpoint(trainer, previous)
 
     def _save_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
         trainer.save_checkpoint(filepath, self.save_weights_only)  # every rank; rank 0 writes
@@ -490,6 +519,31 @@ class ModelCheckpoint(Checkpoint):
             os.replace(tmp, link)  # atomic swap of the link
         self._last_global_step_saved = trainer.global_step
         trainer.strategy.barrier("ModelCheckpoint.link")
+
+    def _release(self, filepath: str) -> None:
+        """The rotation no longer keeps ``filepath``; ``_delete_released`` deletes it when retention allows."""
+        if filepath not in self._released:
+            self._released.append(filepath)
+
+    def _delete_released(self, trainer: "Trainer") -> None:
+        """Delete the released files that neither retention (keep_last) nor top-k/last/best keep."""
+        if not trainer.is_global_zero:
+            self._released = []  # rank 0 decides and deletes; its state is the one saved
+            return
+        if not self._released:
+            return
+        assert self.dirpath is not None
+        kept = ckpt_io.recent_checkpoints(self.dirpath, self.keep_last)
+        kept.update(os.path.realpath(p) for p in (*self.best_k_models, self.last_model_path, self.best_model_path) if p)
+        still: List[str] = []
+        for path in self._released:
+            if not os.path.lexists(path):
+                continue
+            if os.path.islink(path) or os.path.realpath(path) not in kept:  # a link goes, its target may stay
+                self._remove_checkpoint(trainer, path)
+            else:
+                still.append(path)
+        self._released = still
 
     def _remove_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
         if not trainer.is_global_zero:

@@ -218,7 +218,7 @@ class PrometheusCallback(Callback):
         # Training thread: appends timings to _events (thread-safe deque) and nothing else.
         # _drain (scrape thread, or the training thread every DRAIN_AT batches) turns them
         # into histograms and counters under _drain_lock.
-        self._events: Deque[Tuple[Any, Optional[float], int]] = collections.deque()
+        self._events: Deque[Tuple[Any, Optional[float], int, int]] = collections.deque()
         self._drain_lock = threading.Lock()
         self._batch_start: Optional[float] = None
         self._batch_idx = -1
@@ -226,6 +226,9 @@ class PrometheusCallback(Callback):
         self._samples = 0
         self._last_batch_end: Optional[float] = None  # drain side: end of the previous batch, None = no wait to count
         self._last_step_end: Optional[float] = None
+        # Stall signal: end of the latest batch that took an optimizer step (global_step moved).
+        self._step_seen: Optional[int] = None
+        self._last_optimizer_step_end: Optional[float] = None
         self._throughput_points: Deque[Tuple[float, int]] = collections.deque(maxlen=512)
 
     # --- lifecycle ---------------------------------------------------------
@@ -280,16 +283,20 @@ class PrometheusCallback(Callback):
         self._server, self._thread = server, thread
 
     # --- hot path ----------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        with self._drain_lock:  # the step a (resumed) run starts from is not a step taken
+            self._step_seen = int(trainer.global_step)
+
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         # The first batch's wait includes creating the loader iterator (worker start-up): real data wait.
-        self._events.append((_RESET, _now(), 0))
+        self._events.append((_RESET, _now(), 0, 0))
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._batch_start = _now()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         events = self._events
-        events.append((self._batch_start, _now(), infer_batch_size(batch)))
+        events.append((self._batch_start, _now(), infer_batch_size(batch), trainer.global_step))
         self._batch_idx = batch_idx
         self._last_output = outputs  # a reference only; converted when scraped
         if len(events) >= DRAIN_AT:  # nobody scrapes: keep memory bounded
@@ -297,17 +304,17 @@ class PrometheusCallback(Callback):
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         # Validation between two training batches is not data wait.
-        self._events.append((_RESET, None, 0))
+        self._events.append((_RESET, None, 0, 0))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._events.append((_RESET, _now(), 0))
+        self._events.append((_RESET, _now(), 0, 0))
 
     def _drain(self) -> None:
         """Account the queued batch timings (any thread)."""
         with self._drain_lock:
             events = self._events
             while events:
-                start, end, size = events.popleft()
+                start, end, size, step = events.popleft()
                 if start is _RESET:
                     self._last_batch_end = end
                 elif start is _SKIP:
@@ -320,6 +327,9 @@ class PrometheusCallback(Callback):
                         self._step_time.observe(end - start)
                     self._samples += size
                     self._last_batch_end = self._last_step_end = end
+                    if step != self._step_seen:  # an optimizer step ended this batch
+                        self._step_seen = step
+                        self._last_optimizer_step_end = end
                     self._throughput_points.append((end, self._samples))
 
     # --- checkpoints -------------------------------------------------------
@@ -347,7 +357,7 @@ class PrometheusCallback(Callback):
             finished = _now()
             self._checkpoint_time.observe(finished - started)
             self._checkpoint = (str(filepath), int(trainer.global_step), finished + self._wall_offset)
-            self._events.append((_SKIP, finished, 0))  # saving between batches is not data wait
+            self._events.append((_SKIP, finished, 0, 0))  # saving between batches is not data wait
             return result
 
         save_checkpoint._volt_prometheus = self  # type: ignore[attr-defined]
@@ -404,6 +414,11 @@ class PrometheusCallback(Callback):
         elapsed = now - first[0]
         return (points[-1][1] - first[1]) / elapsed if elapsed > 0 else None
 
+    def last_step_unix_time(self) -> Optional[float]:
+        """Unix time at which the latest optimizer step of this attempt ended (None before the first)."""
+        end = self._last_optimizer_step_end
+        return None if end is None else end + self._wall_offset
+
     def progress_ratio(self) -> Optional[float]:
         trainer = self._trainer
         if trainer is None:
@@ -437,7 +452,7 @@ class PrometheusCallback(Callback):
             checkpoint = {"path": path, "step": step, "time": _rfc3339(saved_at)}
         max_steps = getattr(trainer, "max_steps", None)
         max_epochs = getattr(trainer, "max_epochs", None)
-        last_end = self._last_step_end
+        last_step = self.last_step_unix_time()
         return {
             "epoch": int(getattr(trainer, "current_epoch", 0) or 0),
             "step": int(getattr(trainer, "global_step", 0) or 0),
@@ -452,7 +467,7 @@ class PrometheusCallback(Callback):
             "rank": int(getattr(trainer, "global_rank", 0) or 0),
             "trainingjob": self.job_name,
             "stage": _stage(trainer),
-            "last_step_time": _rfc3339(last_end + self._wall_offset) if last_end is not None else None,
+            "last_step_time": last_step,  # unix seconds: the operator's stall detection compares it with its clock
             "time": _rfc3339(time.time()),
         }
 
@@ -499,6 +514,11 @@ class _TrainingCollector:
             yield gauge("volt_train_global_step", "Optimizer steps taken (trainer.global_step).", int(trainer.global_step))
             yield gauge("volt_train_epoch", "Current epoch (trainer.current_epoch).", int(trainer.current_epoch))
             yield gauge("volt_train_progress_ratio", "Fraction of max_steps or max_epochs done.", cb.progress_ratio())
+        yield gauge(
+            "volt_train_last_step_timestamp_seconds",
+            "Unix time the latest optimizer step ended (stall detection: it stops moving when training hangs).",
+            cb.last_step_unix_time(),
+        )
         yield histogram(
             "volt_train_step_duration_seconds",
             "Time of one training batch: forward, backward and, on accumulation boundaries, the optimizer step.",

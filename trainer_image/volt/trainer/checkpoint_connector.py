@@ -5,7 +5,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from volt import resume
-from volt.checkpoint import resolve_ckpt_path
+from volt.checkpoint import JobOwnership, load_latest, resolve_ckpt_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -83,6 +83,17 @@ def load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Di
         raise ValueError(
             "ckpt_path='best' but no best checkpoint is known: fit() with a ModelCheckpoint first, or pass a path"
         )
+    if ckpt_path == "last":  # the newest checkpoint that verifies and loads; rank 0 chooses for every rank
+        contract = trainer.job_contract
+        path, checkpoint = load_latest(
+            dirpath, lambda p: trainer.checkpoint_io.load_checkpoint(p, map_location="cpu"),
+            is_global_zero=trainer.is_global_zero,
+            broadcast=trainer.strategy.broadcast if trainer.world_size > 1 else None,
+            ownership=JobOwnership(contract.job_uid, contract.resume_any_job),
+        )
+        trainer.ckpt_path = path
+        log.info("ckpt_path='last': %s", f"restoring from checkpoint {path}" if path else "nothing saved yet, starting fresh")
+        return checkpoint
     path = resolve_ckpt_path(ckpt_path, dirpath, best)
     trainer.ckpt_path = path
     if path is None:
