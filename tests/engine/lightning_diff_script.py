@@ -777,7 +777,141 @@ def prediction_writer(root: str) -> Dict[str, Any]:
     return {"written": written, "returned": [[p.flatten().tolist() for p in per] for per in returned]}
 
 
+def logged_without_logger(root: str) -> Dict[str, Any]:
+    """logger=False: logged_metrics still hold what would have been logged (step values too, no epoch)."""
+    torch.manual_seed(0)
+    model = LogNet()
+    t = trainer(root, max_epochs=2, limit_train_batches=5, val_check_interval=3, log_every_n_steps=2,
+                num_sanity_val_steps=0)
+    t.fit(model, loader(36), loader(20))
+    return {"logged_metrics": floats(t.logged_metrics), "callback_metrics": floats(t.callback_metrics)}
+
+
+def lr_monitor_metrics(root: str) -> Dict[str, Any]:
+    """LearningRateMonitor's values in callback_metrics (a callback's view mid-run and after fit)."""
+    from importlib import import_module
+
+    callbacks_module = import_module(pl.__name__ + ".callbacks")
+    torch.manual_seed(0)
+    seen: List[Dict[str, float]] = []
+
+    class Peek(pl.Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            seen.append({k: v for k, v in floats(trainer.callback_metrics).items() if k.startswith("lr")})
+
+    monitors = [callbacks_module.LearningRateMonitor(logging_interval="epoch"), Peek()]
+    t = trainer(root, max_epochs=2, limit_train_batches=3, limit_val_batches=1, log_every_n_steps=1,
+                logger=CSVLogger(os.path.join(root, "csv"), name="run", version=0), callbacks=monitors)
+    t.fit(Net(scheduler="epoch"), loader(24), loader(8))
+    return {"seen": seen, "after_fit": {k: v for k, v in floats(t.callback_metrics).items() if k.startswith("lr")}}
+
+
+def misconfiguration(root: str) -> Dict[str, Any]:
+    """validate()/test()/predict() on a module without the step (or forward) raise MisconfigurationException."""
+
+    class Bare(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    out: Dict[str, Any] = {}
+    for fn in ("validate", "test", "predict"):
+        try:
+            getattr(trainer(root), fn)(Bare(), loader(8))
+            out[fn] = "ran"
+        except Exception as err:  # the class name is what ports catch
+            out[fn] = type(err).__name__
+    return out
+
+
+def _torchmetrics_module() -> Any:
+    import torchmetrics
+
+    class MetricNet(Net):
+        """torchmetrics objects logged with every on_step/on_epoch combination, and computed by hand at epoch end."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            make = lambda: torchmetrics.MeanAbsoluteError()  # noqa: E731
+            self.mae_step, self.mae_both, self.mae_epoch = make(), make(), make()
+            self.mean_updated = torchmetrics.MeanMetric()  # update() only: no batch value to log per step
+            self.mae_by_hand = make()
+            self.val_mae_both, self.val_mae_epoch, self.val_by_hand = make(), make(), make()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            pred = self(x)
+            loss = nn.functional.mse_loss(pred, y)
+            for metric in (self.mae_step, self.mae_both, self.mae_epoch):
+                metric(pred.detach(), y)
+            self.log("mae_step_only", self.mae_step, on_step=True, on_epoch=False)
+            self.log("mae_both", self.mae_both, on_step=True, on_epoch=True, prog_bar=True)
+            self.log("mae_epoch_only", self.mae_epoch, on_step=False, on_epoch=True)
+            self.mean_updated.update(loss.detach())
+            self.log("mean_updated", self.mean_updated, on_step=True, on_epoch=True)
+            self.mae_by_hand.update(pred.detach(), y)
+            return loss
+
+        def on_train_epoch_end(self) -> None:
+            self.log("mae_by_hand", self.mae_by_hand.compute())
+            self.mae_by_hand.reset()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            pred = self(x)
+            self.val_mae_both(pred, y)
+            self.log("val_mae_both", self.val_mae_both, on_step=True, on_epoch=True)
+            self.val_mae_epoch.update(pred, y)
+            self.log("val_mae_epoch_only", self.val_mae_epoch)
+            self.val_by_hand.update(pred, y)
+
+        def on_validation_epoch_end(self) -> None:
+            self.log("val_by_hand", self.val_by_hand.compute())
+            self.val_by_hand.reset()
+
+    return MetricNet
+
+
+def torchmetrics_logging(root: str) -> Dict[str, Any]:
+    """torchmetrics objects in self.log: the metric dicts, what a callback sees, the CSV rows; and logger=False.
+
+    Needs torchmetrics (Lightning's dependency, not volt's): the volt side runs in the Lightning test venv."""
+    try:
+        metric_net = _torchmetrics_module()
+    except ImportError:
+        return {"skipped": "torchmetrics is not installed"}
+    out: Dict[str, Any] = {}
+    for with_logger in (True, False):
+        torch.manual_seed(0)
+        model = metric_net()
+        snap = MetricsSnapshot()
+        logger = CSVLogger(os.path.join(root, "csv"), name="run", version=int(with_logger)) if with_logger else False
+        t = trainer(root, max_epochs=2, limit_train_batches=5, val_check_interval=3, log_every_n_steps=2,
+                    num_sanity_val_steps=1, logger=logger, callbacks=[snap])
+        t.fit(model, loader(36), loader(20))
+        case: Dict[str, Any] = {"callback_metrics": floats(t.callback_metrics), "logged_metrics": floats(t.logged_metrics),
+                                "progress_bar_metrics": floats(t.progress_bar_metrics), "snapshots": snap.snapshots}
+        if with_logger:
+            import csv
+
+            with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+                case["csv_rows"] = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        case["validate"] = t.validate(model, loader(20), verbose=False)
+        out["logger" if with_logger else "no_logger"] = case
+    return out
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "logged_without_logger": logged_without_logger,
+    "lr_monitor_metrics": lr_monitor_metrics,
+    "misconfiguration": misconfiguration,
+    "torchmetrics_logging": torchmetrics_logging,
     "prediction_writer": prediction_writer,
     "default_outputs": default_outputs,
     "more_loops": more_loops,
@@ -795,7 +929,10 @@ SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
 def main() -> None:
     out_path = sys.argv[2]
     results: Dict[str, Any] = {"engine": ENGINE, "torch": torch.__version__}
+    only = [n for n in os.environ.get("VOLT_DIFF_ONLY", "").split(",") if n]  # a subset, e.g. for another venv
     for name, scenario in SCENARIOS.items():
+        if only and name not in only:
+            continue
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"diff-{ENGINE}-{name}-") as root:
             try:

@@ -244,3 +244,52 @@ def test_prediction_writer_matches(results: Results) -> None:
     volt, lightning = scenario(results, "prediction_writer")
     assert_same(volt, lightning)
     assert volt["written"][0][:4] == ["batch", 0, 0, [7, 4, 2, 9]]  # the shuffled order, not 0..3
+
+
+def test_logged_metrics_without_a_logger_match(results: Results) -> None:
+    """logger=False: logged_metrics keep the step values and carry no ``epoch``, as Lightning's."""
+    volt, lightning = scenario(results, "logged_without_logger")
+    assert_same(volt, lightning)
+    assert "epoch" not in volt["logged_metrics"] and {"both_step", "both_epoch"} <= set(volt["logged_metrics"])
+
+
+def test_learning_rate_monitor_values_reach_callback_metrics(results: Results) -> None:
+    volt, lightning = scenario(results, "lr_monitor_metrics")
+    assert_same(volt, lightning)
+    assert volt["after_fit"] == {"lr-SGD": pytest.approx(0.035)}
+
+
+def test_missing_steps_raise_misconfiguration_exception(results: Results) -> None:
+    volt, lightning = scenario(results, "misconfiguration")
+    assert volt == lightning == {fn: "MisconfigurationException" for fn in ("validate", "test", "predict")}
+
+
+@pytest.fixture(scope="module")
+def volt_with_torchmetrics(tmp_path_factory: pytest.TempPathFactory, results: Results) -> Dict[str, Any]:
+    """The torchmetrics scenario under volt, run by the Lightning venv's python (it has torchmetrics,
+    Lightning's dependency; volt imports neither)."""
+    out = tmp_path_factory.mktemp("torchmetrics") / "volt.json"
+    trainer_image = Path(__file__).resolve().parents[2] / "trainer_image"
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "VOLT_DIFF_ONLY": "torchmetrics_logging",
+           "PYTHONPATH": str(trainer_image)}
+    done = subprocess.run([os.environ[ENV_VAR], str(SCRIPT), "volt", str(out)], env=env, capture_output=True,
+                          text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_torchmetrics_objects_log_as_in_lightning(results: Results, volt_with_torchmetrics: Dict[str, Any]) -> None:
+    """torchmetrics objects logged with on_step only, on_epoch only and both (forward() and update()-only
+    metrics), in training and validation, next to values computed by hand in epoch-end hooks: the three
+    metric dicts, what a callback sees at epoch end, every CSV row, and the same fit with logger=False."""
+    lightning = results[1]["torchmetrics_logging"]
+    assert "skipped" not in lightning, "torchmetrics is missing from the Lightning venv"
+    volt = volt_with_torchmetrics["torchmetrics_logging"]
+    assert "error" not in volt, volt.get("traceback")
+    # On purpose, as in test_logged_metrics_match: volt's logged_metrics keep the epoch sent to the loggers.
+    assert volt["logger"]["logged_metrics"].pop("epoch") == 1.0
+    assert_same(volt, lightning)
+    assert {"mae_both_step", "mae_both_epoch", "mae_step_only"} <= set(volt["no_logger"]["logged_metrics"])
+    assert {"mae_both_step", "mae_both_epoch", "mae_step_only"} <= set(volt["no_logger"]["callback_metrics"])
+    if "skipped" not in results[0]["torchmetrics_logging"]:  # the main venv has torchmetrics after all
+        assert_same(results[0]["torchmetrics_logging"], volt)

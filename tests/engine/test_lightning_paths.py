@@ -170,3 +170,9 @@ def test_every_lightning_name_is_provided_or_listed() -> None:
             if hasattr(_volt_module(path), name):
                 stale.append(key)
     assert not stale, f"listed as not provided but volt has them: {stale}"
+
+
+def test_top_level_exposes_lightnings_subpackages() -> None:
+    """``import lightning.pytorch as pl`` then ``pl.loggers.CSVLogger`` / ``pl.callbacks.ModelCheckpoint``."""
+    for name in ("callbacks", "core", "loggers", "plugins", "profilers", "strategies", "trainer", "tuner", "utilities"):
+        assert inspect.ismodule(getattr(volt, name, None)), f"volt.{name} is not reachable after `import volt`"

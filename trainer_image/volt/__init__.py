@@ -30,4 +30,7 @@ from volt.module import LightningModule  # noqa: E402
 from volt.seed import seed_everything  # noqa: E402
 from volt.trainer import Trainer  # noqa: E402
 
+# Lightning's top level exposes its subpackages (``pl.loggers.CSVLogger``, ``pl.core.LightningModule``).
+from volt import core, loggers  # noqa: E402,F401
+
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 import torch
 
 from volt.callbacks.base import Callback
+from volt.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -46,7 +47,7 @@ class LearningRateMonitor(Callback):
 
     def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if not trainer.loggers:
-            raise ValueError(
+            raise MisconfigurationException(
                 "LearningRateMonitor needs a logger: the Trainer was created with logger=False"
             )
         self._names = self._find_names(trainer)
@@ -78,9 +79,7 @@ class LearningRateMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)
         device = trainer.strategy.root_device
-        metrics = trainer.callback_metrics
-        for name, value in stats.items():
-            metrics[name] = torch.tensor(value, device=device)
+        trainer.callback_metrics.update({name: torch.tensor(value, device=device) for name, value in stats.items()})
 
     def _scheduler_intervals(self, trainer: "Trainer") -> Dict[int, str]:
         """Optimizer index -> interval of the scheduler driving it."""

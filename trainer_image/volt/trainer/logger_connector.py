@@ -83,14 +83,21 @@ class LoggerConnector:
 
         Lightning computes them whenever callback_metrics is read at that point, so the
         epoch-end hooks see ``x_epoch``; ``finish_epoch`` recomputes them after the module's
-        hook. Left to finish_epoch: metric objects (compute() resets them) and, under DDP,
-        sync_dist values (a second collective per epoch for a preview is not worth it).
+        hook. Metric objects are computed here without a reset (torchmetrics caches the result,
+        so finish_epoch's compute() reuses it unless the hook updated the metric). Left to
+        finish_epoch under DDP: sync_dist values (a second collective per epoch for a preview is
+        not worth it).
         """
         distributed = self.trainer.world_size > 1
         for m in results.metrics.values():
-            if not m.on_epoch or m.total is None or m.metric_object is not None or (distributed and m.sync_dist):
+            if not m.on_epoch:
                 continue
-            m.epoch_value = m.total / max(m.weight, 1e-12) if m.reduce_fx == "mean" else m.total
+            if m.metric_object is not None:
+                m.epoch_value = torch.as_tensor(m.metric_object.compute()).detach()
+            elif m.total is None or (distributed and m.sync_dist):
+                continue
+            else:
+                m.epoch_value = m.total / max(m.weight, 1e-12) if m.reduce_fx == "mean" else m.total
             _, epoch_name = forked_names(m)
             self._callback[epoch_name] = self._callback[m.name] = m.epoch_value
             if m.prog_bar:
@@ -115,11 +122,12 @@ class LoggerConnector:
     def _send(self, metrics: Dict[str, torch.Tensor], step: int, add_epoch: bool = True) -> None:
         trainer = self.trainer
         metrics = dict(metrics)
+        if not trainer.loggers:  # Lightning's logged_metrics then hold the values alone, without ``epoch``
+            self.logged_metrics.update(metrics)
+            return
         if add_epoch:
             metrics.setdefault("epoch", torch.tensor(float(trainer.current_epoch)))
         self.logged_metrics.update(metrics)
-        if not trainer.loggers:
-            return
         names = list(metrics)
         # One host transfer for the whole dict, not one .item() per value.
         device = trainer.strategy.root_device
@@ -147,7 +155,8 @@ class LoggerConnector:
 
     def discard_sanity_results(self, before: Dict[str, torch.Tensor]) -> None:
         """Sanity-check metrics must not reach callbacks (they would look like real validation)."""
-        self._callback = dict(before)
+        self._callback.clear()
+        self._callback.update(before)
         self._progress_bar = {k: v for k, v in self._progress_bar.items() if k in before}
 
     # --- the three dicts ----------------------------------------------------------
@@ -156,7 +165,9 @@ class LoggerConnector:
 
     @property
     def callback_metrics(self) -> Dict[str, torch.Tensor]:
-        out = dict(self._callback)
+        # One dict that lives for the entry point, as Lightning's: what a callback writes into it
+        # (LearningRateMonitor's rates, ``trainer.callback_metrics.update(...)``) stays there.
+        out = self._callback
         for m in self.train_results.metrics.values():
             if m.on_step and m.step_value is not None:
                 step_name, _ = forked_names(m)

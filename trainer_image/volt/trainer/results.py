@@ -140,6 +140,11 @@ class ResultCollection:
         if metric_object is not None:
             m.metric_object = metric_object
             m.fast_key = None
+            if on_step:  # the batch value of the object's last forward() (torchmetrics keeps it), as Lightning
+                cache = getattr(metric_object, "_forward_cache", None)
+                if isinstance(cache, torch.Tensor) and cache.numel() == 1:
+                    m.step_value = _as_scalar_tensor(name, cache, None)
+                    m.step_fresh = True
             return
         m.fast_key = fast_key
         if on_step:
