@@ -9,7 +9,10 @@ training step. Four things are timed on the same directory, each the median of
 * ``raw_save``: ``torch.save({"state_dict":..., "optimizer":...}, path)`` (no fsync: torch does none);
 * ``raw_save_fsync``: the same followed by ``fsync`` (what durability costs);
 * ``volt_save``: ``trainer.save_checkpoint(path)``: Lightning-keyed dict, RNG states, atomic write
-  (temp + fsync + rename + directory fsync) and nothing else;
+  (temp + fsync + rename + directory fsync) with the SHA-256 computed while writing, and nothing else;
+* ``atomic_save`` / ``atomic_save_no_checksum``: the same checkpoint dict through
+  ``volt.checkpoint.atomic_save`` and through the same atomic write without the checksum
+  (``torch.save`` to the temp path): their ratio is what verifiable checkpoints cost;
 * ``raw_load`` / ``volt_load``: ``torch.load`` vs ``volt.checkpoint.load`` (both ``map_location="cpu"``).
 
     python bench/checkpoint.py [--megabytes 250] [--dir /path/on/the/volume]
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "trainer_image"))
 
 import volt  # noqa: E402
 from volt import checkpoint as volt_checkpoint  # noqa: E402
+from volt.trainer import checkpoint_connector  # noqa: E402
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int, before: Callable[[], Any] = lambda: None) -> float:
@@ -55,6 +59,19 @@ def _drop(path: str) -> None:
 
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save_no_checksum(obj: Any, path: str) -> None:
+    """volt's atomic write without the SHA-256: torch.save to a temp path, fsync, rename, fsync the directory."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -120,6 +137,11 @@ def main() -> None:
             "volt_save": _median_seconds(lambda: trainer.save_checkpoint(volt_path), args.repeats,
                                          lambda: _drop(volt_path)),
         }
+        full = checkpoint_connector.dump_checkpoint(trainer)
+        results["atomic_save"] = _median_seconds(lambda: volt_checkpoint.atomic_save(full, volt_path), args.repeats,
+                                                 lambda: _drop(volt_path))
+        results["atomic_save_no_checksum"] = _median_seconds(lambda: atomic_save_no_checksum(full, volt_path),
+                                                             args.repeats, lambda: _drop(volt_path))
         trainer.save_checkpoint(volt_path)
         torch.save(raw_state, raw_path)
         results["raw_load"] = _median_seconds(lambda: torch.load(raw_path, map_location="cpu"), args.repeats)
@@ -139,6 +161,8 @@ def main() -> None:
             "volt_save / raw_save_fsync": round(results["volt_save"] / results["raw_save_fsync"], 3),
             "volt_save / disk": round(results["volt_save"] / results["disk"], 3),
             "volt_load / raw_load": round(results["volt_load"] / results["raw_load"], 3),
+            "atomic_save / atomic_save_no_checksum": round(
+                results["atomic_save"] / results["atomic_save_no_checksum"], 3),
         },
         "repeats": args.repeats,
         "host": platform.node(),

@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "latest.json"
 MANIFEST_FORMAT = 2  # 2: size, sha256, job_uid, history; 1 (volt before checksums) is still read
 CHECKPOINT_SUFFIX = ".ckpt"
-#: Earlier checkpoints the manifest keeps listing (fallback candidates and retention's view).
-MAX_HISTORY = 64
+#: At most this many earlier checkpoints (that still exist) are listed: fallback candidates and
+#: retention's view. A TrainingJob's checkpoint.keepLast is at most 1000 too.
+MAX_HISTORY = 1000
 _TEMP_PREFIX = "."
 _TEMP_SUFFIX = ".tmp"
 _READ_CHUNK = 4 * 1024 * 1024
@@ -490,8 +491,8 @@ def check_owner(manifest: Optional[Manifest], dirpath: PathLike, ownership: Opti
     raise CheckpointOwnerError(
         f"The checkpoint directory {os.fspath(dirpath)} was written by job uid {manifest.job_uid}, but this is job "
         f"uid {ownership.uid}: a new TrainingJob (for example one recreated with a deleted job's name) does not "
-        f"resume another job's run. To resume it on purpose set {ENV_RESUME_ANY_JOB}=1 (the TrainingJob's "
-        "resume-any-job setting); to start fresh, use another checkpoint path or resume: Never"
+        f"resume another job's run. To resume it on purpose set spec.checkpoint.allowForeignCheckpoints: true "
+        f"({ENV_RESUME_ANY_JOB}=1); to start fresh, use another checkpoint path or resume: Never"
     )
 
 
