@@ -18,6 +18,7 @@ the same order as in the original run.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
@@ -147,13 +148,32 @@ def resume_epoch_iterator(
 RESUME_KEY = "volt_resume"
 
 
+@dataclass
+class RngSnapshots:
+    """The RNG snapshots of one Trainer (``trainer.rng_snapshots``), passed between the
+    checkpoint code and the fit loop explicitly.
+
+    ``epoch_start``: taken by the fit loop before this epoch's ``iter(loader)``; saved with
+    every checkpoint. ``restored``: this rank's ``{"current", "epoch_start"}`` from the
+    checkpoint being resumed, set by ``load_resume_state`` and used once by the next epoch.
+    """
+
+    epoch_start: Optional[Dict[str, Any]] = None
+    restored: Optional[Dict[str, Any]] = None
+
+    def take_restored(self) -> Optional[Dict[str, Any]]:
+        """The restored snapshots, once: a later epoch starts from its own state."""
+        restored, self.restored = self.restored, None
+        return restored
+
+
 def dump_resume_state(trainer: Any) -> Dict[str, Any]:
     """What a checkpoint needs for exact resume: every rank's RNG snapshots and the world size.
 
     Runs inside ``trainer.save_checkpoint``, which every rank calls (it ends in a
     barrier), so gathering the ranks' states here adds no new synchronisation point.
     """
-    mine = {"current": capture_rng_state(), "epoch_start": getattr(trainer, "_epoch_start_rng", None)}
+    mine = {"current": capture_rng_state(), "epoch_start": trainer.rng_snapshots.epoch_start}
     world_size = int(trainer.world_size)
     states: List[Any] = [mine]
     if world_size > 1:
@@ -168,7 +188,7 @@ def dump_resume_state(trainer: Any) -> Dict[str, Any]:
 def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
     """Check the world size and hand this rank's RNG snapshots to the fit loop."""
     state = checkpoint.get(RESUME_KEY)
-    trainer._resume_rng = None
+    trainer.rng_snapshots.restored = None
     if state is None:
         return
     saved, now = int(state["world_size"]), int(trainer.world_size)
@@ -179,4 +199,4 @@ def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
             "the weights (model.load_state_dict(checkpoint['state_dict']))"
         )
     rng = state["rng"]
-    trainer._resume_rng = rng[trainer.global_rank] if len(rng) > trainer.global_rank else None
+    trainer.rng_snapshots.restored = rng[trainer.global_rank] if len(rng) > trainer.global_rank else None

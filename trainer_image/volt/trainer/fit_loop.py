@@ -381,19 +381,20 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     # resume: a mid-epoch checkpoint continues after the batches already done, with the
     # RNG states of the original run (volt.resume), so no batch is repeated or skipped
     skip = progress.batch_idx
-    rng, trainer._resume_rng = getattr(trainer, "_resume_rng", None), None
+    snapshots = trainer.rng_snapshots
+    rng = snapshots.take_restored()
     source, skipped = loader, False
     if skip and rng is not None and rng.get("epoch_start") is not None and isinstance(loader, DataLoader):
         log.info("resuming epoch %d after batch %d (exact: sampler order and RNG restored)", epoch, skip)
         source, skipped = resume_epoch_iterator(loader, skip, rng["epoch_start"], rng["current"]), True
-        trainer._epoch_start_rng = rng["epoch_start"]
+        snapshots.epoch_start = rng["epoch_start"]
     else:
         if skip:
             log.warning("resuming epoch %d after batch %d without saved RNG states: batch order may differ",
                         epoch, skip)
         elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
             restore_rng_state(rng["current"])
-        trainer._epoch_start_rng = capture_rng_state()  # before iter(loader): it draws the shuffle seed
+        snapshots.epoch_start = capture_rng_state()  # before iter(loader): it draws the shuffle seed
     run_batch = _run_simple_batch if _simple_this_epoch(trainer) else _run_train_batch
     if trainer._profiling:  # chosen once per epoch: the plain path has no profiling call per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)

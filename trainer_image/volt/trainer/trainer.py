@@ -25,6 +25,7 @@ from volt.overrides import apply_trainer_settings
 from volt.plugins import CheckpointIO, TorchCheckpointIO
 from volt.precision import Precision, parse_precision
 from volt.profilers import Profiler, profiler_from_argument
+from volt.resume import RngSnapshots
 from volt.strategies.single import SingleDeviceStrategy
 from volt.strategies.strategy import Strategy
 from volt.trainer import arguments as A
@@ -175,6 +176,7 @@ class Trainer:
         self.predict_dataloaders: List[Iterable] = []
         self.ckpt_path: Optional[str] = None
         self._is_last_batch = False  # set per training batch by the fit loop
+        self.rng_snapshots = RngSnapshots()  # exact resume: written by the fit loop and the checkpoint code
         self.predict_loop = eval_loop.PredictLoopState()  # batch indices and predictions, for prediction writers
         self._reset_hook_cache()
 
