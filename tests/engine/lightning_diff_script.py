@@ -907,7 +907,71 @@ def torchmetrics_logging(root: str) -> Dict[str, Any]:
     return out
 
 
+class CombinedNet(Net):
+    """Records what training_step and validation_step receive from combined loaders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: List[Any] = []
+
+    @staticmethod
+    def _describe(batch: Any) -> Any:
+        if isinstance(batch, dict):
+            return {k: CombinedNet._describe(v) for k, v in sorted(batch.items())}
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+            return [round(float(batch[0].sum()), 4), int(batch[0].shape[0])]
+        if isinstance(batch, (list, tuple)):
+            return [CombinedNet._describe(v) for v in batch]
+        return None if batch is None else repr(batch)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen.append(["train", batch_idx, self._describe(batch)])
+        parts = batch.values() if isinstance(batch, dict) else batch
+        losses = [nn.functional.mse_loss(self(x), y) for x, y in (p for p in parts if p is not None)]
+        return torch.stack(losses).sum()
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.seen.append(["val", batch_idx, dataloader_idx, self._describe(batch)])
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+
+def combined_loaders(root: str) -> Dict[str, Any]:
+    """CombinedLoader in each mode (and a dict/list of loaders) for training and validation: the batches
+    each step receives, the loop counters and the metric keys."""
+    combined_cls = import_module_attr("utilities.combined_loader", "CombinedLoader")
+    out: Dict[str, Any] = {}
+    cases = {
+        "dict_train": (lambda: {"a": loader(24, 8, 1), "b": loader(40, 8, 2)}, lambda: loader(8)),
+        "list_train_list_val": (lambda: [loader(24, 8, 1), loader(16, 8, 2)], lambda: [loader(8, 4, 3), loader(12, 4, 4)]),
+        "min_size": (lambda: combined_cls({"a": loader(24, 8, 1), "b": loader(40, 8, 2)}, "min_size"), lambda: loader(8)),
+        "max_size": (lambda: combined_cls([loader(24, 8, 1), loader(40, 8, 2)], "max_size"), lambda: loader(8)),
+        "max_size_cycle": (lambda: combined_cls({"a": loader(16, 8, 1), "b": loader(24, 8, 2)}, "max_size_cycle"),
+                           lambda: combined_cls([loader(8, 4, 3), loader(12, 4, 4)], "sequential")),
+    }
+    for name, (train, val) in cases.items():
+        torch.manual_seed(0)
+        model = CombinedNet()
+        t = trainer(root, max_epochs=2, limit_val_batches=2, num_sanity_val_steps=0)
+        t.fit(model, train(), val())
+        out[name] = {"seen": model.seen, "global_step": t.global_step, "num_training_batches": t.num_training_batches,
+                     "callback_metrics": sorted(t.callback_metrics), "weights": weights(model)}
+    try:
+        trainer(root, max_epochs=1).fit(CombinedNet(), combined_cls([loader(8)], "sequential"))
+        out["sequential_train"] = "ran"
+    except Exception as err:
+        out["sequential_train"] = type(err).__name__
+    return out
+
+
+def import_module_attr(path: str, name: str) -> Any:
+    from importlib import import_module
+
+    return getattr(import_module(pl.__name__ + "." + path), name)
+
+
 SCENARIOS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    "combined_loaders": combined_loaders,
     "logged_without_logger": logged_without_logger,
     "lr_monitor_metrics": lr_monitor_metrics,
     "misconfiguration": misconfiguration,

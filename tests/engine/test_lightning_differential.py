@@ -293,3 +293,14 @@ def test_torchmetrics_objects_log_as_in_lightning(results: Results, volt_with_to
     assert {"mae_both_step", "mae_both_epoch", "mae_step_only"} <= set(volt["no_logger"]["callback_metrics"])
     if "skipped" not in results[0]["torchmetrics_logging"]:  # the main venv has torchmetrics after all
         assert_same(results[0]["torchmetrics_logging"], volt)
+
+
+def test_combined_loaders_match(results: Results) -> None:
+    """A dict and a list of training loaders (combined, max_size_cycle), CombinedLoader in min_size, max_size
+    and max_size_cycle modes for training and sequential for validation: the batches every step receives,
+    dataloader_idx, the counters and the weights; sequential cannot train."""
+    volt, lightning = scenario(results, "combined_loaders")
+    assert_same(volt, lightning)
+    assert volt["sequential_train"] == "ValueError"
+    assert {case: volt[case]["global_step"] for case in ("min_size", "max_size", "max_size_cycle")} == \
+        {"min_size": 6, "max_size": 10, "max_size_cycle": 6}

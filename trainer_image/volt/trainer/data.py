@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator, List, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Tuple, Union
 
 from torch.utils.data import DataLoader, RandomSampler
+
+from volt.utilities.combined_loader import CombinedLoader
 
 Number = Union[int, float]
 INF = float("inf")
@@ -31,6 +33,49 @@ def as_loader_list(loaders: Any) -> List[Iterable]:
             f"a dataloader must be an iterable (a torch DataLoader or any iterable of batches), got {type(loaders).__name__}"
         )
     return [loaders]
+
+
+def stage_loaders(loaders: Any, stage: str) -> List[Iterable]:
+    """The loaders ``stage`` (train|val|test|predict) iterates, as Lightning reads a collection of them:
+    training combines a dict/list of loaders into one (``CombinedLoader(mode="max_size_cycle")``, one
+    batch of each per step); evaluation and prediction run each loader in turn (``dataloader_idx``).
+    A CombinedLoader given by the user keeps its mode; ``sequential`` cannot train."""
+    if isinstance(loaders, CombinedLoader):
+        if loaders.mode == "sequential":
+            if stage == "train":
+                raise ValueError(
+                    "fit() cannot train on CombinedLoader(mode='sequential'); use 'max_size_cycle', 'min_size' or "
+                    "'max_size' (one batch of every loader per step)"
+                )
+            return list(loaders.flattened)
+        return [loaders]
+    if _is_collection_of_loaders(loaders):
+        if stage == "train":
+            return [CombinedLoader(loaders, "max_size_cycle")]
+        return list(loaders.values()) if isinstance(loaders, Mapping) else list(loaders)
+    return as_loader_list(loaders)
+
+
+def _is_collection_of_loaders(loaders: Any) -> bool:
+    values = list(loaders.values()) if isinstance(loaders, Mapping) else loaders
+    if not isinstance(loaders, (Mapping, list, tuple)) or not values:
+        return False
+    return all(isinstance(v, DataLoader) or isinstance(v, CombinedLoader) for v in values)
+
+
+def prepare_loaders(loaders: List[Iterable], stage: str, process: Callable[[Iterable, str], Iterable]) -> List[Iterable]:
+    """``process`` (the strategy's sampler injection) applied to every loader, inside a CombinedLoader
+    too; a CombinedLoader is then iterated as its batches alone."""
+    out: List[Iterable] = []
+    for loader in loaders:
+        if isinstance(loader, CombinedLoader):  # a copy: the user's object keeps the loaders it was given
+            combined = CombinedLoader(loader.iterables, loader.mode)
+            combined.limits = loader.limits
+            combined.flattened = [process(inner, stage) for inner in loader.flattened]
+            out.append(combined.batches())
+        else:
+            out.append(process(loader, stage))
+    return out
 
 
 def loader_length(loader: Iterable) -> float:

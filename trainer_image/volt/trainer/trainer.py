@@ -30,7 +30,7 @@ from volt.strategies.single import SingleDeviceStrategy
 from volt.strategies.strategy import Strategy
 from volt.trainer import arguments as A
 from volt.trainer import checkpoint_connector, eval_loop, fit_loop, profiling
-from volt.trainer.data import INF, as_loader_list, defines, limited_length, without_shuffle
+from volt.trainer.data import INF, defines, limited_length, prepare_loaders, stage_loaders, without_shuffle
 from volt.trainer.logger_connector import LoggerConnector
 from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from volt.trainer.progress import Progress
@@ -1089,7 +1089,7 @@ class Trainer:
         if stage == "val" and given is None and self.state.fn == "validate":
             given = args.get("validate")
         if given is not None:
-            loaders = as_loader_list(given)
+            loaders = stage_loaders(given, stage)
         else:
             method = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
                       "predict": "predict_dataloader"}[stage]
@@ -1100,12 +1100,12 @@ class Trainer:
                 source = self.lightning_module_ref
             if source is None:
                 return []
-            loaders = as_loader_list(self._call_source(source, method))
+            loaders = stage_loaders(self._call_source(source, method), stage)
         if stage == "train" and len(loaders) != 1:
             raise ValueError("fit() takes one training dataloader (combine several into one iterable)")
         if stage == "train" and self.overfit_batches:
             loaders = [without_shuffle(loaders[0])]
-        return [self.strategy.process_dataloader(dl, stage) for dl in loaders]
+        return prepare_loaders(loaders, stage, self.strategy.process_dataloader)
 
     def _call_source(self, source: Any, method: str) -> Any:
         connector = self._logger_connector
