@@ -1,4 +1,4 @@
-"""Validation, test and predict loops, and the setup/teardown every entry point shares.
+"""Validation, test and predict loops (the setup and teardown they share with fit: ``stage.py``).
 
 Hook order (see fit_loop.py for where validation sits inside fit):
 
@@ -14,94 +14,23 @@ Hook order (see fit_loop.py for where validation sits inside fit):
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from volt.module import LightningModule
-from volt.trainer import checkpoint_connector
 from volt.trainer.data import iterate
 from volt.trainer.profiling import ProfiledBatches
+from volt.trainer.stage import setup_stage, teardown_stage
 from volt.utilities import move_data_to_device
 from volt.utilities.exceptions import MisconfigurationException
 from volt.utilities.model_helpers import is_overridden
-from volt.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
 
-log = logging.getLogger(__name__)
-
 _STEP = {"validate": "validation", "test": "test", "sanity_check": "validation"}
-
-
-# --------------------------------------------------------------------------------------------
-# setup / teardown shared by fit, validate, test, predict
-# --------------------------------------------------------------------------------------------
-def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Optional[Dict[str, Any]]:
-    """Environment, prepare_data, setup hooks, checkpoint weights, device placement. Returns the checkpoint."""
-    module = trainer.lightning_module_ref
-    assert module is not None
-    trainer._reset_hook_cache()
-    trainer._logger_connector.eval_steps_seen = {}
-    _add_configured_callbacks(trainer, module)
-    trainer.strategy.setup_environment()
-    rank_zero_only.rank = trainer.global_rank  # loggers write on global rank 0 only
-    if trainer.world_size > 1:  # every rank runs this, so the broadcast is matched
-        for logger in trainer.loggers:
-            if hasattr(logger, "sync_version"):
-                logger.sync_version(trainer.strategy.broadcast)
-    _prepare_data(trainer, module)
-    dm = trainer.datamodule
-    if dm is not None:
-        dm.setup(stage)
-    trainer._call_callbacks("setup", stage)
-    trainer._call_module("setup", stage, always=True)
-    trainer._call_module("configure_sharded_model")
-    trainer._call_module("configure_model")
-    trainer.precision_plugin.convert_module(module)
-    checkpoint = checkpoint_connector.load_checkpoint(trainer, ckpt_path)
-    if checkpoint is not None:
-        checkpoint_connector.restore_model_and_callbacks(trainer, checkpoint)
-    trainer._logger_connector.reset_metrics()  # metrics of an earlier fit/test do not carry over
-    trainer.strategy.setup(trainer, module)
-    return checkpoint
-
-
-def teardown_stage(trainer: "Trainer", stage: str) -> None:
-    trainer._call_callbacks("teardown", stage)
-    trainer._call_module("teardown", stage, always=True)
-    if trainer.datamodule is not None:
-        trainer.datamodule.teardown(stage)
-
-
-def _add_configured_callbacks(trainer: "Trainer", module: LightningModule) -> None:
-    """configure_callbacks() entries replace trainer callbacks of the same type, as in Lightning."""
-    extra = module.configure_callbacks()
-    if not extra:
-        return
-    extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
-    types = {type(cb) for cb in extra}
-    from volt.trainer.trainer import _checkpoints_last
-
-    kept = [cb for cb in trainer.callbacks if type(cb) not in types]
-    trainer.callbacks = _checkpoints_last(kept + extra)
-    trainer._reset_hook_cache()
-
-
-def _prepare_data(trainer: "Trainer", module: LightningModule) -> None:
-    strategy = trainer.strategy
-    dm = trainer.datamodule
-    for obj in ([dm] if dm is not None else []) + [module]:
-        per_node = getattr(obj, "prepare_data_per_node", True)
-        if (strategy.local_rank == 0) if per_node else strategy.is_global_zero:
-            if obj is module:
-                trainer._call_module("prepare_data")
-            else:
-                obj.prepare_data()
-    strategy.barrier("prepare_data")
 
 
 def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:

@@ -68,10 +68,10 @@ from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_itera
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
 from volt.strategies.single import SingleDeviceStrategy
-from volt.trainer.eval_loop import (resolve_transfer_hooks, run_validation_in_fit, setup_stage, teardown_stage,
-                                    transfer_batch)
+from volt.trainer.eval_loop import resolve_transfer_hooks, run_validation_in_fit, transfer_batch
 from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
 from volt.trainer.profiling import ProfiledBatches, action
+from volt.trainer.stage import setup_stage, teardown_stage
 from volt.utilities import move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
