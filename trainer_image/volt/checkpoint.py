@@ -404,7 +404,7 @@ def write_manifest(
     if digest is None or digest.size != os.path.getsize(ckpt_path):
         digest = file_digest(ckpt_path)  # written by a custom CheckpointIO, or rewritten since
     if job_uid is None:
-        job_uid = job_ownership().uid
+        job_uid = os.environ.get(ENV_JOB_UID, "").strip() or None
     now = time.time()
     manifest = Manifest(
         checkpoint=relative,
