@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping
 
-from volt.contract import ENV_TRAINER, JobContract
+from volt.contract import ENV_TRAINER
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,3 @@ def apply_trainer_settings(kwargs: Mapping[str, Any], settings: Mapping[str, Any
             log.warning("%s overrides Trainer(%s=%r) with %r", ENV_TRAINER, key, previous, value)
         merged[key] = value
     return merged
-
-
-def apply_env_overrides(kwargs: Mapping[str, Any], contract: JobContract) -> Dict[str, Any]:
-    """``apply_trainer_settings`` with the contract's ``VOLT_TRAINER``."""
-    return apply_trainer_settings(kwargs, contract.trainer_settings)
