@@ -80,6 +80,38 @@ def test_manifest_records_size_and_the_sha256_a_reader_can_check(tmp_path: Path)
     assert trainer.checkpoint_callback.best_model_path == str(path)
 
 
+def test_history_lists_each_existing_file_once_and_only_this_jobs(tmp_path: Path) -> None:
+    for step, name in ((1, "a.ckpt"), (2, "last.ckpt"), (3, "b.ckpt"), (4, "last.ckpt")):
+        ckpt_io.atomic_save({"step": step}, tmp_path / name)
+        ckpt_io.write_manifest(tmp_path, tmp_path / name, step=step, epoch=0, job_uid="uid-1")
+    manifest = ckpt_io.read_manifest(tmp_path)
+    # last.ckpt was overwritten at step 4: its step-2 entry is gone with its old bytes.
+    assert [(e.checkpoint, e.step) for e in manifest.entries()] == [("last.ckpt", 4), ("b.ckpt", 3), ("a.ckpt", 1)]
+    os.remove(tmp_path / "a.ckpt")
+    ckpt_io.atomic_save({"step": 5}, tmp_path / "c.ckpt")
+    manifest = ckpt_io.write_manifest(tmp_path, tmp_path / "c.ckpt", step=5, epoch=0, job_uid="uid-1")
+    assert [e.checkpoint for e in manifest.entries()] == ["c.ckpt", "last.ckpt", "b.ckpt"]  # a deleted file goes
+    assert ckpt_io.recent_checkpoints(tmp_path, 2) == {str(tmp_path / "c.ckpt"), str(tmp_path / "last.ckpt")}
+    other = ckpt_io.write_manifest(tmp_path, tmp_path / "c.ckpt", step=5, epoch=0, job_uid="uid-2")
+    assert other.history == ()  # another job's checkpoints are never its fallback
+
+
+def test_verify_checkpoint_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "a.ckpt"
+    ckpt_io.atomic_save({"w": torch.arange(1000.0)}, path)
+    entry = ckpt_io.write_manifest(tmp_path, path, step=1, epoch=0).latest
+    assert ckpt_io.verify_checkpoint(path, entry) is None and ckpt_io.verify_checkpoint(path) is None
+    _flip_a_byte(path)
+    assert "does not match the manifest" in ckpt_io.verify_checkpoint(path, entry)
+    assert ckpt_io.verify_checkpoint(path) is None  # without a checksum a flipped byte goes unnoticed here
+    _truncate(path)
+    assert "where the manifest recorded" in ckpt_io.verify_checkpoint(path, entry)
+    assert "without its central directory" in ckpt_io.verify_checkpoint(path)
+    path.write_bytes(b"")
+    assert ckpt_io.verify_checkpoint(path) == "empty file"
+    assert ckpt_io.verify_checkpoint(tmp_path / "gone.ckpt") == "missing"
+
+
 def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
