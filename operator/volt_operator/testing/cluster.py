@@ -3,16 +3,19 @@
 Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler
 (built by `make cluster` into ~/.cache/volt) the way envtest does: one
 throwaway CA, TLS everywhere, RBAC, service-account tokens, an audit log.
-When the node agent (`volt_operator.testing.node_agent`) is present, `up()`
-also starts it so pods bound to its nodes actually run.
+With `runtime="agent"` (the default) `up()` also starts the node agent
+(`volt_operator.testing.node_agent`), whose nodes run pods as local
+processes; with `runtime="kubelet"` each node is a real kubelet with its own
+containerd, plus CoreDNS and a volume provisioner (`kubelet_nodes.py`).
 
     with LocalCluster("/tmp/kube", nodes=2) as kube:
         kube.kubectl("get", "nodes")
 
 or from a shell (the processes outlive the command; `down` stops them):
 
-    python -m volt_operator.testing.cluster up --dir /tmp/kube --nodes 2
+    python -m volt_operator.testing.cluster up --dir /tmp/kube --nodes 2 [--runtime kubelet]
     export KUBECONFIG=/tmp/kube/kubeconfig
+    python -m volt_operator.testing.cluster load-image --dir /tmp/kube volt-trainer:0.1.0   # kubelet nodes
     python -m volt_operator.testing.cluster down --dir /tmp/kube
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import ctypes
+import hashlib
 import importlib.util
 import json
 import logging
@@ -38,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from volt_operator.testing import kubelet_nodes
+from volt_operator.testing.kubelet_nodes import RealNodes
 from volt_operator.testing.pki import CertificateAuthority, KeyPair, create_signing_key
 
 log = logging.getLogger("volt.cluster")
@@ -46,11 +52,14 @@ log = logging.getLogger("volt.cluster")
 # it); `make` exports VOLT_KUBE_VERSION/VOLT_ETCD_VERSION when they are overridden.
 KUBE_VERSION = os.environ.get("VOLT_KUBE_VERSION", "1.34.4")
 ETCD_VERSION = os.environ.get("VOLT_ETCD_VERSION", "3.6.16")
+COREDNS_VERSION = os.environ.get("VOLT_COREDNS_VERSION", "1.12.1")
+RUNTIMES = ("agent", "kubelet")
 
 # Service IPs are only allocated, never routed (no kube-proxy). 198.18.0.0/15 is
 # set aside for network testing; pods use 198.18.0.0/16 (the node agent), services this.
 SERVICE_CIDR = "198.19.0.0/16"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
+CLUSTER_DNS_IP = "198.19.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 
 STATE_FILE = "cluster.json"
@@ -95,6 +104,21 @@ def kube_bin_dir() -> Path:
 def etcd_bin_dir() -> Path:
     override = os.environ.get("VOLT_ETCD_BIN_DIR")
     return Path(override) if override else cache_dir() / "etcd" / ETCD_VERSION / "bin"
+
+
+def coredns_binary() -> Path:
+    override = os.environ.get("VOLT_COREDNS_BIN")
+    return Path(override) if override else cache_dir() / "coredns" / COREDNS_VERSION / "bin" / "coredns"
+
+
+def pause_binary() -> Path:
+    """scripts/build-kube.sh keys the pause build by the hash of its source."""
+    override = os.environ.get("VOLT_PAUSE_BIN")
+    if override:
+        return Path(override)
+    source = Path(__file__).resolve().parents[3] / "scripts" / "pause" / "pause.go"
+    key = hashlib.sha256(source.read_bytes()).hexdigest()[:12] if source.is_file() else "missing-source"
+    return cache_dir() / "pause" / key / "bin" / "pause"
 
 
 def find_binaries() -> dict[str, Path]:
@@ -220,6 +244,11 @@ def _spawn(name: str, argv: Sequence[str], log_dir: Path, *, env: Mapping[str, s
     return Component(name=name, pid=popen.pid, start_ticks=ticks, log_path=log_path, popen=popen)
 
 
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status == 200
+
+
 def _agent_available() -> bool:
     """True when `python -m volt_operator.testing.node_agent` can run (it has a __main__)."""
     try:
@@ -265,13 +294,16 @@ class LocalCluster:
     the CLI's `up` turns it off so the cluster outlives the command.
     """
 
-    def __init__(self, dir: str | os.PathLike[str], *, nodes: int = 0,
+    def __init__(self, dir: str | os.PathLike[str], *, nodes: int = 0, runtime: str = "agent",
                  agent_args: Sequence[str] = (), tie_to_parent: bool = True,
                  start_timeout: float = 120.0) -> None:
         if nodes < 0:
             raise ValueError(f"nodes must be >= 0, got {nodes}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.dir = Path(dir).absolute()
         self.nodes = nodes
+        self.runtime = runtime
         self.agent_args = list(agent_args)
         self.tie_to_parent = tie_to_parent
         self.start_timeout = start_timeout
@@ -284,6 +316,7 @@ class LocalCluster:
         self.components: list[Component] = []
         self._ssl: ssl.SSLContext | None = None
         self._load_state()
+        self.real_nodes = RealNodes(self.dir, cache_dir())
 
     # -- lifecycle --
 
@@ -320,15 +353,30 @@ class LocalCluster:
         self._start_etcd(binaries["etcd"])
         self._start_apiserver(binaries["kube-apiserver"])
         self._start_controllers(binaries["kube-controller-manager"], binaries["kube-scheduler"])
-        self._start_agent()
+        if self.runtime == "kubelet":
+            self._start_real_nodes()
+        else:
+            self._start_agent()
         self._wait_ready()
 
     def down(self, purge: bool = False) -> None:
-        """Stop every process (agent first, etcd last); keep logs unless `purge`."""
+        """Stop every process (agent first, etcd last); keep logs unless `purge`.
+
+        Real nodes: the kubelets stop first (they leave their pods running),
+        then every container is removed through its containerd, then the
+        containerds and the control plane stop, then the host changes are undone.
+        """
         grace = {"node-agent": 30.0}
-        for component in reversed(self.components):
+        first = [c for c in self.components if c.name.startswith("kubelet-") or c.name in ("coredns", "provisioner")]
+        for component in reversed(first):
             component.stop(grace.get(component.name, 10.0))
+        if self.real_nodes.nodes:
+            self.real_nodes.remove_containers()
+        for component in reversed(self.components):
+            if component not in first:
+                component.stop(grace.get(component.name, 10.0))
         self.components = []
+        self.real_nodes.teardown()
         (self.dir / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
         if purge:
@@ -344,12 +392,16 @@ class LocalCluster:
         """What runs, and whether the API server answers /readyz."""
         procs = {c.name: {"pid": c.pid, "alive": c.alive(), "log": str(c.log_path)}
                  for c in self.components}
+        nodes = {n.name: {"address": n.address, "pods": n.subnet, "bridge": n.bridge,
+                          "kubelet_port": n.kubelet_port, "containerd": n.socket}
+                 for n in self.real_nodes.nodes}
         try:
             ready = bool(self.server) and self._get_text("/readyz") == "ok"
         except (OSError, ClusterError):
             ready = False
         return {"dir": str(self.dir), "server": self.server, "kubeconfig": str(self.kubeconfig),
-                "ready": ready, "nodes": self.node_names, "processes": procs}
+                "ready": ready, "runtime": self.runtime, "nodes": self.node_names,
+                "real_nodes": nodes, "processes": procs}
 
     # -- clients --
 
@@ -450,6 +502,8 @@ class LocalCluster:
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
+            # Real kubelets serve certificates from the cluster CA; the node agent's are self-signed.
+            *([f"--kubelet-certificate-authority={pki / 'ca.crt'}"] if self.runtime == "kubelet" else []),
             # The kubernetes Service would point at loopback, which Endpoints refuse.
             "--endpoint-reconciler-type=none",
             f"--audit-policy-file={self.dir / 'audit-policy.json'}",
@@ -508,11 +562,100 @@ class LocalCluster:
         # The serviceaccount controller (kcm) creates `default`: pods cannot be created before it.
         wait_for(lambda: self._alive_or_raise() and self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
                  60, "the default service account")
+        for name, line in (("provisioner", kubelet_nodes.PROVISIONER_READY_LINE),):
+            found = [c for c in self.components if c.name == name]
+            if found:
+                wait_for(lambda: self._alive_or_raise() and line in found[0].log_path.read_text(errors="replace"),
+                         60, f"the {name}'s '{line}' line in {found[0].log_path}")
+        if any(c.name == "coredns" for c in self.components):
+            url = f"http://127.0.0.1:{self._coredns_ready_port}/ready"
+            wait_for(lambda: self._alive_or_raise() and _http_ok(url), 90, "CoreDNS /ready")
+        if self.runtime == "kubelet" and self.node_names:
+            wait_for(lambda: self._alive_or_raise() and all(self._node_ready(n) for n in self.node_names),
+                     180, "the kubelets' nodes to be Ready")
         if any(c.name == "node-agent" for c in self.components):
             agent = next(c for c in self.components if c.name == "node-agent")
             wait_for(lambda: self._alive_or_raise() and AGENT_READY_LINE in agent.log_path.read_text(errors="replace"),
                      90, f"the node agent's '{AGENT_READY_LINE}' line in {agent.log_path}")
             wait_for(lambda: all(self._node_ready(n) for n in self.node_names), 60, "nodes to be Ready")
+
+    def _start_real_nodes(self) -> None:
+        """containerd + kubelet per node, CoreDNS and the provisioner (see kubelet_nodes.py)."""
+        if self.nodes == 0:
+            return
+        kubelet_nodes.check_prerequisites(kube_bin_dir(), coredns_binary(), pause_binary())
+        self.node_names = [f"node-{i}" for i in range(self.nodes)]
+        nodes = self.real_nodes
+        layouts = nodes.plan(self.node_names, CLUSTER_DNS_IP, free_port)
+        nodes.prepare_host()
+        ca = CertificateAuthority(self.pki)
+        nodes.write_node_files(self.pki, self.server, CLUSTER_DOMAIN, write_kubeconfig, ca)
+        for node in layouts:
+            self._add(_spawn(f"containerd-{node.name}", [
+                "containerd", "--config", f"{node.dir}/containerd/config.toml", "--log-level", "warn",
+            ], self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
+        for node in layouts:
+            wait_for(lambda: self._alive_or_raise() and kubelet_nodes.ctr(node, "version", check=False,
+                                                                           timeout=10).returncode == 0,
+                     60, f"containerd of {node.name} on {node.socket}")
+        pause = pause_binary()
+        archive = kubelet_nodes.pause_image_archive(pause)
+        pause_id = hashlib.sha256(pause.read_bytes()).hexdigest()
+        for node in layouts:
+            nodes.load_image_archive(node, archive, kubelet_nodes.PAUSE_IMAGE, pause_id)
+        self._start_coredns(ca)
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self._add(_spawn("provisioner", [
+            sys.executable, "-u", "-m", "volt_operator.testing.node_agent.provisioner",
+            "--kubeconfig", str(self.kubeconfig), "--root", str(self.dir / "pv"), "--owner", nodes.id,
+        ], self.log_dir, env=env, tie_to_parent=self.tie_to_parent))
+        kubelet = kube_bin_dir() / "kubelet"
+        for node in layouts:
+            self._add(_spawn(f"kubelet-{node.name}", kubelet_nodes.kubelet_argv(kubelet, node),
+                             self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
+
+    def _start_coredns(self, ca: CertificateAuthority) -> None:
+        pair = ca.issue("coredns", kubelet_nodes.COREDNS_USER)
+        kubeconfig = write_kubeconfig(self.pki / "coredns.kubeconfig", self.server, self.pki / "ca.crt",
+                                      kubelet_nodes.COREDNS_USER, client=pair)
+        for obj in kubelet_nodes.coredns_objects(CLUSTER_DNS_IP):
+            self.kubectl("apply", "-f", "-", input=json.dumps(obj))
+        health, self._coredns_ready_port = free_port(), free_port()
+        corefile = self.dir / "Corefile"
+        corefile.write_text(kubelet_nodes.corefile(CLUSTER_DNS_IP, CLUSTER_DOMAIN, kubeconfig, health,
+                                                   self._coredns_ready_port))
+        self._add(_spawn("coredns", [str(coredns_binary()), "-conf", str(corefile)], self.log_dir,
+                         env=None, tie_to_parent=self.tie_to_parent))
+
+    def load_image(self, image: str, docker: str = "docker", env: Mapping[str, str] | None = None) -> list[str]:
+        """Copy a docker image into every real node's containerd (`docker save` | `ctr images import`).
+
+        A node that already holds this image id is skipped. Returns the nodes it was imported into.
+        """
+        if not self.real_nodes.nodes:
+            raise ClusterError("load_image needs a running cluster with --runtime kubelet nodes")
+        docker_env = dict(env if env is not None else os.environ)
+        inspect = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                                 text=True, env=docker_env, timeout=60)
+        if inspect.returncode != 0:
+            raise ClusterError(f"docker has no image {image}: {inspect.stderr.strip()}")
+        image_id = inspect.stdout.strip()
+        stale = [n for n in self.real_nodes.nodes if not self.real_nodes.has_image(n, image, image_id)]
+        if not stale:
+            return []
+        archive = self.dir / "image-import.tar"
+        try:
+            saved = subprocess.run([docker, "save", "-o", str(archive), image], capture_output=True,
+                                   text=True, env=docker_env, timeout=1800)
+            if saved.returncode != 0:
+                raise ClusterError(f"docker save {image} failed: {saved.stderr.strip()}")
+            for node in stale:
+                self.real_nodes.load_image_archive(node, archive, image, image_id)
+        finally:
+            archive.unlink(missing_ok=True)
+        return [n.name for n in stale]
 
     def _add(self, component: Component) -> None:
         self.components.append(component)
@@ -563,7 +706,7 @@ class LocalCluster:
                    for c in node.get("status", {}).get("conditions", []))
 
     def _save_state(self) -> None:
-        state = {"server": self.server, "nodes": self.node_names,
+        state = {"server": self.server, "nodes": self.node_names, "runtime": self.runtime,
                  "components": [c.to_json() for c in self.components]}
         (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -575,6 +718,7 @@ class LocalCluster:
             state = json.loads(path.read_text())
             self.server = state["server"]
             self.node_names = list(state.get("nodes", []))
+            self.runtime = state.get("runtime", self.runtime)
             self.components = [Component.from_json(c) for c in state["components"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"{path} is not a valid cluster state file: {exc}") from exc
@@ -592,12 +736,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "controller-manager, scheduler, node agent).")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("up", "start (or reuse) the cluster"), ("down", "stop every process"),
-                       ("status", "show processes and readiness as JSON")):
+                       ("status", "show processes and readiness as JSON"),
+                       ("load-image", "copy docker images into every real node's containerd")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--dir", type=Path, default=_default_dir(),
                          help=f"state directory (default {_default_dir()})")
         if name == "up":
-            cmd.add_argument("--nodes", type=int, default=1, help="nodes run by the node agent (default 1)")
+            cmd.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+            cmd.add_argument("--runtime", choices=RUNTIMES, default="agent",
+                             help="agent: the node agent runs pods as local processes (default); "
+                                  "kubelet: real kubelet + containerd nodes running the images")
+        if name == "load-image":
+            cmd.add_argument("images", nargs="+", help="docker image references, e.g. volt-trainer:0.1.0")
         if name == "down":
             cmd.add_argument("--purge", action="store_true", help="also delete the directory")
     args = parser.parse_args(argv)
@@ -606,8 +756,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             if args.nodes < 0:
                 parser.error(f"--nodes must be >= 0, got {args.nodes}")
-            cluster = LocalCluster(args.dir, nodes=args.nodes, tie_to_parent=False).up()
+            cluster = LocalCluster(args.dir, nodes=args.nodes, runtime=args.runtime, tie_to_parent=False).up()
             print(f"export KUBECONFIG={cluster.kubeconfig}")
+        elif args.command == "load-image":
+            cluster = LocalCluster(args.dir)
+            docker = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+            for image in args.images:
+                done = cluster.load_image(image, docker=os.environ.get("DOCKER", docker))
+                print(f"{image}: imported into {', '.join(done) or 'no node (all up to date)'}")
         elif args.command == "down":
             LocalCluster(args.dir).down(purge=args.purge)
             print(f"cluster in {args.dir} stopped")

@@ -7,16 +7,27 @@ hostPath PV under `<workdir>/pv/` pre-bound to the claim (claimRef), and the
 PV controller in kube-controller-manager completes the binding. Released PVs
 it made (their claim was deleted) are deleted with their directory, which is
 what the `Delete` reclaim policy of a real provisioner does.
+
+Each volume's directory is world-writable (mode 0777, as local-path
+provisioners make theirs): a hostPath volume gets no `fsGroup` ownership
+change, and a non-root pod must be able to write its checkpoints there.
+
+The node agent runs it in a thread; clusters of real kubelet nodes run it as
+its own process: `python -m volt_operator.testing.node_agent.provisioner
+--kubeconfig K --root DIR --owner ID`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 log = logging.getLogger(__name__)
@@ -24,6 +35,8 @@ log = logging.getLogger(__name__)
 STORAGE_CLASS = "volt-local"
 PROVISIONED_BY = "volt.dev/local-provisioner"
 API_TIMEOUT_S = 15
+PERIOD_S = 2.0
+READY_LINE = "provisioner ready"
 
 
 def wants_local_volume(claim: dict[str, Any]) -> bool:
@@ -77,7 +90,9 @@ class Provisioner:
                 body = volume_for(claim, self.root, self.owner)
                 try:
                     self.core.create_persistent_volume(body, _request_timeout=API_TIMEOUT_S)
-                    Path(body["spec"]["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
+                    directory = Path(body["spec"]["hostPath"]["path"])
+                    directory.mkdir(parents=True, exist_ok=True)
+                    directory.chmod(0o777)  # see the module doc: any pod user writes here
                     log.info("provisioned %s for claim %s/%s", body["metadata"]["name"],
                              claim["metadata"]["namespace"], claim["metadata"]["name"])
                 except ApiException as error:
@@ -94,3 +109,28 @@ class Provisioner:
                         raise
                 shutil.rmtree(volume.spec.host_path.path, ignore_errors=True)
                 log.info("deleted released volume %s", volume.metadata.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m volt_operator.testing.node_agent.provisioner",
+                                     description="Bind unbound PVCs to hostPath PVs under --root.")
+    parser.add_argument("--kubeconfig", required=True, help="a kubeconfig allowed to manage PVs and read PVCs")
+    parser.add_argument("--root", required=True, type=Path, help="directory that holds the volumes")
+    parser.add_argument("--owner", required=True, help="label value that marks this provisioner's PVs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    provisioner = Provisioner(config.new_client_from_config(config_file=args.kubeconfig), args.root, args.owner)
+    provisioner.sync()
+    print(READY_LINE, flush=True)
+    while not stopping.wait(PERIOD_S):
+        try:
+            provisioner.sync()
+        except Exception as error:  # the API server restarting, a timeout: try again next period
+            log.warning("volume provisioner: %s", error)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,598 @@
+"""Real Kubernetes nodes on this machine: one containerd and one kubelet per node.
+
+`LocalCluster(..., runtime="kubelet")` uses this module. Each node gets:
+
+- its own containerd (Debian's, from `make node-runtime`) with a private
+  config, root, state, sockets, CNI config and stream-server port;
+- its own kubelet (built by `make cluster`) with its own root dir, hostname,
+  cgroup root, ports, pod-log dir, client certificate (`system:node:<name>`)
+  and serving certificate from the cluster CA;
+- its own Linux bridge holding the `.1` of its pod /24 (the node's
+  InternalIP): Debian's `bridge` + `host-local` CNI plugins attach pods to it,
+  and the host routes between the bridges, so pods on different nodes reach
+  each other by IP.
+
+Shared by the nodes: CoreDNS (built by `make cluster`) on the host, listening
+on the cluster DNS address (added to the host's loopback interface) and serving
+`cluster.local` from the API; and the hostPath volume provisioner.
+
+Everything this module changes on the host is listed in `<dir>/nodes/host.json`
+before it is changed, so `teardown()` undoes it from any process, even after
+a crash. Only one such cluster runs on a machine at a time (`OWNER_FILE`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from volt_operator.testing.node_agent.network import LOCK_FILE as SUBNET_LOCK
+from volt_operator.testing.node_agent.network import addresses_in_use, choose_subnet
+from volt_operator.testing.node_agent.provisioner import READY_LINE as PROVISIONER_READY_LINE
+
+log = logging.getLogger("volt.cluster.nodes")
+
+CNI_BIN_DIR = Path(os.environ.get("VOLT_CNI_BIN_DIR", "/usr/lib/cni"))
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Names the one cluster directory whose real nodes own this machine's host changes.
+OWNER_FILE = Path("/run/volt-kubelet-nodes.json")
+PAUSE_IMAGE = "volt.local/pause:1"
+# Cluster DNS: an address inside the Service range, added to the host's
+# loopback interface (labelled, so it is recognisable) where CoreDNS listens:
+# pods reach it through their gateway. There is no kube-proxy to route a ClusterIP.
+DNS_LABEL = "lo:volt-dns"
+# kubelet's iptables chains (it makes them on start and never removes them).
+KUBELET_CHAINS = {"filter": ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY"],
+                  "mangle": ["KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"],
+                  "nat": ["KUBE-KUBELET-CANARY", "KUBE-MARK-DROP", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]}
+
+
+class NodeSetupError(RuntimeError):
+    """A host prerequisite is missing or a host change failed."""
+
+
+def run(*argv: str, check: bool = True, input: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(argv, capture_output=True, input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise NodeSetupError(f"{' '.join(argv)} failed ({result.returncode}): "
+                             f"{result.stderr.decode(errors='replace').strip()}")
+    return result
+
+
+def check_prerequisites(kube_bin: Path, coredns: Path, pause: Path) -> None:
+    """Root, the Debian packages and the built binaries; one error naming every missing piece."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (kubelet and containerd need it)")
+    for tool in ("containerd", "runc", "ctr", "ip", "iptables"):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} (run `make node-runtime`)")
+    for plugin in ("bridge", "host-local", "loopback"):
+        if not (CNI_BIN_DIR / plugin).exists():
+            missing.append(f"{CNI_BIN_DIR / plugin} (run `make node-runtime`)")
+    for binary in (kube_bin / "kubelet", coredns, pause):
+        if not os.access(binary, os.X_OK):
+            missing.append(f"{binary} (run `make cluster`)")
+    if not (CGROUP_ROOT / "memory").is_dir() and not (CGROUP_ROOT / "cgroup.controllers").is_file():
+        missing.append(f"a cgroup hierarchy under {CGROUP_ROOT}")
+    if missing:
+        raise NodeSetupError("real nodes need: " + "; ".join(missing))
+
+
+# --- layout ----------------------------------------------------------------
+
+@dataclass
+class NodeLayout:
+    """Everything that names one node's resources (saved in host.json for teardown)."""
+
+    name: str
+    dir: str
+    subnet: str
+    bridge: str
+    cgroup_root: str
+    kubelet_port: int
+    healthz_port: int
+    stream_port: int
+    containerd_root: str
+
+    @property
+    def address(self) -> str:
+        """The bridge's .1: pods' gateway and the node's InternalIP."""
+        return str(next(ipaddress.IPv4Network(self.subnet).hosts()))
+
+    @property
+    def socket(self) -> str:
+        return f"{self.dir}/containerd/containerd.sock"
+
+    @property
+    def kubelet_root(self) -> str:
+        return f"{self.dir}/kubelet"
+
+    @property
+    def pod_logs(self) -> str:
+        return f"{self.dir}/pod-logs"
+
+
+def cluster_id(directory: Path) -> str:
+    return hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:6]
+
+
+def containerd_config(node: NodeLayout) -> str:
+    """containerd 1.6 config (version 2): everything private to the node except the shim socket dir."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return f"""version = 2
+root = "{node.containerd_root}"
+state = "{node.dir}/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "{node.socket}"
+
+[ttrpc]
+  address = "{node.socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{node.dir}/containerd/opt"
+
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "{node.stream_port}"
+  netns_mounts_under_state_dir = true
+  # The VM drops CAP_SYS_RESOURCE even for root: runc may only raise oom_score_adj.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [{cri}.cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{node.dir}/cni"
+    max_conf_num = 1
+"""
+
+
+def cni_config(node: NodeLayout) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0", "name": f"volt-{node.name}",
+        "plugins": [{
+            "type": "bridge", "bridge": node.bridge, "isGateway": True, "ipMasq": False,
+            "hairpinMode": True,
+            "ipam": {"type": "host-local", "dataDir": f"{node.dir}/ipam",
+                     "ranges": [[{"subnet": node.subnet, "gateway": node.address}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]},
+        }],
+    }
+
+
+def kubelet_config(node: NodeLayout, pki: Path, dns_ip: str, cluster_domain: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": node.address, "port": node.kubelet_port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": node.healthz_port,
+        "tlsCertFile": str(pki / f"kubelet-{node.name}-serving.crt"),
+        "tlsPrivateKeyFile": str(pki / f"kubelet-{node.name}-serving.key"),
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": f"unix://{node.socket}",
+        "cgroupDriver": "cgroupfs", "cgroupRoot": node.cgroup_root,
+        # This VM kind mounts cgroup v1; 1.34 still runs there when told so explicitly.
+        "failCgroupV1": False, "failSwapOn": False,
+        "clusterDNS": [dns_ip], "clusterDomain": cluster_domain,
+        "podLogsDir": node.pod_logs,  # /var/log/pods would be shared (and garbage-collected) by every kubelet
+        "resolvConf": "/etc/resolv.conf",
+        # Every node sees the same disk: the defaults (10-15 % free) would evict pods
+        # on a busy development machine, and image GC would delete the loaded images.
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False, "maxPods": 110,
+        "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
+        "syncFrequency": "10s", "fileCheckFrequency": "20s",
+        "shutdownGracePeriod": "0s", "rotateCertificates": False, "serverTLSBootstrap": False,
+        # The KUBE-IPTABLES-HINT chain is a hint for kube-proxy, which this cluster does not run.
+        "makeIPTablesUtilChains": False,
+    }
+
+
+def kubelet_argv(kubelet: Path, node: NodeLayout) -> list[str]:
+    return [str(kubelet), f"--config={node.dir}/kubelet-config.json",
+            f"--kubeconfig={node.dir}/kubelet.kubeconfig", f"--root-dir={node.kubelet_root}",
+            f"--cert-dir={node.dir}/kubelet-pki", f"--hostname-override={node.name}",
+            f"--node-ip={node.address}", "--v=1"]
+
+
+COREDNS_USER = "volt:coredns"
+
+
+def corefile(dns_ip: str, domain: str, kubeconfig: Path, health_port: int, ready_port: int) -> str:
+    """CoreDNS as kubeadm configures it, reading the API with its own client certificate."""
+    return f""".:53 {{
+    bind {dns_ip}
+    errors
+    health 127.0.0.1:{health_port}
+    ready 127.0.0.1:{ready_port}
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . /etc/resolv.conf
+    cache 5
+}}
+"""
+
+
+def coredns_objects(dns_ip: str) -> list[dict[str, Any]]:
+    """What CoreDNS's kubernetes plugin reads (the rules of kubeadm's system:coredns role)."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "volt:coredns"},
+         "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"]},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "volt:coredns"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "volt:coredns"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}]},
+        # Reserves the address in the Service range, as kube-dns does in any cluster.
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                      "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+         "spec": {"clusterIP": dns_ip, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                                       {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+    ]
+
+
+# --- the pause image ---------------------------------------------------------
+
+def pause_image_archive(pause_binary: Path) -> bytes:
+    """A docker-archive tar (what `docker save` writes) holding only the pause program."""
+    def tar_bytes(members: Iterable[tuple[str, bytes, int]]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data, mode in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), mode, 0
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    layer = tar_bytes([("pause", pause_binary.read_bytes(), 0o755)])
+    layer_digest = hashlib.sha256(layer).hexdigest()
+    image_config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        "history": [{"created_by": "volt: scripts/pause/pause.go"}],
+    }, sort_keys=True).encode()
+    config_digest = hashlib.sha256(image_config).hexdigest()
+    manifest = json.dumps([{"Config": f"{config_digest}.json", "RepoTags": [PAUSE_IMAGE],
+                            "Layers": [f"{layer_digest}/layer.tar"]}]).encode()
+    return tar_bytes([(f"{layer_digest}/layer.tar", layer, 0o644), (f"{config_digest}.json", image_config, 0o644),
+                      ("manifest.json", manifest, 0o644)])
+
+
+def normalize_ref(ref: str) -> str:
+    """The name containerd gives an image reference (`volt-trainer:1` -> `docker.io/library/volt-trainer:1`)."""
+    first, _, rest = ref.partition("/")
+    if not rest:
+        return f"docker.io/library/{ref}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{ref}"
+    return ref
+
+
+def ctr(node: NodeLayout, *args: str, input: bytes | None = None, timeout: float = 120,
+        check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return run("ctr", "--address", node.socket, "--namespace", "k8s.io", *args, input=input,
+               timeout=timeout, check=check)
+
+
+# --- host changes ------------------------------------------------------------
+
+def _cgroup_hierarchies() -> list[Path]:
+    """Every mounted hierarchy under /sys/fs/cgroup (v1 controllers, name=systemd, unified)."""
+    if (CGROUP_ROOT / "cgroup.controllers").is_file():  # pure cgroup v2
+        return [CGROUP_ROOT]
+    return sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()
+                  and (p / "cgroup.procs").exists())
+
+
+def create_cgroup_root(name: str) -> None:
+    """kubelet refuses a cgroupRoot missing from any hierarchy; cpuset needs cpus/mems copied in."""
+    for hierarchy in _cgroup_hierarchies():
+        path = hierarchy / name.lstrip("/")
+        path.mkdir(exist_ok=True)
+        if hierarchy.name == "cpuset":
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                (path / knob).write_text((hierarchy / knob).read_text())
+
+
+def remove_cgroup_tree(name: str) -> None:
+    """Kill what is left in the node's cgroups, then rmdir them deepest first."""
+    for hierarchy in _cgroup_hierarchies():
+        top = hierarchy / name.lstrip("/")
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: len(p.parts),
+                      reverse=True)
+        for directory in dirs:
+            for _ in range(50):
+                try:
+                    directory.rmdir()
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        break
+                    _kill_cgroup_members(directory)
+                    time.sleep(0.1)
+
+
+def _kill_cgroup_members(directory: Path) -> None:
+    try:
+        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def unmount_under(directory: Path) -> None:
+    """Unmount everything mounted at or below `directory` (deepest first)."""
+    prefix = str(directory.resolve())
+    for _ in range(5):
+        mounts = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                mounts.append(target)
+        if not mounts:
+            return
+        for target in sorted(set(mounts), key=len, reverse=True):
+            if run("umount", target, check=False).returncode != 0:
+                run("umount", "-l", target, check=False)
+
+
+def kill_shims(socket: str) -> None:
+    """containerd's shims outlive it; they carry the socket in their command line."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and socket.encode() in argv:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _iptables_tools() -> list[str]:
+    return [tool for tool in ("iptables", "ip6tables") if shutil.which(tool)]
+
+
+def remove_kubelet_chains() -> None:
+    for tool in _iptables_tools():
+        for table, chains in KUBELET_CHAINS.items():
+            listing = run(tool, "-w", "-t", table, "-S", check=False).stdout.decode()
+            # Rules that jump to the chains first, then the chains.
+            for line in listing.splitlines():
+                if line.startswith("-A ") and any(f"-j {chain}" in line for chain in chains):
+                    run(tool, "-w", "-t", table, *("-D " + line[3:]).split(), check=False)
+            for chain in chains:
+                if f"-N {chain}" in listing:
+                    run(tool, "-w", "-t", table, "-F", chain, check=False)
+                    run(tool, "-w", "-t", table, "-X", chain, check=False)
+
+
+class RealNodes:
+    """Layout, host setup and teardown for `names` nodes of the cluster in `cluster_dir`."""
+
+    def __init__(self, cluster_dir: Path, cache: Path) -> None:
+        self.cluster_dir = cluster_dir
+        self.dir = cluster_dir / "nodes"
+        self.cache = cache
+        self.id = cluster_id(cluster_dir)
+        self.state_path = self.dir / "host.json"
+        self.nodes: list[NodeLayout] = []
+        self.dns_ip = ""
+        self._load()
+
+    # -- state --
+
+    def _save(self, extra: dict[str, Any]) -> None:
+        state = self._state()
+        state.update(extra)
+        state["nodes"] = [asdict(n) for n in self.nodes]
+        state["dns_ip"] = self.dns_ip
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _load(self) -> None:
+        state = self._state()
+        self.nodes = [NodeLayout(**n) for n in state.get("nodes", [])]
+        self.dns_ip = state.get("dns_ip", "")
+
+    # -- setup --
+
+    def plan(self, names: Sequence[str], dns_ip: str, free_port: Any) -> list[NodeLayout]:
+        """Take the machine-wide lock, pick a free /24 per node and create its bridge."""
+        try:
+            owner = json.loads(OWNER_FILE.read_text()).get("dir", "")
+        except (OSError, ValueError):
+            owner = ""
+        if owner and owner != str(self.cluster_dir) and (Path(owner) / "nodes" / "host.json").is_file():
+            raise NodeSetupError(f"the cluster in {owner} runs real nodes on this machine (one at a time); "
+                                 f"stop it first: python -m volt_operator.testing.cluster down --dir {owner}")
+        self.teardown()  # leftovers of a crashed run with the same directory
+        OWNER_FILE.write_text(json.dumps({"dir": str(self.cluster_dir)}) + "\n")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.dns_ip = dns_ip
+        forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        self._save({"ip_forward": forward, "dns_address": f"{dns_ip}/32"})
+        SUBNET_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with open(SUBNET_LOCK, "w") as subnet_lock:
+            # Node agents pick their /24 under the same lock from the same addresses.
+            fcntl.flock(subnet_lock, fcntl.LOCK_EX)
+            for index, name in enumerate(names):
+                used = addresses_in_use()
+                subnet = choose_subnet(hashlib.sha1(f"{self.id}-{name}".encode()).hexdigest()[:6], used)
+                node = NodeLayout(
+                    name=name, dir=str(self.dir / name), subnet=str(subnet), bridge=f"vk{self.id}{index}",
+                    cgroup_root=f"/volt-{self.id}-{name}", kubelet_port=free_port(),
+                    healthz_port=free_port(), stream_port=free_port(),
+                    containerd_root=str(self.cache / "node-images" / name))
+                self.nodes.append(node)
+                self._save({})
+                run("ip", "link", "add", "name", node.bridge, "type", "bridge")
+                run("ip", "addr", "add", f"{node.address}/{subnet.prefixlen}", "dev", node.bridge)
+                run("ip", "link", "set", node.bridge, "up")
+        return self.nodes
+
+    def prepare_host(self) -> None:
+        """ip_forward, the DNS address, FORWARD rules for the bridges, cgroup roots."""
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        run("ip", "addr", "replace", f"{self.dns_ip}/32", "dev", "lo", "label", DNS_LABEL)
+        for node in self.nodes:
+            # Docker may set the FORWARD policy to DROP: let pod traffic between the bridges through.
+            for rule in (["-i", node.bridge], ["-o", node.bridge]):
+                run("iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT")
+            create_cgroup_root(node.cgroup_root)
+
+    def write_node_files(self, pki: Path, server: str, cluster_domain: str, write_kubeconfig: Any,
+                         ca: Any) -> None:
+        for node in self.nodes:
+            base = Path(node.dir)
+            for sub in ("containerd/state", "cni", "kubelet", "pod-logs", "ipam", "kubelet-pki"):
+                (base / sub).mkdir(parents=True, exist_ok=True)
+            Path(node.containerd_root).mkdir(parents=True, exist_ok=True)
+            (base / "containerd" / "config.toml").write_text(containerd_config(node))
+            (base / "cni" / "10-volt.conflist").write_text(json.dumps(cni_config(node), indent=2))
+            client = ca.issue(f"kubelet-{node.name}", f"system:node:{node.name}", ["system:nodes"])
+            ca.issue(f"kubelet-{node.name}-serving", f"system:node:{node.name}", server=True,
+                     ip_addresses=[node.address, "127.0.0.1"], dns_names=[node.name])
+            write_kubeconfig(base / "kubelet.kubeconfig", server, pki / "ca.crt", f"system:node:{node.name}",
+                             client=client)
+            (base / "kubelet-config.json").write_text(
+                json.dumps(kubelet_config(node, pki, self.dns_ip, cluster_domain), indent=2))
+
+    # -- images --
+
+    @staticmethod
+    def _marker(node: NodeLayout) -> Path:
+        return Path(node.containerd_root) / "volt-images.json"
+
+    def has_image(self, node: NodeLayout, ref: str, image_id: str) -> bool:
+        """True when this image id was imported under `ref` and containerd still lists it."""
+        try:
+            loaded = json.loads(self._marker(node).read_text())
+        except (OSError, ValueError):
+            return False
+        return (loaded.get(ref) == image_id
+                and normalize_ref(ref).encode() in ctr(node, "images", "ls", "-q").stdout.split())
+
+    def load_image_archive(self, node: NodeLayout, archive: bytes | Path, ref: str, image_id: str) -> bool:
+        """Import a docker-archive into the node's containerd unless this image id is already there."""
+        if self.has_image(node, ref, image_id):
+            return False
+        if isinstance(archive, Path):
+            ctr(node, "images", "import", str(archive), timeout=1800)
+        else:
+            ctr(node, "images", "import", "-", input=archive, timeout=600)
+        try:
+            loaded = json.loads(self._marker(node).read_text())
+        except (OSError, ValueError):
+            loaded = {}
+        loaded[ref] = image_id
+        self._marker(node).write_text(json.dumps(loaded, indent=2) + "\n")
+        return True
+
+    # -- teardown --
+
+    def remove_containers(self) -> None:
+        """Kill every task and remove every container of every node (their containerd still runs)."""
+        for node in self.nodes:
+            if not Path(node.socket).exists():
+                continue
+            listing = ctr(node, "tasks", "ls", check=False, timeout=30).stdout.decode().splitlines()[1:]
+            for line in listing:
+                task = line.split()[0]
+                ctr(node, "tasks", "kill", "--signal", "SIGKILL", task, check=False, timeout=30)
+            for line in listing:
+                ctr(node, "tasks", "delete", "--force", line.split()[0], check=False, timeout=30)
+            containers = ctr(node, "containers", "ls", "-q", check=False, timeout=30).stdout.decode().split()
+            if containers:
+                ctr(node, "containers", "delete", *containers, check=False, timeout=60)
+
+    def teardown(self) -> None:
+        """Undo every host change recorded in host.json; idempotent."""
+        state = self._state()
+        for node in self.nodes:
+            kill_shims(node.socket)
+        for node in self.nodes:
+            unmount_under(Path(node.dir))
+            remove_cgroup_tree(node.cgroup_root)
+            if run("ip", "link", "show", node.bridge, check=False).returncode == 0:
+                run("ip", "link", "del", node.bridge, check=False)
+            for rule in (["-i", node.bridge], ["-o", node.bridge]):
+                while run("iptables", "-w", "-C", "FORWARD", *rule, "-j", "ACCEPT", check=False).returncode == 0:
+                    run("iptables", "-w", "-D", "FORWARD", *rule, "-j", "ACCEPT", check=False)
+        if state.get("dns_address"):
+            run("ip", "addr", "del", state["dns_address"], "dev", "lo", check=False)
+        if self.nodes:
+            remove_kubelet_chains()
+        if "ip_forward" in state:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(state["ip_forward"] + "\n")
+        # The CNI library's cache of results (kubelet never deleted these sandboxes).
+        for node in self.nodes:
+            for cached in Path("/var/lib/cni/results").glob(f"volt-{node.name}-*"):
+                cached.unlink(missing_ok=True)
+        self.nodes = []
+        self.state_path.unlink(missing_ok=True)
+        try:
+            if json.loads(OWNER_FILE.read_text()).get("dir") == str(self.cluster_dir):
+                OWNER_FILE.unlink()
+        except (OSError, ValueError):
+            pass
