@@ -92,15 +92,28 @@ def run_volt(cfg: Dict[str, Any], batches: Any, raw: Any, args: argparse.Namespa
             scrapes.append(scraper.stop())
 
 
+class _Steps:
+    """What the batch hooks read from the trainer: ``global_step``, a property as on volt.Trainer."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    @property
+    def global_step(self) -> int:
+        return self.taken
+
+
 def hook_cost_us(batch: Any, iterations: int = 20000) -> float:
     """Per-batch cost of the callback's training-batch hooks, called directly."""
     callback = PrometheusCallback(port=0)
     outputs = {"loss": torch.zeros(())}
-    callback.on_train_epoch_start(None, None)
+    trainer = _Steps()
+    callback.on_train_epoch_start(trainer, None)
     started = time.perf_counter()
     for index in range(iterations):
-        callback.on_train_batch_start(None, None, batch, index)
-        callback.on_train_batch_end(None, None, outputs, batch, index)
+        callback.on_train_batch_start(trainer, None, batch, index)
+        trainer.taken = index
+        callback.on_train_batch_end(trainer, None, outputs, batch, index)
     return (time.perf_counter() - started) / iterations * 1e6
 
 
