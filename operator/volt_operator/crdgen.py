@@ -63,7 +63,7 @@ def _structural(node: Any) -> Any:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         types = sorted(_branch_types(branches))
         if node.get("x-kubernetes-preserve-unknown-fields"):
-            base: Dict[str, Any] = {}
+            base: Dict[str, Any] = {"type": "object"} if types == ["object"] else {}
         elif len(branches) == 1:
             base = branches[0]
         elif types == ["integer", "string"]:
@@ -78,12 +78,16 @@ def _structural(node: Any) -> Any:
     if node.get("x-kubernetes-int-or-string") or (
         node.get("x-kubernetes-preserve-unknown-fields") and "properties" not in node
     ):
-        # No type: the value may be of several JSON types.
+        # No type: the value may be of several JSON types. A free-form object
+        # keeps `type: object`, which CEL rules need to see the field at all.
+        was_object = node.get("type") == "object"
         for key in ("type", "additionalProperties", "items"):
             if key == "additionalProperties" and isinstance(node.get(key), dict):
                 continue
             node.pop(key, None)
-        if node.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" in node:
+        if node.get("x-kubernetes-preserve-unknown-fields") and (
+            "additionalProperties" in node or was_object
+        ):
             node["type"] = "object"
 
     if node.get("additionalProperties") is False or (

@@ -119,7 +119,8 @@ def test_spec_is_immutable_except_suspend(crd: Any, namespace: str) -> None:
                 "-p", '{"spec": {"suspend": false, "ttlSecondsAfterFinished": 60}}')
     # Defaults were applied by the API server from the schema.
     spec = get_json(crd, "-n", namespace, "tj", "frozen")["spec"]
-    assert spec["failurePolicy"] == {"maxRestarts": 3, "backoffSeconds": 10}
+    assert spec["failurePolicy"] == {"maxRestarts": 3, "maxFreeRestarts": 20,
+                                     "backoffSeconds": 10, "stallTimeoutSeconds": 1800}
     assert spec["resume"] == "Auto" and spec["cleanPodPolicy"] == "Running"
 
 
@@ -227,16 +228,16 @@ def _condition(kube: Any, namespace: str, name: str, type_: str) -> Any:
 
 def test_a_pod_the_api_server_refuses_fails_the_job(operator: OperatorProcess,
                                                     namespace: str) -> None:
-    """Something the CRD cannot check (a volume without a source) makes every pod
-    invalid: after a bounded number of tries the job fails with the API server's
-    message, instead of asking again every few seconds forever."""
+    """Something the CRD passes through unchecked (the pod security context) makes
+    every pod invalid: after a bounded number of tries the job fails with the API
+    server's message, instead of asking again every few seconds forever."""
     kube = operator.kube
-    kube.kubectl("apply", "-n", namespace, "-f", "-",
-                 input=manifest("refused", template={"volumes": [{"name": "nosource"}]}))
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "refused", template={"securityContext": {"runAsUser": -1}}))
     failed = wait_until("Failed=True", lambda: _condition(kube, namespace, "refused",
                                                           "Failed"), 90)
     assert failed["reason"] == "CreateFailed"
-    assert "must specify a volume type" in failed["message"]
+    assert "spec.securityContext.runAsUser" in failed["message"]
     status = job_status(kube, namespace, "refused")
     assert status["phase"] == "Failed" and status["createRefusals"] == 3
     reasons = [e["reason"] for e in _events(kube, namespace, "refused")]
