@@ -38,6 +38,7 @@ REASONS = (
     "Preempted", "Evicted", "Checkpointed", "PeerLost", "RendezvousTimeout",
     "OOMKilled", "PodDeleted", "Crashed", "PodFailed", "UserError", "ConfigError",
     "FailurePolicyRule", "CheckpointVolumeFull", "CheckpointVolumeError",
+    "Stalled",  # status.py: no step, or a gang that never started, for stallTimeoutSeconds
 )
 
 FAIL = "FailJob"
