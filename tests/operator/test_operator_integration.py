@@ -262,6 +262,44 @@ def test_a_gang_that_cannot_start_is_stalled_and_bounded(operator: OperatorProce
     assert "stuck-node-0" in stalled["message"] and "stuck-node-1" in stalled["message"]
 
 
+# A rank 0 that made one step at start and then hangs: its /progress (as the
+# engine serves it) keeps reporting that step's time.
+HUNG_RANK = ["python", "-c", """
+import http.server, json, os, time
+step_time = time.time()
+body = json.dumps({"epoch": 0, "step": 1, "attempt": int(os.environ["VOLT_ATTEMPT"]),
+                   "last_step_time": step_time}).encode()
+class Progress(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/progress" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("", int(os.environ["VOLT_METRICS_PORT"])), Progress).serve_forever()
+"""]
+
+
+def test_a_rank_that_stops_stepping_is_stalled(operator: OperatorProcess,
+                                               namespace: str) -> None:
+    """Rank 0's /progress reports a last step older than stallTimeoutSeconds:
+    the gang restarts with condition Stalled naming rank 0's pod."""
+    kube = operator.kube
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "hung", command=HUNG_RANK,
+        failurePolicy={"maxRestarts": 0, "stallTimeoutSeconds": 4}))
+    wait_until("the step time mirrored", lambda: (job_status(kube, namespace, "hung")
+                                                  .get("training") or {}).get("lastStepTime"), 90)
+    training = job_status(kube, namespace, "hung")["training"]
+    assert training["lastUpdate"] == training["lastStepTime"] and training["step"] == 1
+    failed = wait_until("Failed=True", lambda: _condition(kube, namespace, "hung", "Failed"), 90)
+    assert failed["reason"] == "RestartLimitExceeded"
+    status = job_status(kube, namespace, "hung")
+    assert status["lastFailure"]["reason"] == "Stalled"
+    assert status["lastFailure"]["pod"] == "hung-node-0"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "no optimizer step" in stalled["message"]
+    assert "hung-node-0" in stalled["message"]
+
+
 # --- node loss ----------------------------------------------------------------
 
 @pytest.fixture
