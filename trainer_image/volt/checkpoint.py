@@ -615,16 +615,20 @@ def load_latest(
     chosen: Optional[str] = None
     checkpoint: Any = None
     failure: Optional[Tuple[str, str]] = None
+    error: Optional[Exception] = None
     if is_global_zero:
         try:
             chosen, checkpoint = _load_first_valid(dirpath, load_fn, ownership)
-        except (CheckpointCorruptError, CheckpointOwnerError) as err:
-            failure = (type(err).__name__, str(err))
+        except Exception as err:  # noqa: BLE001 - told to every rank, so none waits in the broadcast
+            error, failure = err, (type(err).__name__, str(err))
     if broadcast is not None:
         chosen, failure = broadcast((chosen, failure))
+    if error is not None:
+        raise error
     if failure is not None:
-        kind = CheckpointOwnerError if failure[0] == CheckpointOwnerError.__name__ else CheckpointCorruptError
-        raise kind(failure[1])
+        kinds = {cls.__name__: cls for cls in (CheckpointOwnerError, CheckpointCorruptError)}
+        raise kinds.get(failure[0], RuntimeError)(
+            failure[1] if failure[0] in kinds else f"global rank 0 could not choose a checkpoint: {failure[1]}")
     if chosen is not None and checkpoint is None:
         checkpoint = load_fn(chosen)  # the other ranks load what rank 0 verified
     return chosen, checkpoint
