@@ -40,6 +40,7 @@ PATHS: List[str] = [
     "utilities.grads", "utilities.parsing", "utilities.enums", "utilities.parameter_tying", "utilities.data",
     "utilities.model_helpers", "utilities.seed",
     "demos", "demos.boring_classes",
+    "cli",
 ]
 
 #: Names Lightning imports into a path without listing them in ``__all__`` (ports use them).
