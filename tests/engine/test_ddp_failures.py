@@ -67,7 +67,8 @@ def test_trainer_layout_disagreeing_with_the_launch_exits_config_error(tmp_path)
     procs = start_nodes(1, 2, script("raise_on_rank.py", "--max-steps", "1"), tmp_path, FAIL_RANK="-1",
                         FAIL_STEP="0", VOLT_TRAINER_SCRIPT_DEVICES="3")
     assert wait_all(procs, 90) == [78], logs(tmp_path)
-    assert "Trainer(num_nodes=1, devices=3) needs num_nodes x devices = 3" in (tmp_path / "node0.log").read_text()
+    assert ("WORLD_SIZE=2 from the volt environment, but Trainer(num_nodes=1, devices=3) = 1 node(s) x 3 process(es) "
+            "per node = 3 processes") in (tmp_path / "node0.log").read_text()
 
 
 @pytest.mark.timeout(120)
