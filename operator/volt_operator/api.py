@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import (
     BaseModel,
@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from kubernetes.utils.quantity import parse_quantity as _parse_quantity
+from kubernetes.utils.quantity import parse_quantity
 from pydantic.alias_generators import to_camel
 
 GROUP = "volt.dev"
@@ -165,8 +165,8 @@ _DEVICES_SCHEMA = {
         ),
         cel(
             f"type(self) == int ? int(self) <= {MAX_PROCESSES_PER_NODE} : "
-            "string(self) == 'auto' || string(self).contains(',') "
-            f"|| !string(self).matches('^[0-9]+$') || int(string(self)) <= {MAX_PROCESSES_PER_NODE}",
+            "!string(self).matches('^[0-9]+$') || (string(self).size() <= 3 "
+            f"&& int(string(self)) <= {MAX_PROCESSES_PER_NODE})",
             f"must be at most {MAX_PROCESSES_PER_NODE} processes per node",
         ),
     ],
@@ -182,7 +182,9 @@ def _cel_device_count(value: str) -> str:
     """Devices a gpus/devices value names (0 for "auto"), as _device_count."""
     return (
         f"(type({value}) == int ? int({value}) : string({value}) == 'auto' ? 0 : "
-        f"!string({value}).contains(',') ? int(string({value})) : "
+        # A single number ("8"); more than 6 digits is surely too many (no overflow).
+        f"!string({value}).contains(',') ? (string({value}).size() <= 6 "
+        f"? int(string({value})) : 1000000) : "
         f"string({value}).split(',').filter(p, p.trim() != '').size())"
     )
 
@@ -527,7 +529,7 @@ RESERVED_LABELS = ("volt.dev/job", "volt.dev/node-rank", "volt.dev/attempt")
 RESERVED_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 
 
-def _cel_list(items: tuple) -> str:
+def _cel_list(items: Tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{k}'" for k in items) + "]"
 
 
@@ -586,11 +588,6 @@ class EnvVar(_Model):
         if self.value is not None and self.value_from is not None:
             raise ValueError(f"env {self.name}: set value or valueFrom, not both")
         return self
-
-
-def parse_quantity(value: Union[int, str]) -> Any:
-    """A Kubernetes quantity ("500m", "2Gi", 4) as a Decimal; ValueError if it is none."""
-    return _parse_quantity(value)
 
 
 _QUANTITY_MAP = {

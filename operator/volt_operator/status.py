@@ -9,6 +9,12 @@ attempt 3" survives an operator crash between the two.
 
 Phases: Pending -> Running -> Succeeded | Failed, with Restarting (gang
 restart in progress) and Suspended on the side. Terminal phases are sticky.
+
+Every wait is bounded: a pod stuck terminating on a node that no longer
+reports is force-deleted, a gang that stops stepping or never starts is
+restarted after ``stallTimeoutSeconds``, free restarts have their own budget,
+and pods the API server refuses fail the job after a few tries
+(``after_create_errors``). docs/reliability.md lists each fault.
 """
 from __future__ import annotations
 

@@ -41,6 +41,9 @@ INVALID: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
     "devices as a count string above the maximum": (
         {"trainer": {"devices": "200", "accelerator": "cpu"}},
         ("trainer.devices", "128 processes per node")),
+    "a device count too large for an integer": (
+        {"trainer": {"devices": "9" * 30, "accelerator": "cpu"}},
+        ("trainer.devices", "128 processes per node")),
     "a device list longer than the maximum": (
         {"trainer": {"devices": ",".join(str(i) for i in range(130)), "accelerator": "cpu"}},
         ("trainer", "128 processes per node")),
