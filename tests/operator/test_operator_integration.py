@@ -416,3 +416,35 @@ def test_with_two_replicas_only_the_lease_holder_acts(crd: Any, namespace: str,
         for replica in replicas:
             replica.stop()
             print(replica.logs()[-3000:])
+
+
+def _evict(kube: Any, namespace: str, pod: str) -> None:
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", {
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": namespace}})
+
+
+def _attempt_running(kube: Any, namespace: str, name: str, attempt: int) -> bool:
+    status = job_status(kube, namespace, name)
+    return status.get("phase") == "Running" and status.get("attempt") == attempt
+
+
+def test_evictions_restart_for_free_within_their_own_budget(operator: OperatorProcess,
+                                                             namespace: str) -> None:
+    """The eviction API (as a node drain uses it): the first eviction restarts the
+    gang without spending maxRestarts; the second exceeds maxFreeRestarts=1."""
+    kube = operator.kube
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        "drained", failurePolicy={"maxRestarts": 3, "maxFreeRestarts": 1}))
+    wait_until("Running", lambda: _attempt_running(kube, namespace, "drained", 0), 90)
+    _evict(kube, namespace, "drained-node-1")
+    wait_until("attempt 1 Running", lambda: _attempt_running(kube, namespace, "drained", 1), 120)
+    status = job_status(kube, namespace, "drained")
+    assert (status["restarts"], status["restartsCounted"]) == (1, 0)
+    assert status["lastFailure"]["reason"] == "Evicted"
+    assert status["lastFailure"]["pod"] == "drained-node-1"
+    _evict(kube, namespace, "drained-node-0")
+    failed = wait_until("Failed=True", lambda: _condition(kube, namespace, "drained",
+                                                          "Failed"), 120)
+    assert failed["reason"] == "FreeRestartLimitExceeded"
+    assert "maxFreeRestarts=1" in failed["message"] and "drained-node-0" in failed["message"]
