@@ -83,7 +83,46 @@ def run_with_own_loaders(model_cls: Callable[[], Any]) -> Dict[str, Any]:
     return out
 
 
+class ListBatchModel(demos.BoringModel):
+    """BoringModel on IterableBoringDataModule's 4-feature samples: a training batch is a list (one batch of
+    each training loader, combined), an evaluation batch one loader's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return {"loss": sum(self.step(part) for part in batch)}
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return {"x": self.step(batch)}
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return {"y": self.step(batch)}
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self(batch)
+
+
+def run_other_datamodules() -> Dict[str, Any]:
+    """The data modules whose samples are drawn while iterating: counters and shapes, not values."""
+    out: Dict[str, Any] = {}
+    for name, model_cls, dm_cls in (("no_len", demos.BoringModel, demos.BoringDataModuleNoLen),
+                                    ("iterable", ListBatchModel, demos.IterableBoringDataModule)):
+        pl.seed_everything(7)
+        model, dm = model_cls(), dm_cls()
+        t = trainer(limit_train_batches=6, limit_val_batches=3, limit_test_batches=4, limit_predict_batches=5)
+        t.fit(model, dm)
+        predictions = t.predict(model, dm)
+        per_loader = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+        out[name] = {"global_step": t.global_step, "epoch": t.current_epoch,
+                     "validate": t.validate(model, dm, verbose=False), "test": t.test(model, dm, verbose=False),
+                     "predict": [[list(p.shape) for p in per] for per in per_loader]}
+    return out
+
+
 results = {
+    "other_datamodules": run_other_datamodules(),
     "boring": run_with_datamodule(demos.BoringModel),
     "manual": run_with_datamodule(demos.ManualOptimBoringModel),
     "demo": run_with_datamodule(demos.DemoModel),

@@ -4,9 +4,10 @@ The test reads ``lightning/pytorch/demos/boring_classes.py`` from the installed 
 not part of volt), rewrites its import prefix (``lightning.pytorch`` -> ``volt``; the one helper it
 takes from ``lightning_utilities`` -> ``volt.utilities``), and runs BoringModel, ManualOptimBoringModel
 and DemoModel with BoringDataModule and with their own loaders through fit, validate, test and predict
-(``predict(model, datamodule)`` positionally) with the main venv's python, which has no Lightning. The
-same driver runs under Lightning; results, weights included, must match. volt's own
-``volt.demos.boring_classes`` runs the same driver and must match too.
+(``predict(model, datamodule)`` positionally) with the main venv's python, which has no Lightning;
+BoringDataModuleNoLen and IterableBoringDataModule (two loaders per stage) run too. The same driver
+runs under Lightning: results, weights included, must match. volt's own ``volt.demos.boring_classes``
+runs the same driver and must match too.
 """
 from __future__ import annotations
 
@@ -84,5 +85,9 @@ def test_lightning_demo_classes_port_by_their_imports(tmp_path: Path) -> None:
         assert v["predict"]["first"] == pytest.approx(l["predict"]["first"], abs=1e-5), name
     # DemoModel has no validation_step/test_step: both engines refuse with MisconfigurationException
     assert volt["demo"]["validate"] == {"raised": "MisconfigurationException", "also_value_error": True}
-    for name in ("boring_own_loaders", "manual_own_loaders"):
+    for name in ("boring_own_loaders", "manual_own_loaders", "other_datamodules"):
         assert volt[name] == lightning[name], name
+        assert volt_demos[name] == lightning[name], f"volt.demos {name}"
+    # IterableBoringDataModule's two training loaders are combined (max_size_cycle), its evaluation loaders
+    # run in turn: two lists of predictions
+    assert len(volt["other_datamodules"]["iterable"]["predict"]) == 2
