@@ -1,0 +1,180 @@
+"""End to end on real nodes: kubelet + containerd run the trainer image as containers.
+
+A LocalCluster with `runtime="kubelet"` (two kubelets, each with its own
+containerd, a bridge CNI, CoreDNS, the volume provisioner), the trainer image
+built with docker (scripts/build-images.sh, tag `e2e`, the same cache as
+tests/e2e/test_docker.py) and imported into both nodes, the real operator as a
+host process. Needs root, `make cluster node-runtime docker`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+import yaml
+
+from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
+from test_docker import build, docker_env  # noqa: F401  (docker_env is a fixture used below)
+from volt_operator.testing.cluster import LocalCluster
+
+pytestmark = [
+    pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
+]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingjob.yaml"
+IMAGE = "volt-trainer:e2e"
+
+
+@pytest.fixture(scope="module")
+def real_kube(tmp_path_factory: pytest.TempPathFactory, docker_env: Dict[str, str]) -> Iterator[LocalCluster]:
+    """Two real nodes with the trainer image loaded, and the CRD installed.
+
+    VOLT_TEST_REAL_CLUSTER_DIR=D uses the cluster started with
+    `python -m volt_operator.testing.cluster up --dir D --nodes 2 --runtime kubelet`
+    and leaves it running (faster iterations).
+    """
+    build(docker_env, "trainer", timeout=2700)
+    reuse = os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR")
+    cluster = LocalCluster(reuse or tmp_path_factory.mktemp("real"), nodes=2, runtime="kubelet")
+    if reuse and not (cluster.status()["ready"] and cluster.runtime == "kubelet"):
+        pytest.fail(f"VOLT_TEST_REAL_CLUSTER_DIR={reuse} names no running cluster with real nodes", pytrace=False)
+    started = time.monotonic()
+    cluster.up()
+    print(f"2 real nodes Ready {time.monotonic() - started:.1f}s after `up` began")
+    try:
+        started = time.monotonic()
+        imported = cluster.load_image(IMAGE, docker=docker_env["DOCKER"], env=docker_env)
+        print(f"{IMAGE} imported into {imported or 'no node (current)'} in {time.monotonic() - started:.1f}s")
+        apply_crd(cluster)
+        yield cluster
+    finally:
+        if not reuse:
+            cluster.down()
+
+
+@pytest.fixture
+def namespace(real_kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"real-{request.node.name[5:30].replace('_', '-').strip('-')}-{secrets.token_hex(3)}"
+    real_kube.kubectl("create", "namespace", name)
+    wait_until(f"service account default in {name}", lambda: real_kube.kubectl(
+        "get", "-n", name, "serviceaccount", "default", check=False).returncode == 0, 60)
+    yield name
+    real_kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def operator(real_kube: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(real_kube, [namespace], tmp_path).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.logs()[-6000:])
+
+
+def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    pvc, job = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    job["spec"].update(image=IMAGE, **spec)
+    return pvc, job
+
+
+def pods(kube: LocalCluster, namespace: str, job: str) -> List[Dict[str, Any]]:
+    return get_json(kube, "-n", namespace, "pods", "-l", f"volt.dev/job={job}")["items"]
+
+
+def diagnosis(kube: LocalCluster, namespace: str, job: str) -> str:
+    parts = [yaml.safe_dump({"status": job_status(kube, namespace, job)})]
+    parts.append(kube.kubectl("get", "-n", namespace, "events", check=False).stdout[-4000:])
+    for pod in pods(kube, namespace, job):
+        name = pod["metadata"]["name"]
+        parts.append(f"--- {name}: {json.dumps(pod.get('status', {}).get('containerStatuses'))}")
+        parts.append(kube.kubectl("logs", "-n", namespace, name, check=False).stdout[-3000:])
+    return "\n".join(parts)
+
+
+def wait_phase(kube: LocalCluster, namespace: str, job: str, phases: Tuple[str, ...], timeout: float) -> str:
+    def phase() -> str:
+        return job_status(kube, namespace, job).get("phase", "") in phases and job_status(
+            kube, namespace, job)["phase"]
+    try:
+        return wait_until(f"{job} to reach {phases}", phase, timeout, every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnosis(kube, namespace, job)}") from None
+
+
+@pytest.mark.timeout(3600)
+def test_nodes_are_real_kubelets(real_kube: LocalCluster) -> None:
+    nodes = get_json(real_kube, "nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == ["node-0", "node-1"]
+    for node in nodes:
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"].startswith("v1.34"), info
+        assert info["containerRuntimeVersion"].startswith("containerd://"), info
+        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+        assert addresses["InternalIP"] == real_kube.status()["real_nodes"][node["metadata"]["name"]]["address"]
+
+
+@pytest.mark.timeout(900)
+def test_example_trains_on_real_nodes_as_non_root(real_kube: LocalCluster, operator: OperatorProcess,
+                                                   namespace: str) -> None:
+    """The 2x2 example: pods on both nodes, DNS between them, checkpoints on the PVC written as uid 1000."""
+    pvc, job = example()
+    started = time.monotonic()
+    real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+
+    def all_running() -> bool:
+        found = pods(real_kube, namespace, "synthetic")
+        return len(found) == 2 and all(p["status"].get("phase") == "Running" for p in found)
+
+    wait_until("both pods Running", all_running, 300, every=0.5)
+    print(f"apply -> 2 pods Running: {time.monotonic() - started:.1f}s")
+    placed = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods(real_kube, namespace, "synthetic")}
+
+    # A running container of the image answers `kubectl exec` as the image's non-root user.
+    exec_id = real_kube.kubectl("exec", "-n", namespace, "synthetic-node-1", "--", "id", "-u", check=False)
+    assert exec_id.returncode == 0 and exec_id.stdout.strip() == "1000", exec_id
+
+    assert wait_phase(real_kube, namespace, "synthetic", ("Succeeded", "Failed"), 600) == "Succeeded", \
+        diagnosis(real_kube, namespace, "synthetic")
+    print(f"apply -> Succeeded: {time.monotonic() - started:.1f}s; pods on {placed}")
+
+    # kubectl logs of a finished pod goes through the kubelet (cluster CA serving certificate).
+    logs = real_kube.kubectl("logs", "-n", namespace, "synthetic-node-0")
+    assert "Traceback" not in logs.stdout and logs.stdout.strip(), logs.stdout[-2000:]
+
+    status = job_status(real_kube, namespace, "synthetic")
+    assert status["restarts"] == 0 and status["training"]["step"] > 0, status
+    claim = get_json(real_kube, "-n", namespace, "pvc", "volt-checkpoints")
+    volume = Path(get_json(real_kube, "pv", claim["spec"]["volumeName"])["spec"]["hostPath"]["path"])
+    written = sorted((volume / "synthetic").rglob("*.ckpt"))
+    assert written, sorted(str(p) for p in volume.rglob("*"))
+    assert {p.stat().st_uid for p in written} == {1000}, [(p, p.stat().st_uid) for p in written]
+
+
+@pytest.mark.timeout(900)
+def test_memory_limit_gives_oomkilled_in_last_failure(real_kube: LocalCluster, operator: OperatorProcess,
+                                                       namespace: str) -> None:
+    """A container over its memory limit is killed by the kernel; the job's status says OOMKilled."""
+    pvc, job = example(
+        command=["python", "-c", "b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(len(b))"],
+        args=[], resources={"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        failurePolicy={"maxRestarts": 0, "backoffSeconds": 1})
+    job["metadata"]["name"] = "oom"
+    real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+
+    def oom_reported() -> Any:
+        failure = job_status(real_kube, namespace, "oom").get("lastFailure") or {}
+        return failure if "OOMKilled" in json.dumps(failure) else None
+
+    try:
+        failure = wait_until("lastFailure naming OOMKilled", oom_reported, 300, every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnosis(real_kube, namespace, 'oom')}") from None
+    assert failure.get("reason") == "OOMKilled", failure
