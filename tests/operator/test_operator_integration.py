@@ -448,3 +448,32 @@ def test_evictions_restart_for_free_within_their_own_budget(operator: OperatorPr
                                                           "Failed"), 120)
     assert failed["reason"] == "FreeRestartLimitExceeded"
     assert "maxFreeRestarts=1" in failed["message"] and "drained-node-0" in failed["message"]
+
+
+def test_an_operator_killed_during_a_fault_restarts_the_gang_once(
+        crd: Any, namespace: str, tmp_path: Any) -> None:
+    """SIGKILL the operator, lose a pod while it is down, start another: the gang
+    restarts exactly once and no pod is duplicated."""
+    kube = crd
+    first = OperatorProcess(kube, [namespace], tmp_path / "first").start()
+    try:
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("survivor"))
+        wait_until("Running", lambda: _attempt_running(kube, namespace, "survivor", 0), 90)
+    finally:
+        first.proc.kill()
+        first.proc.wait(timeout=30)
+    kube.kubectl("delete", "pod", "-n", namespace, "survivor-node-1", "--wait=false")
+    second = OperatorProcess(kube, [namespace], tmp_path / "second").start()
+    try:
+        wait_until("attempt 1 Running", lambda: _attempt_running(kube, namespace, "survivor",
+                                                                 1), 120)
+        pods = _pods(kube, namespace, "survivor")
+        assert sorted(pods) == ["survivor-node-0", "survivor-node-1"]
+        assert {p["metadata"]["labels"]["volt.dev/attempt"] for p in pods.values()} == {"1"}
+        assert job_status(kube, namespace, "survivor")["restarts"] == 1
+        restarts = [e for e in _events(kube, namespace, "survivor")
+                    if e["reason"] == "GangRestart"]
+        assert len(restarts) == 1
+    finally:
+        second.stop()
+        print(first.logs()[-3000:], second.logs()[-3000:])
