@@ -356,12 +356,12 @@ def test_retention_comes_from_the_job(tmp_path: Path, monkeypatch: pytest.Monkey
     train(tmp_path, tmp_path / "ignored", steps=4, keep_last=None)
     assert step_files(tmp_path / "job") == ["epoch=0-step=3.ckpt", "epoch=0-step=4.ckpt"]
     monkeypatch.setenv("VOLT_CHECKPOINT_KEEP_LAST", "zero")
-    with pytest.raises(ValueError, match="VOLT_CHECKPOINT_KEEP_LAST='zero' must be an int >= 1"):
+    with pytest.raises(ValueError, match="VOLT_CHECKPOINT_KEEP_LAST must be an int >= 1, got 'zero'"):
         ModelCheckpoint()
+    monkeypatch.delenv("VOLT_CHECKPOINT_KEEP_LAST")  # a malformed job variable fails every ModelCheckpoint first
     with pytest.raises(ValueError, match=r"ModelCheckpoint\(keep_last=0\) must be an int >= 1"):
         ModelCheckpoint(keep_last=0)
     monkeypatch.delenv("VOLT_CHECKPOINT_DIR")
-    monkeypatch.delenv("VOLT_CHECKPOINT_KEEP_LAST")
     assert ModelCheckpoint().keep_last == 1  # a local run: Lightning's behaviour
 
 

@@ -30,6 +30,7 @@ import torch
 from volt import checkpoint as ckpt_io
 from volt.callbacks.base import ignores_outputs
 from volt.callbacks.checkpoint_base import Checkpoint
+from volt.contract import ENV_CHECKPOINT_DIR, ENV_CHECKPOINT_EVERY_N_STEPS, job_contract
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -37,9 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-ENV_CHECKPOINT_DIR = "VOLT_CHECKPOINT_DIR"
-ENV_EVERY_N_STEPS = "VOLT_CHECKPOINT_EVERY_N_STEPS"
-ENV_KEEP_LAST = "VOLT_CHECKPOINT_KEEP_LAST"
 #: keep_last on a TrainingJob's checkpoint volume ($VOLT_CHECKPOINT_DIR set) when nothing else says.
 JOB_DEFAULT_KEEP_LAST = 3
 
@@ -65,12 +63,10 @@ def _resolve_keep_last(keep_last: Optional[int]) -> int:
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
             raise ValueError(f"ModelCheckpoint(keep_last={keep_last!r}) must be an int >= 1")
         return keep_last
-    raw = os.environ.get(ENV_KEEP_LAST, "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"{ENV_KEEP_LAST}={raw!r} must be an int >= 1")
-        return int(raw)
-    return JOB_DEFAULT_KEEP_LAST if os.environ.get(ENV_CHECKPOINT_DIR) else 1
+    job = job_contract()
+    if job.checkpoint_keep_last is not None:
+        return job.checkpoint_keep_last
+    return JOB_DEFAULT_KEEP_LAST if job.checkpoint_dir else 1
 
 
 class ModelCheckpoint(Checkpoint):
@@ -205,13 +201,12 @@ class ModelCheckpoint(Checkpoint):
                 f"ModelCheckpoint: {', '.join(given)} are mutually exclusive; set only one trigger"
             )
         if not given:
-            env_steps = os.environ.get(ENV_EVERY_N_STEPS, "").strip()
-            if env_steps:
+            job_steps = job_contract().checkpoint_every_n_steps
+            if job_steps is not None:
                 # The TrainingJob's checkpoint.everyNSteps, for scripts that set no trigger.
-                if not env_steps.isdigit() or int(env_steps) < 1:
-                    raise ValueError(f"{ENV_EVERY_N_STEPS}={env_steps!r} must be a positive int")
-                every_n_train_steps = int(env_steps)
-                log.info("ModelCheckpoint: every_n_train_steps=%d from %s", every_n_train_steps, ENV_EVERY_N_STEPS)
+                every_n_train_steps = job_steps
+                log.info("ModelCheckpoint: every_n_train_steps=%d from %s", every_n_train_steps,
+                         ENV_CHECKPOINT_EVERY_N_STEPS)
             else:
                 every_n_epochs = 1
         self._every_n_train_steps = every_n_train_steps or 0
@@ -607,7 +602,7 @@ class ModelCheckpoint(Checkpoint):
         return filepath
 
     def _resolve_dirpath(self, trainer: "Trainer") -> str:
-        env_dir = os.environ.get(ENV_CHECKPOINT_DIR)
+        env_dir = trainer.job_contract.checkpoint_dir  # the TrainingJob's directory wins (volt.contract)
         if env_dir:
             env_dir = os.path.realpath(os.path.expanduser(env_dir))
             if self._dirpath_arg is not None and self._dirpath_arg != env_dir:

@@ -33,13 +33,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from volt.callbacks.base import Callback
+from volt.contract import ENV_METRICS_PORT, job_contract
 from volt.termination import write_termination_message
 
 _now = time.perf_counter
 
-PORT_ENV = "VOLT_METRICS_PORT"
-JOB_ENV = "VOLT_JOB_NAME"
-ATTEMPT_ENV = "VOLT_ATTEMPT"
 DEFAULT_PORT = 9090
 # Queued batch timings are accounted at each scrape, or by the training thread every DRAIN_AT batches.
 DRAIN_AT = 4096
@@ -88,15 +86,6 @@ class _Histogram:
             buckets.append((floatToGoString(bound), running))
         return buckets, total, running
 
-
-def _env_int(name: str, default: Optional[int]) -> Optional[int]:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
 
 
 def _rfc3339(unix_seconds: Optional[float]) -> Optional[str]:
@@ -177,16 +166,17 @@ class PrometheusCallback(Callback):
         attempt: Optional[int] = None,
         throughput_window_seconds: float = 30.0,
     ) -> None:
+        job = job_contract()  # the TrainingJob's values fill in what the script left unset
         port_source = "the port argument"
         if port is None:
-            port = _env_int(PORT_ENV, None)
-            port_source = PORT_ENV
+            port = job.metrics_port
+            port_source = ENV_METRICS_PORT
             if port is None:
                 port, port_source = DEFAULT_PORT, "the default"
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"PrometheusCallback: port must be an integer in [0, 65535], got {port!r}")
         if attempt is None:
-            attempt = _env_int(ATTEMPT_ENV, 0)
+            attempt = job.attempt or 0
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise ValueError(f"PrometheusCallback: attempt must be a non-negative integer, got {attempt!r}")
         if not throughput_window_seconds > 0:
@@ -196,7 +186,7 @@ class PrometheusCallback(Callback):
         self.base_port = port
         self._port_source = port_source
         self.host = host
-        self.job_name = job_name if job_name is not None else (os.environ.get(JOB_ENV) or None)
+        self.job_name = job_name if job_name is not None else job.job_name
         self.attempt = attempt
         self.throughput_window_seconds = float(throughput_window_seconds)
 
