@@ -1,12 +1,15 @@
 """CombinedLoader: Lightning's four modes, lengths, limits and the collection's shape (values by hand)."""
 from __future__ import annotations
 
+import json
 from typing import Any, List
 
 import pytest
 import torch
+from ddp_support import logs, script, start_nodes, wait_all
 from torch.utils.data import DataLoader
 
+import volt
 from volt.utilities import CombinedLoader
 
 
@@ -81,8 +84,6 @@ def test_shapes_samplers_and_bad_input() -> None:
 
 @pytest.mark.timeout(120)
 def test_trainer_combines_training_loaders_and_runs_validation_loaders_in_turn(tmp_path: Any) -> None:
-    import volt
-
     seen: List[Any] = []
 
     class Model(volt.LightningModule):
@@ -109,3 +110,21 @@ def test_trainer_combines_training_loaders_and_runs_validation_loaders_in_turn(t
         [("val", 0, 0), ("val", 1, 0), ("val", 0, 1), ("val", 1, 1), ("val", 2, 1)]
     with pytest.raises(ValueError, match="sequential"):
         trainer.fit(Model(), CombinedLoader(loaders(), "sequential"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_under_ddp_every_inner_loader_is_sharded(tmp_path: Any) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = start_nodes(1, 2, script("combined_loader.py"), tmp_path, OUT_DIR=str(out))
+    assert wait_all(procs, 200) == [0], logs(tmp_path)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for got in ranks:
+        # "a" has 8 samples per rank (4 batches of 2), "b" 4 (2 batches, cycled): 4 steps per epoch
+        assert (got["global_step"], got["num_training_batches"]) == (8, 4.0), got
+        assert len(got["a"]) == 8 and len(got["b"]) == 8 and len(set(got["b"])) == 4
+    for key, size in (("a", 16), ("b", 8), ("val0", 6), ("val1", 4)):
+        shards = [set(got[key]) for got in ranks]
+        assert not shards[0] & shards[1], key  # each sample on one rank
+        assert shards[0] | shards[1] == set(range(size)), key
