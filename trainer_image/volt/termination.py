@@ -15,11 +15,15 @@ import sys
 import traceback
 from typing import Any, Dict, Mapping, Optional
 
+from volt.contract import ENV_TERMINATION_MESSAGE_PATH
+
 from volt import exit_codes
 
 log = logging.getLogger(__name__)
 
-TERMINATION_ENV = "VOLT_TERMINATION_MESSAGE_PATH"
+# Read alone rather than through JobContract.from_env: the exit path that writes the message
+# must work even when the process exits because another job variable is malformed.
+TERMINATION_ENV = ENV_TERMINATION_MESSAGE_PATH
 MAX_BYTES = 4096  # the kubelet truncates longer messages
 
 
