@@ -15,9 +15,8 @@ import sys
 import traceback
 from typing import Any, Dict, Mapping, Optional
 
-from volt.contract import ENV_TERMINATION_MESSAGE_PATH
-
 from volt import exit_codes
+from volt.contract import ENV_TERMINATION_MESSAGE_PATH
 
 log = logging.getLogger(__name__)
 
