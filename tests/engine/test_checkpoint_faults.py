@@ -398,7 +398,7 @@ def test_a_directory_of_another_job_is_refused(tmp_path: Path, monkeypatch: pyte
     assert ckpt_io.read_manifest(dirpath).job_uid == second  # from now on it is this job's run
 
     monkeypatch.setenv("VOLT_RESUME_ANY_JOB", "maybe")
-    with pytest.raises(ValueError, match="VOLT_RESUME_ANY_JOB='maybe' must be"):
+    with pytest.raises(ValueError, match="VOLT_RESUME_ANY_JOB must be 1/true/yes or 0/false/no, got 'maybe'"):
         ckpt_io.job_ownership()
 
 

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Callable, List, Mapping, Optional, Set, Tuple,
 import torch
 
 from volt import exit_codes
+from volt.contract import ENV_RESUME_ANY_JOB, JobContract, job_contract
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ _TEMP_PREFIX = "."
 _TEMP_SUFFIX = ".tmp"
 _READ_CHUNK = 4 * 1024 * 1024
 
-ENV_JOB_UID = "VOLT_JOB_UID"
-ENV_RESUME_ANY_JOB = "VOLT_RESUME_ANY_JOB"
 
 PathLike = Union[str, "os.PathLike[str]"]
 MapLocation = Union[None, str, torch.device, dict, Callable[..., Any]]
@@ -355,16 +354,8 @@ class JobOwnership:
 
 def job_ownership(env: Optional[Mapping[str, str]] = None) -> JobOwnership:
     """Read ``VOLT_JOB_UID`` and ``VOLT_RESUME_ANY_JOB`` (set by the operator in every pod)."""
-    env = os.environ if env is None else env
-    uid = env.get(ENV_JOB_UID, "").strip() or None
-    raw = env.get(ENV_RESUME_ANY_JOB, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
-        resume_any = False
-    elif raw in ("1", "true", "yes"):
-        resume_any = True
-    else:
-        raise ValueError(f"{ENV_RESUME_ANY_JOB}={env[ENV_RESUME_ANY_JOB]!r} must be 1/true/yes or 0/false/no")
-    return JobOwnership(uid, resume_any)
+    job = job_contract() if env is None else JobContract.from_env(env)
+    return JobOwnership(job.job_uid, job.resume_any_job)
 
 
 def _entry_history(previous: Optional[Manifest], dirpath: str, new_name: str, job_uid: Optional[str]) -> Tuple[Entry, ...]:
@@ -404,7 +395,7 @@ def write_manifest(
     if digest is None or digest.size != os.path.getsize(ckpt_path):
         digest = file_digest(ckpt_path)  # written by a custom CheckpointIO, or rewritten since
     if job_uid is None:
-        job_uid = os.environ.get(ENV_JOB_UID, "").strip() or None
+        job_uid = job_contract().job_uid
     now = time.time()
     manifest = Manifest(
         checkpoint=relative,
