@@ -1,5 +1,7 @@
 """volt.contract: the operator's pod variables, parsed once, with one precedence."""
 import logging
+import pathlib
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -93,3 +95,11 @@ def test_the_trainer_parses_the_contract_once_and_keeps_it(monkeypatch: pytest.M
     preemption = next(c for c in trainer.callbacks if isinstance(c, PreemptionCallback))
     assert preemption._resolve_dirpath(trainer) == str(tmp_path / "job")
     assert PreemptionCallback(dirpath=str(tmp_path / "mine"))._resolve_dirpath(trainer) == str(tmp_path / "job")
+
+
+def test_no_engine_module_reads_a_job_variable_by_itself() -> None:
+    root = pathlib.Path(volt.__file__).parent
+    reads = re.compile(r"""(?:get\(|environ\[)\s*["']VOLT_""")
+    found = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py")) if path.name != "contract.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if reads.search(line)]
+    assert found == [], "read these through volt.contract.JobContract"

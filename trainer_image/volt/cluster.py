@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping, Optional
 
+from volt.contract import ENV_LAUNCHER, VOLT_RUN
+
 Source = Literal["volt", "torchrun", "local"]
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
@@ -200,7 +202,7 @@ def cluster_environment(env: Mapping[str, str]) -> ClusterEnvironment:
                 f"RANK={rank} does not match GROUP_RANK={node_rank} x LOCAL_WORLD_SIZE={local_world_size} + "
                 f"LOCAL_RANK={local_rank}"
             )
-        source: Source = "volt" if env.get("VOLT_LAUNCHER") == "volt-run" else "torchrun"
+        source: Source = "volt" if env.get(ENV_LAUNCHER) == VOLT_RUN else "torchrun"
         return ClusterEnvironment(
             rank, local_rank, node_rank, world_size, local_world_size, num_nodes, addr, port, source, True
         )
