@@ -83,6 +83,7 @@ class LeaseElector:
                 if lease["spec"].get("holderIdentity") == self.identity:
                     lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1})
                     self.client.request("PUT", f"{self.path}/{self.name}", lease)
+                    log.info("released the lease %s/%s", self.namespace, self.name)
             except ApiError as exc:
                 log.warning("releasing the lease %s/%s failed: %s", self.namespace,
                             self.name, exc)

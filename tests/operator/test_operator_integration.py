@@ -412,6 +412,11 @@ def test_with_two_replicas_only_the_lease_holder_acts(crd: Any, namespace: str,
         assert status["attempt"] == 0 and status["restarts"] == 0
         created = [e for e in _events(kube, namespace, "ha") if e["reason"] == "Created"]
         assert len(created) == 1
+        # A holder that stops cleanly hands the Lease back instead of letting it expire.
+        standby.stop()
+        assert _lease(kube, namespace)["holderIdentity"] in ("", holder)
+        wait_until("the old leader to take over", lambda: _lease(kube, namespace)
+                   .get("holderIdentity") == holder, 60)
     finally:
         for replica in replicas:
             replica.stop()
