@@ -384,11 +384,15 @@ def test_a_directory_of_another_job_is_refused(tmp_path: Path, monkeypatch: pyte
     assert ckpt_io.read_manifest(dirpath).job_uid == first
 
     monkeypatch.setenv("VOLT_JOB_UID", second)
+    monkeypatch.setenv("VOLT_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
     with pytest.raises(SystemExit) as exited:
         train(tmp_path, dirpath, steps=3, ckpt_path="last")
     assert exited.value.code == exit_codes.CONFIG_ERROR
     message = str(exited.value.__cause__)
     assert first in message and second in message and "VOLT_RESUME_ANY_JOB=1" in message
+    assert "allowForeignCheckpoints" in message
+    assert (tmp_path / "termination-log").read_text() == f"CheckpointOfAnotherJob: {message}"  # for the job's status
+    monkeypatch.delenv("VOLT_TERMINATION_MESSAGE_PATH")
 
     monkeypatch.setenv("VOLT_RESUME_ANY_JOB", "1")  # asked for: resumes, with a warning
     with caplog.at_level(logging.WARNING, logger="volt.checkpoint"):
