@@ -7,7 +7,7 @@ batches with its index. Unlike Lightning, ``len()`` works before ``iter()``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 _INF = float("inf")
