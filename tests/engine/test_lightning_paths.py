@@ -93,8 +93,6 @@ NOT_PROVIDED: Dict[str, str] = {
     "utilities.exceptions:SIGTERMException": "on SIGTERM volt checkpoints and exits with SystemExit (docs/distributed.md)",
     **{f"utilities.parsing:{n}": _INTERNAL for n in (
         "clean_namespace", "collect_init_args", "get_init_args", "parse_class_init_keys", "save_hyperparameters")},
-    **{f"utilities.parsing:{n}": "in volt.tuner, next to the tuner that uses them"
-       for n in ("lightning_getattr", "lightning_hasattr", "lightning_setattr")},
     "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_helpers:get_torchvision_model": "needs torchvision, not a volt dependency",
     **{f"demos:{n}": "demos that download a text corpus" for n in (

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
 import torch
 
 from volt.callbacks.base import Callback
+from volt.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.datamodule import LightningDataModule
@@ -26,54 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-# --- attributes that may live on the model, its hparams, or the datamodule -----------------
-
-def _hparams_has(obj: Any, name: str) -> bool:
-    hparams = getattr(obj, "hparams", None)
-    if hparams is None:
-        return False
-    if isinstance(hparams, dict):
-        return name in hparams
-    return hasattr(hparams, name)
-
-
-def _owners(model: "LightningModule", name: str, datamodule: Optional["LightningDataModule"]) -> List[Any]:
-    """Where ``name`` is defined: model attribute, model.hparams, datamodule, datamodule.hparams."""
-    found: List[Any] = []
-    for obj in (model, datamodule):
-        if obj is None:
-            continue
-        if name in vars(obj) or hasattr(type(obj), name):
-            found.append(obj)
-        if _hparams_has(obj, name):
-            found.append(obj.hparams)
-    return found
-
-
-def lightning_hasattr(model: "LightningModule", name: str, datamodule: Optional["LightningDataModule"] = None) -> bool:
-    return bool(_owners(model, name, datamodule))
-
-
-def lightning_getattr(model: "LightningModule", name: str, datamodule: Optional["LightningDataModule"] = None) -> Any:
-    owners = _owners(model, name, datamodule)
-    if not owners:
-        raise AttributeError(f"{name!r} is neither an attribute of the model, its hparams, nor the datamodule")
-    owner = owners[0]
-    return owner[name] if isinstance(owner, dict) else getattr(owner, name)
-
-
-def lightning_setattr(model: "LightningModule", name: str, value: Any, datamodule: Optional["LightningDataModule"] = None) -> None:
-    """Set ``name`` everywhere it is defined, so the next fit sees it whichever place it reads."""
-    owners = _owners(model, name, datamodule)
-    if not owners:
-        raise AttributeError(f"{name!r} is neither an attribute of the model, its hparams, nor the datamodule")
-    for owner in owners:
-        if isinstance(owner, dict):
-            owner[name] = value
-        else:
-            setattr(owner, name, value)
 
 
 def is_oom_error(err: BaseException) -> bool:
