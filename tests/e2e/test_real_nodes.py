@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -178,3 +179,51 @@ def test_memory_limit_gives_oomkilled_in_last_failure(real_kube: LocalCluster, o
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnosis(real_kube, namespace, 'oom')}") from None
     assert failure.get("reason") == "OOMKilled", failure
+
+
+@pytest.mark.timeout(900)
+def test_killed_pod_restarts_the_gang_which_resumes_from_the_pvc(real_kube: LocalCluster, operator: OperatorProcess,
+                                                                 namespace: str) -> None:
+    """The non-root gang of attempt 1 reads what attempt 0 wrote; logs of old and new pods are served."""
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
+                       failurePolicy={"maxRestarts": 2, "backoffSeconds": 1}, cleanPodPolicy="None")
+    job["spec"]["trainer"]["maxEpochs"] = 3
+    real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+
+    def checkpointed() -> Any:
+        st = job_status(real_kube, namespace, "synthetic")
+        step = (st.get("checkpoint") or {}).get("step") or 0
+        return step if st.get("phase") == "Running" and step >= 20 else None
+
+    saved_step = wait_until("a checkpoint while Running", checkpointed, 300, every=1.0)
+    # kubectl logs of a running pod.
+    assert real_kube.kubectl("logs", "-n", namespace, "synthetic-node-1").stdout.strip()
+    real_kube.kubectl("delete", "-n", namespace, "pod", "synthetic-node-1", "--wait=false")
+    assert wait_phase(real_kube, namespace, "synthetic", ("Succeeded", "Failed"), 600) == "Succeeded", \
+        diagnosis(real_kube, namespace, "synthetic")
+    status = job_status(real_kube, namespace, "synthetic")
+    assert status["restarts"] == 1 and status["attempt"] == 1, status
+
+    logs = real_kube.kubectl("logs", "-n", namespace, "synthetic-node-0").stdout
+    match = re.search(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)", logs)
+    assert match, f"rank 0 of attempt 1 did not resume from a checkpoint:\n{logs[-3000:]}"
+    assert int(match.group(3)) >= saved_step and match.group(1).startswith("/checkpoints/synthetic/")
+
+
+@pytest.mark.timeout(600)
+def test_missing_image_is_named_in_the_job_status(real_kube: LocalCluster, operator: OperatorProcess,
+                                                  namespace: str) -> None:
+    """No registry has the image: the kubelet's pull error reaches the TrainingJob's status."""
+    pvc, job = example()
+    job["spec"]["image"] = "volt-trainer:does-not-exist"
+    real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+
+    def pull_error_reported() -> Any:
+        text = json.dumps(job_status(real_kube, namespace, "synthetic"))
+        return text if ("ErrImagePull" in text or "ImagePullBackOff" in text) else None
+
+    try:
+        text = wait_until("the job status to report the image pull error", pull_error_reported, 180, every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnosis(real_kube, namespace, 'synthetic')}") from None
+    assert "volt-trainer:does-not-exist" in text, text
