@@ -31,6 +31,7 @@ pytestmark = [
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingjob.yaml"
 IMAGE = "volt-trainer:e2e"
+CNI_RESULTS = Path("/var/lib/cni/results")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,50 @@ def wait_phase(kube: LocalCluster, namespace: str, job: str, phases: Tuple[str, 
         return wait_until(f"{job} to reach {phases}", phase, timeout, every=1.0)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnosis(kube, namespace, job)}") from None
+
+
+def host_traces(cluster: LocalCluster) -> List[str]:
+    """What of `cluster`'s real nodes is visible on the host: links, addresses, rules, cgroups, mounts."""
+    ident = cluster.real_nodes.id
+    found = []
+    for argv in (["ip", "-o", "link", "show"], ["ip", "-o", "addr", "show"]):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        found += [line for line in out.splitlines() if f"vk{ident}" in line or "volt-dns" in line]
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            out = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
+            found += [f"{tool} {table} {line}" for line in out.splitlines() if "KUBE-" in line or f"vk{ident}" in line]
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        found += [str(p) for p in hierarchy.glob(f"volt-{ident}-*")]
+    found += [str(p) for p in Path("/var/lib/volt-nodes").glob(ident)]
+    mounts = Path("/proc/self/mountinfo").read_text().split("\n")
+    found += [m for m in mounts if str(cluster.dir) in m]
+    found += [str(p) for p in CNI_RESULTS.glob("volt-node-*")] if CNI_RESULTS.is_dir() else []
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_down_undoes_every_host_change(tmp_path: Path) -> None:
+    """A node that ran a pod: after `down`, no link, address, rule, cgroup, mount or CNI cache entry is left."""
+    if os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR"):
+        pytest.skip("a running real-node cluster is reused; only one runs per machine")
+    cluster = LocalCluster(tmp_path / "kube", nodes=1, runtime="kubelet")
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    assert host_traces(cluster) == []
+    try:
+        cluster.up()
+        cluster.kubectl("run", "sandbox", "--image", "volt.local/pause:1", "--image-pull-policy", "Never",
+                        "--restart", "Never")
+        cluster.kubectl("wait", "--for", "condition=Ready", "pod/sandbox", "--timeout", "120s", timeout=150)
+        assert host_traces(cluster), "the running node left no trace to look for: the check is blind"
+        # containerd's loopback network caches its result per sandbox too.
+        sandboxes = [p.name.split("-")[3] for p in CNI_RESULTS.glob("volt-node-0-*-eth0")]
+        assert sandboxes
+    finally:
+        cluster.down()
+    assert host_traces(cluster) == []
+    assert [s for s in sandboxes if (CNI_RESULTS / f"cni-loopback-{s}-lo").exists()] == []
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward
 
 
 @pytest.mark.timeout(3600)

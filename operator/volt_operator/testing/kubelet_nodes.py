@@ -46,6 +46,8 @@ from volt_operator.testing.node_agent.provisioner import READY_LINE as PROVISION
 
 log = logging.getLogger("volt.cluster.nodes")
 
+# Node state (configs, sockets, kubelet root, pod logs): short paths, see plan().
+NODES_ROOT = "/var/lib/volt-nodes"
 CNI_BIN_DIR = Path(os.environ.get("VOLT_CNI_BIN_DIR", "/usr/lib/cni"))
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Names the one cluster directory whose real nodes own this machine's host changes.
@@ -117,7 +119,7 @@ class NodeLayout:
 
     @property
     def socket(self) -> str:
-        return f"{self.dir}/containerd/containerd.sock"
+        return f"{self.dir}/containerd.sock"
 
     @property
     def kubelet_root(self) -> str:
@@ -370,8 +372,8 @@ def _kill_cgroup_members(directory: Path) -> None:
             pass
 
 
-def unmount_under(directory: Path) -> None:
-    """Unmount everything mounted at or below `directory` (deepest first)."""
+def unmount_under(directory: Path) -> bool:
+    """Unmount everything mounted at or below `directory` (deepest first); True when none is left."""
     prefix = str(directory.resolve())
     for _ in range(5):
         mounts = []
@@ -380,10 +382,11 @@ def unmount_under(directory: Path) -> None:
             if target == prefix or target.startswith(prefix + "/"):
                 mounts.append(target)
         if not mounts:
-            return
+            return True
         for target in sorted(set(mounts), key=len, reverse=True):
             if run("umount", target, check=False).returncode != 0:
                 run("umount", "-l", target, check=False)
+    return False
 
 
 def kill_shims(socket: str) -> None:
@@ -480,7 +483,9 @@ class RealNodes:
                 used = addresses_in_use()
                 subnet = choose_subnet(hashlib.sha1(f"{self.id}-{name}".encode()).hexdigest()[:6], used)
                 node = NodeLayout(
-                    name=name, dir=str(self.dir / name), subnet=str(subnet), bridge=f"vk{self.id}{index}",
+                    # Short and on disk: containerd's and kubelet's unix sockets live
+                    # below it (at most 108 bytes a path), and so do emptyDir volumes.
+                    name=name, dir=f"{NODES_ROOT}/{self.id}/{name}", subnet=str(subnet), bridge=f"vk{self.id}{index}",
                     cgroup_root=f"/volt-{self.id}-{name}", kubelet_port=free_port(),
                     healthz_port=free_port(), stream_port=free_port(),
                     containerd_root=str(self.cache / "node-images" / name))
@@ -572,22 +577,32 @@ class RealNodes:
         for node in self.nodes:
             kill_shims(node.socket)
         for node in self.nodes:
-            unmount_under(Path(node.dir))
+            if unmount_under(Path(node.dir)):
+                shutil.rmtree(node.dir, ignore_errors=True)
+            else:  # never recurse into a mounted volume (a PV's directory)
+                log.warning("mounts are left under %s; not deleting it", node.dir)
             remove_cgroup_tree(node.cgroup_root)
             if run("ip", "link", "show", node.bridge, check=False).returncode == 0:
                 run("ip", "link", "del", node.bridge, check=False)
             for rule in (["-i", node.bridge], ["-o", node.bridge]):
                 while run("iptables", "-w", "-C", "FORWARD", *rule, "-j", "ACCEPT", check=False).returncode == 0:
                     run("iptables", "-w", "-D", "FORWARD", *rule, "-j", "ACCEPT", check=False)
+        try:
+            os.rmdir(f"{NODES_ROOT}/{self.id}")
+        except OSError:
+            pass
         if state.get("dns_address"):
             run("ip", "addr", "del", state["dns_address"], "dev", "lo", check=False)
         if self.nodes:
             remove_kubelet_chains()
         if "ip_forward" in state:
             Path("/proc/sys/net/ipv4/ip_forward").write_text(state["ip_forward"] + "\n")
-        # The CNI library's cache of results (kubelet never deleted these sandboxes).
+        # The CNI library's cache of results (kubelet never deleted these sandboxes):
+        # `<network>-<sandbox id>-<interface>`, for our network and containerd's loopback.
         for node in self.nodes:
-            for cached in Path("/var/lib/cni/results").glob(f"volt-{node.name}-*"):
+            for cached in Path("/var/lib/cni/results").glob(f"volt-{node.name}-*-eth0"):
+                sandbox = cached.name[len(f"volt-{node.name}-"):-len("-eth0")]
+                Path(f"/var/lib/cni/results/cni-loopback-{sandbox}-lo").unlink(missing_ok=True)
                 cached.unlink(missing_ok=True)
         self.nodes = []
         self.state_path.unlink(missing_ok=True)
