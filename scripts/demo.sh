@@ -10,6 +10,11 @@
 #         metrics are. Everything keeps running for you to explore.
 #   down  stop the operator and the cluster, remove the demo's state.
 #
+# VOLT_DEMO_RUNTIME=kubelet runs the nodes as real kubelets with their own
+# containerd (docs/local-cluster.md, "Real nodes"): the images are built with
+# docker (scripts/build-images.sh) and imported into every node, and the
+# trainer pods are containers of the trainer image. Default: agent.
+#
 # Needs what `make demo` builds first: the Python environment, the Kubernetes
 # binaries and helm, on PATH (the Makefile exports it).
 set -euo pipefail
@@ -24,6 +29,7 @@ health_port="${VOLT_DEMO_HEALTH_PORT:-36080}"
 metrics_port="${VOLT_DEMO_METRICS_PORT:-36081}"
 job_timeout="${VOLT_DEMO_TIMEOUT:-900}"
 manifest="$repo/examples/trainingjob.yaml"
+runtime="${VOLT_DEMO_RUNTIME:-agent}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -57,10 +63,24 @@ up() {
     [[ -f "$manifest" ]] || die "$manifest is missing"
     mkdir -p "$demo_dir"
 
-    say "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, node agent)"
-    python -m volt_operator.testing.cluster up --dir "$cluster_dir" --nodes 2
+    case "$runtime" in
+        agent) say "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, node agent)" ;;
+        kubelet) say "starting the local control plane and 2 real nodes (kubelet + containerd each, CoreDNS)" ;;
+        *) die "VOLT_DEMO_RUNTIME must be agent or kubelet, got '$runtime'" ;;
+    esac
+    python -m volt_operator.testing.cluster up --dir "$cluster_dir" --nodes 2 --runtime "$runtime"
     export KUBECONFIG="$cluster_dir/kubeconfig"
-    kubectl get nodes
+    kubectl get nodes -o wide
+
+    if [[ "$runtime" == kubelet ]]; then
+        local version
+        version="$(python -c "import tomllib; print(tomllib.load(open('$repo/pyproject.toml', 'rb'))['project']['version'])")"
+        say "building volt-operator:$version and volt-trainer:$version (docker) and loading them into the nodes"
+        bash "$repo/scripts/build-images.sh" all
+        DOCKER_HOST="$("$repo/scripts/docker-daemon.sh" ensure)" \
+            python -m volt_operator.testing.cluster load-image --dir "$cluster_dir" \
+            "volt-trainer:$version" "volt-operator:$version"
+    fi
 
     say "installing the volt chart (CRD, ServiceAccount, RBAC); the operator itself runs here"
     helm upgrade --install "$release" "$repo/charts/volt" --namespace "$release_ns" --create-namespace \
