@@ -966,7 +966,16 @@ class PodTemplateOverlay(_Model):
     scheduler_name: Optional[str] = Field(None, max_length=253)
     service_account_name: Optional[str] = Field(None, max_length=253)
     security_context: Optional[Dict[str, Any]] = Field(
-        None, description="Kubernetes PodSecurityContext.", json_schema_extra=PRESERVE
+        None,
+        description="Kubernetes PodSecurityContext; each key replaces the operator's default "
+        "(runAsNonRoot, runAsUser/runAsGroup/fsGroup 1000, seccompProfile RuntimeDefault).",
+        json_schema_extra=PRESERVE,
+    )
+    container_security_context: Optional[Dict[str, Any]] = Field(
+        None,
+        description="Kubernetes SecurityContext of the trainer container; each key replaces "
+        "the operator's default (allowPrivilegeEscalation false, capabilities.drop [ALL]).",
+        json_schema_extra=PRESERVE,
     )
     image_pull_secrets: List[str] = Field(
         default_factory=list,

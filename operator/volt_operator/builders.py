@@ -11,6 +11,7 @@ Children of TrainingJob ``<job>``:
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -43,6 +44,34 @@ class JobRef:
 
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+# The trainer image's user (trainer_image/Dockerfile: USER 1000:1000).
+TRAINER_UID = 1000
+
+# Restricted Pod Security Standard by default (docs/security.md). The user's
+# spec.template.securityContext / containerSecurityContext keys replace these
+# key by key, so a job can loosen one of them and keep the rest.
+DEFAULT_POD_SECURITY_CONTEXT: Dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": TRAINER_UID,
+    "runAsGroup": TRAINER_UID,
+    # The checkpoint claim is made group-writable for the trainer's group.
+    "fsGroup": TRAINER_UID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+DEFAULT_CONTAINER_SECURITY_CONTEXT: Dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def security_context(
+    defaults: Dict[str, Any], overrides: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
+    """``defaults`` with the user's top-level keys replacing ours (a null removes one)."""
+    merged = {**copy.deepcopy(defaults), **(overrides or {})}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def pod_name(job: str, rank: int) -> str:
@@ -214,6 +243,9 @@ def _container(
         # pod status once the /progress endpoint is gone.
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
+        "securityContext": security_context(
+            DEFAULT_CONTAINER_SECURITY_CONTEXT, spec.template.container_security_context
+        ),
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -257,6 +289,9 @@ def build_pod(
         "enableServiceLinks": False,
         "containers": [_container(job, spec, rank, attempt, resume)],
         "volumes": volumes,
+        "securityContext": security_context(
+            DEFAULT_POD_SECURITY_CONTEXT, overlay.security_context
+        ),
     }
     optional = {
         "nodeSelector": dict(overlay.node_selector) or None,
@@ -265,7 +300,6 @@ def build_pod(
         "priorityClassName": overlay.priority_class_name,
         "schedulerName": overlay.scheduler_name,
         "serviceAccountName": overlay.service_account_name,
-        "securityContext": overlay.security_context,
         "imagePullSecrets": [{"name": s} for s in overlay.image_pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})

@@ -182,7 +182,9 @@ def test_template_overlay_is_merged_not_replaced() -> None:
     assert podspec["priorityClassName"] == "high"
     assert podspec["schedulerName"] == "volcano"
     assert podspec["serviceAccountName"] == "trainer"
-    assert podspec["securityContext"] == {"runAsUser": 1000}
+    # The user's key replaces ours; the other restricted defaults stay.
+    assert podspec["securityContext"]["runAsUser"] == 1000
+    assert podspec["securityContext"]["runAsNonRoot"] is True
     assert podspec["imagePullSecrets"] == [{"name": "regcred"}]
     assert [v["name"] for v in podspec["volumes"]] == ["volt-checkpoints", "data"]
     assert podspec["volumes"][1]["hostPath"] == {"path": "/data"}
@@ -190,6 +192,39 @@ def test_template_overlay_is_merged_not_replaced() -> None:
     env = env_of(pod)
     assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/data/hf"
     assert env["MASTER_ADDR"] == "mnist-node-0.mnist"
+
+
+def test_pods_meet_the_restricted_pod_security_standard_by_default() -> None:
+    pod = build_pod(JOB, spec(), 0, 0, "auto")
+    podspec = pod["spec"]
+    # uid/gid 1000 is the trainer image's user; fsGroup makes the checkpoint claim writable.
+    assert podspec["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert podspec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+    }
+    assert podspec["automountServiceAccountToken"] is False
+    assert "hostNetwork" not in podspec and "serviceAccountName" not in podspec
+
+
+def test_security_context_overrides_replace_one_key_and_keep_the_rest() -> None:
+    s = spec(template={
+        "securityContext": {"runAsUser": 2000, "fsGroup": 3000},
+        "containerSecurityContext": {"capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]},
+                                     "readOnlyRootFilesystem": True},
+    })
+    pod = build_pod(JOB, s, 1, 0, "auto")
+    pod_sc, container_sc = pod["spec"]["securityContext"], pod["spec"]["containers"][0]["securityContext"]
+    assert (pod_sc["runAsUser"], pod_sc["fsGroup"], pod_sc["runAsGroup"]) == (2000, 3000, 1000)
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"} and pod_sc["runAsNonRoot"] is True
+    assert container_sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}}
+    # The defaults are not shared between pods (no aliasing of nested dicts).
+    pod_sc["seccompProfile"]["type"] = "Unconfined"
+    assert build_pod(JOB, spec(), 0, 0, "auto")["spec"]["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"}
 
 
 def test_builders_are_pure_and_deterministic() -> None:

@@ -62,6 +62,7 @@ def test_preserve_unknown_fields_only_where_needed() -> None:
         ".spec.template.env[items].valueFrom",
         ".spec.template.affinity",
         ".spec.template.securityContext",
+        ".spec.template.containerSecurityContext",
         ".spec.template.volumes[items]",
     }
     found = {

@@ -1,0 +1,65 @@
+"""Security defaults on the real control plane: Pod Security admission, messages
+that name fields and not values."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pytest
+import yaml
+
+from operator_process import OperatorProcess, get_json, job_status, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+EXAMPLE = "examples/trainingjob.yaml"
+
+
+def _example(repo_root: Any, **template: Any) -> str:
+    docs: List[Dict[str, Any]] = list(yaml.safe_load_all((repo_root / EXAMPLE).read_text()))
+    for doc in docs:
+        if doc["kind"] == "TrainingJob" and template:
+            doc["spec"]["template"] = template
+    return yaml.safe_dump_all(docs)
+
+
+def _enforce_restricted(kube: Any, namespace: str) -> None:
+    kube.kubectl("label", "namespace", namespace,
+                 "pod-security.kubernetes.io/enforce=restricted",
+                 "pod-security.kubernetes.io/enforce-version=latest")
+
+
+def _node_pods(kube: Any, namespace: str) -> List[Dict[str, Any]]:
+    return get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=synthetic")["items"]
+
+
+def test_the_example_job_is_admitted_where_restricted_is_enforced(
+        operator: OperatorProcess, namespace: str, repo_root: Any) -> None:
+    kube = operator.kube
+    _enforce_restricted(kube, namespace)
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=_example(repo_root))
+    pods = wait_until("both node pods admitted",
+                      lambda: (p := _node_pods(kube, namespace)) and len(p) == 2 and p, 90)
+    for pod in pods:
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+    conds = job_status(kube, namespace, "synthetic").get("conditions") or []
+    assert not any(c["type"] == "Created" and c["status"] == "False" for c in conds), conds
+
+
+def test_an_override_that_breaks_restricted_is_refused_by_pod_security(
+        operator: OperatorProcess, namespace: str, repo_root: Any) -> None:
+    """The control: the same namespace refuses a pod that loosens one default, and the
+    job says which field."""
+    kube = operator.kube
+    _enforce_restricted(kube, namespace)
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=_example(
+        repo_root, containerSecurityContext={"allowPrivilegeEscalation": True}))
+
+    def create_failed() -> Any:
+        conds = job_status(kube, namespace, "synthetic").get("conditions") or []
+        return next((c for c in conds if c["type"] == "Created" and c["status"] == "False"),
+                    None)
+
+    cond = wait_until("Created=False", create_failed, 90)
+    assert "allowPrivilegeEscalation" in cond["message"], cond
+    assert not _node_pods(kube, namespace)
