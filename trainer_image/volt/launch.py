@@ -45,7 +45,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from volt import exit_codes
+from volt import exit_codes, termination
 from volt.cluster import ClusterConfigError, NodeEnvironment, check_num_nodes, check_world_size, node_environment
 from volt.contract import ENV_GRACE_PERIOD, ENV_LAUNCHER, VOLT_RUN, JobContract, job_contract
 
@@ -645,9 +645,37 @@ def run(plan: LaunchPlan) -> int:
         shutil.rmtree(log_dir, ignore_errors=True)
     code = _node_code(result, supervisor)
     supervisor.finished.set()
+    if code == exit_codes.USER_ERROR:
+        _explain_failure(result)
     log.log(logging.INFO if code == 0 else logging.ERROR, "exit %d: %s", code, exit_codes.describe(code))
     _check_out(agent.rdzv.raw_store, supervisor, code)
     return code
+
+
+def root_cause_message(result: Any) -> str:
+    """The exception the first failing worker recorded (``volt.termination.record_error``), or ``""``.
+
+    Workers that only reacted to it (PEER_LOST, a checkpointed exit, a signal) come last.
+    """
+    if result is None:
+        return ""
+    reactions = (exit_codes.PEER_LOST, exit_codes.CHECKPOINTED)
+    failures = sorted(result.failures.values(),
+                      key=lambda f: (f.exitcode in reactions or f.exitcode < 0, f.timestamp))
+    for failure in failures:
+        message = termination.recorded_error(failure.error_file_data)
+        if message:
+            return message
+    return ""
+
+
+def _explain_failure(result: Any) -> None:
+    """Leave the failing rank's exception as the container's termination message (the operator's
+    ``lastFailure.message``), and say it here, where the workers' tracebacks scrolled by."""
+    message = root_cause_message(result)
+    if message:
+        log.error("root cause: %s", message)
+        termination.write_termination_text(message)
 
 
 def _check_out(store: Any, supervisor: _Supervisor, code: int) -> None:

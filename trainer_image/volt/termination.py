@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import sys
+import sysconfig
+import time
 import traceback
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from volt import exit_codes
 from volt.contract import ENV_TERMINATION_MESSAGE_PATH
@@ -24,6 +26,18 @@ log = logging.getLogger(__name__)
 # must work even when the process exits because another job variable is malformed.
 TERMINATION_ENV = ENV_TERMINATION_MESSAGE_PATH
 MAX_BYTES = 4096  # the kubelet truncates longer messages
+#: Set by torch's elastic agent for every worker: where the worker leaves its root-cause error.
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+#: Frames under these directories are the library's, not the user's (volt, torch, the stdlib).
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.realpath(path), "")
+    for path in (
+        os.path.dirname(os.path.abspath(__file__)),
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    )
+)
 
 
 def encode_progress(progress: Mapping[str, Any]) -> bytes:
@@ -80,3 +94,70 @@ def exit_for_error(err: BaseException, environ: Optional[Dict[str, str]] = None)
     sys.stderr.flush()
     write_termination_text(f"{reason}: {err}", environ)
     return SystemExit(code)
+
+
+def _is_user_frame(filename: str) -> bool:
+    if filename.startswith("<"):
+        return False
+    real = os.path.realpath(filename)
+    return not any(real.startswith(lib) for lib in _LIBRARY_DIRS)
+
+
+def _where(frame: traceback.FrameSummary) -> str:
+    path = frame.filename
+    cwd = os.path.join(os.getcwd(), "")
+    if path.startswith(cwd):
+        path = path[len(cwd):]
+    return f"{path}:{frame.lineno} in {frame.name}"
+
+
+def describe_error(err: BaseException, rank: Optional[int] = None) -> str:
+    """One line that says why a rank failed: ``KeyError: 'label' at train.py:12 in training_step (rank 1)``.
+
+    The place is the innermost frame of the user's code (outside volt, torch and the
+    standard library), else the innermost frame; exceptions chained with ``raise ... from``
+    are described by the outermost one (what the user's code raised last).
+    """
+    frames: List[traceback.FrameSummary] = traceback.extract_tb(err.__traceback__)
+    user = [frame for frame in frames if _is_user_frame(frame.filename)]
+    text = str(err).splitlines()[0] if str(err) else ""
+    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    chosen = (user or frames)[-1:]
+    if chosen:
+        line += f" at {_where(chosen[0])}"
+    if rank is not None:
+        line += f" (rank {rank})"
+    return line[:1024]
+
+
+def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Leave ``err`` in the error file torch's elastic agent gave this worker, if any.
+
+    The format is torch's (``ErrorHandler.record_exception``), so the agent reads it as
+    the worker's failure; ``message`` is ``describe_error``'s line, which ``volt-run``
+    copies into the container's termination message for the operator's status.
+    """
+    env = environ if environ is not None else os.environ
+    path = env.get(ERROR_FILE_ENV)
+    if not path:
+        return False
+    rank_text = env.get("RANK", "")
+    rank = int(rank_text) if rank_text.isdigit() else None
+    stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    data = {"message": {"message": describe_error(err, rank),
+                        "extraInfo": {"py_callstack": stack[-16000:], "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as handle:
+            json.dump(data, handle)
+    except OSError as exc:
+        log.warning("could not record the error in %s: %s", path, exc)
+        return False
+    return True
+
+
+def recorded_error(error_file_data: Any) -> str:
+    """The one-line message a worker's error file holds (torch's format), or ``""``."""
+    message = error_file_data.get("message") if isinstance(error_file_data, dict) else None
+    if isinstance(message, dict):
+        message = message.get("message")
+    return message.strip().splitlines()[0] if isinstance(message, str) and message.strip() else ""

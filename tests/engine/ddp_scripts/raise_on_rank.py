@@ -4,6 +4,7 @@ FAIL_CLOSE_FIRST_S=S: before raising, the failing rank shuts down its sockets (i
 peers see their gloo connections close and exit PEER_LOST at once) and waits S
 seconds. Its peers' "peer lost" report then reaches the store before its own
 failure: the race a slow interpreter shutdown causes, made deterministic.
+FAIL_KEY_ERROR=1: the failing rank looks up a missing key instead (KeyError: 'label').
 """
 import os
 import socket
@@ -36,6 +37,8 @@ class Faulty(synthetic.RegressionModel):
             if close_first:
                 shut_down_sockets()
                 time.sleep(close_first)
+            if os.environ.get("FAIL_KEY_ERROR") == "1":
+                return {}["label"]  # the line the termination message must name
             raise RuntimeError(f"injected failure on rank {self.trainer.global_rank}")
         return super().training_step(batch, batch_idx)
 

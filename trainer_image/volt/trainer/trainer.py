@@ -943,6 +943,8 @@ class Trainer:
             exit_ = termination.exit_for_error(err)  # e.g. a full checkpoint volume: a retryable exit code
             if exit_ is not None:
                 raise exit_ from err
+            if isinstance(err, Exception):
+                termination.record_error(err)  # volt-run reports the failing rank's exception to the operator
             raise
         finally:
             self.state.stage = None
