@@ -72,16 +72,17 @@ _RETRY_REASONS = {
 }
 
 
-# The engine writes a one-line explanation as its termination message before exiting with these.
-_EXPLAINED_CODES = frozenset({CONFIG_ERROR, CHECKPOINT_VOLUME_FULL, CHECKPOINT_VOLUME_ERROR})
+def _engine_message(pod: PodView, code: Optional[int]) -> str:
+    """The engine's own words (its termination message) for an exit code below 128.
 
-
-def _engine_message(pod: PodView, code: int) -> str:
-    """The engine's own words (its termination message) for the codes that come with one."""
+    ``volt-run`` leaves the failing rank's exception (``KeyError: 'label' at
+    train.py:12 in training_step (global rank 1)``) for exit 1, the engine a reason
+    for 78-80; rank 0's final progress (JSON) and a signal's exit explain nothing.
+    """
     text = (pod.message or "").strip()
-    if code not in _EXPLAINED_CODES or not text or text.startswith("{"):
+    if code is None or not 0 < code < 128 or not text or text.startswith("{"):
         return ""
-    return ": " + text[:1000]
+    return ": " + text.splitlines()[0][:1000]
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -107,12 +108,13 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
     where = f"{pod.name} (rank {pod.rank}): {describe_exit(pod.exit_code)}"
     if pod.reason:
         where += f", reason {pod.reason}"
+    code = pod.exit_code
     for index, rule in enumerate(policy.rules):
         if _rule_matches(rule, pod):
             return Verdict(
-                rule.action, pod, "FailurePolicyRule", f"{where}; failurePolicy.rules[{index}]"
+                rule.action, pod, "FailurePolicyRule",
+                f"{where}; failurePolicy.rules[{index}]{_engine_message(pod, code)}",
             )
-    code = pod.exit_code
     if pod.disrupted:
         kind = "Preempted" if "preempt" in pod.reason.lower() else "Evicted"
         return Verdict(RESTART_FREE, pod, kind, where)

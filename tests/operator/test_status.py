@@ -59,6 +59,7 @@ def pod(
     created: Optional[datetime] = None,
     waiting: Optional[str] = None,
     deletion_grace: Optional[int] = None,
+    message: str = "",
 ) -> Any:
     """A pod as the API returns it, built by the real builder then given a status."""
     body = build_pod(JOB, spec(), rank, attempt, "auto")
@@ -73,6 +74,8 @@ def pod(
         term = {"exitCode": exit_code,
                 "reason": reason or ("Completed" if exit_code == 0 else "Error"),
                 "finishedAt": format_time(finished or NOW)}
+        if message:
+            term["message"] = message
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
     if disruption:
         status["conditions"].append(
@@ -385,6 +388,49 @@ def test_user_error_names_rank_and_exit_code() -> None:
     assert plan.status.completion_time == format_time(NOW)
     cond = next(c for c in plan.status.conditions if c.type == "Failed")
     assert cond.status == "True" and cond.reason == "UserError"
+
+
+ROOT_CAUSE = "KeyError: 'label' at train.py:12 in training_step (global rank 3)"
+
+
+@pytest.mark.parametrize("message, shown", [
+    (ROOT_CAUSE, ROOT_CAUSE),
+    (ROOT_CAUSE + "\nsecond line", ROOT_CAUSE),  # one line: events and kubectl columns stay readable
+    ('{"step": 12, "epoch": 0}', None),  # rank 0's final progress explains nothing
+    ("", None),
+])
+def test_user_error_carries_the_failing_ranks_exception(message: str, shown: Optional[str]) -> None:
+    plan = decide(
+        spec(), JobMeta("mnist"), st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=1, message=message)],
+        True, NOW,
+    )
+    failure = plan.status.last_failure
+    assert failure is not None and failure.reason == "UserError"
+    expected = "mnist-node-1 (rank 1): exit code 1 (user error), reason Error"
+    assert failure.message == (f"{expected}: {shown}" if shown else expected)
+    failed_event = next(e for e in plan.events if e.reason == "Failed")
+    assert failed_event.type == "Warning" and failed_event.message == failure.message
+
+
+def test_the_exception_survives_a_gang_restart() -> None:
+    restart_on_user_error = spec(failurePolicy={
+        "maxRestarts": 2, "backoffSeconds": 0,
+        "rules": [{"action": "RestartGang", "onExitCodes": {"operator": "In", "values": [1]}}]})
+    plan = decide(
+        restart_on_user_error, JobMeta("mnist"), st(phase="Running"),
+        [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=1, message=ROOT_CAUSE)],
+        True, NOW,
+    )
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and ROOT_CAUSE in plan.status.last_failure.message
+    restart_event = next(e for e in plan.events if e.reason == "GangRestart")
+    assert ROOT_CAUSE in restart_event.message
+    # The next attempt runs: the failed pods are gone, the status still says why the last one failed.
+    later = decide(restart_on_user_error, JobMeta("mnist"), plan.status, running(0, 1, attempt=1), True,
+                   NOW + timedelta(seconds=30))
+    assert later.status.phase == "Running" and later.status.attempt == 1
+    assert later.status.last_failure is not None and ROOT_CAUSE in later.status.last_failure.message
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:

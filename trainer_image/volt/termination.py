@@ -5,6 +5,11 @@ Kubernetes copies the file at a container's terminationMessagePath (at most
 ``VOLT_TERMINATION_MESSAGE_PATH`` to that path; global rank 0 writes its final
 progress document there, so the job's status shows the last step and
 checkpoint even though the /progress endpoint is gone.
+
+When a rank raises, the Trainer records the exception in the error file torch's
+elastic agent gave that worker (``record_error``); ``volt-run`` then writes the
+root cause's line (type, message, file:line, global rank) as the termination
+message, and the operator copies it into ``status.lastFailure.message``.
 """
 from __future__ import annotations
 
@@ -112,7 +117,7 @@ def _where(frame: traceback.FrameSummary) -> str:
 
 
 def describe_error(err: BaseException, rank: Optional[int] = None) -> str:
-    """One line that says why a rank failed: ``KeyError: 'label' at train.py:12 in training_step (rank 1)``.
+    """One line that says why a rank failed: ``KeyError: 'label' at train.py:12 in training_step (global rank 1)``.
 
     The place is the innermost frame of the user's code (outside volt, torch and the
     standard library), else the innermost frame; exceptions chained with ``raise ... from``
@@ -126,7 +131,7 @@ def describe_error(err: BaseException, rank: Optional[int] = None) -> str:
     if chosen:
         line += f" at {_where(chosen[0])}"
     if rank is not None:
-        line += f" (rank {rank})"
+        line += f" (global rank {rank})"
     return line[:1024]
 
 
