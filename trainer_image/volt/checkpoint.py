@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Callable, List, Mapping, Optional, Set, Tuple,
 import torch
 
 from volt import exit_codes
+from volt import contract
 from volt.contract import ENV_RESUME_ANY_JOB, JobContract, job_contract
 
 log = logging.getLogger(__name__)
@@ -395,7 +396,7 @@ def write_manifest(
     if digest is None or digest.size != os.path.getsize(ckpt_path):
         digest = file_digest(ckpt_path)  # written by a custom CheckpointIO, or rewritten since
     if job_uid is None:
-        job_uid = job_contract().job_uid
+        job_uid = contract.job_uid(os.environ)  # this variable alone: a save must not fail on another
     now = time.time()
     manifest = Manifest(
         checkpoint=relative,

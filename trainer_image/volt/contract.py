@@ -94,6 +94,12 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise JobContractError(f"environment variable {name} must be 1/true/yes or 0/false/no, got {raw!r}")
 
 
+def job_uid(environ: Mapping[str, str]) -> Optional[str]:
+    """``VOLT_JOB_UID`` alone, for code that must not fail on another malformed variable
+    (writing a checkpoint's manifest, possibly on the way out after a SIGTERM)."""
+    return _text(environ, ENV_JOB_UID)
+
+
 def parse_trainer_settings(raw: Optional[str]) -> Dict[str, Any]:
     """``VOLT_TRAINER``: a JSON object of snake_case Trainer arguments; empty or unset means none."""
     if raw is None or not raw.strip():
@@ -151,7 +157,7 @@ class JobContract:
             checkpoint_keep_last=_positive_int(environ, ENV_CHECKPOINT_KEEP_LAST),
             metrics_port=_number(environ, ENV_METRICS_PORT, int, "a port in 0..65535", lambda v: 0 <= v <= 65535),
             job_name=_text(environ, ENV_JOB_NAME),
-            job_uid=_text(environ, ENV_JOB_UID),
+            job_uid=job_uid(environ),
             resume_any_job=_flag(environ, ENV_RESUME_ANY_JOB),
             attempt=_number(environ, ENV_ATTEMPT, int, "an int >= 0", lambda v: v >= 0),
             rendezvous_timeout_s=_positive_seconds(environ, ENV_RENDEZVOUS_TIMEOUT),
