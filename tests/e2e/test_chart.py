@@ -44,7 +44,8 @@ def test_helm_lint_passes_in_both_rbac_modes(helm: Path) -> None:
 def test_default_render_is_cluster_wide(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     binding = by_kind(docs, "ClusterRoleBinding")[0]
     sa = by_kind(docs, "ServiceAccount")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
@@ -65,6 +66,23 @@ def test_watch_namespace_gives_a_role_and_no_cluster_permission(helm: Path) -> N
     assert binding["subjects"][0]["namespace"] == "volt-system"
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+def test_trainingjob_policy_binds_where_the_operator_watches(helm: Path) -> None:
+    """Deputy limits (tests/e2e/test_trainingjob_policy.py runs them on the API server)."""
+    policy, = by_kind(render(helm), "ValidatingAdmissionPolicy")
+    binding, = by_kind(render(helm), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
+    assert len(policy["spec"]["validations"]) == 4
+    scoped, = by_kind(render(helm, "watchNamespace=team-a"), "ValidatingAdmissionPolicyBinding")
+    assert scoped["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "team-a"}
+    allowed, = by_kind(render(helm, "trainingJobPolicy.allowHostPath=true",
+                              "trainingJobPolicy.allowPrivileged=true"), "ValidatingAdmissionPolicy")
+    assert len(allowed["spec"]["validations"]) == 2
+    off = render(helm, "trainingJobPolicy.enabled=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
 def test_rbac_grants_no_wildcards_and_no_read_of_secrets(helm: Path) -> None:
@@ -145,6 +163,8 @@ def test_chart_crd_is_the_generated_crd() -> None:
     ("metrics.podMonitor.interval=often", "metrics.podMonitor.interval"),
     ("operator.replicas=2", "operator.replicas"),
     ("replicas=1", "replicas"),
+    ("trainingJobPolicy.allowHostPath=yes", "trainingJobPolicy.allowHostPath"),
+    ("trainingJobPolicy.serviceAccountNames={Bad_Name}", "trainingJobPolicy.serviceAccountNames"),
 ])
 def test_values_schema_rejects_bad_values(helm: Path, setting: str, named: str) -> None:
     proc = run_helm(helm, "template", "rel", str(CHART), "--set", setting, check=False)
