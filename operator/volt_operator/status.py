@@ -41,6 +41,10 @@ MAX_BACKOFF_SECONDS = 600
 # has a node that does not report back (NotReady, unreachable, kubelet gone):
 # it is force-deleted so that the gang, whose pods keep their names, can restart.
 STUCK_POD_MARGIN_SECONDS = 30.0
+# A running pod that vanished without its DELETED event seen yet: how long to
+# wait for that event (its exit code says checkpointed, evicted...) before
+# counting it as deleted.
+DELETED_EVENT_GRACE_SECONDS = 10.0
 # Creations the API server refuses (an invalid pod: 400/422) before the job fails.
 MAX_CREATE_REFUSALS = 3
 # A rank that exits with PEER_LOST reports a consequence; give the rank that
@@ -57,6 +61,21 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 CREATED = "Created"
 STALLED = "Stalled"
+PODS_READY = "PodsReady"
+
+# Waiting reasons that say the gang cannot start by itself (a user or an admin must act),
+# grouped so that a kubelet alternating ErrImagePull and ImagePullBackOff warns once.
+_WAITING_PROBLEMS = {
+    "Unschedulable": "Unschedulable",
+    "ErrImagePull": "ImagePull",
+    "ImagePullBackOff": "ImagePull",
+    "InvalidImageName": "ImagePull",
+    "ErrImageNeverPull": "ImagePull",
+    "CreateContainerConfigError": "ContainerConfig",
+    "CreateContainerError": "ContainerConfig",
+    "RunContainerError": "ContainerConfig",
+    "CrashLoopBackOff": "CrashLoop",
+}
 
 
 @dataclass(frozen=True)
@@ -266,6 +285,7 @@ def _restart(
     st.restarts += 1
     st.attempt += 1
     st.phase = "Restarting"
+    st.pods_missing_since = None
     st.backoff_until = format_time(now + timedelta(seconds=delay)) if delay else None
     budget = (
         f"{st.restarts_counted}/{policy.max_restarts} of the budget"
@@ -275,6 +295,8 @@ def _restart(
     message = f"gang restart {st.restarts} (attempt {st.attempt}, {budget}): {verdict.message}"
     set_condition(st, RESTARTING, True, verdict.reason, message, now)
     set_condition(st, RUNNING, False, "Restarting", message, now)
+    if condition(st, PODS_READY) is not None:
+        set_condition(st, PODS_READY, False, "Restarting", message, now)
     plan.emit("Warning", "GangRestart", message)
     plan.restart_reason = verdict.reason
     plan.delete_pods = _deletable(pods)
@@ -346,6 +368,26 @@ def _describe_waiting(pods: List[PodView]) -> str:
     return "; ".join(parts)
 
 
+def waiting_problem(reason: str) -> Optional[str]:
+    """The kind of trouble a pod's waiting reason names (None: it is merely starting)."""
+    return _WAITING_PROBLEMS.get(reason)
+
+
+def _pods_not_ready(st: TrainingJobStatus, waiting: List[PodView], plan: Plan, now: datetime) -> None:
+    """Condition PodsReady=False with the pods' own reasons; a Warning event when a new kind of
+    trouble appears (not on every reconcile: the condition remembers the last kind)."""
+    troubled = [p for p in waiting if waiting_problem(p.waiting_reason)]
+    first = (troubled or waiting)[0]
+    reason = first.waiting_reason or "PodsStarting"
+    message = _describe_waiting(troubled or waiting)[:4000]
+    old = condition(st, PODS_READY)
+    old_problem = waiting_problem(old.reason) if old is not None and old.status == "False" else None
+    set_condition(st, PODS_READY, False, reason, message, now)
+    problem = waiting_problem(reason)
+    if problem is not None and problem != old_problem:
+        plan.emit("Warning", reason, f"the gang cannot start: {message}")
+
+
 def _stalled(
     spec: TrainingJobSpec, st: TrainingJobStatus, live: List[PodView], n: int, now: datetime,
     plan: Plan,
@@ -394,6 +436,23 @@ def _stalled(
         f"the gang did not start within failurePolicy.stallTimeoutSeconds={timeout}s; "
         f"not ready: {_describe_waiting(waiting)}",
     )
+
+
+def _awaiting_deleted_event(
+    st: TrainingJobStatus, missing: List[PodView], now: datetime
+) -> bool:
+    """A pod of the running gang is gone from the API without a last state seen
+    (its DELETED event, which carries its exit code and disruption, may still be
+    on its way): wait up to DELETED_EVENT_GRACE_SECONDS from when it was first
+    seen missing (kept in the status, so a restarted operator waits no longer)."""
+    if not missing:
+        st.pods_missing_since = None
+        return False
+    since = parse_time(st.pods_missing_since)
+    if since is None:
+        st.pods_missing_since = format_time(now)
+        return True
+    return (now - since).total_seconds() < DELETED_EVENT_GRACE_SECONDS
 
 
 def _await_root_cause(verdict: failures.Verdict, live: List[PodView], now: datetime) -> bool:
@@ -477,7 +536,11 @@ def decide(
     failed = [p for p in live if p.failed]
     failed += [p for p in gone if p.failed or (st.phase == "Running" and not p.succeeded)]
     if st.phase == "Running":
-        failed += _missing_after_start(live + gone, n, st.attempt, meta.name)
+        missing = _missing_after_start(live + gone, n, st.attempt, meta.name)
+        if _awaiting_deleted_event(st, missing, now):
+            plan.requeue(1.0)
+            return plan
+        failed += missing
     if st.phase == "Running":
         if _awaiting_deleted_pod(spec, live, now):
             plan.requeue(1.0)
@@ -556,12 +619,14 @@ def decide(
         # Say why the gang is not up yet: the scheduler's or the kubelet's reason.
         set_condition(st, RUNNING, False, "PodsPending",
                       f"waiting for {_describe_waiting(waiting)}"[:4000], now)
+        _pods_not_ready(st, waiting, plan, now)
 
     if st.nodes.ready == n and st.phase != "Running":
         plan.became_running = True
         st.phase = "Running"
         message = f"all {n} node(s) running (attempt {st.attempt})"
         set_condition(st, RUNNING, True, "AllNodesReady", message, now)
+        set_condition(st, PODS_READY, True, "AllNodesReady", message, now)
         if condition(st, RESTARTING) is not None:
             set_condition(st, RESTARTING, False, "AllNodesReady", message, now)
         stalled = condition(st, STALLED)

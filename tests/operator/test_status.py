@@ -60,6 +60,7 @@ def pod(
     waiting: Optional[str] = None,
     deletion_grace: Optional[int] = None,
     message: str = "",
+    unschedulable: Optional[str] = None,
 ) -> Any:
     """A pod as the API returns it, built by the real builder then given a status."""
     body = build_pod(JOB, spec(), rank, attempt, "auto")
@@ -70,6 +71,9 @@ def pod(
             "reason": waiting, "message": f"{waiting} for volt-trainer:1"}}}]
     if phase == "Running":
         status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
+    if unschedulable:
+        status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": unschedulable})
     if exit_code is not None:
         term = {"exitCode": exit_code,
                 "reason": reason or ("Completed" if exit_code == 0 else "Error"),
@@ -715,3 +719,54 @@ def test_last_update_is_the_time_of_the_last_step() -> None:
     assert training.last_update == format_time(step_time) == training.last_step_time
     older, _ = progress.to_status({"step": 7}, NOW)
     assert older.last_update == format_time(NOW) and older.last_step_time is None
+
+
+GPU_SHORTAGE = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+
+
+def waiting_pod(rank: int, why: str) -> Any:
+    if why == "Unschedulable":
+        return pod(rank, phase="Pending", unschedulable=GPU_SHORTAGE)
+    return pod(rank, phase="Pending", waiting=why)
+
+
+@pytest.mark.parametrize("why, reason, in_message, warning", [
+    ("Unschedulable", "Unschedulable", "mnist-node-1 (Unschedulable: " + GPU_SHORTAGE + ")", True),
+    ("ImagePullBackOff", "ImagePullBackOff", "mnist-node-1 (ImagePullBackOff: ImagePullBackOff for volt-trainer:1)",
+     True),
+    ("ErrImagePull", "ErrImagePull", "mnist-node-1 (ErrImagePull", True),
+    ("CreateContainerConfigError", "CreateContainerConfigError", "mnist-node-1 (CreateContainerConfigError", True),
+    ("ContainerCreating", "ContainerCreating", "mnist-node-1 (ContainerCreating", False),
+])
+def test_why_the_gang_is_not_ready_is_a_condition_and_a_warning(why: str, reason: str, in_message: str,
+                                                                warning: bool) -> None:
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Pending"), [pod(0), waiting_pod(1, why)], True, NOW)
+    ready = next(c for c in plan.status.conditions if c.type == "PodsReady")
+    assert (ready.status, ready.reason) == ("False", reason)
+    assert in_message in ready.message and "mnist-node-0" not in ready.message
+    warnings = [e for e in plan.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == ([reason] if warning else [])
+    if warning:
+        assert in_message in warnings[0].message
+
+
+def test_a_trouble_is_not_warned_again_until_it_changes_and_ready_clears_it() -> None:
+    def look(status: TrainingJobStatus, *pods: Any) -> Any:
+        return decide(spec(), JobMeta("mnist"), status, list(pods), True, NOW)
+
+    first = look(st(phase="Pending"), pod(0), waiting_pod(1, "ErrImagePull"))
+    assert [e.reason for e in first.events] == ["ErrImagePull"]
+    # The same trouble on the next reconciles, or the kubelet's back-off spelling of it: no new event.
+    again = look(first.status, pod(0), waiting_pod(1, "ErrImagePull"))
+    backoff = look(again.status, pod(0), waiting_pod(1, "ImagePullBackOff"))
+    assert again.events == [] and backoff.events == []
+    assert next(c for c in backoff.status.conditions if c.type == "PodsReady").reason == "ImagePullBackOff"
+    # Another trouble is news.
+    unschedulable = look(backoff.status, waiting_pod(0, "Unschedulable"), waiting_pod(1, "ImagePullBackOff"))
+    assert [e.reason for e in unschedulable.events] == ["Unschedulable"]
+    ready = next(c for c in unschedulable.status.conditions if c.type == "PodsReady")
+    assert "mnist-node-0 (Unschedulable" in ready.message and "mnist-node-1 (ImagePullBackOff" in ready.message
+    # Every pod ready: the condition turns True and the job runs.
+    running_plan = look(unschedulable.status, pod(0), pod(1))
+    ready = next(c for c in running_plan.status.conditions if c.type == "PodsReady")
+    assert running_plan.status.phase == "Running" and (ready.status, ready.reason) == ("True", "AllNodesReady")
