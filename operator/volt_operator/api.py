@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -1359,6 +1360,23 @@ class TrainingJob(_Model):
     metadata: Dict[str, Any] = Field(default_factory=dict)
     spec: TrainingJobSpec
     status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
+
+
+def describe_invalid_spec(exc: ValidationError) -> str:
+    """A spec's validation errors for status and events: each names its field and
+    says what is wrong, never echoing the value (an env value may be a secret).
+
+    pydantic's own messages never contain the input; volt's validators (value
+    errors) name fields and quote only settings such as devices or precision."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(p) for p in error["loc"] if p != "__root__")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "value_error" or not field:
+            parts.append(message)
+        else:
+            parts.append(f"spec.{field}: {message}")
+    return "; ".join(parts)
 
 
 def parse_time(value: Optional[str]) -> Optional[datetime]:

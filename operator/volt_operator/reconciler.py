@@ -24,6 +24,7 @@ from .api import (
     TERMINAL_PHASES,
     TrainingJobSpec,
     TrainingJobStatus,
+    describe_invalid_spec,
     format_time,
     parse_time,
 )
@@ -265,7 +266,7 @@ class Reconciler:
             return None
         meta = job["metadata"]
         st = current.model_copy(deep=True)
-        message = f"invalid spec: {exc}"[:4000]
+        message = f"invalid spec: {describe_invalid_spec(exc)}"[:4000]
         st.phase = "Failed"
         st.completion_time = format_time(now)
         st.observed_generation = meta.get("generation")

@@ -63,3 +63,28 @@ def test_an_override_that_breaks_restricted_is_refused_by_pod_security(
     cond = wait_until("Created=False", create_failed, 90)
     assert "allowPrivilegeEscalation" in cond["message"], cond
     assert not _node_pods(kube, namespace)
+
+
+def test_a_refused_pod_leaves_no_env_value_in_status_or_events(
+        operator: OperatorProcess, namespace: str, repo_root: Any) -> None:
+    """The API server refuses every pod (runAsUser -1); the job fails with its message,
+    which names the field. The job's env value appears in no status or event."""
+    kube = operator.kube
+    secret = "hunter2-AKIAIOSFODNN7EXAMPLE"
+    docs = list(yaml.safe_load_all((repo_root / EXAMPLE).read_text()))
+    for doc in docs:
+        if doc["kind"] == "TrainingJob":
+            doc["spec"]["env"] = [{"name": "API_TOKEN", "value": secret}]
+            doc["spec"]["template"] = {"securityContext": {"runAsUser": -1}}
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def failed() -> Any:
+        return job_status(kube, namespace, "synthetic").get("phase") == "Failed"
+
+    wait_until("phase Failed", failed, 120)
+    status = job_status(kube, namespace, "synthetic")
+    assert "runAsUser" in str(status["conditions"])
+    events = get_json(kube, "-n", namespace, "events")["items"]
+    assert any(e["reason"] == "CreateFailed" for e in events)
+    assert secret not in str(status)
+    assert not [e["message"] for e in events if secret in str(e)]
