@@ -5,6 +5,7 @@ peers see their gloo connections close and exit PEER_LOST at once) and waits S
 seconds. Its peers' "peer lost" report then reaches the store before its own
 failure: the race a slow interpreter shutdown causes, made deterministic.
 FAIL_KEY_ERROR=1: the failing rank looks up a missing key instead (KeyError: 'label').
+FAIL_ATTEMPT=A: fail only in the TrainingJob's attempt A (VOLT_ATTEMPT), so the next one trains.
 """
 import os
 import socket
@@ -30,8 +31,10 @@ def shut_down_sockets() -> None:
 
 class Faulty(synthetic.RegressionModel):
     def training_step(self, batch, batch_idx):
-        if self.trainer.global_rank == int(os.environ["FAIL_RANK"]) and self.trainer.global_step == int(
-            os.environ["FAIL_STEP"]
+        attempt = os.environ.get("VOLT_ATTEMPT")
+        this_attempt = os.environ.get("FAIL_ATTEMPT", attempt) == attempt
+        if this_attempt and self.trainer.global_rank == int(os.environ["FAIL_RANK"]) and (
+            self.trainer.global_step == int(os.environ["FAIL_STEP"])
         ):
             close_first = float(os.environ.get("FAIL_CLOSE_FIRST_S", "0"))
             if close_first:
