@@ -1312,6 +1312,19 @@ class TrainingProgress(_Model):
     last_step_time: Optional[str] = Field(
         None, description="Time of rank 0's last optimizer step, as the engine reports it."
     )
+    steps_per_second: Optional[float] = Field(
+        None, description="Optimizer steps per second between the last two progress reads that saw new steps."
+    )
+    samples_per_second: Optional[float] = Field(
+        None, description="Training samples per second over the whole gang, as the engine measures it."
+    )
+    remaining_seconds: Optional[int] = Field(
+        None,
+        description="Estimated seconds to the end of training: the steps left (from maxSteps, else from "
+        "progress and maxEpochs) at stepsPerSecond.",
+    )
+    eta: Optional[str] = Field(None, description="remainingSeconds as a duration (e.g. 1h05m), for kubectl get.")
+    percent: Optional[str] = Field(None, description="progress as a percentage (e.g. 42%), for kubectl get.")
 
 
 class CheckpointStatus(_Model):
@@ -1343,6 +1356,11 @@ class TrainingJobStatus(_Model):
         "existed in full; the job fails after a few.",
     )
     backoff_until: Optional[str] = None
+    pods_missing_since: Optional[str] = Field(
+        None,
+        description="When a pod of the running gang was first seen gone without its last "
+        "state; its exit code is awaited a few seconds before it counts as deleted.",
+    )
     last_failure: Optional[FailureInfo] = None
     start_time: Optional[str] = None
     completion_time: Optional[str] = None

@@ -62,6 +62,7 @@ FAILED = "Failed"
 CREATED = "Created"
 STALLED = "Stalled"
 PODS_READY = "PodsReady"
+PROGRESS_POLLED = "ProgressPolled"  # set by the reconciler, which reads rank 0's /progress
 
 # Waiting reasons that say the gang cannot start by itself (a user or an admin must act),
 # grouped so that a kubelet alternating ErrImagePull and ImagePullBackOff warns once.
@@ -246,6 +247,7 @@ def _finish(
     st.phase = phase
     st.completion_time = format_time(now)
     st.backoff_until = None
+    st.pods_missing_since = None
     ok = phase == "Succeeded"
     set_condition(st, SUCCEEDED if ok else FAILED, True, reason, message, now)
     set_condition(st, RUNNING, False, reason, message, now)

@@ -212,9 +212,19 @@ CASES: Dict[str, Case] = {
         "Restarting", delete=["mnist-node-0", "mnist-node-1"],
         attempt=10, restarts=10, counted=2, events=["GangRestart"],
     ),
-    "pod deleted while running -> gang restart": Case(
-        st(phase="Running"), running(0), "Restarting", delete=["mnist-node-0"],
+    "pod gone while running, its DELETED event not seen yet: wait for it": Case(
+        st(phase="Running"), running(0), "Running",
+    ),
+    "pod gone while running and no DELETED event came -> gang restart": Case(
+        st(phase="Running", podsMissingSince=format_time(NOW - timedelta(seconds=10))),
+        running(0), "Restarting", delete=["mnist-node-0"],
         attempt=1, restarts=1, counted=1, events=["GangRestart"],
+    ),
+    "pod gone, then its DELETED event says it checkpointed -> free restart": Case(
+        st(phase="Running", podsMissingSince=format_time(NOW - timedelta(seconds=3))),
+        [pod(0), pod(1, phase="Failed", exit_code=75, gone=True)],
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
+        events=["GangRestart"], failed_rank=1,
     ),
     "pod seen in its DELETED event with exit 75 -> free restart": Case(
         st(phase="Running"), [pod(0), pod(1, phase="Failed", exit_code=75, gone=True)],
@@ -770,3 +780,18 @@ def test_a_trouble_is_not_warned_again_until_it_changes_and_ready_clears_it() ->
     running_plan = look(unschedulable.status, pod(0), pod(1))
     ready = next(c for c in running_plan.status.conditions if c.type == "PodsReady")
     assert running_plan.status.phase == "Running" and (ready.status, ready.reason) == ("True", "AllNodesReady")
+
+
+def test_a_missing_pod_is_awaited_from_when_it_was_first_seen_missing() -> None:
+    first = decide(spec(), JobMeta("mnist"), st(phase="Running"), running(0), True, NOW)
+    assert first.status.phase == "Running"
+    assert first.status.pods_missing_since == format_time(NOW)
+    later = decide(spec(), JobMeta("mnist"), first.status, running(0), True,
+                   NOW + timedelta(seconds=5))
+    assert later.status.phase == "Running"  # still within the grace
+    last = decide(spec(), JobMeta("mnist"), later.status, running(0), True,
+                  NOW + timedelta(seconds=11))
+    assert last.status.phase == "Restarting"
+    assert last.status.last_failure is not None
+    assert last.status.last_failure.reason == "PodDeleted"
+    assert last.status.pods_missing_since is None
