@@ -6,8 +6,10 @@ volume, a gang restart that resumes from the checkpoint, and a user error.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -18,6 +20,7 @@ import yaml
 from operator_process import (
     OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
 )
+from volt_operator.testing.cluster import kube_bin_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -48,6 +51,33 @@ def watch_table(kube: Any, namespace: str, name: str, until: Tuple[str, ...],
                 return rows
         time.sleep(1.0)
     raise AssertionError(f"{name} did not reach {until} in {timeout:.0f}s; rows: {rows[-5:]}")
+
+
+@contextlib.contextmanager
+def recorded_history(kube: Any, namespace: str, name: str, path: Path) -> Iterator[List[Dict[str, Any]]]:
+    """Every version of TrainingJob ``name`` the API server sends a watch while the block runs.
+
+    Unlike polling `kubectl get`, the watch misses no status write, however fast
+    the job or slow the machine. The list is filled when the block ends.
+    """
+    history: List[Dict[str, Any]] = []
+    with open(path, "wb") as out:
+        watch = subprocess.Popen(
+            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "trainingjob", name,
+             "-n", namespace, "--watch", "-o", "json"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield history
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    text, decoder, at = path.read_text(), json.JSONDecoder(), 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        obj, at = decoder.raw_decode(text, at)
+        history.append(obj)
 
 
 def _events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
@@ -92,21 +122,27 @@ def _volume_dir(kube: Any, namespace: str, claim: str) -> Path:
 
 @pytest.mark.timeout(600)
 def test_example_trains_to_success(operator: OperatorProcess, namespace: str,
-                                   explain: List[str]) -> None:
+                                   explain: List[str], tmp_path: Path) -> None:
     kube = operator.kube
     explain.append("synthetic")
-    kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-    rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 480)
-    status = job_status(kube, namespace, "synthetic")
+    pvc, job = example()
+    # 128 steps of >= 0.1 s: the run lasts several of the operator's 2 s progress polls
+    # on any machine, so the status must show the step moving while Running.
+    job["spec"]["args"] = [*job["spec"]["args"], "--step-delay", "0.1"]
+    apply(kube, namespace, pvc, job)
+    with recorded_history(kube, namespace, "synthetic", tmp_path / "watch.json") as history:
+        rows = watch_table(kube, namespace, "synthetic", ("Succeeded", "Failed"), 480)
+        status = job_status(kube, namespace, "synthetic")
     assert status["phase"] == "Succeeded", (status, rows[-3:])
 
-    # While it ran, `kubectl get tj` showed Running with the step moving.
-    running = [r for r in rows if r["PHASE"] == "Running"]
-    assert running, rows
-    steps = {int(r["STEP"]) for r in running if r["STEP"].isdigit()}
-    assert len(steps) >= 2, f"STEP never moved while Running: {running}"
-    assert any(r["EPOCH"].isdigit() for r in running) and any(r["LOSS"] for r in running)
-    assert any(r["NODES"] == "2/2" for r in running)
+    # While it ran, the status (what `kubectl get tj` shows) was Running with the step moving.
+    running = [h["status"] for h in history if (h.get("status") or {}).get("phase") == "Running"]
+    assert running, [h.get("status") for h in history]
+    training = [st.get("training") or {} for st in running]
+    steps = {t["step"] for t in training if isinstance(t.get("step"), int)}
+    assert len(steps) >= 2, f"the step never moved while Running: {training}"
+    assert any(isinstance(t.get("epoch"), int) for t in training) and any(t.get("loss") for t in training)
+    assert any(st.get("readyNodes") == "2/2" for st in running), running
     assert status["training"]["step"] > 0 and status["restarts"] == 0
     assert status["completionTime"] and status["startTime"]
 
@@ -125,7 +161,8 @@ def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess, n
                                                    explain: List[str]) -> None:
     kube = operator.kube
     explain.append("synthetic")
-    pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
+    # >= 0.05 s per step, 384 steps: the run outlasts the wait for its first checkpoints on any machine.
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.05"],
                        failurePolicy={"maxRestarts": 2, "backoffSeconds": 1},
                        cleanPodPolicy="None")  # keep every pod's logs for the diagnosis
     job["spec"]["trainer"]["maxEpochs"] = 3
