@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import sys
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -202,10 +204,73 @@ def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
         ) from err
 
 
-def _destroy_process_group() -> None:
+#: torch's names for the threads that run gloo collectives (``ProcessGroupGloo::runLoop``).
+_COLLECTIVE_THREADS = frozenset({"pt_gloo_runloop"})
+#: Checks in a row, ``_QUIET_INTERVAL_S`` apart, that find every such thread asleep.
+_QUIET_CHECKS = 3
+_QUIET_INTERVAL_S = 0.02
+_QUIET_TIMEOUT_S = 10.0
+
+
+def _collective_thread_states(task_dir: str = "/proc/self/task") -> List[str]:
+    """The scheduler state (``R``, ``S``, ``D`` ...) of each gloo collective thread of this process."""
+    states = []
+    try:
+        tids = os.listdir(task_dir)
+    except OSError:  # not Linux: nothing to look at
+        return states
+    for tid in tids:
+        try:
+            with open(os.path.join(task_dir, tid, "comm")) as handle:
+                if handle.read().strip() not in _COLLECTIVE_THREADS:
+                    continue
+            with open(os.path.join(task_dir, tid, "stat")) as handle:
+                stat = handle.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        states.append(stat[stat.rindex(")") + 2])
+    return states
+
+
+def _wait_for_collective_threads_to_settle(timeout_s: float = _QUIET_TIMEOUT_S) -> bool:
+    """Sleep (releasing the GIL) until every gloo collective thread is idle; False on timeout.
+
+    A gloo worker thread drops its reference to a finished collective after the
+    caller has seen it complete. The last reference frees Python objects that the
+    collective captured (autograd's backward stashes a ``contextvars.Context`` in
+    the thread state every collective copies), which needs the GIL. If the
+    interpreter is already finalizing, taking the GIL ends that thread with
+    ``pthread_exit`` inside a C++ destructor, and the process aborts
+    ("terminate called without an active exception", exit 134) after a
+    successful run. Under CPU load the worker can lag by a long time, so wait
+    here, while the interpreter is fully alive: a thread waiting for the GIL
+    gets it while we sleep, and an idle worker sleeps on its queue.
+    """
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < _QUIET_CHECKS:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_QUIET_INTERVAL_S)
+        quiet = quiet + 1 if all(state == "S" for state in _collective_thread_states()) else 0
+    return True
+
+
+def _shutdown_distributed() -> None:
+    """At exit, before the interpreter finalizes: destroy every process group and let collective threads settle.
+
+    Destroying a group joins its worker threads once nothing references it any
+    more (``gc.collect`` drops cycles that still do). The group a
+    DistributedDataParallel model used stays referenced inside torch (its
+    threads live until the process ends), so the settle wait covers it.
+    """
     if dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+    gc.collect()
+    if not _wait_for_collective_threads_to_settle():
+        log.warning("collective threads still busy %.0f s after the end of the run; exiting anyway",
+                    _QUIET_TIMEOUT_S)
 
 
 def _is_peer_failure(error: BaseException) -> bool:
@@ -231,6 +296,24 @@ def _install_peer_failure_excepthook() -> None:
             os._exit(exit_codes.PEER_LOST)
 
     sys.excepthook = hook
+
+
+def _pin_gradient_buckets(model: nn.parallel.DistributedDataParallel) -> None:
+    """Fix the gradient buckets now, so every iteration of every run (resumed or not) reduces the same way.
+
+    DDP rebuilds its buckets once, after the first backward of a process, in the
+    order the gradients became ready. A resumed run's first iteration therefore
+    reduced in the constructor's layout where the uninterrupted run used the
+    rebuilt one. With more than two ranks, gloo's ring adds an element's
+    contributions in an order that depends on where the element sits in its
+    bucket, so the two runs' weights drifted apart in the last bits. Rebuilding
+    here (parameter order; a broadcast of the layout from rank 0, once) leaves
+    nothing to rebuild later. With two ranks every element is ``a + b`` in any
+    layout, so DDP's own order is kept.
+    """
+    reducer = model.reducer
+    reducer._push_all_rebuilt_params()
+    reducer._rebuild_buckets()
 
 
 class DDPStrategy(Strategy):
@@ -380,7 +463,7 @@ class DDPStrategy(Strategy):
         if self._accelerator == "cuda":
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
-            atexit.register(_destroy_process_group)
+            atexit.register(_shutdown_distributed)
             os.environ.setdefault("MASTER_ADDR", cluster.master_addr)
             os.environ.setdefault("MASTER_PORT", str(cluster.master_port))
             kwargs: Dict[str, Any] = {}
@@ -416,6 +499,8 @@ class DDPStrategy(Strategy):
         self._model = nn.parallel.DistributedDataParallel(
             _StepDispatch(module), device_ids=device_ids, **self._ddp_kwargs
         )
+        if self.process_group_backend == "gloo" and self.world_size > 2:
+            _pin_gradient_buckets(self._model)
 
     def teardown(self) -> None:
         # The process group outlives one fit(): fit() then test() in the same script
