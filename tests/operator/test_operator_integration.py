@@ -445,7 +445,7 @@ def test_evictions_restart_for_free_within_their_own_budget(operator: OperatorPr
     _evict(kube, namespace, "drained-node-1")
     wait_until("attempt 1 Running", lambda: _attempt_running(kube, namespace, "drained", 1), 120)
     status = job_status(kube, namespace, "drained")
-    assert (status["restarts"], status["restartsCounted"]) == (1, 0)
+    assert (status["restarts"], status["restartsCounted"]) == (1, 0), status["lastFailure"]
     assert status["lastFailure"]["reason"] == "Evicted"
     assert status["lastFailure"]["pod"] == "drained-node-1"
     _evict(kube, namespace, "drained-node-0")
