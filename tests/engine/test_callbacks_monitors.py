@@ -220,7 +220,7 @@ def test_throughput_train_metrics_on_a_rolling_window(tmp_path):
         assert row["train/device/flops_per_sec"] == pytest.approx(2000 / span)  # the first update's FLOPs excluded
         assert "train/batches_per_sec" not in row and "train/device/mfu" not in row  # one process, CPU
     assert trainer.logged_metrics["train/batches"].item() == 8
-    assert not trainer._train_outputs_needed  # the loop need not detach step outputs for it
+    assert not trainer.run_state.train_outputs_needed  # the loop need not detach step outputs for it
 
 
 def test_throughput_counts_optimizer_steps_and_separator(tmp_path):

@@ -126,7 +126,7 @@ def test_simple_and_general_batch_paths_train_identically(tmp_path: Any, precisi
         trainer.fit(model, loader(64, shuffle=True))
         results.append((trainer, model, recorder))
     (simple, m1, r1), (general, m2, r2) = results
-    assert simple._hot.simple and not general._hot.simple
+    assert simple.run_state.hot.simple and not general.run_state.hot.simple
     assert simple.global_step == general.global_step == 16
     assert r1.seen == r2.seen and len(r1.seen) == 16
     for p1, p2 in zip(m1.parameters(), m2.parameters()):
@@ -146,5 +146,5 @@ class SwitchesAccumulation(volt.Callback):
 def test_a_callback_changing_accumulation_between_epochs_leaves_the_simple_path(tmp_path: Any) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[SwitchesAccumulation()])
     trainer.fit(TinyModel(), loader(64))  # 8 batches: 8 steps, then 2
-    assert trainer._hot.simple
+    assert trainer.run_state.hot.simple
     assert trainer.global_step == 8 + 2

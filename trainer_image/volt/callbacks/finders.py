@@ -236,7 +236,7 @@ def _rebuild_train_loader(trainer: "Trainer") -> None:
     if trainer.state.stage != "train":
         # fit loads the train loader after the sanity check (validation loaders right after
         # on_fit_start); one loaded early (estimated_stepping_batches) is loaded again.
-        trainer._train_loader_loaded = False
+        trainer.run_state.train_loader_loaded = False
         return
     from volt.trainer.fit_loop import _load_train_dataloader
 

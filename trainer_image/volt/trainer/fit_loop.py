@@ -71,6 +71,7 @@ from volt.strategies.single import SingleDeviceStrategy
 from volt.trainer.eval_loop import resolve_transfer_hooks, run_validation_in_fit, transfer_batch
 from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
 from volt.trainer.profiling import ProfiledBatches, action
+from volt.trainer.run_state import HotPath, RunState
 from volt.trainer.stage import setup_stage, teardown_stage
 from volt.utilities import move_data_to_device
 
@@ -86,7 +87,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     if not trainer._module_overrides("training_step"):
         raise ValueError(f"{type(module).__name__} has no training_step(); define training_step(self, batch, batch_idx) to fit")
     checkpoint = setup_stage(trainer, "fit", ckpt_path)
-    trainer._train_loader_loaded = False  # estimated_stepping_batches may load it early
+    trainer.run_state.train_loader_loaded = False  # estimated_stepping_batches may load it early
     _setup_optimizers(trainer, module)
     trainer._call_hook("on_fit_start")
     _log_hyperparams(trainer)
@@ -104,7 +105,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     if trainer.num_sanity_val_steps and checkpoint is None:
         _run_sanity_check(trainer)
 
-    if not trainer._train_loader_loaded:
+    if not trainer.run_state.train_loader_loaded:
         _load_train_dataloader(trainer)
     trainer.state.stage = "train"
     module.train()
@@ -130,6 +131,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
 # setup
 # --------------------------------------------------------------------------------------------
 def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
+    run: RunState = trainer.run_state
     trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
         trainer._call_module("configure_optimizers", always=True)
     )
@@ -138,9 +140,9 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
         raise ValueError("configure_optimizers() returned None: automatic optimization needs an optimizer")
     multi = len(trainer.optimizers) > 1
     params = inspect.signature(module.training_step).parameters
-    trainer._step_takes_optimizer_idx = "optimizer_idx" in params
-    trainer._step_takes_hiddens = "hiddens" in params
-    if module.automatic_optimization and multi and not trainer._step_takes_optimizer_idx:
+    run.step_takes_optimizer_idx = "optimizer_idx" in params
+    run.step_takes_hiddens = "hiddens" in params
+    if module.automatic_optimization and multi and not run.step_takes_optimizer_idx:
         raise ValueError(
             f"configure_optimizers() returned {len(trainer.optimizers)} optimizers: use manual optimization "
             "(self.automatic_optimization = False) or the 1.x form training_step(self, batch, batch_idx, optimizer_idx)"
@@ -155,17 +157,17 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
             "Trainer(accumulate_grad_batches=...) does not apply under manual optimization: accumulate in training_step"
         )
     step_params = inspect.signature(module.optimizer_step).parameters
-    trainer._legacy_optimizer_step = "optimizer_idx" in step_params
-    trainer._collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
+    run.legacy_optimizer_step = "optimizer_idx" in step_params
+    run.collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
         _takes_outputs(cb) for cb in trainer._callbacks_for("on_train_epoch_end")
     )
-    trainer._silent = frozenset(
+    run.silent = frozenset(
         h for h in _PER_STEP_HOOKS if not trainer._callbacks_for(h) and not trainer._module_overrides(h)
     )
     # Detaching step outputs costs a dict per step: do it only when a hook will read them
     # (built-in callbacks that never do are marked with callbacks.base.ignores_outputs).
-    trainer._train_outputs_needed = bool(
-        trainer._collect_train_outputs
+    run.train_outputs_needed = bool(
+        run.collect_train_outputs
         or any(not getattr(cb.on_train_batch_end, "_volt_ignores_outputs", False)
                for cb in trainer._callbacks_for("on_train_batch_end"))
         or trainer._module_overrides("on_train_batch_end")
@@ -176,25 +178,14 @@ _PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_batch_end",
                    "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
-class _HotPath:
-    """Per-batch decisions that cannot change during a run, made once before the first batch.
-
-    The batch loop reads these flags instead of calling the hook-dispatch helpers each step;
-    each flag is exactly the test the loop would otherwise repeat per batch.
-    """
-
-    __slots__ = ("plain_transfer", "device", "batch_start", "plain_auto", "step_end", "zero_grad_hook",
-                 "legacy_step", "optimizer_step_hook", "clip_hook", "plain_backward", "closure", "simple",
-                 "optimizer", "autocast", "step_context", "batch_end_callbacks", "batch_end_module", "batch_end_1x")
-
-
 def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     from volt.precision import _TRUE_DTYPES, Precision
 
+    run: RunState = trainer.run_state
     overrides = trainer._module_overrides
-    silent = trainer._silent
+    silent = run.silent
     plugin = trainer.precision_plugin
-    hot = _HotPath()
+    hot = HotPath()
     hot.device = trainer.strategy.root_device
     # transfer_batch with no transfer hooks and no input cast is move_data_to_device
     hot.plain_transfer = (not resolve_transfer_hooks(trainer) and type(plugin).convert_input is Precision.convert_input
@@ -204,7 +195,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     hot.plain_auto = type(module).automatic_optimization is LightningModule.automatic_optimization
     hot.step_end = overrides("training_step_end")
     hot.zero_grad_hook = overrides("optimizer_zero_grad")
-    hot.legacy_step = trainer._legacy_optimizer_step
+    hot.legacy_step = run.legacy_optimizer_step
     hot.optimizer_step_hook = overrides("optimizer_step")
     hot.clip_hook = overrides("configure_gradient_clipping")
     # Trainer._run_backward with nothing to call but loss.backward()
@@ -213,14 +204,14 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     if trainer._profiling:  # every step goes through the (profiled) dispatch, as Lightning records it
         hot.plain_backward, hot.optimizer_step_hook = False, True
     hot.closure = _TrainingClosure(trainer, hot)
-    trainer._direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
+    run.direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
     # _run_simple_batch: the whole batch in one frame when every hook and option in the way is
     # unused (the typical config). Each condition is a branch of the general path it skips.
     opts = trainer.optimizers
     hot.simple = bool(
-        not trainer._profiling and trainer._direct_training_step and hot.plain_auto
+        not trainer._profiling and run.direct_training_step and hot.plain_auto
         and len(opts) == 1 and not isinstance(opts[0], torch.optim.LBFGS)
-        and not trainer._step_takes_optimizer_idx and not trainer._step_takes_hiddens
+        and not run.step_takes_optimizer_idx and not run.step_takes_hiddens
         and not (module.truncated_bptt_steps or 0)
         and not (hot.batch_start or hot.step_end or hot.zero_grad_hook or hot.optimizer_step_hook or hot.clip_hook)
         and hot.plain_backward  # no backward hooks, no backward override, no loss scaler
@@ -237,13 +228,13 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     hot.batch_end_1x = "on_batch_end" not in silent
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
-    trainer._hot = hot
+    run.hot = hot
 
 
 def _simple_this_epoch(trainer: "Trainer") -> bool:
     """hot.simple, and the Trainer attributes a callback may change between epochs still allow it."""
     accumulation = trainer.accumulate_grad_batches
-    return bool(trainer._hot.simple and type(accumulation) is int and accumulation == 1
+    return bool(trainer.run_state.hot.simple and type(accumulation) is int and accumulation == 1
                 and trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.terminate_on_nan)
 
 
@@ -294,8 +285,8 @@ def _load_train_dataloader(trainer: "Trainer") -> None:
         )
     trainer.train_dataloader = loaders[0]
     trainer.num_training_batches = trainer._limited("train", loaders)[0]
-    trainer._train_loader_loaded = True
-    trainer._val_check_batch = _val_check_batch(trainer)
+    trainer.run_state.train_loader_loaded = True
+    trainer.run_state.val_check_batch = _val_check_batch(trainer)
 
 
 def _val_check_batch(trainer: "Trainer") -> float:
@@ -441,7 +432,7 @@ def _should_check_val(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool
     every = trainer.check_val_every_n_epoch
     if every is not None and (trainer.current_epoch + 1) % every != 0:
         return False
-    vcb = trainer._val_check_batch
+    vcb = trainer.run_state.val_check_batch
     if every is None:  # an int interval counted across epochs
         return trainer.progress.batches_that_stepped % int(vcb) == 0 and trainer.progress.batches_that_stepped > 0
     if vcb == INF:
@@ -497,7 +488,8 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
     """
     if not module._automatic_optimization:  # switched off mid-run: the general path knows manual optimization
         return _run_train_batch(trainer, module, batch, batch_idx, is_last, epoch_outputs)
-    hot: _HotPath = trainer._hot
+    run = trainer.run_state
+    hot: HotPath = run.hot  # type: ignore[assignment]
     progress = trainer.progress
     batch = move_data_to_device(batch, hot.device) if hot.plain_transfer else transfer_batch(trainer, batch, 0)
     connector = trainer._logger_connector
@@ -525,7 +517,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
     del loss
     optimizer.step()
     progress.global_step += 1
-    if trainer._train_outputs_needed:
+    if run.train_outputs_needed:
         output = _detached(output)
     progress.batches_that_stepped += 1
     if trainer.lr_scheduler_configs:
@@ -545,7 +537,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
             connector.fx = prev
     if hot.batch_end_1x:
         trainer._call_hook("on_batch_end")
-    if trainer._collect_train_outputs and output is not None:
+    if run.collect_train_outputs and output is not None:
         epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
     n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
     if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
@@ -555,9 +547,10 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
 
 def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
                      epoch_outputs: List[Any]) -> Optional[int]:
-    # Runs once per batch: per-run decisions come from trainer._hot (see _prepare_hot_path).
+    # Runs once per batch: per-run decisions come from trainer.run_state.hot (see _prepare_hot_path).
     progress = trainer.progress
-    hot: _HotPath = trainer._hot
+    run = trainer.run_state
+    hot: HotPath = run.hot  # type: ignore[assignment]
     if hot.plain_transfer:
         batch = move_data_to_device(batch, hot.device)
     else:
@@ -569,7 +562,7 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
             trainer._call_callbacks("on_batch_start")
         if trainer._module_overrides("on_batch_start"):
             trainer._call_module("on_batch_start", batch, always=True)
-    silent = trainer._silent
+    silent = run.silent
     if "on_train_batch_start" not in silent and trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
         return -1
 
@@ -599,7 +592,7 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
         trainer._call_hook("on_train_batch_end", outputs, batch, batch_idx)
     if "on_batch_end" not in silent:
         trainer._call_hook("on_batch_end")
-    if trainer._collect_train_outputs and outputs is not None:
+    if run.collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
     if steps_now:
         # _maybe_flush_logs has work only at these points (it repeats the test)
@@ -617,12 +610,12 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     """Forward, backward and (when the accumulation window closes) step, for each optimizer and split."""
     tbptt = module.truncated_bptt_steps or 0
     splits = module.tbptt_split_batch(batch, tbptt) if tbptt > 0 else (batch,)
-    if trainer._step_takes_optimizer_idx:  # 1.x: training_step(batch, batch_idx, optimizer_idx), each in turn
+    if trainer.run_state.step_takes_optimizer_idx:  # 1.x: training_step(batch, batch_idx, optimizer_idx), each in turn
         opt_indices: Any = range(len(trainer.optimizers))
         toggles = len(trainer.optimizers) > 1
     else:
         opt_indices, toggles = _NO_OPT_IDX, False
-    hot: _HotPath = trainer._hot
+    hot: HotPath = trainer.run_state.hot
     closure = hot.closure
     hiddens: Any = None
     split_outputs: List[Any] = []
@@ -639,14 +632,14 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
             closure.zero_grad = window_start
             closure.output = None
             if steps_now:
-                trainer._auto_stepping = True
+                trainer.run_state.auto_stepping = True
                 try:
                     if hot.optimizer_step_hook:
                         _call_optimizer_step(trainer, module, batch_idx, optimizer, i, closure)
                     else:  # what LightningOptimizer.step -> Trainer._optimizer_step would call
                         optimizer_step(trainer, optimizer._optimizer, closure)
                 finally:
-                    trainer._auto_stepping = False
+                    trainer.run_state.auto_stepping = False
             else:
                 with trainer.strategy.no_backward_sync(should_sync=False):
                     closure()
@@ -654,7 +647,7 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
                 module.untoggle_optimizer(optimizer)
             out = closure.output
             closure.batch = closure.hiddens = closure.output = None  # hold no batch or graph past the step
-            if trainer._train_outputs_needed:
+            if trainer.run_state.train_outputs_needed:
                 out = _detached(out)
             if tbptt and isinstance(out, Mapping) and out.get("hiddens") is not None:
                 hiddens = _detach_hiddens(out["hiddens"])
@@ -667,7 +660,7 @@ def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
 def _call_optimizer_step(trainer: "Trainer", module: LightningModule, batch_idx: int, optimizer: LightningOptimizer,
                          opt_idx: int, closure: Callable[[], Any]) -> None:
     """The module's optimizer_step override (the default is optimizer.step(closure=closure))."""
-    if trainer._legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
+    if trainer.run_state.legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
         trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
                              optimizer_idx=opt_idx, optimizer_closure=closure, always=True)
     else:
@@ -686,7 +679,7 @@ class _TrainingClosure:
     __slots__ = ("trainer", "hot", "batch", "batch_idx", "opt_idx", "hiddens", "optimizer", "accumulation",
                  "zero_grad", "output")
 
-    def __init__(self, trainer: "Trainer", hot: _HotPath) -> None:
+    def __init__(self, trainer: "Trainer", hot: HotPath) -> None:
         self.trainer, self.hot = trainer, hot
         self.batch: Any = None
         self.batch_idx = 0
@@ -700,7 +693,7 @@ class _TrainingClosure:
     def __call__(self) -> Optional[torch.Tensor]:
         trainer, hot = self.trainer, self.hot
         batch_idx, opt_idx = self.batch_idx, self.opt_idx
-        if opt_idx is None and not trainer._step_takes_hiddens:  # _step_args would add nothing
+        if opt_idx is None and not trainer.run_state.step_takes_hiddens:  # _step_args would add nothing
             output = trainer._call_step("training_step", self.batch, batch_idx)
         else:
             output = trainer._call_step("training_step",
@@ -718,7 +711,7 @@ class _TrainingClosure:
         optimizer = self.optimizer
         # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
         if self.zero_grad:
-            if "on_before_zero_grad" not in trainer._silent:
+            if "on_before_zero_grad" not in trainer.run_state.silent:
                 trainer._call_hook("on_before_zero_grad", optimizer)
             if hot.zero_grad_hook:
                 if hot.legacy_step:
@@ -743,7 +736,7 @@ def _step_args(trainer: "Trainer", batch: Any, batch_idx: int, opt_idx: Optional
     args: tuple = (batch, batch_idx)
     if opt_idx is not None:
         args += (opt_idx,)
-    if trainer._step_takes_hiddens and (trainer.lightning_module_ref.truncated_bptt_steps or 0) > 0:
+    if trainer.run_state.step_takes_hiddens and (trainer.lightning_module_ref.truncated_bptt_steps or 0) > 0:
         args += (hiddens,)
     return args
 
@@ -804,9 +797,9 @@ def _to_cpu(outputs: Any) -> Any:
 def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]],
                    **kwargs: Any) -> Any:
     """Closure -> on_before_optimizer_step -> grad norms / clipping (automatic) -> step; counts global_step."""
-    automatic = trainer._auto_stepping
-    if "on_before_optimizer_step" in trainer._silent and (not automatic or (
-            trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer._hot.clip_hook)):
+    automatic = trainer.run_state.auto_stepping
+    if "on_before_optimizer_step" in trainer.run_state.silent and (not automatic or (
+            trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.run_state.hot.clip_hook)):
         before_step: Optional[Callable[[], None]] = None  # it would do nothing: no closure, no call
     else:
         before_step = _before_step(trainer, optimizer, automatic)
@@ -817,7 +810,7 @@ def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure
 
 def _before_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, automatic: bool) -> Callable[[], None]:
     def before_step() -> None:
-        if "on_before_optimizer_step" not in trainer._silent:
+        if "on_before_optimizer_step" not in trainer.run_state.silent:
             trainer._call_hook("on_before_optimizer_step", optimizer)
         if automatic:
             if trainer.track_grad_norm != -1 and _is_log_step(trainer):

@@ -34,6 +34,7 @@ from volt.trainer.data import INF, defines, limited_length, prepare_loaders, sta
 from volt.trainer.logger_connector import LoggerConnector
 from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from volt.trainer.progress import Progress
+from volt.trainer.run_state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -741,7 +742,7 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> float:
         """Optimizer steps the fit will take (for schedulers such as OneCycleLR in configure_optimizers)."""
-        if self.state.fn == TrainerFn.FITTING and not getattr(self, "_train_loader_loaded", True):
+        if self.state.fn == TrainerFn.FITTING and not self.run_state.train_loader_loaded:
             fit_loop._load_train_dataloader(self)  # configure_optimizers runs before the loop loads it
         batches = self.num_training_batches
         if batches == INF:
@@ -973,13 +974,8 @@ class Trainer:
         self._hook_cache = {}
         self._module_hooks: Dict[str, bool] = {}
         self._hook_plan: Dict[str, Any] = {}
-        # Per-step hooks nobody overrides; the loop skips even the dispatch call for them.
-        self._silent: frozenset = frozenset()
         self._transfer_hooks: Optional[List[Any]] = None
-        # Set by the fit loop once per run (fit_loop._prepare_hot_path).
-        self._direct_training_step = False
-        self._hot: Any = None
-        self._auto_stepping = False  # True while the fit loop steps an optimizer (automatic optimization)
+        self.run_state = RunState()  # engine-internal: what the loops decide for this run (trainer/run_state.py)
 
     def _callbacks_for(self, hook: str) -> List[Callback]:
         cbs = self._hook_cache.get(hook)
@@ -1052,7 +1048,7 @@ class Trainer:
         connector = self._logger_connector
         prev, connector.fx = connector.fx, name
         try:
-            if name == "training_step" and self._direct_training_step:  # the strategy would only forward it
+            if name == "training_step" and self.run_state.direct_training_step:  # the strategy would only forward it
                 step = self.lightning_module_ref.training_step  # type: ignore[union-attr]
             else:
                 step = getattr(self.strategy, name)
@@ -1067,7 +1063,7 @@ class Trainer:
     # --- used by LightningModule ---------------------------------------------------------------
     def _run_backward(self, loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer], *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
-        silent = self._silent
+        silent = self.run_state.silent
         if "on_before_backward" not in silent:
             self._call_hook("on_before_backward", loss)
         scaler = self.precision_plugin.scaler
