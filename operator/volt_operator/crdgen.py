@@ -156,8 +156,16 @@ def crd() -> Dict[str, Any]:
         {"name": "Epoch", "type": "integer", "jsonPath": ".status.training.epoch"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.training.step"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.training.loss"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.training.percent"},
+        {"name": "ETA", "type": "string", "jsonPath": ".status.training.eta",
+         "description": "estimated time left"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Checkpoint", "type": "string", "jsonPath": ".status.checkpoint.path", "priority": 1,
+         "description": "the latest checkpoint rank 0 reported"},
+        {"name": "Reason", "type": "string", "priority": 1,
+         "jsonPath": '.status.conditions[?(@.type=="Running")].reason',
+         "description": "why the job is (not) running"},
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

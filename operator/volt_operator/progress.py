@@ -17,7 +17,7 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple
 
-from .api import CheckpointStatus, TrainingProgress, format_time
+from .api import CheckpointStatus, TrainingProgress, format_time, parse_time
 
 FETCH_TIMEOUT_SECONDS = 1.5
 MAX_BODY_BYTES = 256 * 1024
@@ -81,23 +81,84 @@ def _unix_time(value: Any) -> Optional[str]:
         return None
 
 
+def format_duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``, ``3900`` -> ``1h05m``, ``200000`` -> ``2d07h``: short, for a column."""
+    total = max(0, int(round(seconds)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def steps_per_second(previous: Optional[TrainingProgress], step: Optional[int],
+                     last_step_time: Optional[str]) -> Optional[float]:
+    """The step rate between the previous read and this one, from the engine's step times.
+
+    No new step since the previous read keeps the previous rate; a step count that went
+    down (a gang restart resumed from an earlier checkpoint) has none yet.
+    """
+    if previous is None or step is None or previous.step is None:
+        return None
+    if step == previous.step:
+        return previous.steps_per_second
+    before, after = parse_time(previous.last_step_time), parse_time(last_step_time)
+    if step < previous.step or before is None or after is None:
+        return None
+    elapsed = (after - before).total_seconds()
+    return (step - previous.step) / elapsed if elapsed > 0 else None
+
+
+def remaining_seconds(step: Optional[int], progress: Optional[float], max_steps: Optional[int],
+                      rate: Optional[float]) -> Optional[float]:
+    """Seconds left at ``rate`` steps/s: the steps to ``max_steps``, else those the progress
+    fraction implies (``step`` steps made ``progress`` of the run)."""
+    if progress is not None and progress >= 1.0:
+        return 0.0
+    if not rate or rate <= 0 or step is None:
+        return None
+    if max_steps is not None and max_steps > 0:
+        left = max(0, max_steps - step)
+    elif progress is not None and progress > 0 and step > 0:
+        left = step * (1.0 - progress) / progress
+    else:
+        return None
+    return left / rate
+
+
 def to_status(
-    payload: Dict[str, Any], now: datetime
+    payload: Dict[str, Any], now: datetime, previous: Optional[TrainingProgress] = None,
 ) -> Tuple[TrainingProgress, Optional[CheckpointStatus]]:
     """The status pieces one /progress payload fills (unknown keys ignored).
 
     ``lastUpdate`` is the time of the last optimizer step when the engine
     reports it (``last_step_time``, unix seconds), else the time of this read.
+    ``previous`` (the status's last training block) gives the step rate and the ETA.
     """
     progress = _float(payload.get("progress"))
     last_step = _unix_time(payload.get("last_step_time"))
+    step = _int(payload.get("step"))
+    fraction = None if progress is None else round(min(max(progress, 0.0), 1.0), 4)
+    rate = steps_per_second(previous, step, last_step)
+    samples = _float(payload.get("samples_per_second"))
+    left = remaining_seconds(step, fraction, _int(payload.get("max_steps")), rate)
     training = TrainingProgress(
         epoch=_int(payload.get("epoch")),
-        step=_int(payload.get("step")),
+        step=step,
         loss=_float(payload.get("loss")),
-        progress=None if progress is None else round(min(max(progress, 0.0), 1.0), 4),
+        progress=fraction,
         last_update=last_step or format_time(now),
         last_step_time=last_step,
+        steps_per_second=None if rate is None else float(f"{rate:.4g}"),
+        samples_per_second=None if samples is None or samples <= 0 else float(f"{samples:.4g}"),
+        remaining_seconds=None if left is None else int(round(left)),
+        eta=None if left is None else format_duration(left),
+        percent=None if fraction is None else f"{math.floor(fraction * 100)}%",  # 100% only at the end
     )
     if training.loss is not None:
         training.loss = float(f"{training.loss:.6g}")

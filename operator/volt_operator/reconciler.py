@@ -139,7 +139,7 @@ class Reconciler:
         if done is not None:
             final = progress.from_termination_message(done.message)
             if final is not None:
-                training, checkpoint = progress.to_status(final, now)
+                training, checkpoint = progress.to_status(final, now, st.training)
                 st.training = training
                 if checkpoint is not None:
                     st.checkpoint = checkpoint
@@ -152,11 +152,18 @@ class Reconciler:
             payload = progress.fetch(rank0.ip, spec.metrics.port)
         except progress.ProgressError as exc:
             log.debug("progress of %s/%s not available: %s", key[0], key[1], exc)
+            machine.set_condition(
+                st, machine.PROGRESS_POLLED, False, "ProgressUnavailable",
+                f"cannot read {rank0.name}'s progress: {exc} (the engine's PrometheusCallback serves it "
+                "on spec.metrics.port once training starts; a script that does not use volt's Trainer "
+                "has none)"[:4000], now)
             return
         attempt = payload.get("attempt")
         if isinstance(attempt, int) and attempt != st.attempt:
             return  # an answer from an older gang
-        training, checkpoint = progress.to_status(payload, now)
+        machine.set_condition(st, machine.PROGRESS_POLLED, True, "ProgressAvailable",
+                              f"reading {rank0.name}'s progress on port {spec.metrics.port}", now)
+        training, checkpoint = progress.to_status(payload, now, st.training)
         st.training = training
         if checkpoint is not None:
             st.checkpoint = checkpoint

@@ -10,7 +10,9 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
-from operator_process import OperatorProcess, free_port, get_json, job_status, wait_until
+from operator_process import (
+    OperatorProcess, free_port, get_json, get_tj_rows, job_status, parse_table, wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -96,3 +98,47 @@ def test_the_failing_ranks_exception_stays_in_last_failure_after_the_gang_restar
     assert f"raise_on_rank.py:{line} in training_step (global rank 0)" in failure["message"], failure
     restart = next(e for e in events(kube, namespace, "keyerror") if e["reason"] == "GangRestart")
     assert "KeyError: 'label'" in restart["message"]
+
+
+# Rank 0's /progress as the engine serves it, stepping twice a second towards max_steps=10000.
+STEPPING_RANK = ["python", "-c", """
+import http.server, json, os, time
+start = time.time()
+class Progress(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        step = int((time.time() - start) * 2)
+        body = json.dumps({"epoch": 0, "step": step, "max_steps": 10000, "progress": step / 10000,
+                           "attempt": int(os.environ["VOLT_ATTEMPT"]), "last_step_time": start + step / 2,
+                           "checkpoint": {"path": "/checkpoints/eta/last.ckpt", "step": 0}}).encode()
+        self.send_response(200 if self.path == "/progress" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("", int(os.environ["VOLT_METRICS_PORT"])), Progress).serve_forever()
+"""]
+
+
+def test_kubectl_get_shows_progress_and_eta_and_a_silent_rank_is_a_condition(operator: OperatorProcess,
+                                                                             namespace: str) -> None:
+    kube = operator.kube
+    apply(kube, namespace, "eta", command=STEPPING_RANK)
+    apply(kube, namespace, "silent")  # rank 0 serves no progress
+    try:
+        row = wait_until("PROGRESS and ETA in kubectl get", lambda: next(
+            (r for r in get_tj_rows(kube, namespace, "eta")
+             if r["PHASE"] == "Running" and r.get("ETA")), None), 120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; rows {get_tj_rows(kube, namespace, 'eta')}; "
+                             f"status {job_status(kube, namespace, 'eta')}") from None
+    assert row["PROGRESS"].endswith("%"), row
+    assert re.fullmatch(r"(\d+h\d\dm|\d+m\d\ds)", row["ETA"]), row  # ~10000 steps at 2/s: over an hour
+    training = job_status(kube, namespace, "eta")["training"]
+    assert training["stepsPerSecond"] == pytest.approx(2.0, rel=0.3)
+    wide = parse_table(kube.kubectl("get", "-n", namespace, "tj", "eta", "-o", "wide").stdout)[0]
+    assert wide["CHECKPOINT"] == "/checkpoints/eta/last.ckpt" and wide["REASON"] == "AllNodesReady", wide
+    polled = next(c for c in job_status(kube, namespace, "eta")["conditions"] if c["type"] == "ProgressPolled")
+    assert polled["status"] == "True"
+    silent = wait_until("ProgressPolled=False", lambda: next(
+        (c for c in job_status(kube, namespace, "silent").get("conditions") or []
+         if c["type"] == "ProgressPolled" and c["status"] == "False"), None), 120)
+    assert silent["reason"] == "ProgressUnavailable"
+    assert "cannot read silent-node-0's progress" in silent["message"] and "/progress" in silent["message"]
