@@ -22,6 +22,7 @@ A full or failing volume while saving raises ``CheckpointVolumeError`` (an
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import errno
 import glob
@@ -29,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -37,6 +39,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable, List, Mapping, Optional, Set, Tuple, Union
 
+import numpy
 import torch
 
 from volt import exit_codes
@@ -289,17 +292,73 @@ def file_digest(path: PathLike) -> Digest:
     return Digest(size, sha256.hexdigest())
 
 
-def load(path: PathLike, map_location: MapLocation = None, weights_only: bool = False) -> Any:
+# --- loading: the trust model (docs/checkpoints.md, "What a checkpoint may contain") ------------
+#: Set to 1 (e.g. in a TrainingJob's spec.env) to load checkpoints with full unpickling.
+ENV_ALLOW_UNSAFE = "VOLT_ALLOW_UNSAFE_CHECKPOINTS"
+
+#: Besides tensors and plain containers, what volt's own checkpoints hold: numpy's RNG
+#: state and arrays (the exact-resume RNG snapshots), and hparams containers.
+SAFE_GLOBALS: List[Any] = [
+    numpy.ndarray,
+    numpy.dtype,
+    numpy._core.multiarray._reconstruct,  # numpy >= 2 (the torch image's)
+    *[type(numpy.dtype(name)) for name in ("bool", "uint8", "int32", "uint32", "int64", "float32", "float64")],
+    argparse.Namespace,
+    OrderedDict,
+]
+
+
+class CheckpointUnsafeError(RuntimeError):
+    """A checkpoint holds objects that only full unpickling (which runs code the file names) can load."""
+
+    exit_code = exit_codes.CONFIG_ERROR
+    reason = "UnsafeCheckpoint"
+
+
+def allow_unsafe_load(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether ``VOLT_ALLOW_UNSAFE_CHECKPOINTS`` asks for full unpickling (a malformed value is an error)."""
+    return contract._flag(os.environ if environ is None else environ, ENV_ALLOW_UNSAFE)
+
+
+def _unsafe_globals(path: str) -> List[str]:
+    """The classes and functions in ``path`` that a weights-only load refuses (none: the file is damaged)."""
+    allowed = {f"{g.__module__}.{g.__name__}" for g in SAFE_GLOBALS}
+    try:
+        return sorted(n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed)
+    except Exception:  # noqa: BLE001 - not a readable zip checkpoint: damage, not a foreign object
+        return []
+
+
+def load(path: PathLike, map_location: MapLocation = None, weights_only: Optional[bool] = None) -> Any:
     """Load a checkpoint written by ``atomic_save`` (or ``torch.save``).
 
-    ``weights_only=False`` by default because Lightning-style checkpoints hold
-    hyper-parameters and callback states that are arbitrary Python objects:
-    load only checkpoints you trust.
+    ``weights_only`` (default: True unless ``VOLT_ALLOW_UNSAFE_CHECKPOINTS=1``) loads
+    tensors, plain containers, numbers, strings and ``SAFE_GLOBALS`` only, so a file
+    on a shared volume cannot run code in this process. A checkpoint that needs more
+    raises ``CheckpointUnsafeError`` naming the object and the two ways on: allow its
+    class with ``torch.serialization.add_safe_globals``, or trust every checkpoint.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=weights_only)
+    if weights_only is None:
+        weights_only = not allow_unsafe_load()
+    if not weights_only:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        foreign = _unsafe_globals(path)
+        if not foreign:
+            raise
+        raise CheckpointUnsafeError(
+            f"Checkpoint {path} holds Python objects that volt does not load without trusting the file "
+            f"({', '.join(foreign[:8])}). Full unpickling runs whatever code the file names, so volt loads tensors, plain "
+            f"containers and its own objects only. If you trust it: allow its classes with "
+            f"torch.serialization.add_safe_globals([...]) in your script, or set {ENV_ALLOW_UNSAFE}=1 "
+            "(a TrainingJob's spec.env) to load every checkpoint with full unpickling"
+        ) from err
 
 
 # --- the manifest -------------------------------------------------------------------------------
@@ -524,6 +583,13 @@ def verify_checkpoint(path: PathLike, entry: Optional[Entry] = None) -> Optional
     return None
 
 
+def inside(path: PathLike, dirpath: PathLike) -> bool:
+    """Whether ``path``, symbolic links resolved, lies inside ``dirpath``: a manifest (or a link) on a
+    shared volume cannot point a job at a file elsewhere, such as another job's directory."""
+    root = os.path.realpath(dirpath)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def _candidates(dirpath: str, ownership: Optional[JobOwnership] = None) -> List[Tuple[str, Optional[Entry]]]:
     """Checkpoints to resume from, best first: the manifest's entries, then other ``*.ckpt`` by age."""
     manifest = read_manifest(dirpath)
@@ -532,11 +598,15 @@ def _candidates(dirpath: str, ownership: Optional[JobOwnership] = None) -> List[
     seen: Set[str] = set()
     for entry in manifest.entries() if manifest is not None else ():
         path = entry.path(dirpath)
+        if not inside(path, dirpath):
+            log.warning("Checkpoint manifest in %s names %s, outside that directory: ignored (a checkpoint is "
+                        "loaded only from its job's directory or the path the job names)", dirpath, entry.checkpoint)
+            continue
         if os.path.realpath(path) not in seen:
             seen.add(os.path.realpath(path))
             out.append((path, entry))
     scanned = [p for p in glob.glob(os.path.join(glob.escape(dirpath), "*" + CHECKPOINT_SUFFIX))
-               if os.path.isfile(p) and os.path.realpath(p) not in seen]
+               if os.path.isfile(p) and os.path.realpath(p) not in seen and inside(p, dirpath)]
     scanned.sort(key=_mtime, reverse=True)
     out.extend((path, None) for path in scanned)
     return out
@@ -618,7 +688,7 @@ def load_latest(
     if error is not None:
         raise error
     if failure is not None:
-        kinds = {cls.__name__: cls for cls in (CheckpointOwnerError, CheckpointCorruptError)}
+        kinds = {cls.__name__: cls for cls in (CheckpointOwnerError, CheckpointCorruptError, CheckpointUnsafeError)}
         raise kinds.get(failure[0], RuntimeError)(
             failure[1] if failure[0] in kinds else f"global rank 0 could not choose a checkpoint: {failure[1]}")
     if chosen is not None and checkpoint is None:
@@ -638,7 +708,9 @@ def _load_first_valid(
         if why is None:
             try:
                 checkpoint = load_fn(path)
-            except Exception as err:  # noqa: BLE001 - any load failure makes it unusable
+            except CheckpointUnsafeError:
+                raise  # not damage: an older checkpoint of the same run would be refused alike
+            except Exception as err:  # noqa: BLE001 - any other load failure makes it unusable
                 why = f"cannot be loaded: {type(err).__name__}: {str(err)[:300]}"
             else:
                 _report_fallback(dirpath, skipped, path)

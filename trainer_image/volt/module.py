@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 import torch
 from torch import nn
 
+from volt import checkpoint as _ckpt
 from volt.hparams import HyperparametersMixin
 from volt.utilities import apply_to_tensors, move_data_to_device
 from volt.utilities.types import STEP_OUTPUT
@@ -525,7 +526,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         cls, checkpoint_path: str, map_location: Any = None, strict: bool = True, **kwargs: Any
     ) -> "LightningModule":
         """Build the module from the checkpoint's hyper_parameters (overridden by ``kwargs``) and load weights."""
-        checkpoint = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=False)
+        checkpoint = _ckpt.load(checkpoint_path, map_location=map_location or "cpu")
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.update(kwargs)
         model = cls(**hparams)
