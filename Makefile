@@ -18,7 +18,7 @@ export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker node-runtime test test-engine test-operator test-e2e bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -105,7 +105,7 @@ demo: setup cluster helm
 demo-down:
 	@bash scripts/demo.sh down
 
-test: setup lightning-env prometheus cluster helm docker node-runtime
+test: setup lint lightning-env prometheus cluster helm docker node-runtime
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup lightning-env prometheus
@@ -117,6 +117,10 @@ test-operator: setup cluster
 test-e2e: setup prometheus cluster helm docker node-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# Fault injection on the example job (tests/chaos, docs/reliability.md); VOLT_CHAOS_SEED picks the steps.
+test-chaos: setup cluster
+	$(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
+
 # Each benchmark prints its ratio and writes bench/results/<name>.json.
 bench: setup
 	$(PY) bench/engine_overhead.py
@@ -125,7 +129,7 @@ bench: setup
 	$(PY) bench/checkpoint.py
 
 lint: setup
-	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench
+	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench && $(VENV)/bin/lint-imports --config .importlinter
 
 # The CRD is generated from the pydantic models (operator/volt_operator/api.py);
 # tests/operator/test_crd.py fails when the committed files drift from them

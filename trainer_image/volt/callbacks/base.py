@@ -5,7 +5,7 @@ that override it (see ``overrides``), so an unused hook costs nothing per step.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Type
 
 
 class Callback:
@@ -151,6 +151,6 @@ def ignores_outputs(hook: Any) -> Any:
     return hook
 
 
-if False:  # pragma: no cover - imports for type checkers only, avoid a cycle at runtime
+if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only (the trainer imports callbacks)
     from volt.module import LightningModule
     from volt.trainer import Trainer
