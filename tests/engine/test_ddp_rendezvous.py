@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from ddp_support import child_env, example, free_port, logs, volt_run, wait_all
+from ddp_support import child_env, example, free_port, logs, volt_run, wait_all, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +49,18 @@ def node_env(port: int, node: int, attempt: int) -> dict:
                      WORLD_SIZE="2", PET_NPROC_PER_NODE="1", VOLT_JOB_NAME="job", VOLT_ATTEMPT=str(attempt))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_a_node_that_reaches_the_previous_attempts_store_waits_for_its_own(tmp_path):
     port = free_port()
-    with stale_store(port, 4) as stale:
-        # Attempt 1's node 1 starts while the old node 0 still answers on MASTER_ADDR.
-        command = ["--rdzv-timeout", "60", *example("--samples", "256", "--max-epochs", "1")]
+    with stale_store(port, 120) as stale:
+        # Attempt 1's node 1 starts while the old node 0 still answers on MASTER_ADDR; the old
+        # store goes away once node 1 has found it (however long node 1 takes to start).
+        command = ["--rdzv-timeout", "150", *example("--samples", "256", "--max-epochs", "1")]
         node1 = volt_run(command, node_env(port, 1, attempt=1), tmp_path / "node1.log")
-        assert stale.wait(timeout=30) == 0
+        wait_for(lambda: "not of this run" in (tmp_path / "node1.log").read_text(), 100,
+                 "node 1 to find the previous attempt's store")
+        stale.kill()
+        stale.wait()
         node0 = volt_run(command, node_env(port, 0, attempt=1), tmp_path / "node0.log")
         assert wait_all([node0, node1], 150) == [0, 0], logs(tmp_path)
     text = (tmp_path / "node1.log").read_text()

@@ -109,8 +109,10 @@ def test_sigkill_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path
     run_dir = tmp_path / "run"
     reference = _start(tmp_path, "reference", "--ckpt-dir", str(tmp_path / "ref"), "--save-weights",
                        str(tmp_path / "reference.pt"))
-    # ckpt_path="last" with nothing saved yet starts fresh (a first pod start).
-    victim = _start(tmp_path, "victim", "--ckpt-dir", str(run_dir), "--ckpt-path", "last")
+    # ckpt_path="last" with nothing saved yet starts fresh (a first pod start). The victim sleeps
+    # 0.05 s per step (no effect on the weights): its 400 steps outlast the wait for a mid-epoch
+    # checkpoint on any machine, and a new one comes every 0.25 s or more, longer than a poll.
+    victim = _start(tmp_path, "victim", "--ckpt-dir", str(run_dir), "--ckpt-path", "last", "--step-delay", "0.05")
     try:
         def mid_epoch_checkpoint():
             manifest = _manifest(run_dir)
