@@ -18,16 +18,14 @@ VOLT_TEST_CLUSTER_DIR=D reuses a cluster started with the CLI (faster iterations
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import urllib.error
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from job_helpers import fresh_namespace
 from operator_process import OperatorProcess, apply_crd
-from volt_operator.testing.cluster import ClusterError, LocalCluster, find_binaries, wait_for
+from volt_operator.testing.cluster import ClusterError, LocalCluster, find_binaries
 
 # Nodes the agent registers for the session's cluster (node-0 .. node-N-1).
 TEST_NODES = int(os.environ.get("VOLT_TEST_NODES", "2"))
@@ -68,29 +66,10 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         cluster.down()
 
 
-def _namespace_name(test_name: str) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
-    return f"{slug or 't'}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture
 def namespace(kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = _namespace_name(request.node.name)
-    kube.kubectl("create", "namespace", name)
-
-    def default_sa_exists() -> bool:
-        try:
-            kube.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
-            return True
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return False
-            raise
-
-    wait_for(default_sa_exists, 60, f"service account default in namespace {name}")
-    yield name
-    # The namespace controller finishes the deletion in the background.
-    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    with fresh_namespace(kube, request.node.name) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

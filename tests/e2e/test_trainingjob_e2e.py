@@ -6,118 +6,20 @@ volume, a gang restart that resumes from the checkpoint, and a user error.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import subprocess
-import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import List, Optional
 
 import pytest
-import yaml
 
-from operator_process import (
-    OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
-)
-from volt_operator.testing.cluster import kube_bin_dir
+from job_helpers import apply, events as _events, example, explain, recorded_history, watch_table  # noqa: F401
+from job_helpers import volume_dir as _volume_dir
+from operator_process import OperatorProcess, get_json, job_status, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingjob.yaml"
 RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
-
-
-def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The example's PVC and TrainingJob, with ``spec`` keys replaced."""
-    pvc, job = list(yaml.safe_load_all(EXAMPLE.read_text()))
-    job["spec"].update(spec)
-    return pvc, job
-
-
-def apply(kube: Any, namespace: str, *docs: Dict[str, Any]) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
-
-
-def watch_table(kube: Any, namespace: str, name: str, until: Tuple[str, ...],
-                timeout: float) -> List[Dict[str, str]]:
-    """Rows of `kubectl get tj <name>` every second until PHASE is in ``until``."""
-    rows: List[Dict[str, str]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for row in get_tj_rows(kube, namespace, name):
-            rows.append(row)
-            if row["PHASE"] in until:
-                return rows
-        time.sleep(1.0)
-    raise AssertionError(f"{name} did not reach {until} in {timeout:.0f}s; rows: {rows[-5:]}")
-
-
-@contextlib.contextmanager
-def recorded_history(kube: Any, namespace: str, name: str, path: Path) -> Iterator[List[Dict[str, Any]]]:
-    """Every version of TrainingJob ``name`` the API server sends a watch while the block runs.
-
-    Unlike polling `kubectl get`, the watch misses no status write, however fast
-    the job or slow the machine. The list is filled when the block ends.
-    """
-    history: List[Dict[str, Any]] = []
-    with open(path, "wb") as out:
-        watch = subprocess.Popen(
-            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "trainingjob", name,
-             "-n", namespace, "--watch", "-o", "json"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield history
-    finally:
-        watch.terminate()
-        watch.wait(10)
-    text, decoder, at = path.read_text(), json.JSONDecoder(), 0
-    while True:
-        while at < len(text) and text[at].isspace():
-            at += 1
-        if at >= len(text):
-            break
-        obj, at = decoder.raw_decode(text, at)
-        history.append(obj)
-
-
-def _events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
-    return get_json(kube, "-n", namespace, "events",
-                    "--field-selector", f"involvedObject.name={name}")["items"]
-
-
-def diagnosis(kube: Any, namespace: str, name: str) -> str:
-    """What a user would look at after a surprise: status, events, each pod's logs."""
-    parts = [yaml.safe_dump({"status": job_status(kube, namespace, name)})]
-    parts += [f"event {e['reason']}: {e.get('message', '')}" for e in _events(kube, namespace, name)]
-    pods = get_json(kube, "-n", namespace, "pods", "-l", f"volt.dev/job={name}")["items"]
-    for pod in pods:
-        pod_name = pod["metadata"]["name"]
-        for previous in (True, False):
-            out = kube.kubectl("logs", "-n", namespace, pod_name, *(["--previous"] if previous else []),
-                               check=False)
-            if out.returncode == 0:
-                parts.append(f"--- {pod_name} logs{' (previous)' if previous else ''} ---\n"
-                             f"{out.stdout[-4000:]}")
-    return "\n".join(parts)
-
-
-@pytest.fixture
-def explain(operator: "OperatorProcess", namespace: str) -> Iterator[List[str]]:
-    """Name jobs in the list; if the test fails, print their diagnosis."""
-    jobs: List[str] = []
-    yield jobs
-    for name in jobs:
-        try:
-            print(f"===== diagnosis of {name} =====\n{diagnosis(operator.kube, namespace, name)}")
-        except Exception as err:  # the cluster may be half gone; the test's own error matters
-            print(f"no diagnosis for {name}: {err}")
-
-
-def _volume_dir(kube: Any, namespace: str, claim: str) -> Path:
-    pvc = get_json(kube, "-n", namespace, "pvc", claim)
-    pv = get_json(kube, "pv", pvc["spec"]["volumeName"])
-    source = pv["spec"].get("hostPath") or pv["spec"].get("local")
-    return Path(source["path"])
 
 
 @pytest.mark.timeout(600)
