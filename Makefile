@@ -121,10 +121,6 @@ test-e2e: setup prometheus cluster helm docker node-runtime
 test-chaos: setup cluster
 	$(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
 
-# Fault injection on the example job (tests/chaos, docs/reliability.md); VOLT_CHAOS_SEED picks the steps.
-test-chaos: setup cluster
-	$(PY) -m pytest tests/chaos -v $(PYTEST_ARGS)
-
 # Each benchmark prints its ratio and writes bench/results/<name>.json.
 bench: setup
 	$(PY) bench/engine_overhead.py
