@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -58,7 +59,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="force-delete a job's pod still terminating S seconds after its grace period "
         "ended (its node does not report back); env VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS",
     )
+    parser.add_argument(
+        "--network-policy-peers", metavar="JSON",
+        default=os.environ.get("VOLT_OPERATOR_NETWORK_POLICY_PEERS"),
+        help="create a NetworkPolicy per job: its pods reach each other, and the metrics ports "
+        "accept these NetworkPolicyPeers (a JSON list, e.g. Prometheus' and the operator's "
+        "namespace/pod selectors); unset: no NetworkPolicy",
+    )
     args = parser.parse_args(argv)
+    if args.network_policy_peers is not None:
+        try:
+            peers = json.loads(args.network_policy_peers)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--network-policy-peers is not JSON: {exc.msg} at position {exc.pos}")
+        if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+            parser.error("--network-policy-peers must be a JSON list of NetworkPolicyPeer objects")
+        args.network_policy_peers = peers
     for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
         if port is not None and not -1 <= port <= 65535:
             parser.error(f"{flag} must be a TCP port, got {port}")
@@ -98,6 +114,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         kube_configuration=configuration,
         namespaces=list(args.namespace),
+        network_policy_peers=args.network_policy_peers,
     )
     namespaces = args.namespace
     logging.getLogger("volt_operator").info(

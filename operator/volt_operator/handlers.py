@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import kopf
 
@@ -43,6 +43,8 @@ class Options:
     metrics_port: Optional[int] = 8080
     kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
     namespaces: List[str] = field(default_factory=list)  # empty: all namespaces
+    # NetworkPolicyPeers allowed on the jobs' metrics ports; None: no NetworkPolicy per job.
+    network_policy_peers: Optional[List[Dict[str, Any]]] = None
 
 
 def _options(memo: Any) -> Options:
@@ -79,6 +81,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         client, progress_interval=options.progress_seconds,
         stuck_pod_margin=options.stuck_pod_margin,
         is_leader=memo.elector.is_leader if memo.elector else None,
+        network_policy_peers=options.network_policy_peers,
     )
     memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS)
     memo.resyncer.start()

@@ -161,8 +161,16 @@ class KubeClient:
 
     def create(self, namespace: str, kind: str, body: Dict[str, Any]) -> bool:
         """Create a core object; False when it already exists (idempotent)."""
+        return self._create(self.core_path(namespace, kind), body)
+
+    def create_network_policy(self, namespace: str, body: Dict[str, Any]) -> bool:
+        """Create a job's NetworkPolicy; False when it already exists."""
+        return self._create(
+            f"/apis/networking.k8s.io/v1/namespaces/{quote(namespace)}/networkpolicies", body)
+
+    def _create(self, path: str, body: Dict[str, Any]) -> bool:
         try:
-            self.request("POST", self.core_path(namespace, kind), body)
+            self.request("POST", path, body)
             return True
         except ApiError as exc:
             if exc.already_exists:

@@ -30,6 +30,7 @@ from .api import (
 )
 from .builders import LABEL_JOB, JobRef, build_pods, build_service
 from .kube import ApiError, KubeClient
+from .network_policy import build_network_policy
 from .observed import PodView, pod_view
 
 log = logging.getLogger("volt_operator.reconciler")
@@ -67,8 +68,11 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         stuck_pod_margin: float = machine.STUCK_POD_MARGIN_SECONDS,
         is_leader: Optional[Callable[[], bool]] = None,
+        network_policy_peers: Optional[List[Dict[str, Any]]] = None,
     ) -> None:
         self.client = client
+        # None: no NetworkPolicy per job; a list: create one, metrics ports open to these peers.
+        self.network_policy_peers = network_policy_peers
         self.clock = clock
         self.stuck_pod_margin = stuck_pod_margin
         # With leader election only the Lease holder acts; the others wait.
@@ -255,6 +259,13 @@ class Reconciler:
             except ApiError as exc:
                 errors.append(machine.CreateError(f"creating service {ref.name}: {exc}",
                                                   exc.refused))
+            if self.network_policy_peers is not None:
+                try:
+                    self.client.create_network_policy(
+                        ns, build_network_policy(ref, spec, self.network_policy_peers))
+                except ApiError as exc:
+                    errors.append(machine.CreateError(
+                        f"creating network policy {ref.name}: {exc}", exc.refused))
         if plan.create_ranks:
             for pod in build_pods(ref, spec, plan.status.attempt, plan.resume,
                                   plan.create_ranks):

@@ -135,6 +135,11 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     manifest = list(yaml.safe_load_all(run_helm(helm, "get", "manifest", RELEASE, "-n", release_namespace,
                                                 env=env).stdout))
     role = next(d for d in manifest if d and d["kind"] == "Role")
+    # The operator runs here with the arguments the chart gives its pod that matter to RBAC.
+    rendered_args = next(d for d in manifest if d and d["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    policy_args = [a for a in rendered_args if a.startswith("--network-policy-peers=")]
+    assert policy_args, "networkPolicy.enabled is the chart's default"
     sa_name = next(d for d in manifest if d and d["kind"] == "ServiceAccount")["metadata"]["name"]
     user = f"system:serviceaccount:{release_namespace}:{sa_name}"
 
@@ -155,7 +160,7 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     with log_path.open("w") as log:
         operator = subprocess.Popen(
             [sys.executable, "-m", "volt_operator", "--standalone", f"--namespace={namespace}",
-             f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-port={metrics}"],
+             f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-port={metrics}", *policy_args],
             env={**os.environ, "KUBECONFIG": str(op_kubeconfig)}, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: operator.poll() is None and
@@ -181,6 +186,9 @@ def test_chart_installs_and_its_service_account_runs_a_job(
         # A gang restart on the way (a crashed rank on a loaded machine) is the operator's
         # job too and needs no other permission; the RBAC checks below cover it either way.
         assert status["nodes"]["desired"] == 2, status
+        # The job's NetworkPolicy, owned by the job (the local CNI does not enforce it).
+        policy = json.loads(kube.kubectl("get", "networkpolicy", job, "-n", namespace, "-o", "json").stdout)
+        assert policy["metadata"]["ownerReferences"][0]["name"] == job
 
         def expired() -> bool:
             operator_alive()
@@ -233,7 +241,8 @@ def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, na
                         "--set", "metrics.grafanaDashboard.enabled=true").stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-                     "Deployment", "Service", "ServiceAccount"]
+                     "Deployment", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     out = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered).stdout
     assert out.count("(server dry run)") == len(kinds), out
 

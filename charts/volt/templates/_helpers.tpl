@@ -60,7 +60,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .Values.operator.logLevel "verbose" }}
 - --verbose
 {{- end }}
+{{- if .Values.networkPolicy.enabled }}
+- {{ printf "--network-policy-peers=%s" (include "volt.networkPolicyPeers" .) | quote }}
+{{- end }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Who may reach the jobs' metrics ports: the chart's peers and the operator's own pod. */}}
+{{- define "volt.networkPolicyPeers" -}}
+{{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "volt.selectorLabels" . | fromYaml)) -}}
+{{- append .Values.networkPolicy.metricsFrom $operator | toJson -}}
 {{- end -}}
