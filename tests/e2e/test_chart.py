@@ -85,6 +85,26 @@ def test_trainingjob_policy_binds_where_the_operator_watches(helm: Path) -> None
     assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
+def test_network_policy_switch_sets_the_flag_and_the_permission_together(helm: Path) -> None:
+    def flag_and_rules(*settings: str) -> tuple[list[Any], list[str]]:
+        docs = render(helm, *settings)
+        args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        flags = [json.loads(a.split("=", 1)[1]) for a in args if a.startswith("--network-policy-peers=")]
+        groups = [g for rule in by_kind(docs, "ClusterRole")[0]["rules"] for g in rule["apiGroups"]]
+        return flags, groups
+
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    flags, groups = flag_and_rules("networkPolicy.metricsFrom[0].namespaceSelector.matchLabels"
+                                   ".kubernetes\\.io/metadata\\.name=monitoring")
+    (peers,) = flags
+    assert peers[0] == prometheus
+    assert peers[1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "volt-system"}}
+    assert peers[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "volt"
+    assert "networking.k8s.io" in groups
+    flags, groups = flag_and_rules("networkPolicy.enabled=false")
+    assert not flags and "networking.k8s.io" not in groups
+
+
 def test_rbac_grants_no_wildcards_and_no_read_of_secrets(helm: Path) -> None:
     for mode in ((), ("watchNamespace=team-a",)):
         docs = render(helm, *mode)
