@@ -2,6 +2,7 @@
 that name fields and not values."""
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List
 
 import pytest
@@ -88,3 +89,30 @@ def test_a_refused_pod_leaves_no_env_value_in_status_or_events(
     assert any(e["reason"] == "CreateFailed" for e in events)
     assert secret not in str(status)
     assert not [e["message"] for e in events if secret in str(e)]
+
+
+def test_the_operator_creates_the_jobs_network_policy(
+        crd: Any, namespace: str, repo_root: Any, tmp_path: Any) -> None:
+    """With --network-policy-peers the API server accepts the job's NetworkPolicy; it selects
+    the job's pods and lists exactly their metrics ports. (The local CNI does not enforce it.)"""
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    operator = OperatorProcess(crd, [namespace], tmp_path,
+                               extra_args=["--network-policy-peers", json.dumps(peers)]).start()
+    try:
+        kube = operator.kube
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=_example(repo_root))
+        pods = wait_until("both node pods",
+                          lambda: (p := _node_pods(kube, namespace)) and len(p) == 2 and p, 90)
+        policy = get_json(kube, "-n", namespace, "networkpolicy", "synthetic")
+        job_uid = get_json(kube, "-n", namespace, "tj", "synthetic")["metadata"]["uid"]
+        assert policy["metadata"]["ownerReferences"][0]["uid"] == job_uid
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        for pod in pods:
+            assert selector.items() <= pod["metadata"]["labels"].items()
+        opened = {p["containerPort"] for p in pods[0]["spec"]["containers"][0]["ports"]
+                  if p["name"].startswith("metrics-")}
+        own, metrics = policy["spec"]["ingress"]
+        assert own == {"from": [{"podSelector": {"matchLabels": selector}}]}
+        assert {p["port"] for p in metrics["ports"]} == opened and metrics["from"] == peers
+    finally:
+        operator.stop()
