@@ -200,8 +200,8 @@ def test_callbacks_receive_only_overridden_hooks(tmp_path: Any) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=3, limit_train_batches=2, callbacks=[cb])
     trainer.fit(TinyModel(), loader(32))
     assert cb.epochs == 3
-    assert trainer._callbacks_for("on_train_batch_end") == [] or cb not in trainer._callbacks_for("on_train_batch_end")
-    assert cb in trainer._callbacks_for("on_train_epoch_end")
+    assert trainer.callbacks_for("on_train_batch_end") == [] or cb not in trainer.callbacks_for("on_train_batch_end")
+    assert cb in trainer.callbacks_for("on_train_epoch_end")
 
 
 def test_legacy_1x_hooks(tmp_path: Any) -> None:

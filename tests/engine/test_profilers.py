@@ -57,7 +57,7 @@ def test_simple_profiler_reports_every_action_once_per_step(tmp_path: Any) -> No
     assert rows["get_validate_batch"] == 2 * 2
     assert rows["[LightningModule]TinyModel.configure_optimizers"] == 1
     # the profiled dispatch is gone after the run: a later run without profiling pays nothing
-    assert "_call_hook" not in trainer.__dict__
+    assert "call_hook" not in trainer.__dict__
 
 
 def test_simple_profiler_reports_test_and_predict_and_logs_without_filename(
@@ -123,7 +123,7 @@ def test_no_profiler_is_a_pass_through_and_user_actions_work(tmp_path: Any) -> N
     assert isinstance(trainer.profiler, PassThroughProfiler) and not trainer._profiling
     trainer.fit(UsesProfiler(), loader(16))
     assert seen == ["my_block", "my_block"]
-    assert not {"_call_hook", "_call_step", "_run_backward"} & set(trainer.__dict__)
+    assert not {"call_hook", "call_step", "_run_backward"} & set(trainer.__dict__)
 
     profiler = SimpleProfiler(dirpath=str(tmp_path), filename="user")
     trainer = quiet_trainer(tmp_path, max_epochs=1, profiler=profiler)

@@ -49,7 +49,7 @@ def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:
                 custom = True
             else:
                 hooks.append(getattr(trainer.lightning_module_ref, name))
-                custom = custom or trainer._module_overrides(name)
+                custom = custom or trainer.module_overrides(name)
         hooks = trainer._transfer_hooks = hooks if custom else []
     return hooks
 
@@ -76,15 +76,15 @@ def run_validation_in_fit(trainer: "Trainer", num_batches: List[float], sanity: 
     n_reload = trainer.reload_dataloaders_every_n_epochs
     if not sanity and n_reload and trainer.current_epoch % n_reload == 0 and trainer.current_epoch > 0 \
             and getattr(trainer, "_val_loaded_epoch", 0) != trainer.current_epoch:
-        trainer.val_dataloaders = trainer._request_loaders("val")
-        trainer.num_val_batches = num_batches = trainer._limited("val", trainer.val_dataloaders)
+        trainer.val_dataloaders = trainer.request_loaders("val")
+        trainer.num_val_batches = num_batches = trainer.limited_batches("val", trainer.val_dataloaders)
         trainer._val_loaded_epoch = trainer.current_epoch
     prev_stage = trainer.state.stage
     if not sanity:
-        trainer._call_module("on_validation_model_zero_grad", always=True)
+        trainer.call_module("on_validation_model_zero_grad", always=True)
         trainer.state.stage = "validate"
     _evaluation_loop(trainer, "validate", trainer.val_dataloaders, num_batches, in_fit=True)
-    trainer._call_module("on_validation_model_train", always=True)
+    trainer.call_module("on_validation_model_train", always=True)
     trainer.state.stage = prev_stage if not sanity else "sanity_check"
     trainer._logger_connector.active = trainer._logger_connector.train_results
 
@@ -94,17 +94,17 @@ def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str,
     fn = trainer.state.fn
     step_name = _STEP[fn]
     module = trainer.lightning_module_ref
-    if not trainer._module_overrides(f"{step_name}_step"):
+    if not trainer.module_overrides(f"{step_name}_step"):
         raise MisconfigurationException(f"trainer.{fn}() needs {type(module).__name__}.{step_name}_step() to be defined")
     setup_stage(trainer, fn, ckpt_path)
     loader_stage = "val" if fn == "validate" else "test"
-    loaders = trainer._request_loaders(loader_stage)
+    loaders = trainer.request_loaders(loader_stage)
     if not loaders:
         raise MisconfigurationException(
             f"trainer.{fn}() found no data: pass dataloaders=..., a datamodule with {loader_stage}_dataloader(), "
             f"or define {loader_stage}_dataloader() in the LightningModule"
         )
-    num = trainer._limited(loader_stage, loaders)
+    num = trainer.limited_batches(loader_stage, loaders)
     if fn == "validate":
         trainer.val_dataloaders, trainer.num_val_batches = loaders, num
     else:
@@ -146,16 +146,16 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
     connector = trainer._logger_connector
     connector.reset_eval()
     connector.active = connector.eval_results
-    collect = trainer._module_overrides(f"{step_name}_epoch_end")
-    step_end = trainer._module_overrides(f"{step_name}_step_end")
+    collect = trainer.module_overrides(f"{step_name}_epoch_end")
+    step_end = trainer.module_overrides(f"{step_name}_step_end")
     step_fn = f"{step_name}_step"
     multi = len(loaders) > 1
     outputs: List[List[Any]] = [[] for _ in loaders]
     log_steps = not trainer.sanity_checking
-    trainer._call_module(f"on_{hook_stage}_model_eval", always=True)
-    trainer._call_hook(f"on_{hook_stage}_start")
-    trainer._call_hook("on_epoch_start")
-    trainer._call_hook(f"on_{hook_stage}_epoch_start")
+    trainer.call_module(f"on_{hook_stage}_model_eval", always=True)
+    trainer.call_hook(f"on_{hook_stage}_start")
+    trainer.call_hook("on_epoch_start")
+    trainer.call_hook(f"on_{hook_stage}_epoch_start")
     with _grad_context(trainer, in_fit)():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num_batches)):
             if limit == 0:
@@ -165,26 +165,26 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
             for batch_idx, batch, _ in _batches(trainer, stage, loader, limit):
                 batch = transfer_batch(trainer, batch, dl_idx)
                 connector.set_batch(batch)
-                trainer._call_hook(f"on_{hook_stage}_batch_start", batch, batch_idx, *extra)
-                out = trainer._call_step(step_fn, batch, batch_idx, *extra)
+                trainer.call_hook(f"on_{hook_stage}_batch_start", batch, batch_idx, *extra)
+                out = trainer.call_step(step_fn, batch, batch_idx, *extra)
                 if step_end:
-                    out = trainer._call_module(f"{step_name}_step_end", out)
-                trainer._call_hook(f"on_{hook_stage}_batch_end", out, batch, batch_idx, *extra)
+                    out = trainer.call_module(f"{step_name}_step_end", out)
+                trainer.call_hook(f"on_{hook_stage}_batch_end", out, batch, batch_idx, *extra)
                 if log_steps:
                     connector.flush_eval_step(dl_idx)
                 if collect and out is not None:
                     outputs[dl_idx].append(out)
         connector.dataloader_suffix = ""
         if collect:
-            trainer._call_module(f"{step_name}_epoch_end", outputs if multi else outputs[0])
-        trainer._call_hook(f"on_{hook_stage}_epoch_end")
-        trainer._call_hook("on_epoch_end")
+            trainer.call_module(f"{step_name}_epoch_end", outputs if multi else outputs[0])
+        trainer.call_hook(f"on_{hook_stage}_epoch_end")
+        trainer.call_hook("on_epoch_end")
     step = max(trainer.progress.batches_that_stepped - 1, 0)
     connector.finish_epoch(connector.eval_results, step)
     results = _results_per_loader(connector, len(loaders))
-    trainer._call_hook(f"on_{hook_stage}_end")
+    trainer.call_hook(f"on_{hook_stage}_end")
     if not in_fit:
-        trainer._call_module(f"on_{hook_stage}_model_train", always=True)
+        trainer.call_module(f"on_{hook_stage}_model_train", always=True)
     return results
 
 
@@ -274,19 +274,19 @@ def _recording(loader: Any) -> Any:
 
 def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[Any]]:
     module = trainer.lightning_module_ref
-    if not trainer._module_overrides("predict_step") and not is_overridden("forward", module, LightningModule):
+    if not trainer.module_overrides("predict_step") and not is_overridden("forward", module, LightningModule):
         raise MisconfigurationException(
             f"trainer.predict() needs {type(module).__name__}.predict_step() or forward() to be defined "
             "(the default predict_step returns self(batch))"
         )
     setup_stage(trainer, "predict", ckpt_path)
-    loaders = trainer._request_loaders("predict")
+    loaders = trainer.request_loaders("predict")
     if not loaders:
         raise MisconfigurationException(
             "trainer.predict() found no data: pass dataloaders=..., a datamodule with predict_dataloader(), "
             "or define predict_dataloader() in the LightningModule"
         )
-    num = trainer._limited("predict", loaders)
+    num = trainer.limited_batches("predict", loaders)
     trainer.predict_dataloaders, trainer.num_predict_batches = loaders, num
     trainer.state.stage = "predict"
     keep = trainer._return_predictions
@@ -299,9 +299,9 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
     recorded = ([_recording(dl) for dl in loaders] if any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks)
                 else [None] * len(loaders))
     state.epoch_batch_indices = [[] for _ in loaders]
-    trainer._call_module("on_predict_model_eval", always=True)
-    trainer._call_hook("on_predict_start")
-    trainer._call_hook("on_predict_epoch_start")
+    trainer.call_module("on_predict_model_eval", always=True)
+    trainer.call_hook("on_predict_start")
+    trainer.call_hook("on_predict_epoch_start")
     with _grad_context(trainer, in_fit=False)():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, num)):
             extra = (dl_idx,) if multi else ()
@@ -311,13 +311,13 @@ def run_predict(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[List[A
                     state.current_batch_indices = recorder.batch_sampler.seen[batch_idx]
                     state.epoch_batch_indices[dl_idx].append(state.current_batch_indices)
                 batch = transfer_batch(trainer, batch, dl_idx)
-                trainer._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
-                out = trainer._call_step("predict_step", batch, batch_idx, *extra)
-                trainer._call_hook("on_predict_batch_end", out, batch, batch_idx, *extra)
+                trainer.call_hook("on_predict_batch_start", batch, batch_idx, *extra)
+                out = trainer.call_step("predict_step", batch, batch_idx, *extra)
+                trainer.call_hook("on_predict_batch_end", out, batch, batch_idx, *extra)
                 if keep:
                     predictions[dl_idx].append(out)
-    trainer._call_hook("on_predict_epoch_end")
-    trainer._call_hook("on_predict_end")
+    trainer.call_hook("on_predict_epoch_end")
+    trainer.call_hook("on_predict_end")
     teardown_stage(trainer, "predict")
     if not keep:
         return None

@@ -84,12 +84,12 @@ log = logging.getLogger(__name__)
 def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     module = trainer.lightning_module_ref
     assert module is not None
-    if not trainer._module_overrides("training_step"):
+    if not trainer.module_overrides("training_step"):
         raise ValueError(f"{type(module).__name__} has no training_step(); define training_step(self, batch, batch_idx) to fit")
     checkpoint = setup_stage(trainer, "fit", ckpt_path)
     trainer.run_state.train_loader_loaded = False  # estimated_stepping_batches may load it early
     _setup_optimizers(trainer, module)
-    trainer._call_hook("on_fit_start")
+    trainer.call_hook("on_fit_start")
     _log_hyperparams(trainer)
     if checkpoint is not None:
         # After on_fit_start, as Lightning: a callback may reshape the optimizers there
@@ -100,8 +100,8 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
             print(f"volt: resumed from checkpoint {trainer.ckpt_path} at epoch {trainer.current_epoch}, "
                   f"global step {trainer.global_step}", file=sys.stderr, flush=True)
 
-    trainer.val_dataloaders = trainer._request_loaders("val") if _has_validation(trainer) else []
-    trainer.num_val_batches = trainer._limited("val", trainer.val_dataloaders)
+    trainer.val_dataloaders = trainer.request_loaders("val") if _has_validation(trainer) else []
+    trainer.num_val_batches = trainer.limited_batches("val", trainer.val_dataloaders)
     if trainer.num_sanity_val_steps and checkpoint is None:
         _run_sanity_check(trainer)
 
@@ -109,7 +109,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
         _load_train_dataloader(trainer)
     trainer.state.stage = "train"
     module.train()
-    trainer._call_hook("on_train_start")
+    trainer.call_hook("on_train_start")
     _prepare_hot_path(trainer, module)
     run_epoch = _run_train_epoch
     if trainer._profiling:
@@ -120,8 +120,8 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
             trainer.progress.start_epoch(trainer.current_epoch + 1)
         else:  # stopped mid-epoch (max_steps, should_stop): current_epoch stays the last one run
             break
-    trainer._call_hook("on_train_end")
-    trainer._call_hook("on_fit_end")
+    trainer.call_hook("on_train_end")
+    trainer.call_hook("on_fit_end")
     for logger in trainer.loggers:
         logger.save()
     teardown_stage(trainer, "fit")
@@ -133,7 +133,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
 def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
     run: RunState = trainer.run_state
     trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
-        trainer._call_module("configure_optimizers", always=True)
+        trainer.call_module("configure_optimizers", always=True)
     )
     trainer._lightning_optimizers = [LightningOptimizer(o, trainer) for o in trainer.optimizers]
     if not trainer.optimizers and module.automatic_optimization:
@@ -158,19 +158,19 @@ def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
         )
     step_params = inspect.signature(module.optimizer_step).parameters
     run.legacy_optimizer_step = "optimizer_idx" in step_params
-    run.collect_train_outputs = trainer._module_overrides("training_epoch_end") or any(
-        _takes_outputs(cb) for cb in trainer._callbacks_for("on_train_epoch_end")
+    run.collect_train_outputs = trainer.module_overrides("training_epoch_end") or any(
+        _takes_outputs(cb) for cb in trainer.callbacks_for("on_train_epoch_end")
     )
     run.silent = frozenset(
-        h for h in _PER_STEP_HOOKS if not trainer._callbacks_for(h) and not trainer._module_overrides(h)
+        h for h in _PER_STEP_HOOKS if not trainer.callbacks_for(h) and not trainer.module_overrides(h)
     )
     # Detaching step outputs costs a dict per step: do it only when a hook will read them
     # (built-in callbacks that never do are marked with callbacks.base.ignores_outputs).
     run.train_outputs_needed = bool(
         run.collect_train_outputs
         or any(not getattr(cb.on_train_batch_end, "_volt_ignores_outputs", False)
-               for cb in trainer._callbacks_for("on_train_batch_end"))
-        or trainer._module_overrides("on_train_batch_end")
+               for cb in trainer.callbacks_for("on_train_batch_end"))
+        or trainer.module_overrides("on_train_batch_end")
     )
 
 
@@ -182,7 +182,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     from volt.precision import _TRUE_DTYPES, Precision
 
     run: RunState = trainer.run_state
-    overrides = trainer._module_overrides
+    overrides = trainer.module_overrides
     silent = run.silent
     plugin = trainer.precision_plugin
     hot = HotPath()
@@ -190,7 +190,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     # transfer_batch with no transfer hooks and no input cast is move_data_to_device
     hot.plain_transfer = (not resolve_transfer_hooks(trainer) and type(plugin).convert_input is Precision.convert_input
                           and plugin.precision not in _TRUE_DTYPES)
-    hot.batch_start = bool(trainer._callbacks_for("on_batch_start")) or overrides("on_batch_start")
+    hot.batch_start = bool(trainer.callbacks_for("on_batch_start")) or overrides("on_batch_start")
     # module.automatic_optimization is a property a subclass may override; otherwise read its field
     hot.plain_auto = type(module).automatic_optimization is LightningModule.automatic_optimization
     hot.step_end = overrides("training_step_end")
@@ -226,7 +226,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     hot.autocast = plugin.forward_context() if builtin_context and plugin._autocast_dtype is not None else None
     hot.step_context = None if builtin_context else plugin
     hot.batch_end_1x = "on_batch_end" not in silent
-    hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer._callbacks_for("on_train_batch_end"))
+    hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer.callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
     run.hot = hot
 
@@ -258,7 +258,7 @@ def _log_hyperparams(trainer: "Trainer") -> None:
 
 
 def _has_validation(trainer: "Trainer") -> bool:
-    return trainer.limit_val_batches != 0 and trainer._module_overrides("validation_step")
+    return trainer.limit_val_batches != 0 and trainer.module_overrides("validation_step")
 
 
 def _run_sanity_check(trainer: "Trainer") -> None:
@@ -269,22 +269,22 @@ def _run_sanity_check(trainer: "Trainer") -> None:
     before = dict(trainer._logger_connector._callback)
     trainer.sanity_checking = True
     trainer.state.stage = "sanity_check"
-    trainer._call_hook("on_sanity_check_start")
+    trainer.call_hook("on_sanity_check_start")
     run_validation_in_fit(trainer, trainer.num_sanity_val_batches, sanity=True)
-    trainer._call_hook("on_sanity_check_end")
+    trainer.call_hook("on_sanity_check_end")
     trainer.sanity_checking = False
     trainer._logger_connector.discard_sanity_results(before)
 
 
 def _load_train_dataloader(trainer: "Trainer") -> None:
-    loaders = trainer._request_loaders("train")
+    loaders = trainer.request_loaders("train")
     if not loaders:
         raise ValueError(
             "fit() found no training data: pass train_dataloaders=..., a datamodule with train_dataloader(), "
             "or define train_dataloader() in the LightningModule"
         )
     trainer.train_dataloader = loaders[0]
-    trainer.num_training_batches = trainer._limited("train", loaders)[0]
+    trainer.num_training_batches = trainer.limited_batches("train", loaders)[0]
     trainer.run_state.train_loader_loaded = True
     trainer.run_state.val_check_batch = _val_check_batch(trainer)
 
@@ -349,7 +349,7 @@ def _finish_saved_epoch(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
     count = int(saved.get("current_epoch", 0)) + 1
     for cfg in trainer.lr_scheduler_configs:
         if cfg.interval == "epoch" and not cfg.reduce_on_plateau and count % cfg.frequency == 0:
-            trainer._call_module("lr_scheduler_step", cfg.scheduler, None, always=True)
+            trainer.call_module("lr_scheduler_step", cfg.scheduler, None, always=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,8 +367,8 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     trainer._logger_connector.reset_train_epoch()
     trainer._logger_connector.active = trainer._logger_connector.train_results
     outputs: List[Any] = []
-    trainer._call_hook("on_epoch_start")
-    trainer._call_hook("on_train_epoch_start")
+    trainer.call_hook("on_epoch_start")
+    trainer.call_hook("on_train_epoch_start")
     # resume: a mid-epoch checkpoint continues after the batches already done, with the
     # RNG states of the original run (volt.resume), so no batch is repeated or skipped
     skip = progress.batch_idx
@@ -446,15 +446,15 @@ def _end_train_epoch(trainer: "Trainer", module: LightningModule, outputs: List[
     connector = trainer._logger_connector
     connector.active = connector.train_results
     connector.preview_epoch(connector.train_results)  # epoch-end hooks read x_epoch in callback_metrics
-    if trainer._module_overrides("training_epoch_end"):
-        trainer._call_module("training_epoch_end", outputs)
-    monitoring = [cb for cb in trainer._callbacks_for("on_train_epoch_end") if _is_monitoring(cb)]
-    others = [cb for cb in trainer._callbacks_for("on_train_epoch_end") if not _is_monitoring(cb)]
+    if trainer.module_overrides("training_epoch_end"):
+        trainer.call_module("training_epoch_end", outputs)
+    monitoring = [cb for cb in trainer.callbacks_for("on_train_epoch_end") if _is_monitoring(cb)]
+    others = [cb for cb in trainer.callbacks_for("on_train_epoch_end") if not _is_monitoring(cb)]
     _call_train_epoch_end(trainer, others, outputs)
-    trainer._call_module("on_train_epoch_end")
+    trainer.call_module("on_train_epoch_end")
     connector.finish_epoch(connector.train_results, max(trainer.progress.batches_that_stepped - 1, 0))
     _call_train_epoch_end(trainer, monitoring, outputs)
-    trainer._call_hook("on_epoch_end")
+    trainer.call_hook("on_epoch_end")
     if trainer.progress.epoch_batches_done:
         _step_schedulers(trainer, "epoch", trainer.current_epoch + 1)
         trainer.progress.epoch_schedulers_stepped = True
@@ -462,7 +462,7 @@ def _end_train_epoch(trainer: "Trainer", module: LightningModule, outputs: List[
 
 def _call_train_epoch_end(trainer: "Trainer", callbacks: List[Any], outputs: List[Any]) -> None:
     modern = [cb for cb in callbacks if not _takes_outputs(cb)]
-    trainer._call_callbacks("on_train_epoch_end", only=modern)
+    trainer.call_callbacks("on_train_epoch_end", only=modern)
     for cb in callbacks:
         if _takes_outputs(cb):  # 1.x signature with outputs
             cb.on_train_epoch_end(trainer, trainer.lightning_module_ref, outputs)
@@ -526,7 +526,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
     if is_last:
         progress.epoch_batches_done = True
     callbacks = hot.batch_end_callbacks
-    if callbacks or hot.batch_end_module:  # trainer._call_hook("on_train_batch_end", ...), inlined
+    if callbacks or hot.batch_end_module:  # trainer.call_hook("on_train_batch_end", ...), inlined
         prev, connector.fx = connector.fx, "on_train_batch_end"
         try:
             for hook in callbacks:
@@ -536,7 +536,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
         finally:
             connector.fx = prev
     if hot.batch_end_1x:
-        trainer._call_hook("on_batch_end")
+        trainer.call_hook("on_batch_end")
     if run.collect_train_outputs and output is not None:
         epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
     n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
@@ -558,12 +558,12 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     connector = trainer._logger_connector
     connector.current_batch, connector._batch_size = batch, None  # connector.set_batch(batch)
     if hot.batch_start:
-        if trainer._callbacks_for("on_batch_start"):  # 1.x: callbacks take no batch, the module does
-            trainer._call_callbacks("on_batch_start")
-        if trainer._module_overrides("on_batch_start"):
-            trainer._call_module("on_batch_start", batch, always=True)
+        if trainer.callbacks_for("on_batch_start"):  # 1.x: callbacks take no batch, the module does
+            trainer.call_callbacks("on_batch_start")
+        if trainer.module_overrides("on_batch_start"):
+            trainer.call_module("on_batch_start", batch, always=True)
     silent = run.silent
-    if "on_train_batch_start" not in silent and trainer._call_hook("on_train_batch_start", batch, batch_idx) == -1:
+    if "on_train_batch_start" not in silent and trainer.call_hook("on_train_batch_start", batch, batch_idx) == -1:
         return -1
 
     if module._automatic_optimization if hot.plain_auto else module.automatic_optimization:
@@ -575,9 +575,9 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
         outputs = _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
     else:
         steps_now = True
-        outputs = trainer._call_step("training_step", *_step_args(trainer, batch, batch_idx, None, None))
-        if trainer._module_overrides("training_step_end"):
-            outputs = trainer._call_module("training_step_end", outputs)
+        outputs = trainer.call_step("training_step", *_step_args(trainer, batch, batch_idx, None, None))
+        if trainer.module_overrides("training_step_end"):
+            outputs = trainer.call_module("training_step_end", outputs)
         outputs = _detached(outputs)
 
     if steps_now:
@@ -589,9 +589,9 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     if is_last:
         progress.epoch_batches_done = True
     if "on_train_batch_end" not in silent:
-        trainer._call_hook("on_train_batch_end", outputs, batch, batch_idx)
+        trainer.call_hook("on_train_batch_end", outputs, batch, batch_idx)
     if "on_batch_end" not in silent:
-        trainer._call_hook("on_batch_end")
+        trainer.call_hook("on_batch_end")
     if run.collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
     if steps_now:
@@ -661,10 +661,10 @@ def _call_optimizer_step(trainer: "Trainer", module: LightningModule, batch_idx:
                          opt_idx: int, closure: Callable[[], Any]) -> None:
     """The module's optimizer_step override (the default is optimizer.step(closure=closure))."""
     if trainer.run_state.legacy_optimizer_step:  # 1.x signature: (epoch, batch_idx, optimizer, optimizer_idx, closure, ...)
-        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
+        trainer.call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer,
                              optimizer_idx=opt_idx, optimizer_closure=closure, always=True)
     else:
-        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure, always=True)
+        trainer.call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure, always=True)
 
 
 class _TrainingClosure:
@@ -694,12 +694,12 @@ class _TrainingClosure:
         trainer, hot = self.trainer, self.hot
         batch_idx, opt_idx = self.batch_idx, self.opt_idx
         if opt_idx is None and not trainer.run_state.step_takes_hiddens:  # _step_args would add nothing
-            output = trainer._call_step("training_step", self.batch, batch_idx)
+            output = trainer.call_step("training_step", self.batch, batch_idx)
         else:
-            output = trainer._call_step("training_step",
+            output = trainer.call_step("training_step",
                                         *_step_args(trainer, self.batch, batch_idx, opt_idx, self.hiddens))
         if hot.step_end:
-            output = trainer._call_module("training_step_end", output)
+            output = trainer.call_module("training_step_end", output)
         if isinstance(output, torch.Tensor) and output.requires_grad:  # what _loss_from accepts without a call
             loss: Optional[torch.Tensor] = output
         else:
@@ -712,12 +712,12 @@ class _TrainingClosure:
         # zero_grad even for a skipped batch (loss None): the step then has no gradients to apply
         if self.zero_grad:
             if "on_before_zero_grad" not in trainer.run_state.silent:
-                trainer._call_hook("on_before_zero_grad", optimizer)
+                trainer.call_hook("on_before_zero_grad", optimizer)
             if hot.zero_grad_hook:
                 if hot.legacy_step:
-                    trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
+                    trainer.call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer, opt_idx or 0)
                 else:
-                    trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
+                    trainer.call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
             else:
                 optimizer.zero_grad()  # type: ignore[union-attr]
         if loss is None:
@@ -811,12 +811,12 @@ def optimizer_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, closure
 def _before_step(trainer: "Trainer", optimizer: torch.optim.Optimizer, automatic: bool) -> Callable[[], None]:
     def before_step() -> None:
         if "on_before_optimizer_step" not in trainer.run_state.silent:
-            trainer._call_hook("on_before_optimizer_step", optimizer)
+            trainer.call_hook("on_before_optimizer_step", optimizer)
         if automatic:
             if trainer.track_grad_norm != -1 and _is_log_step(trainer):
                 _log_grad_norms(trainer, optimizer)
-            if trainer.gradient_clip_val or trainer._module_overrides("configure_gradient_clipping"):
-                trainer._call_module("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
+            if trainer.gradient_clip_val or trainer.module_overrides("configure_gradient_clipping"):
+                trainer.call_module("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
                                      trainer.gradient_clip_algorithm, always=True)
 
     return before_step
@@ -890,4 +890,4 @@ def _step_schedulers(trainer: "Trainer", interval: str, count: int) -> None:
                         f"{sorted(trainer.callback_metrics)}. Log it with self.log or set 'strict': False"
                     )
                 continue
-        trainer._call_module("lr_scheduler_step", cfg.scheduler, metric, always=True)
+        trainer.call_module("lr_scheduler_step", cfg.scheduler, metric, always=True)

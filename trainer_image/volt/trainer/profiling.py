@@ -1,7 +1,7 @@
 """Wires a profiler into a run, only when one is set.
 
 ``instrument(trainer)`` binds profiled versions of the trainer's dispatch methods on the
-instance (``_call_hook``, ``_call_callbacks``, ``_call_module``, ``_call_step``,
+instance (``call_hook``, ``call_callbacks``, ``call_module``, ``call_step``,
 ``_run_backward``, ``_optimizer_step``) for one run; ``uninstrument`` removes them. Without a
 profiler nothing is bound, the class methods run, and the loops take their plain path: the
 per-step code never asks "is a profiler on?". The loop-level actions (``run_training_epoch``,
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 T = TypeVar("T")
 
-_BOUND = ("_call_hook", "_call_callbacks", "_call_module", "_call_step", "_run_backward", "_optimizer_step")
+_BOUND = ("call_hook", "call_callbacks", "call_module", "call_step", "_run_backward", "_optimizer_step")
 
 
 def is_active(trainer: "Trainer") -> bool:
@@ -47,7 +47,7 @@ def instrument(trainer: "Trainer", stage: str) -> bool:
         return key
 
     def call_callbacks(hook: str, *args: Any, only: Optional[List[Any]] = None) -> None:
-        cbs = trainer._callbacks_for(hook) if only is None else only
+        cbs = trainer.callbacks_for(hook) if only is None else only
         if not cbs:
             return
         connector = trainer._logger_connector
@@ -60,10 +60,10 @@ def instrument(trainer: "Trainer", stage: str) -> bool:
             connector.fx = prev
 
     def call_module(hook: str, *args: Any, always: bool = False, **kwargs: Any) -> Any:
-        if not always and not trainer._module_overrides(hook):
+        if not always and not trainer.module_overrides(hook):
             return None
         with profiler.profile(f"[LightningModule]{module_name}.{hook}"):
-            return originals["_call_module"](hook, *args, always=True, **kwargs)
+            return originals["call_module"](hook, *args, always=True, **kwargs)
 
     def call_hook(hook: str, *args: Any) -> Any:
         call_callbacks(hook, *args)
@@ -71,7 +71,7 @@ def instrument(trainer: "Trainer", stage: str) -> bool:
 
     def call_step(name: str, *args: Any) -> Any:
         with profiler.profile(f"[LightningModule]{module_name}.{name}"):
-            return originals["_call_step"](name, *args)
+            return originals["call_step"](name, *args)
 
     def run_backward(loss: Any, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         with profiler.profile(f"[Strategy]{strategy_name}.backward"):
@@ -81,8 +81,8 @@ def instrument(trainer: "Trainer", stage: str) -> bool:
         with profiler.profile(f"[Strategy]{strategy_name}.optimizer_step"):
             return originals["_optimizer_step"](optimizer, closure, **kwargs)
 
-    trainer.__dict__.update(_call_hook=call_hook, _call_callbacks=call_callbacks, _call_module=call_module,
-                            _call_step=call_step, _run_backward=run_backward, _optimizer_step=optimizer_step)
+    trainer.__dict__.update(call_hook=call_hook, call_callbacks=call_callbacks, call_module=call_module,
+                            call_step=call_step, _run_backward=run_backward, _optimizer_step=optimizer_step)
     return True
 
 

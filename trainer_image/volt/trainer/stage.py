@@ -33,10 +33,10 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
     dm = trainer.datamodule
     if dm is not None:
         dm.setup(stage)
-    trainer._call_callbacks("setup", stage)
-    trainer._call_module("setup", stage, always=True)
-    trainer._call_module("configure_sharded_model")
-    trainer._call_module("configure_model")
+    trainer.call_callbacks("setup", stage)
+    trainer.call_module("setup", stage, always=True)
+    trainer.call_module("configure_sharded_model")
+    trainer.call_module("configure_model")
     trainer.precision_plugin.convert_module(module)
     checkpoint = checkpoint_connector.load_checkpoint(trainer, ckpt_path)
     if checkpoint is not None:
@@ -47,8 +47,8 @@ def setup_stage(trainer: "Trainer", stage: str, ckpt_path: Optional[str]) -> Opt
 
 
 def teardown_stage(trainer: "Trainer", stage: str) -> None:
-    trainer._call_callbacks("teardown", stage)
-    trainer._call_module("teardown", stage, always=True)
+    trainer.call_callbacks("teardown", stage)
+    trainer.call_module("teardown", stage, always=True)
     if trainer.datamodule is not None:
         trainer.datamodule.teardown(stage)
 
@@ -74,7 +74,7 @@ def _prepare_data(trainer: "Trainer", module: LightningModule) -> None:
         per_node = getattr(obj, "prepare_data_per_node", True)
         if (strategy.local_rank == 0) if per_node else strategy.is_global_zero:
             if obj is module:
-                trainer._call_module("prepare_data")
+                trainer.call_module("prepare_data")
             else:
                 obj.prepare_data()
     strategy.barrier("prepare_data")

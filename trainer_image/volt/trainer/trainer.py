@@ -685,7 +685,7 @@ class Trainer:
     def enable_validation(self) -> bool:
         """Whether fit runs validation: a validation_step, validation data, and limit_val_batches > 0."""
         module = self.lightning_module_ref
-        return (module is not None and self._module_overrides("validation_step") and bool(self.val_dataloaders)
+        return (module is not None and self.module_overrides("validation_step") and bool(self.val_dataloaders)
                 and self.limit_val_batches != 0)
 
     @property
@@ -930,7 +930,7 @@ class Trainer:
         except KeyboardInterrupt as err:
             log.warning("KeyboardInterrupt: stopping, running on_keyboard_interrupt/on_exception hooks")
             self.state.status = "interrupted"
-            self._call_callbacks("on_keyboard_interrupt")
+            self.call_callbacks("on_keyboard_interrupt")
             self._on_exception(err)
             self._finalize_loggers("interrupted")
             raise
@@ -957,7 +957,7 @@ class Trainer:
             self.checkpoint_io.teardown()
 
     def _on_exception(self, err: BaseException) -> None:
-        self._call_callbacks("on_exception", err)
+        self.call_callbacks("on_exception", err)
         if defines(self.lightning_module_ref, "on_exception", LightningModule):
             self.lightning_module_ref.on_exception(err)  # type: ignore[union-attr]
         if self.datamodule is not None:
@@ -968,7 +968,10 @@ class Trainer:
             logger.finalize(status)
 
     # ------------------------------------------------------------------------------------
-    # hook dispatch: each hook goes only to the callbacks that override it (computed once)
+    # The loops' API (engine-internal, not Lightning's): what fit_loop, eval_loop and stage
+    # call on the Trainer. Hook dispatch: callbacks_for, call_callbacks, module_overrides,
+    # call_module, call_hook, call_step; data: request_loaders, limited_batches; per-run
+    # decisions: run_state. Each hook goes only to the callbacks that override it (computed once).
     # ------------------------------------------------------------------------------------
     def _reset_hook_cache(self) -> None:
         self._hook_cache = {}
@@ -977,7 +980,7 @@ class Trainer:
         self._transfer_hooks: Optional[List[Any]] = None
         self.run_state = RunState()  # engine-internal: what the loops decide for this run (trainer/run_state.py)
 
-    def _callbacks_for(self, hook: str) -> List[Callback]:
+    def callbacks_for(self, hook: str) -> List[Callback]:
         cbs = self._hook_cache.get(hook)
         if cbs is None:
             from volt.callbacks.base import overrides
@@ -986,9 +989,9 @@ class Trainer:
             self._hook_cache[hook] = cbs
         return cbs
 
-    def _call_callbacks(self, hook: str, *args: Any, only: Optional[List[Callback]] = None) -> None:
+    def call_callbacks(self, hook: str, *args: Any, only: Optional[List[Callback]] = None) -> None:
         module = self.lightning_module_ref
-        cbs = self._callbacks_for(hook) if only is None else only
+        cbs = self.callbacks_for(hook) if only is None else only
         if not cbs:
             return
         connector = self._logger_connector
@@ -999,7 +1002,7 @@ class Trainer:
         finally:
             connector.fx = prev
 
-    def _module_overrides(self, hook: str) -> bool:
+    def module_overrides(self, hook: str) -> bool:
         cache = self._module_hooks
         found = cache.get(hook)
         if found is None:
@@ -1007,9 +1010,9 @@ class Trainer:
             cache[hook] = found
         return found
 
-    def _call_module(self, hook: str, *args: Any, always: bool = False, **kwargs: Any) -> Any:
+    def call_module(self, hook: str, *args: Any, always: bool = False, **kwargs: Any) -> Any:
         """Call a module hook; no-op defaults are skipped unless ``always``."""
-        if not always and not self._module_overrides(hook):
+        if not always and not self.module_overrides(hook):
             return None
         connector = self._logger_connector
         prev, connector.fx = connector.fx, hook
@@ -1018,7 +1021,7 @@ class Trainer:
         finally:
             connector.fx = prev
 
-    def _call_hook(self, hook: str, *args: Any) -> Any:
+    def call_hook(self, hook: str, *args: Any) -> Any:
         """Callbacks first, then the module (Lightning's order for most hooks); returns the module's result.
 
         Who overrides ``hook`` is looked up once per run, so a hook nobody
@@ -1026,11 +1029,11 @@ class Trainer:
         """
         plan = self._hook_plan.get(hook)
         if plan is None:
-            plan = self._hook_plan[hook] = (self._callbacks_for(hook), self._module_overrides(hook))
+            plan = self._hook_plan[hook] = (self.callbacks_for(hook), self.module_overrides(hook))
         cbs, module_overrides = plan
         if not cbs and not module_overrides:
             return None
-        # _call_callbacks then _call_module, inlined: this runs for per-step hooks
+        # call_callbacks then call_module, inlined: this runs for per-step hooks
         module = self.lightning_module_ref
         connector = self._logger_connector
         prev, connector.fx = connector.fx, hook  # self.log's defaults depend on the calling hook
@@ -1043,7 +1046,7 @@ class Trainer:
         finally:
             connector.fx = prev
 
-    def _call_step(self, name: str, *args: Any) -> Any:
+    def call_step(self, name: str, *args: Any) -> Any:
         """A *_step through the strategy (so DDP hooks fire), under the precision's autocast."""
         connector = self._logger_connector
         prev, connector.fx = connector.fx, name
@@ -1065,21 +1068,21 @@ class Trainer:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
         silent = self.run_state.silent
         if "on_before_backward" not in silent:
-            self._call_hook("on_before_backward", loss)
+            self.call_hook("on_before_backward", loss)
         scaler = self.precision_plugin.scaler
         scaled = scaler.scale(loss) if scaler is not None else loss
-        if self._module_overrides("backward") or args or kwargs:
-            self._call_module("backward", scaled, *args, always=True, **kwargs)
+        if self.module_overrides("backward") or args or kwargs:
+            self.call_module("backward", scaled, *args, always=True, **kwargs)
         else:
             scaled.backward()
         if "on_after_backward" not in silent:
-            self._call_hook("on_after_backward")
+            self.call_hook("on_after_backward")
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, **kwargs: Any) -> Any:
         return fit_loop.optimizer_step(self, optimizer, closure, **kwargs)
 
     # --- data sources ---------------------------------------------------------------------------
-    def _request_loaders(self, stage: str) -> List[Iterable]:
+    def request_loaders(self, stage: str) -> List[Iterable]:
         """The loaders for ``stage`` (train|val|test|predict): argument, datamodule, then module."""
         arg_key = {"train": "train", "val": "val", "test": "test", "predict": "predict"}[stage]
         args = self._loader_args
@@ -1113,7 +1116,7 @@ class Trainer:
         finally:
             connector.fx = prev
 
-    def _limited(self, stage: str, loaders: List[Iterable]) -> List[float]:
+    def limited_batches(self, stage: str, loaders: List[Iterable]) -> List[float]:
         limit, arg, name = {
             "train": (self.limit_train_batches, "limit_train_batches", "train_dataloader"),
             "val": (self.limit_val_batches, "limit_val_batches", "val_dataloader"),
