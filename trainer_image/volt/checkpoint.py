@@ -31,13 +31,14 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 import threading
 import time
 import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO, Callable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import numpy
 import torch
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "latest.json"
 MANIFEST_FORMAT = 2  # 2: size, sha256, job_uid, history; 1 (volt before checksums) is still read
+MANIFEST_FORMAT_SHARDED = 3  # a manifest whose latest checkpoint is a sharded directory (adds `files`)
 CHECKPOINT_SUFFIX = ".ckpt"
 #: At most this many earlier checkpoints (that still exist) are listed: fallback candidates and
 #: retention's view. A TrainingJob's checkpoint.keepLast is at most 1000 too.
@@ -361,6 +363,56 @@ def load(path: PathLike, map_location: MapLocation = None, weights_only: Optiona
         ) from err
 
 
+# --- sharded (DCP) checkpoint directories (written by volt.checkpoint_sharded) -----------------
+SHARDED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
+
+#: Sharded checkpoints whose async save is in flight: path -> "run this once it is committed".
+_in_flight: Dict[str, Callable[[Callable[[], None]], None]] = {}
+
+
+def register_in_flight(path: PathLike, after_commit: Optional[Callable[[Callable[[], None]], None]]) -> None:
+    """Mark ``path`` as being saved in the background (``write_manifest`` defers to ``after_commit``), or
+    clear the mark (``after_commit=None``)."""
+    key = os.path.abspath(os.fspath(path))
+    if after_commit is None:
+        _in_flight.pop(key, None)
+    else:
+        _in_flight[key] = after_commit
+
+
+def sharded_digest(dirpath: PathLike) -> Tuple[Digest, Dict[str, int]]:
+    """What verifies a sharded checkpoint without reading its shards: the SHA-256 of its index
+    (``.metadata``), the total size and every file's size."""
+    dirpath = os.fspath(dirpath)
+    files = {entry.name: entry.stat().st_size for entry in os.scandir(dirpath) if entry.is_file()}
+    if SHARDED_METADATA not in files:
+        raise FileNotFoundError(f"{dirpath!r} is not a sharded checkpoint: no {SHARDED_METADATA}")
+    return Digest(sum(files.values()), file_digest(os.path.join(dirpath, SHARDED_METADATA)).sha256), files
+
+
+def verify_sharded(path: str, entry: Optional[Entry]) -> Optional[str]:
+    """Why the sharded checkpoint directory ``path`` is not usable, or None."""
+    try:
+        if not os.path.isfile(os.path.join(path, SHARDED_METADATA)):
+            return f"a directory without {SHARDED_METADATA} (not a complete sharded checkpoint)"
+        if entry is None or entry.files is None:
+            return None
+        for name, size in entry.files.items():
+            try:
+                actual = os.path.getsize(os.path.join(path, name))
+            except FileNotFoundError:
+                return f"shard {name} is missing"
+            if actual != size:
+                return f"shard {name} has {actual} bytes where the manifest recorded {size} (truncated or overwritten)"
+        if entry.sha256:
+            actual_sha = file_digest(os.path.join(path, SHARDED_METADATA)).sha256
+            if actual_sha != entry.sha256:
+                return f"{SHARDED_METADATA} SHA-256 {actual_sha[:12]}... does not match the manifest's (corrupt)"
+    except OSError as err:
+        return f"unreadable: {err}"
+    return None
+
+
 # --- the manifest -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
@@ -371,7 +423,8 @@ class Entry:
     epoch: int
     unix_time: float
     size: Optional[int] = None  # None: written by a volt without checksums
-    sha256: Optional[str] = None
+    sha256: Optional[str] = None  # of the file; of its SHARDED_METADATA file for a sharded directory
+    files: Optional[Dict[str, int]] = None  # a sharded directory: every file's size; None: a single file
 
     def path(self, dirpath: PathLike) -> str:
         return os.path.join(os.fspath(dirpath), self.checkpoint)
@@ -391,13 +444,14 @@ class Manifest:
     sha256: Optional[str] = None
     job_uid: Optional[str] = None  # the TrainingJob's uid ($VOLT_JOB_UID) that wrote it
     history: Tuple[Entry, ...] = field(default=())  # earlier checkpoints, newest first
+    files: Optional[Dict[str, int]] = None  # a sharded checkpoint directory: every file's size
 
     def path(self, dirpath: PathLike) -> str:
         return os.path.join(os.fspath(dirpath), self.checkpoint)
 
     @property
     def latest(self) -> Entry:
-        return Entry(self.checkpoint, self.step, self.epoch, self.unix_time, self.size, self.sha256)
+        return Entry(self.checkpoint, self.step, self.epoch, self.unix_time, self.size, self.sha256, self.files)
 
     def entries(self) -> Tuple[Entry, ...]:
         """The latest checkpoint, then the earlier ones, newest first."""
@@ -427,7 +481,7 @@ def _entry_history(previous: Optional[Manifest], dirpath: str, new_name: str, jo
     for entry in previous.entries():
         if entry.checkpoint in names:
             continue  # overwritten by the new checkpoint (last.ckpt) or listed twice
-        if os.path.isfile(entry.path(dirpath)):
+        if os.path.exists(entry.path(dirpath)):
             kept.append(entry)
             names.add(entry.checkpoint)
     return tuple(kept[:MAX_HISTORY])
@@ -435,10 +489,12 @@ def _entry_history(previous: Optional[Manifest], dirpath: str, new_name: str, jo
 
 def write_manifest(
     dirpath: PathLike, ckpt_path: PathLike, *, step: int, epoch: int, job_uid: Optional[str] = None
-) -> Manifest:
+) -> Optional[Manifest]:
     """Record ``ckpt_path`` (a complete checkpoint under ``dirpath``) as the latest one.
 
-    Call it only after the checkpoint file is fully written (``atomic_save`` returned).
+    Call it only after the checkpoint file is fully written (``atomic_save`` returned). For a
+    sharded checkpoint whose async save is still in flight (``register_in_flight``) the write is
+    deferred until the save commits, and None is returned.
     The manifest stores the path relative to ``dirpath`` so the volume can be
     mounted elsewhere after a restart, the file's size and SHA-256 (from
     ``atomic_save``; a file this process did not write through it is read once),
@@ -449,11 +505,19 @@ def write_manifest(
     relative = os.path.relpath(ckpt_path, dirpath)
     if relative.startswith(os.pardir + os.sep) or relative == os.pardir:
         raise ValueError(f"write_manifest: `ckpt_path` {ckpt_path!r} must be inside `dirpath` {dirpath!r}")
-    if not os.path.isfile(ckpt_path):
+    in_flight = _in_flight.get(ckpt_path)
+    if in_flight is not None:  # an async save: the manifest waits until every shard is durable
+        in_flight(lambda: write_manifest(dirpath, ckpt_path, step=step, epoch=epoch, job_uid=job_uid))
+        return None
+    files: Optional[Dict[str, int]] = None
+    if os.path.isdir(ckpt_path):
+        digest, files = sharded_digest(ckpt_path)
+    elif not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"write_manifest: `ckpt_path` {ckpt_path!r} does not exist")
-    digest = _recent_digests.get(os.path.realpath(ckpt_path))
-    if digest is None or digest.size != os.path.getsize(ckpt_path):
-        digest = file_digest(ckpt_path)  # written by a custom CheckpointIO, or rewritten since
+    else:
+        digest = _recent_digests.get(os.path.realpath(ckpt_path))
+        if digest is None or digest.size != os.path.getsize(ckpt_path):
+            digest = file_digest(ckpt_path)  # written by a custom CheckpointIO, or rewritten since
     if job_uid is None:
         job_uid = contract.job_uid(os.environ)  # this variable alone: a save must not fail on another
     now = time.time()
@@ -467,6 +531,8 @@ def write_manifest(
         sha256=digest.sha256,
         job_uid=job_uid,
         history=_entry_history(read_manifest(dirpath, quiet=True), dirpath, relative, job_uid),
+        files=files,
+        format=MANIFEST_FORMAT if files is None else MANIFEST_FORMAT_SHARDED,
     )
     payload = (json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n").encode()
     _atomic_write(os.path.join(dirpath, MANIFEST_NAME), _write_bytes(payload))
@@ -476,6 +542,7 @@ def write_manifest(
 def _parse_entry(data: Mapping[str, Any]) -> Entry:
     size = data.get("size")
     sha256 = data.get("sha256")
+    files = data.get("files")
     return Entry(
         checkpoint=str(data["checkpoint"]),
         step=int(data["step"]),
@@ -483,6 +550,7 @@ def _parse_entry(data: Mapping[str, Any]) -> Entry:
         unix_time=float(data["unix_time"]),
         size=None if size is None else int(size),
         sha256=None if sha256 is None else str(sha256),
+        files=None if files is None else {str(k): int(v) for k, v in dict(files).items()},
     )
 
 
@@ -505,6 +573,7 @@ def read_manifest(dirpath: PathLike, quiet: bool = False) -> Optional[Manifest]:
             sha256=latest.sha256,
             job_uid=None if job_uid is None else str(job_uid),
             history=tuple(_parse_entry(item) for item in data.get("history") or ()),
+            files=latest.files,
         )
     except FileNotFoundError:
         return None
@@ -559,6 +628,8 @@ def verify_checkpoint(path: PathLike, entry: Optional[Entry] = None) -> Optional
     central directory (a truncated one has not).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        return verify_sharded(path, entry)
     try:
         size = os.path.getsize(path)
         if not os.path.isfile(path):
@@ -606,7 +677,8 @@ def _candidates(dirpath: str, ownership: Optional[JobOwnership] = None) -> List[
             seen.add(os.path.realpath(path))
             out.append((path, entry))
     scanned = [p for p in glob.glob(os.path.join(glob.escape(dirpath), "*" + CHECKPOINT_SUFFIX))
-               if os.path.isfile(p) and os.path.realpath(p) not in seen and inside(p, dirpath)]
+               if (os.path.isfile(p) or os.path.isfile(os.path.join(p, SHARDED_METADATA)))
+               and os.path.realpath(p) not in seen and inside(p, dirpath)]
     scanned.sort(key=_mtime, reverse=True)
     out.extend((path, None) for path in scanned)
     return out
@@ -763,10 +835,10 @@ def resolve_ckpt_path(
                 "ckpt_path='best' but no best checkpoint is known: configure a ModelCheckpoint "
                 "(with `monitor` to rank checkpoints) and train first, or pass a path"
             )
-        if not os.path.isfile(best_path):
+        if not os.path.exists(best_path):
             raise FileNotFoundError(f"ckpt_path='best': the best checkpoint {best_path!r} does not exist")
         return best_path
-    if not os.path.isfile(ckpt_path):
+    if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"`ckpt_path` {ckpt_path!r} does not exist (expected 'last', 'best' or a file)")
     return ckpt_path
 
@@ -781,9 +853,12 @@ def remove_stale_temp_files(dirpath: PathLike) -> int:
         return 0
     removed = 0
     for entry in os.scandir(dirpath):
-        if entry.is_file() and entry.name.startswith(_TEMP_PREFIX) and entry.name.endswith(_TEMP_SUFFIX):
+        if entry.name.startswith(_TEMP_PREFIX) and entry.name.endswith(_TEMP_SUFFIX):
             try:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):  # a sharded checkpoint's uncommitted directory
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed += 1
             except FileNotFoundError:
                 pass

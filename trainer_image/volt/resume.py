@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from volt.resize import resume_at_world_size
 from volt.utilities import loader_kwargs
 
 try:  # numpy is optional
@@ -193,10 +194,6 @@ def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
         return
     saved, now = int(state["world_size"]), int(trainer.world_size)
     if saved != now:
-        raise ValueError(
-            f"the checkpoint was written by {saved} process(es) but this run has {now} (num_nodes x devices): "
-            "resuming across a change of world size is not supported. Resume with the same layout, or load only "
-            "the weights (model.load_state_dict(checkpoint['state_dict']))"
-        )
+        resume_at_world_size(trainer, checkpoint, saved, now)  # raises where the data cannot be re-dealt
     rng = state["rng"]
     trainer.rng_snapshots.restored = rng[trainer.global_rank] if len(rng) > trainer.global_rank else None

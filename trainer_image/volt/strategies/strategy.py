@@ -92,6 +92,33 @@ class Strategy(ABC):
         """The user's unwrapped LightningModule."""
         return self._lightning_module
 
+    # --- state dicts (FSDP gathers full tensors; everyone else returns their own) ---
+    def lightning_module_state_dict(self, sharded: bool = False) -> Dict[str, Any]:
+        """The weights a checkpoint stores. Every rank calls it (FSDP gathers shards unless ``sharded``)."""
+        assert self._lightning_module is not None
+        return self._lightning_module.state_dict()
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer, sharded: bool = False) -> Dict[str, Any]:
+        """The optimizer state a checkpoint stores. Every rank calls it. ``sharded`` (for a
+        ``torch.distributed.checkpoint`` writer): keyed by parameter name, which DCP can flatten."""
+        if not sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint import state_dict as dcp_state  # lazy: only sharded checkpoints need it
+
+        assert self._lightning_module is not None
+        return dcp_state.get_optimizer_state_dict(self._lightning_module, optimizer)
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+        """Restore what ``optimizer_state`` returned (either form)."""
+        if not any(isinstance(key, str) for key in state.get("state", {})):
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint import state_dict as dcp_state  # lazy: only sharded checkpoints need it
+
+        assert self._lightning_module is not None
+        dcp_state.set_optimizer_state_dict(self._lightning_module, optimizer, state,
+                                           options=dcp_state.StateDictOptions(full_state_dict=True))
+
     # --- data ---------------------------------------------------------------
     def process_dataloader(self, dataloader: Iterable, stage: str) -> Iterable:
         """Return the loader to iterate in ``stage`` (DDP injects a DistributedSampler)."""

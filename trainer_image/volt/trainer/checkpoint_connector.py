@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from volt import resume
 from volt.checkpoint import JobOwnership, load_latest, resolve_ckpt_path
+from volt.checkpoint_sharded import load_any
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -15,8 +16,12 @@ log = logging.getLogger(__name__)
 SCALER_KEY = "native_amp_scaling_state"
 
 
-def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str, Any]:
-    """The checkpoint of ``trainer``'s current state; callbacks and the module may add to it."""
+def dump_checkpoint(trainer: "Trainer", weights_only: bool = False, sharded: bool = False) -> Dict[str, Any]:
+    """The checkpoint of ``trainer``'s current state; callbacks and the module may add to it.
+
+    ``sharded``: weights and optimizer states as each rank holds them (FSDP: its shards), for a
+    sharded writer (``volt.checkpoint_sharded``); otherwise full tensors.
+    """
     from volt import __version__
 
     module = trainer.lightning_module
@@ -24,12 +29,13 @@ def dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> Dict[str,
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "volt_version": __version__,
-        "state_dict": module.state_dict(),
+        "state_dict": trainer.strategy.lightning_module_state_dict(sharded=sharded),
         "loops": {"fit_loop": trainer.progress.state_dict()},
     }
     if not weights_only:
         checkpoint["callbacks"] = _callback_states(trainer)
-        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(opt, sharded=sharded)
+                                          for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
@@ -86,7 +92,7 @@ def load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Di
     if ckpt_path == "last":  # the newest checkpoint that verifies and loads; rank 0 chooses for every rank
         contract = trainer.job_contract
         path, checkpoint = load_latest(
-            dirpath, lambda p: trainer.checkpoint_io.load_checkpoint(p, map_location="cpu"),
+            dirpath, lambda p: load_any(trainer.checkpoint_io, p),  # a file, or a sharded directory
             is_global_zero=trainer.is_global_zero,
             broadcast=trainer.strategy.broadcast if trainer.world_size > 1 else None,
             ownership=JobOwnership(contract.job_uid, contract.resume_any_job),
@@ -100,7 +106,7 @@ def load_checkpoint(trainer: "Trainer", ckpt_path: Optional[str]) -> Optional[Di
         log.info("ckpt_path=%r: no checkpoint saved yet, starting fresh", ckpt_path)
         return None
     log.info("restoring from checkpoint %s", path)
-    return trainer.checkpoint_io.load_checkpoint(path, map_location="cpu")
+    return load_any(trainer.checkpoint_io, path)
 
 
 def restore_model_and_callbacks(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
@@ -134,7 +140,7 @@ def restore_training_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> No
             f"{len(trainer.optimizers)} optimizers"
         )
     for opt, state in zip(trainer.optimizers, opt_states):
-        opt.load_state_dict(state)
+        trainer.strategy.load_optimizer_state(opt, state)
     sched_states = checkpoint.get("lr_schedulers", [])
     if len(sched_states) != len(trainer.lr_scheduler_configs):
         raise ValueError(

@@ -36,6 +36,9 @@ from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from volt.trainer.progress import Progress
 from volt.trainer.run_state import RunState
 
+#: Strategy names that select FSDP2 (``volt.strategies.fsdp``); Lightning's names.
+FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")
+
 log = logging.getLogger(__name__)
 
 
@@ -441,6 +444,14 @@ class Trainer:
         if strategy == "single_device":
             raise ValueError(f"strategy='single_device' but {choice.num_devices} devices x {choice.num_nodes} nodes requested")
         from volt.strategies.ddp import DDPStrategy, normalize_strategy_name  # lazy: only distributed runs need it
+        if strategy in FSDP_NAMES:
+            from volt.strategies.fsdp import FSDPStrategy  # lazy: imports torch.distributed.fsdp
+
+            fsdp = FSDPStrategy(accelerator=choice.accelerator, devices=choice.num_devices, num_nodes=choice.num_nodes,
+                                cpu_offload=strategy == "fsdp_cpu_offload")
+            if cluster is not None:
+                fsdp._cluster = cluster
+            return fsdp
 
         extra: Dict[str, Any] = {}
         if strategy != "auto":
@@ -852,7 +863,11 @@ class Trainer:
         """Write a checkpoint of the current state. Call it on every rank: rank 0 writes, all wait."""
         if self.lightning_module is None:
             raise RuntimeError("save_checkpoint() needs a model: call it during or after fit()")
-        checkpoint = checkpoint_connector.dump_checkpoint(self, weights_only)
+        sharded = getattr(self.checkpoint_io, "collective", False)
+        checkpoint = checkpoint_connector.dump_checkpoint(self, weights_only, sharded=sharded)
+        if sharded:  # every rank writes its own part (volt.checkpoint_sharded); the IO synchronises the ranks
+            self.checkpoint_io.save_checkpoint(checkpoint, os.fspath(filepath), storage_options=storage_options)
+            return
         if self.is_global_zero:  # the default CheckpointIO writes atomically (volt.checkpoint.atomic_save)
             self.checkpoint_io.save_checkpoint(checkpoint, os.fspath(filepath), storage_options=storage_options)
         self.strategy.barrier("save_checkpoint")

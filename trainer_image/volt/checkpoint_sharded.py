@@ -1,0 +1,208 @@
+"""Sharded checkpoints through ``torch.distributed.checkpoint`` (DCP): every rank writes its own part.
+
+A sharded checkpoint is a directory (named like a file checkpoint, ``last.ckpt/``)
+holding DCP's ``.metadata`` and one ``__<rank>_0.distcp`` file per writing rank.
+Under FSDP each rank writes its own shards; under DDP the replicated tensors are
+split between the ranks (DCP de-duplicates them), so N ranks write in parallel.
+
+Commit protocol (what makes ``latest.json`` safe):
+
+1. every rank writes its files into ``.<name>.step<N>.tmp/`` next to the target and
+   fsyncs them (``FileSystemWriter(sync_files=True)``);
+2. DCP gathers every rank's write results on rank 0, which then writes ``.metadata``:
+   when rank 0's save returns, every shard is durable;
+3. rank 0 swaps the directory into place (the old one is renamed aside first, then
+   deleted), fsyncs the parent, and only then writes the manifest, which records
+   each file's size and the SHA-256 of ``.metadata`` (``verify_checkpoint``).
+
+A process killed before step 3 leaves a ``.tmp`` directory and the previous
+manifest untouched. In async mode (``async_save=True``) ``save_checkpoint``
+returns after the staging copy (every tensor copied to CPU memory); steps 1-3 run
+on a background thread with their own gloo process group, and the next save
+first waits for the one in flight (never two at once).
+
+Loading reads a sharded checkpoint back into full (unsharded) tensors on CPU
+with no process group (``load_sharded``): the same dict a single-file checkpoint
+holds, so it resumes under any strategy and any world size.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import shutil
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from volt import checkpoint as _ckpt
+from volt.plugins.io import CheckpointIO, PathLike
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = ".metadata"
+_TEMP_DIR_SUFFIX = ".tmp"
+
+
+def is_sharded(path: PathLike) -> bool:
+    """Whether ``path`` is a sharded (DCP) checkpoint directory."""
+    return os.path.isfile(os.path.join(os.fspath(path), METADATA_NAME))
+
+
+def load_sharded(path: PathLike) -> Dict[str, Any]:
+    """A sharded checkpoint as one dict of full CPU tensors (no process group needed; any world size)."""
+    path = os.fspath(path)
+    if not is_sharded(path):
+        raise FileNotFoundError(f"{path!r} is not a sharded checkpoint (no {METADATA_NAME} in it)")
+    state: STATE_DICT_TYPE = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    return state
+
+
+def _temp_dir(path: str, step: int) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.step{step}{_TEMP_DIR_SUFFIX}")
+
+
+def _commit(tmp: str, path: str) -> None:
+    """Move the complete checkpoint ``tmp`` to ``path`` (rank 0, after every shard is durable)."""
+    old = None
+    if os.path.lexists(path):
+        old = path + ".old" + _TEMP_DIR_SUFFIX
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        os.rename(path, old)  # a directory cannot be replaced atomically: the manifest still names its history
+    os.rename(tmp, path)
+    _ckpt._fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+
+
+class ShardedCheckpointIO(CheckpointIO):
+    """Write checkpoints with ``torch.distributed.checkpoint``: one directory, one file per rank.
+
+    ``save_checkpoint`` runs on every rank (``collective = True``). ``async_save=True``
+    blocks training only for the copy of the state to CPU memory; the write, the commit and
+    the manifest follow on a background thread. The default for ``strategy="fsdp"``;
+    under DDP pass ``Trainer(plugins=[ShardedCheckpointIO()])``.
+    """
+
+    collective = True
+
+    def __init__(self, async_save: bool = False) -> None:
+        if not isinstance(async_save, bool):
+            raise TypeError(f"ShardedCheckpointIO(async_save=...) must be a bool, got {async_save!r}")
+        self.async_save = async_save
+        self._pending: Optional[Future] = None
+        self._group: Optional[Any] = None
+        self._after_commit: Dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._committed: set = set()
+        self._error: Optional[BaseException] = None
+        atexit.register(self.wait)  # registered after the process group's shutdown hook: runs before it
+
+    # --- saving ------------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("ShardedCheckpointIO.save_checkpoint(storage_options=...) is not supported")
+        self.wait()  # never two saves in flight
+        path = os.path.abspath(os.fspath(path))
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        tmp = _temp_dir(path, int(checkpoint.get("global_step", 0)))
+        if rank == 0:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)  # left by a writer killed mid-save
+            os.makedirs(tmp)
+        if distributed:
+            if self._group is None:  # the background write must not share a group with training's collectives
+                self._group = dist.new_group(backend="gloo")
+            dist.barrier(group=self._group)
+        with self._lock:
+            self._committed.discard(path)
+        writer = FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True)
+        kwargs: Dict[str, Any] = {"storage_writer": writer, "process_group": self._group, "no_dist": not distributed}
+        if not self.async_save:
+            dcp.save(checkpoint, **kwargs)
+            if rank == 0:
+                self._finish(tmp, path)
+            if distributed:
+                dist.barrier(group=self._group)
+            return
+        if rank == 0:  # ModelCheckpoint's write_manifest now waits for the commit
+            _ckpt.register_in_flight(path, functools.partial(self.after_commit, path))
+        future = dcp.async_save(checkpoint, **kwargs)  # returns once the state is staged in CPU memory
+        if rank == 0:  # done only once committed (a done-callback may still run when result() returns)
+            committed: Future = Future()
+            future.add_done_callback(lambda f: self._finish_async(f, tmp, path, committed))
+            future = committed
+        self._pending = future
+
+    def _finish_async(self, future: Future, tmp: str, path: str, committed: Future) -> None:
+        try:
+            future.result()
+            self._finish(tmp, path)
+        except BaseException as err:  # noqa: BLE001 - reported by the next wait()
+            log.error("async checkpoint %s failed: %s; latest.json still names the previous one", path, err)
+            self._error = err
+        finally:
+            committed.set_result(None)
+
+    def _finish(self, tmp: str, path: str) -> None:
+        _commit(tmp, path)
+        with self._lock:
+            _ckpt.register_in_flight(path, None)
+            self._committed.add(path)
+            then = self._after_commit.pop(path, None)
+        if then is not None:
+            then()
+
+    def after_commit(self, path: PathLike, action: Callable[[], None]) -> None:
+        """Run ``action`` (e.g. writing the manifest) once ``path`` is committed: now if it already is."""
+        path = os.path.abspath(os.fspath(path))
+        with self._lock:
+            if path not in self._committed:
+                self._after_commit[path] = action
+                return
+        action()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is durable and committed; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def teardown(self) -> None:
+        self.wait()
+
+    # --- loading and removing -------------------------------------------------------------------
+    def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
+        if not os.path.isdir(os.fspath(path)):
+            return _ckpt.load(path, map_location=map_location)  # a single-file checkpoint
+        return load_sharded(path)
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def load_any(io: CheckpointIO, path: PathLike) -> Dict[str, Any]:
+    """Load ``path`` whichever format it has: a sharded directory, or a file through ``io``."""
+    if os.path.isdir(os.fspath(path)):
+        return load_sharded(path)
+    return io.load_checkpoint(path, map_location="cpu")
