@@ -8,16 +8,19 @@ import os as _os
 def _configure_package_logger() -> None:
     """Engine messages (overrides applied, checkpoints restored) reach stderr, as Lightning's do.
 
-    Only rank 0 logs INFO; other ranks log warnings and errors. An application
-    that configures logging itself can remove or replace this handler.
+    Only rank 0 logs INFO; other ranks log warnings and errors. Each line carries its
+    time and global rank. An application that configures logging itself can remove or
+    replace this handler.
     """
     logger = _logging.getLogger("volt")
     if logger.handlers:
         return
     handler = _logging.StreamHandler()
-    handler.setFormatter(_logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
     rank = _os.environ.get("RANK", "0")
+    # volt-run already puts "[rank N] " before every line of its workers.
+    label = "" if _os.environ.get("VOLT_LAUNCHER") == "volt-run" else f"[rank {rank or 0}] "
+    handler.setFormatter(_logging.Formatter(f"{label}%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(_logging.INFO if rank in ("", "0") else _logging.WARNING)
     logger.propagate = False
 

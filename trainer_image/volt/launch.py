@@ -61,6 +61,8 @@ PEER_LOST_GRACE_S = 10.0
 _STORE_LINGER_S = PEER_LOST_GRACE_S + 2.0
 _DEFAULT_RDZV_TIMEOUT = 300.0
 _DEFAULT_GRACE_PERIOD = 25.0
+#: What volt-run puts before every line a worker prints (torch's template: ${rank} is the global rank).
+RANK_PREFIX_TEMPLATE = "[rank ${rank}] "
 
 
 class RendezvousTimeout(RuntimeError):
@@ -455,7 +457,7 @@ def should_stop_for_peer(
 def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
     from torch.distributed.elastic.agent.server.api import WorkerSpec, WorkerState
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 
     rdzv = _make_rendezvous_handler(plan)
 
@@ -501,12 +503,16 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
         master_addr=None,
         master_port=None,
     )
-    logs = DefaultLogsSpecs(log_dir=log_dir)
+    # Each worker's stdout/stderr goes to a file in log_dir and is copied to ours line by line with
+    # its global rank in front (the ranks of a node would interleave unlabelled otherwise).
+    logs = DefaultLogsSpecs(log_dir=log_dir, tee=Std.ALL)
     # A node that succeeded waits here for the others (node 0 keeps the store up meanwhile):
     # as long as nodes may take to arrive, not torch's 60 s, so that one node's rank-local
     # work after fit() does not find the store gone and count as node 0's death.
     options: dict = dict(spec=spec, logs_specs=logs, start_method="spawn",
                          exit_barrier_timeout=max(60, int(plan.rdzv_timeout)))
+    if "log_line_prefix_template" in inspect.signature(LocalElasticAgent.__init__).parameters:
+        options["log_line_prefix_template"] = RANK_PREFIX_TEMPLATE
     if "shutdown_timeout" in inspect.signature(LocalElasticAgent.__init__).parameters:  # torch >= 2.12
         options["shutdown_timeout"] = int(plan.grace_period)
     agent = VoltAgent(**options)

@@ -1,12 +1,18 @@
-"""A terminal progress bar (TTY only) that never forces a device sync per step.
+"""A terminal progress bar that never forces a device sync per step.
 
-It draws at most every ``refresh_rate`` batches and at most ``max_refresh_per_s``
+On a TTY it draws at most every ``refresh_rate`` batches and at most ``max_refresh_per_s``
 times a second; metric values (which may live on the GPU) are read only when it
-draws. On a non-TTY stream (logs of a pod, CI) it is silent.
+draws. On any other stream (a pod's log, CI) global rank 0 prints one line every
+``log_interval_s`` seconds of training instead:
+
+    [rank 0] 2026-12-06T02:10:00Z epoch 1/3 step 840/1800 (46%) train_loss=0.123 8.40 it/s ETA 01:54
+
+Between lines each step costs one clock read; the loss is read only for a line.
 """
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO, Union
@@ -14,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO, Union
 import torch
 
 from volt.callbacks.base import Callback, ignores_outputs
+from volt.callbacks.prometheus import LOSS_KEYS
+from volt.contract import ENV_LAUNCHER, VOLT_RUN
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.module import LightningModule
@@ -76,7 +84,9 @@ class ProgressBar(Callback):
             single status line with ``\\r``, so there is no line offset to apply.
         leave: keep the finished epoch's line instead of overwriting it.
         max_refresh_per_s: cap on draws per second (bounds metric reads on fast steps).
-        stream: where to draw (default ``sys.stdout``); nothing is drawn unless it is a TTY.
+        stream: where to draw (default ``sys.stdout``).
+        log_interval_s: on a stream that is not a TTY, seconds between progress lines
+            while training (0: none).
     """
 
     def __init__(
@@ -86,8 +96,13 @@ class ProgressBar(Callback):
         leave: bool = False,
         max_refresh_per_s: float = 10.0,
         stream: Optional[TextIO] = None,
+        log_interval_s: float = 30.0,
     ) -> None:
         super().__init__()
+        if isinstance(log_interval_s, bool) or not isinstance(log_interval_s, (int, float)) or not (
+            math.isfinite(log_interval_s) and log_interval_s >= 0
+        ):
+            raise ValueError(f"ProgressBar(log_interval_s={log_interval_s!r}) must be a number of seconds >= 0")
         if not isinstance(refresh_rate, int) or isinstance(refresh_rate, bool) or refresh_rate < 0:
             raise ValueError(f"ProgressBar(refresh_rate={refresh_rate!r}) must be an int >= 0")
         if not isinstance(process_position, int) or process_position < 0:
@@ -105,6 +120,11 @@ class ProgressBar(Callback):
         self._trainer: Optional["Trainer"] = None
         self._last_width = 0
         self._suspended: Optional[_Line] = None  # the train line while validation draws
+        self._log_interval = float(log_interval_s)
+        self._log_next = math.inf  # when the next progress line is due (monotonic); inf: none
+        self._log_start = 0.0
+        self._log_start_step = 0
+        self._log_total: float = math.inf
 
     # --- Lightning's ProgressBar API ---------------------------------------------
     @property
@@ -153,6 +173,33 @@ class ProgressBar(Callback):
     def _is_rank_zero(self) -> bool:
         return self._trainer is None or self._trainer.is_global_zero
 
+    def _logs_lines(self) -> bool:
+        return (self._enabled and self._refresh_rate > 0 and self._log_interval > 0 and not self._is_tty()
+                and self._is_rank_zero())
+
+    def _log_line(self, trainer: "Trainer") -> None:
+        """One progress line: epoch, step/total, the loss (read now, not per step), it/s, ETA."""
+        now = time.monotonic()
+        self._log_next = now + self._log_interval
+        step = int(trainer.global_step)
+        rate = (step - self._log_start_step) / (now - self._log_start) if now > self._log_start else 0.0
+        total = self._log_total
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs not in (None, -1) else ""
+        label = "" if os.environ.get(ENV_LAUNCHER) == VOLT_RUN else "[rank 0] "  # volt-run prefixes each line
+        text = f"{label}{stamp} epoch {trainer.current_epoch}{epochs} step {step}"
+        if math.isfinite(total) and total > 0:
+            text += f"/{int(total)} ({min(100, int(100 * step / total))}%)"
+        metrics = trainer.callback_metrics
+        loss_key = next((key for key in LOSS_KEYS if key in metrics), None)
+        if loss_key is not None:
+            text += f" {loss_key}={_format_value(metrics[loss_key])}"
+        text += f" {rate:.2f} it/s"
+        if math.isfinite(total) and rate > 0:
+            text += f" ETA {_format_time(max(0.0, total - step) / rate)}"
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def _open(self, desc: str, total: Union[int, float, None]) -> None:
         if self.is_enabled:
             self._line = _Line(desc, total)
@@ -199,6 +246,13 @@ class ProgressBar(Callback):
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         self._trainer = trainer
 
+    def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        self._log_next = math.inf
+        if self._logs_lines():
+            self._log_start, self._log_start_step = time.monotonic(), int(trainer.global_step)
+            self._log_total = trainer.estimated_stepping_batches
+            self._log_next = self._log_start + self._log_interval
+
     def on_sanity_check_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._open("Sanity Checking", None)
 
@@ -213,7 +267,10 @@ class ProgressBar(Callback):
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._advance(trainer, pl_module, batch_idx + 1, show_metrics=True)
+        if self._line is not None:
+            self._advance(trainer, pl_module, batch_idx + 1, show_metrics=True)
+        elif time.monotonic() >= self._log_next:
+            self._log_line(trainer)
 
     def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if self._line is not None:
@@ -222,6 +279,7 @@ class ProgressBar(Callback):
 
     def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._close(keep=self._leave)
+        self._log_next = math.inf
 
     def on_validation_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if trainer.sanity_checking:
