@@ -30,6 +30,7 @@ metrics_port="${VOLT_DEMO_METRICS_PORT:-36081}"
 job_timeout="${VOLT_DEMO_TIMEOUT:-900}"
 manifest="$repo/examples/trainingjob.yaml"
 runtime="${VOLT_DEMO_RUNTIME:-agent}"
+prometheus_port="${VOLT_DEMO_PROMETHEUS_PORT:-36090}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -46,8 +47,49 @@ stop_operator() {
     rm -f "$pidfile"
 }
 
+stop_prometheus() {
+    local name pidfile pid
+    for name in prometheus discover; do
+        pidfile="$demo_dir/$name.pid"
+        [[ -f "$pidfile" ]] || continue
+        pid="$(cat "$pidfile")"
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+        rm -f "$pidfile"
+    done
+}
+
+# Debian's Prometheus scraping every rank of every TrainingJob and the operator;
+# skipped without it. Debian builds it without Kubernetes discovery, so
+# scripts/demo_curves.py watches the pods and writes their metrics ports to a file.
+start_prometheus() {
+    if ! command -v prometheus >/dev/null; then
+        echo "prometheus is not installed ('make prometheus' installs Debian's): no curves this time"
+        return 0
+    fi
+    stop_prometheus
+    mkdir -p "$demo_dir/prometheus"
+    echo '[]' >"$demo_dir/prometheus/targets.json"
+    python "$repo/scripts/demo_curves.py" config --targets "$demo_dir/prometheus/targets.json" \
+        --operator "127.0.0.1:$metrics_port" >"$demo_dir/prometheus/prometheus.yml"
+    setsid python "$repo/scripts/demo_curves.py" discover --kubeconfig "$KUBECONFIG" \
+        --targets "$demo_dir/prometheus/targets.json" >"$demo_dir/prometheus/discover.log" 2>&1 </dev/null &
+    echo $! >"$demo_dir/discover.pid"
+    setsid prometheus --config.file="$demo_dir/prometheus/prometheus.yml" \
+        --storage.tsdb.path="$demo_dir/prometheus/data" \
+        --web.listen-address="127.0.0.1:$prometheus_port" --log.level=warn \
+        >"$demo_dir/prometheus/prometheus.log" 2>&1 </dev/null &
+    echo $! >"$demo_dir/prometheus.pid"
+    for _ in $(seq 1 60); do
+        curl -sf "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null && break
+        kill -0 "$(cat "$demo_dir/prometheus.pid")" 2>/dev/null || { tail -n 20 "$demo_dir/prometheus/prometheus.log" >&2; die "prometheus exited"; }
+        sleep 1
+    done
+    echo "Prometheus on http://127.0.0.1:$prometheus_port (log $demo_dir/prometheus/prometheus.log)"
+}
+
 down() {
-    say "stopping the operator and the local cluster"
+    say "stopping Prometheus, the operator and the local cluster"
+    stop_prometheus
     stop_operator
     if [[ -d "$cluster_dir" ]]; then
         python -m volt_operator.testing.cluster down --dir "$cluster_dir" --purge
@@ -116,6 +158,9 @@ PY
     done
     echo "operator running (pid $(cat "$demo_dir/operator.pid"), log $demo_dir/operator.log)"
 
+    say "starting Prometheus: every rank of every TrainingJob, and the operator"
+    start_prometheus
+
     say "kubectl apply -f examples/trainingjob.yaml"
     kubectl apply -f "$manifest"
     local job ns
@@ -158,6 +203,30 @@ PY
         echo "Checkpoints: PVC $ns/$claim -> PV $pv -> $host_path on this machine:"
         find "$host_path" -maxdepth 3 \( -name '*.ckpt' -o -name latest.json \) -printf '  %p  (%s bytes)\n' 2>/dev/null | sort || true
     fi
+    if [[ -f "$demo_dir/prometheus.pid" ]]; then
+        say "the curve: Prometheus's samples of rank 0"
+        local started ended
+        started="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.status.startTime}')"
+        ended="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.status.completionTime}')"
+        python "$repo/scripts/demo_curves.py" plot --prometheus "http://127.0.0.1:$prometheus_port" \
+            --job "$job" --start "$(date -d "$started" +%s)" --end "$(( $(date -d "$ended" +%s) + 5 ))" || true
+        cat <<EOF2
+
+Prometheus (http://127.0.0.1:$prometheus_port):
+  curl -s 'http://127.0.0.1:$prometheus_port/api/v1/query' --data-urlencode 'query=volt_train_loss{trainingjob="$job"}[10m]'
+  curl -s 'http://127.0.0.1:$prometheus_port/api/v1/query' --data-urlencode 'query=up'
+EOF2
+    fi
+    cat <<EOF2
+
+The volt command (docs/cli.md):
+  export KUBECONFIG=$cluster_dir/kubeconfig
+  python -m volt.client get -n $ns
+  python -m volt.client describe $job -n $ns
+  python -m volt.client logs $job --rank 2 -n $ns
+  python -m volt.client submit -n $ns --name hello --nodes 2 --devices 2 --accelerator cpu --max-epochs 1 \\
+      -- python -m volt.examples.synthetic --samples 1024
+EOF2
     cat <<EOF2
 
 Metrics:
