@@ -18,7 +18,7 @@ export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker node-runtime test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime images test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -72,6 +72,17 @@ prometheus:
 cluster:
 	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
 	  VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
+
+# volt-operator and volt-trainer with docker (scripts/build-images.sh, tag: the
+# pyproject version). With CLUSTER_DIR naming a running local cluster of real
+# nodes (`--runtime kubelet`), both are then imported into every node.
+CLUSTER_DIR ?=
+images: setup docker
+	@bash scripts/build-images.sh all
+	@if [ -n "$(CLUSTER_DIR)" ]; then \
+	  version=$$($(PY) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])"); \
+	  DOCKER_HOST=$$(bash scripts/docker-daemon.sh ensure) $(PY) -m volt_operator.testing.cluster load-image \
+	    --dir "$(CLUSTER_DIR)" "volt-operator:$$version" "volt-trainer:$$version"; fi
 
 # Debian's containerd, runc and CNI plugins (bridge, host-local, loopback) for the
 # local cluster's real nodes (docs/local-cluster.md); installed once, idempotent.
