@@ -8,33 +8,32 @@ from ddp_support import example, logs, script, start_nodes, wait_all
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_missing_peer_is_named_and_exits_rendezvous_timeout(tmp_path):
-    started = time.monotonic()
-    # Nodes 0 and 2 of 3 start; node 1 never does.
+    # Nodes 0 and 2 of 3 start; node 1 never does. Well within the default 300 s rendezvous
+    # timeout, on a machine however busy: the 4 s one was applied (the message names it).
     procs = start_nodes(3, 1, ["--rdzv-timeout", "4", *example()], tmp_path)
     missing = procs.pop(1)
     missing.kill()
     missing.wait()
-    assert wait_all(procs, 90) == [77, 77], logs(tmp_path)
-    assert time.monotonic() - started < 60
+    assert wait_all(procs, 200) == [77, 77], logs(tmp_path)
     for node in (0, 2):
         text = (tmp_path / f"node{node}.log").read_text()
         assert "node rank(s) [1] of NUM_NODES=3 did not join within 4 s" in text, logs(tmp_path)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_one_rank_raising_ends_every_node_quickly(tmp_path):
+    # "Quickly": long before the 30 min collective timeout that would end node 0 without
+    # volt's failure propagation, on a machine however busy.
     procs = start_nodes(2, 1, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
                         FAIL_RANK="1", FAIL_STEP="5")
-    started = time.monotonic()
-    codes = wait_all(procs, 120)
+    codes = wait_all(procs, 240)
     assert codes == [76, 1], logs(tmp_path)  # node 0: peer lost (retryable); node 1: the user error
-    assert time.monotonic() - started < 100
     assert "injected failure on rank 1" in (tmp_path / "node1.log").read_text()
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_the_failing_node_reports_its_own_code_when_the_peer_lost_report_comes_first(tmp_path):
     # Rank 1 closes its connections, so rank 0 exits 76 and node 0 reports "peer lost"
     # to the store 3 s before rank 1 raises. Node 1 must still exit 1 (it saw the user
@@ -42,10 +41,8 @@ def test_the_failing_node_reports_its_own_code_when_the_peer_lost_report_comes_f
     # rank early because of a mere PEER_LOST report.
     procs = start_nodes(2, 1, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
                         FAIL_RANK="1", FAIL_STEP="5", FAIL_CLOSE_FIRST_S="3")
-    started = time.monotonic()
-    codes = wait_all(procs, 120)
+    codes = wait_all(procs, 240)
     assert codes == [76, 1], logs(tmp_path)
-    assert time.monotonic() - started < 100
     node0, node1 = (tmp_path / "node0.log").read_text(), (tmp_path / "node1.log").read_text()
     assert "exiting with 76" in node0, logs(tmp_path)  # the peer-lost report really came first
     assert "injected failure on rank 1" in node1

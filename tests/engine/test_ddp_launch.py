@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -91,12 +90,11 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
         )
     try:
         wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")
-        signalled = time.monotonic()
         os.kill(first.pid, signal.SIGTERM)
-        assert wait_all([first], 60) == [75], logs(tmp_path)
+        # 75: every rank saved and exited within the 60 s grace period (after it, 143), however busy the machine.
+        assert wait_all([first], 90) == [75], logs(tmp_path)
     finally:
         wait_all([first], 0.1)
-    assert time.monotonic() - signalled < 30
     first_log = (tmp_path / "first.log").read_text()
     assert "re-running under volt-run" in first_log or "2 process(es), world size 2" in first_log, logs(tmp_path)
     manifest = json.loads((ckpt_dir / "latest.json").read_text())
