@@ -311,6 +311,10 @@ class Trainer:
         if root is not None and not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"Trainer(default_root_dir=...) must be a path, got {type(root).__name__}")
         self._default_root_dir = os.fspath(root) if root is not None else os.getcwd()
+        # The default logger's folder: a TrainingJob's checkpoint volume outlives its pods.
+        self._logs_root = self._default_root_dir
+        if root is None and self.job_contract.checkpoint_dir:
+            self._logs_root = os.path.join(self.job_contract.checkpoint_dir, "logs")
         if a["weights_save_path"] is not None and not isinstance(a["weights_save_path"], (str, os.PathLike)):
             raise TypeError("Trainer(weights_save_path=...) must be a path")
         self._weights_save_path_given = a["weights_save_path"] is not None
@@ -479,9 +483,9 @@ class Trainer:
             try:
                 from volt.loggers import TensorBoardLogger
 
-                return [TensorBoardLogger(save_dir=self._default_root_dir)]
+                return [TensorBoardLogger(save_dir=self._logs_root)]
             except ImportError:  # tensorboard not installed
-                return [CSVLogger(save_dir=self._default_root_dir)]
+                return [CSVLogger(save_dir=self._logs_root)]
         if logger is False:
             return []
         if isinstance(logger, (list, tuple)):
