@@ -86,8 +86,12 @@ def test_names_columns_and_subresources() -> None:
         ("EPOCH", ".status.training.epoch"),
         ("STEP", ".status.training.step"),
         ("LOSS", ".status.training.loss"),
+        ("PROGRESS", ".status.training.percent"),
+        ("ETA", ".status.training.eta"),
         ("RESTARTS", ".status.restarts"),
         ("AGE", ".metadata.creationTimestamp"),
+        ("CHECKPOINT", ".status.checkpoint.path"),
+        ("REASON", '.status.conditions[?(@.type=="Running")].reason'),
     ]
 
 
