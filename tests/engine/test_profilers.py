@@ -120,7 +120,7 @@ def test_no_profiler_is_a_pass_through_and_user_actions_work(tmp_path: Any) -> N
             return super().training_step(batch, batch_idx)
 
     trainer = quiet_trainer(tmp_path, max_epochs=1)
-    assert isinstance(trainer.profiler, PassThroughProfiler) and not trainer._profiling
+    assert isinstance(trainer.profiler, PassThroughProfiler) and not trainer.run_state.profiling
     trainer.fit(UsesProfiler(), loader(16))
     assert seen == ["my_block", "my_block"]
     assert not {"call_hook", "call_step", "_run_backward"} & set(trainer.__dict__)

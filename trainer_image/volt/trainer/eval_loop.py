@@ -38,7 +38,7 @@ def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:
     from volt.datamodule import LightningDataModule
     from volt.trainer.data import defines
 
-    hooks = trainer._transfer_hooks
+    hooks = trainer.run_state.transfer_hooks
     if hooks is None:  # the datamodule's hooks win over the module's
         dm = trainer.datamodule
         hooks = []
@@ -50,13 +50,13 @@ def resolve_transfer_hooks(trainer: "Trainer") -> List[Any]:
             else:
                 hooks.append(getattr(trainer.lightning_module_ref, name))
                 custom = custom or trainer.module_overrides(name)
-        hooks = trainer._transfer_hooks = hooks if custom else []
+        hooks = trainer.run_state.transfer_hooks = hooks if custom else []
     return hooks
 
 
 def transfer_batch(trainer: "Trainer", batch: Any, dataloader_idx: int) -> Any:
     """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (datamodule wins)."""
-    hooks = trainer._transfer_hooks
+    hooks = trainer.run_state.transfer_hooks
     if hooks is None:
         hooks = resolve_transfer_hooks(trainer)
     if not hooks:  # the defaults: just move the tensors
@@ -75,10 +75,10 @@ def run_validation_in_fit(trainer: "Trainer", num_batches: List[float], sanity: 
     module = trainer.lightning_module_ref
     n_reload = trainer.reload_dataloaders_every_n_epochs
     if not sanity and n_reload and trainer.current_epoch % n_reload == 0 and trainer.current_epoch > 0 \
-            and getattr(trainer, "_val_loaded_epoch", 0) != trainer.current_epoch:
+            and trainer.run_state.val_loaded_epoch != trainer.current_epoch:
         trainer.val_dataloaders = trainer.request_loaders("val")
         trainer.num_val_batches = num_batches = trainer.limited_batches("val", trainer.val_dataloaders)
-        trainer._val_loaded_epoch = trainer.current_epoch
+        trainer.run_state.val_loaded_epoch = trainer.current_epoch
     prev_stage = trainer.state.stage
     if not sanity:
         trainer.call_module("on_validation_model_zero_grad", always=True)
@@ -119,7 +119,7 @@ def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str,
 
 def _batches(trainer: "Trainer", stage: str, loader: Any, limit: float) -> Any:
     """``iterate(loader, limit)``; with a profiler, each fetch is the action ``get_<stage>_batch``."""
-    if trainer._profiling:
+    if trainer.run_state.profiling:
         loader = ProfiledBatches(trainer.profiler, f"get_{stage}_batch", loader)
     return iterate(loader, limit)
 

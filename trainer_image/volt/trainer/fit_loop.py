@@ -112,7 +112,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     trainer.call_hook("on_train_start")
     _prepare_hot_path(trainer, module)
     run_epoch = _run_train_epoch
-    if trainer._profiling:
+    if trainer.run_state.profiling:
         run_epoch = action(trainer.profiler, "run_training_epoch", _run_train_epoch)
     while not _fit_done(trainer):
         run_epoch(trainer)
@@ -201,7 +201,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     # Trainer._run_backward with nothing to call but loss.backward()
     hot.plain_backward = ("on_before_backward" in silent and "on_after_backward" in silent
                           and not overrides("backward") and plugin.scaler is None)
-    if trainer._profiling:  # every step goes through the (profiled) dispatch, as Lightning records it
+    if trainer.run_state.profiling:  # every step goes through the (profiled) dispatch, as Lightning records it
         hot.plain_backward, hot.optimizer_step_hook = False, True
     hot.closure = _TrainingClosure(trainer, hot)
     run.direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
@@ -209,7 +209,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     # unused (the typical config). Each condition is a branch of the general path it skips.
     opts = trainer.optimizers
     hot.simple = bool(
-        not trainer._profiling and run.direct_training_step and hot.plain_auto
+        not trainer.run_state.profiling and run.direct_training_step and hot.plain_auto
         and len(opts) == 1 and not isinstance(opts[0], torch.optim.LBFGS)
         and not run.step_takes_optimizer_idx and not run.step_takes_hiddens
         and not (module.truncated_bptt_steps or 0)
@@ -387,7 +387,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
             restore_rng_state(rng["current"])
         snapshots.epoch_start = capture_rng_state()  # before iter(loader): it draws the shuffle seed
     run_batch = _run_simple_batch if _simple_this_epoch(trainer) else _run_train_batch
-    if trainer._profiling:  # chosen once per epoch: the plain path has no profiling call per batch
+    if trainer.run_state.profiling:  # chosen once per epoch: the plain path has no profiling call per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
         run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
     for is_last, batch_idx, batch in _epoch_batches(source, trainer.num_training_batches, skip, skipped):

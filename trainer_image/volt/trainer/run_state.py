@@ -8,7 +8,7 @@ counters are ``trainer.progress``; exact-resume RNG states are ``trainer.rng_sna
 """
 from __future__ import annotations
 
-from typing import Any, Callable, FrozenSet, Optional, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
 import torch
 
@@ -49,7 +49,7 @@ class RunState:
 
     __slots__ = ("hot", "silent", "step_takes_optimizer_idx", "step_takes_hiddens", "legacy_optimizer_step",
                  "collect_train_outputs", "train_outputs_needed", "train_loader_loaded", "val_check_batch",
-                 "direct_training_step", "auto_stepping")
+                 "direct_training_step", "auto_stepping", "profiling", "transfer_hooks", "val_loaded_epoch")
 
     def __init__(self) -> None:
         self.hot: Optional[HotPath] = None  # set before the first training batch
@@ -69,3 +69,7 @@ class RunState:
         # training_step goes straight to the module (the strategy would only forward it)
         self.direct_training_step = False
         self.auto_stepping = False  # True while the fit loop steps an optimizer (automatic optimization)
+        self.profiling = False  # a profiler records this run (volt.trainer.profiling)
+        # The module's and datamodule's batch-transfer hooks ([] when none is overridden); None: not looked up yet.
+        self.transfer_hooks: Optional[List[Any]] = None
+        self.val_loaded_epoch = 0  # the epoch whose validation loaders are loaded (reload_dataloaders_every_n_epochs)

@@ -182,6 +182,7 @@ class Trainer:
         self._is_last_batch = False  # set per training batch by the fit loop
         self.rng_snapshots = RngSnapshots()  # exact resume: written by the fit loop and the checkpoint code
         self.predict_loop = eval_loop.PredictLoopState()  # batch indices and predictions, for prediction writers
+        self.run_state = RunState()
         self._reset_hook_cache()
 
         # -- 1.x names onto 2.x ones --
@@ -304,7 +305,6 @@ class Trainer:
         self._trial_run = False  # the tuner's trial fits: they start fresh, whatever the resume settings
         self._setup_determinism(a["deterministic"], a["benchmark"])
         self.profiler: Profiler = profiler_from_argument(a["profiler"])
-        self._profiling = False  # True during a run with a profiler (volt.trainer.profiling)
 
         # -- output locations --
         root = a["default_root_dir"]
@@ -937,9 +937,10 @@ class Trainer:
                 datamodule.prepare_data_per_node = self._prepare_data_per_node
         self.state.status = "running"
         self.should_stop = False
+        self.run_state = RunState()  # engine-internal: what the loops decide for this run (trainer/run_state.py)
         self._reset_hook_cache()
         # with a profiler, the dispatch methods are swapped for profiled ones for this run only
-        self._profiling = profiling.instrument(self, self.state.fn or "fit")
+        self.run_state.profiling = profiling.instrument(self, self.state.fn or "fit")
         try:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 result = loop(self, ckpt_path)
@@ -969,8 +970,8 @@ class Trainer:
         finally:
             self.state.stage = None
             self.sanity_checking = False
-            if self._profiling:
-                self._profiling = False
+            if self.run_state.profiling:
+                self.run_state.profiling = False
                 profiling.uninstrument(self)  # writes the report
             self.strategy.teardown()
             self.checkpoint_io.teardown()
@@ -996,8 +997,7 @@ class Trainer:
         self._hook_cache = {}
         self._module_hooks: Dict[str, bool] = {}
         self._hook_plan: Dict[str, Any] = {}
-        self._transfer_hooks: Optional[List[Any]] = None
-        self.run_state = RunState()  # engine-internal: what the loops decide for this run (trainer/run_state.py)
+        self.run_state.transfer_hooks = None  # looked up again with the hooks
 
     def callbacks_for(self, hook: str) -> List[Callback]:
         cbs = self._hook_cache.get(hook)
