@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import free_port
 from volt import LightningModule, Trainer
 from volt.callbacks import Callback, ModelCheckpoint
 from volt.callbacks.prometheus import PrometheusCallback, _rfc3339
@@ -266,12 +268,6 @@ def test_server_stops_with_the_trainer_and_save_checkpoint_is_restored(
     assert "save_checkpoint" not in vars(trainer)
     with pytest.raises(urllib.error.URLError):
         get(f"http://127.0.0.1:{scraper.port}/metrics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_port_comes_from_env_plus_local_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -537,3 +533,54 @@ def test_last_step_time_moves_with_optimizer_steps_and_stops_when_training_hangs
         assert progress["last_step_time"] == times[3]
         assert one(samples, "volt_train_last_step_timestamp_seconds", rank="0") == pytest.approx(times[3])
         assert scraped_at >= times[3]
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset, as a client that gives up (a timed-out poll) does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_disconnects_is_dropped_without_a_traceback(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prometheus = PrometheusCallback(port=0, host="127.0.0.1")
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[prometheus])
+    prometheus.setup(trainer, None, "fit")
+    server = prometheus._server
+    assert server is not None
+    handled = threading.Semaphore(0)
+    shutdown_request = server.shutdown_request
+
+    def count_handled(request: Any) -> None:  # the server's last call for every connection
+        shutdown_request(request)
+        handled.release()
+
+    monkeypatch.setattr(server, "shutdown_request", count_handled)
+    # /progress answers only once its client is gone, so the reply is written to a reset socket.
+    client_gone = threading.Event()
+    progress = prometheus.progress
+
+    def progress_after_reset() -> Dict[str, Any]:
+        client_gone.wait(10)
+        return progress()
+
+    monkeypatch.setattr(prometheus, "progress", progress_after_reset)
+    try:
+        address = ("127.0.0.1", prometheus.port)
+        # Gone while the server reads the request, and gone before it writes the reply.
+        partial = socket.create_connection(address)
+        partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        _reset(partial)
+        whole = socket.create_connection(address)
+        whole.sendall(b"GET /progress HTTP/1.1\r\nHost: x\r\n\r\n")
+        _reset(whole)
+        client_gone.set()
+        assert handled.acquire(timeout=20) and handled.acquire(timeout=20)
+        monkeypatch.setattr(prometheus, "progress", progress)
+        assert json.loads(get(f"http://127.0.0.1:{prometheus.port}/progress")[1])  # still serving
+    finally:
+        prometheus.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err

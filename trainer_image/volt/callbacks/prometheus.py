@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -257,7 +258,7 @@ class PrometheusCallback(Callback):
     def _start_server(self, local_rank: int) -> None:
         port = self.base_port + local_rank if self.base_port else 0
         try:
-            server = ThreadingHTTPServer((self.host, port), _Handler)
+            server = _Server((self.host, port), _Handler)
         except OSError as err:
             raise OSError(
                 err.errno,
@@ -568,6 +569,14 @@ def _gpu_memory(trainer: Any, names: List[str], values: List[str]) -> Iterator[G
         yield family
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that disconnects (a poll that timed out, a scraper restarting) is normal:
+        # no traceback in the pod's log for it. Anything else is still printed.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "volt-metrics"
 
@@ -585,6 +594,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, "text/plain; charset=utf-8", b"ok\n")
             else:
                 self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /progress\n")
+        except ConnectionError:
+            raise  # the client went away: nobody to answer (_Server.handle_error drops it)
         except Exception as err:  # a scrape must never take the training process down
             self._reply(500, "text/plain; charset=utf-8", f"error: {err!r}\n".encode())
 
