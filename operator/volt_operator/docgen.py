@@ -32,7 +32,7 @@ spec:
 ```
 
 `kubectl get tj` shows PHASE, NODES (ready/desired), EPOCH, STEP, LOSS,
-RESTARTS and AGE. Trainer settings are the seed's (Lightning 1.x) names in
+RESTARTS and AGE. Trainer settings are Lightning Trainer argument names (1.x and 2.x) in
 camelCase; the engine receives them as snake_case Trainer arguments in
 `VOLT_TRAINER` and logs each one that overrides the script's own argument.
 Only `spec.suspend`, `spec.activeDeadlineSeconds` and

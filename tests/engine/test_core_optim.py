@@ -202,7 +202,7 @@ def test_training_step_returning_none_skips(tmp_path: Any) -> None:
 
 
 def test_truncated_bptt_with_hiddens(tmp_path: Any) -> None:
-    """The seed's 1.x TBPTT: the batch is split along time; hiddens flow from split to split."""
+    """Lightning 1.x TBPTT: the batch is split along time; hiddens flow from split to split."""
     received: List[Any] = []
 
     class RNN(TinyModel):
