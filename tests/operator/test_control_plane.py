@@ -22,7 +22,8 @@ from volt_operator.testing.pki import CertificateAuthority
 def test_versions_agree_with_build_script_and_makefile(repo_root: Path) -> None:
     script = (repo_root / "scripts" / "build-kube.sh").read_text()
     makefile = (repo_root / "Makefile").read_text()
-    for var, value in (("KUBE_VERSION", cluster_mod.KUBE_VERSION), ("ETCD_VERSION", cluster_mod.ETCD_VERSION)):
+    for var, value in (("KUBE_VERSION", cluster_mod.KUBE_VERSION), ("ETCD_VERSION", cluster_mod.ETCD_VERSION),
+                       ("COREDNS_VERSION", cluster_mod.COREDNS_VERSION)):
         assert f'{var}="${{{var}:-{value}}}"' in script, f"{var} default differs in build-kube.sh"
         assert re.search(rf"^{var} \?= {re.escape(value)}$", makefile, re.M), f"{var} differs in Makefile"
 
