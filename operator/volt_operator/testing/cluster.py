@@ -632,7 +632,9 @@ class LocalCluster:
     def load_image(self, image: str, docker: str = "docker", env: Mapping[str, str] | None = None) -> list[str]:
         """Copy a docker image into every real node's containerd (`docker save` | `ctr images import`).
 
-        A node that already holds this image id is skipped. Returns the nodes it was imported into.
+        A node that already holds this image id is skipped. Every node is left with this
+        version only of the image's repository (`RealNodes.prune_images`): the stores
+        outlive `down`, and a trainer image is gigabytes. Returns the nodes it was imported into.
         """
         if not self.real_nodes.nodes:
             raise ClusterError("load_image needs a running cluster with --runtime kubelet nodes")
@@ -643,6 +645,9 @@ class LocalCluster:
             raise ClusterError(f"docker has no image {image}: {inspect.stderr.strip()}")
         image_id = inspect.stdout.strip()
         stale = [n for n in self.real_nodes.nodes if not self.real_nodes.has_image(n, image, image_id)]
+        for node in self.real_nodes.nodes:
+            if node not in stale:
+                self.real_nodes.prune_images(node, [image])
         if not stale:
             return []
         archive = self.dir / "image-import.tar"

@@ -314,6 +314,43 @@ def normalize_ref(ref: str) -> str:
     return ref
 
 
+def repository(ref: str) -> str:
+    """A normalized reference without its tag or digest (`docker.io/library/volt-trainer:e2e` -> `...volt-trainer`)."""
+    name = ref.split("@", 1)[0]
+    colon = name.rfind(":")
+    return name[:colon] if colon > name.rfind("/") else name
+
+
+def stale_image_refs(images: Sequence[tuple[str, str]], loaded: Iterable[str], in_use: Iterable[str]) -> list[str]:
+    """The references to delete so that a node's store holds one version of each loaded repository.
+
+    `images` are (reference, manifest digest) pairs as containerd lists them, `loaded` the
+    normalized references just imported, `in_use` the references containers were made from.
+    Deleted: another tag of a loaded repository that names other content, and every
+    `sha256:<image id>` reference (the CRI plugin adds one per image) whose content no kept
+    name points at: what a tag moved to a rebuilt image leaves behind. Never what a
+    container uses. containerd then collects the unreferenced layers and snapshots.
+    """
+    loaded, in_use = set(loaded), set(in_use)
+    digest_of = dict(images)
+    loaded_repos = {repository(ref) for ref in loaded}
+    loaded_digests = {digest_of[ref] for ref in loaded if ref in digest_of}
+    used_digests = {digest_of[ref] for ref in in_use if ref in digest_of}
+    kept_digests = set(used_digests)
+    stale = []
+    for ref, digest in images:
+        if ref.startswith("sha256:"):
+            continue
+        if (ref in loaded or repository(ref) not in loaded_repos
+                or digest in loaded_digests or digest in used_digests):
+            kept_digests.add(digest)
+        else:
+            stale.append(ref)
+    stale += [ref for ref, digest in images
+              if ref.startswith("sha256:") and digest not in kept_digests and ref not in in_use]
+    return stale
+
+
 def ctr(node: NodeLayout, *args: str, input: bytes | None = None, timeout: float = 120,
         check: bool = True) -> subprocess.CompletedProcess[bytes]:
     return run("ctr", "--address", node.socket, "--namespace", "k8s.io", *args, input=input,
@@ -539,20 +576,51 @@ class RealNodes:
                 and normalize_ref(ref).encode() in ctr(node, "images", "ls", "-q").stdout.split())
 
     def load_image_archive(self, node: NodeLayout, archive: bytes | Path, ref: str, image_id: str) -> bool:
-        """Import a docker-archive into the node's containerd unless this image id is already there."""
+        """Import a docker-archive into the node's containerd unless this image id is already there.
+
+        Either way, older versions of the same repository are then deleted (`prune_images`).
+        """
         if self.has_image(node, ref, image_id):
+            self.prune_images(node, [ref])
             return False
         if isinstance(archive, Path):
             ctr(node, "images", "import", str(archive), timeout=1800)
         else:
             ctr(node, "images", "import", "-", input=archive, timeout=600)
-        try:
-            loaded = json.loads(self._marker(node).read_text())
-        except (OSError, ValueError):
-            loaded = {}
+        loaded = self._loaded(node)
         loaded[ref] = image_id
         self._marker(node).write_text(json.dumps(loaded, indent=2) + "\n")
+        self.prune_images(node, [ref])
         return True
+
+    def _loaded(self, node: NodeLayout) -> dict[str, str]:
+        try:
+            return dict(json.loads(self._marker(node).read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def prune_images(self, node: NodeLayout, loaded: Iterable[str]) -> list[str]:
+        """Delete the node's other versions of the repositories of `loaded` (see `stale_image_refs`).
+
+        The store lives across `down` and a trainer image is ~6 GB twice (layers and
+        unpacked snapshots): without this every rebuild would stay on disk for good.
+        `--sync` waits for containerd's garbage collection of the freed content and snapshots.
+        """
+        images = []
+        for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3:
+                images.append((fields[0], fields[2]))
+        in_use = [line.split()[1] for line in ctr(node, "containers", "ls").stdout.decode().splitlines()[1:]
+                  if len(line.split()) >= 2]
+        stale = stale_image_refs(images, [normalize_ref(ref) for ref in loaded], in_use)
+        if stale:
+            log.info("%s: deleting older images %s", node.name, ", ".join(stale))
+            ctr(node, "images", "rm", "--sync", *stale, timeout=600)
+            marker = self._loaded(node)
+            kept = {ref: image_id for ref, image_id in marker.items() if normalize_ref(ref) not in stale}
+            self._marker(node).write_text(json.dumps(kept, indent=2) + "\n")
+        return stale
 
     # -- teardown --
 
