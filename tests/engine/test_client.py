@@ -115,7 +115,8 @@ def test_status_and_outcome_of_a_failed_job() -> None:
     obj = {"metadata": {"name": "crash", "namespace": "ns"}, "spec": {"suspend": False},
            "status": {"phase": "Failed", "readyNodes": "0/2", "restarts": 1,
                       "training": {"epoch": 0, "step": 12, "loss": 0.5, "progress": 0.25,
-                                   "etaSeconds": 90},
+                                   "remainingSeconds": 90, "eta": "1m30s",
+                                   "stepsPerSecond": 2.5},
                       "lastFailure": {"pod": "crash-node-1", "rank": 1, "exitCode": 1,
                                       "reason": "UserError", "message": "KeyError: 'label'",
                                       "attempt": 1},
@@ -124,6 +125,8 @@ def test_status_and_outcome_of_a_failed_job() -> None:
     status = job_status(obj)
     assert status.finished and not status.succeeded
     assert (status.step, status.loss, status.progress, status.eta_seconds) == (12, 0.5, 0.25, 90.0)
+    assert status.throughput == "2.5 steps/s"
+    assert job_status({"status": {"training": {"eta": "1h05m"}}}).eta_seconds == 3900
     assert status.last_failure.node_rank == 1 and status.conditions[0].reason == "UserError"
     assert outcome_line(status) == (
         "trainingjob crash Failed (epoch 0, step 12, loss 0.5, 1 restarts): KeyError: 'label' "

@@ -158,8 +158,9 @@ def outcome_line(status: JobStatus) -> str:
         reason = next((c.message for c in status.conditions
                        if c.type == "Failed" and c.status == "True" and c.message), "")
         if failure is not None:
-            where = f"pod {failure.pod}, exit code {failure.exit_code}, {failure.reason}"
-            reason = f"{failure.message or reason} [{where}]"
+            reason = failure.message or reason
+            if failure.pod not in reason:  # the operator's message may already say where
+                reason += f" [pod {failure.pod}, exit code {failure.exit_code}, {failure.reason}]"
         if reason:
             text += f": {reason}"
     return text
@@ -309,7 +310,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         _check_submit_args(args.parser, args)
     if args.verb == "logs" and args.rank is not None and args.rank < 0:
         args.parser.error(f"argument --rank: must be >= 0, got {args.rank}")
-    logging.basicConfig(level=logging.INFO, format="volt: %(message)s", stream=sys.stderr)
+    # The client's notes ("persistentvolumeclaim/x created") as plain lines, whatever
+    # the engine's logging setup is (it prefixes ranks and times).
+    notes = logging.getLogger("volt.client")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("volt: %(message)s"))
+    notes.handlers[:] = [handler]
+    notes.setLevel(logging.INFO)
+    notes.propagate = False
     try:
         if args.verb == "submit" and args.filename is None:
             # Check the flags before reading any kubeconfig: bad input is reported first.

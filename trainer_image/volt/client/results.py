@@ -109,13 +109,12 @@ def _float(value: Any) -> Optional[float]:
 
 def _eta_seconds(training: Mapping[str, Any]) -> Optional[float]:
     """The ETA in seconds from whichever form the status carries it in."""
-    for key in ("etaSeconds", "eta_seconds"):
-        if training.get(key) is not None:
-            return _float(training[key])
+    if training.get("remainingSeconds") is not None:
+        return _float(training["remainingSeconds"])
     eta = training.get("eta")
     if isinstance(eta, (int, float)):
         return float(eta)
-    if isinstance(eta, str):  # "1h2m3s" / "42s"
+    if isinstance(eta, str):  # "1h05m" / "3m12s" / "42s"
         parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", eta.strip())
         if parts and any(parts.groups()):
             hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
