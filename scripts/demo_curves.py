@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from kubernetes import client, config, watch
+
 SCRAPE_INTERVAL = "1s"
 
 
@@ -51,8 +53,6 @@ def pod_targets(pod: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def discover(kubeconfig: str, targets: Path) -> None:
     """Keep ``targets`` equal to the metrics ports of the running volt pods (watch, not poll)."""
-    from kubernetes import client, config, watch  # only this command needs it
-
     api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     groups: Dict[str, List[Dict[str, Any]]] = {}
     while True:
