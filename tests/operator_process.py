@@ -9,35 +9,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from helpers import free_port, wait_for  # noqa: F401 - free_port: the operator tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "trainingjob.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    """``helpers.wait_for`` in the operator tests' argument order."""
+    return wait_for(check, timeout, what, every)
 
 
 def apply_crd(kube: Any) -> None:

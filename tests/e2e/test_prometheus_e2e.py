@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,17 +35,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import pytest
 
+from helpers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts" / "volt" / "dashboards" / "volt.json"
 METRICS_BASE_PORT = 35010  # H7's range is 35000-35099; ranks use 35010 and 35011
 SCRAPE_INTERVAL = "1s"
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval would be for a 1 s scrape interval, rounded up
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:

@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from helpers import free_port, wait_for  # noqa: F401 - the DDP tests import them from here
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_env(**extra: str) -> Dict[str, str]:
@@ -81,14 +76,6 @@ def kill_all(procs: Sequence[subprocess.Popen]) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def logs(tmp: Path) -> str:
