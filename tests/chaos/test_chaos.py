@@ -187,6 +187,12 @@ class ChaosRun:
         self.outcome.restarts = status.get("restarts", 0)
         self.outcome.reason = self.outcome.reason or (status.get("lastFailure") or {}).get("reason", "")
         self.outcome.survived = status["phase"] == "Succeeded"
+        failure = status.get("lastFailure") or {}
+        if failure:
+            self.outcome.notes.append(
+                f"lastFailure: pod {failure.get('pod')} rank {failure.get('rank')} exit {failure.get('exitCode')} "
+                f"{failure.get('reason')}: {str(failure.get('message', ''))[:300]}; "
+                f"restartsCounted {status.get('restartsCounted')}")
         if self.outcome.survived:
             weights = final_weights(volume_dir(self.kube, self.namespace, "volt-checkpoints"))
             self.outcome.weights_equal = bit_equal(weights, self.reference)
