@@ -82,3 +82,17 @@ def test_volt_run_prefixes_each_workers_lines_with_its_global_rank(tmp_path):
     for rank in (0, 1):
         assert f"[rank {rank}] hello from {rank}" in lines, done.stdout
         assert f"[rank {rank}] second line" in lines, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_engine_log_lines_carry_time_and_rank_once(tmp_path):
+    command = "import logging, volt; logging.getLogger('volt.test').info('hello')"
+    alone = subprocess.run([sys.executable, "-c", command], env=child_env(RANK="0"), stderr=subprocess.PIPE,
+                           text=True, timeout=110)
+    assert re.search(r"^\[rank 0\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} volt.test INFO: hello$", alone.stderr, re.M), \
+        alone.stderr
+    # Under volt-run the launcher adds the rank: the engine does not repeat it.
+    launched = subprocess.run([sys.executable, "-c", command], env=child_env(RANK="0", VOLT_LAUNCHER="volt-run"),
+                              stderr=subprocess.PIPE, text=True, timeout=110)
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} volt.test INFO: hello$", launched.stderr, re.M), \
+        launched.stderr

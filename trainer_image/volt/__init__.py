@@ -17,8 +17,8 @@ def _configure_package_logger() -> None:
         return
     handler = _logging.StreamHandler()
     rank = _os.environ.get("RANK", "0")
-    # volt-run already puts "[rank N] " before every line of its workers.
-    label = "" if _os.environ.get("VOLT_LAUNCHER") == "volt-run" else f"[rank {rank or 0}] "
+    # volt-run already puts "[rank N] " before every line of its workers, and is no rank itself.
+    label = "" if _os.environ.get("VOLT_LAUNCHER") == "volt-run" or "RANK" not in _os.environ else f"[rank {rank}] "
     handler.setFormatter(_logging.Formatter(f"{label}%(asctime)s %(name)s %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(_logging.INFO if rank in ("", "0") else _logging.WARNING)
