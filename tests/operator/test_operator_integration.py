@@ -157,8 +157,8 @@ def test_valid_job_gets_service_pods_env_and_columns(operator: OperatorProcess,
     wait_until("phase Running", lambda: job_status(kube, namespace, "demo").get("phase")
                == "Running", 90)
     header = kube.kubectl("get", "-n", namespace, "tj").stdout.splitlines()[0]
-    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "STEP", "LOSS", "RESTARTS",
-                              "AGE"]
+    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "STEP", "LOSS", "PROGRESS", "ETA",
+                              "RESTARTS", "AGE"]
     (row,) = get_tj_rows(kube, namespace)
     assert (row["NAME"], row["PHASE"], row["NODES"], row["RESTARTS"]) == (
         "demo", "Running", "2/2", "0")
