@@ -8,11 +8,13 @@ host process. Needs root, `make cluster node-runtime docker`.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -23,6 +25,7 @@ import yaml
 from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
 from test_docker import build, docker_env  # noqa: F401  (docker_env is a fixture used below)
 from volt_operator.testing.cluster import LocalCluster
+from volt_operator.testing.kubelet_nodes import ctr
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
@@ -272,3 +275,55 @@ def test_missing_image_is_named_in_the_job_status(real_kube: LocalCluster, opera
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnosis(real_kube, namespace, 'synthetic')}") from None
     assert "volt-trainer:does-not-exist" in text, text
+
+
+def _small_image(env: Dict[str, str], ref: str) -> Tuple[str, str]:
+    """A one-file image with unique content (`docker import`): its id and its layer's digest."""
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        data = secrets.token_hex(16).encode()
+        info = tarfile.TarInfo("version")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    imported = subprocess.run([env["DOCKER"], "import", "-", ref], input=payload.getvalue(), capture_output=True,
+                              env=env, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    inspect = subprocess.run([env["DOCKER"], "image", "inspect", "--format", "{{.Id}} {{index .RootFS.Layers 0}}",
+                              ref], capture_output=True, text=True, env=env, timeout=60, check=True)
+    image_id, layer = inspect.stdout.split()
+    return image_id, layer
+
+
+@pytest.mark.timeout(600)
+def test_load_image_keeps_one_version_of_each_repository(tmp_path: Path, docker_env: Dict[str, str]) -> None:
+    """A rebuilt tag, then another tag of the same repository: only the newest stays in each node's store."""
+    reuse = os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR")
+    cluster = LocalCluster(reuse or tmp_path / "kube", nodes=1, runtime="kubelet")
+    repo = f"volt-prune-check-{secrets.token_hex(3)}"
+    versions = []
+    try:
+        if not reuse:
+            cluster.up()
+        for tag in ("a", "a", "b"):
+            versions.append(_small_image(docker_env, f"{repo}:{tag}"))
+            assert cluster.load_image(f"{repo}:{tag}", docker=docker_env["DOCKER"], env=docker_env)
+        (old_a, old_layer), (new_a, new_a_layer), (b, b_layer) = versions
+        for node in cluster.real_nodes.nodes:
+            images = ctr(node, "images", "ls", "-q").stdout.decode().split()
+            assert [ref for ref in images if repo in ref] == [f"docker.io/library/{repo}:b"], images
+            assert f"sha256:{old_a.split(':')[1]}" not in images and f"sha256:{new_a.split(':')[1]}" not in images
+            # containerd collected the layers and the unpacked snapshots nothing references any more.
+            content = ctr(node, "content", "ls", "-q").stdout.decode().split()
+            assert b_layer in content and old_layer not in content and new_a_layer not in content
+            snapshots = ctr(node, "snapshots", "ls").stdout.decode()
+            assert b_layer in snapshots and old_layer not in snapshots and new_a_layer not in snapshots
+            marker = json.loads((Path(node.containerd_root) / "volt-images.json").read_text())
+            assert f"{repo}:b" in marker and f"{repo}:a" not in marker, marker
+    finally:
+        for node in cluster.real_nodes.nodes:
+            ctr(node, "images", "rm", "--sync", f"docker.io/library/{repo}:b", check=False)
+        for tag in ("a", "b"):
+            subprocess.run([docker_env["DOCKER"], "rmi", "-f", f"{repo}:{tag}"], env=docker_env,
+                           capture_output=True, timeout=60)
+        if not reuse:
+            cluster.down()
