@@ -322,8 +322,8 @@ def test_load_image_keeps_one_version_of_each_repository(tmp_path: Path, docker_
     finally:
         for node in cluster.real_nodes.nodes:
             ctr(node, "images", "rm", "--sync", f"docker.io/library/{repo}:b", check=False)
-        for tag in ("a", "b"):
-            subprocess.run([docker_env["DOCKER"], "rmi", "-f", f"{repo}:{tag}"], env=docker_env,
+        for image_id, _ in versions:  # by id: the first "a" is untagged by now
+            subprocess.run([docker_env["DOCKER"], "rmi", "-f", image_id], env=docker_env,
                            capture_output=True, timeout=60)
         if not reuse:
             cluster.down()
