@@ -64,6 +64,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from volt.module import LightningModule
+from volt.precision import _TRUE_DTYPES, Precision
 from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_iterator
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
@@ -73,7 +74,7 @@ from volt.trainer.optimizers import LightningOptimizer, parse_optimizers
 from volt.trainer.profiling import ProfiledBatches, action
 from volt.trainer.run_state import HotPath, RunState
 from volt.trainer.stage import setup_stage, teardown_stage
-from volt.utilities import move_data_to_device
+from volt.utilities import apply_to_tensors, move_data_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
@@ -179,8 +180,6 @@ _PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_batch_end",
 
 
 def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
-    from volt.precision import _TRUE_DTYPES, Precision
-
     run: RunState = trainer.run_state
     overrides = trainer.module_overrides
     silent = run.silent
@@ -786,8 +785,6 @@ def _detach_hiddens(hiddens: Any) -> Any:
 
 
 def _to_cpu(outputs: Any) -> Any:
-    from volt.utilities import apply_to_tensors
-
     return apply_to_tensors(outputs, lambda t: t.cpu())
 
 
