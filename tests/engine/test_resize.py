@@ -62,6 +62,23 @@ def test_fsdp_sharded_checkpoint_at_4_resumes_at_2_and_3_seeing_every_sample_onc
 
 
 @pytest.mark.timeout(600)
+def test_ddp_mid_epoch_checkpoint_at_4_resumes_at_2_finishing_the_epoch_with_every_sample_once(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = _run(tmp_path, "w4", 4, tmp_path / "w4", "ddp", "--ckpt-dir", str(ckpt), "--max-steps", "4")
+    assert "done: world=4 epoch=0 step=4" in first, first  # stopped after 4 of the epoch's 8 batches
+    shutil.copytree(ckpt, tmp_path / "ckpt3")  # the 2-process run below adds its own checkpoints to ckpt
+    log = _run(tmp_path, "w2", 2, tmp_path / "w2", "ddp", "--ckpt-dir", str(ckpt), "--ckpt-path", "last")
+    assert "batch 4 -> 8 per process" in log and "done: world=2 epoch=1" in log, log  # 8 + 7 batches of 15
+    assert "accumulate=2" in log, log  # the global batch kept
+    assert _seen(tmp_path / "w4", 0, 4) + _seen(tmp_path / "w2", 0, 2) == Counter(range(SAMPLES))
+    # at 3 processes the 128 samples done are not a whole number of batches (24 samples): refused, sizes named
+    refused = _run(tmp_path, "w3", 3, tmp_path / "w3", "ddp", "--ckpt-dir", str(tmp_path / "ckpt3"), "--ckpt-path", "last",
+                   wait=False)
+    assert wait_all([refused], 280) != [0]
+    assert "written by 4 process(es) but this run has 3" in (tmp_path / "w3.log").read_text(), logs(tmp_path)
+
+
+@pytest.mark.timeout(600)
 def test_ddp_killed_inside_an_async_save_leaves_a_manifest_naming_a_complete_checkpoint(tmp_path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     proc = _run(tmp_path, "killed", 2, out, "ddp", "--sharded", "--ckpt-dir", str(ckpt), "--block-commit-at-step", "8",

@@ -7,11 +7,12 @@ checkpoint holds full tensors and a sharded one is read back as full tensors
 What changes is the data: ``DistributedSampler`` deals one global permutation
 (seeded by the seed and the epoch, the same at every world size) round-robin to
 the ranks. At an epoch boundary the next epoch is dealt to the new ranks: every
-sample is still seen once per epoch. Inside an epoch, the samples each rank has
-consumed are an interleaved prefix of that permutation, but the loop resumes by
-skipping each rank's own batches, which at another world size would see some
-samples twice and skip others: such a checkpoint is refused (resume at the same
-size, or from an end-of-epoch checkpoint).
+sample is still seen once per epoch. Inside an epoch, the samples the ranks have
+consumed after b batches of B are exactly the first b x B x N of that
+permutation (rank r took positions r, r+N, ...). The loop resumes by skipping
+each rank's first batches, so at M processes it skips b x N / M batches: the
+same prefix, and the rest is dealt to the new ranks. When b x N is not a
+multiple of M the prefix does not end on a batch and the checkpoint is refused.
 
 The global batch (per-process batch x processes x accumulation) is kept by
 scaling ``accumulate_grad_batches`` when the numbers divide; otherwise it
@@ -28,14 +29,9 @@ log = logging.getLogger(__name__)
 def resume_at_world_size(trainer: Any, checkpoint: Dict[str, Any], saved: int, now: int) -> None:
     """Accept (and adapt to) a checkpoint written by ``saved`` processes in a run of ``now``, or raise ValueError."""
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    mid_epoch = not loop.get("epoch_batches_done", True) and int(loop.get("batch_idx", 0)) > 0
-    if mid_epoch:
-        raise ValueError(
-            f"the checkpoint was written by {saved} process(es) but this run has {now}, and it was taken in the "
-            f"middle of epoch {loop.get('current_epoch')} (after {loop.get('batch_idx')} batches per process): inside an epoch the "
-            "samples left cannot be re-dealt to another number of processes without seeing some twice. Resume "
-            "with the same num_nodes x devices, or from a checkpoint taken at the end of an epoch"
-        )
+    batches = int(loop.get("batch_idx", 0))
+    if not loop.get("epoch_batches_done", True) and batches > 0:
+        loop["batch_idx"] = _batches_at(checkpoint, loop, batches, saved, now)
     accumulation = getattr(trainer, "accumulate_grad_batches", 1)
     if isinstance(accumulation, int):
         scaled, remainder = divmod(accumulation * saved, now)
@@ -50,4 +46,22 @@ def resume_at_world_size(trainer: Any, checkpoint: Dict[str, Any], saved: int, n
     log.warning(
         "resuming at %d processes (checkpoint: %d): the global batch changes by a factor %d/%d (accumulate_grad_batches=%r "
         "cannot be scaled to keep it); the learning rate is not adjusted", now, saved, now, saved, accumulation,
+    )
+
+
+def _batches_at(checkpoint: Dict[str, Any], loop: Dict[str, Any], batches: int, saved: int, now: int) -> int:
+    """The batch index at ``now`` processes that has consumed the same prefix of the epoch's permutation."""
+    batch_size = checkpoint.get("volt_resume", {}).get("batch_size")
+    consumed = batches * int(batch_size or 0) * saved
+    if batch_size and consumed % (int(batch_size) * now) == 0:
+        moved = consumed // (int(batch_size) * now)
+        log.warning("resuming epoch %s at %d processes (checkpoint: %d): %d samples of the epoch are done, "
+                    "batch %d -> %d per process", loop.get("current_epoch"), now, saved, consumed, batches, moved)
+        return moved
+    raise ValueError(
+        f"the checkpoint was written by {saved} process(es) but this run has {now}, and it was taken in the "
+        f"middle of epoch {loop.get('current_epoch')} after {batches} batches per process "
+        f"({consumed or 'an unknown number of'} samples, batch size {batch_size}): that is not a whole number "
+        f"of batches at {now} processes, so the rest of the epoch cannot be re-dealt without seeing some samples "
+        "twice. Resume with the same num_nodes x devices, or from a checkpoint taken at the end of an epoch"
     )

@@ -183,7 +183,10 @@ def dump_resume_state(trainer: Any) -> Dict[str, Any]:
         if dist.is_available() and dist.is_initialized():
             states = [None] * world_size
             dist.all_gather_object(states, mine, group=getattr(trainer.strategy, "control_group", None))
-    return {"world_size": world_size, "rng": states}
+    # Per-process batch size: with the world size and the loop's batch_idx it says how many samples of
+    # the epoch's global permutation are consumed (volt.resize re-deals the rest at another world size).
+    batch_size = getattr(getattr(trainer, "train_dataloader", None), "batch_size", None)
+    return {"world_size": world_size, "rng": states, "batch_size": batch_size}
 
 
 def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
@@ -196,4 +199,6 @@ def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
     if saved != now:
         resume_at_world_size(trainer, checkpoint, saved, now)  # raises where the data cannot be re-dealt
     rng = state["rng"]
-    trainer.rng_snapshots.restored = rng[trainer.global_rank] if len(rng) > trainer.global_rank else None
+    if saved != now and len(rng) <= trainer.global_rank:
+        rng = rng[:1]  # a rank the checkpoint did not have replays rank 0's loader seed and random stream
+    trainer.rng_snapshots.restored = rng[min(trainer.global_rank, len(rng) - 1)] if rng else None

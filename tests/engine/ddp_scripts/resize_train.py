@@ -1,6 +1,6 @@
 """Train the synthetic model, recording every sample index each rank trains on, per epoch.
 
-Usage (under volt-run): resize_train.py OUT_DIR STRATEGY [--max-epochs N] [--ckpt-dir D] [--ckpt-path P]
+Usage (under volt-run): resize_train.py OUT_DIR STRATEGY [--max-epochs N] [--max-steps S] [--ckpt-dir D] [--ckpt-path P]
     [--sharded] [--block-commit-at-step S]
 STRATEGY: ddp | fsdp. --sharded: DDP writes sharded checkpoints (ShardedCheckpointIO(async_save=True)).
 --block-commit-at-step S: the async save of step S writes its shards, then never commits (rank 0
@@ -25,6 +25,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("strategy", choices=["ddp", "fsdp"])
 parser.add_argument("--max-epochs", type=int, default=1)
+parser.add_argument("--max-steps", type=int, default=-1)
 parser.add_argument("--ckpt-dir", required=True)
 parser.add_argument("--ckpt-path", default=None)
 parser.add_argument("--sharded", action="store_true")
@@ -46,17 +47,18 @@ if args.block_commit_at_step is not None:
 
 class Recording(RegressionModel):
     def on_train_epoch_start(self):
-        self.seen, self.losses = [], []
+        self.losses = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.extend(batch[2].tolist())
+        world, rank, epoch = self.trainer.world_size, self.trainer.global_rank, self.current_epoch
+        with open(out / f"seen-e{epoch}-r{rank}-w{world}.txt", "a") as f:  # appended as it goes: a stop mid-epoch keeps it
+            f.write(" ".join(map(str, batch[2].tolist())) + " ")
         loss = super().training_step(batch, batch_idx)
         self.losses.append(loss.detach())
         return loss
 
     def on_train_epoch_end(self):
         world, rank, epoch = self.trainer.world_size, self.trainer.global_rank, self.current_epoch
-        (out / f"seen-e{epoch}-r{rank}-w{world}.txt").write_text(" ".join(map(str, self.seen)))
         mean = self.trainer.strategy.reduce(torch.stack(self.losses).mean())
         if rank == 0:
             (out / f"loss-e{epoch}-w{world}.txt").write_text(f"{float(mean):.6f}")
@@ -69,7 +71,7 @@ cluster = cluster_environment(os.environ)
 plugins = [ShardedCheckpointIO(async_save=True)] if args.sharded else []
 trainer = Trainer(
     accelerator="cpu", devices=cluster.local_world_size, num_nodes=cluster.num_nodes, strategy=args.strategy,
-    max_epochs=args.max_epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    max_epochs=args.max_epochs, max_steps=args.max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
     callbacks=[ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_train_steps=4)], plugins=plugins,
     num_sanity_val_steps=0,
 )
