@@ -36,7 +36,6 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Optional
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
