@@ -15,6 +15,7 @@ the gang Running again) at the end. `make test-chaos` runs this directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -97,12 +98,10 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     yield recorded
     path = tmp_path_factory.mktemp("chaos-summary") / "chaos-summary.json"
     path.write_text(json.dumps([o.to_json() for o in recorded], indent=2) + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     text = f"\nchaos suite, seed {SEED} ({path}):\n{table(recorded)}\n"
-    if reporter is not None:
-        reporter.write_line(text)
-    else:
-        print(text)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(text, flush=True)  # on the terminal even when pytest captures output
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +328,7 @@ def test_fill_checkpoint_volume(run: ChaosRun, step: int) -> None:
         run.start()
         st = run.at_step()
         filler = fill(volume)
-        run.fault(f"volume {volume}")
+        run.fault("the checkpoint volume (a 16 MiB tmpfs)")
 
         def volume_full(s: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             failure = s.get("lastFailure") or {}
@@ -374,8 +373,12 @@ def test_truncate_latest_checkpoint(run: ChaosRun, step: int) -> None:
 @at("hang_rank")
 def test_hang_rank(run: ChaosRun, step: int) -> None:
     """A rank stops (SIGSTOP: a deadlock as the others see it): Stalled after stallTimeoutSeconds, a gang
-    restart, success."""
-    uid = run.start(stallTimeoutSeconds=30)
+    restart, success.
+
+    The timeout also bounds a restarted attempt from its pods Ready to its first step (start, rendezvous,
+    resume): 30 s was too short on a loaded 2-core machine (every attempt stalled before its first step).
+    """
+    uid = run.start(stallTimeoutSeconds=60)
     st = run.at_step()
     rank = fault_rank(SEED, "hang_rank", WORLD_SIZE)
     pid = signal_rank(uid, rank, signal.SIGSTOP)
