@@ -617,8 +617,11 @@ class RealNodes:
         if stale:
             log.info("%s: deleting older images %s", node.name, ", ".join(stale))
             ctr(node, "images", "rm", "--sync", *stale, timeout=600)
-            marker = self._loaded(node)
-            kept = {ref: image_id for ref, image_id in marker.items() if normalize_ref(ref) not in stale}
+        # The marker names only what the store still holds (images may be deleted by hand too).
+        listed = {ref for ref, _ in images} - set(stale)
+        marker = self._loaded(node)
+        kept = {ref: image_id for ref, image_id in marker.items() if normalize_ref(ref) in listed}
+        if kept != marker:
             self._marker(node).write_text(json.dumps(kept, indent=2) + "\n")
         return stale
 
