@@ -110,7 +110,7 @@ docker:
 # The whole system on this machine: local control plane + node agent, the helm
 # chart, the operator as the chart's ServiceAccount, an example TrainingJob
 # followed to Succeeded. It keeps running; `make demo-down` removes it.
-demo: setup cluster helm
+demo: setup prometheus cluster helm
 	@bash scripts/demo.sh up
 
 demo-down:
