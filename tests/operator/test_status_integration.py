@@ -3,6 +3,7 @@ waits (PodsReady and a Warning event) and why it failed (the rank's exception)."
 from __future__ import annotations
 
 import re
+import secrets
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List
@@ -76,27 +77,33 @@ def test_an_unschedulable_gang_says_why_in_a_condition_and_one_warning(crd: Any,
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_the_failing_ranks_exception_stays_in_last_failure_after_the_gang_restart(
-        operator: OperatorProcess, namespace: str) -> None:
+        operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     """Real volt-run and engine in the pod: attempt 0 raises KeyError('label') on rank 0,
     the failure policy restarts the gang, attempt 1 trains to the end."""
     kube = operator.kube
     line = next(i for i, text in enumerate(RAISE_ON_RANK.read_text().splitlines(), 1) if '{}["label"]' in text)
-    apply(kube, namespace, "keyerror",
-          command=["python", str(RAISE_ON_RANK), "--max-steps", "4", "--samples", "64"],
+    # A checkpoint directory of its own: the node agent's pods share the host's disk, and another
+    # run's checkpoints (another job uid) in the same place would be refused as a foreign run.
+    name = f"keyerror-{secrets.token_hex(3)}"
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir(mode=0o777)
+    ckpt_dir.chmod(0o777)  # the pods run as uid 1000
+    apply(kube, namespace, name,
+          command=["python", str(RAISE_ON_RANK), "--max-steps", "4", "--samples", "64", "--ckpt-dir", str(ckpt_dir)],
           trainer={"numNodes": 1, "devices": 1, "accelerator": "cpu", "maxSteps": 4},
           env=[{"name": "FAIL_RANK", "value": "0"}, {"name": "FAIL_STEP", "value": "1"},
                {"name": "FAIL_KEY_ERROR", "value": "1"}, {"name": "FAIL_ATTEMPT", "value": "0"}],
           failurePolicy={"maxRestarts": 1, "backoffSeconds": 0,
                          "rules": [{"action": "RestartGang", "onExitCodes": {"operator": "In", "values": [1]}}]})
-    wait_until("Succeeded", lambda: job_status(kube, namespace, "keyerror").get("phase") in ("Succeeded", "Failed"),
+    wait_until("Succeeded", lambda: job_status(kube, namespace, name).get("phase") in ("Succeeded", "Failed"),
                360)
-    status = job_status(kube, namespace, "keyerror")
-    assert status["phase"] == "Succeeded" and status["attempt"] == 1, status
+    status = job_status(kube, namespace, name)
+    assert status["phase"] == "Succeeded" and status["attempt"] == 1, [c["message"] for c in status["conditions"]]
     failure = status["lastFailure"]
     assert failure["attempt"] == 0 and failure["exitCode"] == 1
     assert "KeyError: 'label' at " in failure["message"], failure
     assert f"raise_on_rank.py:{line} in training_step (global rank 0)" in failure["message"], failure
-    restart = next(e for e in events(kube, namespace, "keyerror") if e["reason"] == "GangRestart")
+    restart = next(e for e in events(kube, namespace, name) if e["reason"] == "GangRestart")
     assert "KeyError: 'label'" in restart["message"]
 
 
