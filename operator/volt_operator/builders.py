@@ -6,8 +6,8 @@ tested without a cluster. The reconciler creates whatever is missing by name.
 Children of TrainingJob ``<job>``:
   * a headless Service ``<job>`` (publishNotReadyAddresses, so node 0's DNS
     name resolves before it is Ready and the rendezvous cannot race DNS);
-  * pods ``<job>-node-<i>`` with hostname/subdomain, the env contract of
-    DESIGN.md section 4, GPU requests, the checkpoint volume and metrics ports.
+  * pods ``<job>-node-<i>`` with hostname/subdomain, the environment contract
+    (docs/distributed.md), GPU requests, the checkpoint volume and metrics ports.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def build_service(job: JobRef, spec: TrainingJobSpec) -> Dict[str, Any]:
 def build_env(
     job: JobRef, spec: TrainingJobSpec, rank: int, attempt: int, resume: str
 ) -> List[Dict[str, Any]]:
-    """The operator <-> engine contract (DESIGN.md section 4), then user env."""
+    """The operator <-> engine contract (docs/distributed.md, "The environment contract"), then user env."""
     nproc = spec.processes_per_node()
     nodes = spec.trainer.num_nodes
     addr = master_addr(job.name)
