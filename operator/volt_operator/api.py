@@ -81,6 +81,8 @@ Strategy = Literal[
     "dp",
     "ddp2",
     "single_device",
+    "fsdp",
+    "fsdp_cpu_offload",
 ]
 PRECISIONS: List[Union[int, str]] = [
     16, 32, 64, "16", "32", "64", "bf16",
@@ -235,8 +237,8 @@ def _cel_processes_per_node(s: str) -> str:
 
 
 class TrainerExtra(BaseModel):
-    """More Trainer arguments by their own snake_case names (Lightning 2.x and the
-    seed's 1.x ones), each typed. Arguments the operator owns (num_nodes,
+    """More Trainer arguments by their own snake_case names (Lightning 2.x and
+    1.x ones), each typed. Arguments the operator owns (num_nodes,
     devices, resume paths, default_root_dir) or that have a camelCase field in
     ``trainer`` are not here on purpose."""
 
@@ -308,7 +310,7 @@ EXTRA_ALLOWED = tuple(TrainerExtra.model_fields)
 
 
 class TrainerSettings(_Model):
-    """Lightning Trainer settings (the seed's names, camelCase).
+    """Lightning Trainer settings (Lightning Trainer argument names, camelCase).
 
     They override the training script's own Trainer arguments; the engine
     logs each override.
@@ -410,7 +412,10 @@ class TrainerSettings(_Model):
     benchmark: Optional[bool] = None
     sync_batchnorm: Optional[bool] = None
     amp_level: Optional[Literal["O0", "O1", "O2", "O3"]] = Field(
-        None, description="1.x apex level; the engine maps it onto native AMP."
+        None, description=(
+            "1.x apex opt level. As in Lightning 1.x it applies only to amp_backend 'apex', which the "
+            "engine refuses; with native AMP it is ignored (logged). Set precision instead."
+        )
     )
     extra: TrainerExtra = Field(
         default_factory=TrainerExtra,

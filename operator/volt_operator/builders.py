@@ -95,7 +95,7 @@ def resume_value(spec: TrainingJobSpec, attempt: int, checkpoint_seen: bool) -> 
 
     FromPath seeds the first attempt only; once the job has written its own
     checkpoint, later attempts (gang restarts, resume after suspend) continue
-    from that, or training would jump back to the seed weights.
+    from that, or training would jump back to the starting weights.
     """
     if spec.resume == "Never":
         return "never"

@@ -145,7 +145,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         """Record a scalar for loggers, the progress bar and callbacks (``trainer.callback_metrics``).
 
         Defaults follow the hook: per step in training hooks, per epoch (batch-size
-        weighted mean) in validation/test. ``log=...`` (the seed's 1.x spelling) means ``logger=...``.
+        weighted mean) in validation/test. ``log=...`` (the 1.x spelling) means ``logger=...``.
         """
         trainer = self._trainer
         if trainer is not None and type(value) is torch.Tensor and not kwargs and type(name) is str:

@@ -5,7 +5,7 @@ checkpoint holds full tensors and a sharded one is read back as full tensors
 (``volt.checkpoint_sharded.load_sharded``); FSDP re-shards them for the new world.
 
 What changes is the data: ``DistributedSampler`` deals one global permutation
-(seeded by the seed and the epoch, the same at every world size) round-robin to
+(seeded by the sampler seed and the epoch, the same at every world size) round-robin to
 the ranks. At an epoch boundary the next epoch is dealt to the new ranks: every
 sample is still seen once per epoch. Inside an epoch, the samples the ranks have
 consumed after b batches of B are exactly the first b x B x N of that

@@ -1,4 +1,4 @@
-"""The Callback base class: every hook Lightning 2.x calls, plus the seed's 1.x hooks.
+"""The Callback base class: every hook Lightning 2.x calls, plus Lightning 1.x's hooks.
 
 Every hook is a no-op. The trainer dispatches a hook only to the callbacks
 that override it (see ``overrides``), so an unused hook costs nothing per step.

@@ -182,7 +182,7 @@ def summarize(module: nn.Module, max_depth: int = 1) -> Summary:
 class ModelSummary(Callback):
     """Log the model summary table on global rank 0 when ``fit`` starts.
 
-    ``max_depth=1`` (the seed's ``weights_summary="top"``) lists direct children;
+    ``max_depth=1`` (1.x's ``weights_summary="top"``) lists direct children;
     ``-1`` (``"full"``) lists every module.
     """
 

@@ -6,7 +6,7 @@ from volt.loggers.mlflow import MLFlowLogger, mlflow_available
 from volt.loggers.tensorboard import TensorBoardLogger, tensorboard_available
 from volt.loggers.wandb import WandbLogger, wandb_available
 
-#: The 1.x name of the Logger base class (the seed's era), for scripts that subclass it.
+#: The 1.x name of the Logger base class (Lightning 1.x), for scripts that subclass it.
 LightningLoggerBase = Logger
 
 __all__ = [

@@ -44,6 +44,7 @@ _ALIASES: Dict[str, Optional[str]] = {
     "ddp_fork": "strategy='ddp_fork' runs as 'ddp' (one process per device started by volt-run)",
     "ddp_notebook": "strategy='ddp_notebook' runs as 'ddp' (one process per device started by volt-run)",
     "ddp_find_unused_parameters_true": None,
+    "ddp_find_unused_parameters_false": None,
     "ddp_cpu": "accelerator='ddp_cpu' (1.x) runs as strategy='ddp' on accelerator='cpu'",
     "dp": "accelerator/strategy='dp' (1.x DataParallel) runs as 'ddp': one process per device, same global batch "
           "semantics per process",

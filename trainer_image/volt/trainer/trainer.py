@@ -63,7 +63,7 @@ class TrainerState:
 
 
 class Trainer:
-    """Lightning-compatible trainer. Accepts Lightning 2.x arguments and the 1.x names of the seed."""
+    """Lightning-compatible trainer. Accepts Lightning 2.x arguments and their 1.x names."""
 
     def __init__(
         self,
@@ -107,7 +107,7 @@ class Trainer:
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
-        # --- 1.x names (the seed) -----------------------------------------------------
+        # --- Lightning 1.x names ------------------------------------------------------
         checkpoint_callback: Optional[bool] = None,
         process_position: int = 0,
         num_processes: Optional[int] = None,
