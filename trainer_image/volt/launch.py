@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="volt-run",
         description="Start this node's volt training processes (torch elastic agent, static rendezvous).",
         epilog="Exit codes: " + "; ".join(
-            f"{c} {exit_codes.describe(c)}" for c in (0, 1, 75, 76, 77, 78)
+            f"{c} {exit_codes.describe(c)}" for c in (0, 1, 75, 76, 77, 78, 79, 80)
         ),
     )
     parser.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None,
