@@ -125,7 +125,7 @@ def test_checkpoints_match(results: Results) -> None:
     """ModelCheckpoint's files, best/last, callback state keys, hyper-parameters and weights; a checkpoint's
     top-level keys differ only by the engine's own entries."""
     volt, lightning = scenario(results, "checkpoint")
-    # On purpose: volt writes a manifest naming the newest complete checkpoint next to the files (DESIGN.md 5),
+    # On purpose: volt writes a manifest naming the newest complete checkpoint next to the files (docs/checkpoints.md),
     # its own version key, and RNG/sampler state for exact mid-epoch resume.
     assert volt["files"] == lightning["files"] + ["latest.json"]
     volt["files"] = lightning["files"]

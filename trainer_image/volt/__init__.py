@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 import logging as _logging
 import os as _os
 
+from volt.contract import ENV_LAUNCHER as _ENV_LAUNCHER, VOLT_RUN as _VOLT_RUN
+
 
 def _configure_package_logger() -> None:
     """Engine messages (overrides applied, checkpoints restored) reach stderr, as Lightning's do.
@@ -18,7 +20,7 @@ def _configure_package_logger() -> None:
     handler = _logging.StreamHandler()
     rank = _os.environ.get("RANK", "0")
     # volt-run already puts "[rank N] " before every line of its workers, and is no rank itself.
-    label = "" if _os.environ.get("VOLT_LAUNCHER") == "volt-run" or "RANK" not in _os.environ else f"[rank {rank}] "
+    label = "" if _os.environ.get(_ENV_LAUNCHER) == _VOLT_RUN or "RANK" not in _os.environ else f"[rank {rank}] "
     handler.setFormatter(_logging.Formatter(f"{label}%(asctime)s %(name)s %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(_logging.INFO if rank in ("", "0") else _logging.WARNING)

@@ -6,7 +6,7 @@ Three sources, checked in this order:
   ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK`` (the node
   rank), ``MASTER_ADDR``, ``MASTER_PORT``. ``volt-run`` also sets
   ``VOLT_LAUNCHER=volt-run`` so the source reads ``volt``.
-* the volt pod contract (DESIGN.md section 4), without a launcher: ``MASTER_ADDR``,
+* the volt pod contract (docs/distributed.md), without a launcher: ``MASTER_ADDR``,
   ``MASTER_PORT``, ``NODE_RANK``, ``NUM_NODES``, ``WORLD_SIZE`` (processes, i.e.
   nodes x devices) and their torchrun twins ``PET_*``. No ``RANK``/``LOCAL_RANK``:
   this process is the node's first process and the others still have to be started.
