@@ -295,15 +295,17 @@ def _small_image(env: Dict[str, str], ref: str) -> Tuple[str, str]:
 
 
 @pytest.mark.timeout(600)
-def test_load_image_keeps_one_version_of_each_repository(tmp_path: Path, docker_env: Dict[str, str]) -> None:
-    """A rebuilt tag, then another tag of the same repository: only the newest stays in each node's store."""
-    reuse = os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR")
-    cluster = LocalCluster(reuse or tmp_path / "kube", nodes=1, runtime="kubelet")
+def test_load_image_keeps_one_version_of_each_repository(real_kube: LocalCluster,
+                                                         docker_env: Dict[str, str]) -> None:
+    """A rebuilt tag, then another tag of the same repository: only the newest stays in each node's store.
+
+    It uses the module's cluster (one real-node cluster runs per machine at a time); its
+    repository name is its own, so the trainer image the other tests run is untouched.
+    """
+    cluster = real_kube
     repo = f"volt-prune-check-{secrets.token_hex(3)}"
     versions = []
     try:
-        if not reuse:
-            cluster.up()
         for tag in ("a", "a", "b"):
             versions.append(_small_image(docker_env, f"{repo}:{tag}"))
             assert cluster.load_image(f"{repo}:{tag}", docker=docker_env["DOCKER"], env=docker_env)
@@ -325,5 +327,3 @@ def test_load_image_keeps_one_version_of_each_repository(tmp_path: Path, docker_
         for image_id, _ in versions:  # by id: the first "a" is untagged by now
             subprocess.run([docker_env["DOCKER"], "rmi", "-f", image_id], env=docker_env,
                            capture_output=True, timeout=60)
-        if not reuse:
-            cluster.down()
