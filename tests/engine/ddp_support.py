@@ -78,6 +78,20 @@ def kill_all(procs: Sequence[subprocess.Popen]) -> None:
             proc.wait()
 
 
+def kill_leftovers(marker: str) -> None:
+    """SIGKILL every process whose command line contains ``marker`` (a test's own tmp path).
+
+    torch's elastic agent starts each worker in a session of its own, so killing
+    volt-run's process group leaves the workers running.
+    """
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # gone already
+
+
 def logs(tmp: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(tmp.glob("*.log")))
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from ddp_support import SCRIPTS, child_env, free_port, kill_all, logs, volt_run, wait_all, wait_for
+from ddp_support import SCRIPTS, child_env, free_port, kill_all, kill_leftovers, logs, volt_run, wait_all, wait_for
 from volt.checkpoint import read_manifest, verify_checkpoint
 from volt.checkpoint_convert import main as convert_main
 
@@ -88,6 +88,7 @@ def test_ddp_killed_inside_an_async_save_leaves_a_manifest_naming_a_complete_che
         assert proc.poll() is None, logs(tmp_path)
     finally:
         kill_all([proc])  # SIGKILL: the step-8 shards are written, never committed
+        kill_leftovers(str(out))  # the workers, in sessions of their own, outlive volt-run's group
     manifest = read_manifest(ckpt)
     assert manifest is not None and manifest.step == 4, manifest
     assert verify_checkpoint(manifest.path(ckpt), manifest.latest) is None
