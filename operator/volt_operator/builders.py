@@ -116,17 +116,22 @@ def job_selector(job: str) -> Dict[str, str]:
     return {LABEL_JOB: job}
 
 
+def job_object_metadata(job: JobRef) -> Dict[str, Any]:
+    """Metadata of a per-job child named after the job (its Service, its NetworkPolicy)."""
+    return {
+        "name": job.name,
+        "namespace": job.namespace,
+        "labels": job_selector(job.name),
+        "ownerReferences": [job.owner_reference()],
+    }
+
+
 def build_service(job: JobRef, spec: TrainingJobSpec) -> Dict[str, Any]:
     """The headless Service that gives each node pod a stable DNS name."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": job.name,
-            "namespace": job.namespace,
-            "labels": job_selector(job.name),
-            "ownerReferences": [job.owner_reference()],
-        },
+        "metadata": job_object_metadata(job),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

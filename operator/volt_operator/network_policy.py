@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Sequence
 
 from .api import TrainingJobSpec
-from .builders import JobRef, job_selector
+from .builders import JobRef, job_object_metadata, job_selector
 
 
 def metrics_ports(spec: TrainingJobSpec) -> List[int]:
@@ -37,12 +37,7 @@ def build_network_policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": job.name,
-            "namespace": job.namespace,
-            "labels": job_selector(job.name),
-            "ownerReferences": [job.owner_reference()],
-        },
+        "metadata": job_object_metadata(job),
         "spec": {
             "podSelector": {"matchLabels": job_selector(job.name)},
             "policyTypes": ["Ingress"],
