@@ -140,7 +140,7 @@ bench: setup
 	$(PY) bench/checkpoint.py
 
 lint: setup
-	$(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench && $(VENV)/bin/lint-imports --config .importlinter
+	$(PY) scripts/check_test_names.py tests && $(PY) -m compileall -q trainer_image/volt operator/volt_operator tests bench && $(VENV)/bin/lint-imports --config .importlinter
 
 # The CRD is generated from the pydantic models (operator/volt_operator/api.py);
 # tests/operator/test_crd.py fails when the committed files drift from them
