@@ -12,9 +12,10 @@ import threading
 import time
 from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from . import __version__
 from .failures import REASONS as RESTART_REASONS
 
 PHASES: Tuple[str, ...] = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -71,6 +72,10 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.registry.register(_PhaseCollector(self))
+        build_info = Gauge(
+            "volt_build_info", "Always 1; the operator's version is a label.", ["version"], registry=self.registry
+        )
+        build_info.labels(version=__version__).set(1)
 
     def observe_phase(self, namespace: str, name: str, phase: str) -> None:
         key = (_require_text(namespace, "namespace"), _require_text(name, "name"))

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -218,6 +219,18 @@ def test_metrics_follow_training(run: Tuple[Trainer, PrometheusCallback, ScrapeD
     saved_at = one(late.samples, "volt_checkpoint_last_timestamp_seconds", **labels)
     assert time.time() - 60 < saved_at <= time.time()
     assert not pick(early.samples, "volt_checkpoint_last_step")  # nothing saved before step 4
+
+
+def pyproject_version() -> str:
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def test_build_info_names_the_engine_version(run: Tuple[Trainer, PrometheusCallback, ScrapeDuringTraining]) -> None:
+    _, _, scraper = run
+    for snap in scraper.snapshots.values():
+        found = pick(snap.samples, "volt_build_info", rank="0", trainingjob="unit-job")
+        assert [(key["version"], value) for key, value in found] == [(pyproject_version(), 1)]
 
 
 def test_progress_document(run: Tuple[Trainer, PrometheusCallback, ScrapeDuringTraining], tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 import urllib.request
+from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import pytest
@@ -105,6 +107,15 @@ def test_restart_reasons_start_at_zero(served: Tuple[OperatorMetrics, MetricsSer
     assert by_reason["Preempted"] == 1 and by_reason["OOMKilled"] == 0
     metrics.job_deleted("ns", "fresh")
     assert not [name for name, _ in samples(scrape(server)) if name == "volt_operator_trainingjob_restarts_total"]
+
+
+def test_build_info_names_the_operator_version(served: Tuple[OperatorMetrics, MetricsServer]) -> None:
+    _, server = served
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    got = samples(scrape(server))
+    build = {key: value for key, value in got.items() if key[0] == "volt_build_info"}
+    assert build == {("volt_build_info", (("version", version),)): 1}
 
 
 def test_bad_arguments_name_the_argument() -> None:

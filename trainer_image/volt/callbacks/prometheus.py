@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from volt import __version__
 from volt.callbacks.base import Callback
 from volt.contract import ENV_METRICS_PORT, job_contract
 from volt.termination import write_termination_message
@@ -499,6 +500,11 @@ class _TrainingCollector:
             family.add_metric(values, buckets, total)
             return family
 
+        build_info = GaugeMetricFamily(
+            "volt_build_info", "Always 1; the engine's version is a label.", labels=names + ["version"]
+        )
+        build_info.add_metric(values + [__version__], 1)
+        yield build_info
         yield gauge("volt_job_restarts", "Restarts of the job before this attempt (VOLT_ATTEMPT).", cb.attempt)
         if trainer is not None:
             yield gauge("volt_world_size", "Processes in the training job.", int(getattr(trainer, "world_size", 1) or 1))
