@@ -1,12 +1,15 @@
 """Why a job failed: the failing rank's exception reaches the container's termination message."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from ddp_support import SCRIPTS, logs, script, start_nodes, wait_all
 from volt import termination
-from volt.launch import root_cause_message
+from volt.launch import describe_uncaught_errors, root_cause_message
 
 
 def _raising_line() -> int:
@@ -84,3 +87,69 @@ def test_root_cause_prefers_the_rank_that_raised_over_ranks_that_reacted():
     assert root_cause_message(_Result(peer, cause)) == cause.error_file_data["message"]["message"]
     assert root_cause_message(_Result(_Failure(1, 5, ""))) == ""
     assert root_cause_message(None) == ""
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_plain_script_raising_at_module_level_leaves_the_same_line(tmp_path):
+    """No Trainer, no error file: volt-run reads the rank's printed traceback instead of torch's "<NONE>"."""
+    message_file = tmp_path / "termination-log"
+    raising = SCRIPTS / "raise_at_import.py"
+    procs = start_nodes(1, 2, script("raise_at_import.py"), tmp_path, FAIL_RANK="1",
+                        VOLT_TERMINATION_MESSAGE_PATH=str(message_file))
+    assert wait_all(procs, 100) == [1], logs(tmp_path)
+    text = message_file.read_text()
+    line = _line_of(raising, 'RECORDS[1]["label"]')
+    assert text == f"KeyError: 'label' at {raising}:{line} in <module> (global rank 1)", text
+    assert f"root cause: {text}" in (tmp_path / "node0.log").read_text()
+
+
+def _stderr_of(tmp_path: Path, source: str, name: str = "train.py") -> "tuple[Path, str]":
+    """What Python prints to stderr when ``source``, run as a script, dies (a real traceback)."""
+    path = tmp_path / name
+    path.write_text(source)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=30)
+    assert done.returncode != 0, done
+    return path, "some output before\n" + done.stderr + "a line printed at exit\n"
+
+
+@pytest.mark.timeout(60)
+def test_describe_traceback_reads_what_python_printed(tmp_path):
+    path, stderr = _stderr_of(tmp_path, "rows = [{'text': 'a'}]\n\nlabel = rows[0]['label']\n")
+    assert termination.describe_traceback(stderr, 1) == f"KeyError: 'label' at {path}:3 in <module> (global rank 1)"
+    # Raised in the standard library from user code: the user's line, and the class without its module.
+    path, stderr = _stderr_of(tmp_path, "import json\n\ndef load():\n    return json.loads('{')\n\nload()\n")
+    described = termination.describe_traceback(stderr)
+    assert described.startswith("JSONDecodeError: Expecting property name"), described
+    assert described.endswith(f"at {path}:4 in load"), described
+    # Chained: the exception raised last (printed last) is the one described.
+    path, stderr = _stderr_of(tmp_path, "try:\n    {}['label']\nexcept KeyError as err:\n"
+                                        "    raise ValueError('no label in the record') from err\n")
+    assert termination.describe_traceback(stderr, 0) == (
+        f"ValueError: no label in the record at {path}:4 in <module> (global rank 0)")
+    # A SyntaxError in the script itself has no Traceback head, only its place.
+    path, stderr = _stderr_of(tmp_path, "x = 1\ny = (\n")
+    assert termination.describe_traceback(stderr).startswith(f"SyntaxError: '(' was never closed at {path}:2")
+    # A message that spans lines keeps its first; sys.exit("...") prints no traceback: nothing to say.
+    path, stderr = _stderr_of(tmp_path, "raise RuntimeError('first\\nsecond')\n")
+    assert termination.describe_traceback(stderr) == f"RuntimeError: first at {path}:1 in <module>"
+    path, stderr = _stderr_of(tmp_path, "import sys\nsys.exit('bad config')\n")
+    assert termination.describe_traceback(stderr) == ""
+    assert termination.describe_traceback("") == ""
+
+
+@pytest.mark.timeout(60)
+def test_describe_uncaught_errors_fills_in_workers_without_an_error_file(tmp_path):
+    path, stderr = _stderr_of(tmp_path, "{}['label']\n")
+    (tmp_path / "stderr.log").write_text(stderr)
+    raised = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(tmp_path / "missing.json"))
+    killed = ProcessFailure(local_rank=1, pid=2, exitcode=-9, error_file=str(tmp_path / "missing.json"))
+    assert termination.recorded_error(raised.error_file_data) == ""  # torch's "<NONE>" placeholder says nothing
+    describe_uncaught_errors({4: raised, 5: killed}, {0: str(tmp_path / "stderr.log"), 1: str(tmp_path / "none")})
+    assert root_cause_message(_Result(raised)) == f"KeyError: 'label' at {path}:1 in <module> (global rank 4)"
+    assert termination.recorded_error(killed.error_file_data) == ""  # a signal: no traceback to read

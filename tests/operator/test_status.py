@@ -412,6 +412,8 @@ ROOT_CAUSE = "KeyError: 'label' at train.py:12 in training_step (global rank 3)"
 @pytest.mark.parametrize("message, shown", [
     (ROOT_CAUSE, ROOT_CAUSE),
     (ROOT_CAUSE + "\nsecond line", ROOT_CAUSE),  # one line: events and kubectl columns stay readable
+    ("KeyError: 'label' at train.py:12 in <module> (global rank 1)",  # raised outside the Trainer
+     "KeyError: 'label' at train.py:12 in <module> (global rank 1)"),
     ('{"step": 12, "epoch": 0}', None),  # rank 0's final progress explains nothing
     ("", None),
 ])

@@ -24,6 +24,9 @@ What volt-run adds to torch's agent:
 * SIGTERM is forwarded to the workers, which checkpoint and exit with
   ``CHECKPOINTED`` (``volt.signals``); after ``--grace-period`` seconds the
   stragglers are killed.
+* the root cause as the container's termination message: the failing rank's
+  exception, as the Trainer recorded it or, raised outside the Trainer, as read
+  from the traceback in the worker's stderr (``describe_uncaught_errors``).
 * exit codes from ``volt.exit_codes``.
 """
 from __future__ import annotations
@@ -474,6 +477,8 @@ def _make_agent(plan: LaunchPlan, supervisor: _Supervisor, log_dir: str) -> Any:
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
+            if result.state == WorkerState.FAILED and self._pcontext is not None:
+                describe_uncaught_errors(result.failures, self._pcontext.stderrs)
             if result.state == WorkerState.FAILED and not supervisor.own_failure_reported:
                 supervisor.own_failure_reported = True
                 _report_failure(rdzv.raw_store, plan, supervisor, result)
@@ -656,6 +661,40 @@ def run(plan: LaunchPlan) -> int:
     log.log(logging.INFO if code == 0 else logging.ERROR, "exit %d: %s", code, exit_codes.describe(code))
     _check_out(agent.rdzv.raw_store, supervisor, code)
     return code
+
+
+#: How much of a failed worker's stderr is searched for its traceback.
+_STDERR_TAIL_BYTES = 64 * 1024
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - _STDERR_TAIL_BYTES))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def describe_uncaught_errors(failures: Mapping[int, Any], stderrs: Mapping[int, str]) -> None:
+    """Give each failed worker that recorded no error the line its printed traceback describes.
+
+    The Trainer records its exceptions (``volt.termination.record_error``); a script
+    that raises outside it (at import, in module-level data loading) only prints a
+    traceback to stderr, which torch's agent keeps in a file per local rank. Reading
+    it makes such a failure ``KeyError: 'label' at train.py:12 in <module> (global rank 1)``
+    too. ``failures`` maps global ranks to torch's ``ProcessFailure``; signals are skipped.
+    """
+    for rank, failure in failures.items():
+        if failure.exitcode <= 0 or termination.recorded_error(failure.error_file_data):
+            continue
+        path = stderrs.get(failure.local_rank)
+        message = termination.describe_traceback(_tail(path), rank) if path and os.path.isfile(path) else ""
+        if message:
+            # A new dict: torch shares one placeholder among every worker without an error file.
+            failure.error_file_data = {"message": {"message": message,
+                                                   "extraInfo": {"timestamp": str(failure.timestamp)}}}
+            failure.message = message
 
 
 def root_cause_message(result: Any) -> str:

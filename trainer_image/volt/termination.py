@@ -9,13 +9,17 @@ checkpoint even though the /progress endpoint is gone.
 When a rank raises, the Trainer records the exception in the error file torch's
 elastic agent gave that worker (``record_error``); ``volt-run`` then writes the
 root cause's line (type, message, file:line, global rank) as the termination
-message, and the operator copies it into ``status.lastFailure.message``.
+message, and the operator copies it into ``status.lastFailure.message``. A
+script that dies outside the Trainer (at import, in module-level data loading)
+records nothing; ``volt-run`` then reads the same line from the traceback Python
+printed to that worker's stderr (``describe_traceback``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import sysconfig
 import time
@@ -108,12 +112,20 @@ def _is_user_frame(filename: str) -> bool:
     return not any(real.startswith(lib) for lib in _LIBRARY_DIRS)
 
 
-def _where(frame: traceback.FrameSummary) -> str:
-    path = frame.filename
+def _where(path: str, lineno: Any, name: Optional[str]) -> str:
     cwd = os.path.join(os.getcwd(), "")
     if path.startswith(cwd):
         path = path[len(cwd):]
-    return f"{path}:{frame.lineno} in {frame.name}"
+    return f"{path}:{lineno} in {name}" if name else f"{path}:{lineno}"
+
+
+def _error_line(type_name: str, text: str, where: Optional[str], rank: Optional[int]) -> str:
+    line = f"{type_name}: {text}" if text else type_name
+    if where:
+        line += f" at {where}"
+    if rank is not None:
+        line += f" (global rank {rank})"
+    return line[:1024]
 
 
 def describe_error(err: BaseException, rank: Optional[int] = None) -> str:
@@ -126,13 +138,54 @@ def describe_error(err: BaseException, rank: Optional[int] = None) -> str:
     frames: List[traceback.FrameSummary] = traceback.extract_tb(err.__traceback__)
     user = [frame for frame in frames if _is_user_frame(frame.filename)]
     text = str(err).splitlines()[0] if str(err) else ""
-    line = f"{type(err).__name__}: {text}" if text else type(err).__name__
     chosen = (user or frames)[-1:]
-    if chosen:
-        line += f" at {_where(chosen[0])}"
-    if rank is not None:
-        line += f" (global rank {rank})"
-    return line[:1024]
+    where = _where(chosen[0].filename, chosen[0].lineno, chosen[0].name) if chosen else None
+    return _error_line(type(err).__name__, text, where, rank)
+
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+# '  File "train.py", line 12, in <module>'; a SyntaxError's own place has no ", in ...".
+_FRAME_LINE = re.compile(r'^  File "(?P<file>.+)", line (?P<line>[0-9]+)(?:, in (?P<name>.+))?$')
+# 'KeyError: 'label'', 'json.decoder.JSONDecodeError: ...', or a bare 'KeyboardInterrupt'.
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][A-Za-z0-9_.]*)(?:: (?P<text>.*))?$")
+
+
+def describe_traceback(text: str, rank: Optional[int] = None) -> str:
+    """``describe_error``'s line for the last traceback Python printed in ``text``, or ``""``.
+
+    ``text`` is what a worker wrote to stderr: an uncaught exception ends it with
+    ``Traceback (most recent call last):``, the frames (``  File "...", line N, in f``
+    with indented source and caret lines) and ``Type: message``. The place is the
+    innermost user frame, as for ``describe_error``; for chained exceptions the last
+    traceback printed is the outermost one. A SyntaxError in the script itself has
+    no ``Traceback`` head, only its ``File`` line.
+    """
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.rstrip() == _TRACEBACK_HEAD]
+    if heads:
+        start = heads[-1] + 1
+    else:
+        places = [i for i, line in enumerate(lines) if _FRAME_LINE.match(line)]
+        if not places:
+            return ""
+        start = places[-1]
+    frames = []
+    for line in lines[start:]:
+        frame = _FRAME_LINE.match(line)
+        if frame:
+            frames.append(frame)
+        elif line.startswith(" ") or not line.strip():
+            continue  # source, carets, or the blank line before a chained traceback
+        else:
+            exception = _EXCEPTION_LINE.match(line)
+            if not exception or not frames:
+                return ""
+            user = [frame for frame in frames if _is_user_frame(frame["file"])]
+            chosen = (user or frames)[-1]
+            where = _where(chosen["file"], chosen["line"], chosen["name"])
+            type_name = exception["type"].rsplit(".", 1)[-1]
+            return _error_line(type_name, (exception["text"] or "").strip(), where, rank)
+    return ""
 
 
 def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -160,9 +213,15 @@ def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None
     return True
 
 
+#: What torch's agent puts in ``error_file_data`` for a worker that left no error file.
+_NO_ERROR_FILE = "<NONE>"
+
+
 def recorded_error(error_file_data: Any) -> str:
     """The one-line message a worker's error file holds (torch's format), or ``""``."""
     message = error_file_data.get("message") if isinstance(error_file_data, dict) else None
     if isinstance(message, dict):
         message = message.get("message")
-    return message.strip().splitlines()[0] if isinstance(message, str) and message.strip() else ""
+    if not isinstance(message, str) or not message.strip() or message.strip() == _NO_ERROR_FILE:
+        return ""
+    return message.strip().splitlines()[0]
