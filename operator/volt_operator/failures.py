@@ -14,7 +14,14 @@ two in step):
   >= 128 (signal)        crash, OOM kill: restart, spends budget
 
 Evictions and preemptions (DisruptionTarget, reason Evicted/Preempted) restart
-without spending the budget. ``spec.failurePolicy.rules`` come first.
+without spending the budget, and so does a pod someone deleted: no exit code,
+or killed by the deletion's SIGTERM (143) or SIGKILL at the end of its grace
+period (137). ``spec.failurePolicy.rules`` come first.
+
+A node can report a consequence (76, or a stop signal) although its own rank
+failed first-hand: the rank that hit ENOSPC leaves ``CheckpointVolumeFull: ...``
+as the termination message, but a peer on the same node noticed the closed
+connection and exited 76 first. The rank's own reason wins (``own_failure_code``).
 """
 from __future__ import annotations
 
@@ -32,6 +39,14 @@ CHECKPOINT_VOLUME_FULL = 79
 CHECKPOINT_VOLUME_ERROR = 80
 RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT, CHECKPOINT_VOLUME_FULL, CHECKPOINT_VOLUME_ERROR})
 FREE_RESTART_CODES = frozenset({CHECKPOINTED})
+# How a deletion ends a container: SIGTERM, then SIGKILL once the grace period is over.
+DELETION_SIGNAL_CODES = frozenset({128 + 15, 128 + 9})
+# Reasons the engine writes first in its termination message ("<Reason>: <why>",
+# volt.termination.exit_for_error) for failures that have their own exit code.
+_OWN_FAILURE_REASONS = {
+    "CheckpointVolumeFull": CHECKPOINT_VOLUME_FULL,
+    "CheckpointVolumeError": CHECKPOINT_VOLUME_ERROR,
+}
 
 # Every `reason` a gang restart (or failure) can carry; metrics use this set.
 REASONS = (
@@ -103,12 +118,30 @@ def describe_exit(code: Optional[int]) -> str:
     return f"exit code {code} (user error)"
 
 
+def own_failure_code(pod: PodView) -> Optional[int]:
+    """The engine's own exit code for a node that reported only a consequence.
+
+    A node exits PEER_LOST (or with the signal its agent stopped the failing rank
+    with) when another of its ranks noticed the failure before the failing rank
+    had exited; that rank's termination message still names its reason.
+    """
+    code = pod.exit_code
+    if code is None or not (code == PEER_LOST or code >= 128):
+        return None
+    head = (pod.message or "").strip().split(":", 1)[0]
+    return _OWN_FAILURE_REASONS.get(head)
+
+
 def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
     """The action one failed pod asks for."""
     where = f"{pod.name} (rank {pod.rank}): {describe_exit(pod.exit_code)}"
     if pod.reason:
         where += f", reason {pod.reason}"
     code = pod.exit_code
+    own = own_failure_code(pod)
+    if own is not None:
+        where += f", but its rank failed first-hand with {describe_exit(own)}"
+        code = own
     for index, rule in enumerate(policy.rules):
         if _rule_matches(rule, pod):
             return Verdict(
@@ -127,8 +160,11 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
         return Verdict(FAIL, pod, name, where + _engine_message(pod, code))
     if pod.reason == "OOMKilled":
         return Verdict(RESTART, pod, "OOMKilled", where)
-    if code is None and (pod.gone or pod.deleting):
-        return Verdict(RESTART, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted")
+    if (pod.gone or pod.deleting) and (code is None or code in DELETION_SIGNAL_CODES):
+        # Someone deleted it (kubectl delete, a node drain without the eviction API):
+        # the deletion stopped the training, not a fault of its own, like an eviction.
+        how = "" if code is None else f" ({describe_exit(code)}: it did not checkpoint in its grace period)"
+        return Verdict(RESTART_FREE, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted{how}")
     return Verdict(RESTART, pod, "Crashed" if code else "PodFailed", where)
 
 

@@ -261,6 +261,13 @@ def _finish(
     return plan
 
 
+def _new_attempt(st: TrainingJobStatus) -> None:
+    """A new gang has made no step yet: the stall clock waits for its first
+    (``lastStepTime`` is the current attempt's; the step count stays on show)."""
+    if st.training is not None:
+        st.training.last_step_time = None
+
+
 def _restart(
     spec: TrainingJobSpec, plan: Plan, pods: List[PodView], verdict: failures.Verdict, now: datetime
 ) -> Plan:
@@ -286,6 +293,7 @@ def _restart(
         delay = min(MAX_BACKOFF_SECONDS, policy.backoff_seconds * 2 ** (st.restarts_counted - 1))
     st.restarts += 1
     st.attempt += 1
+    _new_attempt(st)
     st.phase = "Restarting"
     st.pods_missing_since = None
     st.backoff_until = format_time(now + timedelta(seconds=delay)) if delay else None
@@ -390,53 +398,92 @@ def _pods_not_ready(st: TrainingJobStatus, waiting: List[PodView], plan: Plan, n
         plan.emit("Warning", reason, f"the gang cannot start: {message}")
 
 
+def startup_allowance(spec: TrainingJobSpec) -> int:
+    """Seconds a gang may take from its pods Running to its first optimizer step:
+    the rendezvous timeout (volt-run itself gives up after it, exit 77) plus the
+    stall timeout (loading the checkpoint and the first step)."""
+    return spec.rendezvous.timeout_seconds + spec.failure_policy.stall_timeout_seconds
+
+
 def _stalled(
     spec: TrainingJobSpec, st: TrainingJobStatus, live: List[PodView], n: int, now: datetime,
     plan: Plan,
 ) -> Optional[failures.Verdict]:
     """A gang that makes no progress for failurePolicy.stallTimeoutSeconds.
 
-    Running: rank 0 reported no optimizer step for that long (counted from the
-    later of its last step and the gang becoming Running; armed once the engine
-    has reported a step time, so a script without the progress endpoint is
-    never judged). Not yet Running: every pod exists but some are not Ready
-    (Unschedulable, ImagePullBackOff...) that long after the last was created,
-    while the others hold their nodes at the rendezvous.
+    Running and stepping: rank 0 reported no optimizer step for that long.
+    ``status.training.lastStepTime`` is this attempt's (a gang restart clears
+    it), so the clock starts at the new gang's first step, not at its start.
+    Running, no step yet in this attempt, but an earlier attempt reported steps:
+    starting up (rendezvous, loading the checkpoint) is bounded by
+    ``startup_allowance`` from the gang becoming Running. No step ever
+    reported: never judged (a script without the progress endpoint).
+    Not yet Running: every pod exists but some are not Ready that long after
+    the last was created (Unschedulable, ImagePullBackOff...: the timeout; pods
+    merely starting: the startup allowance), while the others hold their nodes
+    at the rendezvous.
     """
     timeout = spec.failure_policy.stall_timeout_seconds
     if not timeout or len(live) < n or any(p.succeeded for p in live):
         return None
     if st.phase == "Running":
-        running = condition(st, RUNNING)
-        last_step = parse_time(st.training.last_step_time) if st.training else None
-        since = parse_time(running.last_transition_time) if running else None
-        if last_step is None or since is None:
-            return None
-        since = max(since, last_step)
-        rank0 = next((p for p in live if p.rank == 0), None)
-        waited = (now - since).total_seconds()
-        if rank0 is None or waited < timeout:
-            plan.requeue(timeout - waited)
-            return None
-        step = st.training.step if st.training else None
-        return failures.Verdict(
-            failures.RESTART, rank0, "Stalled",
-            f"no optimizer step for {waited:.0f}s (failurePolicy.stallTimeoutSeconds="
-            f"{timeout}); {rank0.name} (rank 0) last reported step {step} at "
-            f"{st.training.last_step_time if st.training else '?'}: a rank is hung",
-        )
+        return _stalled_running(spec, st, live, now, plan)
     waiting = [p for p in live if p.active and not p.ready]
     created = [t for t in (parse_time(p.created) for p in live) if t is not None]
     if not waiting or not created:
         return None
+    troubled = any(waiting_problem(p.waiting_reason) for p in waiting)
+    limit = timeout if troubled else startup_allowance(spec)
     waited = (now - max(created)).total_seconds()
+    if waited < limit:
+        plan.requeue(limit - waited)
+        return None
+    return failures.Verdict(
+        failures.RESTART, waiting[0], "Stalled",
+        f"the gang did not start within {limit}s (failurePolicy.stallTimeoutSeconds={timeout}"
+        f"{'' if troubled else f' + rendezvous.timeoutSeconds={spec.rendezvous.timeout_seconds}'}"
+        f"); not ready: {_describe_waiting(waiting)}",
+    )
+
+
+def _stalled_running(
+    spec: TrainingJobSpec, st: TrainingJobStatus, live: List[PodView], now: datetime, plan: Plan,
+) -> Optional[failures.Verdict]:
+    timeout = spec.failure_policy.stall_timeout_seconds
+    running = condition(st, RUNNING)
+    since = parse_time(running.last_transition_time) if running else None
+    training = st.training
+    rank0 = next((p for p in live if p.rank == 0), None)
+    if since is None or training is None or rank0 is None:
+        return None
+    last_step = parse_time(training.last_step_time)
+    if last_step is None and training.step is None:
+        return None  # no step reported by any attempt: nothing to judge by
+    if last_step is None:
+        limit = startup_allowance(spec)
+        waited = (now - since).total_seconds()
+        if waited < limit:
+            plan.requeue(limit - waited)
+            return None
+        return failures.Verdict(
+            failures.RESTART, rank0, "Stalled",
+            f"no optimizer step {waited:.0f}s after attempt {st.attempt} started (allowed: "
+            f"rendezvous.timeoutSeconds={spec.rendezvous.timeout_seconds} + "
+            f"failurePolicy.stallTimeoutSeconds={timeout}); rank 0 ({rank0.name}) reports the "
+            "steps: the gang did not get past its start (rendezvous, loading the checkpoint, "
+            "first step) on one of its ranks",
+        )
+    waited = (now - max(since, last_step)).total_seconds()
     if waited < timeout:
         plan.requeue(timeout - waited)
         return None
     return failures.Verdict(
-        failures.RESTART, waiting[0], "Stalled",
-        f"the gang did not start within failurePolicy.stallTimeoutSeconds={timeout}s; "
-        f"not ready: {_describe_waiting(waiting)}",
+        failures.RESTART, rank0, "Stalled",
+        f"no optimizer step for {waited:.0f}s (failurePolicy.stallTimeoutSeconds={timeout}); "
+        f"rank 0 ({rank0.name}) last reported step {training.step} at "
+        f"{training.last_step_time}. Rank 0 is the rank that reports progress, not "
+        "necessarily the one that hangs: every rank waits for the slowest at each step, "
+        "so the hung rank may be on any pod of the gang",
     )
 
 
@@ -509,6 +556,7 @@ def decide(
         return plan
     if st.phase == "Suspended":
         st.attempt += 1
+        _new_attempt(st)
         st.phase = "Pending"
         set_condition(st, SUSPENDED, False, "Resumed", "spec.suspend is false", now)
         set_condition(st, RUNNING, False, "PodsPending", "resuming", now)

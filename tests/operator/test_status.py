@@ -217,10 +217,10 @@ CASES: Dict[str, Case] = {
     "pod gone while running, its DELETED event not seen yet: wait for it": Case(
         st(phase="Running"), running(0), "Running",
     ),
-    "pod gone while running and no DELETED event came -> gang restart": Case(
+    "pod gone while running and no DELETED event came -> free gang restart": Case(
         st(phase="Running", podsMissingSince=format_time(NOW - timedelta(seconds=10))),
         running(0), "Restarting", delete=["mnist-node-0"],
-        attempt=1, restarts=1, counted=1, events=["GangRestart"],
+        attempt=1, restarts=1, counted=0, events=["GangRestart"],
     ),
     "pod gone, then its DELETED event says it checkpointed -> free restart": Case(
         st(phase="Running", podsMissingSince=format_time(NOW - timedelta(seconds=3))),
@@ -247,17 +247,17 @@ CASES: Dict[str, Case] = {
         "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
         events=["GangRestart"], failed_rank=1,
     ),
-    "deleted pod killed after its peer reported peer lost: it is the cause": Case(
+    "deleted pod killed after its peer reported peer lost: it is the cause, free": Case(
         st(phase="Running"),
         [pod(0, phase="Failed", exit_code=76), pod(1, phase="Failed", exit_code=143,
                                                    deleting=True)],
-        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=1,
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
         events=["GangRestart"], failed_rank=1,
     ),
     "a stuck terminating pod is judged once the grace period is long over": Case(
         st(phase="Running"),
         [pod(0), pod(1, deleting=True, deleted_at=NOW - timedelta(seconds=200))],
-        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=1,
+        "Restarting", delete=["mnist-node-0"], attempt=1, restarts=1, counted=0,
         events=["ForceDeleted", "GangRestart"], failed_rank=1,
     ),
     "restart: old gang still terminating, wait": Case(
@@ -806,3 +806,155 @@ def test_a_missing_pod_is_awaited_from_when_it_was_first_seen_missing() -> None:
     assert last.status.last_failure is not None
     assert last.status.last_failure.reason == "PodDeleted"
     assert last.status.pods_missing_since is None
+
+
+# --- a deleted pod is a disruption, not a crash ------------------------------------------------
+
+@pytest.mark.parametrize("code, gone", [(143, False), (137, False), (143, True), (None, True)],
+                         ids=["SIGTERM, terminating", "SIGKILL after the grace period",
+                              "SIGTERM, seen in its DELETED event", "no exit code, gone"])
+def test_a_deleted_pod_restarts_for_free_whatever_signal_ended_it(code: Optional[int], gone: bool) -> None:
+    """kubectl delete pod: the trainer did not checkpoint in its grace period (143), or was
+    killed at its end (137). The deletion stopped it: PodDeleted, a free restart, never
+    Crashed; the peer's PEER_LOST is its consequence."""
+    deleted = pod(1, phase="Failed", exit_code=code, deleting=True, gone=gone) if code is not None \
+        else pod(1, phase="Running", deleting=True, gone=gone)
+    peer = pod(0, phase="Failed", exit_code=76)
+    for pods in ([peer, deleted], [deleted, peer]):
+        plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+        assert plan.status.phase == "Restarting"
+        assert plan.status.restarts == 1 and plan.status.restarts_counted == 0
+        last = plan.status.last_failure
+        assert last is not None and last.reason == "PodDeleted" and last.rank == 1, last
+        assert "not counted against the budget" in _cond(plan, "Restarting").message
+
+
+def test_deleted_pods_spend_the_free_budget() -> None:
+    s = spec(failurePolicy={"maxRestarts": 2, "maxFreeRestarts": 1})
+    pods = [pod(0, 1, phase="Failed", exit_code=76), pod(1, 1, phase="Failed", exit_code=143, deleting=True)]
+    plan = decide(s, JobMeta("mnist"), st(phase="Running", attempt=1, restarts=1), pods, True, NOW)
+    assert plan.status.phase == "Failed"
+    assert _cond(plan, "Failed").reason == "FreeRestartLimitExceeded"
+
+
+@pytest.mark.parametrize("reason", ["OOMKilled", None])
+def test_a_signal_without_a_deletion_is_still_a_crash(reason: Optional[str]) -> None:
+    pods = [pod(0), pod(1, phase="Failed", exit_code=137, reason=reason)]
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+    assert plan.status.restarts_counted == 1
+    assert plan.status.last_failure is not None
+    assert plan.status.last_failure.reason == (reason or "Crashed")
+
+
+def test_an_oom_kill_while_being_deleted_is_an_oom_kill() -> None:
+    pods = [pod(0), pod(1, phase="Failed", exit_code=137, reason="OOMKilled", deleting=True)]
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+    assert plan.status.restarts_counted == 1 and plan.status.last_failure.reason == "OOMKilled"
+
+
+# --- a full checkpoint volume is named whichever rank reported first ---------------------------
+
+VOLUME_FULL = ("CheckpointVolumeFull: the checkpoint volume is full: writing /checkpoints/mnist/latest.json "
+               "failed with ENOSPC (No space left on device)")
+
+
+@pytest.mark.parametrize("order", ["full first", "peer lost first"])
+def test_the_full_volume_is_the_root_cause_over_peer_lost(order: str) -> None:
+    full = pod(0, phase="Failed", exit_code=79, message=VOLUME_FULL)
+    lost = pod(1, phase="Failed", exit_code=76)
+    pods = [full, lost] if order == "full first" else [lost, full]
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+    last = plan.status.last_failure
+    assert last is not None and last.reason == "CheckpointVolumeFull" and last.rank == 0, last
+    assert "ENOSPC" in last.message
+
+
+@pytest.mark.parametrize("order", ["node 0 first", "node 1 first"])
+def test_a_node_that_exited_peer_lost_but_whose_rank_hit_enospc_names_the_full_volume(order: str) -> None:
+    """Node 0's rank 0 hit ENOSPC (its termination message says so), but its local rank 1
+    saw the closed connection first and the node exited 76, as did node 1."""
+    node0 = pod(0, phase="Failed", exit_code=76, message=VOLUME_FULL)
+    node1 = pod(1, phase="Failed", exit_code=76)
+    pods = [node0, node1] if order == "node 0 first" else [node1, node0]
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+    last = plan.status.last_failure
+    assert last is not None and last.reason == "CheckpointVolumeFull" and last.rank == 0, last
+    assert "exit code 76 (lost a peer)" in last.message
+    assert "but its rank failed first-hand with exit code 79 (checkpoint volume full)" in last.message
+    assert plan.status.restarts_counted == 1
+
+
+def test_peer_lost_seen_before_the_full_volume_waits_for_it() -> None:
+    """In time: the peer's 76 arrives while the rank that hit ENOSPC is still exiting."""
+    lost = pod(1, phase="Failed", exit_code=76, finished=NOW - timedelta(seconds=1))
+    waiting = decide(spec(), JobMeta("mnist"), st(phase="Running"), [pod(0), lost], True, NOW)
+    assert waiting.status.phase == "Running" and waiting.status.last_failure is None
+    full = pod(0, phase="Failed", exit_code=79, message=VOLUME_FULL)
+    later = decide(spec(), JobMeta("mnist"), waiting.status, [full, lost], True, NOW + timedelta(seconds=2))
+    assert later.status.last_failure is not None
+    assert later.status.last_failure.reason == "CheckpointVolumeFull"
+
+
+# --- the stall clock of a restarted gang starts at its first step ------------------------------
+
+def _with_step(status: Any, step_at: Optional[datetime], step: int = 40) -> Any:
+    status = status.model_copy(deep=True)
+    status.training = TrainingProgress(step=step, last_step_time=None if step_at is None else format_time(step_at))
+    return status
+
+
+def test_a_restarted_gang_is_not_stalled_while_it_starts_up() -> None:
+    """stallTimeoutSeconds=30: the first gang stalls and restarts; the new gang takes longer
+    than 30 s to its first step (start, rendezvous, checkpoint load). That is not a stall:
+    the clock starts at its first step, and its start-up is bounded by the rendezvous
+    timeout plus the stall timeout."""
+    s = spec(failurePolicy={"maxRestarts": 5, "backoffSeconds": 0, "stallTimeoutSeconds": 30},
+             rendezvous={"timeoutSeconds": 120})
+    hung = _with_step(_running_status(NOW - timedelta(seconds=300), None), NOW - timedelta(seconds=31))
+    first = decide(s, JobMeta("mnist"), hung, running(0, 1), True, NOW)
+    assert first.status.phase == "Restarting" and first.status.last_failure.reason == "Stalled"
+    assert first.status.training.last_step_time is None and first.status.training.step == 40
+    t = NOW + timedelta(seconds=5)
+    new_gang = decide(s, JobMeta("mnist"), first.status, running(0, 1, attempt=1), True, t)
+    assert new_gang.status.phase == "Running"
+    # 31 s and 149 s later, still no step of the new gang: starting up, not stalled.
+    for later in (31, 149):
+        plan = decide(s, JobMeta("mnist"), new_gang.status, running(0, 1, attempt=1), True,
+                      t + timedelta(seconds=later))
+        assert plan.status.phase == "Running" and plan.status.restarts == 1, later
+    # Its first step at +60 s: from then on the 30 s clock runs from its last step.
+    stepped = _with_step(new_gang.status, t + timedelta(seconds=60), step=41)
+    fine = decide(s, JobMeta("mnist"), stepped, running(0, 1, attempt=1), True, t + timedelta(seconds=89))
+    assert fine.status.phase == "Running"
+    stalled = decide(s, JobMeta("mnist"), stepped, running(0, 1, attempt=1), True, t + timedelta(seconds=91))
+    assert stalled.status.phase == "Restarting" and stalled.status.restarts == 2
+
+
+def test_a_restarted_gang_that_never_steps_is_bounded_by_the_startup_allowance() -> None:
+    s = spec(failurePolicy={"maxRestarts": 5, "stallTimeoutSeconds": 30}, rendezvous={"timeoutSeconds": 120})
+    status = _with_step(_running_status(NOW - timedelta(seconds=151), None), None)
+    plan = decide(s, JobMeta("mnist"), status, running(0, 1), True, NOW)
+    assert plan.status.phase == "Restarting"
+    cond = _cond(plan, "Stalled")
+    assert "rendezvous.timeoutSeconds=120 + failurePolicy.stallTimeoutSeconds=30" in cond.message
+    early = decide(s, JobMeta("mnist"), status, running(0, 1), True, NOW - timedelta(seconds=2))
+    assert early.status.phase == "Running" and early.requeue_after is not None
+
+
+def test_pods_merely_starting_get_the_startup_allowance_troubled_ones_the_timeout() -> None:
+    s = spec(failurePolicy={"stallTimeoutSeconds": 30}, rendezvous={"timeoutSeconds": 120})
+    created = NOW - timedelta(seconds=31)
+    starting = [pod(0, created=created), pod(1, phase="Pending", waiting="ContainerCreating", created=created)]
+    assert decide(s, JobMeta("mnist"), st(phase="Pending"), starting, True, NOW).status.phase == "Pending"
+    late = decide(s, JobMeta("mnist"), st(phase="Pending"), starting, True, NOW + timedelta(seconds=120))
+    assert late.status.phase == "Restarting"
+    pulling = [pod(0, created=created), pod(1, phase="Pending", waiting="ImagePullBackOff", created=created)]
+    assert decide(s, JobMeta("mnist"), st(phase="Pending"), pulling, True, NOW).status.phase == "Restarting"
+
+
+def test_the_stalled_message_says_rank_0_reports_and_the_hang_may_be_elsewhere() -> None:
+    status = _running_status(NOW - timedelta(seconds=3600), NOW - timedelta(seconds=1801))
+    plan = decide(spec(), JobMeta("mnist"), status, running(0, 1), True, NOW)
+    message = _cond(plan, "Stalled").message
+    assert "rank 0 (mnist-node-0) last reported step 40" in message
+    assert "Rank 0 is the rank that reports progress, not necessarily the one that hangs" in message
