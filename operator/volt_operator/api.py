@@ -1039,6 +1039,29 @@ class PodTemplateOverlay(_Model):
 
 # Spec fields that may change after creation (everything else is immutable).
 MUTABLE_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+# Inside spec.trainer only the gang's size may change: a change is a resize
+# (checkpoint on SIGTERM, a new gang at the new size resumes; docs/operator.md).
+MUTABLE_TRAINER_FIELDS = ("numNodes",)
+DEFAULT_SHRINK_AFTER_SECONDS = 300
+
+
+class ElasticSpec(_Model):
+    """Let the gang run with fewer nodes than spec.trainer.numNodes when they cannot be had."""
+
+    min_nodes: int = Field(
+        ge=1, le=MAX_NODES,
+        description="Never shrink below this many nodes (1 <= minNodes <= trainer.numNodes).",
+    )
+    max_nodes: Optional[int] = Field(
+        None, ge=1, le=MAX_NODES,
+        description="trainer.numNodes may not be set (or patched) above this.",
+    )
+    shrink_after_seconds: int = Field(
+        DEFAULT_SHRINK_AFTER_SECONDS, ge=1, le=7 * 86400,
+        description="How long a node pod may stay unschedulable (no node fits it: capacity is "
+        "short, or its node was lost or cordoned) before the gang restarts with the nodes that "
+        "fit, not below minNodes. The restart checkpoints first and spends no restart budget.",
+    )
 
 
 class TrainingJobSpec(_Model):
@@ -1079,6 +1102,11 @@ class TrainingJobSpec(_Model):
     failure_policy: FailurePolicy = Field(
         default_factory=FailurePolicy, json_schema_extra=OBJECT_DEFAULT
     )
+    elastic: Optional[ElasticSpec] = Field(
+        None,
+        description="Shrink the gang, down to minNodes, when some of its pods cannot be "
+        "scheduled (docs/operator.md, Elastic jobs).",
+    )
     suspend: bool = Field(False, description="true deletes the pods and keeps the job.")
     active_deadline_seconds: Optional[int] = Field(
         None, ge=1, description="Fail the job when it has been running this long."
@@ -1113,6 +1141,17 @@ class TrainingJobSpec(_Model):
             raise ValueError("spec.fromPath is only used with spec.resume: FromPath")
         if self.from_path and _DOTDOT.search(self.from_path):
             raise ValueError(f"spec.fromPath may not contain '..', got {self.from_path!r}")
+        elastic, nodes = self.elastic, self.trainer.num_nodes
+        if elastic is not None and elastic.min_nodes > nodes:
+            raise ValueError(
+                f"spec.elastic.minNodes ({elastic.min_nodes}) must not exceed "
+                f"spec.trainer.numNodes ({nodes})"
+            )
+        if elastic is not None and elastic.max_nodes is not None and nodes > elastic.max_nodes:
+            raise ValueError(
+                f"spec.trainer.numNodes ({nodes}) must not exceed spec.elastic.maxNodes "
+                f"({elastic.max_nodes})"
+            )
         gpu_limit = self.resources.gpu_limit()
         wanted = self.trainer.processes_per_node(gpu_limit)
         if wanted > MAX_PROCESSES_PER_NODE:
@@ -1160,6 +1199,14 @@ class TrainingJobSpec(_Model):
 
     def gpu_limit(self) -> Optional[int]:
         return self.resources.gpu_limit()
+
+    def with_num_nodes(self, nodes: int) -> "TrainingJobSpec":
+        """This spec for a gang of ``nodes`` (an elastic job may run below trainer.numNodes)."""
+        if nodes == self.trainer.num_nodes:
+            return self
+        return self.model_copy(
+            update={"trainer": self.trainer.model_copy(update={"num_nodes": nodes})}
+        )
 
     def processes_per_node(self) -> int:
         return self.trainer.processes_per_node(self.gpu_limit())
@@ -1241,16 +1288,43 @@ def _spec_schema_rules() -> List[Dict[str, str]]:
             ".template.volumeMounts",
         ),
     ]
+    rules += [
+        cel(
+            "!has(self.elastic) || !has(self.trainer.numNodes) "
+            "|| self.elastic.minNodes <= self.trainer.numNodes",
+            "spec.elastic.minNodes must not exceed spec.trainer.numNodes",
+            ".elastic.minNodes",
+        ),
+        cel(
+            "!has(self.elastic) || !has(self.elastic.maxNodes) "
+            "|| (has(self.trainer.numNodes) ? self.trainer.numNodes : 1) <= self.elastic.maxNodes",
+            "spec.trainer.numNodes must not exceed spec.elastic.maxNodes",
+            ".trainer.numNodes",
+        ),
+    ]
+    for name, field in TrainerSettings.model_fields.items():
+        alias = field.alias or name
+        if alias in MUTABLE_TRAINER_FIELDS:
+            continue
+        now, before = f"self.trainer.{alias}", f"oldSelf.trainer.{alias}"
+        rules.append(
+            cel(
+                f"has({now}) == has({before}) && (!has({now}) || {now} == {before})",
+                f"spec.trainer.{alias} is immutable (in spec.trainer only "
+                f"{', '.join(MUTABLE_TRAINER_FIELDS)} may change)",
+                f".trainer.{alias}",
+            )
+        )
     for name, field in TrainingJobSpec.model_fields.items():
         alias = field.alias or name
-        if alias in MUTABLE_SPEC_FIELDS:
+        if alias in MUTABLE_SPEC_FIELDS or alias == "trainer":
             continue
         rules.append(
             cel(
                 f"has(self.{alias}) == has(oldSelf.{alias}) && "
                 f"(!has(self.{alias}) || self.{alias} == oldSelf.{alias})",
                 f"spec.{alias} is immutable (only {', '.join(MUTABLE_SPEC_FIELDS)} "
-                "may change)",
+                "and trainer.numNodes may change)",
                 f".{alias}",
             )
         )
@@ -1355,6 +1429,20 @@ class TrainingJobStatus(_Model):
     attempt: int = Field(0, description="Gang attempt; each gang restart adds one.")
     restarts: int = Field(0, description="Gang restarts so far (all causes).")
     restarts_counted: int = Field(0, description="Restarts that spent failurePolicy budget.")
+    num_nodes: Optional[int] = Field(
+        None,
+        description="Nodes of the current gang: spec.trainer.numNodes, or fewer after an "
+        "elastic shrink.",
+    )
+    requested_num_nodes: Optional[int] = Field(
+        None,
+        description="The spec.trainer.numNodes that numNodes answers to; a different one in the "
+        "spec is a resize to do.",
+    )
+    resizes: int = Field(
+        0, description="Gang restarts at another size (numNodes changed, elastic shrink); "
+        "not counted in restarts.",
+    )
     create_refusals: int = Field(
         0,
         description="Pod creations the API server refused (invalid pod) since the gang last "

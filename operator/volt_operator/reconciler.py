@@ -267,7 +267,9 @@ class Reconciler:
                     errors.append(machine.CreateError(
                         f"creating network policy {ref.name}: {exc}", exc.refused))
         if plan.create_ranks:
-            for pod in build_pods(ref, spec, plan.status.attempt, plan.resume,
+            # The gang's size: spec.trainer.numNodes, or fewer after an elastic shrink.
+            gang = spec.with_num_nodes(plan.status.num_nodes or spec.trainer.num_nodes)
+            for pod in build_pods(ref, gang, plan.status.attempt, plan.resume,
                                   plan.create_ranks):
                 try:
                     self.client.create(ns, "pods", pod)

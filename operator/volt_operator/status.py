@@ -15,12 +15,17 @@ reports is force-deleted, a gang that stops stepping or never starts is
 restarted after ``stallTimeoutSeconds``, free restarts have their own budget,
 and pods the API server refuses fail the job after a few tries
 (``after_create_errors``). docs/reliability.md lists each fault.
+
+The gang's size is ``status.numNodes``: spec.trainer.numNodes, or fewer after
+an elastic shrink. A different size is a resize: the running gang is deleted
+(SIGTERM: it checkpoints and exits 75) and a new attempt starts at the new
+size and resumes; no restart budget is spent (docs/operator.md, Elastic jobs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import failures
 from .api import (
@@ -62,6 +67,7 @@ FAILED = "Failed"
 CREATED = "Created"
 STALLED = "Stalled"
 PODS_READY = "PodsReady"
+RESIZED = "Resized"
 PROGRESS_POLLED = "ProgressPolled"  # set by the reconciler, which reads rank 0's /progress
 
 # Waiting reasons that say the gang cannot start by itself (a user or an admin must act),
@@ -487,6 +493,82 @@ def _stalled_running(
     )
 
 
+def target_num_nodes(spec: TrainingJobSpec, status: TrainingJobStatus) -> int:
+    """The size the gang should have: spec.trainer.numNodes, unless an elastic shrink
+    lowered it since numNodes was last set (it holds until numNodes changes or the job
+    is resumed from suspension)."""
+    wanted = spec.trainer.num_nodes
+    if status.num_nodes is None or status.requested_num_nodes != wanted:
+        return wanted
+    return min(status.num_nodes, wanted)
+
+
+def _elastic_shrink(
+    spec: TrainingJobSpec, live: List[PodView], n: int, now: datetime, plan: Plan
+) -> Optional[Tuple[int, str]]:
+    """With spec.elastic: the smaller size to restart at when some node pods stayed
+    unschedulable for shrinkAfterSeconds (no node fits them: short capacity, or their
+    node was lost or cordoned), as (nodes, why). The size is the pods that were
+    placed, never below minNodes; None while there is nothing to shrink."""
+    elastic = spec.elastic
+    if elastic is None or n <= elastic.min_nodes:
+        return None
+    grace = elastic.shrink_after_seconds
+    late = []
+    for pod in live:
+        if not pod.active or pod.ready or pod.waiting_reason != "Unschedulable":
+            continue
+        created = parse_time(pod.created)
+        waited = (now - created).total_seconds() if created is not None else 0.0
+        if waited >= grace:
+            late.append(pod)
+        else:
+            plan.requeue(grace - waited)
+    if not late:
+        return None
+    nodes = max(elastic.min_nodes, n - len(late))
+    return nodes, (
+        f"{len(late)} of {n} node pod(s) could not be scheduled for {grace}s "
+        f"(spec.elastic.shrinkAfterSeconds; minNodes {elastic.min_nodes}): "
+        f"{_describe_waiting(late)}"
+    )
+
+
+def _resize(
+    spec: TrainingJobSpec, plan: Plan, pods: List[PodView], old: int, new: int,
+    reason: str, why: str, now: datetime,
+) -> Plan:
+    """Run the gang at ``new`` nodes: a gang that exists is deleted (SIGTERM: the
+    engine checkpoints and exits 75) and the next attempt, created once it is gone,
+    resumes from that checkpoint. Not a restart: no budget is spent."""
+    st = plan.status
+    st.num_nodes, st.requested_num_nodes = new, spec.trainer.num_nodes
+    st.resizes += 1
+    live = [p for p in pods if not p.gone]
+    if any(p.attempt == st.attempt for p in live):
+        st.attempt += 1
+        _new_attempt(st)
+        st.phase = "Restarting"
+        st.pods_missing_since = None
+        then = (
+            f"the gang checkpoints on SIGTERM and stops; attempt {st.attempt} starts "
+            f"{new} node(s) and resumes from the checkpoint"
+        )
+    else:
+        then = f"attempt {st.attempt} starts {new} node(s)"
+    message = f"resizing from {old} to {new} node(s): {why}; {then}"
+    set_condition(st, RESIZED, True, reason, message, now)
+    if st.phase == "Restarting":
+        set_condition(st, RUNNING, False, "Resizing", message, now)
+        if condition(st, PODS_READY) is not None:
+            set_condition(st, PODS_READY, False, "Resizing", message, now)
+    _count(st, [], new)
+    plan.emit("Normal", "Resized", message)
+    plan.delete_pods = _deletable(live)
+    plan.requeue(WAIT_POLL_SECONDS)
+    return plan
+
+
 def _awaiting_deleted_event(
     st: TrainingJobStatus, missing: List[PodView], now: datetime
 ) -> bool:
@@ -525,7 +607,9 @@ def decide(
     st = status.model_copy(deep=True)
     plan = Plan(status=st)
     st.observed_generation = meta.generation
-    n = spec.trainer.num_nodes
+    if st.num_nodes is None:  # a new job (or one from before status.numNodes)
+        st.num_nodes = st.requested_num_nodes = spec.trainer.num_nodes
+    n = st.num_nodes  # the current gang's size
     current = [p for p in pods if p.attempt == st.attempt]
     stale = [p for p in pods if p.attempt != st.attempt]
     _count(st, current, n)
@@ -561,6 +645,8 @@ def decide(
         set_condition(st, SUSPENDED, False, "Resumed", "spec.suspend is false", now)
         set_condition(st, RUNNING, False, "PodsPending", "resuming", now)
         plan.emit("Normal", "Resumed", f"job resumed as attempt {st.attempt}")
+        # A resumed job asks for spec.trainer.numNodes again (an elastic shrink is undone).
+        st.requested_num_nodes = None
         stale, current = [p for p in pods if not p.gone], []
         _count(st, current, n)
 
@@ -621,6 +707,14 @@ def decide(
             spec, plan, pods, now, "Succeeded", "Completed",
             f"all {n} node(s) finished training (attempt {st.attempt})",
         )
+    target = target_num_nodes(spec, st)
+    if target != n:
+        if st.requested_num_nodes is None:
+            return _resize(spec, plan, pods, n, target, "Resumed",
+                           f"resumed at spec.trainer.numNodes={target}", now)
+        return _resize(spec, plan, pods, n, target, "NumNodesChanged",
+                       f"spec.trainer.numNodes changed to {target}", now)
+    st.requested_num_nodes = spec.trainer.num_nodes
 
     if stale:
         # A gang restart or a resume: the old gang must be gone first (same names).
@@ -670,6 +764,9 @@ def decide(
         set_condition(st, RUNNING, False, "PodsPending",
                       f"waiting for {_describe_waiting(waiting)}"[:4000], now)
         _pods_not_ready(st, waiting, plan, now)
+        shrink = _elastic_shrink(spec, live, n, now, plan)
+        if shrink is not None:
+            return _resize(spec, plan, pods, n, shrink[0], "Unschedulable", shrink[1], now)
 
     if st.nodes.ready == n and st.phase != "Running":
         plan.became_running = True

@@ -7,6 +7,7 @@ the chart into the local control plane.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,67 @@ def test_service_monitor_selects_the_metrics_service(helm: Path) -> None:
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     assert by_kind(docs, "PodMonitor")
+
+
+def monitors(helm: Path, *set_args: str) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "--namespace", "volt-system", "--api-versions", "monitoring.coreos.com/v1",
+            "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
+    for item in set_args:
+        args += ["--set", item]
+    docs = [d for d in yaml.safe_load_all(run_helm(helm, *args).stdout) if d]
+    return by_kind(docs, "PodMonitor") + by_kind(docs, "ServiceMonitor")
+
+
+def test_monitors_carry_the_release_label_kube_prometheus_stack_selects(helm: Path) -> None:
+    found = monitors(helm)
+    assert len(found) == 2 and all(m["metadata"]["labels"]["release"] == "rel" for m in found)
+    found = monitors(helm, "metrics.prometheusRelease=kps", "metrics.podMonitor.labels.team=ml")
+    assert [m["metadata"]["labels"]["release"] for m in found] == ["kps", "kps"]
+    assert found[0]["metadata"]["labels"]["team"] == "ml"
+    # A release in a monitor's own labels wins, and the label appears once.
+    found = monitors(helm, "metrics.prometheusRelease=kps", "metrics.serviceMonitor.labels.release=other")
+    assert [m["metadata"]["labels"]["release"] for m in found] == ["kps", "other"]
+
+
+def notes(helm: Path, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it (helm template skips NOTES; a copy of the chart
+    renders it through tpl in an ordinary template)."""
+    chart = tmp_path / "volt"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-render.yaml").write_text(
+        'text: |-\n  {{- tpl (.Files.Get "notes.txt") . | nindent 2 }}\n')
+    out = run_helm(helm, "template", "rel", str(chart), "--namespace", "volt-system",
+                   "--show-only", "templates/notes-render.yaml", *args).stdout
+    return yaml.safe_load(out)["text"]
+
+
+def test_notes_tell_the_truth_about_monitors_and_crd_upgrades(helm: Path, tmp_path: Path) -> None:
+    enabled = ("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+    text = notes(helm, tmp_path / "a", *enabled)
+    assert "NO PodMonitor was created" in text and "NO ServiceMonitor" in text
+    assert "kubectl apply --server-side -f charts/volt/crds/" in text
+    text = notes(helm, tmp_path / "b", *enabled, "--api-versions", "monitoring.coreos.com/v1")
+    assert "PodMonitor rel-volt-trainingjobs scrapes every rank" in text and "NO PodMonitor" not in text
+    assert "release=rel" in text
+    text = notes(helm, tmp_path / "c", "--set", "operator.replicas=0", "--set", "watchNamespace=team-a")
+    assert "no running operator" in text and "rollout status" not in text
+    assert "kubectl apply -n team-a -f examples/trainingjob.yaml" in text
+
+
+# Operator-wide series (no job, no job namespace): the namespace variable cannot apply to them.
+OPERATOR_WIDE = ("volt_operator_time_to_running_seconds", "volt_operator_reconcile_")
+
+
+def test_dashboard_panels_follow_the_namespace_variable_and_show_an_eta() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "volt.json").read_text())
+    variables = [v["name"] for v in dashboard["templating"]["list"]]
+    assert variables == ["datasource", "namespace", "trainingjob"]
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not any(name in expr for name in OPERATOR_WIDE):
+                assert 'namespace=~"$namespace"' in expr, f"panel {panel['title']!r} ignores $namespace: {expr}"
+    eta, = [p for p in dashboard["panels"] if p["title"] == "ETA"]
+    assert eta["fieldConfig"]["defaults"]["unit"] == "s"
+    assert "volt_train_progress_ratio" in eta["targets"][0]["expr"]

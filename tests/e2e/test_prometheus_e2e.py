@@ -165,8 +165,9 @@ def dashboard_queries() -> List[Tuple[str, str]]:
 
 
 def grafana_render(expr: str, trainingjob: str) -> str:
-    """Substitute the dashboard's variables as Grafana would for one selected job."""
-    return expr.replace("$trainingjob", trainingjob).replace("$__rate_interval", RATE_INTERVAL)
+    """Substitute the dashboard's variables as Grafana would for one selected job (every namespace)."""
+    return (expr.replace("$trainingjob", trainingjob).replace("$namespace", ".*")
+            .replace("$__rate_interval", RATE_INTERVAL))
 
 
 def values(result: List[Dict[str, Any]]) -> List[float]:

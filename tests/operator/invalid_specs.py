@@ -162,6 +162,16 @@ INVALID: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
     "a value with operator Exists": (
         {"template": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}},
         ("tolerations", "Exists")),
+    # -- elastic bounds: 1 <= minNodes <= numNodes <= maxNodes
+    "elastic minNodes above numNodes": (
+        {"elastic": {"minNodes": 3}}, ("spec.elastic.minNodes", "spec.trainer.numNodes")),
+    "numNodes above elastic maxNodes": (
+        {"elastic": {"minNodes": 1, "maxNodes": 1}},
+        ("spec.trainer.numNodes", "spec.elastic.maxNodes")),
+    "elastic minNodes of 0": ({"elastic": {"minNodes": 0}}, ("elastic.minNodes",)),
+    "elastic without minNodes": ({"elastic": {"maxNodes": 4}}, ("elastic.minNodes",)),
+    "elastic shrinkAfterSeconds of 0": (
+        {"elastic": {"minNodes": 1, "shrinkAfterSeconds": 0}}, ("elastic.shrinkAfterSeconds",)),
 }
 
 # Near misses of the rules above that must be accepted (no false refusals).
@@ -202,4 +212,7 @@ VALID: Dict[str, Dict[str, Any]] = {
                      "labels": {"team": "vision"}}},
     "failure policy at its bounds": {"failurePolicy": {
         "maxRestarts": 1000, "maxFreeRestarts": 0, "stallTimeoutSeconds": 0}},
+    "elastic from 1 to 4 nodes": {"elastic": {"minNodes": 1, "maxNodes": 4,
+                                              "shrinkAfterSeconds": 30}},
+    "elastic at exactly numNodes": {"elastic": {"minNodes": 2, "maxNodes": 2}},
 }

@@ -110,6 +110,12 @@ def test_defaults_enums_and_rules_come_from_models() -> None:
         alias = field.alias
         if alias in api.MUTABLE_SPEC_FIELDS:
             assert f".{alias}" not in rules
+        elif alias == "trainer":  # immutable field by field, but for numNodes
+            for sub in api.TrainerSettings.model_fields.values():
+                if sub.alias in api.MUTABLE_TRAINER_FIELDS:
+                    continue
+                assert "oldSelf" in rules[f".trainer.{sub.alias}"]["rule"], sub.alias
+            assert "oldSelf" not in rules[".trainer.numNodes"]["rule"]
         else:
             assert "oldSelf" in rules[f".{alias}"]["rule"], alias
             assert f"spec.{alias} is immutable" in rules[f".{alias}"]["message"]

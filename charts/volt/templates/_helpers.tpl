@@ -73,3 +73,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "volt.selectorLabels" . | fromYaml)) -}}
 {{- append .Values.networkPolicy.metricsFrom $operator | toJson -}}
 {{- end -}}
+
+{{/* The `release` label of a PodMonitor or ServiceMonitor (argument: its `labels` value,
+     then the root context): kube-prometheus-stack's Prometheus selects monitors by
+     `release: <its release name>` by default. A `release` in the monitor's own labels wins. */}}
+{{- define "volt.monitorRelease" -}}
+{{- $labels := index . 0 | default dict -}}
+{{- $root := index . 1 -}}
+{{- get $labels "release" | default $root.Values.metrics.prometheusRelease | default $root.Release.Name -}}
+{{- end -}}
