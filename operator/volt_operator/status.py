@@ -23,6 +23,7 @@ size and resumes; no restart budget is spent (docs/operator.md, Elastic jobs).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import List, Optional, Tuple
@@ -167,14 +168,35 @@ def with_create_error(status: TrainingJobStatus, message: str, now: datetime) ->
     return out
 
 
+# What Pod Security admission answers (403): 'pods "x" is forbidden: violates
+# PodSecurity "restricted:latest": privileged (container "trainer" must not set ...)'.
+_POD_SECURITY = re.compile(r'violates PodSecurity "[^"]*":.*', re.DOTALL)
+
+
+def pod_security_violation(message: str) -> Optional[str]:
+    """The rule(s) a pod broke, from a Pod Security admission refusal; None for other errors."""
+    found = _POD_SECURITY.search(message)
+    return found.group(0).strip() if found else None
+
+
 @dataclass(frozen=True)
 class CreateError:
     """Creating one child failed. ``refused``: the API server refused the object
     itself (400 BadRequest / 422 Invalid), so the same request cannot succeed
-    later; other errors (quota, throttling, a webhook that is down) may pass."""
+    later; other errors (quota, throttling, a webhook that is down) may pass.
+    A Pod Security refusal (403) is a refusal too: the namespace's enforce level
+    does not change by waiting."""
 
     message: str
     refused: bool
+
+    @property
+    def pod_security(self) -> Optional[str]:
+        return pod_security_violation(self.message)
+
+    @property
+    def final(self) -> bool:
+        return self.refused or self.pod_security is not None
 
 
 def after_create_errors(
@@ -186,9 +208,10 @@ def after_create_errors(
 ) -> Plan:
     """The status after creations failed: condition Created=False with the API
     server's message; after MAX_CREATE_REFUSALS refusals the job fails with it
-    (reason CreateFailed) instead of asking again every few seconds forever."""
+    (reason CreateFailed, or PodSecurityViolation naming the broken rules)
+    instead of asking again every few seconds forever."""
     plan = Plan(status=with_create_error(status, "; ".join(e.message for e in errors), now))
-    refused = [e for e in errors if e.refused]
+    refused = [e for e in errors if e.final]
     if not refused:
         plan.requeue(5.0)
         return plan
@@ -197,8 +220,17 @@ def after_create_errors(
     if st.create_refusals < MAX_CREATE_REFUSALS:
         plan.requeue(5.0)
         return plan
+    pods_left = [p for p in pods if not p.gone]
+    violation = next((e.pod_security for e in refused if e.pod_security), None)
+    if violation is not None:
+        return _finish(
+            spec, plan, pods_left, now, "Failed", "PodSecurityViolation",
+            f"the namespace's Pod Security admission refused the job's pods "
+            f"{st.create_refusals} times: {violation}. Change spec.template (or the "
+            "namespace's pod-security.kubernetes.io/enforce label) and create the job again",
+        )
     return _finish(
-        spec, plan, [p for p in pods if not p.gone], now, "Failed", "CreateFailed",
+        spec, plan, pods_left, now, "Failed", "CreateFailed",
         f"the API server refused the job's pods {st.create_refusals} times: "
         f"{refused[0].message}",
     )

@@ -958,3 +958,35 @@ def test_the_stalled_message_says_rank_0_reports_and_the_hang_may_be_elsewhere()
     message = _cond(plan, "Stalled").message
     assert "rank 0 (mnist-node-0) last reported step 40" in message
     assert "Rank 0 is the rank that reports progress, not necessarily the one that hangs" in message
+
+
+# --- a pod the namespace's Pod Security level forbids ------------------------------------------
+
+POD_SECURITY_403 = (
+    'creating pod mnist-node-0: POST /api/v1/namespaces/ns/pods: 403 pods "mnist-node-0" is forbidden: '
+    'violates PodSecurity "restricted:latest": privileged (container "trainer" must not set '
+    'securityContext.privileged=true)')
+
+
+def test_a_pod_security_refusal_fails_the_job_naming_the_rule() -> None:
+    refused = [CreateError(POD_SECURITY_403, False)]  # 403: not a 400/422 "invalid"
+    status = st(phase="Pending")
+    for attempt in range(1, MAX_CREATE_REFUSALS):
+        plan = after_create_errors(spec(), status, refused, [], NOW)
+        status = plan.status
+        assert status.phase == "Pending" and status.create_refusals == attempt
+    plan = after_create_errors(spec(), status, refused, [], NOW)
+    assert plan.status.phase == "Failed"
+    failed = _cond(plan, "Failed")
+    assert failed.reason == "PodSecurityViolation"
+    assert ('violates PodSecurity "restricted:latest": privileged (container "trainer" must not set '
+            'securityContext.privileged=true)') in failed.message
+
+
+def test_other_403s_still_retry_without_bound() -> None:
+    forbidden = [CreateError('creating pod mnist-node-0: 403 pods "mnist-node-0" is forbidden: exceeded quota: '
+                             'one-pod, requested: pods=1', False)]
+    status = st(phase="Pending")
+    for _ in range(MAX_CREATE_REFUSALS * 2):
+        status = after_create_errors(spec(), status, forbidden, [], NOW).status
+    assert status.phase == "Pending"
