@@ -1,6 +1,6 @@
 """A test node agent: a small kubelet that runs pods as local processes.
 
-See docs/local-cluster-node-agent.md. Run it with
+See docs/design/local-cluster-node-agent.md. Run it with
 `python -m volt_operator.testing.node_agent --kubeconfig K --nodes n1,n2 --workdir W`.
 """
 
