@@ -36,15 +36,19 @@ def test_one_rank_raising_ends_every_node_quickly(tmp_path):
 @pytest.mark.timeout(300)
 def test_the_failing_node_reports_its_own_code_when_the_peer_lost_report_comes_first(tmp_path):
     # Rank 1 closes its connections, so rank 0 exits 76 and node 0 reports "peer lost"
-    # to the store 3 s before rank 1 raises. Node 1 must still exit 1 (it saw the user
-    # error first-hand), not 76 (what it read in the store), and must not kill its own
-    # rank early because of a mere PEER_LOST report.
+    # to the store; rank 1 raises only once its own node has read that report (an
+    # event, not a delay). Node 1 must still exit 1 (it saw the user error first-hand),
+    # not 76 (what it read in the store), and must not kill its own rank early because
+    # of a mere PEER_LOST report.
     procs = start_nodes(2, 1, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
-                        FAIL_RANK="1", FAIL_STEP="5", FAIL_CLOSE_FIRST_S="3")
+                        FAIL_RANK="1", FAIL_STEP="5", FAIL_CLOSE_FIRST="1",
+                        FAIL_AFTER_LOG=str(tmp_path / "node1.log"), FAIL_AFTER_TEXT="reported exit code 76")
     codes = wait_all(procs, 240)
     assert codes == [76, 1], logs(tmp_path)
     node0, node1 = (tmp_path / "node0.log").read_text(), (tmp_path / "node1.log").read_text()
-    assert "exiting with 76" in node0, logs(tmp_path)  # the peer-lost report really came first
+    assert "exiting with 76" in node0, logs(tmp_path)
+    # The peer-lost report really came first: node 1 read it before its rank failed.
+    assert node1.index("reported exit code 76") < node1.index("injected failure on rank 1"), logs(tmp_path)
     assert "injected failure on rank 1" in node1
     assert "stopping this node's workers" not in node1, logs(tmp_path)
 

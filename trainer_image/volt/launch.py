@@ -588,6 +588,8 @@ def _watch_peers(agent: Any, supervisor: _Supervisor) -> None:
                     elif supervisor.peer_report is None:
                         supervisor.peer_report_seen_at = time.monotonic()
                         supervisor.peer_report = report
+                        log.warning("node %s rank %s reported exit code %s", report.get("node"),
+                                    report.get("rank"), report.get("exitcode"))
             misses = 0
         except Exception:
             misses += 1

@@ -1,9 +1,11 @@
 """Train the synthetic example; rank FAIL_RANK raises in training_step at step FAIL_STEP.
 
-FAIL_CLOSE_FIRST_S=S: before raising, the failing rank shuts down its sockets (its
-peers see their gloo connections close and exit PEER_LOST at once) and waits S
-seconds. Its peers' "peer lost" report then reaches the store before its own
-failure: the race a slow interpreter shutdown causes, made deterministic.
+FAIL_CLOSE_FIRST=1: before raising, the failing rank shuts down its sockets (its
+peers see their gloo connections close and exit PEER_LOST at once) and waits until
+FAIL_AFTER_LOG (a file) contains FAIL_AFTER_TEXT, e.g. its own node's volt-run
+logging that it read the peers' "peer lost" report. That report then reaches the
+store before its own failure: the race a slow interpreter shutdown causes, made
+deterministic by waiting on the event itself.
 FAIL_KEY_ERROR=1: the failing rank looks up a missing key instead (KeyError: 'label').
 FAIL_ATTEMPT=A: fail only in the TrainingJob's attempt A (VOLT_ATTEMPT), so the next one trains.
 """
@@ -29,6 +31,20 @@ def shut_down_sockets() -> None:
             pass
 
 
+def wait_for_text(path: str, text: str, limit_s: float = 600.0) -> None:
+    """Block until ``path`` contains ``text`` (the test's timeout bounds the wait)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                if text in handle.read():
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{text!r} never appeared in {path}")
+
+
 class Faulty(synthetic.RegressionModel):
     def training_step(self, batch, batch_idx):
         attempt = os.environ.get("VOLT_ATTEMPT")
@@ -36,10 +52,9 @@ class Faulty(synthetic.RegressionModel):
         if this_attempt and self.trainer.global_rank == int(os.environ["FAIL_RANK"]) and (
             self.trainer.global_step == int(os.environ["FAIL_STEP"])
         ):
-            close_first = float(os.environ.get("FAIL_CLOSE_FIRST_S", "0"))
-            if close_first:
+            if os.environ.get("FAIL_CLOSE_FIRST") == "1":
                 shut_down_sockets()
-                time.sleep(close_first)
+                wait_for_text(os.environ["FAIL_AFTER_LOG"], os.environ["FAIL_AFTER_TEXT"])
             if os.environ.get("FAIL_KEY_ERROR") == "1":
                 return {}["label"]  # the line the termination message must name
             raise RuntimeError(f"injected failure on rank {self.trainer.global_rank}")
