@@ -1,7 +1,8 @@
 """``python -m volt_operator``: run the TrainingJob operator (kopf).
 
     python -m volt_operator [--namespace NS ... | --all-namespaces]
-                            [--standalone | --leader-elect [--leader-election-namespace NS]]
+                            [--standalone | --leader-elect [--leader-election-namespace NS]
+                                                           [--leader-election-lease NAME]]
                             [--log-format json|text] [--health-port P | --liveness URL]
                             [--metrics-port P] [--progress-interval S]
                             [--stuck-pod-margin S]
@@ -34,7 +35,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "Lease acts (implies no kopf peering)")
     parser.add_argument("--leader-election-namespace", metavar="NS",
                         default=os.environ.get("POD_NAMESPACE", "default"),
-                        help="namespace of the Lease volt-operator (env POD_NAMESPACE)")
+                        help="namespace of the Lease (env POD_NAMESPACE)")
+    parser.add_argument("--leader-election-lease", metavar="NAME", default="volt-operator",
+                        help="name of the Lease; operators that watch different namespaces "
+                        "from one namespace need one each (default volt-operator)")
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
     parser.add_argument("--verbose", "-v", action="store_true")
     health = parser.add_mutually_exclusive_group()
@@ -111,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         progress_seconds=args.progress_interval,
         stuck_pod_margin=args.stuck_pod_margin,
         leader_namespace=args.leader_election_namespace if args.leader_elect else None,
+        leader_lease=args.leader_election_lease,
         metrics_port=None if args.metrics_port == -1 else args.metrics_port,
         kube_configuration=configuration,
         namespaces=list(args.namespace),

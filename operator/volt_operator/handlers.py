@@ -40,6 +40,7 @@ class Options:
     stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS
     # Namespace of the leader-election Lease; None: no election (one replica).
     leader_namespace: Optional[str] = None
+    leader_lease: str = "volt-operator"
     metrics_port: Optional[int] = 8080
     kube_configuration: Any = None  # kubernetes.client.Configuration; None: load it
     namespaces: List[str] = field(default_factory=list)  # empty: all namespaces
@@ -75,7 +76,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     client = KubeClient(options.kube_configuration)
     memo.elector = None
     if options.leader_namespace:
-        memo.elector = LeaseElector(client, options.leader_namespace)
+        memo.elector = LeaseElector(client, options.leader_namespace, options.leader_lease)
         memo.elector.start()
     memo.reconciler = Reconciler(
         client, progress_interval=options.progress_seconds,

@@ -45,21 +45,22 @@ def test_helm_lint_passes_in_both_rbac_modes(helm: Path) -> None:
 def test_default_render_is_cluster_wide(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service",
+                     "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     binding = by_kind(docs, "ClusterRoleBinding")[0]
     sa = by_kind(docs, "ServiceAccount")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": "volt-system"}]
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" in args and "--standalone" in args and "--log-format=text" in args
+    assert "--all-namespaces" in args and "--log-format=text" in args
+    assert "--leader-elect" in args and "--standalone" not in args  # leaderElection.enabled by default
 
 
 def test_watch_namespace_gives_a_role_and_no_cluster_permission(helm: Path) -> None:
     docs = render(helm, "watchNamespace=team-a")
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
-    role, = by_kind(docs, "Role")
-    binding, = by_kind(docs, "RoleBinding")
+    role, = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    binding, = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "team-a"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
@@ -106,11 +107,53 @@ def test_network_policy_switch_sets_the_flag_and_the_permission_together(helm: P
     assert not flags and "networking.k8s.io" not in groups
 
 
+def _lease_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for role in by_kind(docs, "Role") for rule in role["rules"]
+            if "coordination.k8s.io" in rule["apiGroups"]]
+
+
+@pytest.mark.parametrize("mode", [(), ("watchNamespace=team-a",)])
+def test_leader_election_flags_and_lease_role_come_together(helm: Path, mode: tuple[str, ...]) -> None:
+    """On (the default): --leader-elect with the release's namespace and its own Lease name, and
+    a Role in the release namespace on that one Lease (get/update by name, create). Off: kopf
+    --standalone, no Lease permission anywhere, and at most one replica."""
+    docs = render(helm, *mode)
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--leader-elect", "--leader-election-namespace=volt-system",
+            "--leader-election-lease=rel-volt"} <= set(args) and "--standalone" not in args
+    lease_role = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "rel-volt-leader-election")
+    assert lease_role["metadata"]["namespace"] == "volt-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rel-volt"],
+         "verbs": ["get", "update"]},
+    ]
+    binding = next(b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "rel-volt-leader-election")
+    assert binding["metadata"]["namespace"] == "volt-system"
+    assert binding["subjects"][0]["name"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    cluster_rules = [rule for role in by_kind(docs, "ClusterRole") for rule in role["rules"]]
+    assert not [r for r in cluster_rules if "coordination.k8s.io" in r["apiGroups"]]
+
+    off = render(helm, *mode, "leaderElection.enabled=false")
+    args = by_kind(off, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" in args and not [a for a in args if a.startswith("--leader-elect")]
+    assert not _lease_rules(off)
+    assert not [r for r in by_kind(off, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+
+
+def test_standby_replicas_need_leader_election(helm: Path) -> None:
+    docs = render(helm, "operator.replicas=3")
+    assert by_kind(docs, "Deployment")[0]["spec"]["replicas"] == 3
+    proc = run_helm(helm, "template", "rel", str(CHART), "--set", "operator.replicas=2",
+                    "--set", "leaderElection.enabled=false", check=False)
+    assert proc.returncode != 0 and "replicas" in proc.stderr, proc.stderr
+
+
 def test_rbac_grants_no_wildcards_and_no_read_of_secrets(helm: Path) -> None:
     for mode in ((), ("watchNamespace=team-a",)):
         docs = render(helm, *mode)
-        role = (by_kind(docs, "ClusterRole") or by_kind(docs, "Role"))[0]
-        for rule in role["rules"]:
+        rules = [rule for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for rule in role["rules"]]
+        for rule in rules:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], rule
             assert "secrets" not in rule["resources"], rule
@@ -182,7 +225,9 @@ def test_chart_crd_is_the_generated_crd() -> None:
     ("operator.logLevel=loud", "operator.logLevel"),
     ("operator.logFormat=xml", "operator.logFormat"),
     ("metrics.podMonitor.interval=often", "metrics.podMonitor.interval"),
-    ("operator.replicas=2", "operator.replicas"),
+    ("operator.replicas=2,leaderElection.enabled=false", "operator.replicas"),
+    ("operator.replicas=6", "operator.replicas"),
+    ("leaderElection.enabled=maybe", "leaderElection.enabled"),
     ("replicas=1", "replicas"),
     ("trainingJobPolicy.allowHostPath=yes", "trainingJobPolicy.allowHostPath"),
     ("trainingJobPolicy.serviceAccountNames={Bad_Name}", "trainingJobPolicy.serviceAccountNames"),
@@ -201,7 +246,8 @@ def test_operator_cli_accepts_the_rendered_arguments(helm: Path, settings: tuple
 
     container = by_kind(render(helm, *settings), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     args = parse_args(container["args"])
-    assert args.standalone
+    assert args.leader_elect and not args.standalone
+    assert args.leader_election_namespace == "volt-system" and args.leader_election_lease == "rel-volt"
     if settings:
         assert args.namespace == ["team-a"] and args.verbose and args.log_format == "json"
         assert args.liveness == "http://0.0.0.0:9000/healthz"
@@ -261,7 +307,7 @@ def test_notes_tell_the_truth_about_monitors_and_crd_upgrades(helm: Path, tmp_pa
     enabled = ("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
     text = notes(helm, tmp_path / "a", *enabled)
     assert "NO PodMonitor was created" in text and "NO ServiceMonitor" in text
-    assert "kubectl apply --server-side -f charts/volt/crds/" in text
+    assert "kubectl apply --server-side --force-conflicts -f charts/volt/crds/" in text
     text = notes(helm, tmp_path / "b", *enabled, "--api-versions", "monitoring.coreos.com/v1")
     assert "PodMonitor rel-volt-trainingjobs scrapes every rank" in text and "NO PodMonitor" not in text
     assert "release=rel" in text

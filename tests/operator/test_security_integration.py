@@ -43,6 +43,9 @@ def test_the_example_job_is_admitted_where_restricted_is_enforced(
     for pod in pods:
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+        # The memory-backed /dev/shm (an emptyDir; half the example's 2Gi memory limit) is admitted too.
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["spec"]["volumes"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["spec"]["containers"][0]["volumeMounts"]
     conds = job_status(kube, namespace, "synthetic").get("conditions") or []
     assert not any(c["type"] == "Created" and c["status"] == "False" for c in conds), conds
 
@@ -64,6 +67,32 @@ def test_an_override_that_breaks_restricted_is_refused_by_pod_security(
     cond = wait_until("Created=False", create_failed, 90)
     assert "allowPrivilegeEscalation" in cond["message"], cond
     assert not _node_pods(kube, namespace)
+
+
+def test_a_pod_that_pod_security_forbids_fails_the_job_naming_the_rule(
+        operator: OperatorProcess, namespace: str, repo_root: Any) -> None:
+    """A 403 from Pod Security admission does not pass by waiting: after a bounded number
+    of tries the job is Failed, reason PodSecurityViolation, with the rule the API server
+    names. (The chart's ValidatingAdmissionPolicy refuses privileged at apply time where it
+    is installed; this cluster has only the CRD, so the pod reaches Pod Security.
+    allowPrivilegeEscalation is set too: privileged with the operator's default false is
+    a pod the API server refuses as invalid, 422, before Pod Security looks.)"""
+    kube = operator.kube
+    _enforce_restricted(kube, namespace)
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=_example(
+        repo_root, containerSecurityContext={"privileged": True, "allowPrivilegeEscalation": True}))
+
+    status = wait_until("phase Failed",
+                        lambda: (s := job_status(kube, namespace, "synthetic")).get("phase") == "Failed" and s,
+                        120)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodSecurityViolation", failed
+    assert 'violates PodSecurity "restricted:latest"' in failed["message"], failed
+    assert 'privileged (container "trainer" must not set securityContext.privileged=true)' in failed["message"]
+    assert status.get("createRefusals") == 3, status
+    assert not _node_pods(kube, namespace)
+    events = get_json(kube, "-n", namespace, "events")["items"]
+    assert any(e["reason"] == "Failed" and "PodSecurity" in e["message"] for e in events), events
 
 
 def test_a_refused_pod_leaves_no_env_value_in_status_or_events(

@@ -49,7 +49,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Arguments of `python -m volt_operator` that follow from the values. */}}
 {{- define "volt.operatorArgs" -}}
+{{- if .Values.leaderElection.enabled }}
+- --leader-elect
+- --leader-election-namespace={{ .Release.Namespace }}
+- --leader-election-lease={{ include "volt.leaseName" . }}
+{{- else }}
 - --standalone
+{{- end }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- else }}
@@ -66,6 +72,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* The leader-election Lease: one per release, so that releases watching different
+     namespaces from one release namespace do not wait on each other. */}}
+{{- define "volt.leaseName" -}}
+{{ include "volt.fullname" . }}
 {{- end -}}
 
 {{/* Who may reach the jobs' metrics ports: the chart's peers and the operator's own pod. */}}
