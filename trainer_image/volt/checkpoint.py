@@ -322,13 +322,26 @@ def allow_unsafe_load(environ: Optional[Mapping[str, str]] = None) -> bool:
     return contract._flag(os.environ if environ is None else environ, ENV_ALLOW_UNSAFE)
 
 
-def _unsafe_globals(path: str) -> List[str]:
-    """The classes and functions in ``path`` that a weights-only load refuses (none: the file is damaged)."""
+def unsafe_globals(f: Union[str, BinaryIO]) -> List[str]:
+    """The classes and functions in a ``torch.save`` file (a path or a seekable stream) that a
+    weights-only load refuses (none: the file is damaged)."""
     allowed = {f"{g.__module__}.{g.__name__}" for g in SAFE_GLOBALS}
     try:
-        return sorted(n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed)
+        return sorted(n for n in torch.serialization.get_unsafe_globals_in_checkpoint(f) if n not in allowed)
     except Exception:  # noqa: BLE001 - not a readable zip checkpoint: damage, not a foreign object
         return []
+
+
+def unsafe_checkpoint_error(where: str, foreign: List[str]) -> CheckpointUnsafeError:
+    """The refusal of a checkpoint (``where``: its path, and the part of it) that holds ``foreign``
+    objects: the same words for single-file and sharded checkpoints."""
+    return CheckpointUnsafeError(
+        f"Checkpoint {where} holds Python objects that volt does not load without trusting the file "
+        f"({', '.join(foreign[:8])}). Full unpickling runs whatever code the file names, so volt loads tensors, plain "
+        f"containers and its own objects only. If you trust it: allow its classes with "
+        f"torch.serialization.add_safe_globals([...]) in your script, or set {ENV_ALLOW_UNSAFE}=1 "
+        "(a TrainingJob's spec.env) to load every checkpoint with full unpickling"
+    )
 
 
 def load(path: PathLike, map_location: MapLocation = None, weights_only: Optional[bool] = None) -> Any:
@@ -351,16 +364,10 @@ def load(path: PathLike, map_location: MapLocation = None, weights_only: Optiona
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        foreign = _unsafe_globals(path)
+        foreign = unsafe_globals(path)
         if not foreign:
             raise
-        raise CheckpointUnsafeError(
-            f"Checkpoint {path} holds Python objects that volt does not load without trusting the file "
-            f"({', '.join(foreign[:8])}). Full unpickling runs whatever code the file names, so volt loads tensors, plain "
-            f"containers and its own objects only. If you trust it: allow its classes with "
-            f"torch.serialization.add_safe_globals([...]) in your script, or set {ENV_ALLOW_UNSAFE}=1 "
-            "(a TrainingJob's spec.env) to load every checkpoint with full unpickling"
-        ) from err
+        raise unsafe_checkpoint_error(path, foreign) from err
 
 
 # --- sharded (DCP) checkpoint directories (written by volt.checkpoint_sharded) -----------------

@@ -23,24 +23,35 @@ first waits for the one in flight (never two at once).
 
 Loading reads a sharded checkpoint back into full (unsharded) tensors on CPU
 with no process group (``load_sharded``): the same dict a single-file checkpoint
-holds, so it resumes under any strategy and any world size.
+holds, so it resumes under any strategy and any world size. It follows the same
+trust model as a single file (docs/checkpoints.md): DCP itself unpickles
+``.metadata`` and every non-tensor entry with full unpickling, so volt reads
+``.metadata`` with an unpickler that knows only DCP's own classes, and the
+entries with ``torch.load(weights_only=True)``; anything else is refused with
+``CheckpointUnsafeError`` unless ``VOLT_ALLOW_UNSAFE_CHECKPOINTS=1``.
 """
 from __future__ import annotations
 
 import atexit
 import functools
+import io
 import logging
 import os
+import pickle
 import shutil
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE
+from torch.distributed.checkpoint.metadata import STATE_DICT_TYPE, Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from volt import checkpoint as _ckpt
@@ -57,14 +68,146 @@ def is_sharded(path: PathLike) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), METADATA_NAME))
 
 
-def load_sharded(path: PathLike) -> Dict[str, Any]:
-    """A sharded checkpoint as one dict of full CPU tensors (no process group needed; any world size)."""
+def load_sharded(path: PathLike, weights_only: Optional[bool] = None) -> Dict[str, Any]:
+    """A sharded checkpoint as one dict of full CPU tensors (no process group needed; any world size).
+
+    ``weights_only`` (default: True unless ``VOLT_ALLOW_UNSAFE_CHECKPOINTS=1``), as in
+    ``volt.checkpoint.load``: ``.metadata`` and the non-tensor entries may hold only
+    DCP's own classes, tensors, plain containers and ``volt.checkpoint.SAFE_GLOBALS``
+    (or what ``torch.serialization.add_safe_globals`` allows); anything else raises
+    ``CheckpointUnsafeError`` before any of it is called.
+    """
     path = os.fspath(path)
     if not is_sharded(path):
         raise FileNotFoundError(f"{path!r} is not a sharded checkpoint (no {METADATA_NAME} in it)")
+    if weights_only is None:
+        weights_only = not _ckpt.allow_unsafe_load()
     state: STATE_DICT_TYPE = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    if weights_only:
+        # Read here, not inside DCP: it would swallow the refusal and try another file name.
+        metadata_path = os.path.join(path, METADATA_NAME)
+        with open(metadata_path, "rb") as f:
+            metadata = read_metadata_weights_only(f, metadata_path)
+        reader: FileSystemReader = _CheckedMetadataReader(path, metadata)
+        planner: _EmptyStateDictLoadPlanner = _WeightsOnlyPlanner(path)
+    else:
+        reader, planner = FileSystemReader(path), _EmptyStateDictLoadPlanner()
+    try:
+        _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    except CheckpointException as err:  # DCP wraps what a step raised: the refusal is the news
+        refused = [exc for exc, _ in err.failures.values() if isinstance(exc, _ckpt.CheckpointUnsafeError)]
+        if refused:
+            raise refused[0] from None
+        raise
     return state
+
+
+# --- weights-only loading: what DCP would otherwise unpickle in full --------------------------
+#: The globals of DCP's ``.metadata`` pickle: its own dataclasses, sizes, layouts, memory
+#: formats and the storage paths (torch dtypes are allowed by type, see ``_allowed``).
+METADATA_GLOBALS: FrozenSet[Tuple[str, str]] = frozenset({
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name, from a fixed table
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+})
+
+
+def _allowed(module: str, name: str) -> bool:
+    if (module, name) in METADATA_GLOBALS:
+        return True
+    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        return True
+    trusted = [*_ckpt.SAFE_GLOBALS, *torch.serialization.get_safe_globals()]
+    return any(getattr(g, "__module__", None) == module and getattr(g, "__name__", None) == name
+               for g in trusted)
+
+
+class _Refused:
+    """What a refused global becomes while the rest is read: inert, never the named object."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles ``.metadata`` resolving only allowed globals; the others are recorded in
+    ``foreign`` and replaced by ``_Refused``, so none of them is imported or called."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__(f)
+        self.foreign: List[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if _allowed(module, name):
+            return super().find_class(module, name)
+        self.foreign.append(f"{module}.{name}")
+        return _Refused
+
+
+def read_metadata_weights_only(f: BinaryIO, where: str) -> Metadata:
+    """DCP's ``.metadata`` from ``f``; ``CheckpointUnsafeError`` if it names anything else."""
+    unpickler = _MetadataUnpickler(f)
+    try:
+        metadata = unpickler.load()
+    except Exception as err:
+        if unpickler.foreign:
+            raise _ckpt.unsafe_checkpoint_error(where, sorted(set(unpickler.foreign))) from err
+        raise
+    if unpickler.foreign:
+        raise _ckpt.unsafe_checkpoint_error(where, sorted(set(unpickler.foreign)))
+    if not isinstance(metadata, Metadata):
+        raise pickle.UnpicklingError(f"{where} is not DCP metadata (a {type(metadata).__name__})")
+    return metadata
+
+
+class _CheckedMetadataReader(FileSystemReader):
+    """A FileSystemReader that hands DCP metadata already read by ``read_metadata_weights_only``
+    (the file is not read a second time, so it cannot be swapped in between)."""
+
+    def __init__(self, path: str, metadata: Metadata) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        metadata = self._metadata
+        if getattr(metadata, "storage_meta", None) is None:  # as FileSystemReader does
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _WeightsOnlyPlanner(_EmptyStateDictLoadPlanner):
+    """Loads the non-tensor entries (``torch.save`` bytes) with ``weights_only=True``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        try:
+            with torch.serialization.safe_globals(_ckpt.SAFE_GLOBALS):
+                obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            value.seek(0)
+            foreign = _ckpt.unsafe_globals(value)
+            if not foreign:
+                raise
+            raise _ckpt.unsafe_checkpoint_error(f"{self._path} (entry {fqn!r})", foreign) from err
+        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes stores it
+            set_element(self.original_state_dict, self.mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj
 
 
 def _temp_dir(path: str, step: int) -> str:
