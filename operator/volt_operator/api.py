@@ -88,6 +88,8 @@ PRECISIONS: List[Union[int, str]] = [
     16, 32, 64, "16", "32", "64", "bf16",
     "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true", "64-true",
 ]
+# Each precision once, as text: 16 and "16" are one setting (the CEL rule and messages list these).
+PRECISION_NAMES: List[str] = list(dict.fromkeys(str(value) for value in PRECISIONS))
 # Same pattern as the CEL rule in _DEVICES_SCHEMA.
 _DEVICE_TEXT = re.compile(r"^(auto|[0-9]+( *, *[0-9]+)* *,?)$")
 # Processes (devices) per node: each gets a metrics port and, on GPUs, a device;
@@ -372,8 +374,16 @@ class TrainerSettings(_Model):
     )
     precision: Optional[Union[int, str]] = Field(
         None,
-        description="Numerical precision, e.g. 32, 16, bf16, \"bf16-mixed\", \"32-true\".",
-        json_schema_extra={**INT_OR_STRING, "enum": PRECISIONS},
+        description="Numerical precision, a number (16) or a string (\"bf16-mixed\").",
+        json_schema_extra={
+            **INT_OR_STRING,
+            "maxLength": 16,
+            # A rule, not an enum: the API server's enum message would list 16 and "16" apart.
+            "x-kubernetes-validations": [
+                cel("string(self) in [" + ", ".join(f"'{name}'" for name in PRECISION_NAMES) + "]",
+                    "must be one of " + ", ".join(PRECISION_NAMES)),
+            ],
+        },
     )
     max_epochs: Optional[int] = Field(None, ge=-1, description="-1 trains until stopped.")
     min_epochs: Optional[int] = Field(None, ge=0)
@@ -432,7 +442,7 @@ class TrainerSettings(_Model):
     @classmethod
     def _check_precision(cls, value: Any) -> Any:
         if value is not None and value not in PRECISIONS:
-            raise ValueError(f"trainer.precision {value!r} is not one of {PRECISIONS}")
+            raise ValueError(f"trainer.precision {value!r} is not one of {', '.join(PRECISION_NAMES)}")
         return value
 
     @field_validator("val_check_interval", "limit_train_batches", "limit_val_batches",
@@ -836,6 +846,52 @@ class MetricsSpec(_Model):
     )
 
 
+#: The trainer container's memory-backed /dev/shm (docs/operator.md, Shared memory).
+SHM_VOLUME = "dshm"
+SHM_PATH = "/dev/shm"
+
+
+class SharedMemorySpec(_Model):
+    """The trainer container's /dev/shm: an emptyDir with medium Memory.
+
+    Container runtimes give /dev/shm 64 MiB; DataLoader workers hand batches to
+    the training process through it and fail with "Bus error" or "No space left on
+    device" beyond that. A volume of spec.template named dshm, or one mounted at
+    /dev/shm, replaces this one.
+    """
+
+    size_limit: Optional[Union[int, str]] = Field(
+        None,
+        description="Size limit of /dev/shm, a quantity such as 2Gi. Default: half of "
+        "resources.limits.memory; without a memory limit, none (the node's memory bounds it). "
+        "What is written there counts as the container's memory.",
+        json_schema_extra={
+            **INT_OR_STRING,
+            "maxLength": 64,
+            "x-kubernetes-validations": [
+                cel("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
+                    "must be a Kubernetes quantity above 0, such as 512Mi or 2Gi"),
+            ],
+        },
+    )
+
+    @field_validator("size_limit")
+    @classmethod
+    def _check_size_limit(cls, value: Union[int, str, None]) -> Union[int, str, None]:
+        if value is None:
+            return value
+        try:
+            amount = parse_quantity(value)
+        except ValueError:
+            amount = None
+        if amount is None or amount <= 0 or isinstance(value, bool):
+            raise ValueError(
+                f"spec.sharedMemory.sizeLimit: {value!r} is not a Kubernetes quantity above 0, "
+                "such as 512Mi or 2Gi"
+            )
+        return value
+
+
 class Toleration(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -1124,6 +1180,11 @@ class TrainingJobSpec(_Model):
         default_factory=RendezvousSpec, json_schema_extra=OBJECT_DEFAULT
     )
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, json_schema_extra=OBJECT_DEFAULT)
+    shared_memory: SharedMemorySpec = Field(
+        default_factory=SharedMemorySpec,
+        description="The trainer container's memory-backed /dev/shm (DataLoader workers).",
+        json_schema_extra=OBJECT_DEFAULT,
+    )
     template: PodTemplateOverlay = Field(
         default_factory=PodTemplateOverlay, json_schema_extra=OBJECT_DEFAULT
     )

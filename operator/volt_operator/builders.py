@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .api import API_VERSION, CHECKPOINT_VOLUME, KIND, RESERVED_LABELS, TrainingJobSpec
+from kubernetes.utils.quantity import parse_quantity
+
+from .api import API_VERSION, CHECKPOINT_VOLUME, KIND, RESERVED_LABELS, SHM_PATH, SHM_VOLUME, TrainingJobSpec
 
 LABEL_JOB, LABEL_RANK, LABEL_ATTEMPT = RESERVED_LABELS
 CONTAINER = "trainer"
@@ -203,6 +205,47 @@ def build_env(
     return env
 
 
+_UNITS = sorted({"Ti": 1 << 40, "Gi": 1 << 30, "Mi": 1 << 20, "Ki": 1 << 10,
+                 "T": 10 ** 12, "G": 10 ** 9, "M": 10 ** 6, "k": 10 ** 3}.items(), key=lambda unit: -unit[1])
+
+
+def _quantity(amount: int) -> str:
+    """``amount`` bytes in the largest unit that divides it (4294967296 -> "4Gi", 1500000000 -> "1500M")."""
+    for suffix, size in _UNITS:
+        if amount and amount % size == 0:
+            return f"{amount // size}{suffix}"
+    return str(amount)
+
+
+def shm_size_limit(spec: TrainingJobSpec) -> Optional[str]:
+    """sizeLimit of /dev/shm: spec.sharedMemory.sizeLimit, else half the memory limit, else none."""
+    if spec.shared_memory.size_limit is not None:
+        return str(spec.shared_memory.size_limit)
+    memory = spec.resources.limits.get("memory")
+    if memory is None:
+        return None
+    half = int(parse_quantity(memory)) // 2
+    return _quantity(half) if half > 0 else None
+
+
+def wants_shm(spec: TrainingJobSpec) -> bool:
+    """False when the user's template brings its own /dev/shm (a volume named dshm, or a mount there):
+    theirs wins, and two volumes of one name, or two mounts at one path, would be refused."""
+    overlay = spec.template
+    return not any(v.name == SHM_VOLUME for v in overlay.volumes) and not any(
+        m.mount_path.rstrip("/") == SHM_PATH for m in overlay.volume_mounts
+    )
+
+
+def shm_volume(spec: TrainingJobSpec) -> Dict[str, Any]:
+    """A memory-backed emptyDir for /dev/shm (the runtime's 64 MiB is too small for DataLoader workers)."""
+    empty_dir: Dict[str, Any] = {"medium": "Memory"}
+    size = shm_size_limit(spec)
+    if size is not None:
+        empty_dir["sizeLimit"] = size
+    return {"name": SHM_VOLUME, "emptyDir": empty_dir}
+
+
 def _resources(spec: TrainingJobSpec) -> Dict[str, Any]:
     limits = {k: v for k, v in spec.resources.limits.items()}
     requests = {k: v for k, v in spec.resources.requests.items()}
@@ -235,6 +278,8 @@ def _container(
     if spec.checkpoint is not None:
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
     mounts.extend(m.to_api() for m in spec.template.volume_mounts)
+    if wants_shm(spec):
+        mounts.append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
     container: Dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
@@ -284,6 +329,8 @@ def build_pod(
             }
         )
     volumes.extend(v.model_dump(by_alias=True, exclude_none=True) for v in overlay.volumes)
+    if wants_shm(spec):
+        volumes.append(shm_volume(spec))
     pod_spec: Dict[str, Any] = {
         "hostname": name,
         "subdomain": job.name,

@@ -172,10 +172,26 @@ INVALID: Dict[str, Tuple[Dict[str, Any], Tuple[str, ...]]] = {
     "elastic without minNodes": ({"elastic": {"maxNodes": 4}}, ("elastic.minNodes",)),
     "elastic shrinkAfterSeconds of 0": (
         {"elastic": {"minNodes": 1, "shrinkAfterSeconds": 0}}, ("elastic.shrinkAfterSeconds",)),
+    # -- precision: the message lists each allowed value once
+    "an unknown precision": ({"trainer": {"precision": "fp8"}},
+                             ("trainer.precision", "one of 16, 32, 64, bf16, 16-mixed, bf16-mixed,")),
+    "an unknown precision number": ({"trainer": {"precision": 8}}, ("trainer.precision", "one of 16, 32")),
+    # -- the /dev/shm size
+    "a sharedMemory sizeLimit that is no quantity": (
+        {"sharedMemory": {"sizeLimit": "lots"}}, ("sharedMemory.sizeLimit", "quantity")),
+    "a sharedMemory sizeLimit of 0": (
+        {"sharedMemory": {"sizeLimit": "0"}}, ("sharedMemory.sizeLimit", "above 0")),
 }
 
 # Near misses of the rules above that must be accepted (no false refusals).
 VALID: Dict[str, Dict[str, Any]] = {
+    "precision as a number and as text": {"trainer": {"precision": 16}},
+    "precision bf16-mixed": {"trainer": {"precision": "bf16-mixed"}},
+    "a sharedMemory sizeLimit in bytes": {"sharedMemory": {"sizeLimit": 1073741824}},
+    "a /dev/shm of the user's own": {
+        "sharedMemory": {"sizeLimit": "512Mi"},
+        "template": {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+                     "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}},
     "gpus with a matching limit": {
         "trainer": {"gpus": "0,1", "accelerator": "gpu"},
         "resources": {"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"},

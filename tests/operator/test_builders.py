@@ -119,7 +119,7 @@ def test_checkpoint_volume_and_metrics_ports() -> None:
 
 def test_no_checkpoint_no_volume() -> None:
     pod = build_pod(JOB, spec(checkpoint=None), 0, 0, "never")
-    assert pod["spec"]["volumes"] == []
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["dshm"]  # /dev/shm only
     env = env_of(pod)
     assert "VOLT_CHECKPOINT_DIR" not in env and env["VOLT_RESUME"] == "never"
 
@@ -186,9 +186,9 @@ def test_template_overlay_is_merged_not_replaced() -> None:
     assert podspec["securityContext"]["runAsUser"] == 1000
     assert podspec["securityContext"]["runAsNonRoot"] is True
     assert podspec["imagePullSecrets"] == [{"name": "regcred"}]
-    assert [v["name"] for v in podspec["volumes"]] == ["volt-checkpoints", "data"]
+    assert [v["name"] for v in podspec["volumes"]] == ["volt-checkpoints", "data", "dshm"]
     assert podspec["volumes"][1]["hostPath"] == {"path": "/data"}
-    assert [m["name"] for m in container["volumeMounts"]] == ["volt-checkpoints", "data"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["volt-checkpoints", "data", "dshm"]
     env = env_of(pod)
     assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/data/hf"
     assert env["MASTER_ADDR"] == "mnist-node-0.mnist"
@@ -207,6 +207,9 @@ def test_pods_meet_the_restricted_pod_security_standard_by_default() -> None:
     }
     assert podspec["automountServiceAccountToken"] is False
     assert "hostNetwork" not in podspec and "serviceAccountName" not in podspec
+    # Volume types restricted allows: the checkpoint claim and the memory-backed /dev/shm.
+    assert {key for volume in podspec["volumes"] for key in volume if key != "name"} == {
+        "persistentVolumeClaim", "emptyDir"}
 
 
 def test_security_context_overrides_replace_one_key_and_keep_the_rest() -> None:
@@ -246,3 +249,44 @@ def test_builders_are_pure_and_deterministic() -> None:
 def test_resume_value(resume: str, attempt: int, seen: bool, want: str) -> None:
     extra = {"fromPath": "/seed.ckpt"} if resume == "FromPath" else {}
     assert resume_value(spec(resume=resume, **extra), attempt, seen) == want
+
+
+def _shm(pod: Dict[str, Any]) -> "tuple[list, list]":
+    """The pod's volumes and the trainer's mounts that concern /dev/shm."""
+    volumes = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm" or "emptyDir" in v]
+    mounts = [m for m in pod["spec"]["containers"][0]["volumeMounts"]
+              if m["name"] == "dshm" or m["mountPath"].rstrip("/") == "/dev/shm"]
+    return volumes, mounts
+
+
+@pytest.mark.parametrize("resources, shared_memory, size_limit", [
+    ({}, {}, None),  # no memory limit: the node's memory bounds it
+    ({"limits": {"memory": "8Gi"}}, {}, "4Gi"),  # half the memory limit
+    ({"limits": {"memory": "3G"}}, {}, "1500M"),
+    ({"limits": {"memory": "1000Mi"}, "requests": {"memory": "1000Mi"}}, {}, "500Mi"),
+    ({"limits": {"memory": "8Gi"}}, {"sizeLimit": "1Gi"}, "1Gi"),  # the spec's own size wins
+    ({}, {"sizeLimit": 268435456}, "268435456"),
+])
+def test_trainer_gets_a_memory_backed_dev_shm(resources: Dict[str, Any], shared_memory: Dict[str, Any],
+                                              size_limit: Any) -> None:
+    pod = build_pod(JOB, spec(resources=resources, sharedMemory=shared_memory), 0, 0, "auto")
+    volumes, mounts = _shm(pod)
+    empty_dir = {"medium": "Memory", **({"sizeLimit": size_limit} if size_limit else {})}
+    assert volumes == [{"name": "dshm", "emptyDir": empty_dir}]
+    assert mounts == [{"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def test_a_dev_shm_of_the_users_own_wins() -> None:
+    # Their volume named dshm (mounted anywhere): theirs, once; two volumes of one name are refused.
+    theirs = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    pod = build_pod(JOB, spec(template={"volumes": [theirs],
+                                        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}), 0, 0, "auto")
+    assert _shm(pod) == ([theirs], [{"name": "dshm", "mountPath": "/dev/shm"}])
+    # Another volume mounted at /dev/shm: ours is left out (two mounts at one path are refused).
+    scratch = {"name": "scratch", "emptyDir": {}}
+    pod = build_pod(JOB, spec(template={"volumes": [scratch],
+                                        "volumeMounts": [{"name": "scratch", "mountPath": "/dev/shm/"}]}),
+                    0, 0, "auto")
+    assert _shm(pod) == ([scratch], [{"name": "scratch", "mountPath": "/dev/shm/"}])
+    names = [v["name"] for v in pod["spec"]["volumes"]]
+    assert len(names) == len(set(names))

@@ -104,7 +104,13 @@ def test_defaults_enums_and_rules_come_from_models() -> None:
     assert props["cleanPodPolicy"]["enum"] == ["None", "Running", "All"]
     assert props["failurePolicy"]["properties"]["maxRestarts"]["default"] == 3
     assert props["trainer"]["properties"]["precision"]["x-kubernetes-int-or-string"] is True
-    assert "bf16-mixed" in props["trainer"]["properties"]["precision"]["enum"]
+    precision = props["trainer"]["properties"]["precision"]
+    # A rule, not an enum: the API server's message lists each precision once (16 and "16" are one).
+    assert "enum" not in precision
+    (rule,) = precision["x-kubernetes-validations"]
+    listed = rule["message"].removeprefix("must be one of ").split(", ")
+    assert listed == api.PRECISION_NAMES and len(set(listed)) == len(listed) and "bf16-mixed" in listed
+    assert props["sharedMemory"]["default"] == {}
     rules = {r.get("fieldPath"): r for r in spec["x-kubernetes-validations"]}
     for field in api.TrainingJobSpec.model_fields.values():
         alias = field.alias
