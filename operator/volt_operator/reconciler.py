@@ -73,6 +73,8 @@ class Reconciler:
         self.client = client
         # None: no NetworkPolicy per job; a list: create one, metrics ports open to these peers.
         self.network_policy_peers = network_policy_peers
+        # (namespace, name) -> uid of the jobs whose NetworkPolicy this process knows exists.
+        self._network_policies: Dict[Tuple[str, str], str] = {}
         self.clock = clock
         self.stuck_pod_margin = stuck_pod_margin
         # With leader election only the Lease holder acts; the others wait.
@@ -90,6 +92,7 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
         self.poll_limiter.forget((namespace, name))
+        self._network_policies.pop((namespace, name), None)
 
     def reconcile(
         self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None
@@ -259,13 +262,7 @@ class Reconciler:
             except ApiError as exc:
                 errors.append(machine.CreateError(f"creating service {ref.name}: {exc}",
                                                   exc.refused))
-            if self.network_policy_peers is not None:
-                try:
-                    self.client.create_network_policy(
-                        ns, build_network_policy(ref, spec, self.network_policy_peers))
-                except ApiError as exc:
-                    errors.append(machine.CreateError(
-                        f"creating network policy {ref.name}: {exc}", exc.refused))
+        errors += self._ensure_network_policy(ref, spec, plan)
         if plan.create_ranks:
             # The gang's size: spec.trainer.numNodes, or fewer after an elastic shrink.
             gang = spec.with_num_nodes(plan.status.num_nodes or spec.trainer.num_nodes)
@@ -277,6 +274,25 @@ class Reconciler:
                     errors.append(machine.CreateError(
                         f"creating pod {pod['metadata']['name']}: {exc}", exc.refused))
         return errors
+
+    def _ensure_network_policy(
+        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan
+    ) -> List[machine.CreateError]:
+        """Create the job's NetworkPolicy once per operator process: for a new job, and for
+        one whose Service predates the setting (the operator was upgraded or the chart's
+        networkPolicy.enabled turned on). Creating an existing policy is a no-op (409), so
+        this needs no read permission and costs one request per job after a restart."""
+        key = (ref.namespace, ref.name)
+        if (self.network_policy_peers is None or self._network_policies.get(key) == ref.uid
+                or plan.status.phase in TERMINAL_PHASES):
+            return []
+        try:
+            self.client.create_network_policy(
+                ref.namespace, build_network_policy(ref, spec, self.network_policy_peers))
+        except ApiError as exc:
+            return [machine.CreateError(f"creating network policy {ref.name}: {exc}", exc.refused)]
+        self._network_policies[key] = ref.uid
+        return []
 
     def _invalid(
         self, job: Dict[str, Any], current: TrainingJobStatus, exc: ValidationError, now: datetime

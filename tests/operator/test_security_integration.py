@@ -8,7 +8,12 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+
 from operator_process import OperatorProcess, get_json, job_status, wait_until
+from volt_operator.kube import KubeClient
+from volt_operator.reconciler import Reconciler
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -145,3 +150,58 @@ def test_the_operator_creates_the_jobs_network_policy(
         assert {p["port"] for p in metrics["ports"]} == opened and metrics["from"] == peers
     finally:
         operator.stop()
+
+
+
+def _reconciler(kube: Any, peers: Any) -> Reconciler:
+    """The operator's reconciler in this process, on the admin kubeconfig."""
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
+    return Reconciler(KubeClient(configuration), network_policy_peers=peers)
+
+
+def test_a_job_that_predates_the_network_policy_setting_gets_its_policy(
+        crd: Any, namespace: str) -> None:
+    """A job reconciled without the setting has its Service and pods but no policy; an
+    operator with the setting (a new process: the upgrade) creates the missing policy without
+    touching the gang, and another one finds it (409) and changes nothing."""
+    kube = crd
+    job = {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "older"},
+           "spec": {"image": "volt-trainer:test", "command": ["python", "-c", "import time; time.sleep(3600)"],
+                    "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1},
+                    "terminationGracePeriodSeconds": 5}}
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+    def pods() -> List[Dict[str, Any]]:
+        return get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=older")["items"]
+
+    def policies() -> List[Dict[str, Any]]:
+        return get_json(kube, "-n", namespace, "networkpolicies")["items"]
+
+    def created_failed() -> List[Dict[str, Any]]:
+        conds = job_status(kube, namespace, "older").get("conditions") or []
+        return [c for c in conds if c["type"] == "Created" and c["status"] == "False"]
+
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+    _reconciler(kube, None).reconcile(namespace, "older")  # the setting off
+    gang = pods()
+    assert len(gang) == 2
+    get_json(kube, "-n", namespace, "service", "older")
+    assert policies() == []
+
+    upgraded = _reconciler(kube, peers)
+    upgraded.reconcile(namespace, "older")
+    [policy] = policies()
+    job_uid = get_json(kube, "-n", namespace, "tj", "older")["metadata"]["uid"]
+    assert policy["metadata"]["name"] == "older"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == job_uid
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= gang[0]["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"][1]["from"] == peers
+    assert {p["metadata"]["uid"] for p in pods()} == {p["metadata"]["uid"] for p in gang}
+    assert not created_failed()
+
+    # Idempotent: the same process does not ask again; a new one gets 409 and reports nothing.
+    upgraded.reconcile(namespace, "older")
+    _reconciler(kube, peers).reconcile(namespace, "older")
+    assert [p["metadata"]["resourceVersion"] for p in policies()] == [policy["metadata"]["resourceVersion"]]
+    assert not created_failed()
