@@ -59,6 +59,11 @@ RUNTIMES = ("agent", "kubelet")
 # set aside for network testing; pods use 198.18.0.0/16 (the node agent), services this.
 SERVICE_CIDR = "198.19.0.0/16"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
+# With real nodes the API server listens on the `kubernetes` Service's own address
+# and port, so in-cluster clients reach it without kube-proxy (kubelet_nodes.API_LABEL).
+KUBERNETES_SERVICE_PORT = 443
+# How long a node's heartbeat may be missing before the node is NotReady (upstream: 50 s).
+NODE_MONITOR_GRACE_PERIOD = "20s"
 CLUSTER_DNS_IP = "198.19.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -350,6 +355,8 @@ class LocalCluster:
 
     def _start_all(self, binaries: Mapping[str, Path]) -> None:
         self._prepare_files()
+        if self._serves_pods():
+            self._plan_real_nodes()  # the host address the API server binds comes first
         self._start_etcd(binaries["etcd"])
         self._start_apiserver(binaries["kube-apiserver"])
         self._start_controllers(binaries["kube-controller-manager"], binaries["kube-scheduler"])
@@ -432,6 +439,58 @@ class LocalCluster:
             payload = resp.read()
         return json.loads(payload) if payload else {}
 
+    def watch(self, path: str, until: Callable[[dict[str, dict[str, Any]]], Any], timeout: float,
+              what: str) -> Any:
+        """Watch the list at `path` until `until(objects)` returns something truthy; that value.
+
+        `path` is a list URL (`/api/v1/namespaces/ns/pods?labelSelector=...`), `objects` its
+        current objects by name. `until` runs on the list and then on every change the API
+        server sends: no polling, no change missed. An expired watch is resumed from its
+        resourceVersion; one too old (410) or a dropped connection lists again.
+        ClusterError after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        separator = "&" if "?" in path else "?"
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+            return remaining
+
+        while True:
+            listing = wait_for(lambda: self.request("GET", path, timeout=30), left(), f"a list of {path}")
+            objects = {o["metadata"]["name"]: o for o in listing.get("items") or []}
+            version = listing["metadata"]["resourceVersion"]
+            result = until(objects)
+            while not result and version:
+                url = (f"{self.server}{path}{separator}watch=1&allowWatchBookmarks=true"
+                       f"&resourceVersion={version}&timeoutSeconds={max(1, int(left()))}")
+                request = urllib.request.Request(url, headers={"Accept": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, context=self._admin_ssl(), timeout=left() + 30) as resp:
+                        for line in resp:
+                            event = json.loads(line)
+                            obj = event["object"]
+                            if event["type"] == "ERROR":  # 410 Gone: the version is too old
+                                version = ""
+                                break
+                            version = obj["metadata"]["resourceVersion"]
+                            if event["type"] == "BOOKMARK":
+                                continue
+                            if event["type"] == "DELETED":
+                                objects.pop(obj["metadata"]["name"], None)
+                            else:
+                                objects[obj["metadata"]["name"]] = obj
+                            result = until(objects)
+                            if result:
+                                break
+                except (urllib.error.URLError, OSError):  # the API server went away: list again
+                    version = ""
+            if result:
+                return result
+            left()
+
     def user_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
         """A kubeconfig with a client certificate for `user` in `groups` (RBAC applies to it)."""
         ca = CertificateAuthority(self.pki)
@@ -485,12 +544,23 @@ class LocalCluster:
         ], self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
         wait_for(lambda: self._alive_or_raise() and self._etcd_healthy(), 30, "etcd /health")
 
+    def _serves_pods(self) -> bool:
+        """Real nodes will run pods, which reach the API server on the Service address."""
+        return self.runtime == "kubelet" and self.nodes > 0
+
     def _start_apiserver(self, apiserver: Path) -> None:
-        port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        if self._serves_pods():
+            address, port = KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT
+            # The `kubernetes` Endpoints name the address pods reach, as in any cluster.
+            endpoints = "--endpoint-reconciler-type=lease"
+        else:
+            address, port = "127.0.0.1", free_port()
+            # The kubernetes Service would point at loopback, which Endpoints refuse.
+            endpoints = "--endpoint-reconciler-type=none"
+        self.server = f"https://{address}:{port}"
         pki = self.pki
         self._add(_spawn("kube-apiserver", [
-            str(apiserver), "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            str(apiserver), f"--bind-address={address}", f"--advertise-address={address}",
             f"--secure-port={port}", f"--etcd-servers={self._etcd_url}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
@@ -504,8 +574,7 @@ class LocalCluster:
             "--kubelet-preferred-address-types=InternalIP",
             # Real kubelets serve certificates from the cluster CA; the node agent's are self-signed.
             *([f"--kubelet-certificate-authority={pki / 'ca.crt'}"] if self.runtime == "kubelet" else []),
-            # The kubernetes Service would point at loopback, which Endpoints refuse.
-            "--endpoint-reconciler-type=none",
+            endpoints,
             f"--audit-policy-file={self.dir / 'audit-policy.json'}",
             f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
             "--profiling=false",
@@ -530,6 +599,10 @@ class LocalCluster:
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--controllers=*",
+            # Real nodes: a stopped kubelet makes its node NotReady after 20 s instead
+            # of 50 s (the kubelets renew their heartbeat every 3 s, kubelet_nodes.py).
+            *([f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}", "--node-monitor-period=2s"]
+              if self.runtime == "kubelet" else []),
         ], self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
         self._add(_spawn("kube-scheduler", [
             str(scheduler), f"--kubeconfig={sched_config}", "--bind-address=127.0.0.1",
@@ -579,15 +652,19 @@ class LocalCluster:
                      90, f"the node agent's '{AGENT_READY_LINE}' line in {agent.log_path}")
             wait_for(lambda: all(self._node_ready(n) for n in self.node_names), 60, "nodes to be Ready")
 
+    def _plan_real_nodes(self) -> None:
+        """The machine-wide lock, the nodes' bridges and the host addresses (see kubelet_nodes.py)."""
+        kubelet_nodes.check_prerequisites(kube_bin_dir(), coredns_binary(), pause_binary())
+        self.node_names = [f"node-{i}" for i in range(self.nodes)]
+        self.real_nodes.plan(self.node_names, CLUSTER_DNS_IP, KUBERNETES_SERVICE_IP, free_port)
+        self.real_nodes.prepare_host()
+
     def _start_real_nodes(self) -> None:
         """containerd + kubelet per node, CoreDNS and the provisioner (see kubelet_nodes.py)."""
         if self.nodes == 0:
             return
-        kubelet_nodes.check_prerequisites(kube_bin_dir(), coredns_binary(), pause_binary())
-        self.node_names = [f"node-{i}" for i in range(self.nodes)]
         nodes = self.real_nodes
-        layouts = nodes.plan(self.node_names, CLUSTER_DNS_IP, free_port)
-        nodes.prepare_host()
+        layouts = nodes.nodes
         ca = CertificateAuthority(self.pki)
         nodes.write_node_files(self.pki, self.server, CLUSTER_DOMAIN, write_kubeconfig, ca)
         for node in layouts:
@@ -611,10 +688,42 @@ class LocalCluster:
             sys.executable, "-u", "-m", "volt_operator.testing.node_agent.provisioner",
             "--kubeconfig", str(self.kubeconfig), "--root", str(self.dir / "pv"), "--owner", nodes.id,
         ], self.log_dir, env=env, tie_to_parent=self.tie_to_parent))
-        kubelet = kube_bin_dir() / "kubelet"
         for node in layouts:
-            self._add(_spawn(f"kubelet-{node.name}", kubelet_nodes.kubelet_argv(kubelet, node),
-                             self.log_dir, env=None, tie_to_parent=self.tie_to_parent))
+            self._add(self._spawn_kubelet(node, self.tie_to_parent))
+
+    def _spawn_kubelet(self, node: kubelet_nodes.NodeLayout, tie_to_parent: bool) -> Component:
+        return _spawn(f"kubelet-{node.name}", kubelet_nodes.kubelet_argv(kube_bin_dir() / "kubelet", node),
+                      self.log_dir, env=None, tie_to_parent=tie_to_parent)
+
+    def _real_node(self, name: str) -> kubelet_nodes.NodeLayout:
+        for node in self.real_nodes.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.real_nodes.nodes) or "none: the cluster has no real nodes"
+        raise ClusterError(f"no real node {name!r} (real nodes: {known})")
+
+    def stop_kubelet(self, name: str, grace: float = 10.0) -> None:
+        """Stop node `name`'s kubelet (SIGTERM) as a node failure would: its containers keep running.
+
+        Without heartbeats the node turns NotReady after the controller-manager's
+        --node-monitor-grace-period (20 s here); what then happens to its pods is the
+        cluster's business (taints, their tolerations, force deletion). No-op if stopped.
+        """
+        self._real_node(name)
+        for component in [c for c in self.components if c.name == f"kubelet-{name}"]:
+            component.stop(grace)
+            self.components.remove(component)
+        self._save_state()
+
+    def start_kubelet(self, name: str, timeout: float = 180.0) -> None:
+        """Start node `name`'s kubelet again (same flags, root dir and certificates); wait until the node is Ready."""
+        node = self._real_node(name)
+        if not any(c.name == f"kubelet-{name}" and c.alive() for c in self.components):
+            self.components = [c for c in self.components if c.name != f"kubelet-{name}"]
+            # Tie it to this process only if the rest of the cluster is (a CLI-started cluster outlives us).
+            tie = self.tie_to_parent and any(c.popen is not None for c in self.components)
+            self._add(self._spawn_kubelet(node, tie))
+        wait_for(lambda: self._alive_or_raise() and self._node_ready(name), timeout, f"node {name} to be Ready")
 
     def _start_coredns(self, ca: CertificateAuthority) -> None:
         pair = ca.issue("coredns", kubelet_nodes.COREDNS_USER)
@@ -742,7 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("up", "start (or reuse) the cluster"), ("down", "stop every process"),
                        ("status", "show processes and readiness as JSON"),
-                       ("load-image", "copy docker images into every real node's containerd")):
+                       ("load-image", "copy docker images into every real node's containerd"),
+                       ("stop-kubelet", "stop a real node's kubelet (the node turns NotReady)"),
+                       ("start-kubelet", "start a real node's kubelet again and wait until it is Ready")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--dir", type=Path, default=_default_dir(),
                          help=f"state directory (default {_default_dir()})")
@@ -751,6 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd.add_argument("--runtime", choices=RUNTIMES, default="agent",
                              help="agent: the node agent runs pods as local processes (default); "
                                   "kubelet: real kubelet + containerd nodes running the images")
+        if name in ("stop-kubelet", "start-kubelet"):
+            cmd.add_argument("node", help="the node's name, e.g. node-1")
         if name == "load-image":
             cmd.add_argument("images", nargs="+", help="docker image references, e.g. volt-trainer:0.1.0")
         if name == "down":
@@ -769,6 +882,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for image in args.images:
                 done = cluster.load_image(image, docker=os.environ.get("DOCKER", docker))
                 print(f"{image}: imported into {', '.join(done) or 'no node (all up to date)'}")
+        elif args.command == "stop-kubelet":
+            LocalCluster(args.dir).stop_kubelet(args.node)
+            print(f"kubelet of {args.node} stopped (its containers keep running)")
+        elif args.command == "start-kubelet":
+            LocalCluster(args.dir, tie_to_parent=False).start_kubelet(args.node)
+            print(f"{args.node} is Ready")
         elif args.command == "down":
             LocalCluster(args.dir).down(purge=args.purge)
             print(f"cluster in {args.dir} stopped")

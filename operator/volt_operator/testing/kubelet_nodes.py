@@ -14,7 +14,10 @@
 
 Shared by the nodes: CoreDNS (built by `make cluster`) on the host, listening
 on the cluster DNS address (added to the host's loopback interface) and serving
-`cluster.local` from the API; and the hostPath volume provisioner.
+`cluster.local` from the API; the API server's in-cluster address (the
+`kubernetes` Service's ClusterIP, also on the loopback interface, where the API
+server listens on port 443), so that pods reach the API as in any cluster; and
+the hostPath volume provisioner.
 
 Everything this module changes on the host is listed in `<dir>/nodes/host.json`
 before it is changed, so `teardown()` undoes it from any process, even after
@@ -57,6 +60,10 @@ PAUSE_IMAGE = "volt.local/pause:1"
 # loopback interface (labelled, so it is recognisable) where CoreDNS listens:
 # pods reach it through their gateway. There is no kube-proxy to route a ClusterIP.
 DNS_LABEL = "lo:volt-dns"
+# The API server listens on the `kubernetes` Service's ClusterIP and port (443) too,
+# on the loopback interface: in-cluster clients (KUBERNETES_SERVICE_HOST/PORT,
+# which the kubelet sets from that Service) reach it through their gateway.
+API_LABEL = "lo:volt-api"
 # kubelet's iptables chains (it makes them on start and never removes them).
 KUBELET_CHAINS = {"filter": ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY"],
                   "mangle": ["KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"],
@@ -218,6 +225,9 @@ def kubelet_config(node: NodeLayout, pki: Path, dns_ip: str, cluster_domain: str
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False, "maxPods": 110,
         "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
+        # The node's heartbeat: its Lease is renewed every quarter of this (3 s), well
+        # inside the controller-manager's shortened --node-monitor-grace-period (20 s).
+        "nodeLeaseDurationSeconds": 12,
         "syncFrequency": "10s", "fileCheckFrequency": "20s",
         "shutdownGracePeriod": "0s", "rotateCertificates": False, "serverTLSBootstrap": False,
         # The KUBE-IPTABLES-HINT chain is a hint for kube-proxy, which this cluster does not run.
@@ -471,6 +481,7 @@ class RealNodes:
         self.state_path = self.dir / "host.json"
         self.nodes: list[NodeLayout] = []
         self.dns_ip = ""
+        self.api_ip = ""
         self._load()
 
     # -- state --
@@ -480,6 +491,7 @@ class RealNodes:
         state.update(extra)
         state["nodes"] = [asdict(n) for n in self.nodes]
         state["dns_ip"] = self.dns_ip
+        state["api_ip"] = self.api_ip
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path.write_text(json.dumps(state, indent=2) + "\n")
 
@@ -493,11 +505,15 @@ class RealNodes:
         state = self._state()
         self.nodes = [NodeLayout(**n) for n in state.get("nodes", [])]
         self.dns_ip = state.get("dns_ip", "")
+        self.api_ip = state.get("api_ip", "")
 
     # -- setup --
 
-    def plan(self, names: Sequence[str], dns_ip: str, free_port: Any) -> list[NodeLayout]:
-        """Take the machine-wide lock, pick a free /24 per node and create its bridge."""
+    def plan(self, names: Sequence[str], dns_ip: str, api_ip: str, free_port: Any) -> list[NodeLayout]:
+        """Take the machine-wide lock, pick a free /24 per node and create its bridge.
+
+        `api_ip` is the address the API server will listen on for pods (see `prepare_host`).
+        """
         try:
             owner = json.loads(OWNER_FILE.read_text()).get("dir", "")
         except (OSError, ValueError):
@@ -509,9 +525,9 @@ class RealNodes:
         OWNER_FILE.write_text(json.dumps({"dir": str(self.cluster_dir)}) + "\n")
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.dns_ip = dns_ip
+        self.dns_ip, self.api_ip = dns_ip, api_ip
         forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-        self._save({"ip_forward": forward, "dns_address": f"{dns_ip}/32"})
+        self._save({"ip_forward": forward, "dns_address": f"{dns_ip}/32", "api_address": f"{api_ip}/32"})
         SUBNET_LOCK.parent.mkdir(parents=True, exist_ok=True)
         with open(SUBNET_LOCK, "w") as subnet_lock:
             # Node agents pick their /24 under the same lock from the same addresses.
@@ -534,9 +550,13 @@ class RealNodes:
         return self.nodes
 
     def prepare_host(self) -> None:
-        """ip_forward, the DNS address, FORWARD rules for the bridges, cgroup roots."""
+        """ip_forward, the DNS and API addresses, FORWARD rules for the bridges, cgroup roots.
+
+        Called before the API server starts: it binds the API address.
+        """
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         run("ip", "addr", "replace", f"{self.dns_ip}/32", "dev", "lo", "label", DNS_LABEL)
+        run("ip", "addr", "replace", f"{self.api_ip}/32", "dev", "lo", "label", API_LABEL)
         for node in self.nodes:
             # Docker may set the FORWARD policy to DROP: let pod traffic between the bridges through.
             for rule in (["-i", node.bridge], ["-o", node.bridge]):
@@ -662,8 +682,9 @@ class RealNodes:
             os.rmdir(f"{NODES_ROOT}/{self.id}")
         except OSError:
             pass
-        if state.get("dns_address"):
-            run("ip", "addr", "del", state["dns_address"], "dev", "lo", check=False)
+        for address in ("dns_address", "api_address"):
+            if state.get(address):
+                run("ip", "addr", "del", state[address], "dev", "lo", check=False)
         if self.nodes:
             remove_kubelet_chains()
         if "ip_forward" in state:
