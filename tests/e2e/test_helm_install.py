@@ -134,12 +134,16 @@ def test_chart_installs_and_its_service_account_runs_a_job(
         kube.kubectl("get", kind, "-n", ns, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
     manifest = list(yaml.safe_load_all(run_helm(helm, "get", "manifest", RELEASE, "-n", release_namespace,
                                                 env=env).stdout))
-    role = next(d for d in manifest if d and d["kind"] == "Role")
+    roles = [d for d in manifest if d and d["kind"] == "Role"]
+    role = next(r for r in roles if r["metadata"]["namespace"] == namespace)
+    lease_role = next(r for r in roles if r["metadata"]["namespace"] == release_namespace)
     # The operator runs here with the arguments the chart gives its pod that matter to RBAC.
     rendered_args = next(d for d in manifest if d and d["kind"] == "Deployment")[
         "spec"]["template"]["spec"]["containers"][0]["args"]
     policy_args = [a for a in rendered_args if a.startswith("--network-policy-peers=")]
     assert policy_args, "networkPolicy.enabled is the chart's default"
+    leader_args = [a for a in rendered_args if a.startswith("--leader-elect")]
+    assert "--leader-elect" in leader_args, "leaderElection.enabled is the chart's default"
     sa_name = next(d for d in manifest if d and d["kind"] == "ServiceAccount")["metadata"]["name"]
     user = f"system:serviceaccount:{release_namespace}:{sa_name}"
 
@@ -159,7 +163,7 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     log_path = tmp_path / "operator.log"
     with log_path.open("w") as log:
         operator = subprocess.Popen(
-            [sys.executable, "-m", "volt_operator", "--standalone", f"--namespace={namespace}",
+            [sys.executable, "-m", "volt_operator", f"--namespace={namespace}", *leader_args,
              f"--liveness=http://127.0.0.1:{health}/healthz", f"--metrics-port={metrics}", *policy_args],
             env={**os.environ, "KUBECONFIG": str(op_kubeconfig)}, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -210,7 +214,8 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     time.sleep(1)  # the audit backend writes batches; let the last one land
     used, refused = used_by(kube.audit_log, user)
     assert not refused, f"the chart's RBAC refused the operator: {refused}"
-    rules = granted(role["rules"])
+    # The Lease role's rules: get/update name one Lease; the audit log records the name.
+    rules = granted(role["rules"]) | granted(lease_role["rules"])
     assert used <= rules
     unused = rules - used
     assert not unused, f"the chart grants permissions the operator never used: {sorted(unused)}"
@@ -241,8 +246,8 @@ def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, na
                         "--set", "metrics.grafanaDashboard.enabled=true").stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-                     "Deployment", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"]
+                     "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     out = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered).stdout
     assert out.count("(server dry run)") == len(kinds), out
 
