@@ -231,6 +231,10 @@ def test_chart_installs_and_its_service_account_runs_a_job(
     extra = {name: verbs - expected.get(name, set()) for name, verbs in allowed.items()
              if not name.startswith("selfsubject")}
     assert not any(extra.values()), f"auth can-i --list allows more than the chart's rules:\n{can_i}"
+    # In the release namespace: the one Lease, and nothing of the jobs'.
+    can_i = kube.kubectl("auth", "can-i", "--list", "-n", release_namespace, kubeconfig=op_kubeconfig).stdout
+    allowed = {name: verbs for name, verbs in can_i_list(can_i).items() if not name.startswith("selfsubject")}
+    assert allowed == {"leases.coordination.k8s.io": {"create", "get", "update"}}, can_i
 
     run_helm(helm, "uninstall", RELEASE, "-n", release_namespace, "--wait", env=env, timeout=180)
     answer = kube.kubectl("auth", "can-i", "list", "trainingjobs.volt.dev", "-n", namespace,
