@@ -305,6 +305,17 @@ def user_facing_texts(repo: Path) -> Iterator[Tuple[str, str]]:
             yield str(path.relative_to(repo)), path.read_text()
 
 
+def missing_doc_paths(repo: Path) -> List[str]:
+    """`docs/<page>.md` named in plain text (README, docs, CRD, chart) that does not exist."""
+    problems = []
+    for name, text in user_facing_texts(repo):
+        for number, line in enumerate(text.splitlines(), 1):
+            for path in re.findall(r"(?<![\w./-])docs/[\w./-]*?\.md\b", line):
+                if not (repo / path).is_file():
+                    problems.append(f"{name}:{number}: {path} does not exist")
+    return problems
+
+
 def internal_words(repo: Path) -> List[str]:
     problems = []
     for name, text in user_facing_texts(repo):
@@ -343,20 +354,24 @@ def test_every_volt_and_volt_run_flag_exists() -> None:
     assert unknown_command_flags(REPO, build_volt_parser(), build_volt_run_parser()) == []
 
 
+def test_every_docs_path_named_in_text_exists() -> None:
+    assert missing_doc_paths(REPO) == []
+
+
 def test_no_internal_words() -> None:
     assert internal_words(REPO) == []
 
 
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     """Each check reports a planted fault: a broken link and anchor, an orphan page, a missing make
-    target, an unknown subcommand and flags, an internal word."""
+    target, an unknown subcommand and flags, an internal word, a named page that does not exist."""
     (tmp_path / "docs" / "how-to").mkdir(parents=True)
     (tmp_path / "Makefile").write_text(".PHONY: demo\ndemo: setup\n\t@true\nsetup:\n\t@true\n")
     (tmp_path / "README.md").write_text("See [the docs](docs/index.md) and `make demo`.\n")
     (tmp_path / "docs" / "index.md").write_text(
         "# Index\n\n[Ok](how-to/a.md#two-words) [Gone](missing.md) [Bad anchor](how-to/a.md#nope)\n\n"
         "```\nmake demo && make deploy\nvolt logs job --rank 1 --colour\nvolt-run --nproc-per-node 2 python x.py --lr 1\n"
-        "volt-run --nodes 2 python x.py\nvolt frobnicate job\n```\n\nThe seed's names.\n")
+        "volt-run --nodes 2 python x.py\nvolt frobnicate job\n```\n\nThe seed's names, see docs/gone.md.\n")
     (tmp_path / "docs" / "how-to" / "a.md").write_text("# Two `words`\n\nBack to [index](../index.md).\n")
     (tmp_path / "docs" / "orphan.md").write_text("# Nobody links here\n")
 
@@ -371,3 +386,4 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
         "unknown flag --colour", "unknown flag --nodes", "unknown subcommand frobnicate",
     ]
     assert [p.split(": ")[0] for p in internal_words(tmp_path)] == ["docs/index.md:13"]
+    assert missing_doc_paths(tmp_path) == ["docs/index.md:13: docs/gone.md does not exist"]
