@@ -71,11 +71,45 @@ def test_ddp_mid_epoch_checkpoint_at_4_resumes_at_2_finishing_the_epoch_with_eve
     assert "batch 4 -> 8 per process" in log and "done: world=2 epoch=1" in log, log  # 8 + 7 batches of 15
     assert "accumulate=2" in log, log  # the global batch kept
     assert _seen(tmp_path / "w4", 0, 4) + _seen(tmp_path / "w2", 0, 2) == Counter(range(SAMPLES))
-    # at 3 processes the 128 samples done are not a whole number of batches (24 samples): refused, sizes named
-    refused = _run(tmp_path, "w3", 3, tmp_path / "w3", "ddp", "--ckpt-dir", str(tmp_path / "ckpt3"), "--ckpt-path", "last",
-                   wait=False)
-    assert wait_all([refused], 280) != [0]
-    assert "written by 4 process(es) but this run has 3" in (tmp_path / "w3.log").read_text(), logs(tmp_path)
+    # at 3 processes the 128 samples done are not a whole number of batches (24 samples): the other 112 are
+    # re-dealt, padded to 114 with 2 copies of samples done before (as DistributedSampler pads)
+    log = _run(tmp_path, "w3", 3, tmp_path / "w3", "ddp", "--ckpt-dir", str(tmp_path / "ckpt3"), "--ckpt-path", "last")
+    assert "128 of its 240 samples are done; the other 112 are re-dealt to the 3 processes (2 padding copies)" in log, log
+    _assert_redealt(_seen(tmp_path / "w4", 0, 4), _seen(tmp_path / "w3", 0, 3), SAMPLES, 3, drop_last=False)
+
+
+def _assert_redealt(before, after, samples, world, drop_last, batch_size=8):
+    """The epoch's samples across a resize: none twice but the padding, none skipped but drop_last's."""
+    consumed = sum(before.values())
+    assert max(before.values()) == 1 and sum(before.values()) < samples, before  # stopped mid-epoch, no padding yet
+    seen = before + after
+    if drop_last:  # each rank's incomplete last batch of the re-dealt rest is dropped: fewer than world x batch
+        assert max(seen.values()) == 1, seen
+        share = -(-(samples - consumed) // world)
+        assert sum(after.values()) == world * (share // batch_size) * batch_size, (after, share)
+    else:  # every sample, and fewer than `world` padding copies of samples done before the resize
+        padding = -(samples - consumed) % world
+        assert set(seen) == set(range(samples)), sorted(set(range(samples)) - set(seen))
+        assert sum(seen.values()) == samples + padding, seen
+        assert all(index in before for index, count in seen.items() if count > 1), seen
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("samples, batch_size, drop_last, steps", [
+    (10, 1, False, 2),  # 8 done of 10, padded: 3 at 4 processes; the other 2 + 1 padding copy, 1 batch each at 3
+    (11, 2, False, 1),  # 8 done of 11: the other 3 dealt one each at 3 processes, no padding
+    (22, 2, True, 1),  # 8 done of 22: 14 + 1 padding, 5 each at 3 processes, the incomplete 5th dropped
+])
+def test_ddp_mid_epoch_checkpoint_at_4_resumes_at_3_when_the_rest_does_not_divide(tmp_path, samples, batch_size,
+                                                                                    drop_last, steps):
+    ckpt = tmp_path / "ckpt"
+    data = ["--samples", str(samples), "--batch-size", str(batch_size)] + (["--drop-last"] if drop_last else [])
+    first = _run(tmp_path, "w4", 4, tmp_path / "w4", "ddp", "--ckpt-dir", str(ckpt), "--max-steps", str(steps),
+                 "--every-n-steps", str(steps), *data)
+    assert f"done: world=4 epoch=0 step={steps}" in first, first
+    log = _run(tmp_path, "w3", 3, tmp_path / "w3", "ddp", "--ckpt-dir", str(ckpt), "--ckpt-path", "last", *data)
+    assert "re-dealt to the 3 processes" in log and "done: world=3 epoch=1" in log, log
+    _assert_redealt(_seen(tmp_path / "w4", 0, 4), _seen(tmp_path / "w3", 0, 3), samples, 3, drop_last, batch_size)
 
 
 @pytest.mark.timeout(600)

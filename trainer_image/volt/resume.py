@@ -197,7 +197,8 @@ def load_resume_state(trainer: Any, checkpoint: Dict[str, Any]) -> None:
         return
     saved, now = int(state["world_size"]), int(trainer.world_size)
     if saved != now:
-        resume_at_world_size(trainer, checkpoint, saved, now)  # raises where the data cannot be re-dealt
+        # raises where the data cannot be re-dealt; a Redeal is applied by the fit loop to the resumed epoch
+        trainer.run_state.redeal = resume_at_world_size(trainer, checkpoint, saved, now)
     rng = state["rng"]
     if saved != now and len(rng) <= trainer.global_rank:
         rng = rng[:1]  # a rank the checkpoint did not have replays rank 0's loader seed and random stream

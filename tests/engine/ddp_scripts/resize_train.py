@@ -1,7 +1,7 @@
 """Train the synthetic model, recording every sample index each rank trains on, per epoch.
 
 Usage (under volt-run): resize_train.py OUT_DIR STRATEGY [--max-epochs N] [--max-steps S] [--ckpt-dir D] [--ckpt-path P]
-    [--sharded] [--block-commit-at-step S]
+    [--sharded] [--block-commit-at-step S] [--samples N] [--batch-size B] [--drop-last] [--every-n-steps K]
 STRATEGY: ddp | fsdp. --sharded: DDP writes sharded checkpoints (ShardedCheckpointIO(async_save=True)).
 --block-commit-at-step S: the async save of step S writes its shards, then never commits (rank 0
 touches OUT_DIR/blocked first), so a test can kill the job inside an async save.
@@ -30,6 +30,10 @@ parser.add_argument("--ckpt-dir", required=True)
 parser.add_argument("--ckpt-path", default=None)
 parser.add_argument("--sharded", action="store_true")
 parser.add_argument("--block-commit-at-step", type=int, default=None)
+parser.add_argument("--samples", type=int, default=240)
+parser.add_argument("--batch-size", type=int, default=8)
+parser.add_argument("--drop-last", action="store_true")
+parser.add_argument("--every-n-steps", type=int, default=4, help="checkpoint every K optimizer steps")
 args = parser.parse_args()
 out = Path(args.out)
 
@@ -66,13 +70,14 @@ class Recording(RegressionModel):
 
 seed_everything(0)
 model = Recording(16, 32, 0.05)
-loader = DataLoader(SyntheticRegression(240, 16, 0), batch_size=8, shuffle=True)
+loader = DataLoader(SyntheticRegression(args.samples, 16, 0), batch_size=args.batch_size, shuffle=True,
+                    drop_last=args.drop_last)
 cluster = cluster_environment(os.environ)
 plugins = [ShardedCheckpointIO(async_save=True)] if args.sharded else []
 trainer = Trainer(
     accelerator="cpu", devices=cluster.local_world_size, num_nodes=cluster.num_nodes, strategy=args.strategy,
     max_epochs=args.max_epochs, max_steps=args.max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-    callbacks=[ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_train_steps=4)], plugins=plugins,
+    callbacks=[ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_train_steps=args.every_n_steps)], plugins=plugins,
     num_sanity_val_steps=0,
 )
 trainer.fit(model, loader, ckpt_path=args.ckpt_path)

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader
 from volt.module import LightningModule
 from volt.precision import _TRUE_DTYPES, Precision
 from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_iterator
+from volt.resize import redealt_epoch
 from volt.trainer import checkpoint_connector
 from volt.trainer.data import INF, iterate, set_sampler_epoch
 from volt.strategies.single import SingleDeviceStrategy
@@ -363,6 +364,9 @@ def _run_train_epoch(trainer: "Trainer") -> None:
         _load_train_dataloader(trainer)
     loader = trainer.train_dataloader
     set_sampler_epoch(loader, epoch)
+    redeal, trainer.run_state.redeal = trainer.run_state.redeal, None
+    if redeal is not None and redeal.epoch == epoch:  # resumed mid-epoch at another world size
+        loader, progress.batch_idx = redealt_epoch(loader, redeal)
     trainer._logger_connector.reset_train_epoch()
     trainer._logger_connector.active = trainer._logger_connector.train_results
     outputs: List[Any] = []

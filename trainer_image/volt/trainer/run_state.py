@@ -49,7 +49,7 @@ class RunState:
 
     __slots__ = ("hot", "silent", "step_takes_optimizer_idx", "step_takes_hiddens", "legacy_optimizer_step",
                  "collect_train_outputs", "train_outputs_needed", "train_loader_loaded", "val_check_batch",
-                 "direct_training_step", "auto_stepping", "profiling", "transfer_hooks", "val_loaded_epoch")
+                 "direct_training_step", "auto_stepping", "profiling", "transfer_hooks", "val_loaded_epoch", "redeal")
 
     def __init__(self) -> None:
         self.hot: Optional[HotPath] = None  # set before the first training batch
@@ -73,3 +73,5 @@ class RunState:
         # The module's and datamodule's batch-transfer hooks ([] when none is overridden); None: not looked up yet.
         self.transfer_hooks: Optional[List[Any]] = None
         self.val_loaded_epoch = 0  # the epoch whose validation loaders are loaded (reload_dataloaders_every_n_epochs)
+        # A mid-epoch checkpoint of another world size whose rest of the epoch is re-dealt (volt.resize.Redeal).
+        self.redeal: Optional[Any] = None
