@@ -76,13 +76,17 @@ def test_trainingjob_policy_binds_where_the_operator_watches(helm: Path) -> None
     binding, = by_kind(render(helm), "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
-    assert len(policy["spec"]["validations"]) == 4
+    assert len(policy["spec"]["validations"]) == 6  # 4 deputy limits, Secrets and ConfigMaps read access
     scoped, = by_kind(render(helm, "watchNamespace=team-a"), "ValidatingAdmissionPolicyBinding")
     assert scoped["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "team-a"}
     allowed, = by_kind(render(helm, "trainingJobPolicy.allowHostPath=true",
                               "trainingJobPolicy.allowPrivileged=true"), "ValidatingAdmissionPolicy")
-    assert len(allowed["spec"]["validations"]) == 2
+    assert len(allowed["spec"]["validations"]) == 4
+    unchecked, = by_kind(render(helm, "trainingJobPolicy.requireReadAccessToReferences=false"),
+                         "ValidatingAdmissionPolicy")
+    assert len(unchecked["spec"]["validations"]) == 4
+    assert not any("authorizer" in v["expression"] for v in unchecked["spec"]["validations"])
     off = render(helm, "trainingJobPolicy.enabled=false")
     assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 

@@ -1,9 +1,11 @@
 """The chart's deputy limits (templates/trainingjob-policy.yaml) on the real API server:
 a TrainingJob asking for another ServiceAccount, a hostPath volume, a projected token
 or a privileged container is refused at apply time naming the field, and admitted
-once the chart value allows it."""
+once the chart value allows it; one that names Secrets or ConfigMaps only from someone
+who may read them."""
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -99,3 +101,84 @@ def test_deputy_limits_refuse_by_default_and_admit_when_the_chart_allows(
     for ask, template in ASKS.items():
         out = dry_run(kube, namespace, job(f"ask-{ask.lower()}", template))
         assert out.returncode == 0, f"{ask} refused although allowed: {out.stderr}"
+
+
+# What may name a Secret or a ConfigMap: env valueFrom (spec.env and spec.template.env),
+# secret and configMap volumes, projected secret and configMap sources.
+REFERENCES: Dict[str, Dict[str, Any]] = {
+    "env secretKeyRef": {"env": [{"name": "TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": "wandb", "key": "token"}}}]},
+    "template env secretKeyRef": {"template": {"env": [{"name": "TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": "wandb", "key": "token"}}}]}},
+    "secret volume": {"template": {"volumes": [{"name": "creds", "secret": {"secretName": "wandb"}}]}},
+    "projected secret": {"template": {"volumes": [{"name": "creds", "projected": {"sources": [
+        {"secret": {"name": "wandb"}}]}}]}},
+    "env configMapKeyRef": {"env": [{"name": "MODE", "valueFrom": {
+        "configMapKeyRef": {"name": "settings", "key": "mode"}}}]},
+    "configMap volume": {"template": {"volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}},
+}
+
+
+def job_with(name: str, change: Dict[str, Any]) -> str:
+    doc = yaml.safe_load(job(name, {}))
+    doc["spec"].update(change)
+    return yaml.safe_dump(doc)
+
+
+def test_only_someone_who_may_read_them_may_name_secrets_and_configmaps(
+        crd: Any, namespace: str, install_policy: Any) -> None:
+    """A user who may create TrainingJobs but not read Secrets (ConfigMaps) cannot have the
+    operator's pods hand them over; once allowed to get them, or with the chart value off, can.
+    The operator's own writes (the spec unchanged) pass without any read permission."""
+    kube = crd
+    install_policy()
+    user = f"bob-{secrets.token_hex(3)}"
+    bob = kube.user_kubeconfig(user)
+    kube.kubectl("create", "role", "submitter", "--verb=get,create,patch",
+                 "--resource=trainingjobs.volt.dev", "-n", namespace)
+    kube.kubectl("create", "rolebinding", "bob-submits", "--role=submitter", f"--user={user}",
+                 "-n", namespace)
+
+    def as_bob(manifest: str) -> Any:
+        return kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                            input=manifest, kubeconfig=bob, check=False)
+
+    wait_until("the policy refuses bob's secret volume", lambda: "Secrets" in as_bob(
+        job_with("probe", REFERENCES["secret volume"])).stderr, 60)
+    for what, change in REFERENCES.items():
+        out = as_bob(job_with("refs", change))
+        kind = "ConfigMaps" if "onfigMap" in what else "Secrets"
+        assert out.returncode != 0, f"{what} was admitted from someone who may not get {kind}"
+        assert f"names {kind}" in out.stderr and "trainingJobPolicy.requireReadAccessToReferences" in out.stderr
+        assert "spec.env" in out.stderr and "spec.template.volumes" in out.stderr, out.stderr
+        assert "wandb" not in out.stderr  # the field, not the value
+    plain = as_bob(job_with("plain", {}))  # the control: bob may create TrainingJobs
+    assert plain.returncode == 0, plain.stderr
+    # An admin (who may read them) is admitted.
+    admitted = kube.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                            input=job_with("admins", {**REFERENCES["secret volume"],
+                                                      **REFERENCES["env configMapKeyRef"]}))
+    assert admitted.returncode == 0, admitted.stderr
+    # A write that keeps the references (the operator's finalizer and annotations, a suspend)
+    # needs no read permission: they were checked at creation (and are immutable).
+    labelled = kube.kubectl("label", "trainingjob", "admins", "seen=yes", "-n", namespace,
+                            kubeconfig=bob, check=False)
+    assert labelled.returncode == 0, labelled.stderr
+    suspended = kube.kubectl("patch", "trainingjob", "admins", "-n", namespace, "--type=merge",
+                             "-p", '{"spec": {"suspend": true}}', kubeconfig=bob, check=False)
+    assert suspended.returncode == 0, suspended.stderr
+
+    kube.kubectl("create", "role", "secret-reader", "--verb=get", "--resource=secrets", "-n", namespace)
+    kube.kubectl("create", "rolebinding", "bob-reads", "--role=secret-reader", f"--user={user}", "-n", namespace)
+    wait_until("bob's new permission", lambda: as_bob(
+        job_with("probe", REFERENCES["secret volume"])).returncode == 0, 60)
+    for what, change in REFERENCES.items():
+        out = as_bob(job_with("refs", change))
+        assert (out.returncode == 0) == ("onfigMap" not in what), f"{what}: {out.stderr}"
+
+    install_policy("trainingJobPolicy.requireReadAccessToReferences=false")
+    wait_until("the chart value off", lambda: as_bob(
+        job_with("probe", REFERENCES["configMap volume"])).returncode == 0, 60)
+    for what, change in REFERENCES.items():
+        out = as_bob(job_with("refs", change))
+        assert out.returncode == 0, f"{what} refused with the check off: {out.stderr}"
