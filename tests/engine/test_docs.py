@@ -6,6 +6,8 @@
 - every `make <target>` in README.md and docs/ is a target of the Makefile;
 - every `volt <subcommand> --flag` and `volt-run --flag` in a shell code block (or an
   inline command) is accepted by the command's own argparse parser, built by the code;
+- every `volt-*` program in a shell block is a console script, every `python -m volt...`
+  module exists, and every `python scripts/....py` file;
 - no project-internal word appears in README.md, docs/, the CRD's descriptions or the chart.
 
 No cluster. Importing the parsers imports volt, and with it torch (a few seconds).
@@ -13,8 +15,10 @@ No cluster. Importing the parsers imports volt, and with it torch (a few seconds
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shlex
+import tomllib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +41,7 @@ INDEX = DOCS / "index.md"
 # occurrence is reported with its file and line.
 INTERNAL_WORDS: Dict[str, Tuple[str, ...]] = {
     "seed": (
-        r"seed_everything", r"\w_seed\b", r"_SEED\b", r"volt/seed\.py", r"`seed`", r"`\.seed`",
+        r"seed_everything", r"\w_seed\b", r"_SEED\b", r"volt/seed\.py", r"`seed`", r"`\.seed`", r"`--seed`",
         r"(base|sampler|same|fixed) seeds?\b", r"seeds? derive", r"seeded\b", r"seeds\.",
         r"the seed and the step", r"seed \d+", r"\bseed\d+", r"had it, seed\b", r"^\s*seed\)",
     ),
@@ -296,6 +300,34 @@ def unknown_command_flags(repo: Path, volt: argparse.ArgumentParser, volt_run: a
     return problems
 
 
+def console_scripts(repo: Path) -> Set[str]:
+    with open(repo / "pyproject.toml", "rb") as f:
+        return set(tomllib.load(f)["project"]["scripts"])
+
+
+def unknown_programs(repo: Path, scripts: Set[str]) -> List[str]:
+    """In shell blocks: `volt-*` programs that are not console scripts, `python -m` modules that do
+    not exist, `python <path>.py` files of the repository that do not exist."""
+    problems = []
+    for name, line, code, is_shell in code_texts(repo):
+        if not is_shell:
+            continue
+        for tokens in shell_commands(code):
+            for index, token in enumerate(tokens):
+                token = token.split("$(")[-1]
+                previous = tokens[index - 1] if index else None
+                if re.fullmatch(r"volt-[\w-]+", token) and (previous is None or previous in SHELL_SEPARATORS):
+                    if token not in scripts:
+                        problems.append(f"{name}:{line}: {token}: not a console script of pyproject.toml")
+                if previous == "-m" and index >= 2 and re.fullmatch(r"python3?", tokens[index - 2]):
+                    if re.fullmatch(r"(volt|volt_operator)(\.\w+)*", token) and importlib.util.find_spec(token) is None:
+                        problems.append(f"{name}:{line}: python -m {token}: no such module")
+                if re.fullmatch(r"python3?", previous or "") and re.fullmatch(r"(scripts|bench|tests)/[\w/.-]+\.py", token):
+                    if not (repo / token).is_file():
+                        problems.append(f"{name}:{line}: python {token}: no such file")
+    return problems
+
+
 def user_facing_texts(repo: Path) -> Iterator[Tuple[str, str]]:
     for path in doc_files(repo):
         yield str(path.relative_to(repo)), path.read_text()
@@ -354,6 +386,10 @@ def test_every_volt_and_volt_run_flag_exists() -> None:
     assert unknown_command_flags(REPO, build_volt_parser(), build_volt_run_parser()) == []
 
 
+def test_every_console_script_module_and_script_exists() -> None:
+    assert unknown_programs(REPO, console_scripts(REPO)) == []
+
+
 def test_every_docs_path_named_in_text_exists() -> None:
     assert missing_doc_paths(REPO) == []
 
@@ -364,14 +400,15 @@ def test_no_internal_words() -> None:
 
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     """Each check reports a planted fault: a broken link and anchor, an orphan page, a missing make
-    target, an unknown subcommand and flags, an internal word, a named page that does not exist."""
+    target, an unknown subcommand and flags, an unknown program, module or script, an internal word,
+    a named page that does not exist."""
     (tmp_path / "docs" / "how-to").mkdir(parents=True)
     (tmp_path / "Makefile").write_text(".PHONY: demo\ndemo: setup\n\t@true\nsetup:\n\t@true\n")
     (tmp_path / "README.md").write_text("See [the docs](docs/index.md) and `make demo`.\n")
     (tmp_path / "docs" / "index.md").write_text(
         "# Index\n\n[Ok](how-to/a.md#two-words) [Gone](missing.md) [Bad anchor](how-to/a.md#nope)\n\n"
         "```\nmake demo && make deploy\nvolt logs job --rank 1 --colour\nvolt-run --nproc-per-node 2 python x.py --lr 1\n"
-        "volt-run --nodes 2 python x.py\nvolt frobnicate job\n```\n\nThe seed's names, see docs/gone.md.\n")
+        "volt-run --nodes 2 python x.py\nvolt frobnicate job\nvolt-train x\npython -m volt.no_such_module\npython scripts/gone.py\n```\n\nThe seed's names, see docs/gone.md.\n")
     (tmp_path / "docs" / "how-to" / "a.md").write_text("# Two `words`\n\nBack to [index](../index.md).\n")
     (tmp_path / "docs" / "orphan.md").write_text("# Nobody links here\n")
 
@@ -385,5 +422,10 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     assert [p.rsplit(": ", 1)[1] for p in flags] == [
         "unknown flag --colour", "unknown flag --nodes", "unknown subcommand frobnicate",
     ]
-    assert [p.split(": ")[0] for p in internal_words(tmp_path)] == ["docs/index.md:13"]
-    assert missing_doc_paths(tmp_path) == ["docs/index.md:13: docs/gone.md does not exist"]
+    assert [p.split(": ")[0] for p in internal_words(tmp_path)] == ["docs/index.md:16"]
+    assert missing_doc_paths(tmp_path) == ["docs/index.md:16: docs/gone.md does not exist"]
+    assert [p.split(": ", 1)[1] for p in unknown_programs(tmp_path, {"volt", "volt-run"})] == [
+        "volt-train: not a console script of pyproject.toml",
+        "python -m volt.no_such_module: no such module",
+        "python scripts/gone.py: no such file",
+    ]
