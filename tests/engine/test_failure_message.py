@@ -119,7 +119,7 @@ def _stderr_of(tmp_path: Path, source: str, name: str = "train.py") -> "tuple[Pa
 
 
 @pytest.mark.timeout(60)
-def test_describe_traceback_reads_what_python_printed(tmp_path):
+def test_describe_traceback_reads_what_python_printed(tmp_path, monkeypatch):
     path, stderr = _stderr_of(tmp_path, "rows = [{'text': 'a'}]\n\nlabel = rows[0]['label']\n")
     assert termination.describe_traceback(stderr, 1) == f"KeyError: 'label' at {path}:3 in <module> (global rank 1)"
     # Raised in the standard library from user code: the user's line, and the class without its module.
@@ -141,6 +141,12 @@ def test_describe_traceback_reads_what_python_printed(tmp_path):
     path, stderr = _stderr_of(tmp_path, "import sys\nsys.exit('bad config')\n")
     assert termination.describe_traceback(stderr) == ""
     assert termination.describe_traceback("") == ""
+    # Paths are relative to the working directory, except when that is / (a container's default).
+    path, stderr = _stderr_of(tmp_path, "x = 1\n{}['label']\n")
+    monkeypatch.chdir(tmp_path)
+    assert termination.describe_traceback(stderr).endswith("at train.py:2 in <module>")
+    monkeypatch.chdir("/")
+    assert termination.describe_traceback(stderr).endswith(f"at {path}:2 in <module>")
 
 
 @pytest.mark.timeout(60)

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 IDLE = ["python", "-c", "import time; time.sleep(3600)"]
 RAISE_ON_RANK = Path(__file__).resolve().parents[1] / "engine" / "ddp_scripts" / "raise_on_rank.py"
+RAISE_AT_IMPORT = Path(__file__).resolve().parents[1] / "engine" / "ddp_scripts" / "raise_at_import.py"
 
 
 def apply(kube: Any, namespace: str, name: str, **spec: Any) -> None:
@@ -105,6 +106,26 @@ def test_the_failing_ranks_exception_stays_in_last_failure_after_the_gang_restar
     assert f"raise_on_rank.py:{line} in training_step (global rank 0)" in failure["message"], failure
     restart = next(e for e in events(kube, namespace, name) if e["reason"] == "GangRestart")
     assert "KeyError: 'label'" in restart["message"]
+
+
+def test_a_script_that_raises_outside_the_trainer_fails_with_its_line(
+        operator: OperatorProcess, namespace: str) -> None:
+    """A plain script raises KeyError('label') at module level (no Trainer, no error file):
+    the job fails with the same line, read by volt-run from the rank's traceback."""
+    kube = operator.kube
+    line = next(i for i, text in enumerate(RAISE_AT_IMPORT.read_text().splitlines(), 1)
+                if 'RECORDS[1]["label"]' in text)
+    name = f"import-error-{secrets.token_hex(3)}"
+    apply(kube, namespace, name, command=["python", str(RAISE_AT_IMPORT)],
+          trainer={"numNodes": 1, "devices": 1, "accelerator": "cpu"},
+          env=[{"name": "FAIL_RANK", "value": "0"}])
+    wait_until("Failed", lambda: job_status(kube, namespace, name).get("phase") in ("Succeeded", "Failed"), 240)
+    status = job_status(kube, namespace, name)
+    assert status["phase"] == "Failed", status
+    failure = status["lastFailure"]
+    assert failure["reason"] == "UserError" and failure["exitCode"] == 1, failure
+    assert failure["message"].endswith(
+        f"KeyError: 'label' at {RAISE_AT_IMPORT}:{line} in <module> (global rank 0)"), failure
 
 
 # Rank 0's /progress as the engine serves it, stepping twice a second towards max_steps=10000.

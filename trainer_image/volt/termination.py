@@ -114,7 +114,7 @@ def _is_user_frame(filename: str) -> bool:
 
 def _where(path: str, lineno: Any, name: Optional[str]) -> str:
     cwd = os.path.join(os.getcwd(), "")
-    if path.startswith(cwd):
+    if path.startswith(cwd) and cwd != os.sep:  # relative to the working directory, unless that is /
         path = path[len(cwd):]
     return f"{path}:{lineno} in {name}" if name else f"{path}:{lineno}"
 
