@@ -41,6 +41,8 @@ RETRYABLE = frozenset({CHECKPOINTED, PEER_LOST, RENDEZVOUS_TIMEOUT, CHECKPOINT_V
 FREE_RESTART_CODES = frozenset({CHECKPOINTED})
 # How a deletion ends a container: SIGTERM, then SIGKILL once the grace period is over.
 DELETION_SIGNAL_CODES = frozenset({128 + 15, 128 + 9})
+# Container runtimes' reasons for a container that never ran (containerd: exit 128).
+_START_FAILURES = frozenset({"StartError", "ContainerCannotRun"})
 # Reasons the engine writes first in its termination message ("<Reason>: <why>",
 # volt.termination.exit_for_error) for failures that have their own exit code.
 _OWN_FAILURE_REASONS = {
@@ -113,6 +115,8 @@ def describe_exit(code: Optional[int]) -> str:
     }
     if code in names:
         return f"exit code {code} ({names[code]})"
+    if code == 128:
+        return f"exit code {code} (the container did not start or exited 128)"
     if code >= 128:
         return f"exit code {code} (killed by signal {code - 128})"
     return f"exit code {code} (user error)"
@@ -165,6 +169,9 @@ def judge(pod: PodView, policy: FailurePolicy) -> Verdict:
         # the deletion stopped the training, not a fault of its own, like an eviction.
         how = "" if code is None else f" ({describe_exit(code)}: it did not checkpoint in its grace period)"
         return Verdict(RESTART_FREE, pod, "PodDeleted", f"{pod.name} (rank {pod.rank}) was deleted{how}")
+    if pod.reason in _START_FAILURES and pod.message:
+        # The runtime's words ("exec: \"volt-run\": executable file not found in $PATH").
+        where += ": " + pod.message.strip().splitlines()[0][:1000]
     return Verdict(RESTART, pod, "Crashed" if code else "PodFailed", where)
 
 

@@ -990,3 +990,12 @@ def test_other_403s_still_retry_without_bound() -> None:
     for _ in range(MAX_CREATE_REFUSALS * 2):
         status = after_create_errors(spec(), status, forbidden, [], NOW).status
     assert status.phase == "Pending"
+
+
+def test_a_container_that_did_not_start_says_why() -> None:
+    """Exit 128 StartError is the runtime's: the message carries its reason, not "killed by signal 0"."""
+    why = 'exec: "volt-run": executable file not found in $PATH'
+    pods = [pod(0), pod(1, phase="Failed", exit_code=128, reason="StartError", message=why)]
+    plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
+    last = plan.status.last_failure
+    assert last is not None and why in last.message and "signal 0" not in last.message, last
