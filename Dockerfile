@@ -23,17 +23,17 @@ ENV VIRTUAL_ENV=/opt/volt \
 RUN python3 -m venv /opt/volt \
  && useradd --system --uid 65532 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin volt
 
-# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
-# The operator needs the project's dependencies and its `operator` extra but not
-# torch (the engine's), so the list is read from pyproject.toml minus torch.
-COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join([d for d in p['dependencies'] if not d.startswith('torch')] + p['optional-dependencies']['operator']))" \
-        > /src/operator-requirements.txt \
- && if [ -n "$PIP_EXTRA_CA" ]; then \
+# Dependencies first, in their own layer: rebuilt only when the lock changes. The
+# operator needs the project's dependencies and its `operator` extra but not torch;
+# requirements/operator.lock pins all of them, dependencies included, each with the
+# SHA-256 of its files (`make lock` writes it from pyproject.toml; docs/packaging.md).
+# --require-hashes: a file whose hash is not in the lock, or a package the lock does
+# not pin, fails the build.
+COPY requirements/operator.lock /src/operator.lock
+RUN if [ -n "$PIP_EXTRA_CA" ]; then \
         { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$PIP_EXTRA_CA"; } > /tmp/pip-ca.pem; \
         export PIP_CERT=/tmp/pip-ca.pem; fi \
- && pip install -r /src/operator-requirements.txt \
+ && pip install --require-hashes -r /src/operator.lock \
  && rm -rf /tmp/pip-ca.pem /src
 
 # The operator package only: it never imports the engine. Bytecode is compiled

@@ -18,7 +18,7 @@ export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker node-runtime images test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime images lock test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -83,6 +83,22 @@ images: setup docker
 	  version=$$($(PY) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])"); \
 	  DOCKER_HOST=$$(bash scripts/docker-daemon.sh ensure) $(PY) -m volt_operator.testing.cluster load-image \
 	    --dir "$(CLUSTER_DIR)" "volt-operator:$$version" "volt-trainer:$$version"; fi
+
+# The images' hashed lock files (requirements/*.lock, installed with pip install
+# --require-hashes) from pyproject.toml, with pip-tools from its own environment.
+# LOCK_ARGS=--upgrade takes the newest versions; without it, pins that still satisfy
+# pyproject.toml are kept. docs/packaging.md, "What is pinned".
+PIP_TOOLS_VERSION ?= 7.6.2
+PIP_TOOLS_VENV := $(VOLT_CACHE)/venv-pip-tools-$(PIP_TOOLS_VERSION)
+LOCK_ARGS ?=
+
+$(PIP_TOOLS_VENV)/.ok:
+	python3 -m venv $(PIP_TOOLS_VENV)
+	$(PIP_TOOLS_VENV)/bin/python -m pip install -q 'pip-tools==$(PIP_TOOLS_VERSION)'
+	touch $@
+
+lock: $(PIP_TOOLS_VENV)/.ok
+	VOLT_PIP_COMPILE=$(PIP_TOOLS_VENV)/bin/pip-compile bash scripts/lock-image-requirements.sh $(LOCK_ARGS)
 
 # Debian's containerd, runc and CNI plugins (bridge, host-local, loopback) for the
 # local cluster's real nodes (docs/local-cluster.md); installed once, idempotent.

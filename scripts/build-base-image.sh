@@ -7,6 +7,11 @@
 #
 # The root filesystem tarball is cached in $VOLT_CACHE/docker-base, keyed by the
 # suite and package list; an image that already carries the same key is reused.
+#
+# What it holds is checked against requirements/base-image.packages (every Debian
+# package and its version, docs/packaging.md): a difference is printed, and fails
+# the build with VOLT_BASE_PACKAGES=check. VOLT_BASE_PACKAGES=record writes the
+# file from this build instead (after reviewing what changed).
 set -euo pipefail
 
 SUITE="${VOLT_BASE_SUITE:-bookworm}"
@@ -18,9 +23,40 @@ docker_cli="${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}"
 
 key="$(printf '%s|%s|%s|v1' "$SUITE" "$MIRROR" "$PACKAGES" | sha256sum | cut -c1-12)"
 tarball="$VOLT_CACHE/docker-base/$SUITE-$key.tar.gz"
+record="$(cd "$(dirname "$0")/.." && pwd)/requirements/base-image.packages"
+
+installed_packages() {  # installed_packages <rootfs tarball>: name=version per line, sorted (cached beside it)
+    if [[ ! -s "$1.packages" || "$1.packages" -ot "$1" ]]; then
+        tar -xzOf "$1" ./var/lib/dpkg/status | awk '
+            /^Package: /{p=$2} /^Status: /{ok=($4=="installed")} /^Version: /{v=$2}
+            /^$/{if (ok) print p"="v; ok=0} END{if (ok) print p"="v}' | LC_ALL=C sort > "$1.packages.tmp"
+        mv -f "$1.packages.tmp" "$1.packages"
+    fi
+    cat "$1.packages"
+}
+
+check_packages() {  # what the tarball holds against the committed record
+    local built; built="$(installed_packages "$tarball")"
+    case "${VOLT_BASE_PACKAGES:-warn}" in
+        record)
+            { echo "# Debian packages of the base image (debootstrap $SUITE: $PACKAGES)."
+              echo "# Written by VOLT_BASE_PACKAGES=record scripts/build-base-image.sh; docs/packaging.md."
+              echo "$built"; } > "$record"
+            echo "base image packages recorded in $record" ;;
+        check|warn)
+            local drift; drift="$(diff <(grep -v '^#' "$record" 2>/dev/null) <(echo "$built") || true)"
+            [[ -z "$drift" ]] && { echo "base image packages: as recorded in requirements/base-image.packages"; return; }
+            echo "build-base-image: the base differs from requirements/base-image.packages (< recorded, > built):" >&2
+            echo "$drift" >&2
+            [[ "${VOLT_BASE_PACKAGES:-warn}" == check ]] && exit 1
+            echo "build-base-image: continuing (VOLT_BASE_PACKAGES=check fails instead; =record updates the file)" >&2 ;;
+        *) echo "build-base-image: VOLT_BASE_PACKAGES must be warn, check or record" >&2; exit 2 ;;
+    esac
+}
 
 current="$("$docker_cli" image inspect --format '{{index .Config.Labels "dev.volt.base-key"}}' "$TAG" 2>/dev/null || true)"
 if [[ "$current" == "$key" ]]; then
+    [[ -s "$tarball" ]] && check_packages
     echo "base image $TAG: up to date (key $key)"
     exit 0
 fi
@@ -39,6 +75,7 @@ if [[ ! -s "$tarball" ]]; then
     mv -f "$tarball.tmp" "$tarball"
 fi
 
+check_packages
 echo ">> docker import $TAG"
 "$docker_cli" import \
     --change "LABEL dev.volt.base-key=$key" \
