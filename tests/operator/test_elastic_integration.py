@@ -53,6 +53,22 @@ def running_at(kube: Any, namespace: str, name: str, nodes: int, attempt: int) -
     return status if ok else None
 
 
+def wait_running_at(kube: Any, namespace: str, name: str, nodes: int, attempt: int,
+                    timeout: float) -> Dict[str, Any]:
+    """``running_at`` within ``timeout``, or a failure that shows the status, events and pods."""
+    try:
+        return wait_until(f"{name} Running at {nodes} node(s), attempt {attempt}",
+                          lambda: running_at(kube, namespace, name, nodes, attempt), timeout)
+    except AssertionError as exc:
+        seen = [(p["metadata"]["name"], p["metadata"]["labels"].get("volt.dev/attempt"),
+                 p["status"].get("phase"), p["spec"].get("nodeName"), p["status"].get("conditions"))
+                for p in pods(kube, namespace, name)]
+        events = [(e["reason"], e.get("message")) for e in get_json(
+            kube, "-n", namespace, "events", "--field-selector", f"involvedObject.name={name}")["items"]]
+        raise AssertionError(f"{exc}\nstatus: {job_status(kube, namespace, name)}\n"
+                             f"events: {events}\npods: {seen}") from None
+
+
 def condition(status: Dict[str, Any], type_: str) -> Dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
@@ -60,11 +76,11 @@ def condition(status: Dict[str, Any], type_: str) -> Dict[str, Any]:
 def test_patching_num_nodes_resizes_the_running_gang(operator: OperatorProcess, namespace: str) -> None:
     kube = operator.kube
     apply(kube, namespace, "grow")
-    wait_until("Running at 2 nodes", lambda: running_at(kube, namespace, "grow", 2, 0), 120)
+    wait_running_at(kube, namespace, "grow", 2, 0, 120)
 
     kube.kubectl("patch", "-n", namespace, "tj", "grow", "--type", "merge",
                  "-p", '{"spec":{"trainer":{"numNodes":1}}}')
-    status = wait_until("Running at 1 node", lambda: running_at(kube, namespace, "grow", 1, 1), 120)
+    status = wait_running_at(kube, namespace, "grow", 1, 1, 120)
     assert status["restarts"] == 0 and status["restartsCounted"] == 0 and status["resizes"] == 1
     assert status["requestedNumNodes"] == 1 and "lastFailure" not in status
     resized = condition(status, "Resized")
@@ -82,7 +98,7 @@ def test_patching_num_nodes_resizes_the_running_gang(operator: OperatorProcess, 
     # Back up: a new gang of 3 (the node agent has room for it).
     kube.kubectl("patch", "-n", namespace, "tj", "grow", "--type", "merge",
                  "-p", '{"spec":{"trainer":{"numNodes":3}}}')
-    status = wait_until("Running at 3 nodes", lambda: running_at(kube, namespace, "grow", 3, 2), 120)
+    status = wait_running_at(kube, namespace, "grow", 3, 2, 120)
     assert status["resizes"] == 2 and status["restarts"] == 0
     assert sorted(p["metadata"]["name"] for p in pods(kube, namespace, "grow")) == [
         "grow-node-0", "grow-node-1", "grow-node-2"]
@@ -97,7 +113,7 @@ def test_elastic_job_shrinks_when_its_second_pod_cannot_be_scheduled(operator: O
         "topologyKey": "kubernetes.io/hostname"}]}}
     apply(kube, namespace, "shrink", elastic={"minNodes": 1, "shrinkAfterSeconds": 5},
           template={"nodeSelector": {"kubernetes.io/hostname": "node-0"}, "affinity": one_per_node})
-    status = wait_until("Running at 1 node", lambda: running_at(kube, namespace, "shrink", 1, 1), 150)
+    status = wait_running_at(kube, namespace, "shrink", 1, 1, 200)
     assert status["restarts"] == 0 and status["resizes"] == 1 and status["requestedNumNodes"] == 2
     resized = condition(status, "Resized")
     assert resized["reason"] == "Unschedulable", resized
