@@ -670,15 +670,15 @@ def decide(
         if plan.delete_pods:
             plan.requeue(WAIT_POLL_SECONDS)
         return plan
-    if st.phase == "Suspended":
+    # A resumed job asks for spec.trainer.numNodes again (an elastic shrink is undone).
+    resumed = st.phase == "Suspended"
+    if resumed:
         st.attempt += 1
         _new_attempt(st)
         st.phase = "Pending"
         set_condition(st, SUSPENDED, False, "Resumed", "spec.suspend is false", now)
         set_condition(st, RUNNING, False, "PodsPending", "resuming", now)
         plan.emit("Normal", "Resumed", f"job resumed as attempt {st.attempt}")
-        # A resumed job asks for spec.trainer.numNodes again (an elastic shrink is undone).
-        st.requested_num_nodes = None
         stale, current = [p for p in pods if not p.gone], []
         _count(st, current, n)
 
@@ -739,13 +739,13 @@ def decide(
             spec, plan, pods, now, "Succeeded", "Completed",
             f"all {n} node(s) finished training (attempt {st.attempt})",
         )
-    target = target_num_nodes(spec, st)
+    target = spec.trainer.num_nodes if resumed else target_num_nodes(spec, st)
     if target != n:
-        if st.requested_num_nodes is None:
-            return _resize(spec, plan, pods, n, target, "Resumed",
-                           f"resumed at spec.trainer.numNodes={target}", now)
-        return _resize(spec, plan, pods, n, target, "NumNodesChanged",
-                       f"spec.trainer.numNodes changed to {target}", now)
+        reason, why = (
+            ("Resumed", f"resumed at spec.trainer.numNodes={target}") if resumed
+            else ("NumNodesChanged", f"spec.trainer.numNodes changed to {target}")
+        )
+        return _resize(spec, plan, pods, n, target, reason, why, now)
     st.requested_num_nodes = spec.trainer.num_nodes
 
     if stale:
