@@ -349,7 +349,9 @@ class TrainerSettings(_Model):
     )
 
     num_nodes: int = Field(
-        1, ge=1, le=MAX_NODES, description="Number of nodes (pods) in the gang."
+        1, ge=1, le=MAX_NODES,
+        description="Number of nodes (pods) in the gang. The one trainer field that may change "
+        "on a running job: a resize (the gang checkpoints and restarts at the new size).",
     )
     gpus: Optional[Union[int, str]] = Field(
         None,
