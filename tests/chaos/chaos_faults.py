@@ -143,6 +143,7 @@ class Outcome:
     recover_s: Optional[float] = None      # fault -> the gang Running again (or training again)
     final_phase: str = ""
     restarts: Optional[int] = None
+    restarts_counted: Optional[int] = None  # of them, those that spent maxRestarts
     reason: str = ""                       # lastFailure.reason, or why the fault was not injected
     wall_s: Optional[float] = None
     notes: List[str] = field(default_factory=list)
@@ -162,12 +163,13 @@ def table(outcomes: List[Outcome]) -> str:
             return f"{value:.1f}"
         return str(value)
 
-    lines = ["| fault | seed | step | hit | survived | weights equal | recover (s) | restarts | reason |",
+    lines = ["| fault | seed | step | hit | survived | weights equal | recover (s) | restarts (counted) | reason |",
              "|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
+        restarts = None if o.restarts is None else f"{o.restarts} ({cell(o.restarts_counted)})"
         lines.append("| " + " | ".join(cell(v) for v in (
             o.fault, o.seed, o.injected_at_step, o.target, o.survived, o.weights_equal, o.recover_s,
-            o.restarts, o.reason)) + " |")
+            restarts, o.reason)) + " |")
     return "\n".join(lines)
 
 

@@ -184,6 +184,7 @@ class ChaosRun:
         status = wait_terminal(self.kube, self.namespace, timeout)
         self.outcome.final_phase = status["phase"]
         self.outcome.restarts = status.get("restarts", 0)
+        self.outcome.restarts_counted = status.get("restartsCounted", 0)
         self.outcome.reason = self.outcome.reason or (status.get("lastFailure") or {}).get("reason", "")
         self.outcome.survived = status["phase"] == "Succeeded"
         failure = status.get("lastFailure") or {}
@@ -248,7 +249,9 @@ def test_sigkill_rank(run: ChaosRun, step: int) -> None:
 @pytest.mark.timeout(480)
 @at("delete_pod")
 def test_delete_pod(run: ChaosRun, step: int) -> None:
-    """A graceful delete, as a preemption or a drain does: SIGTERM, the engine checkpoints and exits 75."""
+    """A graceful delete, as a preemption or a drain does: SIGTERM, the engine checkpoints and exits 75
+    (Checkpointed), or is stopped by the deletion before it could (143/137: PodDeleted). Either way the
+    deletion is the cause: a free restart, never Crashed."""
     run.start()
     st = run.at_step()
     pod = f"{JOB}-node-{fault_rank(SEED, 'delete_pod', 2)}"
@@ -258,6 +261,8 @@ def test_delete_pod(run: ChaosRun, step: int) -> None:
     status = run.finish()
     run.assert_survived_exactly()
     assert status["lastFailure"]["pod"] == pod, status["lastFailure"]
+    assert status["lastFailure"]["reason"] in ("Checkpointed", "PodDeleted"), status["lastFailure"]
+    assert status.get("restartsCounted", 0) == 0, status
 
 
 @pytest.mark.timeout(480)
@@ -273,6 +278,7 @@ def test_force_delete_pod(run: ChaosRun, step: int) -> None:
     status = run.finish()
     run.assert_survived_exactly()
     assert status["lastFailure"]["pod"] == pod, status["lastFailure"]
+    assert status["lastFailure"]["reason"] == "PodDeleted" and status.get("restartsCounted", 0) == 0, status
 
 
 @pytest.mark.timeout(480)
@@ -330,15 +336,17 @@ def test_fill_checkpoint_volume(run: ChaosRun, step: int) -> None:
         filler = fill(volume)
         run.fault("the checkpoint volume (a 16 MiB tmpfs)")
 
-        def volume_full(s: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-            failure = s.get("lastFailure") or {}
+        def first_failure(s: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             if s.get("phase") in TERMINAL:
-                raise AssertionError(f"{JOB} ended {s['phase']} without a CheckpointVolumeFull failure: {failure}")
-            return failure if failure.get("reason") == "CheckpointVolumeFull" else None
+                raise AssertionError(f"{JOB} ended {s['phase']} without a failure: {s.get('lastFailure')}")
+            return s.get("lastFailure") or None
 
-        failure = wait_until("lastFailure CheckpointVolumeFull", lambda: volume_full(run.status()), 240, every=0.2)
-        run.outcome.reason = "CheckpointVolumeFull"
-        assert failure.get("exitCode") == 79, failure
+        # The first failure the status shows names the full volume, whichever node exited first
+        # (the nodes whose ranks only lost their peer exit 76).
+        failure = wait_until("a lastFailure", lambda: first_failure(run.status()), 240, every=0.2)
+        run.outcome.reason = failure.get("reason", "")
+        assert failure.get("reason") == "CheckpointVolumeFull", failure
+        assert failure.get("exitCode") in (79, 76), failure
         assert "full" in failure.get("message", ""), failure
         filler.unlink()  # an operator frees space
         run.gang_back(st.get("attempt", 0))
@@ -375,10 +383,10 @@ def test_hang_rank(run: ChaosRun, step: int) -> None:
     """A rank stops (SIGSTOP: a deadlock as the others see it): Stalled after stallTimeoutSeconds, a gang
     restart, success.
 
-    The timeout also bounds a restarted attempt from its pods Ready to its first step (start, rendezvous,
-    resume): 30 s was too short on a loaded 2-core machine (every attempt stalled before its first step).
+    The restarted gang's start (pods Ready to its first step: rendezvous, resume) is not a stall: its clock
+    starts at its first step. With 30 s a loaded machine used to stall every restarted attempt too.
     """
-    uid = run.start(stallTimeoutSeconds=60)
+    uid = run.start(stallTimeoutSeconds=30)
     st = run.at_step()
     rank = fault_rank(SEED, "hang_rank", WORLD_SIZE)
     pid = signal_rank(uid, rank, signal.SIGSTOP)
@@ -391,9 +399,11 @@ def test_hang_rank(run: ChaosRun, step: int) -> None:
 
     failure = wait_until("lastFailure Stalled", lambda: stalled(run.status()), 240, every=0.2)
     assert failure.get("pod", "").startswith(f"{JOB}-node-"), failure
+    # The progress data cannot say which rank hangs (all stop at the same collective): the message says so.
+    assert "not necessarily the one that hangs" in failure.get("message", ""), failure
     run.gang_back(st.get("attempt", 0))
     run.finish()
-    run.assert_survived_exactly()
+    run.assert_survived_exactly()  # before, every restarted attempt stalled too, until maxRestarts was spent
 
 
 @pytest.mark.timeout(60)
