@@ -616,7 +616,7 @@ class ModelCheckpoint(Checkpoint):
         loggers = list(getattr(trainer, "loggers", None) or [])
         if loggers:
             first = loggers[0]
-            if getattr(trainer, "_weights_save_path_given", False):
+            if getattr(getattr(trainer, "config", None), "weights_save_path_given", False):
                 save_dir = trainer.weights_save_path  # 1.x weights_save_path wins over the logger's dir
             else:
                 save_dir = first.save_dir or trainer.default_root_dir

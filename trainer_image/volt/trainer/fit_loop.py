@@ -94,13 +94,7 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
     trainer.call_hook("on_fit_start")
     _log_hyperparams(trainer)
     if checkpoint is not None:
-        # After on_fit_start, as Lightning: a callback may reshape the optimizers there
-        # (BaseFinetuning re-adds its param groups) before their saved states load.
-        checkpoint_connector.restore_training_state(trainer, checkpoint)
-        _finish_saved_epoch(trainer, checkpoint)
-        if trainer.is_global_zero:  # resume: one stable line for operators and e2e checks, logging or not
-            print(f"volt: resumed from checkpoint {trainer.ckpt_path} at epoch {trainer.current_epoch}, "
-                  f"global step {trainer.global_step}", file=sys.stderr, flush=True)
+        _restore_training(trainer, checkpoint)
 
     trainer.val_dataloaders = trainer.request_loaders("val") if _has_validation(trainer) else []
     trainer.num_val_batches = trainer.limited_batches("val", trainer.val_dataloaders)
@@ -132,6 +126,19 @@ def run_fit(trainer: "Trainer", ckpt_path: Optional[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # setup
 # --------------------------------------------------------------------------------------------
+def _restore_training(trainer: "Trainer", checkpoint: Dict[str, Any]) -> None:
+    """resume: optimizers, schedulers, loss scaler and Progress from the checkpoint.
+
+    After on_fit_start, as Lightning: a callback may reshape the optimizers there (BaseFinetuning
+    re-adds its param groups) before their saved states load.
+    """
+    checkpoint_connector.restore_training_state(trainer, checkpoint)
+    _finish_saved_epoch(trainer, checkpoint)
+    if trainer.is_global_zero:  # one stable line for operators and e2e checks, logging or not
+        print(f"volt: resumed from checkpoint {trainer.ckpt_path} at epoch {trainer.current_epoch}, "
+              f"global step {trainer.global_step}", file=sys.stderr, flush=True)
+
+
 def _setup_optimizers(trainer: "Trainer", module: LightningModule) -> None:
     run: RunState = trainer.run_state
     trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
@@ -372,23 +379,7 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     outputs: List[Any] = []
     trainer.call_hook("on_epoch_start")
     trainer.call_hook("on_train_epoch_start")
-    # resume: a mid-epoch checkpoint continues after the batches already done, with the
-    # RNG states of the original run (volt.resume), so no batch is repeated or skipped
-    skip = progress.batch_idx
-    snapshots = trainer.rng_snapshots
-    rng = snapshots.take_restored()
-    source, skipped = loader, False
-    if skip and rng is not None and rng.get("epoch_start") is not None and isinstance(loader, DataLoader):
-        log.info("resuming epoch %d after batch %d (exact: sampler order and RNG restored)", epoch, skip)
-        source, skipped = resume_epoch_iterator(loader, skip, rng["epoch_start"], rng["current"]), True
-        snapshots.epoch_start = rng["epoch_start"]
-    else:
-        if skip:
-            log.warning("resuming epoch %d after batch %d without saved RNG states: batch order may differ",
-                        epoch, skip)
-        elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
-            restore_rng_state(rng["current"])
-        snapshots.epoch_start = capture_rng_state()  # before iter(loader): it draws the shuffle seed
+    source, skip, skipped = _epoch_start(trainer, loader, epoch, progress.batch_idx)
     run_batch = _run_simple_batch if _simple_this_epoch(trainer) else _run_train_batch
     if trainer.run_state.profiling:  # chosen once per epoch: the plain path has no profiling call per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
@@ -411,6 +402,27 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     else:
         progress.epoch_batches_done = True  # the loader ended before the expected length
     _end_train_epoch(trainer, module, outputs)
+
+
+def _epoch_start(trainer: "Trainer", loader: Iterable, epoch: int, skip: int) -> Tuple[Iterable, int, bool]:
+    """The epoch's batch source and where it starts: ``(source, skip, skipped)``.
+
+    resume: a mid-epoch checkpoint continues after the ``skip`` batches already done, with the
+    RNG states of the original run (volt.resume), so no batch is repeated or skipped (``skipped``:
+    the source already starts after them). Records the epoch's starting RNG state for checkpoints.
+    """
+    snapshots = trainer.rng_snapshots
+    rng = snapshots.take_restored()
+    if skip and rng is not None and rng.get("epoch_start") is not None and isinstance(loader, DataLoader):
+        log.info("resuming epoch %d after batch %d (exact: sampler order and RNG restored)", epoch, skip)
+        snapshots.epoch_start = rng["epoch_start"]
+        return resume_epoch_iterator(loader, skip, rng["epoch_start"], rng["current"]), skip, True
+    if skip:
+        log.warning("resuming epoch %d after batch %d without saved RNG states: batch order may differ", epoch, skip)
+    elif rng is not None:  # resumed at an epoch boundary: continue the saved random stream
+        restore_rng_state(rng["current"])
+    snapshots.epoch_start = capture_rng_state()  # before iter(loader): it draws the shuffle seed
+    return loader, skip, False
 
 
 def _epoch_batches(loader: Iterable, limit: float, skip: int, skipped: bool) -> Iterator[Tuple[bool, int, Any]]:

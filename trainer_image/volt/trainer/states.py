@@ -1,8 +1,31 @@
-"""Lightning's ``trainer.states`` names. ``TrainerFn`` and ``TrainerState`` live in ``volt.trainer.trainer``;
-``trainer.state.stage``/``status`` are plain strings there, and these enums compare equal to them
-(``trainer.state.stage == RunningStage.TRAINING``)."""
-from volt.trainer.trainer import TrainerFn, TrainerState
+"""Lightning's ``trainer.states`` names. ``trainer.state`` is a ``TrainerState`` whose ``stage`` and
+``status`` are plain strings; the enums compare equal to them (``trainer.state.stage == RunningStage.TRAINING``)."""
+from dataclasses import dataclass
+from typing import Optional
+
 from volt.utilities.enums import LightningEnum
+
+
+class TrainerFn:
+    """The entry point running: the values of ``trainer.state.fn``."""
+
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+@dataclass
+class TrainerState:
+    """What the trainer is doing: ``fn`` (the entry point), ``stage`` (the loop), ``status``."""
+
+    fn: Optional[str] = None
+    stage: Optional[str] = None  # train | sanity_check | validate | test | predict
+    status: str = "initializing"  # running | finished | interrupted
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
 
 
 class RunningStage(LightningEnum):

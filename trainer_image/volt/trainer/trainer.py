@@ -1,65 +1,42 @@
-"""The Trainer: arguments, state and entry points (fit, validate, test, predict, tune).
+"""The Trainer: a facade over the parsed arguments, the run's state and the loops.
 
-The loops themselves live in ``fit_loop.py`` (training) and ``eval_loop.py``
-(validation, test, predict); this file wires the pieces together and exposes
-Lightning's public properties.
+Its arguments are parsed once into a frozen ``TrainerConfig`` (``config.py``, ``trainer.config``),
+from which ``components.py`` builds the strategy, precision plugin, loggers and callbacks. The
+loops live in ``fit_loop.py`` (training) and ``eval_loop.py`` (validation, test, predict), what
+every entry point shares in ``stage.py``. This file holds Lightning's public properties and
+entry points, and the named API the loops call (hook dispatch, data).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 import os
-import sys
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 
-from volt import termination
-from volt.callbacks.base import Callback
-from volt.contract import ENV_TRAINER, JobContract
+from volt.callbacks import EarlyStopping, ProgressBar
+from volt.callbacks.base import Callback, overrides
+from volt.callbacks.checkpoint_base import Checkpoint
+from volt.contract import JobContract
 from volt.datamodule import LightningDataModule
 from volt.module import LightningModule
-from volt.overrides import apply_trainer_settings
-from volt.plugins import CheckpointIO, TorchCheckpointIO
-from volt.precision import Precision, parse_precision
-from volt.profilers import Profiler, profiler_from_argument
+from volt.plugins import CheckpointIO
 from volt.resume import RngSnapshots
-from volt.strategies.single import SingleDeviceStrategy
-from volt.strategies.strategy import Strategy
-from volt.trainer import arguments as A
-from volt.trainer import checkpoint_connector, eval_loop, fit_loop, profiling
+from volt.signals import PreemptionCallback
+from volt.trainer import checkpoint_connector, eval_loop, fit_loop
+from volt.trainer.components import (apply_determinism, build_callbacks, build_loggers, build_precision_plugin,
+                                     build_strategy)
+from volt.trainer.config import TRAINER_ATTRIBUTES, TrainerConfig, parse_arguments
 from volt.trainer.data import INF, defines, limited_length, prepare_loaders, stage_loaders, without_shuffle
 from volt.trainer.logger_connector import LoggerConnector
 from volt.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from volt.trainer.progress import Progress
 from volt.trainer.run_state import RunState
-
-#: Strategy names that select FSDP2 (``volt.strategies.fsdp``); Lightning's names.
-FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")
-
-log = logging.getLogger(__name__)
-
-
-class TrainerFn:
-    FITTING = "fit"
-    VALIDATING = "validate"
-    TESTING = "test"
-    PREDICTING = "predict"
-
-
-@dataclass
-class TrainerState:
-    """What the trainer is doing: ``fn`` (the entry point), ``stage`` (the loop), ``status``."""
-
-    fn: Optional[str] = None
-    stage: Optional[str] = None  # train | sanity_check | validate | test | predict
-    status: str = "initializing"  # running | finished | interrupted
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
+from volt.trainer.stage import check_model, check_sources, run_stage
+from volt.trainer.states import TrainerFn, TrainerState
+from volt.tuner import Tuner
 
 
 class Trainer:
@@ -138,32 +115,20 @@ class Trainer:
         passed = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         #: What the TrainingJob told this process (volt.contract), parsed once for the whole run.
         self.job_contract = JobContract.from_env(os.environ)
-        passed = self._apply_job_settings(passed, self.job_contract)
-        self._setup_arguments(**passed)
+        #: The arguments, checked, with the job's settings applied and 1.x names mapped (trainer/config.py).
+        self.config = parse_arguments(passed, _argument_defaults(), self.job_contract)
+        self._setup(self.config)
 
     # ------------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------------
-    @staticmethod
-    def _apply_job_settings(passed: Dict[str, Any], contract: JobContract) -> Dict[str, Any]:
-        """The script's arguments with the TrainingJob's ``VOLT_TRAINER`` applied (volt.overrides)."""
-        if not contract.trainer_settings:
-            return passed
-        defaults = {n: p.default for n, p in inspect.signature(Trainer.__init__).parameters.items() if n != "self"}
-        explicit = {k: v for k, v in passed.items() if v is not defaults.get(k) and v != defaults.get(k)}
-        merged = apply_trainer_settings(explicit, contract.trainer_settings)
-        unknown = set(merged) - set(defaults)
-        if unknown:
-            raise ValueError(f"{ENV_TRAINER} sets unknown Trainer arguments {sorted(unknown)}")
-        # what the job's settings replaced goes back to its default, not to the script's value
-        return {**defaults, **merged}
-
-    def _setup_arguments(self, **a: Any) -> None:
+    def _setup(self, config: TrainerConfig) -> None:
         self.state = TrainerState()
         self.should_stop = False
         self.sanity_checking = False
         self.progress = Progress()
         self._logger_connector = LoggerConnector(self)
+        self._logger_connector.enabled = not config.barebones  # barebones: self.log is a no-op
         self.lightning_module_ref: Optional[LightningModule] = None
         self.datamodule: Optional[LightningDataModule] = None
         self.optimizers: List[torch.optim.Optimizer] = []
@@ -183,368 +148,20 @@ class Trainer:
         self.rng_snapshots = RngSnapshots()  # exact resume: written by the fit loop and the checkpoint code
         self.predict_loop = eval_loop.PredictLoopState()  # batch indices and predictions, for prediction writers
         self.run_state = RunState()
-        self._reset_hook_cache()
-
-        # -- 1.x names onto 2.x ones --
-        legacy_ckpt = a["checkpoint_callback"]
-        if legacy_ckpt is not None:
-            if a["enable_checkpointing"] is not None and a["enable_checkpointing"] != legacy_ckpt:
-                raise ValueError("Trainer(checkpoint_callback=...) is the 1.x name of enable_checkpointing; pass only one")
-            a["enable_checkpointing"] = A.check_bool("checkpoint_callback", legacy_ckpt)
-        if a["replace_sampler_ddp"] is not None:
-            a["use_distributed_sampler"] = A.check_bool("replace_sampler_ddp", a["replace_sampler_ddp"])
-        if a["reload_dataloaders_every_epoch"]:
-            A.check_bool("reload_dataloaders_every_epoch", a["reload_dataloaders_every_epoch"])
-            a["reload_dataloaders_every_n_epochs"] = 1
-        if a["terminate_on_nan"]:
-            A.check_bool("terminate_on_nan", a["terminate_on_nan"])
-        if a["resume_from_checkpoint"] is not None and not isinstance(a["resume_from_checkpoint"], (str, os.PathLike)):
-            raise TypeError("Trainer(resume_from_checkpoint=...) must be a path")
-
-        # -- plugins, devices and strategy --
-        self._plugins = plugins = A.parse_plugins(a["plugins"])
-        if plugins.strategy is not None:  # 1.x: plugins="ddp_..." named the strategy
-            if a["strategy"] not in (None, "auto", plugins.strategy):
-                raise ValueError(f"Trainer(plugins={plugins.strategy!r}) names a strategy but strategy={a['strategy']!r} "
-                                 "was also given; pass only strategy=")
-            a["strategy"] = plugins.strategy
-        self._device_choice = A.choose_devices(
-            a["accelerator"], a["strategy"], a["devices"], a["num_nodes"], a["gpus"], a["num_processes"],
-            a["tpu_cores"], a["ipus"], a["distributed_backend"], a["auto_select_gpus"],
-            cluster=plugins.cluster_environment,
-        )
-        if self._device_choice.legacy_note:
-            log.info(self._device_choice.legacy_note)
-        if plugins.precision is not None and a["precision"] is not None:
-            raise ValueError(f"Trainer(plugins=[{plugins.precision!r}]) sets the precision, and precision= "
-                             "was also given; pass only one")
-        self._precision_name = (plugins.precision.precision if plugins.precision is not None
-                                else parse_precision(a["precision"], a["amp_level"], a["amp_backend"]))
-        self.sync_batchnorm = A.check_bool("sync_batchnorm", a["sync_batchnorm"])
-        self.use_distributed_sampler = A.check_bool("use_distributed_sampler", a["use_distributed_sampler"])
-        self.strategy = self._build_strategy(self._device_choice)
-        if plugins.precision is not None:
-            if plugins.precision.device.type != self.strategy.root_device.type:
-                raise ValueError(f"Trainer(plugins=[...]): the Precision plugin is for device type "
-                                 f"{plugins.precision.device.type!r} but training runs on {self.strategy.root_device}")
-            self.precision_plugin = plugins.precision
-        else:
-            self.precision_plugin = Precision(self._precision_name, self.strategy.root_device)
-        # Lightning keeps the CheckpointIO on the strategy (trainer.strategy.checkpoint_io); so does volt.
-        own_io = getattr(self.strategy, "checkpoint_io", None)
-        if own_io is not None and plugins.checkpoint_io is not None and own_io is not plugins.checkpoint_io:
-            raise ValueError("Trainer(plugins=[CheckpointIO]) and a strategy with its own checkpoint_io: pass one")
-        self.strategy.checkpoint_io = plugins.checkpoint_io or own_io or TorchCheckpointIO()
-
-        # -- loop limits --
-        self.fast_dev_run = self._parse_fast_dev_run(a["fast_dev_run"])
-        self.max_steps = A.check_int("max_steps", -1 if a["max_steps"] is None else a["max_steps"], minimum=-1)
-        self.min_steps = A.check_int("min_steps", a["min_steps"], minimum=0, allow_none=True)
-        self.max_time = A.parse_max_time(a["max_time"])
-        max_epochs = A.check_int("max_epochs", a["max_epochs"], minimum=-1, allow_none=True)
-        if max_epochs is None:
-            max_epochs = 1000 if (self.max_steps == -1 and self.max_time is None) else -1
-        self.max_epochs = max_epochs
-        self.min_epochs = A.check_int("min_epochs", a["min_epochs"], minimum=0, allow_none=True)
-        self.limit_train_batches = A.parse_limit("limit_train_batches", a["limit_train_batches"])
-        self.limit_val_batches = A.parse_limit("limit_val_batches", a["limit_val_batches"])
-        self.limit_test_batches = A.parse_limit("limit_test_batches", a["limit_test_batches"])
-        self.limit_predict_batches = A.parse_limit("limit_predict_batches", a["limit_predict_batches"])
-        self.overfit_batches = A.parse_limit("overfit_batches", a["overfit_batches"], default=0.0)
-        if self.overfit_batches:
-            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
-        self.val_check_interval = self._parse_val_check_interval(a["val_check_interval"])
-        self.check_val_every_n_epoch = A.check_int(
-            "check_val_every_n_epoch", a["check_val_every_n_epoch"], minimum=1, allow_none=True
-        )
-        if self.check_val_every_n_epoch is None and not isinstance(self.val_check_interval, int):
-            raise ValueError("Trainer(check_val_every_n_epoch=None) needs an int val_check_interval (a number of batches)")
-        self.num_sanity_val_steps = A.check_int(
-            "num_sanity_val_steps", 2 if a["num_sanity_val_steps"] is None else a["num_sanity_val_steps"], minimum=-1
-        )
-        self.log_every_n_steps = A.check_int(
-            "log_every_n_steps", 50 if a["log_every_n_steps"] is None else a["log_every_n_steps"], minimum=0
-        )
-        self.flush_logs_every_n_steps = A.check_int(
-            "flush_logs_every_n_steps", 100 if a["flush_logs_every_n_steps"] is None else a["flush_logs_every_n_steps"],
-            minimum=1,
-        )
-        self.accumulate_grad_batches = self._parse_accumulation(a["accumulate_grad_batches"])
-        self.gradient_clip_val = a["gradient_clip_val"]
-        if self.gradient_clip_val is not None and (not A._is_number(self.gradient_clip_val) or self.gradient_clip_val < 0):
-            raise ValueError(f"Trainer(gradient_clip_val={self.gradient_clip_val!r}) must be a number >= 0")
-        self.gradient_clip_algorithm = a["gradient_clip_algorithm"]
-        if self.gradient_clip_algorithm is not None:
-            A.check_choice("gradient_clip_algorithm", self.gradient_clip_algorithm, ("norm", "value"))
-        self.track_grad_norm = self._parse_track_grad_norm(a["track_grad_norm"])
-        self.truncated_bptt_steps = A.check_int("truncated_bptt_steps", a["truncated_bptt_steps"], minimum=1, allow_none=True)
-        self.reload_dataloaders_every_n_epochs = A.check_int(
-            "reload_dataloaders_every_n_epochs", a["reload_dataloaders_every_n_epochs"], minimum=0
-        )
-        self.terminate_on_nan = a["terminate_on_nan"]
-        self.detect_anomaly = A.check_bool("detect_anomaly", a["detect_anomaly"])
-        self.inference_mode = A.check_bool("inference_mode", a["inference_mode"])
-        self.move_metrics_to_cpu = A.check_bool("move_metrics_to_cpu", a["move_metrics_to_cpu"])
-        self.log_gpu_memory = a["log_gpu_memory"]
-        if self.log_gpu_memory is not None:
-            A.check_choice("log_gpu_memory", self.log_gpu_memory, ("all", "min_max"))
-        self.process_position = A.check_int("process_position", a["process_position"], minimum=0)
-        if a["automatic_optimization"] is not None:
-            A.check_bool("automatic_optimization", a["automatic_optimization"])
-        self._automatic_optimization = a["automatic_optimization"]
-        if a["prepare_data_per_node"] is not None:
-            A.check_bool("prepare_data_per_node", a["prepare_data_per_node"])
-        self._prepare_data_per_node = a["prepare_data_per_node"]
-        self.auto_lr_find = a["auto_lr_find"]
-        if not isinstance(self.auto_lr_find, (bool, str)):
-            raise TypeError("Trainer(auto_lr_find=...) must be a bool or the name of the learning-rate attribute")
-        self.auto_scale_batch_size = a["auto_scale_batch_size"]
-        if self.auto_scale_batch_size not in (False, True, "power", "binsearch"):
-            raise ValueError("Trainer(auto_scale_batch_size=...) must be False, True, 'power' or 'binsearch'")
-        self.resume_from_checkpoint = a["resume_from_checkpoint"]
         self._trial_run = False  # the tuner's trial fits: they start fresh, whatever the resume settings
-        self._setup_determinism(a["deterministic"], a["benchmark"])
-        self.profiler: Profiler = profiler_from_argument(a["profiler"])
-
-        # -- output locations --
-        root = a["default_root_dir"]
-        if root is not None and not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"Trainer(default_root_dir=...) must be a path, got {type(root).__name__}")
-        self._default_root_dir = os.fspath(root) if root is not None else os.getcwd()
-        # The default logger's folder: a TrainingJob's checkpoint volume outlives its pods.
-        self._logs_root = self._default_root_dir
-        if root is None and self.job_contract.checkpoint_dir:
-            self._logs_root = os.path.join(self.job_contract.checkpoint_dir, "logs")
-        if a["weights_save_path"] is not None and not isinstance(a["weights_save_path"], (str, os.PathLike)):
-            raise TypeError("Trainer(weights_save_path=...) must be a path")
-        self._weights_save_path_given = a["weights_save_path"] is not None
-        self._weights_save_path = os.fspath(a["weights_save_path"]) if a["weights_save_path"] else self._default_root_dir
-
-        # -- barebones, fast_dev_run, switches --
-        self.barebones = A.check_bool("barebones", a["barebones"])
-        enable_checkpointing = a["enable_checkpointing"]
-        enable_progress_bar = a["enable_progress_bar"]
-        enable_model_summary = a["enable_model_summary"]
-        for name, value in (("enable_checkpointing", enable_checkpointing), ("enable_progress_bar", enable_progress_bar),
-                            ("enable_model_summary", enable_model_summary)):
-            if value is not None:
-                A.check_bool(name, value)
-        if self.barebones:
-            if enable_checkpointing or enable_progress_bar or enable_model_summary or a["logger"]:
-                raise ValueError("Trainer(barebones=True) turns off checkpointing, logger, progress bar and model summary; "
-                                 "do not enable them")
-            enable_checkpointing = enable_progress_bar = enable_model_summary = False
-            a["logger"] = False
-            self.num_sanity_val_steps = 0
-            self._logger_connector.enabled = False
-        refresh = a["progress_bar_refresh_rate"]
-        if refresh is not None:
-            refresh = A.check_int("progress_bar_refresh_rate", refresh, minimum=0)
-            if refresh == 0:
-                if enable_progress_bar:
-                    raise ValueError("progress_bar_refresh_rate=0 disables the bar but enable_progress_bar=True")
-                enable_progress_bar = False
-        self._progress_bar_refresh_rate = refresh or 1
-        summary = a["weights_summary"]
-        if summary not in (None, "top", "full"):
-            raise ValueError(f"Trainer(weights_summary={summary!r}) must be None, 'top' or 'full'")
-        if summary is None:
-            if enable_model_summary:
-                raise ValueError("weights_summary=None disables the summary but enable_model_summary=True")
-            enable_model_summary = False
-        self._summary_depth = -1 if summary == "full" else 1
-        if self.fast_dev_run:
-            n = self.fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = n
-            self.limit_test_batches = self.limit_predict_batches = n
-            self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
-            self.val_check_interval, self.check_val_every_n_epoch, self.max_time = 1.0, 1, None
-            a["logger"] = False
-            log.info("fast_dev_run=%d: running %d batch(es) of each loop, no logger, no checkpoints", n, n)
-        self.enable_checkpointing = True if enable_checkpointing is None else enable_checkpointing
-        self.enable_progress_bar = True if enable_progress_bar is None else enable_progress_bar
-        self.enable_model_summary = True if enable_model_summary is None else enable_model_summary
-
-        self.loggers = self._build_loggers(a["logger"])
-        self.callbacks = self._build_callbacks(a["callbacks"])
+        self._reset_hook_cache()
+        # Lightning's public settings (trainer.max_epochs, ...): callbacks and the tuner may change them
+        for name in TRAINER_ATTRIBUTES:
+            setattr(self, name, getattr(config, name))
+        self.strategy = build_strategy(config)
+        self.precision_plugin = build_precision_plugin(config, self.strategy)
+        apply_determinism(config)
+        self.loggers = build_loggers(config)
+        self.callbacks = build_callbacks(config, self.job_contract)
         self._call_callbacks_init("on_init_start")
         self._call_callbacks_init("on_init_end")
 
-    def _parse_fast_dev_run(self, value: Any) -> int:
-        if isinstance(value, bool):
-            return 1 if value else 0
-        return A.check_int("fast_dev_run", value, minimum=0)  # type: ignore[return-value]
-
-    @staticmethod
-    def _parse_val_check_interval(value: Any) -> Union[int, float]:
-        if value is None:
-            return 1.0
-        if A._is_int(value):
-            if value < 1:
-                raise ValueError(f"Trainer(val_check_interval={value}) must be >= 1 batches")
-            return value
-        if isinstance(value, float):
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"Trainer(val_check_interval={value}) must be a fraction in (0, 1] or an int")
-            return value
-        raise TypeError(f"Trainer(val_check_interval=...) must be an int or float, got {type(value).__name__}")
-
-    @staticmethod
-    def _parse_accumulation(value: Any) -> Union[int, Dict[int, int]]:
-        if isinstance(value, dict):  # 1.x: {epoch: factor}, as GradientAccumulationScheduler
-            if not value or not all(A._is_int(k) and k >= 0 and A._is_int(v) and v >= 1 for k, v in value.items()):
-                raise ValueError(
-                    f"Trainer(accumulate_grad_batches={value!r}): a dict must map epoch (int >= 0) to factor (int >= 1)"
-                )
-            return dict(sorted(value.items()))
-        return A.check_int("accumulate_grad_batches", value, minimum=1)  # type: ignore[return-value]
-
-    @staticmethod
-    def _parse_track_grad_norm(value: Any) -> float:
-        if value == "inf":
-            return float("inf")
-        if not A._is_number(value):
-            raise TypeError(f"Trainer(track_grad_norm=...) must be -1, a positive number or 'inf', got {value!r}")
-        if value != -1 and value <= 0:
-            raise ValueError(f"Trainer(track_grad_norm={value}) must be -1 (off), a positive p or 'inf'")
-        return float(value)
-
-    @staticmethod
-    def _setup_determinism(deterministic: Any, benchmark: Any) -> None:
-        if deterministic not in (None, True, False, "warn"):
-            raise ValueError(f"Trainer(deterministic={deterministic!r}) must be None, True, False or 'warn'")
-        if benchmark is not None:
-            A.check_bool("benchmark", benchmark)
-        if deterministic:
-            # cuBLAS needs a fixed workspace for deterministic matmuls.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
-            if benchmark:
-                raise ValueError("Trainer(deterministic=True, benchmark=True) contradict each other: cudnn autotuning is nondeterministic")
-            torch.backends.cudnn.benchmark = False
-        elif benchmark is not None:
-            torch.backends.cudnn.benchmark = benchmark
-
-    def _build_strategy(self, choice: A.DeviceChoice) -> Strategy:
-        strategy = choice.strategy
-        world = choice.num_devices * choice.num_nodes
-        cluster = self._plugins.cluster_environment
-        if isinstance(strategy, Strategy):
-            if hasattr(strategy, "_configure"):
-                strategy._configure(accelerator=choice.accelerator, devices=choice.num_devices,
-                                    num_nodes=choice.num_nodes, sync_batchnorm=self.sync_batchnorm)
-            if cluster is not None:
-                if not hasattr(strategy, "_cluster"):
-                    raise ValueError(f"Trainer(plugins=[ClusterEnvironment]) needs a distributed strategy; "
-                                     f"{type(strategy).__name__} has no cluster environment")
-                strategy._cluster = cluster
-            return strategy
-        if not isinstance(strategy, str):
-            raise TypeError(f"Trainer(strategy=...) must be a name or a Strategy, got {type(strategy).__name__}")
-        # a ClusterEnvironment plugin replaces what a launcher's environment variables would say
-        launched = cluster.world_size if cluster is not None and cluster.launched else A.launched_world_size()
-        if strategy in ("auto", "single_device") and world == 1 and launched == 1:
-            return SingleDeviceStrategy(self._device_for(choice))
-        if strategy == "single_device":
-            raise ValueError(f"strategy='single_device' but {choice.num_devices} devices x {choice.num_nodes} nodes requested")
-        from volt.strategies.ddp import DDPStrategy, normalize_strategy_name  # lazy: only distributed runs need it
-        if strategy in FSDP_NAMES:
-            from volt.strategies.fsdp import FSDPStrategy  # lazy: imports torch.distributed.fsdp
-
-            fsdp = FSDPStrategy(accelerator=choice.accelerator, devices=choice.num_devices, num_nodes=choice.num_nodes,
-                                cpu_offload=strategy == "fsdp_cpu_offload")
-            if cluster is not None:
-                fsdp._cluster = cluster
-            return fsdp
-
-        extra: Dict[str, Any] = {}
-        if strategy != "auto":
-            if strategy == "ddp_find_unused_parameters_true":
-                extra["find_unused_parameters"] = True
-            strategy, note = normalize_strategy_name(strategy)
-            if note:
-                log.warning(note)
-        ddp = DDPStrategy(accelerator=choice.accelerator, devices=choice.num_devices, num_nodes=choice.num_nodes,
-                          sync_batchnorm=self.sync_batchnorm, **extra)
-        if cluster is not None:
-            ddp._cluster = cluster
-        return ddp
-
-    @staticmethod
-    def _device_for(choice: A.DeviceChoice) -> torch.device:
-        if choice.accelerator == "cuda":
-            return torch.device("cuda", choice.device_ids[0])
-        return torch.device(choice.accelerator)
-
-    def _build_loggers(self, logger: Any) -> List[Any]:
-        if logger is None or logger is True:
-            from volt.loggers import CSVLogger
-
-            try:
-                from volt.loggers import TensorBoardLogger
-
-                return [TensorBoardLogger(save_dir=self._logs_root)]
-            except ImportError:  # tensorboard not installed
-                return [CSVLogger(save_dir=self._logs_root)]
-        if logger is False:
-            return []
-        if isinstance(logger, (list, tuple)):
-            return list(logger)
-        if not hasattr(logger, "log_metrics"):
-            raise TypeError(f"Trainer(logger=...) must be True, False, a Logger or a list of Loggers, got {type(logger).__name__}")
-        return [logger]
-
-    def _build_callbacks(self, callbacks: Any) -> List[Callback]:
-        if callbacks is None:
-            user: List[Callback] = []
-        elif isinstance(callbacks, Callback):
-            user = [callbacks]
-        elif isinstance(callbacks, (list, tuple)):
-            user = list(callbacks)
-        else:
-            raise TypeError(f"Trainer(callbacks=...) must be a Callback or a list of Callbacks, got {type(callbacks).__name__}")
-        for cb in user:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"Trainer(callbacks=[...]) holds {type(cb).__name__}, which is not a volt Callback")
-        from volt import callbacks as C
-
-        out = list(user)
-        checkpointing = [c for c in user if isinstance(c, C.Checkpoint)]  # ModelCheckpoint and the like
-        if self.enable_checkpointing and not checkpointing:
-            out.append(C.ModelCheckpoint())
-        elif not self.enable_checkpointing and checkpointing:
-            raise ValueError(f"Trainer(enable_checkpointing=False) but callbacks holds a checkpoint callback "
-                             f"({type(checkpointing[0]).__name__})")
-        bar_type = getattr(C, "ProgressBar", None)
-        if bar_type is not None and not any(isinstance(c, bar_type) for c in out):
-            if self.enable_progress_bar and sys.stdout.isatty():
-                out.append(bar_type(refresh_rate=self._progress_bar_refresh_rate, process_position=self.process_position))
-        summary_type = getattr(C, "ModelSummary", None)
-        if self.enable_model_summary and summary_type is not None and not any(isinstance(c, summary_type) for c in out):
-            out.append(summary_type(max_depth=self._summary_depth))
-        if self.max_time is not None:
-            from volt.callbacks.timer import Timer
-
-            if not any(isinstance(c, Timer) for c in out):
-                out.append(Timer(duration=self.max_time, interval="step"))
-        try:
-            from volt.signals import PreemptionCallback
-        except ModuleNotFoundError as err:
-            if err.name != "volt.signals":
-                raise
-        else:
-            if not any(isinstance(c, PreemptionCallback) for c in out):
-                out.append(PreemptionCallback())
-        if self.job_contract.metrics_port is not None:
-            from volt.callbacks.prometheus import PrometheusCallback
-
-            if not any(isinstance(c, PrometheusCallback) for c in out):
-                out.append(PrometheusCallback())
-        return _checkpoints_last(out)
-
     def _call_callbacks_init(self, hook: str) -> None:
-        from volt.callbacks.base import overrides
-
         for cb in self.callbacks:
             if overrides(cb, hook):
                 getattr(cb, hook)(self)
@@ -570,23 +187,23 @@ class Trainer:
 
     @property
     def precision(self) -> str:
-        return self._precision_name
+        return self.config.precision
 
     @property
     def accelerator(self) -> str:
-        return self._device_choice.accelerator
+        return self.config.placement.accelerator
 
     @property
     def device_ids(self) -> List[int]:
-        return list(self._device_choice.device_ids)
+        return list(self.config.placement.device_ids)
 
     @property
     def num_devices(self) -> int:
-        return self._device_choice.num_devices
+        return self.config.placement.num_devices
 
     @property
     def num_nodes(self) -> int:
-        return self._device_choice.num_nodes
+        return self.config.placement.num_nodes
 
     @property
     def global_rank(self) -> int:
@@ -614,11 +231,11 @@ class Trainer:
 
     @property
     def default_root_dir(self) -> str:
-        return self._default_root_dir
+        return self.config.default_root_dir
 
     @property
     def weights_save_path(self) -> str:
-        return self._weights_save_path
+        return self.config.weights_save_path
 
     @property
     def logger(self) -> Optional[Any]:
@@ -632,9 +249,9 @@ class Trainer:
     def log_dir(self) -> str:
         logger = self.logger
         if logger is None:
-            return self._default_root_dir
+            return self.config.default_root_dir
         path = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        return path if path is not None else self._default_root_dir
+        return path if path is not None else self.config.default_root_dir
 
     @property
     def callback_metrics(self) -> Dict[str, torch.Tensor]:
@@ -650,8 +267,6 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> List[Callback]:
-        from volt.callbacks.checkpoint_base import Checkpoint
-
         return [c for c in self.callbacks if isinstance(c, Checkpoint)]
 
     @property
@@ -661,10 +276,7 @@ class Trainer:
 
     @property
     def early_stopping_callbacks(self) -> List[Callback]:
-        from volt import callbacks as C
-
-        es_type = getattr(C, "EarlyStopping", None)
-        return [c for c in self.callbacks if es_type is not None and isinstance(c, es_type)]
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
 
     @property
     def early_stopping_callback(self) -> Optional[Callback]:
@@ -673,10 +285,7 @@ class Trainer:
 
     @property
     def progress_bar_callback(self) -> Optional[Callback]:
-        from volt import callbacks as C
-
-        bar_type = getattr(C, "ProgressBar", None)
-        return next((c for c in self.callbacks if bar_type is not None and isinstance(c, bar_type)), None)
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
 
     @property
     def checkpoint_io(self) -> CheckpointIO:
@@ -705,8 +314,6 @@ class Trainer:
 
     @property
     def received_sigterm(self) -> bool:
-        from volt.signals import PreemptionCallback
-
         return any(cb.flag.is_set for cb in self.callbacks if isinstance(cb, PreemptionCallback))
 
     @property
@@ -788,12 +395,12 @@ class Trainer:
             train_dataloaders = train_dataloader
         if isinstance(train_dataloaders, LightningDataModule):  # fit(model, dm) positional, as Lightning allows
             datamodule, train_dataloaders = train_dataloaders, None
-        self._check_model(model, "fit")
-        self._check_sources(train_dataloaders, val_dataloaders, datamodule, "fit")
+        check_model(model, "fit")
+        check_sources(train_dataloaders, val_dataloaders, datamodule, "fit")
         if not self._trial_run:
             ckpt_path = self._resume_path(ckpt_path)
         self.state.fn = TrainerFn.FITTING
-        self._run(fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
+        run_stage(self, fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
 
     def _resume_path(self, ckpt_path: Optional[str]) -> Optional[str]:
         """fit()'s checkpoint: the argument, else the 1.x resume_from_checkpoint, then VOLT_RESUME's say."""
@@ -822,18 +429,16 @@ class Trainer:
         if isinstance(dataloaders, LightningDataModule):  # predict(model, datamodule), as Lightning accepts
             datamodule, dataloaders = dataloaders, None
         model = self._eval_model(model, "predict")
-        self._check_sources(dataloaders, None, datamodule, "predict")
+        check_sources(dataloaders, None, datamodule, "predict")
         self.state.fn = TrainerFn.PREDICTING
         self._return_predictions = True if return_predictions is None else return_predictions
-        return self._run(eval_loop.run_predict, model, datamodule, dict(predict=dataloaders), self._eval_ckpt(ckpt_path, model))
+        return run_stage(self, eval_loop.run_predict, model, datamodule, dict(predict=dataloaders), self._eval_ckpt(ckpt_path, model))
 
     def tune(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
              datamodule: Optional[LightningDataModule] = None, *, train_dataloader: Any = None,
              scale_batch_size_kwargs: Optional[Dict[str, Any]] = None,
              lr_find_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """1.x ``trainer.tune()``: batch-size scaling and/or the learning-rate finder, as configured."""
-        from volt.tuner import Tuner
-
         train_dataloaders = train_dataloaders if train_dataloaders is not None else train_dataloader
         tuner = Tuner(self)
         result: Dict[str, Any] = {}
@@ -884,10 +489,10 @@ class Trainer:
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         model = self._eval_model(model, fn)
-        self._check_sources(dataloaders, None, datamodule, fn)
+        check_sources(dataloaders, None, datamodule, fn)
         self.state.fn = fn
         self._verbose = verbose
-        return self._run(eval_loop.run_evaluate, model, datamodule, {fn: dataloaders}, self._eval_ckpt(ckpt_path, model))
+        return run_stage(self, eval_loop.run_evaluate, model, datamodule, {fn: dataloaders}, self._eval_ckpt(ckpt_path, model))
 
     def _eval_model(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
@@ -896,7 +501,7 @@ class Trainer:
                 raise ValueError(f"trainer.{fn}() needs a model: pass one, or call fit() first")
             self._eval_model_from_fit = True
         else:
-            self._check_model(model, fn)
+            check_model(model, fn)
             self._eval_model_from_fit = False
         return model
 
@@ -906,86 +511,6 @@ class Trainer:
             best = getattr(cb, "best_model_path", "") if cb is not None else ""
             return "best" if best else None
         return ckpt_path
-
-    @staticmethod
-    def _check_model(model: Any, fn: str) -> None:
-        if not isinstance(model, LightningModule):
-            raise TypeError(f"trainer.{fn}(model=...) must be a volt LightningModule, got {type(model).__name__}")
-
-    @staticmethod
-    def _check_sources(loaders: Any, val_loaders: Any, datamodule: Any, fn: str) -> None:
-        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
-            raise TypeError(f"trainer.{fn}(datamodule=...) must be a LightningDataModule, got {type(datamodule).__name__}")
-        if datamodule is not None and (loaders is not None or val_loaders is not None):
-            raise ValueError(f"trainer.{fn}(): pass dataloaders or a datamodule, not both")
-
-    def _run(self, loop: Any, model: LightningModule, datamodule: Optional[LightningDataModule],
-             loaders: Dict[str, Any], ckpt_path: Optional[str]) -> Any:
-        self.lightning_module_ref = model
-        self.datamodule = datamodule
-        self._loader_args = loaders
-        model.trainer = self
-        if datamodule is not None:
-            datamodule.trainer = self
-        if self._automatic_optimization is not None:
-            model.automatic_optimization = self._automatic_optimization
-        if self.truncated_bptt_steps is not None:
-            model.truncated_bptt_steps = self.truncated_bptt_steps
-        if self._prepare_data_per_node is not None:
-            model.prepare_data_per_node = self._prepare_data_per_node
-            if datamodule is not None:
-                datamodule.prepare_data_per_node = self._prepare_data_per_node
-        self.state.status = "running"
-        self.should_stop = False
-        self.run_state = RunState()  # engine-internal: what the loops decide for this run (trainer/run_state.py)
-        self._reset_hook_cache()
-        # with a profiler, the dispatch methods are swapped for profiled ones for this run only
-        self.run_state.profiling = profiling.instrument(self, self.state.fn or "fit")
-        try:
-            with torch.autograd.set_detect_anomaly(self.detect_anomaly):
-                result = loop(self, ckpt_path)
-            self.state.status = "finished"
-            self._finalize_loggers("success")
-            return result
-        except KeyboardInterrupt as err:
-            log.warning("KeyboardInterrupt: stopping, running on_keyboard_interrupt/on_exception hooks")
-            self.state.status = "interrupted"
-            self.call_callbacks("on_keyboard_interrupt")
-            self._on_exception(err)
-            self._finalize_loggers("interrupted")
-            raise
-        except (Exception, SystemExit) as err:
-            # SystemExit too, as Lightning (it handles every BaseException): the SIGTERM checkpoint
-            # exits through it, and callbacks must stop what they run (a metrics server thread
-            # answering scrapes while the interpreter shuts down can abort the process).
-            self.state.status = "interrupted"
-            self._on_exception(err)
-            self._finalize_loggers("failed" if isinstance(err, Exception) else "interrupted")
-            exit_ = termination.exit_for_error(err)  # e.g. a full checkpoint volume: a retryable exit code
-            if exit_ is not None:
-                raise exit_ from err
-            if isinstance(err, Exception):
-                termination.record_error(err)  # volt-run reports the failing rank's exception to the operator
-            raise
-        finally:
-            self.state.stage = None
-            self.sanity_checking = False
-            if self.run_state.profiling:
-                self.run_state.profiling = False
-                profiling.uninstrument(self)  # writes the report
-            self.strategy.teardown()
-            self.checkpoint_io.teardown()
-
-    def _on_exception(self, err: BaseException) -> None:
-        self.call_callbacks("on_exception", err)
-        if defines(self.lightning_module_ref, "on_exception", LightningModule):
-            self.lightning_module_ref.on_exception(err)  # type: ignore[union-attr]
-        if self.datamodule is not None:
-            self.datamodule.on_exception(err)
-
-    def _finalize_loggers(self, status: str) -> None:
-        for logger in self.loggers:
-            logger.finalize(status)
 
     # ------------------------------------------------------------------------------------
     # The loops' API (engine-internal, not Lightning's): what fit_loop, eval_loop and stage
@@ -1002,8 +527,6 @@ class Trainer:
     def callbacks_for(self, hook: str) -> List[Callback]:
         cbs = self._hook_cache.get(hook)
         if cbs is None:
-            from volt.callbacks.base import overrides
-
             cbs = [cb for cb in self.callbacks if overrides(cb, hook)]
             self._hook_cache[hook] = cbs
         return cbs
@@ -1148,14 +671,7 @@ class Trainer:
         return f"Trainer(strategy={self.strategy!r}, precision={self.precision!r}, max_epochs={self.max_epochs})"
 
 
-def _checkpoints_last(callbacks: List[Callback]) -> List[Callback]:
-    """Lightning's order: the tuner's callbacks first (they change what the others see), then the
-    rest, then checkpoint callbacks, so that they see every metric of the step/epoch."""
-    from volt.callbacks.checkpoint_base import Checkpoint
-    from volt.callbacks.finders import BatchSizeFinder, LearningRateFinder
-
-    tuners = [c for c in callbacks if isinstance(c, (BatchSizeFinder, LearningRateFinder))]
-    checkpoints = [c for c in callbacks if isinstance(c, Checkpoint) and not isinstance(c, (BatchSizeFinder,
-                                                                                            LearningRateFinder))]
-    placed = {id(c) for c in tuners + checkpoints}
-    return tuners + [c for c in callbacks if id(c) not in placed] + checkpoints
+@lru_cache(maxsize=1)
+def _argument_defaults() -> Dict[str, Any]:
+    """``Trainer.__init__``'s defaults: the parser tells them from what a script passed explicitly."""
+    return {n: p.default for n, p in inspect.signature(Trainer.__init__).parameters.items() if n != "self"}
