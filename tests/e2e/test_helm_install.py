@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from helm_util import CHART, REPO, helm_binary, run_helm
+from helpers import free_port
 from volt_operator.testing.cluster import ClusterError, LocalCluster, wait_for, write_kubeconfig
 
 RELEASE = "volt"
@@ -35,12 +35,6 @@ Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 # Every authenticated user may review itself; the test's own `kubectl auth` checks do.
 SELF_REVIEWS = {"authentication.k8s.io", "authorization.k8s.io"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def helm_env(kube: LocalCluster, home: Path) -> dict[str, str]:

@@ -1,66 +1,10 @@
-"""Shared fixtures for engine tests: tiny real models and data (no mocks)."""
+"""Fixtures for engine tests. The tiny models and data they use live in tiny_models.py."""
 from __future__ import annotations
-
-import os
-from typing import Any, List, Optional
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-import volt
-
-
-def regression_data(n: int = 64, dim: int = 4, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g)
-    w = torch.arange(1.0, dim + 1).unsqueeze(1)
-    return TensorDataset(x, x @ w + 0.01 * torch.randn(n, 1, generator=g))
-
-
-def loader(n: int = 64, batch_size: int = 8, dim: int = 4, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    return DataLoader(regression_data(n, dim, seed), batch_size=batch_size, shuffle=shuffle)
-
-
-class TinyModel(volt.LightningModule):
-    """Linear regression with train/val/test/predict steps and an SGD optimizer."""
-
-    def __init__(self, dim: int = 4, lr: float = 0.05) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.mse_loss(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y))
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("test_loss", nn.functional.mse_loss(self(x), y))
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self(batch[0])
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-
-def quiet_trainer(tmp_path: Any, **kwargs: Any) -> volt.Trainer:
-    """A Trainer writing under tmp_path, without logger/checkpoint/summary unless asked."""
-    defaults = dict(default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
-                    enable_model_summary=False, enable_progress_bar=False, accelerator="cpu", devices=1)
-    defaults.update(kwargs)
-    return volt.Trainer(**defaults)
+from tiny_models import TinyModel
 
 
 @pytest.fixture(autouse=True)

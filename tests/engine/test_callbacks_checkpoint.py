@@ -12,7 +12,7 @@ import volt
 from volt import checkpoint as ckpt_io
 from volt.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 
 @pytest.fixture(autouse=True)

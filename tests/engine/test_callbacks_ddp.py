@@ -28,7 +28,7 @@ _SCRIPT = textwrap.dedent(
     from volt.loggers import CSVLogger
 
     sys.path.insert(0, sys.argv[2])
-    from conftest import TinyModel, loader
+    from tiny_models import TinyModel, loader
 
     VALUES = [[1.0, 0.5, 0.7, 0.8, 0.9, 0.95], [1.0, 0.4, 0.3, 0.2, 0.1, 0.05]]
 
@@ -102,7 +102,7 @@ _RAISE_SCRIPT = textwrap.dedent(
     from volt.callbacks import OnExceptionCheckpoint
 
     sys.path.insert(0, sys.argv[2])
-    from conftest import TinyModel, loader
+    from tiny_models import TinyModel, loader
 
     class Raising(TinyModel):
         def training_step(self, batch, batch_idx):

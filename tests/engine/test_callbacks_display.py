@@ -12,7 +12,7 @@ from torch import nn
 from volt.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 from volt.callbacks.model_summary import human_readable_count, summarize
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 
 class CountingBar(ProgressBar):

@@ -13,7 +13,7 @@ from volt.callbacks.base import Callback
 from volt.callbacks.finders import BatchSizeFinder, LearningRateFinder
 from volt.tuner import Tuner
 
-from conftest import TinyModel, loader, quiet_trainer, regression_data
+from tiny_models import TinyModel, loader, quiet_trainer, regression_data
 
 pytestmark = pytest.mark.timeout(120)
 

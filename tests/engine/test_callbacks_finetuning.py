@@ -20,7 +20,7 @@ import volt
 from volt.callbacks.finetuning import BackboneFinetuning, BaseFinetuning, multiplicative
 from volt.callbacks.model_checkpoint import ModelCheckpoint
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ from volt.callbacks import EarlyStopping, LearningRateMonitor, Timer
 from volt.callbacks.timer import parse_duration
 from volt.loggers import CSVLogger
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 
 class ScriptedVal(TinyModel):

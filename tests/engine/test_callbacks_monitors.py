@@ -18,7 +18,7 @@ from volt.callbacks.spike import SpikeDetection, TrainingSpikeException
 from volt.callbacks.throughput import ThroughputMonitor, _chip, throughput_metrics
 from volt.loggers.base import Logger
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore:ThroughputMonitor.*flops_per_batch")]
 

@@ -16,7 +16,7 @@ import volt
 from volt.callbacks.model_checkpoint import ModelCheckpoint
 from volt.callbacks.pruning import ModelPruning
 
-from conftest import loader, quiet_trainer
+from tiny_models import loader, quiet_trainer
 from test_callbacks_finetuning import assert_same, run_differential, scenario
 
 pytestmark = pytest.mark.timeout(120)

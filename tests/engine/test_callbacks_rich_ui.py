@@ -9,7 +9,7 @@ from volt.callbacks.model_summary import ModelSummary
 from volt.callbacks.progress import ProgressBar
 from volt.callbacks.rich_ui import RichModelSummary, RichProgressBar, RichProgressBarTheme
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

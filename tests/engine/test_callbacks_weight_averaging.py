@@ -26,7 +26,7 @@ from volt.callbacks import ModelCheckpoint
 from volt.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from volt.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = [
     pytest.mark.timeout(180),

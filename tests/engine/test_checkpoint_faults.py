@@ -29,7 +29,7 @@ from volt import exit_codes
 from volt.callbacks import ModelCheckpoint
 from volt.plugins import TorchCheckpointIO
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,7 +215,7 @@ _FILL_THE_VOLUME = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, sys.argv[3])
     from test_checkpoint_faults import Wide
-    from conftest import loader
+    from tiny_models import loader
     import volt
     from volt.callbacks import ModelCheckpoint
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 import volt
 from volt.callbacks.base import Callback
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import volt
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

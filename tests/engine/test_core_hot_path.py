@@ -8,7 +8,7 @@ import torch
 
 import volt
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from torch import nn
 import volt
 from volt.loggers import CSVLogger
 
-from conftest import quiet_trainer
+from tiny_models import quiet_trainer
 
 pytestmark = pytest.mark.timeout(120)
 

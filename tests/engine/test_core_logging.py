@@ -11,7 +11,7 @@ import volt
 from volt.callbacks.base import Callback
 from volt.strategies.single import SingleDeviceStrategy
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

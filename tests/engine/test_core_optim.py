@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ import torch
 import volt
 from volt.precision import parse_precision
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 

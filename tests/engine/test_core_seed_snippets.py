@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import volt as pl  # the one line a port changes: `import pytorch_lightning as pl`
 from volt import LightningDataModule, LightningModule, Trainer, seed_everything
 
-from conftest import loader, regression_data
+from tiny_models import loader, regression_data
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,7 +167,7 @@ class RegressionDataModule(LightningDataModule):
 
 
 def test_datamodule_lifecycle(tmp_path: Any) -> None:
-    from conftest import TinyModel
+    from tiny_models import TinyModel
 
     dm = RegressionDataModule()
     trainer = Trainer(max_epochs=2, default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
@@ -189,7 +189,7 @@ def test_datamodule_lifecycle(tmp_path: Any) -> None:
 
 
 def test_seed_everything_reproducible(tmp_path: Any) -> None:
-    from conftest import TinyModel
+    from tiny_models import TinyModel
 
     def run() -> torch.Tensor:
         seed_everything(123)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 import volt
 from volt.callbacks.base import Callback
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(120)
 

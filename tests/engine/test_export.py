@@ -15,7 +15,7 @@ from torch import nn
 
 import volt
 
-from conftest import loader, quiet_trainer
+from tiny_models import loader, quiet_trainer
 from ddp_support import child_env
 
 pytestmark = [pytest.mark.timeout(120),

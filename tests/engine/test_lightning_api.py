@@ -11,7 +11,7 @@ from torch import nn
 import volt
 from volt.callbacks import GradientAccumulationScheduler, LambdaCallback
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(120)
 

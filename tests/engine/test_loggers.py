@@ -159,7 +159,7 @@ def test_tensorboard_logger_event_files(tmp_path):
 
 
 def test_csv_logger_through_fit(tmp_path):
-    from conftest import TinyModel, loader, quiet_trainer
+    from tiny_models import TinyModel, loader, quiet_trainer
 
     logger = CSVLogger(tmp_path, name="fit")
     trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=2)
@@ -176,7 +176,7 @@ def test_csv_logger_through_fit(tmp_path):
 def test_default_logger_is_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from conftest import TinyModel, loader, quiet_trainer
+    from tiny_models import TinyModel, loader, quiet_trainer
 
     trainer = quiet_trainer(tmp_path, max_epochs=1, logger=True, log_every_n_steps=1)
     trainer.fit(TinyModel(), loader(n=32, batch_size=8))

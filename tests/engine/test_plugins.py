@@ -18,7 +18,7 @@ from volt.plugins import CheckpointIO, ClusterEnvironment, Precision, TorchCheck
 from volt.strategies.ddp import DDPStrategy
 from volt.strategies.single import SingleDeviceStrategy
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 from ddp_support import child_env, free_port
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ import volt
 from volt.callbacks import Callback
 from volt.profilers import AdvancedProfiler, PassThroughProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
-from conftest import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, loader, quiet_trainer
 from ddp_support import logs, start_nodes, wait_all
 
 pytestmark = pytest.mark.timeout(120)
@@ -183,7 +183,7 @@ _DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     import volt
     from volt.profilers import SimpleProfiler
-    from conftest import TinyModel, loader
+    from tiny_models import TinyModel, loader
 
     trainer = volt.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

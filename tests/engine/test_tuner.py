@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import volt
 from volt.tuner import LRFinder, Tuner, is_oom_error, lightning_getattr, lightning_setattr
 
-from conftest import TinyModel, loader, quiet_trainer, regression_data
+from tiny_models import TinyModel, loader, quiet_trainer, regression_data
 
 
 def _weights(model):
@@ -166,7 +166,7 @@ _OOM_CHILD = textwrap.dedent(
     import torch
     from torch.utils.data import DataLoader
     sys.path.insert(0, sys.argv[1])
-    from conftest import TinyModel, quiet_trainer, regression_data
+    from tiny_models import TinyModel, quiet_trainer, regression_data
     from volt.tuner import Tuner
 
     class Hungry(TinyModel):
