@@ -457,9 +457,9 @@ def _stalled(
     ``startup_allowance`` from the gang becoming Running. No step ever
     reported: never judged (a script without the progress endpoint).
     Not yet Running: every pod exists but some are not Ready that long after
-    the last was created (Unschedulable, ImagePullBackOff...: the timeout; pods
-    merely starting: the startup allowance), while the others hold their nodes
-    at the rendezvous.
+    the last was created (not scheduled, Unschedulable, ImagePullBackOff...:
+    the timeout; pods on a node merely starting: the startup allowance), while
+    the others hold their nodes at the rendezvous.
     """
     timeout = spec.failure_policy.stall_timeout_seconds
     if not timeout or len(live) < n or any(p.succeeded for p in live):
@@ -470,7 +470,8 @@ def _stalled(
     created = [t for t in (parse_time(p.created) for p in live) if t is not None]
     if not waiting or not created:
         return None
-    troubled = any(waiting_problem(p.waiting_reason) for p in waiting)
+    # Unscheduled (no node yet) or in trouble: waiting for capacity or for someone to act.
+    troubled = any(not p.node or waiting_problem(p.waiting_reason) for p in waiting)
     limit = timeout if troubled else startup_allowance(spec)
     waited = (now - max(created)).total_seconds()
     if waited < limit:

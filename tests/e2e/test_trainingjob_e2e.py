@@ -87,9 +87,8 @@ def test_killed_pod_restarts_the_gang_which_resumes(operator: OperatorProcess, n
     assert status["restarts"] == 1 and status["attempt"] == 1, (restarts, status)
     failure = status["lastFailure"]
     assert failure["pod"] == "synthetic-node-1" and failure["rank"] == 1
-    # A graceful delete lets the engine checkpoint and exit 75 (free restart);
-    # a pod that vanished without an exit code spends the budget.
-    expected_counted = 0 if failure["reason"] in ("Checkpointed", "Evicted", "Preempted") else 1
+    # A deleted pod restarts for free: it checkpointed (75), or the deletion stopped it (PodDeleted).
+    expected_counted = 0 if failure["reason"] in ("Checkpointed", "PodDeleted", "Evicted", "Preempted") else 1
     assert status["restartsCounted"] == expected_counted, failure
 
     pods = get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=synthetic")["items"]

@@ -1,6 +1,7 @@
 """Table-driven tests of the status machine: observed pods -> next phase and action."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -944,12 +945,21 @@ def test_a_restarted_gang_that_never_steps_is_bounded_by_the_startup_allowance()
 def test_pods_merely_starting_get_the_startup_allowance_troubled_ones_the_timeout() -> None:
     s = spec(failurePolicy={"stallTimeoutSeconds": 30}, rendezvous={"timeoutSeconds": 120})
     created = NOW - timedelta(seconds=31)
-    starting = [pod(0, created=created), pod(1, phase="Pending", waiting="ContainerCreating", created=created)]
+
+    def on_node(view: Any) -> Any:
+        return dataclasses.replace(view, node="node-b")
+
+    starting = [on_node(pod(0, created=created)),
+                on_node(pod(1, phase="Pending", waiting="ContainerCreating", created=created))]
     assert decide(s, JobMeta("mnist"), st(phase="Pending"), starting, True, NOW).status.phase == "Pending"
     late = decide(s, JobMeta("mnist"), st(phase="Pending"), starting, True, NOW + timedelta(seconds=120))
     assert late.status.phase == "Restarting"
-    pulling = [pod(0, created=created), pod(1, phase="Pending", waiting="ImagePullBackOff", created=created)]
+    pulling = [on_node(pod(0, created=created)),
+               on_node(pod(1, phase="Pending", waiting="ImagePullBackOff", created=created))]
     assert decide(s, JobMeta("mnist"), st(phase="Pending"), pulling, True, NOW).status.phase == "Restarting"
+    # No node yet (no scheduler took it, or no capacity): waiting for capacity, not starting.
+    unscheduled = [on_node(pod(0, created=created)), pod(1, phase="Pending", created=created)]
+    assert decide(s, JobMeta("mnist"), st(phase="Pending"), unscheduled, True, NOW).status.phase == "Restarting"
 
 
 def test_the_stalled_message_says_rank_0_reports_and_the_hang_may_be_elsewhere() -> None:
