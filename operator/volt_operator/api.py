@@ -828,8 +828,10 @@ class FailurePolicy(_Model):
     stall_timeout_seconds: int = Field(
         DEFAULT_STALL_TIMEOUT_SECONDS, ge=0, le=7 * 86400,
         description="Restart the gang (condition Stalled, spends the budget) when rank 0 has "
-        "made no optimizer step for this long while Running, or when the gang has not "
-        "become Ready this long after its pods were created. 0 turns it off.",
+        "made no optimizer step for this long while Running, counted from this attempt's last "
+        "step (a restarted gang gets rendezvous.timeoutSeconds more to reach its first step), "
+        "or when the gang has not become Ready this long after its pods were created. "
+        "0 turns it off.",
     )
     rules: List[FailureRule] = Field(default_factory=list, max_length=32)
 

@@ -71,8 +71,17 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: Dict[str, Any] = {
 def security_context(
     defaults: Dict[str, Any], overrides: Optional[Dict[str, Any]]
 ) -> Dict[str, Any]:
-    """``defaults`` with the user's top-level keys replacing ours (a null removes one)."""
-    merged = {**copy.deepcopy(defaults), **(overrides or {})}
+    """``defaults`` with the user's top-level keys replacing ours (a null removes one).
+
+    A container the user makes privileged keeps no allowPrivilegeEscalation default of
+    ours: the API server refuses privileged with allowPrivilegeEscalation false as an
+    invalid pod, and the namespace's Pod Security level is what should answer.
+    """
+    overrides = overrides or {}
+    defaults = copy.deepcopy(defaults)
+    if overrides.get("privileged") is True:
+        defaults.pop("allowPrivilegeEscalation", None)
+    merged = {**defaults, **overrides}
     return {k: v for k, v in merged.items() if v is not None}
 
 

@@ -230,6 +230,16 @@ def test_security_context_overrides_replace_one_key_and_keep_the_rest() -> None:
         "type": "RuntimeDefault"}
 
 
+def test_a_privileged_container_keeps_no_allow_privilege_escalation_default() -> None:
+    # privileged with allowPrivilegeEscalation false is an invalid pod (a 422, not a policy answer)
+    privileged = spec(template={"containerSecurityContext": {"privileged": True}})
+    container_sc = build_pod(JOB, privileged, 1, 0, "auto")["spec"]["containers"][0]["securityContext"]
+    assert container_sc == {"privileged": True, "capabilities": {"drop": ["ALL"]}}
+    explicit = spec(template={"containerSecurityContext": {"privileged": True, "allowPrivilegeEscalation": True}})
+    assert build_pod(JOB, explicit, 1, 0, "auto")["spec"]["containers"][0]["securityContext"][
+        "allowPrivilegeEscalation"] is True
+
+
 def test_builders_are_pure_and_deterministic() -> None:
     s = spec()
     assert build_pods(JOB, s, 0, "auto") == build_pods(JOB, s, 0, "auto")
