@@ -400,7 +400,8 @@ class Trainer:
         if not self._trial_run:
             ckpt_path = self._resume_path(ckpt_path)
         self.state.fn = TrainerFn.FITTING
-        run_stage(self, fit_loop.run_fit, model, datamodule, dict(train=train_dataloaders, val=val_dataloaders), ckpt_path)
+        loaders = dict(train=train_dataloaders, val=val_dataloaders)
+        run_stage(self, fit_loop.run_fit, model, datamodule, loaders, ckpt_path)
 
     def _resume_path(self, ckpt_path: Optional[str]) -> Optional[str]:
         """fit()'s checkpoint: the argument, else the 1.x resume_from_checkpoint, then VOLT_RESUME's say."""
@@ -432,7 +433,8 @@ class Trainer:
         check_sources(dataloaders, None, datamodule, "predict")
         self.state.fn = TrainerFn.PREDICTING
         self._return_predictions = True if return_predictions is None else return_predictions
-        return run_stage(self, eval_loop.run_predict, model, datamodule, dict(predict=dataloaders), self._eval_ckpt(ckpt_path, model))
+        return run_stage(self, eval_loop.run_predict, model, datamodule, dict(predict=dataloaders),
+                         self._eval_ckpt(ckpt_path, model))
 
     def tune(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
              datamodule: Optional[LightningDataModule] = None, *, train_dataloader: Any = None,
@@ -492,7 +494,8 @@ class Trainer:
         check_sources(dataloaders, None, datamodule, fn)
         self.state.fn = fn
         self._verbose = verbose
-        return run_stage(self, eval_loop.run_evaluate, model, datamodule, {fn: dataloaders}, self._eval_ckpt(ckpt_path, model))
+        return run_stage(self, eval_loop.run_evaluate, model, datamodule, {fn: dataloaders},
+                         self._eval_ckpt(ckpt_path, model))
 
     def _eval_model(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
