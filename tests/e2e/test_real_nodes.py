@@ -120,7 +120,8 @@ def host_traces(cluster: LocalCluster) -> List[str]:
     found = []
     for argv in (["ip", "-o", "link", "show"], ["ip", "-o", "addr", "show"]):
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        found += [line for line in out.splitlines() if f"vk{ident}" in line or "volt-dns" in line]
+        found += [line for line in out.splitlines()
+                  if f"vk{ident}" in line or "volt-dns" in line or "volt-api" in line]
     for tool in ("iptables", "ip6tables"):
         for table in ("filter", "nat", "mangle"):
             out = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
