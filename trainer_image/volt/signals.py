@@ -231,6 +231,9 @@ class PreemptionCallback(Callback):
             self._resolve_dirpath(trainer), f"preempted-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
         )
         started = time.monotonic()
+        # This runs inside on_train_batch_end, before the loop writes this step's metrics;
+        # write them now or the step the checkpoint ends on is missing from the logs.
+        trainer.flush_step_logs()
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
             from volt.checkpoint import write_manifest

@@ -556,7 +556,7 @@ def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, b
         epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
     n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
     if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
-        _maybe_flush_logs(trainer)
+        maybe_flush_logs(trainer)
     return None
 
 
@@ -610,10 +610,10 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
     if run.collect_train_outputs and outputs is not None:
         epoch_outputs.append(_to_cpu(outputs) if trainer.move_metrics_to_cpu else outputs)
     if steps_now:
-        # _maybe_flush_logs has work only at these points (it repeats the test)
+        # maybe_flush_logs has work only at these points (it repeats the test)
         n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
         if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
-            _maybe_flush_logs(trainer)
+            maybe_flush_logs(trainer)
     return None
 
 
@@ -862,7 +862,8 @@ def _log_grad_norms(trainer: "Trainer", optimizer: torch.optim.Optimizer) -> Non
         connector.fx = prev
 
 
-def _maybe_flush_logs(trainer: "Trainer") -> None:
+def maybe_flush_logs(trainer: "Trainer") -> None:
+    """Write this step's logged metrics when the loop writes them (every log_every_n_steps, or stopping)."""
     n = trainer.log_every_n_steps
     stepped = trainer.progress.batches_that_stepped
     if (n > 0 and stepped % n == 0) or trainer.should_stop:

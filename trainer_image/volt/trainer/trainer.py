@@ -609,6 +609,11 @@ class Trainer:
             connector.fx = prev
 
     # --- used by LightningModule ---------------------------------------------------------------
+    def flush_step_logs(self) -> None:
+        """Write the current step's metrics now, where the batch loop would write them after
+        on_train_batch_end: a callback that ends the run inside that hook calls this first."""
+        fit_loop.maybe_flush_logs(self)
+
     def _run_backward(self, loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer], *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> module.backward(scaled loss) -> on_after_backward."""
         silent = self.run_state.silent

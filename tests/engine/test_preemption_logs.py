@@ -1,0 +1,59 @@
+"""A SIGTERM checkpoint ends the run inside on_train_batch_end: that step's metrics are still logged."""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Dict, List, Optional
+
+import pytest
+from tiny_models import TinyModel, loader
+
+import volt
+from volt import exit_codes
+from volt.loggers import Logger
+
+
+class RecordingLogger(Logger):
+    """Keeps every (step, metrics) it is given: a real Logger, written to memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: List[int] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        if "train_loss" in metrics and step is not None:
+            self.steps.append(step)
+
+
+class SigtermAt(volt.Callback):
+    def __init__(self, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx == self.batch_idx:
+            os.kill(os.getpid(), signal.SIGTERM)  # the PreemptionCallback's handler only sets its flag
+
+
+@pytest.mark.timeout(120)
+def test_the_step_a_sigterm_checkpoint_ends_on_is_logged(tmp_path: Any) -> None:
+    logger = RecordingLogger()
+    trainer = volt.Trainer(max_epochs=1, log_every_n_steps=1, logger=logger, callbacks=[SigtermAt(5)],
+                           default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(SystemExit) as exited:
+        trainer.fit(TinyModel(), loader(n=64, batch_size=4))
+    assert exited.value.code == exit_codes.CHECKPOINTED
+    assert trainer.global_step == 6
+    # Steps 0..5: the sixth (batch 5, logged as step 5) ended the run and is there too.
+    assert logger.steps == list(range(6))
+    assert list(tmp_path.rglob("preempted-epoch=0-step=6.ckpt")), "no SIGTERM checkpoint was written"
