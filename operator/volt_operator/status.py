@@ -775,11 +775,15 @@ def decide(
             # Only a checkpoint on the job's volume (or a given path) survives the pods.
             durable = spec.checkpoint is not None or plan.resume not in ("auto", "never")
             if st.attempt > 0 and durable:
-                where = (
-                    f"{st.checkpoint.path} (step {st.checkpoint.step})"
-                    if seen_checkpoint and st.checkpoint
-                    else "the latest checkpoint on the volume, if any"
-                )
+                # With "auto" the engine picks the newest verified checkpoint when it starts,
+                # which may be one written after the last progress poll (the SIGTERM save).
+                if plan.resume not in ("auto", "never"):
+                    where = plan.resume
+                elif seen_checkpoint and st.checkpoint:
+                    where = (f"the latest checkpoint on the volume (the last one reported: "
+                             f"{st.checkpoint.path}, step {st.checkpoint.step})")
+                else:
+                    where = "the latest checkpoint on the volume, if any"
                 plan.emit(
                     "Normal", "CheckpointResumed", f"attempt {st.attempt} resumes from {where}"
                 )

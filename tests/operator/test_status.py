@@ -371,6 +371,15 @@ def test_decide(name: str) -> None:
     assert again.status.attempt == got.attempt or got.phase in ("Suspended",)
 
 
+def test_a_resumed_gang_says_the_engine_picks_the_latest_checkpoint_not_only_the_last_reported() -> None:
+    # A SIGTERM save lands after the last progress poll: the event must not promise the older one.
+    case = CASES["restart: backoff over -> new gang resumes from checkpoint"]
+    plan = decide(case.spec, JobMeta("mnist", 3), case.status, case.pods, case.service, case.now)
+    resumed = [e.message for e in plan.events if e.reason == "CheckpointResumed"]
+    assert resumed == ["attempt 1 resumes from the latest checkpoint on the volume "
+                       "(the last one reported: /checkpoints/mnist/last.ckpt, step 40)"]
+
+
 def test_gang_restart_records_last_failure_and_backoff() -> None:
     plan = decide(
         spec(), JobMeta("mnist"), st(phase="Running"),
