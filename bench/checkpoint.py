@@ -1,7 +1,10 @@
 """Checkpoint saves and loads through volt's real checkpoint code, as ratios to baselines measured in the same run.
 
 The state is a model plus its SGD momentum buffers, float32, about ``--megabytes`` MB
-in all (default 1024). Each configuration is saved ``--repeats`` times (median):
+in all (default 1024). Each configuration is saved ``--repeats`` times, every save right
+after its own baselines (a ``dd`` and a staging copy): the load of a shared machine moves
+from minute to minute, so each ratio is taken within one such triple and the table shows
+the median ratio.
 
 * ``torch.save + fsync``: the reference a bare torch user gets;
 * ``file``: volt's single-file checkpoint (``volt.checkpoint.atomic_save``: temp file, SHA-256
@@ -21,7 +24,8 @@ Measured per configuration, in the same run:
   (async: until ``wait()`` returns), over the disk's own sequential speed measured with
   ``dd if=/dev/zero bs=16M conv=fsync`` of the same size into the same directory. Target: >= 0.7.
 * ``load``: reading the checkpoint back as full CPU tensors (``volt.checkpoint.load`` for a
-  file, ``load_sharded`` for a directory) over ``torch.load`` of the ``torch.save`` file.
+  file, ``load_sharded`` for a directory) over ``torch.load`` of the ``torch.save`` file
+  timed just before it.
 
     python bench/checkpoint.py [--megabytes 1024] [--repeats 3] [--dir /path/on/the/volume] [--quick]
 
@@ -41,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -107,14 +111,6 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, before: Callable[[], Any] = lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        times.append(timed(fn))
-    return statistics.median(times)
-
-
 def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,35 +149,45 @@ def atomic_save_no_checksum(obj: Any, path: str) -> None:
     fsync_path(os.path.dirname(path))
 
 
-# --- sharded saves: one function for 1 process and for each of W ranks --------------------------
-def sharded_saves(state_of: Callable[[int], Dict[str, Any]], directory: str, repeats: int) -> Dict[str, Any]:
-    """Sync then async saves through ShardedCheckpointIO on this process; per-repeat seconds.
+# --- paired measurements: each save right after its own baselines ------------------------------
+def paired(save: Callable[[], Any], wait: Callable[[], Any], state: Dict[str, Any], dd_path: Optional[str],
+           nbytes: int, barrier: Callable[[], None] = lambda: None) -> Dict[str, float]:
+    """One save and, just before it, the baselines it is compared with: the machine's load moves
+    between minutes, so each ratio is taken within one such triple (``dd_path`` None: no dd here)."""
+    dd = 0.0
+    if dd_path is not None:
+        dd = dd_seconds(dd_path, nbytes)
+        drop(dd_path)
+    barrier()
+    staging = timed(lambda: staging_copy(state))
+    barrier()
+    start = time.perf_counter()
+    save()
+    returned = time.perf_counter()
+    wait()
+    return {"dd": dd, "staging": staging, "blocked": returned - start, "durable": time.perf_counter() - start}
 
-    Returns {"staging": [...], "sync": {"blocked": [...], "durable": [...]}, "async": {...}}.
-    Every rank starts each save together (a barrier), as training ranks reach a checkpoint.
+
+def sharded_saves(state_of: Callable[[int], Dict[str, Any]], directory: str, repeats: int, nbytes: int,
+                  rank: int = 0) -> Dict[str, List[Dict[str, float]]]:
+    """Sync then async saves through ShardedCheckpointIO on this process, each paired with its baselines.
+
+    Every rank starts each save together (a barrier), as training ranks reach a checkpoint; rank 0
+    runs ``dd`` before it.
     """
-    distributed = dist.is_initialized()
-    barrier = dist.barrier if distributed else (lambda: None)
+    barrier = dist.barrier if dist.is_initialized() else (lambda: None)
+    dd_path = os.path.join(directory, "dd.bin") if rank == 0 else None
+    out: Dict[str, List[Dict[str, float]]] = {}
     step = 0
-    out: Dict[str, Any] = {"staging": []}
-    for _ in range(repeats):
-        barrier()
-        out["staging"].append(timed(lambda: staging_copy(state_of(0))))
     for mode in ("sync", "async"):
         io = ShardedCheckpointIO(async_save=mode == "async")
         path = os.path.join(directory, f"{mode}.ckpt")
-        blocked, durable = [], []
+        runs = []
         for _ in range(repeats + 1):  # the first save also sets up the writer's process group: not counted
             step += 1
             state = state_of(step)
-            barrier()
-            start = time.perf_counter()
-            io.save_checkpoint(state, path)
-            returned = time.perf_counter()
-            io.wait()
-            blocked.append(returned - start)
-            durable.append(time.perf_counter() - start)
-        out[mode] = {"blocked": blocked[1:], "durable": durable[1:], "path": path}
+            runs.append(paired(lambda: io.save_checkpoint(state, path), io.wait, state, dd_path, nbytes, barrier))
+        out[mode] = runs[1:]
     return out
 
 
@@ -196,12 +202,14 @@ def _rank_main(rank: int, world: int, port: int, shapes: List[Tuple[int, int]], 
     try:
         mesh = init_device_mesh("cpu", (world,))
         weights, momenta = full_state(shapes)  # every rank the same numbers; each keeps its quarter
+        nbytes = sum(t.numel() * 4 for t in weights + momenta)
 
         def shard(t: torch.Tensor) -> Any:
             return DTensor.from_local(t.chunk(world)[rank].clone(), mesh, [Shard(0)], run_check=False)
 
         weights, momenta = [shard(t) for t in weights], [shard(t) for t in momenta]
-        queue.put((rank, sharded_saves(lambda step: checkpoint_dict(weights, momenta, step), directory, repeats)))
+        result = sharded_saves(lambda step: checkpoint_dict(weights, momenta, step), directory, repeats, nbytes, rank)
+        queue.put((rank, result))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -213,8 +221,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sharded_saves_on_ranks(world: int, shapes: List[Tuple[int, int]], directory: str, repeats: int) -> Dict[str, Any]:
-    """Run ``sharded_saves`` on ``world`` gloo processes; per repeat, the slowest rank's seconds."""
+def sharded_saves_on_ranks(world: int, shapes: List[Tuple[int, int]], directory: str,
+                           repeats: int) -> Dict[str, List[Dict[str, float]]]:
+    """``sharded_saves`` on ``world`` gloo processes: per save, the slowest rank's times and rank 0's dd."""
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     port = free_port()
@@ -227,18 +236,33 @@ def sharded_saves_on_ranks(world: int, shapes: List[Tuple[int, int]], directory:
         p.join()
         if p.exitcode != 0:
             raise RuntimeError(f"a checkpoint rank exited with {p.exitcode}")
-
-    def slowest(values: List[List[float]]) -> List[float]:
-        return [max(v) for v in zip(*values)]
-
-    merged: Dict[str, Any] = {"staging": slowest([results[r]["staging"] for r in range(world)])}
+    merged: Dict[str, List[Dict[str, float]]] = {}
     for mode in ("sync", "async"):
-        merged[mode] = {key: slowest([results[r][mode][key] for r in range(world)]) for key in ("blocked", "durable")}
-        merged[mode]["path"] = results[0][mode]["path"]
+        merged[mode] = [{key: max(results[r][mode][i][key] for r in range(world)) for key in results[0][mode][i]}
+                        for i in range(repeats)]
     return merged
 
 
 # --- the run ---------------------------------------------------------------------------------
+def summarize(runs: List[Dict[str, float]], size: int, nbytes: int) -> Dict[str, float]:
+    """Medians of the per-save ratios (and of the seconds) of one configuration."""
+    med = statistics.median
+    return {
+        "blocked_s": med(r["blocked"] for r in runs), "durable_s": med(r["durable"] for r in runs),
+        "staging_s": med(r["staging"] for r in runs), "dd_s": med(r["dd"] for r in runs), "bytes": size,
+        "blocked_over_staging": med(r["blocked"] / r["staging"] for r in runs),
+        "throughput_over_dd": med((size / r["durable"]) / (nbytes / r["dd"]) for r in runs),
+    }
+
+
+def load_ratio(load: Callable[[], Any], raw: str, repeats: int) -> Dict[str, float]:
+    """``load`` timed right after ``torch.load`` of ``raw``, each time: the median ratio."""
+    pairs = [(timed(lambda: torch.load(raw, map_location="cpu", weights_only=False)), timed(load))
+             for _ in range(repeats)]
+    return {"load_s": statistics.median(p[1] for p in pairs),
+            "load_over_torch_load": statistics.median(p[1] / p[0] for p in pairs)}
+
+
 def measure(megabytes: float, repeats: int, directory: str) -> Dict[str, Any]:
     shapes = tensor_shapes(megabytes)
     weights, momenta = full_state(shapes)
@@ -247,62 +271,43 @@ def measure(megabytes: float, repeats: int, directory: str) -> Dict[str, Any]:
     raw, file_path, dd_path = (os.path.join(directory, n) for n in ("raw.pt", "volt.ckpt", "dd.bin"))
 
     def raw_save() -> None:
+        drop(raw)
         torch.save(state, raw)
         fsync_path(raw)
 
-    seconds: Dict[str, float] = {}
-    dd_runs = []
-    for _ in range(repeats):
-        dd_runs.append(dd_seconds(dd_path, nbytes))
-        drop(dd_path)
-    seconds["dd"] = statistics.median(dd_runs)
-    seconds["torch_save"] = median_seconds(raw_save, repeats, lambda: drop(raw))
-    seconds["file"] = median_seconds(lambda: volt_checkpoint.atomic_save(state, file_path), repeats)
-    seconds["file_no_checksum"] = median_seconds(lambda: atomic_save_no_checksum(state, file_path), repeats)
-    seconds["torch_load"] = median_seconds(lambda: torch.load(raw, map_location="cpu", weights_only=False), repeats)
-    volt_checkpoint.atomic_save(state, file_path)
-    seconds["file_load"] = median_seconds(lambda: volt_checkpoint.load(file_path, map_location="cpu"), repeats)
-    sizes = {"torch_save": disk_bytes(raw), "file": disk_bytes(file_path)}
-    drop(file_path)
-    drop(raw)
-
     rows: Dict[str, Dict[str, float]] = {}
-    staging_single = median_seconds(lambda: staging_copy(state), repeats)
-    for name, secs, size in (("torch.save + fsync", seconds["torch_save"], sizes["torch_save"]),
-                             ("file (volt, SHA-256)", seconds["file"], sizes["file"]),
-                             ("file (volt, no checksum)", seconds["file_no_checksum"], sizes["file"])):
-        rows[name] = {"blocked_s": secs, "durable_s": secs, "staging_s": staging_single, "bytes": size}
-    rows["torch.save + fsync"]["load_s"] = seconds["torch_load"]
-    rows["file (volt, SHA-256)"]["load_s"] = seconds["file_load"]
+    for name, save, path in (("torch.save + fsync", raw_save, raw),
+                             ("file (volt, SHA-256)", lambda: volt_checkpoint.atomic_save(state, file_path), file_path),
+                             ("file (volt, no checksum)", lambda: atomic_save_no_checksum(state, file_path), file_path)):
+        runs = [paired(save, lambda: None, state, dd_path, nbytes) for _ in range(repeats)]
+        rows[name] = summarize(runs, disk_bytes(path), nbytes)
+    rows["torch.save + fsync"].update(load_s=statistics.median(
+        timed(lambda: torch.load(raw, map_location="cpu", weights_only=False)) for _ in range(repeats)),
+        load_over_torch_load=1.0)
+    volt_checkpoint.atomic_save(state, file_path)
+    rows["file (volt, SHA-256)"].update(load_ratio(lambda: volt_checkpoint.load(file_path, map_location="cpu"),
+                                                   raw, repeats))
+    drop(file_path)
     del weights, momenta, state
 
     for writers in SHARDED_WRITERS:
         where = tempfile.mkdtemp(prefix=f"sharded{writers}-", dir=directory)
         if writers == 1:
             w, m = full_state(shapes)
-            result = sharded_saves(lambda step: checkpoint_dict(w, m, step), where, repeats)
+            result = sharded_saves(lambda step: checkpoint_dict(w, m, step), where, repeats, nbytes)
             del w, m
         else:
             result = sharded_saves_on_ranks(writers, shapes, where, repeats)
-        staging = statistics.median(result["staging"])
         for mode in ("sync", "async"):
-            path = result[mode]["path"]
-            rows[f"sharded {mode}, {writers} writer{'s' if writers > 1 else ''}"] = {
-                "blocked_s": statistics.median(result[mode]["blocked"]),
-                "durable_s": statistics.median(result[mode]["durable"]),
-                "staging_s": staging,
-                "bytes": disk_bytes(path),
-                "load_s": median_seconds(lambda: load_sharded(path), repeats),
-            }
+            path = os.path.join(where, f"{mode}.ckpt")
+            row = summarize(result[mode], disk_bytes(path), nbytes)
+            row.update(load_ratio(lambda: load_sharded(path), raw, repeats))
+            rows[f"sharded {mode}, {writers} writer{'s' if writers > 1 else ''}"] = row
         shutil.rmtree(where)
-
-    for row in rows.values():
-        row["blocked_over_staging"] = row["blocked_s"] / row["staging_s"]
-        row["throughput_over_dd"] = (row["bytes"] / row["durable_s"]) / (nbytes / seconds["dd"])
-        if "load_s" in row:
-            row["load_over_torch_load"] = row["load_s"] / seconds["torch_load"]
-    return {"state_bytes": nbytes, "state_mb": round(nbytes / 1e6, 1), "tensors": 2 * len(shapes), "dd_mb_per_s": round(nbytes / 1e6 / seconds["dd"], 1),
-            "seconds": {k: round(v, 4) for k, v in seconds.items()}, "rows": rows}
+    drop(raw)
+    dd_median = statistics.median(row["dd_s"] for row in rows.values())
+    return {"state_bytes": nbytes, "state_mb": round(nbytes / 1e6, 1), "tensors": 2 * len(shapes),
+            "dd_mb_per_s": round(nbytes / 1e6 / dd_median, 1), "rows": rows}
 
 
 def table(rows: Dict[str, Dict[str, float]]) -> str:

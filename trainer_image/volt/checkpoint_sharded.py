@@ -245,7 +245,7 @@ def _cpu_copy(obj: Any) -> Any:
 class _OneCopyStager(AsyncStager):
     """Stages an async save with one copy of each tensor. DCP's own staging copies a CPU
     ``DTensor`` twice (``copy.deepcopy``, then into a new buffer), and a GPU one to the host
-    twice: 2-5x the copy's time, all of it blocking training."""
+    twice: several times the copy's time, all of it blocking training (docs/benchmarks.md)."""
 
     _synchronize_after_execute = False
 
