@@ -16,6 +16,8 @@ or from a shell (the processes outlive the command; `down` stops them):
     python -m volt_operator.testing.cluster up --dir /tmp/kube --nodes 2 [--runtime kubelet]
     export KUBECONFIG=/tmp/kube/kubeconfig
     python -m volt_operator.testing.cluster load-image --dir /tmp/kube volt-trainer:0.1.0   # kubelet nodes
+    python -m volt_operator.testing.cluster stop-kubelet --dir /tmp/kube node-1       # node-1 goes NotReady
+    python -m volt_operator.testing.cluster start-kubelet --dir /tmp/kube node-1
     python -m volt_operator.testing.cluster down --dir /tmp/kube
 """
 
