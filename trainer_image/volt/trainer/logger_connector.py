@@ -84,18 +84,22 @@ class LoggerConnector:
         Lightning computes them whenever callback_metrics is read at that point, so the
         epoch-end hooks see ``x_epoch``; ``finish_epoch`` recomputes them after the module's
         hook. Metric objects are computed here without a reset (torchmetrics caches the result,
-        so finish_epoch's compute() reuses it unless the hook updated the metric). Left to
-        finish_epoch under DDP: sync_dist values (a second collective per epoch for a preview is
-        not worth it).
+        so finish_epoch's compute() reuses it unless the hook updated the metric). Under DDP the
+        sync_dist values are reduced here, as Lightning's hooks see them; finish_epoch reuses them
+        unless the hook logged the same name again (no second collective).
         """
         distributed = self.trainer.world_size > 1
+        if distributed:
+            results.sync_epoch(self.trainer.strategy)
         for m in results.metrics.values():
             if not m.on_epoch:
                 continue
             if m.metric_object is not None:
                 m.epoch_value = torch.as_tensor(m.metric_object.compute()).detach()
-            elif m.total is None or (distributed and m.sync_dist):
+            elif m.total is None:
                 continue
+            elif distributed and m.sync_dist:
+                m.epoch_value = m.synced_epoch_value
             else:
                 m.epoch_value = m.total / max(m.weight, 1e-12) if m.reduce_fx == "mean" else m.total
             _, epoch_name = forked_names(m)
@@ -151,7 +155,7 @@ class LoggerConnector:
     def reset_train_epoch(self) -> None:
         # Step values survive (callback_metrics keeps the last one); epoch aggregates restart.
         for m in self.train_results.metrics.values():
-            m.total, m.weight = None, 0.0
+            m.total, m.weight, m.synced_epoch_value = None, 0.0, None
 
     def discard_sanity_results(self, before: Dict[str, torch.Tensor]) -> None:
         """Sanity-check metrics must not reach callbacks (they would look like real validation)."""

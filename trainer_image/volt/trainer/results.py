@@ -60,11 +60,14 @@ class LoggedMetric:
     weight: float = 0.0
     epoch_value: Optional[torch.Tensor] = None
     metric_object: Any = None  # a torchmetrics-like object with compute()/reset()
+    # sync_dist under DDP: the epoch value reduced across ranks from the current total (None once it changes)
+    synced_epoch_value: Optional[torch.Tensor] = None
     # LightningModule.log's arguments (and hook) of the last call that logged a float scalar tensor:
     # a repeat of the same call (every step) skips resolving and checking the options again
     fast_key: Optional[Tuple[Any, ...]] = None
 
     def update_epoch(self, value: torch.Tensor, batch_size: int) -> None:
+        self.synced_epoch_value = None
         fx = self.reduce_fx
         if fx == "mean":
             contrib = value * batch_size
@@ -165,22 +168,34 @@ class ResultCollection:
             m.step_fresh = False
         return {m.name: m for m in fresh}
 
+    def sync_epoch(self, strategy: "Strategy") -> None:
+        """Reduce the ``sync_dist`` epoch aggregates across ranks (one collective per reduce op) into
+        ``synced_epoch_value``; those already reduced from their current total are not sent again."""
+        stale = [m for m in self.metrics.values()
+                 if m.on_epoch and m.sync_dist and m.total is not None and m.synced_epoch_value is None]
+        if stale:
+            for m, value in zip(stale, _synced_epoch_values(stale, strategy)):
+                m.synced_epoch_value = value
+
     def compute_epoch(self, strategy: Optional["Strategy"]) -> None:
-        """Turn running aggregates into ``epoch_value`` (one collective per reduce op)."""
+        """Turn running aggregates into ``epoch_value`` (one collective per reduce op, none for values
+        ``sync_epoch`` already reduced)."""
         pending = [m for m in self.metrics.values() if m.on_epoch and (m.total is not None or m.metric_object)]
-        synced = [m for m in pending if m.sync_dist and m.total is not None]
-        if strategy is not None and strategy.world_size > 1 and synced:
-            _sync_epoch_totals(synced, strategy)
+        distributed = strategy is not None and strategy.world_size > 1
+        if distributed:
+            self.sync_epoch(strategy)  # type: ignore[arg-type]
         for m in pending:
             if m.metric_object is not None:
                 m.epoch_value = torch.as_tensor(m.metric_object.compute()).detach()
                 if hasattr(m.metric_object, "reset"):
                     m.metric_object.reset()
+            elif distributed and m.sync_dist:
+                m.epoch_value = m.synced_epoch_value
             elif m.reduce_fx == "mean":
                 m.epoch_value = m.total / max(m.weight, 1e-12)  # type: ignore[operator]
             else:
                 m.epoch_value = m.total
-            m.total, m.weight = None, 0.0
+            m.total, m.weight, m.synced_epoch_value = None, 0.0, None
 
     def reset(self) -> None:
         self.metrics.clear()
@@ -245,9 +260,11 @@ def _sync_step_values(metrics: List[LoggedMetric], strategy: "Strategy") -> None
             m.step_value = reduced[i]
 
 
-def _sync_epoch_totals(metrics: List[LoggedMetric], strategy: "Strategy") -> None:
+def _synced_epoch_values(metrics: List[LoggedMetric], strategy: "Strategy") -> List[torch.Tensor]:
+    """The epoch values of ``metrics`` across ranks, in order; their totals are left as they are."""
     # A weighted mean across ranks is sum(totals) / sum(weights): one "sum" reduction
     # carries every mean's numerator and denominator and every sum.
+    values: Dict[int, torch.Tensor] = {}
     sums = [m for m in metrics if m.reduce_fx in ("mean", "sum")]
     if sums:
         device = sums[0].total.device  # type: ignore[union-attr]
@@ -256,11 +273,11 @@ def _sync_epoch_totals(metrics: List[LoggedMetric], strategy: "Strategy") -> Non
         reduced = strategy.reduce(torch.cat([torch.stack(rows), weights]), reduce_op="sum")
         n = len(sums)
         for i, m in enumerate(sums):
-            m.total = reduced[i]
-            m.weight = float(reduced[n + i]) if m.reduce_fx == "mean" else m.weight
+            values[id(m)] = reduced[i] / torch.clamp(reduced[n + i], min=1e-12) if m.reduce_fx == "mean" else reduced[i]
     for op in ("max", "min"):
         group = [m for m in metrics if m.reduce_fx == op]
         if group:
             reduced = strategy.reduce(torch.stack([m.total.float() for m in group]), reduce_op=op)  # type: ignore[union-attr]
             for i, m in enumerate(group):
-                m.total = reduced[i]
+                values[id(m)] = reduced[i]
+    return [values[id(m)] for m in metrics]

@@ -1,0 +1,73 @@
+"""sync_dist epoch values under DDP are reduced before the epoch-end hooks, as Lightning's hooks see them."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pytest
+import torch
+
+from volt.callbacks.base import Callback
+from volt.strategies.single import SingleDeviceStrategy
+
+from tiny_models import TinyModel, loader, quiet_trainer
+
+pytestmark = pytest.mark.timeout(60)
+
+NAMES = ("mean_synced", "sum_synced", "max_synced")
+
+
+class TwoEqualRanks(SingleDeviceStrategy):
+    """A real strategy whose reduce pretends a second rank holds the same values; it records each call."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.reduce_calls: List[tuple] = []
+
+    @property
+    def world_size(self) -> int:
+        return 2
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        self.reduce_calls.append((reduce_op, tuple(tensor.shape)))
+        return tensor * 2 if reduce_op == "sum" else tensor
+
+
+class EpochValues(TinyModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_by_module: List[Dict[str, float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        value = float(10 * self.current_epoch + batch_idx)  # epoch 0: 0, 1, 2; epoch 1: 10, 11, 12
+        self.log("mean_synced", value, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("sum_synced", value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="sum")
+        self.log("max_synced", value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        return super().training_step(batch, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.seen_by_module.append({k: float(self.trainer.callback_metrics[k]) for k in NAMES})
+        self.log("late", 5.0, sync_dist=True)  # logged after the preview: reduced by the epoch's end
+
+
+class SeenByCallback(Callback):
+    def __init__(self) -> None:
+        self.seen: List[Dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append({k: float(trainer.callback_metrics[k]) for k in NAMES if k in trainer.callback_metrics})
+
+
+def test_epoch_end_hooks_see_this_epochs_synced_values_reduced_once(tmp_path: Any) -> None:
+    strategy, callback, model = TwoEqualRanks(), SeenByCallback(), EpochValues()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=3, strategy=strategy, callbacks=[callback],
+                            devices="auto")
+    trainer.fit(model, loader(64))
+    expected = [{"mean_synced": 1.0, "sum_synced": 6.0, "max_synced": 2.0},
+                {"mean_synced": 11.0, "sum_synced": 66.0, "max_synced": 12.0}]
+    assert callback.seen == expected  # this epoch's values, not missing (epoch 0) nor last epoch's (epoch 1)
+    assert model.seen_by_module == expected
+    assert {k: float(trainer.callback_metrics[k]) for k in NAMES} == expected[-1]
+    assert float(trainer.callback_metrics["late"]) == 5.0
+    # Per epoch: the preview's fused "sum" (2 totals + 2 weights) and "max"; the epoch's end reduces only
+    # "late" (its total and weight), logged after the preview. Nothing is reduced twice.
+    assert strategy.reduce_calls == [("sum", (4,)), ("max", (1,)), ("sum", (2,))] * 2
