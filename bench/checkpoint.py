@@ -99,9 +99,10 @@ def local_tensors(state: Dict[str, Any]) -> List[torch.Tensor]:
 
 
 def staging_copy(state: Dict[str, Any]) -> None:
-    """What async mode must do before training may go on: a fresh host copy of every tensor."""
-    for t in local_tensors(state):
-        t.clone()
+    """What async mode must do before training may go on: a fresh host copy of every tensor, all
+    alive at once (one at a time, the allocator would hand back the same warm pages each time)."""
+    copies = [t.clone() for t in local_tensors(state)]
+    del copies
 
 
 # --- timing helpers ----------------------------------------------------------------------------
