@@ -160,6 +160,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
                 if m.on_step:
                     m.step_value = value
                     m.step_fresh = True
+                    m.epoch_value = None  # ``name`` is the step value again until this epoch's end, as in Lightning
                 if m.on_epoch:
                     if batch_size is None and m.reduce_fx == "mean":
                         batch_size = connector._current_batch_size()

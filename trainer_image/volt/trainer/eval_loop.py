@@ -175,6 +175,7 @@ def _evaluation_loop(trainer: "Trainer", stage: str, loaders: List[Any], num_bat
                 if collect and out is not None:
                     outputs[dl_idx].append(out)
         connector.dataloader_suffix = ""
+        connector.preview_epoch(connector.eval_results)  # epoch-end hooks read the epoch values, as in Lightning
         if collect:
             trainer.call_module(f"{step_name}_epoch_end", outputs if multi else outputs[0])
         trainer.call_hook(f"on_{hook_stage}_epoch_end")

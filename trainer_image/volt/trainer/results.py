@@ -148,11 +148,13 @@ class ResultCollection:
                 if isinstance(cache, torch.Tensor) and cache.numel() == 1:
                     m.step_value = _as_scalar_tensor(name, cache, None)
                     m.step_fresh = True
+                    m.epoch_value = None  # ``name`` is the step value again until the epoch's end, as in Lightning
             return
         m.fast_key = fast_key
         if on_step:
             m.step_value = value
             m.step_fresh = True
+            m.epoch_value = None
         if on_epoch:
             if batch_size is None and reduce_fx == "mean":
                 batch_size = batch_size_fn()
@@ -277,7 +279,8 @@ def _synced_epoch_values(metrics: List[LoggedMetric], strategy: "Strategy") -> L
     for op in ("max", "min"):
         group = [m for m in metrics if m.reduce_fx == op]
         if group:
-            reduced = strategy.reduce(torch.stack([m.total.float() for m in group]), reduce_op=op)  # type: ignore[union-attr]
+            totals = torch.stack([m.total.float() for m in group])  # type: ignore[union-attr]
+            reduced = strategy.reduce(totals, reduce_op=op)
             for i, m in enumerate(group):
                 values[id(m)] = reduced[i]
     return [values[id(m)] for m in metrics]
