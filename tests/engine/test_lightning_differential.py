@@ -22,7 +22,10 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
+from ddp_support import child_env, kill_all
+
 SCRIPT = Path(__file__).with_name("lightning_diff_script.py")
+DDP_METRICS_SCRIPT = Path(__file__).with_name("lightning_ddp_metrics_script.py")
 ENV_VAR = "VOLT_LIGHTNING_PYTHON"
 pytestmark = pytest.mark.timeout(240)
 
@@ -304,3 +307,49 @@ def test_combined_loaders_match(results: Results) -> None:
     assert volt["sequential_train"] == "ValueError"
     assert {case: volt[case]["global_step"] for case in ("min_size", "max_size", "max_size_cycle")} == \
         {"min_size": 6, "max_size": 10, "max_size_cycle": 6}
+
+
+@pytest.fixture(scope="module")
+def ddp_torchmetrics(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    """lightning_ddp_metrics_script.py under each engine: Trainer(devices=2, strategy="ddp") on CPU (gloo), each
+    engine starting its second process itself; both run by the Lightning venv's python (it has torchmetrics)."""
+    lightning_python = os.environ.get(ENV_VAR)
+    if not lightning_python:
+        pytest.skip(f"{ENV_VAR} is not set: run `make lightning-env` and set {ENV_VAR} to its python")
+    out = tmp_path_factory.mktemp("ddp_torchmetrics")
+    runs = {}
+    for engine in ("volt", "lightning"):
+        env = child_env(PYTHONHASHSEED="0", DDP_METRICS_ROOT=str(out / engine))
+        with open(out / f"{engine}.log", "wb") as log:
+            command = [lightning_python, str(DDP_METRICS_SCRIPT), engine, str(out / f"{engine}.json")]
+            runs[engine] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+    try:
+        for engine, proc in runs.items():  # about 70 s each, side by side, on a loaded 2-core VM
+            code = proc.wait(timeout=360)
+            assert code == 0, f"the {engine} DDP run failed:\n{(out / f'{engine}.log').read_text()[-4000:]}"
+    finally:
+        kill_all(list(runs.values()))
+    return json.loads((out / "volt.json").read_text()), json.loads((out / "lightning.json").read_text())
+
+
+@pytest.mark.timeout(420)
+def test_torchmetrics_under_ddp_log_as_in_lightning(ddp_torchmetrics: Results) -> None:
+    """torchmetrics objects under 2-process DDP, logged with on_step only, on_epoch only and both (forward()
+    and update()-only), a sync_dist tensor, and compute() by hand in the epoch-end hooks: the three metric
+    dicts on rank 0, what a callback sees at each train epoch end on both ranks, every CSV row and the
+    final weights match Lightning's."""
+    volt, lightning = ddp_torchmetrics
+    assert (volt["world_size"], volt["global_step"]) == (lightning["world_size"], lightning["global_step"]) == (2, 8)
+    # On purpose, as in test_logged_metrics_match: volt's logged_metrics keep the epoch sent to the loggers.
+    assert volt["logged_metrics"].pop("epoch") == 1.0
+    for key in ("callback_metrics", "logged_metrics", "progress_bar_metrics", "epoch_end", "csv_rows", "weights"):
+        assert_same(volt[key], lightning[key], key)
+    # The check has teeth: the ranks trained on different batches, so step values differ between them,
+    # while every epoch value (synced by torchmetrics or sync_dist) is the same on both.
+    rank0, rank1 = volt["epoch_end"]["train_epoch_end_1"]
+    assert volt["epoch_end"]["seen_1"][0] != volt["epoch_end"]["seen_1"][1]
+    assert rank0["mse_both_step"] != rank1["mse_both_step"]
+    epoch_keys = [k for k in rank0 if not k.endswith("_step") and k not in ("mse_step_only",)]
+    assert {k: rank0[k] for k in epoch_keys} == {k: rank1[k] for k in epoch_keys}
+    assert {"mse_by_hand", "acc_by_hand", "val_by_hand", "loss_synced", "acc_both_epoch"} <= set(rank0)
