@@ -11,6 +11,7 @@ from tiny_models import TinyModel, loader
 import volt
 from volt import exit_codes
 from volt.loggers import Logger
+from volt.signals import PreemptionCallback
 
 
 class RecordingLogger(Logger):
@@ -48,8 +49,13 @@ class SigtermAt(volt.Callback):
 @pytest.mark.timeout(120)
 def test_the_step_a_sigterm_checkpoint_ends_on_is_logged(tmp_path: Any) -> None:
     logger = RecordingLogger()
-    trainer = volt.Trainer(max_epochs=1, log_every_n_steps=1, logger=logger, callbacks=[SigtermAt(5)],
+    # The callback's watchdog ends the process (os._exit) once the grace period after the
+    # signal is over, whatever happened to the SystemExit: here that process is pytest's,
+    # so the grace period outlasts the test session.
+    preemption = PreemptionCallback(grace_period=10**7)
+    trainer = volt.Trainer(max_epochs=1, log_every_n_steps=1, logger=logger, callbacks=[SigtermAt(5), preemption],
                            default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False)
+    handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exited:
         trainer.fit(TinyModel(), loader(n=64, batch_size=4))
     assert exited.value.code == exit_codes.CHECKPOINTED
@@ -57,3 +63,4 @@ def test_the_step_a_sigterm_checkpoint_ends_on_is_logged(tmp_path: Any) -> None:
     # Steps 0..5: the sixth (batch 5, logged as step 5) ended the run and is there too.
     assert logger.steps == list(range(6))
     assert list(tmp_path.rglob("preempted-epoch=0-step=6.ckpt")), "no SIGTERM checkpoint was written"
+    assert signal.getsignal(signal.SIGTERM) == handler_before, "the run left its SIGTERM handler installed"
