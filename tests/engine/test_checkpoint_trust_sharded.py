@@ -13,26 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from foreign_objects import Foreign
 from volt import checkpoint as ckpt
 from volt.checkpoint_sharded import ShardedCheckpointIO, load_sharded
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _mark(path: str) -> str:
-    """What a malicious checkpoint would run on load: here, it leaves a file behind."""
-    Path(path).write_text("ran")
-    return "payload"
-
-
-class Foreign:
-    """An object that only full unpickling rebuilds, by calling ``_mark``."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> Any:
-        return (_mark, (self.marker,))
 
 
 def _state(**extra: Any) -> dict:
