@@ -9,9 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import volt
 from volt.callbacks.base import Callback
-from volt.strategies.single import SingleDeviceStrategy
 
-from tiny_models import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, TwoEqualRanks, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,25 +162,6 @@ def test_log_outside_trainer_is_ignored(tiny: TinyModel) -> None:
     tiny.log("x", 1.0)  # warns, does not raise
 
 
-class Summing(SingleDeviceStrategy):
-    """A real strategy whose reduce pretends there are 2 ranks holding the same values.
-
-    It counts reduce calls, to check that sync_dist values are reduced together.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("cpu")
-        self.reduce_calls: List[tuple] = []
-
-    @property
-    def world_size(self) -> int:
-        return 2
-
-    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
-        self.reduce_calls.append((reduce_op, tuple(tensor.shape)))
-        return tensor * 2 if reduce_op == "sum" else tensor
-
-
 def test_sync_dist_is_one_fused_reduction_per_logging_point(tmp_path: Any) -> None:
     class Model(TinyModel):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -194,7 +174,7 @@ def test_sync_dist_is_one_fused_reduction_per_logging_point(tmp_path: Any) -> No
             self.log("v1", 1.0, sync_dist=True)
             self.log("v2", 4.0, sync_dist=True)
 
-    strategy = Summing()
+    strategy = TwoEqualRanks()
     trainer = quiet_trainer(tmp_path, max_steps=4, log_every_n_steps=2, strategy=strategy, limit_val_batches=2,
                             num_sanity_val_steps=0, val_check_interval=4, devices="auto")
     trainer.fit(Model(), loader(64), loader(32))

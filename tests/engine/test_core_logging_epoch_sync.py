@@ -7,29 +7,12 @@ import pytest
 import torch
 
 from volt.callbacks.base import Callback
-from volt.strategies.single import SingleDeviceStrategy
 
-from tiny_models import TinyModel, loader, quiet_trainer
+from tiny_models import TinyModel, TwoEqualRanks, loader, quiet_trainer
 
 pytestmark = pytest.mark.timeout(60)
 
 NAMES = ("mean_synced", "sum_synced", "max_synced")
-
-
-class TwoEqualRanks(SingleDeviceStrategy):
-    """A real strategy whose reduce pretends a second rank holds the same values; it records each call."""
-
-    def __init__(self) -> None:
-        super().__init__("cpu")
-        self.reduce_calls: List[tuple] = []
-
-    @property
-    def world_size(self) -> int:
-        return 2
-
-    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
-        self.reduce_calls.append((reduce_op, tuple(tensor.shape)))
-        return tensor * 2 if reduce_op == "sum" else tensor
 
 
 class EpochValues(TinyModel):

@@ -5,13 +5,14 @@ through its conftest.py); fixtures stay in conftest.py.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import volt
+from volt.strategies.single import SingleDeviceStrategy
 
 
 def regression_data(n: int = 64, dim: int = 4, seed: int = 0) -> TensorDataset:
@@ -63,3 +64,20 @@ def quiet_trainer(tmp_path: Any, **kwargs: Any) -> volt.Trainer:
                     enable_model_summary=False, enable_progress_bar=False, accelerator="cpu", devices=1)
     defaults.update(kwargs)
     return volt.Trainer(**defaults)
+
+
+class TwoEqualRanks(SingleDeviceStrategy):
+    """A real strategy whose reduce pretends a second rank holds the same values; it records
+    each call (``reduce_calls``), so a test can count how sync_dist values are reduced."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.reduce_calls: List[tuple] = []
+
+    @property
+    def world_size(self) -> int:
+        return 2
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        self.reduce_calls.append((reduce_op, tuple(tensor.shape)))
+        return tensor * 2 if reduce_op == "sum" else tensor
