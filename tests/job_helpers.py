@@ -31,6 +31,23 @@ def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return pvc, job
 
 
+# A job whose "training" idles: for tests about the operator, not the engine.
+IDLE = ["python", "-c", "import time; time.sleep(3600)"]
+
+
+def idle_job_manifest(name: str, **spec: Any) -> str:
+    """A 2-node CPU TrainingJob running ``IDLE`` (5 s grace), ``spec`` keys replaced, as YAML."""
+    body: Dict[str, Any] = {
+        "image": "volt-trainer:test",
+        "command": IDLE,
+        "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1},
+        "terminationGracePeriodSeconds": 5,
+    }
+    body.update(spec)
+    return yaml.safe_dump(
+        {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body})
+
+
 def apply(kube: Any, namespace: str, *docs: Dict[str, Any]) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
 

@@ -8,8 +8,8 @@ import re
 from typing import Any, Dict, List
 
 import pytest
-import yaml
 
+from job_helpers import idle_job_manifest
 from operator_process import OperatorProcess, get_json, job_status, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -22,15 +22,8 @@ CHECKPOINT_ON_SIGTERM = ["python", "-c", (
 
 
 def apply(kube: Any, namespace: str, name: str, **spec: Any) -> None:
-    body: Dict[str, Any] = {
-        "image": "volt-trainer:test",
-        "command": CHECKPOINT_ON_SIGTERM,
-        "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1},
-        "terminationGracePeriodSeconds": 10,
-    }
-    body.update(spec)
-    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
-        {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}))
+    spec = {"command": CHECKPOINT_ON_SIGTERM, "terminationGracePeriodSeconds": 10, **spec}
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest(name, **spec))
 
 
 def pods(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:

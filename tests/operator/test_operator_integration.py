@@ -10,28 +10,14 @@ import pytest
 import yaml
 
 import invalid_specs
+from job_helpers import idle_job_manifest
 from operator_process import (
     OperatorProcess, get_json, get_tj_rows, job_status, wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-# A job whose "training" idles: these tests are about the operator, not the engine.
-IDLE = ["python", "-c", "import time; time.sleep(3600)"]
-
-
-def manifest(name: str, **spec: Any) -> str:
-    body: Dict[str, Any] = {
-        "image": "volt-trainer:test",
-        "command": IDLE,
-        "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1},
-        "terminationGracePeriodSeconds": 5,
-    }
-    body.update(spec)
-    return yaml.safe_dump(
-        {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob",
-         "metadata": {"name": name}, "spec": body}
-    )
+manifest = idle_job_manifest
 
 
 def test_crd_is_structural_and_served(crd: Any) -> None:

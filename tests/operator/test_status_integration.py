@@ -6,36 +6,23 @@ import re
 import secrets
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
-import yaml
 
+from job_helpers import events, idle_job_manifest
 from operator_process import (
-    OperatorProcess, free_port, get_json, get_tj_rows, job_status, parse_table, wait_until,
+    OperatorProcess, free_port, get_tj_rows, job_status, parse_table, wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-IDLE = ["python", "-c", "import time; time.sleep(3600)"]
 RAISE_ON_RANK = Path(__file__).resolve().parents[1] / "engine" / "ddp_scripts" / "raise_on_rank.py"
 RAISE_AT_IMPORT = Path(__file__).resolve().parents[1] / "engine" / "ddp_scripts" / "raise_at_import.py"
 
 
 def apply(kube: Any, namespace: str, name: str, **spec: Any) -> None:
-    body: Dict[str, Any] = {
-        "image": "volt-trainer:test",
-        "command": IDLE,
-        "trainer": {"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1},
-        "terminationGracePeriodSeconds": 5,
-    }
-    body.update(spec)
-    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
-        {"apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}))
-
-
-def events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
-    return get_json(kube, "-n", namespace, "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest(name, **spec))
 
 
 def pods_ready(kube: Any, namespace: str, name: str) -> Any:
