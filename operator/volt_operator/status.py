@@ -473,9 +473,7 @@ def _stalled(
     # Unscheduled (no node yet) or in trouble: waiting for capacity or for someone to act.
     troubled = any(not p.node or waiting_problem(p.waiting_reason) for p in waiting)
     limit = timeout if troubled else startup_allowance(spec)
-    waited = (now - max(created)).total_seconds()
-    if waited < limit:
-        plan.requeue(limit - waited)
+    if _overdue(plan, max(created), limit, now) is None:
         return None
     return failures.Verdict(
         failures.RESTART, waiting[0], "Stalled",
@@ -483,6 +481,16 @@ def _stalled(
         f"{'' if troubled else f' + rendezvous.timeoutSeconds={spec.rendezvous.timeout_seconds}'}"
         f"); not ready: {_describe_waiting(waiting)}",
     )
+
+
+def _overdue(plan: Plan, since: datetime, limit: float, now: datetime) -> Optional[float]:
+    """The seconds waited since ``since`` once they reach ``limit``; before that None, and
+    the plan requeues for the moment they will."""
+    waited = (now - since).total_seconds()
+    if waited < limit:
+        plan.requeue(limit - waited)
+        return None
+    return waited
 
 
 def _stalled_running(
@@ -499,10 +507,8 @@ def _stalled_running(
     if last_step is None and training.step is None:
         return None  # no step reported by any attempt: nothing to judge by
     if last_step is None:
-        limit = startup_allowance(spec)
-        waited = (now - since).total_seconds()
-        if waited < limit:
-            plan.requeue(limit - waited)
+        waited = _overdue(plan, since, startup_allowance(spec), now)
+        if waited is None:
             return None
         return failures.Verdict(
             failures.RESTART, rank0, "Stalled",
@@ -512,9 +518,8 @@ def _stalled_running(
             "steps: the gang did not get past its start (rendezvous, loading the checkpoint, "
             "first step) on one of its ranks",
         )
-    waited = (now - max(since, last_step)).total_seconds()
-    if waited < timeout:
-        plan.requeue(timeout - waited)
+    waited = _overdue(plan, max(since, last_step), timeout, now)
+    if waited is None:
         return None
     return failures.Verdict(
         failures.RESTART, rank0, "Stalled",
@@ -552,11 +557,8 @@ def _elastic_shrink(
         if not pod.active or pod.ready or pod.waiting_reason != "Unschedulable":
             continue
         created = parse_time(pod.created)
-        waited = (now - created).total_seconds() if created is not None else 0.0
-        if waited >= grace:
+        if _overdue(plan, created if created is not None else now, grace, now) is not None:
             late.append(pod)
-        else:
-            plan.requeue(grace - waited)
     if not late:
         return None
     nodes = max(elastic.min_nodes, n - len(late))
