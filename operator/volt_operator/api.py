@@ -1406,7 +1406,7 @@ TrainingJobSpec.model_rebuild(force=True)
 # Status
 # --------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 

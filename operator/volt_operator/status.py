@@ -8,7 +8,8 @@ writes the status *first* and acts second, so an intent such as "gang restart,
 attempt 3" survives an operator crash between the two.
 
 Phases: Pending -> Running -> Succeeded | Failed, with Restarting (gang
-restart in progress) and Suspended on the side. Terminal phases are sticky.
+restart in progress), Suspended, and Queued (waiting for Kueue's admission,
+kueue.py) on the side. Terminal phases are sticky.
 
 Every wait is bounded: a pod stuck terminating on a node that no longer
 reports is force-deleted, a gang that stops stepping or never starts is
@@ -29,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional, Tuple
 
 from . import failures
+from .kueue import Admission
 from .api import (
     TERMINAL_PHASES,
     Condition,
@@ -70,6 +72,8 @@ STALLED = "Stalled"
 PODS_READY = "PodsReady"
 RESIZED = "Resized"
 PROGRESS_POLLED = "ProgressPolled"  # set by the reconciler, which reads rank 0's /progress
+ADMITTED = "Admitted"  # Kueue's admission of the job's Workload (kueue.py)
+PREEMPTED = "Preempted"
 
 # Waiting reasons that say the gang cannot start by itself (a user or an admin must act),
 # grouped so that a kubelet alternating ErrImagePull and ImagePullBackOff warns once.
@@ -629,6 +633,53 @@ def _await_root_cause(verdict: failures.Verdict, live: List[PodView], now: datet
     return finished is not None and (now - finished).total_seconds() < PEER_LOST_GRACE_SECONDS
 
 
+def _queued(plan: Plan, pods: List[PodView], gate: Admission, now: datetime) -> Plan:
+    """Kueue has not admitted the job, or wants its admission back: no pod runs.
+
+    A gang that runs is deleted (SIGTERM: the engine checkpoints and exits 75) and
+    the next attempt, created when Kueue admits the job again, resumes from that
+    checkpoint. Like a suspension, it spends no restart budget and the deadline
+    counts again from the new start."""
+    st = plan.status
+    live = [p for p in pods if not p.gone]
+    if any(p.attempt == st.attempt for p in live):
+        st.attempt += 1
+        _new_attempt(st)
+        if gate.preempted:
+            set_condition(st, PREEMPTED, True, gate.reason, gate.message, now)
+        plan.emit("Warning", "Preempted" if gate.preempted else "Evicted",
+                  f"{gate.message}; the gang checkpoints on SIGTERM and stops, attempt "
+                  f"{st.attempt} resumes when Kueue admits the job again")
+    if st.phase != "Queued":
+        plan.emit("Normal", "Queued", gate.message)
+    st.phase = "Queued"
+    st.start_time = None
+    st.backoff_until = None
+    st.pods_missing_since = None
+    set_condition(st, ADMITTED, False, gate.reason, gate.message, now)
+    set_condition(st, RUNNING, False, "Queued", gate.message, now)
+    _count(st, [], st.num_nodes or 0)
+    plan.delete_pods = _deletable(live)
+    if plan.delete_pods:
+        plan.requeue(WAIT_POLL_SECONDS)
+    return plan
+
+
+def _admitted(st: TrainingJobStatus, plan: Plan, gate: Admission, now: datetime) -> None:
+    """Kueue admitted the job: a queued job's gang may be created."""
+    admitted = condition(st, ADMITTED)
+    if admitted is not None and admitted.status == "True":
+        return
+    set_condition(st, ADMITTED, True, gate.reason, gate.message, now)
+    preempted = condition(st, PREEMPTED)
+    if preempted is not None and preempted.status == "True":
+        set_condition(st, PREEMPTED, False, "Readmitted", gate.message, now)
+    plan.emit("Normal", "Admitted", gate.message)
+    if st.phase == "Queued":
+        st.phase = "Pending"
+        set_condition(st, RUNNING, False, "PodsPending", gate.message, now)
+
+
 def decide(
     spec: TrainingJobSpec,
     meta: JobMeta,
@@ -637,8 +688,10 @@ def decide(
     service_exists: bool,
     now: datetime,
     stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS,
+    admission: Optional[Admission] = None,
 ) -> Plan:
-    """Next status and actions for one TrainingJob (pure)."""
+    """Next status and actions for one TrainingJob (pure). ``admission``: Kueue's
+    word on the job's Workload, for a job queued through Kueue (kueue.py)."""
     st = status.model_copy(deep=True)
     plan = Plan(status=st)
     st.observed_generation = meta.generation
@@ -673,6 +726,10 @@ def decide(
         if plan.delete_pods:
             plan.requeue(WAIT_POLL_SECONDS)
         return plan
+    if admission is not None:
+        if not admission.admitted:
+            return _queued(plan, pods, admission, now)
+        _admitted(st, plan, admission, now)
     # A resumed job asks for spec.trainer.numNodes again (an elastic shrink is undone).
     resumed = st.phase == "Suspended"
     if resumed:

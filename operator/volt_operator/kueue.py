@@ -1,0 +1,216 @@
+"""Gang admission through Kueue: pure builders and decisions (docs/kueue.md).
+
+A TrainingJob labelled ``kueue.x-k8s.io/queue-name`` (with the operator's
+``--kueue``) is admitted as one unit: the operator creates one Workload for it
+(one podSet of ``numNodes`` pods with the trainer's requests) and creates no pod
+until Kueue admits that Workload. When Kueue evicts it (preemption, a stopped
+queue), the job goes back to Queued: its pods are deleted (SIGTERM: the engine
+checkpoints and exits 75), and once they are all gone the operator clears the
+Workload's quota reservation, which is what tells Kueue the capacity is free.
+That last step is the owner's in Kueue (its own job integrations do the same);
+Kueue's controllers do not act for a Workload whose owner kind they do not
+manage. A finished job marks its Workload Finished, which releases the quota.
+
+Nothing here talks to the API server; ``kueue_gate.py`` does the reads and writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Dict, List, Optional
+
+from .api import API_VERSION, TrainingJobSpec, format_time
+from .builders import LABEL_JOB, JobRef, build_pod
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# A WorkloadPriorityClass, as Kueue's own integrations read it (it wins over the pod's).
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+GROUP = "kueue.x-k8s.io"
+WORKLOAD_API_VERSION = f"{GROUP}/v1beta2"
+WORKLOADS = "workloads"
+POD_SET = "node"
+
+# Workload condition types (kueue.x-k8s.io/v1beta2).
+QUOTA_RESERVED = "QuotaReserved"
+ADMITTED = "Admitted"
+EVICTED = "Evicted"
+PREEMPTED = "Preempted"
+REQUEUED = "Requeued"
+FINISHED = "Finished"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the job's Workload says, for ``status.decide``: may the gang run?
+
+    ``admitted``: Kueue admitted the Workload and has not asked for it back.
+    ``preempted``: Kueue evicted it to make room for another (the job's Preempted
+    condition). ``reason``/``message``: Kueue's own words for the current state.
+    """
+
+    admitted: bool
+    reason: str
+    message: str
+    preempted: bool = False
+
+
+def queue_name(job: Dict[str, Any]) -> Optional[str]:
+    """The LocalQueue a TrainingJob asks for, or None: not queued through Kueue."""
+    return ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL) or None
+
+
+def workload_name(job_name: str) -> str:
+    """The Workload of TrainingJob ``job_name`` (same namespace; one per job)."""
+    return f"trainingjob-{job_name}"[:253]
+
+
+def priority_class_ref(job: Dict[str, Any], spec: TrainingJobSpec) -> Optional[Dict[str, str]]:
+    """Which priority class sets the Workload's priority: the job's
+    ``kueue.x-k8s.io/priority-class`` label (a WorkloadPriorityClass), else the
+    pods' ``spec.template.priorityClassName``; None: priority 0."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    if labels.get(PRIORITY_CLASS_LABEL):
+        return {"group": GROUP, "kind": "WorkloadPriorityClass", "name": labels[PRIORITY_CLASS_LABEL]}
+    if spec.template.priority_class_name:
+        return {"group": "scheduling.k8s.io", "kind": "PriorityClass",
+                "name": spec.template.priority_class_name}
+    return None
+
+
+def _pod_set_template(ref: JobRef, spec: TrainingJobSpec) -> Dict[str, Any]:
+    """What Kueue needs of a node pod: the trainer's requests and where it may run.
+
+    Requests default to limits, as the API server defaults a pod's, so that a job
+    that sets only limits is counted at what its pods will request."""
+    pod = build_pod(ref, spec, 0, 0, "auto")["spec"]
+    container = pod["containers"][0]
+    resources = container.get("resources") or {}
+    requests = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    template: Dict[str, Any] = {
+        "containers": [{"name": container["name"], "image": container["image"],
+                        "resources": {**resources, **({"requests": requests} if requests else {})}}],
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        if key in pod:
+            template[key] = pod[key]
+    return {"spec": template}
+
+
+def build_workload(
+    job: Dict[str, Any], spec: TrainingJobSpec, num_nodes: int, priority: Optional[int]
+) -> Dict[str, Any]:
+    """The Workload that stands for the whole gang in Kueue's queue.
+
+    ``priority``: the value of the priority class (Kueue's webhook would fill it
+    in; the local setup runs Kueue without webhooks, so the operator does)."""
+    meta = job["metadata"]
+    ref = JobRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    workload_spec: Dict[str, Any] = {
+        "queueName": queue_name(job),
+        "podSets": [{"name": POD_SET, "count": num_nodes, "template": _pod_set_template(ref, spec)}],
+    }
+    priority_ref = priority_class_ref(job, spec)
+    if priority_ref is not None:
+        workload_spec["priorityClassRef"] = priority_ref
+    if priority is not None:
+        workload_spec["priority"] = priority
+    return {
+        "apiVersion": WORKLOAD_API_VERSION,
+        "kind": "Workload",
+        "metadata": {
+            "name": workload_name(ref.name),
+            "namespace": ref.namespace,
+            "labels": {LABEL_JOB: ref.name},
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "spec": workload_spec,
+    }
+
+
+def _condition(workload: Dict[str, Any], type_: str) -> Optional[Dict[str, Any]]:
+    for cond in (workload.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def _is_true(workload: Dict[str, Any], type_: str) -> bool:
+    cond = _condition(workload, type_)
+    return cond is not None and cond.get("status") == "True"
+
+
+def admission(workload: Optional[Dict[str, Any]]) -> Admission:
+    """Read a Workload (None: not created yet) as the gate in front of the gang."""
+    if workload is None:
+        return Admission(False, "WorkloadCreated", "the job's Workload was just created; "
+                         "waiting for Kueue to queue it")
+    name = workload["metadata"]["name"]
+    evicted = _condition(workload, EVICTED)
+    if evicted is not None and evicted.get("status") == "True":
+        preempted = _condition(workload, PREEMPTED)
+        is_preemption = evicted.get("reason") == "Preempted"
+        reason = (preempted or {}).get("reason") if is_preemption and preempted else evicted.get("reason")
+        return Admission(False, reason or "Evicted",
+                         f"Kueue evicted Workload {name}: {evicted.get('message', '')}",
+                         preempted=is_preemption)
+    if _is_true(workload, ADMITTED):
+        queue = ((workload.get("status") or {}).get("admission") or {}).get("clusterQueue", "")
+        return Admission(True, "Admitted", f"Kueue admitted Workload {name}"
+                         + (f" in ClusterQueue {queue}" if queue else ""))
+    reserved = _condition(workload, QUOTA_RESERVED)
+    if reserved is not None:
+        return Admission(False, reserved.get("reason") or "Pending",
+                         f"Workload {name}: {reserved.get('message', '')}")
+    return Admission(False, "Pending", f"Workload {name} waits in LocalQueue "
+                     f"{(workload.get('spec') or {}).get('queueName', '')}")
+
+
+def _set(conditions: List[Dict[str, Any]], type_: str, status: bool, reason: str, message: str,
+         now: datetime, generation: Optional[int]) -> List[Dict[str, Any]]:
+    """``conditions`` with one upserted (metav1.Condition: the time moves when the status flips)."""
+    text = "True" if status else "False"
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    new = {"type": type_, "status": text, "reason": reason, "message": message[:32768],
+           "lastTransitionTime": (old["lastTransitionTime"] if old and old.get("status") == text
+                                  and old.get("lastTransitionTime") else format_time(now))}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    return [c for c in conditions if c.get("type") != type_] + [new]
+
+
+def release_after_eviction(workload: Dict[str, Any], now: datetime) -> Optional[Dict[str, Any]]:
+    """The status to write once an evicted job has no pod left: quota reservation and
+    admission cleared (Kueue then frees the capacity and queues the Workload again),
+    Requeued=True after a preemption. None when there is nothing to release."""
+    evicted = _condition(workload, EVICTED)
+    if evicted is None or evicted.get("status") != "True" or not _is_true(workload, QUOTA_RESERVED):
+        return None
+    status = workload.get("status") or {}
+    generation = workload["metadata"].get("generation")
+    message = evicted.get("message", "")
+    conditions = list(status.get("conditions") or [])
+    requeue = evicted.get("reason") in ("Preempted", "NodeFailures")
+    conditions = _set(conditions, REQUEUED, requeue, evicted.get("reason") or "Evicted", message,
+                      now, generation)
+    conditions = _set(conditions, QUOTA_RESERVED, False, "Pending", message, now, generation)
+    if _condition(workload, ADMITTED) is not None:
+        conditions = _set(conditions, ADMITTED, False, "NoReservation",
+                          "The workload has no reservation", now, generation)
+    return {"conditions": conditions, "admission": None}
+
+
+def finished(workload: Dict[str, Any], phase: str, message: str, now: datetime) -> Optional[Dict[str, Any]]:
+    """The status that marks the Workload Finished (its quota is released), or None if it is."""
+    if _is_true(workload, FINISHED):
+        return None
+    conditions = _set(list((workload.get("status") or {}).get("conditions") or []), FINISHED, True,
+                      "Succeeded" if phase == "Succeeded" else "Failed", message, now,
+                      workload["metadata"].get("generation"))
+    return {"conditions": conditions}
+
+
+def owned_by(workload: Dict[str, Any], job: Dict[str, Any]) -> bool:
+    """The Workload is this job's (not a leftover of a deleted job of the same name)."""
+    uid = job["metadata"]["uid"]
+    return any(ref.get("uid") == uid and ref.get("apiVersion") == API_VERSION
+               for ref in workload["metadata"].get("ownerReferences") or [])

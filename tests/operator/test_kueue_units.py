@@ -1,0 +1,264 @@
+"""Kueue gang admission on plain data: the Workload built for a job, how a Workload
+reads as an admission, what the owner writes back, and the status machine's
+Queued / Admitted / Preempted transitions (volt_operator/kueue.py, status.decide)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from volt_operator import kueue
+from volt_operator.api import TrainingJobSpec, TrainingJobStatus, format_time
+from volt_operator.builders import JobRef, build_pod
+from volt_operator.observed import pod_view
+from volt_operator.status import ADMITTED, PREEMPTED, RUNNING, JobMeta, condition, decide
+
+pytestmark = pytest.mark.timeout(30)
+
+NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=timezone.utc)
+REF = JobRef("mnist", "team-a", "uid-1")
+
+
+def spec(**over: Any) -> TrainingJobSpec:
+    body: Dict[str, Any] = {
+        "image": "volt-trainer:1",
+        "command": ["python", "-m", "volt.examples.synthetic"],
+        "trainer": {"numNodes": 2, "devices": 2, "accelerator": "cpu"},
+        "resources": {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "1"}},
+    }
+    body.update(over)
+    return TrainingJobSpec.model_validate(body)
+
+
+def job(labels: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    return {"metadata": {"name": REF.name, "namespace": REF.namespace, "uid": REF.uid,
+                         "labels": {kueue.QUEUE_LABEL: "team-a-queue", **(labels or {})}}}
+
+
+def cond(type_: str, status: bool, reason: str, message: str = "") -> Dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason,
+            "message": message, "lastTransitionTime": format_time(NOW - timedelta(minutes=5))}
+
+
+def workload(*conditions: Dict[str, Any], admission: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    body = kueue.build_workload(job(), spec(), 2, None)
+    body["metadata"].update(resourceVersion="7", generation=1)
+    body["status"] = {"conditions": list(conditions)}
+    if admission is not None:
+        body["status"]["admission"] = admission
+    return body
+
+
+ADMITTED_WL = (cond("QuotaReserved", True, "QuotaReserved", "Quota reserved in ClusterQueue cq"),
+               cond("Admitted", True, "Admitted", "The workload is admitted"))
+PREEMPTED_WL = ADMITTED_WL + (
+    cond("Evicted", True, "Preempted", "Preempted to accommodate a workload (UID: u2) due to "
+         "prioritization in the ClusterQueue"),
+    cond("Preempted", True, "InClusterQueue", "Preempted to accommodate a workload"))
+
+
+def pod(rank: int, attempt: int = 0, deleting: bool = False, exit_code: Optional[int] = None) -> Any:
+    body = build_pod(REF, spec(), rank, attempt, "auto")
+    body["metadata"]["creationTimestamp"] = format_time(NOW - timedelta(seconds=60))
+    if exit_code is None:
+        body["status"] = {"phase": "Running", "podIP": f"198.18.0.{10 + rank}",
+                          "conditions": [{"type": "Ready", "status": "True"}]}
+    else:
+        body["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {
+            "terminated": {"exitCode": exit_code, "reason": "Error", "finishedAt": format_time(NOW)}}}]}
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = format_time(NOW + timedelta(seconds=30))
+    return pod_view(body)
+
+
+# --- the Workload ------------------------------------------------------------
+
+def test_workload_is_one_pod_set_of_the_whole_gang_with_the_trainers_requests() -> None:
+    body = kueue.build_workload(job(), spec(), 2, None)
+    assert body["apiVersion"] == "kueue.x-k8s.io/v1beta2" and body["kind"] == "Workload"
+    assert body["metadata"]["name"] == "trainingjob-mnist"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert body["metadata"]["ownerReferences"][0]["controller"] is True
+    assert body["spec"]["queueName"] == "team-a-queue"
+    [pod_set] = body["spec"]["podSets"]
+    assert pod_set["name"] == "node" and pod_set["count"] == 2
+    [container] = pod_set["template"]["spec"]["containers"]
+    # requests default to limits (as the API server defaults a pod's); explicit requests win
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert "priority" not in body["spec"] and "priorityClassRef" not in body["spec"]
+
+
+def test_workload_counts_gpus_and_carries_placement_and_priority() -> None:
+    gpu = spec(trainer={"numNodes": 3, "devices": 4, "accelerator": "gpu"},
+               template={"priorityClassName": "high", "nodeSelector": {"pool": "a100"}})
+    body = kueue.build_workload(job(), gpu, 3, 1000)
+    [pod_set] = body["spec"]["podSets"]
+    assert pod_set["count"] == 3
+    assert pod_set["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert pod_set["template"]["spec"]["nodeSelector"] == {"pool": "a100"}
+    assert body["spec"]["priority"] == 1000
+    assert body["spec"]["priorityClassRef"] == {
+        "group": "scheduling.k8s.io", "kind": "PriorityClass", "name": "high"}
+
+
+def test_workload_priority_class_label_wins_over_the_pods_priority_class() -> None:
+    labelled = job({kueue.PRIORITY_CLASS_LABEL: "prod"})
+    ref = kueue.priority_class_ref(labelled, spec(template={"priorityClassName": "high"}))
+    assert ref == {"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": "prod"}
+
+
+def test_queue_name_is_the_label_and_nothing_else() -> None:
+    assert kueue.queue_name(job()) == "team-a-queue"
+    assert kueue.queue_name({"metadata": {"labels": {"other": "x"}}}) is None
+    assert kueue.queue_name({"metadata": {"labels": {kueue.QUEUE_LABEL: ""}}}) is None
+
+
+def test_owned_by_checks_the_uid() -> None:
+    body = workload()
+    assert kueue.owned_by(body, job())
+    other = job()
+    other["metadata"]["uid"] = "uid-2"
+    assert not kueue.owned_by(body, other)
+
+
+# --- reading a Workload ------------------------------------------------------
+
+def test_admission_of_each_workload_state() -> None:
+    created = kueue.admission(None)
+    assert (created.admitted, created.reason) == (False, "WorkloadCreated")
+    pending = kueue.admission(workload(cond("QuotaReserved", False, "Pending",
+                                            "couldn't assign flavors to pod set node: insufficient "
+                                            "unused quota for cpu in flavor default, 4 more needed")))
+    assert not pending.admitted and pending.reason == "Pending"
+    assert "insufficient unused quota for cpu" in pending.message
+    waiting = kueue.admission(workload())
+    assert not waiting.admitted and "team-a-queue" in waiting.message
+    admitted = kueue.admission(workload(*ADMITTED_WL, admission={"clusterQueue": "cq"}))
+    assert admitted.admitted and admitted.reason == "Admitted" and "ClusterQueue cq" in admitted.message
+    preempted = kueue.admission(workload(*PREEMPTED_WL))
+    assert (preempted.admitted, preempted.preempted, preempted.reason) == (False, True, "InClusterQueue")
+    assert "prioritization in the ClusterQueue" in preempted.message
+    stopped = kueue.admission(workload(*ADMITTED_WL, cond("Evicted", True, "ClusterQueueStopped", "stopped")))
+    assert (stopped.admitted, stopped.preempted, stopped.reason) == (False, False, "ClusterQueueStopped")
+    readmitted = kueue.admission(workload(*ADMITTED_WL, cond("Evicted", False, "QuotaReserved", "Previously")))
+    assert readmitted.admitted
+
+
+def test_release_after_eviction_clears_the_reservation_once() -> None:
+    evicted = workload(*PREEMPTED_WL, admission={"clusterQueue": "cq"})
+    status = kueue.release_after_eviction(evicted, NOW)
+    assert status is not None and status["admission"] is None
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["QuotaReserved"]["status"] == "False" and by_type["QuotaReserved"]["reason"] == "Pending"
+    assert by_type["Admitted"]["status"] == "False"
+    assert by_type["Requeued"]["status"] == "True" and by_type["Requeued"]["reason"] == "Preempted"
+    assert by_type["Evicted"]["status"] == "True"  # Kueue resets it when it admits again
+    assert by_type["QuotaReserved"]["lastTransitionTime"] == format_time(NOW)
+    released = workload(*[c for c in status["conditions"]])
+    assert kueue.release_after_eviction(released, NOW) is None
+    assert kueue.release_after_eviction(workload(*ADMITTED_WL), NOW) is None
+
+
+def test_release_after_a_stopped_queue_does_not_ask_for_a_requeue() -> None:
+    stopped = workload(*ADMITTED_WL, cond("Evicted", True, "ClusterQueueStopped", "stopped"))
+    status = kueue.release_after_eviction(stopped, NOW)
+    assert status is not None
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Requeued"] == "False"
+
+
+def test_finished_marks_the_workload_once() -> None:
+    status = kueue.finished(workload(*ADMITTED_WL), "Succeeded", "all 2 node(s) finished", NOW)
+    assert status is not None
+    done = {c["type"]: c for c in status["conditions"]}["Finished"]
+    assert (done["status"], done["reason"]) == ("True", "Succeeded")
+    assert kueue.finished(workload(*status["conditions"]), "Succeeded", "x", NOW) is None
+    failed = kueue.finished(workload(), "Failed", "rank 1 failed", NOW)
+    assert failed is not None and failed["conditions"][-1]["reason"] == "Failed"
+
+
+# --- the status machine -------------------------------------------------------
+
+QUEUED = kueue.Admission(False, "Pending", "Workload trainingjob-mnist: insufficient quota")
+ADMIT = kueue.Admission(True, "Admitted", "Kueue admitted Workload trainingjob-mnist in ClusterQueue cq")
+PREEMPT = kueue.Admission(False, "InClusterQueue", "Kueue evicted Workload trainingjob-mnist: Preempted",
+                          preempted=True)
+
+
+def run(status: TrainingJobStatus, pods: List[Any], gate: Optional[kueue.Admission]) -> Any:
+    return decide(spec(), JobMeta("mnist"), status, pods, True, NOW, admission=gate)
+
+
+def test_new_job_waits_queued_with_no_pod_until_admitted() -> None:
+    plan = run(TrainingJobStatus(), [], QUEUED)
+    assert plan.status.phase == "Queued" and plan.create_ranks == [] and plan.delete_pods == []
+    admitted = condition(plan.status, ADMITTED)
+    assert (admitted.status, admitted.reason, admitted.message) == ("False", "Pending", QUEUED.message)
+    assert condition(plan.status, RUNNING).reason == "Queued"
+    assert [e.reason for e in plan.events] == ["Queued"]
+    again = run(plan.status, [], QUEUED)
+    assert again.events == [] and again.status.phase == "Queued"
+    go = run(plan.status, [], ADMIT)
+    assert go.status.phase == "Pending" and go.create_ranks == [0, 1] and go.status.attempt == 0
+    assert condition(go.status, ADMITTED).status == "True"
+    assert go.resume == "auto"
+    assert [e.reason for e in go.events] == ["Admitted", "Created"]
+
+
+def test_job_admitted_at_once_runs_as_without_kueue() -> None:
+    plan = run(TrainingJobStatus(), [], ADMIT)
+    assert plan.status.phase == "Pending" and plan.create_ranks == [0, 1]
+    running = run(plan.status, [pod(0), pod(1)], ADMIT)
+    assert running.status.phase == "Running"
+    assert [e.reason for e in running.events] == ["Running"]
+
+
+def test_preemption_deletes_the_gang_spends_no_budget_and_resumes_when_readmitted() -> None:
+    first = run(TrainingJobStatus(), [], ADMIT)
+    up = run(first.status, [pod(0), pod(1)], ADMIT).status
+    assert up.phase == "Running"
+    plan = run(up, [pod(0), pod(1)], PREEMPT)
+    assert plan.status.phase == "Queued"
+    assert sorted(plan.delete_pods) == ["mnist-node-0", "mnist-node-1"]
+    assert plan.status.attempt == 1 and plan.status.restarts == 0 and plan.status.restarts_counted == 0
+    preempted = condition(plan.status, PREEMPTED)
+    assert (preempted.status, preempted.reason) == ("True", "InClusterQueue")
+    assert condition(plan.status, ADMITTED).reason == "InClusterQueue"
+    assert [e.reason for e in plan.events] == ["Preempted", "Queued"]
+    # The old gang checkpoints and exits 75 while still queued: nothing is judged, nothing created.
+    stopping = run(plan.status, [pod(0, deleting=True, exit_code=75), pod(1, deleting=True)], PREEMPT)
+    assert stopping.status.phase == "Queued" and stopping.create_ranks == []
+    assert stopping.status.restarts == 0 and stopping.events == []
+    # Readmitted before the old pods are gone: wait for them (same names), then attempt 1 resumes.
+    readmitted = run(stopping.status, [pod(0, deleting=True, exit_code=75)], ADMIT)
+    assert readmitted.status.phase == "Pending" and readmitted.create_ranks == []
+    assert condition(readmitted.status, PREEMPTED).status == "False"
+    resumed = run(readmitted.status, [], ADMIT)
+    assert resumed.create_ranks == [0, 1] and resumed.status.attempt == 1 and resumed.resume == "auto"
+    assert resumed.status.restarts == 0
+
+
+def test_eviction_other_than_preemption_queues_without_a_preempted_condition() -> None:
+    up = run(run(TrainingJobStatus(), [], ADMIT).status, [pod(0), pod(1)], ADMIT).status
+    stopped = kueue.Admission(False, "ClusterQueueStopped", "Kueue evicted Workload: stopped")
+    plan = run(up, [pod(0), pod(1)], stopped)
+    assert plan.status.phase == "Queued" and condition(plan.status, PREEMPTED) is None
+    assert [e.reason for e in plan.events] == ["Evicted", "Queued"]
+
+
+def test_without_kueue_decide_is_unchanged() -> None:
+    plan = run(TrainingJobStatus(), [], None)
+    assert plan.status.phase == "Pending" and plan.create_ranks == [0, 1]
+    assert condition(plan.status, ADMITTED) is None
+
+
+def test_suspend_wins_over_admission() -> None:
+    plan = decide(spec(suspend=True), JobMeta("mnist"), TrainingJobStatus(), [], True, NOW,
+                  admission=ADMIT)
+    assert plan.status.phase == "Suspended"
+
+
+def test_finished_job_stays_finished_whatever_kueue_says() -> None:
+    done = TrainingJobStatus(phase="Succeeded", completion_time=format_time(NOW))
+    assert run(done, [], PREEMPT).status.phase == "Succeeded"
