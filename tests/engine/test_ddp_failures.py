@@ -53,6 +53,21 @@ def test_the_failing_node_reports_its_own_code_when_the_peer_lost_report_comes_f
     assert "stopping this node's workers" not in node1, logs(tmp_path)
 
 
+def test_a_node_whose_rank_filled_the_volume_exits_79_even_when_a_peer_lost_it_first(tmp_path):
+    # Rank 0 hits a full checkpoint volume (exit 79) and is slow to exit; rank 1 sees its
+    # connections close and exits 76 first, and torch's agent stops rank 0 with SIGTERM.
+    # The node saw the full volume first-hand: volt-run exits 79, and says why.
+    procs = start_nodes(1, 2, script("raise_on_rank.py", "--max-steps", "100000", "--samples", "256"), tmp_path,
+                        FAIL_RANK="0", FAIL_STEP="3", FAIL_VOLUME_FULL="1",
+                        VOLT_TERMINATION_MESSAGE_PATH=str(tmp_path / "termination-log"))
+    codes = wait_all(procs, 240)
+    assert codes == [79], logs(tmp_path)
+    text = (tmp_path / "node0.log").read_text()
+    # The race really happened: rank 1 exited 76 while rank 0 was still exiting.
+    assert "slow exit: waiting for the agent's SIGTERM" in text and "exiting with 76" in text, logs(tmp_path)
+    assert (tmp_path / "termination-log").read_text().startswith("CheckpointVolumeFull: "), logs(tmp_path)
+
+
 @pytest.mark.timeout(120)
 def test_world_size_mismatch_fails_fast_naming_it(tmp_path):
     procs = start_nodes(1, 2, example(), tmp_path, VOLT_TRAINER='{"devices": 3}')

@@ -1,4 +1,5 @@
 """Why a job failed: the failing rank's exception reaches the container's termination message."""
+import errno
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from ddp_support import SCRIPTS, logs, script, start_nodes, wait_all
 from volt import termination
+from volt.checkpoint import CheckpointVolumeError
 from volt.launch import describe_uncaught_errors, root_cause_message
 
 
@@ -159,3 +161,18 @@ def test_describe_uncaught_errors_fills_in_workers_without_an_error_file(tmp_pat
     describe_uncaught_errors({4: raised, 5: killed}, {0: str(tmp_path / "stderr.log"), 1: str(tmp_path / "none")})
     assert root_cause_message(_Result(raised)) == f"KeyError: 'label' at {path}:1 in <module> (global rank 4)"
     assert termination.recorded_error(killed.error_file_data) == ""  # a signal: no traceback to read
+
+
+def test_an_error_that_names_its_exit_code_leaves_it_in_the_error_file(tmp_path):
+    # What volt-run reads when the agent stopped the rank before it exited with that code.
+    error_file = tmp_path / "error.json"
+    env = {termination.ERROR_FILE_ENV: str(error_file), termination.TERMINATION_ENV: str(tmp_path / "msg")}
+    err = CheckpointVolumeError(errno.ENOSPC, "checkpoints/step=1.ckpt", "")
+    assert termination.exit_for_error(err, env).code == 79
+    data = json.loads(error_file.read_text())
+    assert termination.intended_exit_code(data) == 79
+    assert termination.recorded_error(data).startswith("CheckpointVolumeFull: the checkpoint volume is full")
+    assert termination.recorded_error(data) == (tmp_path / "msg").read_text()[:1024]
+    for extra in ({"voltExitCode": True}, {"voltExitCode": 143}, {"voltExitCode": "79"}, {}):
+        assert termination.intended_exit_code({"message": {"message": "x", "extraInfo": extra}}) is None
+    assert termination.intended_exit_code({"message": "<NONE>"}) is None  # torch's "no error file"

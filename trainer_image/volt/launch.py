@@ -530,11 +530,18 @@ def _worker_codes(result: Any) -> List[int]:
 
     Failure timestamps are whole seconds; the sort is stable, and the agent records
     the failures it found before stopping the rest first, so ties keep that order.
+    A worker that had recorded its exit code (``termination.exit_for_error``) and was
+    then stopped by the agent before it exited counts with that code: it chose it first-hand.
     """
     if result is None:
         return []
     failures = sorted(result.failures.values(), key=lambda f: f.timestamp)
-    return [f.exitcode if f.exitcode >= 0 else exit_codes.from_signal(-f.exitcode) for f in failures]
+    codes = []
+    for failure in failures:
+        code = failure.exitcode if failure.exitcode >= 0 else exit_codes.from_signal(-failure.exitcode)
+        intended = termination.intended_exit_code(failure.error_file_data)
+        codes.append(intended if intended is not None and code >= 128 else code)
+    return codes
 
 
 def _node_code(result: Any, supervisor: _Supervisor, rendezvous_failed: bool = False) -> int:

@@ -102,6 +102,10 @@ def exit_for_error(err: BaseException, environ: Optional[Dict[str, str]] = None)
     sys.stderr.write(f"volt: exiting with {code} ({exit_codes.describe(code)}): {err}\n")
     sys.stderr.flush()
     write_termination_text(f"{reason}: {err}", environ)
+    # The error file too, with the code: the rank beside this one may see our connections
+    # close and exit PEER_LOST before we finish exiting, and torch's agent then stops us
+    # with SIGTERM. volt-run still reports our code (``intended_exit_code``).
+    _write_error_file(f"{reason}: {err}"[:1024], err, environ, exit_code=code)
     return SystemExit(code)
 
 
@@ -196,14 +200,22 @@ def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None
     copies into the container's termination message for the operator's status.
     """
     env = environ if environ is not None else os.environ
+    rank_text = env.get("RANK", "")
+    rank = int(rank_text) if rank_text.isdigit() else None
+    return _write_error_file(describe_error(err, rank), err, env)
+
+
+def _write_error_file(message: str, err: BaseException, environ: Optional[Mapping[str, str]],
+                      exit_code: Optional[int] = None) -> bool:
+    env = environ if environ is not None else os.environ
     path = env.get(ERROR_FILE_ENV)
     if not path:
         return False
-    rank_text = env.get("RANK", "")
-    rank = int(rank_text) if rank_text.isdigit() else None
     stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    data = {"message": {"message": describe_error(err, rank),
-                        "extraInfo": {"py_callstack": stack[-16000:], "timestamp": str(int(time.time()))}}}
+    extra: Dict[str, Any] = {"py_callstack": stack[-16000:], "timestamp": str(int(time.time()))}
+    if exit_code is not None:
+        extra[_EXIT_CODE_KEY] = exit_code
+    data = {"message": {"message": message, "extraInfo": extra}}
     try:
         with open(path, "w") as handle:
             json.dump(data, handle)
@@ -213,8 +225,22 @@ def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None
     return True
 
 
+#: The key under torch's ``extraInfo`` where ``exit_for_error`` leaves the code it exits with.
+_EXIT_CODE_KEY = "voltExitCode"
 #: What torch's agent puts in ``error_file_data`` for a worker that left no error file.
 _NO_ERROR_FILE = "<NONE>"
+
+
+def intended_exit_code(error_file_data: Any) -> Optional[int]:
+    """The exit code a worker recorded before exiting (``exit_for_error``), or None.
+
+    A worker stopped by its agent while it was still exiting dies of a signal;
+    this is the code it had chosen first-hand.
+    """
+    message = error_file_data.get("message") if isinstance(error_file_data, dict) else None
+    extra = message.get("extraInfo") if isinstance(message, dict) else None
+    code = extra.get(_EXIT_CODE_KEY) if isinstance(extra, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 128 else None
 
 
 def recorded_error(error_file_data: Any) -> str:

@@ -7,14 +7,21 @@ logging that it read the peers' "peer lost" report. That report then reaches the
 store before its own failure: the race a slow interpreter shutdown causes, made
 deterministic by waiting on the event itself.
 FAIL_KEY_ERROR=1: the failing rank looks up a missing key instead (KeyError: 'label').
+FAIL_VOLUME_FULL=1: the failing rank raises the engine's "checkpoint volume full" error
+(exit 79) instead, and then exits slowly: in on_exception it shuts down its sockets
+and waits for its agent's SIGTERM, so the rank beside it exits PEER_LOST first and
+the agent stops this one (the race a slow teardown after ENOSPC causes).
 FAIL_ATTEMPT=A: fail only in the TrainingJob's attempt A (VOLT_ATTEMPT), so the next one trains.
 """
+import errno
 import os
+import signal
 import socket
 import stat
 import sys
 import time
 
+from volt.checkpoint import CheckpointVolumeError
 from volt.examples import synthetic
 
 
@@ -57,8 +64,19 @@ class Faulty(synthetic.RegressionModel):
                 wait_for_text(os.environ["FAIL_AFTER_LOG"], os.environ["FAIL_AFTER_TEXT"])
             if os.environ.get("FAIL_KEY_ERROR") == "1":
                 return {}["label"]  # the line the termination message must name
+            if os.environ.get("FAIL_VOLUME_FULL") == "1":
+                raise CheckpointVolumeError(errno.ENOSPC, "checkpoints/injected.ckpt", "injected")
             raise RuntimeError(f"injected failure on rank {self.trainer.global_rank}")
         return super().training_step(batch, batch_idx)
+
+    def on_exception(self, exception):
+        if os.environ.get("FAIL_VOLUME_FULL") == "1" and isinstance(exception, CheckpointVolumeError):
+            shut_down_sockets()  # the peers exit PEER_LOST now, while this rank is still "exiting"
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.stderr.write("slow exit: waiting for the agent's SIGTERM\n")
+            sys.stderr.flush()
+            while True:
+                signal.pause()
 
 
 if __name__ == "__main__":

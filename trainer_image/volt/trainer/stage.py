@@ -82,9 +82,11 @@ def run_stage(trainer: "Trainer", loop: Callable[["Trainer", Optional[str]], Any
         # exits through it, and callbacks must stop what they run (a metrics server thread
         # answering scrapes while the interpreter shuts down can abort the process).
         trainer.state.status = "interrupted"
+        # First, before the hooks: once this rank is known to fail, its code must be on record
+        # (e.g. a full checkpoint volume: a retryable exit code) before the peers see it go.
+        exit_ = termination.exit_for_error(err)
         _on_exception(trainer, err)
         _finalize_loggers(trainer, "failed" if isinstance(err, Exception) else "interrupted")
-        exit_ = termination.exit_for_error(err)  # e.g. a full checkpoint volume: a retryable exit code
         if exit_ is not None:
             raise exit_ from err
         if isinstance(err, Exception):
