@@ -9,7 +9,7 @@ round-trip. Credentials and TLS come from the official client's loaders
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
 from kubernetes import config as kube_config
@@ -17,8 +17,11 @@ from kubernetes.client import Configuration
 from kubernetes.client.rest import RESTClientObject
 
 from .api import GROUP, PLURAL, VERSION
+from .cache import resource_version
 
 REQUEST_TIMEOUT_SECONDS = 15.0
+# The reconciler's requests in the API server's audit log (kopf's watches say kopf/<version>).
+USER_AGENT = "volt-operator"
 
 
 class ApiError(Exception):
@@ -75,7 +78,8 @@ class KubeClient:
         url = self.configuration.host.rstrip("/") + path
         if query:
             url += "?" + urlencode(query)
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": "application/json", "Content-Type": content_type,
+                   "User-Agent": USER_AGENT}
         token = self.configuration.get_api_key_with_prefix("authorization", "BearerToken")
         if token:
             headers["Authorization"] = token
@@ -144,47 +148,51 @@ class KubeClient:
             if not exc.not_found:
                 raise
 
-    def list_pods(self, namespace: str, selector: str) -> list:
+    def list_pods(self, namespace: str, selector: str) -> Tuple[List[Dict[str, Any]], int]:
+        """The pods matching ``selector`` and the list's resourceVersion (-1 if none)."""
         body = self.request(
             "GET", self.core_path(namespace, "pods"), query={"labelSelector": selector}
         )
-        return list(body.get("items") or [])
+        return list(body.get("items") or []), resource_version(body)
 
-    def service_exists(self, namespace: str, name: str) -> bool:
+    def get_service(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
         try:
-            self.request("GET", self.core_path(namespace, "services", name))
-            return True
+            return self.request("GET", self.core_path(namespace, "services", name))
         except ApiError as exc:
             if exc.not_found:
-                return False
+                return None
             raise
 
-    def create(self, namespace: str, kind: str, body: Dict[str, Any]) -> bool:
-        """Create a core object; False when it already exists (idempotent)."""
+    def create(self, namespace: str, kind: str, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Create a core object: the object created, None when it already exists (idempotent)."""
         return self._create(self.core_path(namespace, kind), body)
 
-    def create_network_policy(self, namespace: str, body: Dict[str, Any]) -> bool:
-        """Create a job's NetworkPolicy; False when it already exists."""
+    def create_network_policy(self, namespace: str, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Create a job's NetworkPolicy; None when it already exists."""
         return self._create(
             f"/apis/networking.k8s.io/v1/namespaces/{quote(namespace)}/networkpolicies", body)
 
-    def _create(self, path: str, body: Dict[str, Any]) -> bool:
+    def _create(self, path: str, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         try:
-            self.request("POST", path, body)
-            return True
+            return self.request("POST", path, body) or {}
         except ApiError as exc:
             if exc.already_exists:
-                return False
+                return None
             raise
 
-    def delete_pod(self, namespace: str, name: str, grace_seconds: Optional[int] = None) -> None:
-        """Delete a pod; ``grace_seconds=0`` force-deletes it (no wait for its kubelet)."""
+    def delete_pod(
+        self, namespace: str, name: str, grace_seconds: Optional[int] = None
+    ) -> Optional[Dict[str, Any]]:
+        """Delete a pod; ``grace_seconds=0`` force-deletes it (no wait for its kubelet).
+
+        Returns the API server's answer: the pod, marked for deletion, or None if it was gone."""
         body = None
         if grace_seconds is not None:
             body = {"kind": "DeleteOptions", "apiVersion": "v1",
                     "gracePeriodSeconds": grace_seconds}
         try:
-            self.request("DELETE", self.core_path(namespace, "pods", name), body)
+            return self.request("DELETE", self.core_path(namespace, "pods", name), body)
         except ApiError as exc:
             if not exc.not_found:
                 raise
+            return None

@@ -4,7 +4,7 @@ The engine's Prometheus callback serves ``GET /progress`` (JSON) on
 ``VOLT_METRICS_PORT`` of every node pod; the operator reads node 0 (local
 rank 0) and mirrors epoch, step, loss and the latest checkpoint into status.
 Pods need no API credentials for this, and a slow or dead endpoint costs one
-short timeout, never a stuck reconcile.
+short timeout on the ``Poller``'s own threads, never a reconcile's time.
 """
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .api import CheckpointStatus, TrainingProgress, format_time, parse_time
 
@@ -193,3 +195,105 @@ class RateLimiter:
     def forget(self, key: Tuple[str, str]) -> None:
         with self._lock:
             self._last.pop(key, None)
+
+
+class TokenBucket:
+    """At most ``rate`` takes per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at = burst, clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One read of a rank 0's /progress: its payload, or why there is none."""
+
+    pod: str
+    ip: str
+    payload: Optional[Dict[str, Any]]
+    error: str = ""
+
+
+JobKey = Tuple[str, str]
+
+
+class Poller:
+    """Reads rank 0's /progress off the reconcile path, within its own budget.
+
+    The reconcile asks (``request``) and later takes the answer (``take``); the
+    read runs on the poller's threads, and ``on_result`` is told when one is
+    there so that the job is looked at again. Per job: at most one read per
+    ``interval`` and one in flight, so a slow endpoint ties up one thread for at
+    most the fetch timeout. Globally: at most ``rate`` reads per second and
+    ``workers`` at once; a read the budget refuses is asked for again at the
+    job's next reconcile, so with many jobs each job's progress is simply older.
+    """
+
+    def __init__(
+        self, interval: float, rate: float = 20.0, workers: int = 8,
+        fetch_fn: Callable[[str, int], Dict[str, Any]] = fetch,
+        on_result: Optional[Callable[[JobKey], None]] = None,
+    ) -> None:
+        self.per_job = RateLimiter(interval)
+        self.budget = TokenBucket(rate, burst=max(1.0, rate))
+        self.on_result = on_result
+        self._fetch = fetch_fn
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-progress")
+        self._lock = threading.Lock()
+        self._in_flight: Set[JobKey] = set()
+        self._results: Dict[JobKey, PollResult] = {}
+
+    def request(self, key: JobKey, pod: str, ip: str, port: int) -> bool:
+        """Start a read of ``pod``'s /progress unless the job's or the global budget says not yet."""
+        with self._lock:
+            if key in self._in_flight:
+                return False
+            if not self.per_job.allow(key):
+                return False
+            if not self.budget.take():
+                self.per_job.forget(key)  # not read: the job may ask again at once
+                return False
+            self._in_flight.add(key)
+        self._pool.submit(self._read, key, pod, ip, port)
+        return True
+
+    def take(self, key: JobKey, pod: str, ip: str) -> Optional[PollResult]:
+        """The answer read from ``pod`` at ``ip`` since the last take, if any (each is taken once)."""
+        with self._lock:
+            result = self._results.get(key)
+            if result is None or (result.pod, result.ip) != (pod, ip):
+                return None
+            return self._results.pop(key)
+
+    def forget(self, key: JobKey) -> None:
+        with self._lock:
+            self._results.pop(key, None)
+        self.per_job.forget(key)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _read(self, key: JobKey, pod: str, ip: str, port: int) -> None:
+        try:
+            result = PollResult(pod, ip, self._fetch(ip, port))
+        except ProgressError as exc:
+            result = PollResult(pod, ip, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a poller thread must survive any answer
+            result = PollResult(pod, ip, None, f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self._in_flight.discard(key)
+            self._results[key] = result
+        if self.on_result is not None:
+            self.on_result(key)

@@ -1,0 +1,197 @@
+"""What the operator knows of its objects, fed by its watches.
+
+The reconciler reads each TrainingJob, its pods and its Service from here
+instead of asking the API server: kopf's watch events (``handlers.py``) put
+every version they see, the reconciler puts what its own writes returned, and
+only what the cache does not know yet is read (once per job: a LIST of its
+pods, a GET of its Service or of the job itself). A warm cache therefore
+costs the API server nothing per reconcile.
+
+Staleness is safe by construction:
+
+* every object is kept at the newest ``resourceVersion`` seen, so a late
+  event never overwrites a newer state, and a deletion leaves a tombstone so
+  that an older listing cannot bring the pod back;
+* the status write carries the job's resourceVersion: a stale job makes it
+  fail (409) and the reconciler drops the job here and reads it again;
+* pods have deterministic names and creating an existing one is a no-op, so a
+  cache that has not seen a pod yet costs one refused create, never a
+  duplicate; the reconciler also puts every pod it created or deleted here at
+  once, so the next reconcile does not have to wait for the watch.
+
+Bookkeeping per job is O(its pods); nothing here walks other jobs.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+JobKey = Tuple[str, str]  # (namespace, name)
+
+LABEL_JOB = "volt.dev/job"
+
+
+def resource_version(obj: Dict[str, Any]) -> int:
+    """``metadata.resourceVersion`` as an int (etcd's revision), -1 when absent.
+
+    The API server documents it as opaque; every object here comes from one
+    kube-apiserver backed by etcd, whose revisions increase, so comparing them
+    orders two versions of one object.
+    """
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or -1)
+    except (TypeError, ValueError):
+        return -1
+
+
+def job_key_of_child(obj: Dict[str, Any]) -> Optional[JobKey]:
+    """The job a pod belongs to, by its ``volt.dev/job`` label."""
+    meta = obj.get("metadata") or {}
+    job = (meta.get("labels") or {}).get(LABEL_JOB)
+    namespace = meta.get("namespace")
+    return (namespace, job) if job and namespace else None
+
+
+@dataclass
+class _Pods:
+    """One job's pods by name, with tombstones (name -> resourceVersion of the deletion)."""
+
+    seeded: bool = False
+    live: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    gone: Dict[str, int] = field(default_factory=dict)
+
+    def put(self, pod: Dict[str, Any]) -> bool:
+        name = pod["metadata"]["name"]
+        rv = resource_version(pod)
+        if rv <= self.gone.get(name, -1):
+            return False  # an older version of a pod already deleted
+        old = self.live.get(name)
+        if old is not None and resource_version(old) >= rv:
+            return False
+        self.live[name] = pod
+        return True
+
+    def delete(self, name: str, rv: int) -> bool:
+        old = self.live.get(name)
+        if old is not None and resource_version(old) > rv:
+            return False  # the deletion of an older pod of that name
+        self.live.pop(name, None)
+        self.gone[name] = max(rv, self.gone.get(name, -1))
+        return old is not None
+
+
+class ObservedCache:
+    """TrainingJobs, their pods and their Services as last seen; safe from many threads.
+
+    Bodies are stored as given and handed out as they are: callers must not
+    mutate them (``put_*`` copies what the watch hands in, which kopf may reuse).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: Dict[JobKey, Dict[str, Any]] = {}
+        self._deleted_jobs: Dict[JobKey, int] = {}
+        self._pods: Dict[JobKey, _Pods] = {}
+        # Service (named after its job) -> (exists, resourceVersion of that news).
+        self._services: Dict[JobKey, Tuple[bool, int]] = {}
+
+    # -- TrainingJobs ----------------------------------------------------------
+
+    def put_job(self, job: Dict[str, Any]) -> None:
+        meta = job["metadata"]
+        key = (meta["namespace"], meta["name"])
+        rv = resource_version(job)
+        with self._lock:
+            if rv <= self._deleted_jobs.get(key, -1):
+                return
+            old = self._jobs.get(key)
+            if old is None or resource_version(old) < rv:
+                self._jobs[key] = copy.deepcopy(job)
+                self._deleted_jobs.pop(key, None)
+
+    def delete_job(self, key: JobKey, rv: int) -> None:
+        """The job is gone (its DELETED event): drop it and what hangs off it."""
+        with self._lock:
+            old = self._jobs.get(key)
+            if old is not None and resource_version(old) > rv:
+                return  # a job of that name created again since
+            self._jobs.pop(key, None)
+            self._pods.pop(key, None)
+            self._services.pop(key, None)
+            self._deleted_jobs[key] = rv
+
+    def drop_job(self, key: JobKey) -> None:
+        """Forget a job's version (a status write found it stale); the next look reads it."""
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def job(self, key: JobKey) -> Tuple[bool, Optional[Dict[str, Any]]]:
+        """(known, body): (True, None) for a job the watch saw deleted; (False, None) unknown."""
+        with self._lock:
+            body = self._jobs.get(key)
+            if body is not None:
+                return True, body
+            return key in self._deleted_jobs, None
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    # -- pods ------------------------------------------------------------------
+
+    def put_pod(self, pod: Dict[str, Any]) -> None:
+        key = job_key_of_child(pod)
+        if key is None:
+            return
+        pod = copy.deepcopy(pod)
+        with self._lock:
+            self._pods.setdefault(key, _Pods()).put(pod)
+
+    def delete_pod(self, pod: Dict[str, Any]) -> None:
+        key = job_key_of_child(pod)
+        if key is None:
+            return
+        with self._lock:
+            self._pods.setdefault(key, _Pods()).delete(pod["metadata"]["name"], resource_version(pod))
+
+    def seed_pods(self, key: JobKey, pods: Iterable[Dict[str, Any]], list_rv: int) -> None:
+        """Merge a LIST of the job's pods taken at ``list_rv``: pods it lacks that the cache
+        holds at an older version were deleted meanwhile."""
+        with self._lock:
+            entry = self._pods.setdefault(key, _Pods())
+            listed = set()
+            for pod in pods:
+                listed.add(pod["metadata"]["name"])
+                entry.put(copy.deepcopy(pod))
+            for name, pod in list(entry.live.items()):
+                if name not in listed and resource_version(pod) <= list_rv:
+                    entry.delete(name, list_rv)
+            entry.seeded = True
+
+    def pods(self, key: JobKey) -> Optional[List[Dict[str, Any]]]:
+        """The job's pods, or None until a LIST has seeded them (the watch alone may not
+        have delivered every pod yet after a start)."""
+        with self._lock:
+            entry = self._pods.get(key)
+            if entry is None or not entry.seeded:
+                return None
+            return list(entry.live.values())
+
+    # -- Services --------------------------------------------------------------
+
+    def put_service(self, service: Dict[str, Any], exists: bool = True) -> None:
+        """A Service as an event or our own create saw it (``exists=False``: its deletion)."""
+        meta = service["metadata"]
+        key, rv = (meta["namespace"], meta["name"]), resource_version(service)
+        with self._lock:
+            old = self._services.get(key)
+            if old is None or rv >= old[1]:
+                self._services[key] = (exists, rv)
+
+    def service_exists(self, key: JobKey) -> Optional[bool]:
+        """Whether the job's Service exists; None when no event or read has said."""
+        with self._lock:
+            known = self._services.get(key)
+            return None if known is None else known[0]

@@ -1,0 +1,184 @@
+"""The reconciler reads from the watch cache: a warm cache sends no read to the API server.
+
+Against the real local API server. The in-process tests count the reconciler's
+requests with a client that records each one on its way to the server; the
+operator test counts the running operator's requests in the API server's audit
+log (the reconciler's user agent is ``volt-operator``; kopf's watches say ``kopf/...``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+
+from job_helpers import idle_job_manifest
+from operator_process import OperatorProcess, free_port, get_json, job_status, wait_until
+from volt_operator.cache import ObservedCache
+from volt_operator.kube import USER_AGENT, KubeClient
+from volt_operator.reconciler import Reconciler
+
+
+class RecordingClient(KubeClient):
+    """The operator's client, recording (method, path) of every request it sends."""
+
+    def __init__(self, configuration: Configuration) -> None:
+        super().__init__(configuration)
+        self.calls: List[Tuple[str, str]] = []
+
+    def request(self, method: str, path: str, body: Any = None,
+                query: Optional[Dict[str, str]] = None,
+                content_type: str = "application/json") -> Any:
+        self.calls.append((method, path))
+        return super().request(method, path, body, query, content_type)
+
+
+def _client(kube: Any) -> RecordingClient:
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
+    return RecordingClient(configuration)
+
+
+def _reads(calls: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    return [c for c in calls if c[0] == "GET"]
+
+
+@pytest.mark.timeout(240)
+def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> None:
+    kube = crd
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("warm"))
+    client, cache = _client(kube), ObservedCache()
+    reconciler = Reconciler(client, cache=cache)
+    key = (namespace, "warm")
+    try:
+        # Cold: the job, its pods and its Service are read once; then it acts.
+        reconciler.reconcile(*key)
+        reads = _reads(client.calls)
+        kinds = sorted(path.split("/namespaces/")[1].split("/")[1] for _, path in reads)
+        assert kinds == ["pods", "services", "trainingjobs"], reads
+        created = [path for method, path in client.calls if method == "POST" and path.endswith("/pods")]
+        assert len(created) == 2
+
+        # Warm: the pods it created are known as the create returned them (the next look
+        # reports them pending, a status write and no read); then nothing changes, nothing is sent.
+        client.calls.clear()
+        reconciler.reconcile(*key)
+        assert _reads(client.calls) == []
+        client.calls.clear()
+        reconciler.reconcile(*key)
+        assert client.calls == []
+
+        # The pods run; the watch would deliver their new versions (here the test reads them).
+        def running() -> Optional[List[Dict[str, Any]]]:
+            pods = get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=warm")["items"]
+            ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                            for c in p["status"].get("conditions") or [])]
+            return pods if len(ready) == 2 else None
+
+        # Someone else writes the job meanwhile (the cached version is now stale), and the
+        # pods run: the watch would deliver their new versions (here the test reads them).
+        kube.kubectl("annotate", "-n", namespace, "tj", "warm", "example.com/touched=yes")
+        for pod in wait_until("both pods Ready", running, 120):
+            cache.put_pod(pod)
+        client.calls.clear()
+        reconciler.reconcile(*key)
+        # The status write's resourceVersion guard refused the cached version: one read of
+        # the job, and the write again.
+        status_path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs/warm"
+        assert _reads(client.calls) == [("GET", status_path)], client.calls
+        assert [c for c in client.calls if c[0] == "PATCH"] == [("PATCH", status_path + "/status")] * 2
+        assert job_status(kube, namespace, "warm")["phase"] == "Running"
+
+        client.calls.clear()
+        reconciler.reconcile(*key)
+        assert _reads(client.calls) == []
+    finally:
+        reconciler.poller.stop()
+
+
+@pytest.mark.timeout(240)
+def test_a_cache_that_missed_the_pods_creates_no_duplicate(crd: Any, namespace: str) -> None:
+    """A cache that believes the gang has no pods (it has) asks to create them: the API
+    server refuses the names it already has (409), nothing is created twice."""
+    kube = crd
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("twice", suspend=False))
+    first = Reconciler(_client(kube))
+    first.reconcile(namespace, "twice")
+    before = {p["metadata"]["uid"] for p in get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=twice")["items"]}
+    assert len(before) == 2
+
+    client, stale = _client(kube), ObservedCache()
+    stale.seed_pods((namespace, "twice"), [], list_rv=0)  # "listed" before the pods existed
+    try:
+        Reconciler(client, cache=stale).reconcile(namespace, "twice")
+        after = {p["metadata"]["uid"] for p in get_json(kube, "-n", namespace, "pods", "-l", "volt.dev/job=twice")["items"]}
+        assert after == before
+        assert [m for m, p in client.calls if p.endswith("/pods")] == ["POST", "POST"]  # both refused: 409
+    finally:
+        first.poller.stop()
+
+
+def _operator_requests(audit_log: Path, namespace: str, since: str) -> List[Dict[str, Any]]:
+    """The reconciler's requests about ``namespace`` after ``since`` (an audit timestamp)."""
+    found = []
+    for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if (event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
+                    and (event.get("objectRef") or {}).get("namespace") == namespace
+                    and event["requestReceivedTimestamp"] > since):
+                found.append(event)
+    return found
+
+
+def _resync_count(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    match = re.search(r'^volt_operator_reconcile_duration_seconds_count\{handler="resync"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.timeout(300)
+def test_the_resync_of_unchanged_jobs_sends_nothing(crd: Any, namespace: str, tmp_path: Path) -> None:
+    """The running operator with suspended jobs and a running one: once they are settled,
+    several resync sweeps over them send the API server no request (audit log)."""
+    kube = crd
+    for name in ("idle-a", "idle-b"):
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest(name, suspend=True))
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest(
+        "busy", trainer={"numNodes": 2, "devices": 1, "accelerator": "cpu", "maxEpochs": 1}))
+    port = free_port()
+    operator = OperatorProcess(kube, [namespace], tmp_path, metrics_port=port).start()
+    try:
+        def phases() -> Dict[str, str]:
+            return {j["metadata"]["name"]: (j.get("status") or {}).get("phase", "")
+                    for j in get_json(kube, "-n", namespace, "tj")["items"]}
+
+        wait_until("jobs settled", lambda: phases() == {
+            "idle-a": "Suspended", "idle-b": "Suspended", "busy": "Running"}, 120)
+
+        # Settled: a whole sweep over the three jobs went by with no request about them
+        # (busy's rank 0 serves no /progress: that is written once, then changes nothing).
+        def settled() -> Optional[str]:
+            last = max((e["requestReceivedTimestamp"]
+                        for e in _operator_requests(kube.audit_log, namespace, "")), default="")
+            count = _resync_count(port)
+            wait_until("a resync sweep", lambda: _resync_count(port) >= count + 3, 30)
+            return last if not _operator_requests(kube.audit_log, namespace, last) else None
+
+        since = wait_until("a sweep that sent nothing", settled, 90)
+        # Three more sweeps (2 s apart in the tests), each answered from the cache.
+        count = _resync_count(port)
+        wait_until("three resync sweeps", lambda: _resync_count(port) >= count + 9, 60)
+        sent = _operator_requests(kube.audit_log, namespace, since)
+        reads = [e for e in sent if e["verb"] in ("get", "list")]
+        assert not reads, [(e["verb"], e["requestURI"]) for e in reads]
+        print(f"requests by the reconciler over three sweeps of 3 jobs: {len(sent)}: "
+              f"{[(e['verb'], e['requestURI']) for e in sent]}")
+    finally:
+        operator.stop()
+        print(operator.logs()[-4000:])
