@@ -20,6 +20,7 @@ from volt.overrides import apply_trainer_settings
 from volt.precision import parse_precision
 from volt.profilers import Profiler, profiler_from_argument
 from volt.trainer import arguments as A
+from volt.trainer.compiled_step import CompileSetting, parse_compile
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class TrainerConfig:
     prepare_data_per_node: Optional[bool]  # None: the module and datamodule decide
     deterministic: Any  # None | bool | "warn"
     benchmark: Optional[bool]
+    compile: CompileSetting  # Trainer(compile=...): the step compiled or CUDA-graph captured (compiled_step.py)
     # logging and outputs
     log_every_n_steps: int
     flush_logs_every_n_steps: int
@@ -200,6 +202,7 @@ def parse_arguments(arguments: Mapping[str, Any], defaults: Mapping[str, Any], c
         raise TypeError("Trainer(resume_from_checkpoint=...) must be a path")
     return TrainerConfig(
         placement=placement, plugins=plugins, precision=precision,
+        compile=parse_compile(a["compile"], placement.accelerator),
         sync_batchnorm=A.check_bool("sync_batchnorm", a["sync_batchnorm"]),
         use_distributed_sampler=A.check_bool("use_distributed_sampler", a["use_distributed_sampler"]),
         **limits, **_step_settings(a), **_outputs(a, contract), **switches,

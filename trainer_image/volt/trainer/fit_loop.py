@@ -68,6 +68,7 @@ from volt.precision import _TRUE_DTYPES, Precision
 from volt.resume import capture_rng_state, restore_rng_state, resume_epoch_iterator
 from volt.resize import redealt_epoch
 from volt.trainer import checkpoint_connector
+from volt.trainer.compiled_step import CaptureFailed, CompileStats, StepFacts, build_step, capture_blocker
 from volt.trainer.data import INF, iterate, set_sampler_epoch
 from volt.strategies.single import SingleDeviceStrategy
 from volt.trainer.eval_loop import resolve_transfer_hooks, run_validation_in_fit, transfer_batch
@@ -236,12 +237,63 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
     hot.batch_end_callbacks = tuple(cb.on_train_batch_end for cb in trainer.callbacks_for("on_train_batch_end"))
     hot.batch_end_module = overrides("on_train_batch_end")
     run.hot = hot
+    run.compiled_step = _compiled_step(trainer, module)
+
+
+def _compiled_step(trainer: "Trainer", module: LightningModule) -> Optional[Callable[..., Any]]:
+    """Trainer(compile=...): the function that runs the whole automatic step, or None (the eager path).
+
+    Whether the step can be captured is decided here once, from the run's hooks and settings
+    (compiled_step.capture_blocker); the reason it cannot is logged once.
+    """
+    setting = trainer.config.compile
+    stats = trainer.compile_stats = CompileStats(mode=setting.mode)
+    if not setting.enabled:
+        return None
+    run: RunState = trainer.run_state
+    plugin = trainer.precision_plugin
+    overrides = trainer.module_overrides
+    opts = trainer.optimizers
+    facts = StepFacts(
+        automatic_optimization=bool(module.automatic_optimization),
+        optimizers=len(opts),
+        closure_optimizer=bool(opts) and isinstance(opts[0], torch.optim.LBFGS),
+        step_signature=("training_step takes optimizer_idx (1.x)" if run.step_takes_optimizer_idx
+                        else "truncated backpropagation through time" if (module.truncated_bptt_steps or 0) > 0
+                        else None),
+        single_device=run.direct_training_step,
+        strategy=type(trainer.strategy).__name__,
+        profiling=run.profiling,
+        loss_scaler=plugin.scaler is not None,
+        own_precision_context=(type(plugin).forward_context is not Precision.forward_context
+                               or type(plugin).optimizer_step is not Precision.optimizer_step),
+        step_hooks=tuple(h for h in ("on_before_zero_grad", "on_before_backward", "on_after_backward",
+                                     "on_before_optimizer_step") if h not in run.silent),
+        module_overrides=tuple(m for m in ("training_step_end", "backward", "optimizer_step", "optimizer_zero_grad")
+                               if overrides(m)),
+        host_sync=tuple(name for name, on in (("track_grad_norm", trainer.track_grad_norm != -1),
+                                              ("terminate_on_nan", trainer.terminate_on_nan)) if on),
+        accumulation=trainer.accumulate_grad_batches,
+    )
+    reason = capture_blocker(facts, setting)
+    if reason is not None:
+        stats.fallback_reason = reason
+        log.warning("Trainer(compile=%r): the training step runs eagerly: %s", setting.mode, reason)
+        return None
+    stats.active = True
+    dtype = plugin._autocast_dtype
+    autocast = (run.hot.device.type, dtype) if dtype is not None else None
+    clip_hook = overrides("configure_gradient_clipping")
+    return build_step(setting, module, opts[0], autocast,
+                      lambda: (trainer.gradient_clip_val, trainer.gradient_clip_algorithm, clip_hook),
+                      _loss_from, stats)
 
 
 def _simple_this_epoch(trainer: "Trainer") -> bool:
     """hot.simple, and the Trainer attributes a callback may change between epochs still allow it."""
     accumulation = trainer.accumulate_grad_batches
-    return bool(trainer.run_state.hot.simple and type(accumulation) is int and accumulation == 1
+    return bool(trainer.run_state.hot.simple and trainer.run_state.compiled_step is None
+                and type(accumulation) is int and accumulation == 1
                 and trainer.track_grad_norm == -1 and not trainer.gradient_clip_val and not trainer.terminate_on_nan)
 
 
@@ -587,7 +639,10 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
             accumulation = trainer.current_accumulation
         window_start = batch_idx % accumulation == 0
         steps_now = (batch_idx + 1) % accumulation == 0 or is_last
-        outputs = _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
+        if run.compiled_step is not None:
+            outputs = _compiled_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
+        else:
+            outputs = _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
     else:
         steps_now = True
         outputs = trainer.call_step("training_step", *_step_args(trainer, batch, batch_idx, None, None))
@@ -618,6 +673,27 @@ def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, ba
 
 
 _NO_OPT_IDX = (None,)
+
+
+def _compiled_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, accumulation: int,
+                    window_start: bool, steps_now: bool) -> Any:
+    """_automatic_batch through the run's compiled step; eagerly when it cannot be (reason logged once)."""
+    run = trainer.run_state
+    step = run.compiled_step
+    connector = trainer._logger_connector
+    prev, connector.fx = connector.fx, "training_step"  # what self.log, replayed after the step, is called from
+    try:
+        output = step(batch, batch_idx, accumulation, window_start, steps_now)
+    except CaptureFailed:
+        run.compiled_step = None
+        return _automatic_batch(trainer, module, batch, batch_idx, accumulation, window_start, steps_now)
+    finally:
+        connector.fx = prev
+    if not trainer.compile_stats.active:  # the step ran, but the next ones run eagerly
+        run.compiled_step = None
+    if steps_now:
+        trainer.progress.global_step += 1
+    return _detached(output) if run.train_outputs_needed else output
 
 
 def _automatic_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, accumulation: int,

@@ -49,7 +49,8 @@ class RunState:
 
     __slots__ = ("hot", "silent", "step_takes_optimizer_idx", "step_takes_hiddens", "legacy_optimizer_step",
                  "collect_train_outputs", "train_outputs_needed", "train_loader_loaded", "val_check_batch",
-                 "direct_training_step", "auto_stepping", "profiling", "transfer_hooks", "val_loaded_epoch", "redeal")
+                 "direct_training_step", "auto_stepping", "profiling", "transfer_hooks", "val_loaded_epoch", "redeal",
+                 "compiled_step")
 
     def __init__(self) -> None:
         self.hot: Optional[HotPath] = None  # set before the first training batch
@@ -75,3 +76,5 @@ class RunState:
         self.val_loaded_epoch = 0  # the epoch whose validation loaders are loaded (reload_dataloaders_every_n_epochs)
         # A mid-epoch checkpoint of another world size whose rest of the epoch is re-dealt (volt.resize.Redeal).
         self.redeal: Optional[Any] = None
+        # Trainer(compile=...): runs the whole automatic step (volt.trainer.compiled_step); None: eager.
+        self.compiled_step: Optional[Callable[..., Any]] = None

@@ -26,6 +26,7 @@ from volt.plugins import CheckpointIO
 from volt.resume import RngSnapshots
 from volt.signals import PreemptionCallback
 from volt.trainer import checkpoint_connector, eval_loop, fit_loop
+from volt.trainer.compiled_step import CompileStats
 from volt.trainer.components import (apply_determinism, build_callbacks, build_loggers, build_precision_plugin,
                                      build_strategy)
 from volt.trainer.config import TRAINER_ATTRIBUTES, TrainerConfig, parse_arguments
@@ -84,6 +85,7 @@ class Trainer:
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
+        compile: Any = False,
         # --- Lightning 1.x names ------------------------------------------------------
         checkpoint_callback: Optional[bool] = None,
         process_position: int = 0,
@@ -148,6 +150,8 @@ class Trainer:
         self.rng_snapshots = RngSnapshots()  # exact resume: written by the fit loop and the checkpoint code
         self.predict_loop = eval_loop.PredictLoopState()  # batch indices and predictions, for prediction writers
         self.run_state = RunState()
+        #: Trainer(compile=...): whether the step runs compiled, why not, and how often it compiled.
+        self.compile_stats = CompileStats(mode=config.compile.mode)
         self._trial_run = False  # the tuner's trial fits: they start fresh, whatever the resume settings
         self._reset_hook_cache()
         # Lightning's public settings (trainer.max_epochs, ...): callbacks and the tuner may change them

@@ -1,0 +1,246 @@
+"""Trainer(compile=...): the whole step compiled gives the weights eager training gives.
+
+Most tests compile with ``backend="aot_eager"``: dynamo captures the step and AOT autograd
+builds its forward and backward graphs exactly as for inductor, without inductor's C++ code
+generation, which costs tens of seconds per graph on a small CPU. One test runs the default
+(inductor) backend end to end. Tolerance: compiled graphs may reorder float reductions, so
+weights agree to ``rtol=1e-4, atol=1e-5`` in fp32 and ``rtol=2e-2, atol=2e-3`` under bf16-mixed
+(bf16 keeps 8 bits of mantissa).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import volt
+
+AOT = {"backend": "aot_eager"}
+FP32_TOL = dict(rtol=1e-4, atol=1e-5)
+BF16_TOL = dict(rtol=2e-2, atol=2e-3)
+
+
+def _data(n: int, shape: tuple, classes: int = 4, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+class Classifier(volt.LightningModule):
+    """A tiny MLP or a 1-layer transformer encoder; logs its loss and a second metric every step."""
+
+    def __init__(self, kind: str = "mlp") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        if kind == "mlp":
+            self.net: nn.Module = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        else:
+            layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+            self.net = nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), _MeanPool(),
+                                     nn.Linear(8, 4))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, torch.Tensor]:
+        x, y = batch
+        logits = self.net(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("logit_mean", logits.float().mean(), on_step=False, on_epoch=True)
+        return {"loss": loss}
+
+    def configure_optimizers(self) -> Any:
+        # SGD with momentum, not Adam: Adam's normalised update turns the last-bit differences of a
+        # gradient near zero into lr-sized weight differences, which no tolerance separates from a bug
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class _MeanPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+class LossHistory(volt.Callback):
+    """Reads what each step logged and returned, as a metrics-consuming callback does."""
+
+    def __init__(self) -> None:
+        self.losses: List[float] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.losses.append(float(trainer.callback_metrics["train_loss"]))
+
+
+def _fit(tmp_path: Any, name: str, compile: Any, kind: str = "mlp", steps_data: int = 48, **kwargs: Any) -> Any:
+    shape = (8,) if kind == "mlp" else (6, 8)
+    model = Classifier(kind)
+    history = LossHistory()
+    trainer = volt.Trainer(max_epochs=kwargs.pop("max_epochs", 2), logger=volt.loggers.CSVLogger(str(tmp_path), name=name),
+                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                           num_sanity_val_steps=0, default_root_dir=str(tmp_path), callbacks=[history],
+                           log_every_n_steps=1, compile=compile, **kwargs)
+    trainer.fit(model, _data(steps_data, shape))
+    return model, trainer, history
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module, tol: Dict[str, float]) -> None:
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=lambda m: f"{name}: {m}", **tol)
+
+
+CASES = [
+    pytest.param("mlp", {}, FP32_TOL, id="mlp"),
+    pytest.param("mlp", dict(gradient_clip_val=0.05, accumulate_grad_batches=2), FP32_TOL, id="mlp-clip-accumulate"),
+    pytest.param("mlp", dict(precision="bf16-mixed", gradient_clip_val=0.5, gradient_clip_algorithm="value"),
+                 BF16_TOL, id="mlp-bf16-clip-value"),
+    pytest.param("transformer", dict(gradient_clip_val=0.1, accumulate_grad_batches=3), FP32_TOL,
+                 id="transformer-clip-accumulate"),
+    pytest.param("transformer", dict(precision="bf16-mixed"), BF16_TOL, id="transformer-bf16"),
+]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind, settings, tol", CASES)
+def test_compiled_step_trains_the_weights_eager_does(tmp_path: Any, kind: str, settings: Dict[str, Any],
+                                                      tol: Dict[str, float]) -> None:
+    eager, eager_trainer, eager_history = _fit(tmp_path, "eager", False, kind, **dict(settings))
+    compiled, trainer, history = _fit(tmp_path, "compiled", AOT, kind, **dict(settings))
+    stats = trainer.compile_stats
+    assert stats.active and stats.fallback_reason is None and stats.graph_breaks == [], stats
+    assert stats.compiles >= 1
+    _assert_same_weights(eager, compiled, tol)
+    assert trainer.global_step == eager_trainer.global_step
+    # self.log inside the compiled step reached callbacks, callback_metrics and the logger
+    torch.testing.assert_close(torch.tensor(history.losses), torch.tensor(eager_history.losses), **tol)
+    for key in ("train_loss", "logit_mean"):
+        torch.testing.assert_close(trainer.callback_metrics[key], eager_trainer.callback_metrics[key], **tol)
+    metrics = os.path.join(trainer.logger.log_dir, "metrics.csv")
+    with open(metrics) as f:
+        header = f.readline()
+    assert "train_loss" in header and "logit_mean" in header
+
+
+@pytest.mark.timeout(240)
+def test_compiled_step_with_inductor_matches_eager(tmp_path: Any) -> None:
+    eager, _, _ = _fit(tmp_path, "eager", False, max_epochs=1, steps_data=24)
+    compiled, trainer, _ = _fit(tmp_path, "compiled", True, max_epochs=1, steps_data=24)
+    assert trainer.compile_stats.active and trainer.compile_stats.compiles >= 1
+    _assert_same_weights(eager, compiled, FP32_TOL)
+
+
+class ManualModel(Classifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers()
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+
+
+class DataDependent(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)["loss"]
+        if loss.item() > 100.0:  # Python control flow on a tensor's value: dynamo breaks the graph here
+            loss = loss * 0.5
+        return loss
+
+
+class GradientWatcher(volt.Callback):
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model, callbacks, reason", [
+    (ManualModel, [], "manual optimization"),
+    (Classifier, [GradientWatcher()], "on_after_backward"),
+    (DataDependent, [], "graph break in the step"),
+])
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_one_reason(tmp_path: Any, caplog: Any, model: type,
+                                                                      callbacks: List[Any], reason: str) -> None:
+    eager = model()
+    volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False, callbacks=list(callbacks)).fit(eager, _data(32, (8,)))
+    compiled = model()
+    trainer = volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, callbacks=list(callbacks), compile=AOT)
+    with caplog.at_level(logging.WARNING, logger="volt"):
+        trainer.fit(compiled, _data(32, (8,)))
+    lines = [r.getMessage() for r in caplog.records if "Trainer(compile=" in r.getMessage()]
+    assert len(lines) == 1 and reason in lines[0], lines
+    assert not trainer.compile_stats.active and reason in trainer.compile_stats.fallback_reason
+    _assert_same_weights(eager, compiled, FP32_TOL)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("first, second", [(AOT, False), (False, AOT)], ids=["compiled-then-eager",
+                                                                              "eager-then-compiled"])
+def test_a_checkpoint_resumes_across_compile_on_and_off(tmp_path: Any, first: Any, second: Any) -> None:
+    straight, _, _ = _fit(tmp_path, "straight", False, max_epochs=2)
+    ckpt = str(tmp_path / "half.ckpt")
+    _, half, _ = _fit(tmp_path, "first", first, max_epochs=1)
+    half.save_checkpoint(ckpt)
+    resumed = Classifier()
+    trainer = volt.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, num_sanity_val_steps=0, compile=second)
+    trainer.fit(resumed, _data(48, (8,)), ckpt_path=ckpt)
+    assert trainer.global_step == 12
+    _assert_same_weights(straight, resumed, FP32_TOL)
+    assert "_orig_mod" not in "".join(torch.load(ckpt, weights_only=False)["state_dict"])
+
+
+@pytest.mark.timeout(120)
+def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any, monkeypatch: Any) -> None:
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
+    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)  # each new shape compiles anew
+    loaders = [_data(8 * n, (8 + n,)) for n in range(1, 5)]
+    model = Resizing()
+    trainer = volt.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1)
+    model.loaders = loaders
+    with caplog.at_level(logging.WARNING, logger="volt"):
+        trainer.fit(model)
+    stats = trainer.compile_stats
+    lines = [r.getMessage() for r in caplog.records if "compiled again" in r.getMessage()]
+    assert stats.recompiles == 2 and len(lines) == 2, (stats, lines)
+    # one version compiled + two recompiles fill the limit of 3: the last epoch trains eagerly
+    assert not stats.active and "recompile_limit=3" in stats.fallback_reason
+    assert trainer.global_step == 1 + 2 + 3 + 4
+
+
+class Resizing(Classifier):
+    """Each epoch's loader has a wider input; the first layer reads its first 8 features."""
+
+    loaders: List[DataLoader] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x[:, :8]), y)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loaders[self.trainer.current_epoch]
+
+
+@pytest.mark.parametrize("value, match", [
+    ("max-autotune", "compile='max-autotune'"),
+    (1, "compile=1"),
+    ({"backend": "aot_eager", "speed": 2}, "unknown keys \\['speed'\\]"),
+    ("cudagraphs", "needs a CUDA device"),
+])
+def test_a_bad_compile_value_fails_at_construction(value: Any, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        volt.Trainer(accelerator="cpu", compile=value)
+
+
+def test_compile_from_the_training_job(monkeypatch: Any) -> None:
+    monkeypatch.setenv("VOLT_TRAINER", '{"compile": {"backend": "aot_eager"}}')
+    assert volt.Trainer(accelerator="cpu").config.compile.options == AOT
