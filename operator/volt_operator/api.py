@@ -387,6 +387,12 @@ class TrainerSettings(_Model):
             ],
         },
     )
+    compile: Optional[Literal["off", "on", "cudagraphs"]] = Field(
+        None,
+        description="Trainer(compile=...): on compiles the whole training step with torch.compile "
+        "(eager, with the reason logged, when the step cannot be captured); cudagraphs replays "
+        "it from one CUDA graph (GPU only, static shapes); off (the default) runs it eagerly.",
+    )
     max_epochs: Optional[int] = Field(None, ge=-1, description="-1 trains until stopped.")
     min_epochs: Optional[int] = Field(None, ge=0)
     max_steps: Optional[int] = Field(None, ge=-1, description="-1 means no step limit.")
@@ -522,6 +528,8 @@ class TrainerSettings(_Model):
             strategy = "ddp"
         if strategy is not None:
             kwargs["strategy"] = strategy
+        if self.compile is not None:  # the engine's argument: False, True or "cudagraphs"
+            kwargs["compile"] = {"off": False, "on": True}.get(self.compile, self.compile)
         kwargs.update(self.extra.model_dump(exclude_none=True))
         return kwargs
 

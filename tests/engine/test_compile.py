@@ -9,6 +9,7 @@ weights agree to ``rtol=1e-4, atol=1e-5`` in fp32 and ``rtol=2e-2, atol=2e-3`` u
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Dict, List
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import volt
+from volt_operator.api import TrainerSettings
 
 AOT = {"backend": "aot_eager"}
 FP32_TOL = dict(rtol=1e-4, atol=1e-5)
@@ -241,6 +243,11 @@ def test_a_bad_compile_value_fails_at_construction(value: Any, match: str) -> No
         volt.Trainer(accelerator="cpu", compile=value)
 
 
-def test_compile_from_the_training_job(monkeypatch: Any) -> None:
-    monkeypatch.setenv("VOLT_TRAINER", '{"compile": {"backend": "aot_eager"}}')
-    assert volt.Trainer(accelerator="cpu").config.compile.options == AOT
+@pytest.mark.parametrize("field, mode", [("on", "compile"), ("off", "off")])
+def test_the_training_job_compile_field_reaches_the_trainer(monkeypatch: Any, field: str, mode: str) -> None:
+    settings = TrainerSettings.model_validate({"compile": field}).to_trainer_kwargs()
+    monkeypatch.setenv("VOLT_TRAINER", json.dumps(settings))
+    assert volt.Trainer().config.compile.mode == mode
+    monkeypatch.setenv("VOLT_TRAINER", json.dumps({**settings, "compile": "cudagraphs"}))
+    with pytest.raises(ValueError, match="compile='cudagraphs'.*needs a CUDA device"):
+        volt.Trainer()  # the job asked for CPU processes
