@@ -115,3 +115,20 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
     expected = reference_weights(1600, 16, 32, 0.05, 32, world_size=2, max_steps=step + 6)
     assert_weights_close(torch.load(tmp_path / "resumed.pt"), expected,
                          f"interrupted at step {step} and resumed, DDP differs from uninterrupted training")
+
+
+@pytest.mark.timeout(240)
+def test_slow_steps_still_checkpoint_within_a_short_grace_period(tmp_path):
+    # Steps of about a second and a 9 s grace period: a fixed cadence of 10 steps would agree
+    # after 10-20 s and exit 143. By default the ranks agree about once a second, whatever the step.
+    ckpt_dir = tmp_path / "ckpt"
+    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--samples", "1600", "--step-delay", "1.0",
+                                      "--every-n-steps", "3"),
+                        tmp_path, VOLT_CHECKPOINT_DIR=str(ckpt_dir), VOLT_GRACE_PERIOD_S="9")
+    try:
+        wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")
+        os.kill(procs[0].pid, signal.SIGTERM)
+        assert wait_all(procs, 60) == [75], logs(tmp_path)
+    finally:
+        wait_all(procs, 0.1)
+    assert json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"].startswith("preempted-"), logs(tmp_path)

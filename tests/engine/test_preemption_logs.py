@@ -11,7 +11,7 @@ from tiny_models import TinyModel, loader
 import volt
 from volt import exit_codes
 from volt.loggers import Logger
-from volt.signals import PreemptionCallback
+from volt.signals import CHECK_INTERVAL_S, MAX_CHECK_EVERY, PreemptionCallback, next_check_every
 
 
 class RecordingLogger(Logger):
@@ -64,3 +64,13 @@ def test_the_step_a_sigterm_checkpoint_ends_on_is_logged(tmp_path: Any) -> None:
     assert logger.steps == list(range(6))
     assert list(tmp_path.rglob("preempted-epoch=0-step=6.ckpt")), "no SIGTERM checkpoint was written"
     assert signal.getsignal(signal.SIGTERM) == handler_before, "the run left its SIGTERM handler installed"
+
+
+def test_the_default_cadence_agrees_about_once_a_second_whatever_the_step_time():
+    assert CHECK_INTERVAL_S == 1.0
+    assert next_check_every(2.0) == 1  # slow steps: every step
+    assert next_check_every(0.3) == 3
+    assert next_check_every(0.001) == MAX_CHECK_EVERY == 1000  # fast steps: bounded
+    assert next_check_every(0.0) == MAX_CHECK_EVERY
+    assert PreemptionCallback().check_every_n_steps is None  # adaptive unless set
+    assert PreemptionCallback(check_every_n_steps=4).check_every_n_steps == 4

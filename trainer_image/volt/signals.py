@@ -1,11 +1,16 @@
 """SIGTERM: save a checkpoint on every rank and exit with ``exit_codes.CHECKPOINTED``.
 
 The signal handler only records that a signal arrived. Ranks agree at a step
-boundary without a per-step collective: every ``check_every_n_steps`` batches
-each rank starts an *asynchronous* MAX all-reduce of its flag on a CPU (gloo)
-group and reads the previous one's result, which finished long ago. Nothing
-waits on the GPU and nothing blocks the step; the price is a decision latency
-of N to 2N steps. When the agreed flag is set, every rank calls
+boundary without a per-step collective: every N batches each rank starts an
+*asynchronous* MAX all-reduce of its flag on a CPU (gloo) group and reads the
+previous one's result, which finished long ago. Nothing waits on the GPU and
+nothing blocks the step; the price is a decision latency of N to 2N steps.
+N is ``check_every_n_steps`` when set; by default it follows the step time, so
+that the ranks agree about once per ``CHECK_INTERVAL_S`` whether a step takes a
+millisecond or seconds (a fixed N of slow steps outlasts the grace period).
+The same all-reduce carries each rank's time for the last N batches, so every
+rank reads the same slowest time and picks the same next N: the collectives
+stay matched. When the agreed flag is set, every rank calls
 ``trainer.save_checkpoint`` (rank 0 writes, atomically) and raises
 ``SystemExit(CHECKPOINTED)``.
 
@@ -37,7 +42,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHECK_EVERY = 10
+#: The first N of the adaptive cadence (it adapts from the second exchange on), and its bound.
+FIRST_CHECK_EVERY = 1
+MAX_CHECK_EVERY = 1000
+#: Seconds of training between agreement points when ``check_every_n_steps`` is not set.
+CHECK_INTERVAL_S = 1.0
 DEFAULT_GRACE_PERIOD = 25.0
 
 _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
@@ -92,6 +101,13 @@ def _hard_exit_after(grace_period: float, signum: int) -> threading.Timer:
     return timer
 
 
+def next_check_every(step_s: float) -> int:
+    """Batches between agreement points for steps of ``step_s`` seconds: about ``CHECK_INTERVAL_S`` each."""
+    if step_s <= 0:
+        return MAX_CHECK_EVERY
+    return max(1, min(MAX_CHECK_EVERY, int(CHECK_INTERVAL_S / step_s)))
+
+
 def _remove_older_preempted(keep: str) -> None:
     """Drop earlier SIGTERM checkpoints: a job preempted often would fill its volume.
 
@@ -112,8 +128,9 @@ class PreemptionCallback(Callback):
 
     Args:
         check_every_n_steps: train batches between agreement points (default: the TrainingJob's
-            ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, else 10). Single-process
-            runs check every batch: there is nothing to agree with.
+            ``VOLT_PREEMPTION_CHECK_EVERY_N_STEPS``, else about one agreement per
+            ``CHECK_INTERVAL_S`` of training, from the slowest rank's step time).
+            Single-process runs check every batch: there is nothing to agree with.
         grace_period: seconds from the signal to a hard exit (default: the TrainingJob's
             ``VOLT_GRACE_PERIOD_S``, else 25).
         dirpath: where the checkpoint goes: the TrainingJob's ``VOLT_CHECKPOINT_DIR``, else
@@ -127,18 +144,22 @@ class PreemptionCallback(Callback):
         dirpath: Optional[str] = None,
     ) -> None:
         job = job_contract()  # built by the script, before the Trainer: the job's defaults fill in
-        check_every_n_steps = job.default(check_every_n_steps, job.preemption_check_every_n_steps, DEFAULT_CHECK_EVERY)
+        check_every_n_steps = job.default(check_every_n_steps, job.preemption_check_every_n_steps, None)
         grace_period = job.default(grace_period, job.grace_period_s, DEFAULT_GRACE_PERIOD)
-        if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
+        if check_every_n_steps is not None and (
+            isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1
+        ):
             raise ValueError(f"check_every_n_steps must be an int >= 1, got {check_every_n_steps!r}")
         if grace_period <= 0:
             raise ValueError(f"grace_period must be > 0 seconds, got {grace_period!r}")
-        self.check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = check_every_n_steps  # None: adaptive
         self.grace_period = float(grace_period)
         self.dirpath = dirpath
         self.flag = TerminationFlag()
         self._installed = False
         self._batches = 0
+        self._every = check_every_n_steps or FIRST_CHECK_EVERY  # batches between agreement points
+        self._exchanged_at = 0.0  # monotonic time the last exchange started
         self._pending: Optional[Any] = None  # torch.distributed Work
         self._buffer: Optional[torch.Tensor] = None
         self._watchdog: Optional[threading.Timer] = None
@@ -154,6 +175,8 @@ class PreemptionCallback(Callback):
         if stage == "fit":
             self._installed = self.flag.install()
             self._batches = 0
+            self._every = self.check_every_n_steps or FIRST_CHECK_EVERY
+            self._exchanged_at = time.monotonic()
 
     def teardown(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         self._drain()
@@ -184,8 +207,9 @@ class PreemptionCallback(Callback):
         if self.flag.signum is not None:
             self._arm_watchdog()
         self._batches += 1
-        if self._batches % self.check_every_n_steps:
+        if self._batches < self._every:
             return
+        self._batches = 0
         agreed = self._exchange(trainer)
         if agreed:
             self._checkpoint_and_exit(trainer)
@@ -202,13 +226,19 @@ class PreemptionCallback(Callback):
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-            if self._buffer[0] > 0:  # CPU tensor: no device sync
+            signalled, slowest_s, batches = self._buffer.tolist()  # CPU tensor: no device sync
+            if signalled > 0:
                 # Every rank read the same result: none starts another exchange, so no
                 # collective is left in flight when the ranks exit (one that is may
                 # abort the process at shutdown: SIGABRT instead of CHECKPOINTED).
                 return True
+            if self.check_every_n_steps is None:
+                self._every = next_check_every(slowest_s / max(batches, 1.0))
         group = getattr(trainer.strategy, "control_group", None)
-        self._buffer = torch.tensor([1 if self.flag.is_set else 0], dtype=torch.int32)
+        now = time.monotonic()
+        self._buffer = torch.tensor([1.0 if self.flag.is_set else 0.0, now - self._exchanged_at, float(self._every)],
+                                    dtype=torch.float64)
+        self._exchanged_at = now
         self._pending = dist.all_reduce(self._buffer, op=dist.ReduceOp.MAX, group=group, async_op=True)
         return False
 
