@@ -12,13 +12,15 @@ PYTEST_ARGS ?=
 KUBE_VERSION ?= 1.34.4
 ETCD_VERSION ?= 3.6.16
 COREDNS_VERSION ?= 1.12.1
+KUEUE_VERSION ?= v0.17.0
 # volt_operator.testing.cluster finds the binaries by these.
 export VOLT_CACHE
 export VOLT_KUBE_VERSION := $(KUBE_VERSION)
 export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
+export VOLT_KUEUE_VERSION := $(KUEUE_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker node-runtime images lock test test-engine test-operator test-e2e test-chaos bench lint cluster crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime images lock test test-engine test-operator test-e2e test-chaos bench lint cluster kueue crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -72,6 +74,11 @@ prometheus:
 cluster:
 	@KUBE_VERSION=$(KUBE_VERSION) ETCD_VERSION=$(ETCD_VERSION) COREDNS_VERSION=$(COREDNS_VERSION) \
 	  VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kube.sh
+
+# The Kueue manager and its CRDs from the Go module proxy into
+# $(VOLT_CACHE)/kueue/<version>/{bin,crds} (docs/kueue.md); a no-op once built.
+kueue:
+	@KUEUE_VERSION=$(KUEUE_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kueue.sh
 
 # volt-operator and volt-trainer with docker (scripts/build-images.sh, tag: the
 # pyproject version). With CLUSTER_DIR naming a running local cluster of real
@@ -132,7 +139,7 @@ demo: setup prometheus cluster helm
 demo-down:
 	@bash scripts/demo.sh down
 
-test: setup lint lightning-env prometheus cluster helm docker node-runtime
+test: setup lint lightning-env prometheus cluster kueue helm docker node-runtime
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup lightning-env prometheus
@@ -141,7 +148,7 @@ test-engine: setup lightning-env prometheus
 test-operator: setup cluster
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup prometheus cluster helm docker node-runtime
+test-e2e: setup prometheus cluster kueue helm docker node-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Fault injection on the example job (tests/chaos, docs/reliability.md); VOLT_CHAOS_SEED picks the steps.

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from volt_operator.testing import kubelet_nodes
+from volt_operator.testing import kubelet_nodes, kueue_process
 from volt_operator.testing.kubelet_nodes import RealNodes
 from volt_operator.testing.pki import CertificateAuthority, KeyPair, create_signing_key
 
@@ -303,7 +303,7 @@ class LocalCluster:
 
     def __init__(self, dir: str | os.PathLike[str], *, nodes: int = 0, runtime: str = "agent",
                  agent_args: Sequence[str] = (), tie_to_parent: bool = True,
-                 start_timeout: float = 120.0) -> None:
+                 start_timeout: float = 120.0, kueue: bool = False) -> None:
         if nodes < 0:
             raise ValueError(f"nodes must be >= 0, got {nodes}")
         if runtime not in RUNTIMES:
@@ -314,6 +314,7 @@ class LocalCluster:
         self.agent_args = list(agent_args)
         self.tie_to_parent = tie_to_parent
         self.start_timeout = start_timeout
+        self.kueue = kueue  # also start Kueue's manager (kueue_process.py)
         self.kubeconfig = self.dir / "kubeconfig"
         self.audit_log = self.dir / "audit.log"
         self.pki = self.dir / "pki"
@@ -367,6 +368,8 @@ class LocalCluster:
         else:
             self._start_agent()
         self._wait_ready()
+        if self.kueue:
+            self.start_kueue()
 
     def down(self, purge: bool = False) -> None:
         """Stop every process (agent first, etcd last); keep logs unless `purge`.
@@ -654,6 +657,20 @@ class LocalCluster:
                      90, f"the node agent's '{AGENT_READY_LINE}' line in {agent.log_path}")
             wait_for(lambda: all(self._node_ready(n) for n in self.node_names), 60, "nodes to be Ready")
 
+    def start_kueue(self) -> Component:
+        """Kueue's CRDs, then its manager as admin (docs/local-cluster.md, "Kueue"); also
+        on a running cluster (a no-op if it runs). Its Component: ``stop()`` stops Kueue alone."""
+        running = next((c for c in self.components if c.name == "kueue" and c.alive()), None)
+        if running is not None:
+            return running
+        kueue_process.install_crds(self.kubectl, kueue_process.find_kueue()[1])
+        launch = kueue_process.prepare(self.dir / "kueue", CertificateAuthority(self.pki),
+                                       self.user_kubeconfig("kueue-manager", ["system:masters"]), free_port)
+        manager = _spawn("kueue", launch.argv, self.log_dir, env=launch.env, tie_to_parent=self.tie_to_parent)
+        self._add(manager)
+        wait_for(lambda: self._alive_or_raise() and _http_ok(launch.ready_url), 90, f"Kueue {launch.ready_url}")
+        return manager
+
     def _plan_real_nodes(self) -> None:
         """The machine-wide lock, the nodes' bridges and the host addresses (see kubelet_nodes.py)."""
         kubelet_nodes.check_prerequisites(kube_bin_dir(), coredns_binary(), pause_binary())
@@ -864,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd.add_argument("--runtime", choices=RUNTIMES, default="agent",
                              help="agent: the node agent runs pods as local processes (default); "
                                   "kubelet: real kubelet + containerd nodes running the images")
+            cmd.add_argument("--kueue", action="store_true", help="also start Kueue (make kueue builds it)")
         if name in ("stop-kubelet", "start-kubelet"):
             cmd.add_argument("node", help="the node's name, e.g. node-1")
         if name == "load-image":
@@ -876,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             if args.nodes < 0:
                 parser.error(f"--nodes must be >= 0, got {args.nodes}")
-            cluster = LocalCluster(args.dir, nodes=args.nodes, runtime=args.runtime, tie_to_parent=False).up()
+            cluster = LocalCluster(args.dir, nodes=args.nodes, runtime=args.runtime, tie_to_parent=False,
+                                   kueue=args.kueue).up()
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         elif args.command == "load-image":
             cluster = LocalCluster(args.dir)
