@@ -1,25 +1,30 @@
 """Sharded checkpoints through ``torch.distributed.checkpoint`` (DCP): every rank writes its own part.
 
 A sharded checkpoint is a directory (named like a file checkpoint, ``last.ckpt/``)
-holding DCP's ``.metadata`` and one ``__<rank>_0.distcp`` file per writing rank.
+holding DCP's ``.metadata`` and one ``__<rank>_0.distcp`` file per writing rank, in
+which every tensor is stored as its raw bytes (``volt.checkpoint_raw``; checkpoints
+whose tensors DCP stored with ``torch.save`` still load).
 Under FSDP each rank writes its own shards; under DDP the replicated tensors are
 split between the ranks (DCP de-duplicates them), so N ranks write in parallel.
 
 Commit protocol (what makes ``latest.json`` safe):
 
 1. every rank writes its files into ``.<name>.step<N>.tmp/`` next to the target and
-   fsyncs them (``FileSystemWriter(sync_files=True)``);
+   fsyncs them (``RawFileSystemWriter(sync_files=True)``);
 2. DCP gathers every rank's write results on rank 0, which then writes ``.metadata``:
    when rank 0's save returns, every shard is durable;
-3. rank 0 swaps the directory into place (the old one is renamed aside first, then
-   deleted), fsyncs the parent, and only then writes the manifest, which records
-   each file's size and the SHA-256 of ``.metadata`` (``verify_checkpoint``).
+3. rank 0 swaps the directory into place (the old one is renamed aside first, to a
+   hidden ``.tmp`` name), fsyncs the parent, and only then writes the manifest, which
+   records each file's size and the SHA-256 of ``.metadata`` (``verify_checkpoint``).
+   The old directory is deleted on a background thread (off the save's critical path;
+   one killed mid-delete is removed by ``remove_stale_temp_files``).
 
 A process killed before step 3 leaves a ``.tmp`` directory and the previous
 manifest untouched. In async mode (``async_save=True``) ``save_checkpoint``
-returns after the staging copy (every tensor copied to CPU memory); steps 1-3 run
-on a background thread with their own gloo process group, and the next save
-first waits for the one in flight (never two at once).
+returns after the staging copy (every tensor copied into host buffers that are kept
+and refilled in place at the next save); steps 1-3 run on a background thread with
+their own gloo process group, and the next save first waits for the one in flight
+(never two at once), so the buffers are free again when it refills them.
 
 Loading reads a sharded checkpoint back into full (unsharded) tensors on CPU
 with no process group (``load_sharded``): the same dict a single-file checkpoint
@@ -41,13 +46,13 @@ import os
 import pickle
 import shutil
 import threading
+import uuid
 from concurrent.futures import Future
 from typing import Any, BinaryIO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
@@ -57,6 +62,7 @@ from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from volt import checkpoint as _ckpt
+from volt.checkpoint_raw import RawFileSystemReader, RawFileSystemWriter
 from volt.plugins.io import CheckpointIO, PathLike
 
 log = logging.getLogger(__name__)
@@ -90,16 +96,19 @@ def load_sharded(path: PathLike, weights_only: Optional[bool] = None) -> Dict[st
         metadata_path = os.path.join(path, METADATA_NAME)
         with open(metadata_path, "rb") as f:
             metadata = read_metadata_weights_only(f, metadata_path)
-        reader: FileSystemReader = _CheckedMetadataReader(path, metadata)
+        reader: RawFileSystemReader = _CheckedMetadataReader(path, metadata)
         planner: _EmptyStateDictLoadPlanner = _WeightsOnlyPlanner(path)
     else:
-        reader, planner = FileSystemReader(path), _EmptyStateDictLoadPlanner()
+        reader, planner = RawFileSystemReader(path), _EmptyStateDictLoadPlanner()
     try:
         _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
-    except CheckpointException as err:  # DCP wraps what a step raised: the refusal is the news
-        refused = [exc for exc, _ in err.failures.values() if isinstance(exc, _ckpt.CheckpointUnsafeError)]
+    except CheckpointException as err:  # DCP wraps what its one (local) step raised: that is the news
+        failures = [exc for exc, _ in err.failures.values()]
+        refused = [exc for exc in failures if isinstance(exc, _ckpt.CheckpointUnsafeError)]
         if refused:
             raise refused[0] from None
+        if failures:
+            raise failures[0] from err
         raise
     return state
 
@@ -172,8 +181,8 @@ def read_metadata_weights_only(f: BinaryIO, where: str) -> Metadata:
     return metadata
 
 
-class _CheckedMetadataReader(FileSystemReader):
-    """A FileSystemReader that hands DCP metadata already read by ``read_metadata_weights_only``
+class _CheckedMetadataReader(RawFileSystemReader):
+    """A RawFileSystemReader that hands DCP metadata already read by ``read_metadata_weights_only``
     (the file is not read a second time, so it cannot be swapped in between)."""
 
     def __init__(self, path: str, metadata: Metadata) -> None:
@@ -182,7 +191,7 @@ class _CheckedMetadataReader(FileSystemReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = self._metadata
-        if getattr(metadata, "storage_meta", None) is None:  # as FileSystemReader does
+        if getattr(metadata, "storage_meta", None) is None:  # as DCP's FileSystemReader does
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
@@ -217,40 +226,104 @@ def _temp_dir(path: str, step: int) -> str:
     return os.path.join(head, f".{name}.step{step}{_TEMP_DIR_SUFFIX}")
 
 
-def _commit(tmp: str, path: str) -> None:
-    """Move the complete checkpoint ``tmp`` to ``path`` (rank 0, after every shard is durable)."""
+def _remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
+def _commit(tmp: str, path: str) -> Optional[threading.Thread]:
+    """Move the complete checkpoint ``tmp`` to ``path`` (rank 0, after every shard is durable).
+
+    Returns the thread deleting the checkpoint it replaced (None: there was none). Deleting a
+    GB-sized directory takes a tenth of a save; nothing waits for it but the next save.
+    """
     old = None
     if os.path.lexists(path):
-        old = path + ".old" + _TEMP_DIR_SUFFIX
-        if os.path.isdir(old):
-            shutil.rmtree(old)
+        head, name = os.path.split(path)
+        # hidden and ending in .tmp: remove_stale_temp_files deletes it if this process dies first
+        old = os.path.join(head, f".{name}.old-{uuid.uuid4().hex[:12]}{_TEMP_DIR_SUFFIX}")
         os.rename(path, old)  # a directory cannot be replaced atomically: the manifest still names its history
     os.rename(tmp, path)
     _ckpt._fsync_dir(os.path.dirname(os.path.abspath(path)))
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+    if old is None:
+        return None
+    deleting = threading.Thread(target=_remove, args=(old,), name="volt-checkpoint-delete", daemon=True)
+    deleting.start()
+    return deleting
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """``obj`` with every tensor copied once into new CPU memory (a ``DTensor``: its local shard)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: _cpu_copy(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu_copy(value) for value in obj]
-    return copy.deepcopy(obj)
+def _signature(tensor: torch.Tensor) -> Tuple[Any, ...]:
+    """What a staging buffer must match to be refilled in place."""
+    placements = getattr(tensor, "placements", None)
+    mesh = getattr(tensor, "device_mesh", None)
+    return type(tensor), tensor.shape, tensor.stride(), tensor.dtype, placements, id(mesh)
 
 
-class _OneCopyStager(AsyncStager):
-    """Stages an async save with one copy of each tensor. DCP's own staging copies a CPU
-    ``DTensor`` twice (``copy.deepcopy``, then into a new buffer), and a GPU one to the host
-    twice: several times the copy's time, all of it blocking training (docs/benchmarks.md)."""
+class _StagingBuffers:
+    """Host copies of the state for async saves, kept between saves and refilled in place.
+
+    The first save allocates one CPU buffer per tensor (pinned when the tensor is on a GPU, so
+    the copy is a DMA); later saves copy into the same buffers. A fresh allocation costs a page
+    fault per 4 KiB touched, which made the staging copy itself up to half again as slow
+    (docs/benchmarks.md). A ``DTensor`` is staged as a ``DTensor`` whose local shard is the
+    buffer. Only one async save is ever in flight, so the buffers are free whenever ``stage``
+    runs. Cost: a host copy of the rank's state held for the life of the checkpoint IO.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: Dict[Tuple[Any, ...], Tuple[Tuple[Any, ...], torch.Tensor]] = {}
+
+    def stage(self, state: Any) -> Any:
+        seen: set = set()
+        self._from_gpu = False
+        staged = self._copy(state, (), seen)
+        for key in set(self._buffers) - seen:  # entries the state no longer has
+            del self._buffers[key]
+        if self._from_gpu:
+            torch.cuda.synchronize()  # the non-blocking copies into pinned buffers have landed
+        return staged
+
+    def _copy(self, obj: Any, key: Tuple[Any, ...], seen: set) -> Any:
+        if isinstance(obj, torch.Tensor):
+            seen.add(key)
+            return self._copy_tensor(obj.detach(), key)
+        if isinstance(obj, dict):
+            return {k: self._copy(value, key + (k,), seen) for k, value in obj.items()}
+        if isinstance(obj, list):
+            return [self._copy(value, key + (i,), seen) for i, value in enumerate(obj)]
+        return copy.deepcopy(obj)
+
+    def _copy_tensor(self, tensor: torch.Tensor, key: Tuple[Any, ...]) -> torch.Tensor:
+        signature = _signature(tensor)
+        cached = self._buffers.get(key)
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        self._from_gpu = self._from_gpu or local.is_cuda
+        if cached is not None and cached[0] == signature:
+            buffer = cached[1]
+            target = buffer.to_local() if hasattr(buffer, "to_local") else buffer
+            target.copy_(local, non_blocking=local.is_cuda)
+            return buffer
+        if local.is_cuda and type(tensor) is torch.Tensor:
+            buffer = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=True)
+            buffer.copy_(tensor, non_blocking=True)
+        else:
+            buffer = tensor.to("cpu", copy=True)  # a DTensor keeps its spec, with a CPU local shard
+        self._buffers[key] = (signature, buffer)
+        return buffer
+
+
+class _ReusedBufferStager(AsyncStager):
+    """Stages an async save with one copy of each tensor, into buffers reused across saves.
+    DCP's own staging copies a CPU ``DTensor`` twice (``copy.deepcopy``, then into a new
+    buffer), and a GPU one to the host twice: several times the copy's time, all of it
+    blocking training (docs/benchmarks.md)."""
 
     _synchronize_after_execute = False
 
+    def __init__(self, buffers: _StagingBuffers) -> None:
+        self._staging = buffers
+
     def stage(self, state_dict: STATE_DICT_TYPE) -> STATE_DICT_TYPE:
-        return _cpu_copy(state_dict)
+        return self._staging.stage(state_dict)
 
     def synchronize_staging(self) -> None:
         pass
@@ -280,13 +353,16 @@ class ShardedCheckpointIO(CheckpointIO):
         self._lock = threading.Lock()
         self._committed: set = set()
         self._error: Optional[BaseException] = None
-        atexit.register(self.wait)  # registered after the process group's shutdown hook: runs before it
+        self._staging = _StagingBuffers()
+        self._deleting: Optional[threading.Thread] = None  # removing the checkpoint the last save replaced
+        atexit.register(self.teardown)  # registered after the process group's shutdown hook: runs before it
 
     # --- saving ------------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("ShardedCheckpointIO.save_checkpoint(storage_options=...) is not supported")
         self.wait()  # never two saves in flight
+        self._join_deletion()
         path = os.path.abspath(os.fspath(path))
         distributed = dist.is_available() and dist.is_initialized()
         rank = dist.get_rank() if distributed else 0
@@ -301,7 +377,7 @@ class ShardedCheckpointIO(CheckpointIO):
             dist.barrier(group=self._group)
         with self._lock:
             self._committed.discard(path)
-        writer = FileSystemWriter(tmp, sync_files=True, single_file_per_rank=True)
+        writer = RawFileSystemWriter(tmp, sync_files=True)
         kwargs: Dict[str, Any] = {"storage_writer": writer, "process_group": self._group, "no_dist": not distributed}
         if not self.async_save:
             dcp.save(checkpoint, **kwargs)
@@ -312,9 +388,8 @@ class ShardedCheckpointIO(CheckpointIO):
             return
         if rank == 0:  # ModelCheckpoint's write_manifest now waits for the commit
             _ckpt.register_in_flight(path, functools.partial(self.after_commit, path))
-        writer.per_thread_copy_ahead = 0  # the staged state is in CPU memory (what FileSystemWriter.stage sets)
         # returns once the state is staged in CPU memory
-        future = dcp.async_save(checkpoint, async_stager=_OneCopyStager(), **kwargs)
+        future = dcp.async_save(checkpoint, async_stager=_ReusedBufferStager(self._staging), **kwargs)
         if rank == 0:  # done only once committed (a done-callback may still run when result() returns)
             committed: Future = Future()
             future.add_done_callback(lambda f: self._finish_async(f, tmp, path, committed))
@@ -332,7 +407,7 @@ class ShardedCheckpointIO(CheckpointIO):
             committed.set_result(None)
 
     def _finish(self, tmp: str, path: str) -> None:
-        _commit(tmp, path)
+        self._deleting = _commit(tmp, path)
         with self._lock:
             _ckpt.register_in_flight(path, None)
             self._committed.add(path)
@@ -358,8 +433,19 @@ class ShardedCheckpointIO(CheckpointIO):
         if error is not None:
             raise error
 
+    def _join_deletion(self) -> None:
+        deleting, self._deleting = self._deleting, None
+        if deleting is not None:
+            deleting.join()
+
     def teardown(self) -> None:
-        self.wait()
+        """Wait for the save in flight and for the deletion of the checkpoint it replaced; free the
+        staging buffers (the next async save allocates them again)."""
+        try:
+            self.wait()
+        finally:
+            self._join_deletion()
+            self._staging = _StagingBuffers()
 
     # --- loading and removing -------------------------------------------------------------------
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
