@@ -5,7 +5,7 @@
                                                            [--leader-election-lease NAME]]
                             [--log-format json|text] [--health-port P | --liveness URL]
                             [--metrics-port P] [--progress-interval S]
-                            [--stuck-pod-margin S]
+                            [--stuck-pod-margin S] [--kueue]
 """
 from __future__ import annotations
 
@@ -70,6 +70,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "accept these NetworkPolicyPeers (a JSON list, e.g. Prometheus' and the operator's "
         "namespace/pod selectors); unset: no NetworkPolicy",
     )
+    parser.add_argument(
+        "--kueue", action="store_true",
+        default=os.environ.get("VOLT_OPERATOR_KUEUE", "") == "1",
+        help="admit TrainingJobs labelled kueue.x-k8s.io/queue-name through Kueue: a Workload per "
+        "job, no pod until Kueue admits it (docs/kueue.md; env VOLT_OPERATOR_KUEUE=1)",
+    )
     args = parser.parse_args(argv)
     if args.network_policy_peers is not None:
         try:
@@ -120,7 +126,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         kube_configuration=configuration,
         namespaces=list(args.namespace),
         network_policy_peers=args.network_policy_peers,
+        kueue=args.kueue,
     )
+    if args.kueue:
+        handlers.watch_kueue_workloads()
     namespaces = args.namespace
     logging.getLogger("volt_operator").info(
         "watching %s", ", ".join(namespaces) if namespaces else "all namespaces"

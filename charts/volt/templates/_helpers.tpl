@@ -69,6 +69,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.networkPolicy.enabled }}
 - {{ printf "--network-policy-peers=%s" (include "volt.networkPolicyPeers" .) | quote }}
 {{- end }}
+{{- if .Values.kueue.enabled }}
+- --kueue
+{{- end }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}

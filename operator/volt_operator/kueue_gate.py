@@ -1,0 +1,114 @@
+"""The operator's reads and writes of Kueue objects (the decisions are in ``kueue.py``).
+
+``KueueGate.admission`` is called by the reconciler for a job that names a
+LocalQueue: it creates the job's Workload when there is none, hands back its
+``Admission`` for ``status.decide``, and, once an evicted job has no pod left,
+clears the Workload's reservation. ``KueueGate.settle`` runs after the status
+is written: a finished job's Workload is marked Finished.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Dict, List, Optional
+from urllib.parse import quote
+
+from . import kueue
+from .api import TERMINAL_PHASES, TrainingJobSpec, TrainingJobStatus
+from .kube import ApiError, KubeClient
+from .observed import PodView
+
+log = logging.getLogger("volt_operator.kueue")
+
+
+def workload_path(namespace: str, name: str = "", sub: str = "") -> str:
+    path = f"/apis/{kueue.WORKLOAD_API_VERSION}/namespaces/{quote(namespace)}/{kueue.WORKLOADS}"
+    return path + (f"/{quote(name)}" if name else "") + (f"/{sub}" if sub else "")
+
+
+class KueueGate:
+    """Kueue's Workloads for the TrainingJobs that ask for a queue (operator flag --kueue)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    def _get(self, path: str) -> Optional[Dict[str, Any]]:
+        try:
+            return self.client.request("GET", path)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    def _priority_class(self, ref: Dict[str, str]) -> Optional[Dict[str, Any]]:
+        if ref["kind"] == "WorkloadPriorityClass":
+            return self._get(f"/apis/{kueue.GROUP}/v1beta2/workloadpriorityclasses/{quote(ref['name'])}")
+        return self._get(f"/apis/scheduling.k8s.io/v1/priorityclasses/{quote(ref['name'])}")
+
+    def admission(
+        self, job: Dict[str, Any], spec: TrainingJobSpec, status: TrainingJobStatus,
+        pods: List[PodView], now: datetime,
+    ) -> kueue.Admission:
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], kueue.workload_name(meta["name"])
+        workload = self._get(workload_path(namespace, name))
+        if workload is not None and not kueue.owned_by(workload, job):
+            return kueue.Admission(False, "WorkloadConflict",
+                                   f"Workload {name} belongs to another object; delete it")
+        if workload is None:
+            if status.phase in TERMINAL_PHASES:
+                return kueue.Admission(True, "Finished", "the job has finished")
+            # Kueue's webhook would resolve the priority; without webhooks the owner does.
+            priority = None
+            ref = kueue.priority_class_ref(job, spec)
+            if ref is not None:
+                found = self._priority_class(ref)
+                if found is None:
+                    return kueue.Admission(False, "PriorityClassNotFound",
+                                           f"{ref['kind']} {ref['name']} does not exist")
+                priority = int(found.get("value", 0))
+            body = kueue.build_workload(job, spec, status.num_nodes or spec.trainer.num_nodes,
+                                        priority)
+            try:
+                self.client.request("POST", workload_path(namespace), body)
+                log.info("%s/%s: created Workload %s in LocalQueue %s", namespace, meta["name"],
+                         name, kueue.queue_name(job))
+            except ApiError as exc:
+                if exc.not_found:  # the resource itself: Kueue's CRDs are not installed
+                    return kueue.Admission(False, "KueueNotInstalled", (
+                        f"the API server does not serve {kueue.WORKLOAD_API_VERSION} Workloads: install "
+                        "Kueue, or run the operator without --kueue"))
+                if exc.refused:  # e.g. a queue name that is not a valid object name
+                    return kueue.Admission(False, "WorkloadRefused", f"creating Workload {name}: {exc}")
+                if not exc.already_exists:
+                    raise
+            return kueue.admission(None)
+        if not any(p.active or p.deleting for p in pods if not p.gone):
+            released = kueue.release_after_eviction(workload, now)
+            if released is not None:
+                self._patch_status(workload, released)
+                log.info("%s/%s: gang stopped after eviction; released Workload %s", namespace,
+                         meta["name"], name)
+        return kueue.admission(workload)
+
+    def settle(self, job: Dict[str, Any], status: TrainingJobStatus, now: datetime) -> None:
+        """A finished job releases its quota: its Workload is marked Finished."""
+        if status.phase not in TERMINAL_PHASES:
+            return
+        meta = job["metadata"]
+        workload = self._get(workload_path(meta["namespace"], kueue.workload_name(meta["name"])))
+        if workload is None or not kueue.owned_by(workload, job):
+            return
+        done = kueue.finished(workload, status.phase, f"TrainingJob {meta['name']} {status.phase}", now)
+        if done is not None:
+            self._patch_status(workload, done)
+
+    def _patch_status(self, workload: Dict[str, Any], status: Dict[str, Any]) -> None:
+        """Merge-patch the Workload's status, only if nobody changed it since it was read
+        (409 otherwise: the next reconcile reads it again)."""
+        meta = workload["metadata"]
+        self.client.request(
+            "PATCH", workload_path(meta["namespace"], meta["name"], "status"),
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
+            content_type="application/merge-patch+json",
+        )
