@@ -9,6 +9,10 @@ timer: kopf puts a finalizer on every object with a timer, and a TrainingJob
 must stay deletable (with its namespace) while the operator is down. A pod's DELETED event carries its last state (exit
 code, reason); it is handed to the reconcile so that a pod deleted right
 after it failed still counts with its real exit code.
+
+The reconcile reads the job, its pods and its Service from the watch cache
+(``cache.py``): the event handlers below put every version kopf's watches
+deliver there first, so the reconcile that follows sees it without a read.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import kopf
 from . import kueue, metrics
 from .api import GROUP, PLURAL, VERSION
 from .builders import LABEL_JOB
+from .cache import ObservedCache, resource_version
 from .kube import KubeClient
 from .kueue_gate import KueueGate
 from .leader import LeaseElector
@@ -31,6 +36,8 @@ from .status import STUCK_POD_MARGIN_SECONDS
 log = logging.getLogger("volt_operator.handlers")
 # Read at import: kopf fixes a timer's interval when the handler is registered.
 RESYNC_SECONDS = float(os.environ.get("VOLT_OPERATOR_RESYNC_SECONDS", "3"))
+# Reads of rank 0's /progress per second over all jobs (docs/operator.md, "Progress").
+PROGRESS_RATE = float(os.environ.get("VOLT_OPERATOR_PROGRESS_RATE", "20"))
 
 
 @dataclass
@@ -81,8 +88,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     if options.leader_namespace:
         memo.elector = LeaseElector(client, options.leader_namespace, options.leader_lease)
         memo.elector.start()
+    memo.cache = ObservedCache()
     memo.reconciler = Reconciler(
-        client, progress_interval=options.progress_seconds,
+        client, progress_interval=options.progress_seconds, cache=memo.cache,
+        progress_rate=PROGRESS_RATE,
         stuck_pod_margin=options.stuck_pod_margin,
         is_leader=memo.elector.is_leader if memo.elector else None,
         network_policy_peers=options.network_policy_peers,
@@ -114,6 +123,21 @@ def _reconcile(memo: Any, handler: str, namespace: str, name: str, gone: Any = N
         _reconciler(memo).reconcile(namespace, name, gone)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_job_event(type: Optional[str], body: kopf.Body, namespace: str, name: str,
+                 memo: kopf.Memo, **_: Any) -> None:
+    # kopf runs event handlers before the create/update ones: those reconcile this version.
+    if type == "DELETED":
+        memo.cache.delete_job((namespace, name), resource_version(body))
+    else:
+        memo.cache.put_job(dict(body))
+
+
+@kopf.on.event("", "v1", "services", labels={LABEL_JOB: kopf.PRESENT})
+def on_service_event(type: Optional[str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.cache.put_service(dict(body), exists=type != "DELETED")
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def on_create(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     _reconcile(memo, "create", namespace, name)
@@ -141,6 +165,10 @@ def on_pod_event(
     type: Optional[str], body: kopf.Body, namespace: str, labels: kopf.Labels,
     memo: kopf.Memo, **_: Any,
 ) -> None:
+    if type == "DELETED":
+        memo.cache.delete_pod(dict(body))
+    else:
+        memo.cache.put_pod(dict(body))
     if type is None:  # the initial listing; the job handlers cover it
         return
     gone = dict(body) if type == "DELETED" else None

@@ -1,4 +1,8 @@
-"""Apply one reconcile: read the job and its pods, decide, write status, act.
+"""Apply one reconcile: look at the job and its pods, decide, write status, act.
+
+The job, its pods and its Service come from the watch cache (``cache.py``);
+the API server is read only for what the cache does not know yet, so a
+reconcile of a job whose state has not changed sends no request at all.
 
 Order matters: the status (the intent: "gang restart, attempt 3") is written
 first, with the job's resourceVersion as a precondition, and only then are
@@ -12,12 +16,14 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pydantic import ValidationError
 
 from . import metrics, progress, status as machine
+from .cache import JobKey, ObservedCache, resource_version
 from .api import (
     API_VERSION,
     KIND,
@@ -60,6 +66,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@dataclass
+class _Pending:
+    """Left for a job's running reconcile: look again, with these pods' last states."""
+
+    again: bool = False
+    gone: List[Dict[str, Any]] = field(default_factory=list)
+
+
 class Reconciler:
     """Level-based reconcile of TrainingJobs; safe to call from many threads."""
 
@@ -72,8 +86,12 @@ class Reconciler:
         is_leader: Optional[Callable[[], bool]] = None,
         network_policy_peers: Optional[List[Dict[str, Any]]] = None,
         kueue: Optional[KueueGate] = None,
+        cache: Optional[ObservedCache] = None,
+        progress_rate: float = 20.0,
     ) -> None:
         self.client = client
+        # What the watches saw; a Reconciler of its own (tests) starts cold and reads.
+        self.cache = cache or ObservedCache()
         # None: no NetworkPolicy per job; a list: create one, metrics ports open to these peers.
         self.network_policy_peers = network_policy_peers
         # Set (--kueue): a job labelled with a LocalQueue waits for Kueue's admission.
@@ -84,54 +102,107 @@ class Reconciler:
         self.stuck_pod_margin = stuck_pod_margin
         # With leader election only the Lease holder acts; the others wait.
         self.is_leader = is_leader or (lambda: True)
-        self.poll_limiter = progress.RateLimiter(progress_interval)
-        self._locks: Dict[Tuple[str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        # Told when a job wants another look (its progress was read); the Resyncer sets it.
+        self.wake: Callable[[JobKey], None] = lambda key: None
+        self.poller = progress.Poller(progress_interval, rate=progress_rate,
+                                      on_result=lambda key: self.wake(key))
+        # Jobs being reconciled now, each with what later calls left for it (see reconcile).
+        self._busy: Dict[JobKey, _Pending] = {}
+        self._busy_guard = threading.Lock()
         self._instance = socket.gethostname()
 
-    def _lock(self, key: Tuple[str, str]) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
-
     def forget(self, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
-        self.poll_limiter.forget((namespace, name))
+        self.poller.forget((namespace, name))
         self._network_policies.pop((namespace, name), None)
 
     def reconcile(
         self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None
     ) -> Optional[float]:
-        """Bring one job closer to its spec; returns seconds until it wants another look."""
+        """Bring one job closer to its spec; returns seconds until it wants another look.
+
+        One reconcile per job at a time, and no caller waits for another's: a call that
+        finds the job being reconciled leaves a note (with the pod it saw deleted) and
+        returns at once, and the running reconcile looks again before it ends. So a burst
+        of pod events of one job never holds kopf's workers that other jobs need.
+        """
         if not self.is_leader():
             return None  # another replica holds the Lease; the resync catches up on takeover
-        with self._lock((namespace, name)):
-            for _ in range(CONFLICT_RETRIES):
-                try:
-                    return self._reconcile_once(namespace, name, gone_pod)
-                except ApiError as exc:
-                    if not exc.conflict:
-                        raise
-                    log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
-            return 1.0
+        key = (namespace, name)
+        with self._busy_guard:
+            pending = self._busy.get(key)
+            if pending is not None:
+                pending.again = True
+                if gone_pod is not None:
+                    pending.gone.append(gone_pod)
+                return None
+            pending = self._busy[key] = _Pending(gone=[gone_pod] if gone_pod is not None else [])
+        try:
+            while True:
+                with self._busy_guard:
+                    gone, pending.gone, pending.again = pending.gone, [], False
+                result = self._reconcile_retrying(namespace, name, gone)
+                with self._busy_guard:
+                    if not pending.again:
+                        return result
+        finally:
+            with self._busy_guard:
+                self._busy.pop(key, None)
+
+    def _reconcile_retrying(
+        self, namespace: str, name: str, gone: List[Dict[str, Any]]
+    ) -> Optional[float]:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._reconcile_once(namespace, name, gone)
+            except ApiError as exc:
+                if not exc.conflict:
+                    raise
+                log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
+        return 1.0
 
     # ----------------------------------------------------------------------
 
+    def _job(self, key: JobKey) -> Optional[Dict[str, Any]]:
+        """The job from the cache, read (once) when the cache does not know it."""
+        known, job = self.cache.job(key)
+        if known:
+            return job
+        job = self.client.get_job(*key)
+        if job is not None:
+            self.cache.put_job(job)
+        return job
+
     def _observe(
-        self, namespace: str, job: Dict[str, Any], gone_pod: Optional[Dict[str, Any]]
+        self, namespace: str, job: Dict[str, Any], gone_pods: List[Dict[str, Any]]
     ) -> List[PodView]:
         uid = job["metadata"]["uid"]
         name = job["metadata"]["name"]
-        pods = [
-            p for p in self.client.list_pods(namespace, f"{LABEL_JOB}={name}")
+        pods = self.cache.pods((namespace, name))
+        if pods is None:  # not seen since this process started: list once, the watch does the rest
+            listed, list_rv = self.client.list_pods(namespace, f"{LABEL_JOB}={name}")
+            self.cache.seed_pods((namespace, name), listed, list_rv)
+            pods = self.cache.pods((namespace, name)) or []
+        views = [
+            pod_view(p) for p in pods
             if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
         ]
-        views = [pod_view(p) for p in pods]
-        if gone_pod is not None:
+        for gone_pod in gone_pods:  # the last state its DELETED event carried
             gone = pod_view(gone_pod, gone=True)
             if gone.name not in {v.name for v in views}:
                 views.append(gone)
         return views
+
+    def _service_exists(self, namespace: str, name: str) -> bool:
+        exists = self.cache.service_exists((namespace, name))
+        if exists is None:
+            service = self.client.get_service(namespace, name)
+            if service is None:
+                self.cache.put_service({"metadata": {"namespace": namespace, "name": name}},
+                                       exists=False)
+            else:
+                self.cache.put_service(service)
+            exists = service is not None
+        return exists
 
     def _poll_progress(
         self, key: Tuple[str, str], spec: TrainingJobSpec, st: TrainingJobStatus,
@@ -158,18 +229,23 @@ class Reconciler:
             return
         rank0 = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt and p.ip
                       and p.active), None)
-        if rank0 is None or not self.poll_limiter.allow(key):
+        if rank0 is None or rank0.ip is None:
             return
-        try:
-            payload = progress.fetch(rank0.ip, spec.metrics.port)
-        except progress.ProgressError as exc:
-            log.debug("progress of %s/%s not available: %s", key[0], key[1], exc)
+        # The read happens on the poller's threads; this reconcile takes what the last
+        # one found and asks for the next (the poller's budget says when).
+        result = self.poller.take(key, rank0.name, rank0.ip)
+        self.poller.request(key, rank0.name, rank0.ip, spec.metrics.port)
+        if result is None:
+            return
+        if result.payload is None:
+            log.debug("progress of %s/%s not available: %s", key[0], key[1], result.error)
             machine.set_condition(
                 st, machine.PROGRESS_POLLED, False, "ProgressUnavailable",
-                f"cannot read {rank0.name}'s progress: {exc} (the engine's PrometheusCallback serves it "
-                "on spec.metrics.port once training starts; a script that does not use volt's Trainer "
-                "has none)"[:4000], now)
+                f"cannot read {rank0.name}'s progress: {result.error} (the engine's PrometheusCallback "
+                "serves it on spec.metrics.port once training starts; a script that does not use "
+                "volt's Trainer has none)"[:4000], now)
             return
+        payload = result.payload
         attempt = payload.get("attempt")
         if isinstance(attempt, int) and attempt != st.attempt:
             return  # an answer from an older gang
@@ -181,9 +257,9 @@ class Reconciler:
             st.checkpoint = checkpoint
 
     def _reconcile_once(
-        self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]]
+        self, namespace: str, name: str, gone_pods: List[Dict[str, Any]]
     ) -> Optional[float]:
-        job = self.client.get_job(namespace, name)
+        job = self._job((namespace, name))
         if job is None or job["metadata"].get("deletionTimestamp"):
             return None
         meta = job["metadata"]
@@ -196,9 +272,9 @@ class Reconciler:
         except ValidationError as exc:
             return self._invalid(job, current, exc, now)
 
-        pods = self._observe(namespace, job, gone_pod)
+        pods = self._observe(namespace, job, gone_pods)
         self._poll_progress((namespace, name), spec, current, pods, now)
-        service_exists = self.client.service_exists(namespace, name)
+        service_exists = self._service_exists(namespace, name)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
             service_exists, now, stuck_pod_margin=self.stuck_pod_margin,
@@ -209,7 +285,7 @@ class Reconciler:
         new_status = plan.status.to_api()
         patch = merge_patch(old_status, new_status)
         if patch:
-            self.client.patch_job_status(
+            self._patch_status(
                 namespace, name,
                 {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
             )
@@ -245,12 +321,12 @@ class Reconciler:
         server has refused its pods a few times), then clean up and tell users."""
         meta = job["metadata"]
         after = machine.after_create_errors(spec, plan.status, errors, pods, now)
-        self.client.patch_job_status(
+        self._patch_status(
             meta["namespace"], meta["name"],
             {"status": merge_patch(plan.status.to_api(), after.status.to_api())},
         )
         for pod in after.delete_pods:
-            self.client.delete_pod(meta["namespace"], pod)
+            self._delete_pod(meta["namespace"], pod)
         message = "; ".join(e.message for e in errors)
         old = machine.condition(before, machine.CREATED)
         if old is None or old.status != "False" or old.message != message[:4000]:
@@ -266,16 +342,18 @@ class Reconciler:
         ns = ref.namespace
         for pod in plan.force_delete_pods:
             log.warning("force-deleting %s/%s: stuck terminating", ns, pod)
-            self.client.delete_pod(ns, pod, grace_seconds=0)
+            self._delete_pod(ns, pod, grace_seconds=0)
         for pod in plan.delete_pods:
-            self.client.delete_pod(ns, pod)
+            self._delete_pod(ns, pod)
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished passed", ns, ref.name)
             self.client.delete_job(ns, ref.name)
             return errors
         if plan.create_service:
             try:
-                self.client.create(ns, "services", build_service(ref, spec))
+                # Created, or already there (None): either way it exists now.
+                service = self.client.create(ns, "services", build_service(ref, spec))
+                self.cache.put_service(service or {"metadata": {"namespace": ns, "name": ref.name}})
             except ApiError as exc:
                 errors.append(machine.CreateError(f"creating service {ref.name}: {exc}",
                                                   exc.refused))
@@ -286,11 +364,30 @@ class Reconciler:
             for pod in build_pods(ref, gang, plan.status.attempt, plan.resume,
                                   plan.create_ranks):
                 try:
-                    self.client.create(ns, "pods", pod)
+                    created = self.client.create(ns, "pods", pod)
+                    if created:  # seen at once, not when its watch event comes
+                        self.cache.put_pod(created)
                 except ApiError as exc:
                     errors.append(machine.CreateError(
                         f"creating pod {pod['metadata']['name']}: {exc}", exc.refused))
         return errors
+
+    def _patch_status(self, namespace: str, name: str, body: Dict[str, Any]) -> None:
+        """Write the status; the answer is the job's newest version. A conflict (someone
+        wrote since the version we decided on) drops the cached job, so the retry reads it."""
+        try:
+            job = self.client.patch_job_status(namespace, name, body)
+        except ApiError as exc:
+            if exc.conflict or exc.not_found:
+                self.cache.drop_job((namespace, name))
+            raise
+        if isinstance(job, dict) and resource_version(job) >= 0:
+            self.cache.put_job(job)
+
+    def _delete_pod(self, namespace: str, name: str, grace_seconds: Optional[int] = None) -> None:
+        pod = self.client.delete_pod(namespace, name, grace_seconds=grace_seconds)
+        if isinstance(pod, dict) and pod.get("kind") == "Pod":  # marked for deletion
+            self.cache.put_pod(pod)
 
     def _ensure_network_policy(
         self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan
@@ -324,7 +421,7 @@ class Reconciler:
         st.completion_time = format_time(now)
         st.observed_generation = meta.get("generation")
         machine.set_condition(st, machine.FAILED, True, "InvalidSpec", message, now)
-        self.client.patch_job_status(
+        self._patch_status(
             meta["namespace"], meta["name"],
             {"status": merge_patch(job.get("status") or {}, st.to_api())},
         )
@@ -377,7 +474,13 @@ class Reconciler:
 
 
 class Resyncer:
-    """Reconciles every live TrainingJob every ``interval`` seconds (a thread)."""
+    """Reconciles every live TrainingJob every ``interval`` seconds (a thread).
+
+    The jobs are those the watch cache holds, and a reconcile reads from the
+    cache too: a sweep over jobs whose state has not changed sends nothing to
+    the API server (it is there for the clocks: backoff, deadlines, TTL,
+    stalls, progress). ``poke`` reconciles one job soon, out of turn.
+    """
 
     def __init__(self, reconciler: Reconciler, namespaces: List[str], interval: float,
                  workers: int = 4) -> None:
@@ -387,6 +490,7 @@ class Resyncer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="volt-resync", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-resync")
+        reconciler.wake = self.poke
 
     def start(self) -> None:
         self._thread.start()
@@ -395,6 +499,7 @@ class Resyncer:
         self._stop.set()
         self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.reconciler.poller.stop()
 
     @staticmethod
     def needs_look(job: Dict[str, Any]) -> bool:
@@ -403,16 +508,19 @@ class Resyncer:
         ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
         return phase not in TERMINAL_PHASES or ttl is not None
 
+    def poke(self, key: JobKey) -> None:
+        if not self._stop.is_set():
+            try:
+                self._pool.submit(self._one, *key)
+            except RuntimeError:  # shut down meanwhile
+                pass
+
     def sweep(self) -> None:
         if not self.reconciler.is_leader():
             return
-        client = self.reconciler.client
-        jobs: List[Dict[str, Any]] = []
-        for namespace in self.namespaces or [None]:
-            jobs.extend(client.list_jobs(namespace))
         futures = [
             self._pool.submit(self._one, job["metadata"]["namespace"], job["metadata"]["name"])
-            for job in jobs
+            for job in self.reconciler.cache.jobs()
             if self.needs_look(job)
         ]
         for future in futures:
@@ -430,5 +538,4 @@ class Resyncer:
             try:
                 self.sweep()
             except Exception:
-                log.exception("listing TrainingJobs for the resync failed")
-
+                log.exception("the resync sweep failed")

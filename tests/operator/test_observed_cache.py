@@ -1,13 +1,17 @@
-"""The watch cache keeps the newest version of each object, and the progress poller its budget."""
+"""The watch cache keeps the newest version of each object, the progress poller its budget,
+and a job's reconciles do not queue up."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
+from kubernetes.client import Configuration
 
 from volt_operator.cache import ObservedCache
+from volt_operator.kube import KubeClient
 from volt_operator.progress import Poller, ProgressError, TokenBucket
+from volt_operator.reconciler import Reconciler
 
 KEY = ("ns", "job")
 
@@ -124,3 +128,34 @@ def test_the_global_budget_refuses_reads_past_its_rate_and_lets_the_job_ask_agai
         assert ("ns", "b") not in poller.per_job._last  # refused reads keep no per-job clock
     finally:
         poller.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_reconcile_that_finds_its_job_busy_returns_at_once_and_the_running_one_looks_again() -> None:
+    """kopf's workers never queue behind one job: the second call leaves a note (and the
+    deleted pod it carried) for the reconcile that is running."""
+    entered, release = threading.Event(), threading.Event()
+    seen: List[List[str]] = []
+
+    class Blocking(Reconciler):
+        def _reconcile_retrying(self, namespace: str, name: str, gone: List[Dict[str, Any]]) -> Optional[float]:
+            seen.append([p["metadata"]["name"] for p in gone])
+            if len(seen) == 1:
+                entered.set()
+                release.wait(10)
+            return 5.0
+
+    reconciler = Blocking(KubeClient(Configuration()))
+    try:
+        first = threading.Thread(target=reconciler.reconcile, args=("ns", "job"))
+        first.start()
+        assert entered.wait(10)
+        assert reconciler.reconcile("ns", "job", pod("job-node-1", 7, "Failed")) is None  # at once
+        assert reconciler.reconcile("ns", "job") is None
+        release.set()
+        first.join(10)
+        assert seen == [[], ["job-node-1"]]  # one more look, with the deleted pod's last state
+        assert reconciler.reconcile("ns", "job") == 5.0 and len(seen) == 3  # not busy any more
+    finally:
+        release.set()
+        reconciler.poller.stop()
