@@ -47,6 +47,8 @@ MODELS: Dict[str, Dict[str, Any]] = {
     # Overhead dominates: a step is ~300 us on one CPU thread. Many short epochs: the best and
     # median of 10 per run filter out other processes' bursts.
     "tiny_mlp": dict(kind="mlp", dim=32, hidden=64, layers=2, classes=10, batch=64, steps=100, epochs=11),
+    # Smaller still (~0.15-0.2 ms raw): where each microsecond of the engine's per-step Python shows.
+    "micro_mlp": dict(kind="mlp", dim=16, hidden=32, layers=2, classes=10, batch=32, steps=100, epochs=11),
     # A 6-layer transformer encoder: the step (~25 ms on one CPU thread) is compute-bound.
     "medium_transformer": dict(kind="transformer", dim=128, heads=4, layers=6, seq=32, classes=10, batch=8, steps=20,
                                epochs=4),
@@ -128,9 +130,12 @@ def autocast_for(device: torch.device, precision: str) -> Any:
 class RawLoop:
     """The hand-written loop: its own copy of the model and optimizer, one epoch per call."""
 
-    def __init__(self, cfg: Dict[str, Any], batches: Batches, device: torch.device, precision: str) -> None:
+    def __init__(self, cfg: Dict[str, Any], batches: Batches, device: torch.device, precision: str,
+                 compile_model: Optional[Dict[str, Any]] = None) -> None:
         torch.manual_seed(0)
         self.net = build_net(cfg).to(device)
+        if compile_model is not None:  # what users do today: compile the model, not the step around it
+            self.net = torch.compile(self.net, **compile_model)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         self.batches, self.device, self.precision = batches, device, precision
@@ -173,9 +178,11 @@ def make_module(base: type, cfg: Dict[str, Any]) -> Any:
 
 def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, raw: RawLoop, epochs: int, device: torch.device,
                precision: str, logger: str, workdir: str,
-               extra_callbacks: Sequence[Any] = ()) -> Tuple[List[float], List[float]]:
+               extra_callbacks: Sequence[Any] = (), others: Sequence[RawLoop] = (),
+               **trainer_kwargs: Any) -> Tuple[List[float], List[float]]:
     """Epoch times of the engine and of a raw epoch run right after each of its epochs (same
-    process, same moment: the pair sees the same machine), as two aligned lists."""
+    process, same moment: the pair sees the same machine), as two aligned lists. ``others``
+    (raw loops on their own batches) also run an epoch after each engine epoch."""
     import importlib
 
     if logger == "csv":
@@ -186,12 +193,15 @@ def run_engine(pkg: Any, cfg: Dict[str, Any], batches: Batches, raw: RawLoop, ep
     class RawAfterEachEpoch(importlib.import_module(pkg.__name__ + ".callbacks").Callback):  # type: ignore[misc]
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             raw.epoch()  # outside the engine's timed epoch: that ended with its last batch
+            for other in others:
+                other.epoch()
 
     trainer = pkg.Trainer(
         max_epochs=epochs, accelerator=device.type if device.type != "cuda" else "gpu", devices=1,
         precision=precision if precision != "32" else "32-true", logger=log_arg,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=workdir, callbacks=[*extra_callbacks, RawAfterEachEpoch()],
+        **trainer_kwargs,
     )
     first, raw_first = len(batches.times), len(raw.batches.times)
     trainer.fit(make_module(pkg.LightningModule, cfg), batches)
@@ -230,6 +240,8 @@ def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: to
             times.setdefault(key, []).extend(e for e, _ in pairs)
             times["raw"].extend(r for _, r in pairs)
             ratios.setdefault(key, []).extend(e / r for e, r in pairs)
+    vs_model_compiled = (compiled_rows(cfg, args, device, clock, batches, raw_batches, epochs, times, ratios)
+                         if args.compile else [])
     # best: each engine's fastest epoch over raw's fastest (the least interference, as timeit
     # reports); paired: the median over epochs of each engine epoch over the raw epoch right
     # after it, which cancels load that drifts over seconds.
@@ -241,16 +253,61 @@ def measure(name: str, cfg: Dict[str, Any], args: argparse.Namespace, device: to
         "steps_per_epoch": cfg["steps"],
         "best_step_ms": {k: 1000 * v / cfg["steps"] for k, v in best.items()},
         "median_step_ms": {k: 1000 * v / cfg["steps"] for k, v in medians.items()},
-        "ratio_vs_raw": {k: best[k] / best["raw"] for k in engines},
-        "ratio_vs_raw_median": {k: medians[k] / medians["raw"] for k in engines},
+        "ratio_vs_raw": {k: best[k] / best["raw"] for k in ratios},
+        "ratio_vs_raw_median": {k: medians[k] / medians["raw"] for k in ratios},
         "ratio_vs_raw_paired": paired,
         "epochs_measured": {k: len(v) for k, v in ratios.items()},
     }
-    line = ", ".join(f"{k}/raw = {r:.3f} (median {result['ratio_vs_raw_median'][k]:.3f}, paired {paired[k]:.3f})"
-                     for k, r in result["ratio_vs_raw"].items())
+    if args.compile:
+        result["ratio_compiled_vs_model_compiled_paired"] = statistics.median(vs_model_compiled)
+        result["ratio_compiled_vs_model_compiled_paired_range"] = (min(vs_model_compiled), max(vs_model_compiled))
+        result["compile_setting"] = compile_argument(args.compile)
+    spread = {k: (min(v), max(v)) for k, v in ratios.items()}
+    result["ratio_vs_raw_paired_range"] = spread
+    line = ", ".join(f"{k}/raw = {r:.3f} (median {result['ratio_vs_raw_median'][k]:.3f}, paired {paired[k]:.3f} "
+                     f"[{spread[k][0]:.3f}-{spread[k][1]:.3f}])"
+                     for k, r in result["ratio_vs_raw"].items() if k in paired)
     print(f"{name:>20}: raw {result['best_step_ms']['raw']:.3f} ms/step, "
           f"volt {result['best_step_ms']['volt']:.3f} ms/step, {line}", flush=True)
+    if args.compile:
+        print(f"{'':>20}  volt_compiled / raw with the model compiled (paired) = "
+              f"{result['ratio_compiled_vs_model_compiled_paired']:.3f}", flush=True)
     return result
+
+
+def compile_argument(choice: str) -> Any:
+    """``--compile``: inductor is Trainer(compile=True); another name is that torch.compile backend."""
+    if choice == "cudagraphs":
+        return "cudagraphs"
+    return True if choice == "inductor" else {"backend": choice}
+
+
+def compiled_rows(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device, clock: Callable[[], float],
+                  batches: Batches, raw_batches: Batches, epochs: int, times: Dict[str, List[float]],
+                  ratios: Dict[str, List[float]]) -> List[float]:
+    """volt with Trainer(compile=...), paired with a raw eager epoch and with a raw epoch whose model
+    alone is compiled (what users do without the engine's help), each right after each volt epoch.
+    The first epoch (compiling) is warm-up, left out as for every engine."""
+    model_batches = build_batches(cfg, device, clock)
+    setting = compile_argument(args.compile)
+    model_options = {} if setting in (True, "cudagraphs") else dict(setting)
+    if setting == "cudagraphs":
+        model_options = {"mode": "reduce-overhead"}
+    vs_model: List[float] = []
+    for _ in range(args.repeats):
+        raw = RawLoop(cfg, raw_batches, device, args.precision)
+        model_compiled = RawLoop(cfg, model_batches, device, args.precision, compile_model=model_options)
+        first = len(model_batches.times)
+        with tempfile.TemporaryDirectory(prefix="volt-bench-") as d:
+            engine_times, raw_times = run_engine(volt, cfg, batches, raw, epochs, device, args.precision, args.logger,
+                                                 d, others=[model_compiled], compile=setting)
+        model_times = model_batches.times[first:]
+        triples = list(zip(engine_times, raw_times, model_times))[1:]
+        times.setdefault("volt_compiled", []).extend(e for e, _, _ in triples)
+        times.setdefault("raw_model_compiled", []).extend(m for _, _, m in triples)
+        ratios.setdefault("volt_compiled", []).extend(e / r for e, r, _ in triples)
+        vs_model.extend(e / m for e, _, m in triples)
+    return vs_model
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -268,6 +325,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "shared machine take the core (default on CPU); wall: wall clock (default on CUDA, "
                              "where the host waits for the device)")
     parser.add_argument("--no-lightning", action="store_true", help="skip Lightning even when installed")
+    parser.add_argument("--compile", default="", metavar="BACKEND",
+                        help="add the compiled rows: volt with Trainer(compile=...) over raw eager and over a raw "
+                             "loop that compiles only the model; inductor means compile=True, cudagraphs "
+                             "compile='cudagraphs' (CUDA), another name is that torch.compile backend")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "engine_overhead.json"))
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
