@@ -19,13 +19,16 @@ Measured per configuration, in the same run:
 
 * ``blocked``: how long ``save_checkpoint`` holds the training process (for W=4 the slowest
   rank; the next collective waits for it), over ``staging``: cloning the same tensors in
-  the same processes (the host copy async mode has to make). Target for async: <= 1.2.
+  the same processes (the host copy async mode has to make, into fresh memory). Target for
+  async: <= 1.2. Also over ``warm copy``: the same copy into buffers allocated once and
+  refilled at every save, which is what async mode does after its first save (the first
+  save of each configuration, which allocates them, is not counted).
 * ``throughput``: bytes written / time until the checkpoint is durable and committed
   (async: until ``wait()`` returns), over the disk's own sequential speed measured with
   ``dd if=/dev/zero bs=16M conv=fsync`` of the same size into the same directory. Target: >= 0.7.
 * ``load``: reading the checkpoint back as full CPU tensors (``volt.checkpoint.load`` for a
   file, ``load_sharded`` for a directory) over ``torch.load`` of the ``torch.save`` file
-  timed just before it.
+  timed next to it, both read once before (from the page cache, not the disk).
 
     python bench/checkpoint.py [--megabytes 1024] [--repeats 3] [--dir /path/on/the/volume] [--quick]
 
@@ -283,9 +286,23 @@ def summarize(runs: List[Dict[str, float]], size: int, nbytes: int) -> Dict[str,
 
 
 def load_ratio(load: Callable[[], Any], raw: str, repeats: int) -> Dict[str, float]:
-    """``load`` timed right after ``torch.load`` of ``raw``, each time: the median ratio."""
-    pairs = [(timed(lambda: torch.load(raw, map_location="cpu", weights_only=False)), timed(load))
-             for _ in range(repeats)]
+    """``load`` and ``torch.load`` of ``raw`` timed next to each other, each time: the median ratio.
+
+    Both files are read once first, so neither timed load waits for the disk (a file written
+    several GB of saves ago may have left the page cache, one just written has not), and the
+    order alternates within the pairs.
+    """
+    def torch_load() -> Any:
+        return torch.load(raw, map_location="cpu", weights_only=False)
+
+    torch_load(), load()
+    pairs = []
+    for i in range(repeats):
+        if i % 2:
+            ours = timed(load)
+            pairs.append((timed(torch_load), ours))
+        else:
+            pairs.append((timed(torch_load), timed(load)))
     return {"load_s": statistics.median(p[1] for p in pairs),
             "load_over_torch_load": statistics.median(p[1] / p[0] for p in pairs)}
 
@@ -309,6 +326,7 @@ def measure(megabytes: float, repeats: int, directory: str) -> Dict[str, Any]:
                              ("file (volt, no checksum)", lambda: atomic_save_no_checksum(state, file_path), file_path)):
         runs = [paired(save, lambda: None, state, dd_path, nbytes, warm=warm) for _ in range(repeats)]
         rows[name] = summarize(runs, disk_bytes(path), nbytes)
+    torch.load(raw, map_location="cpu", weights_only=False)  # into the page cache, as load_ratio does
     rows["torch.save + fsync"].update(load_s=statistics.median(
         timed(lambda: torch.load(raw, map_location="cpu", weights_only=False)) for _ in range(repeats)),
         load_over_torch_load=1.0)

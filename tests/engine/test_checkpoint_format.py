@@ -11,9 +11,12 @@ from typing import Any, Dict
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
 
 from volt import checkpoint as ckpt
 from volt.checkpoint_raw import RAW_DESCRIPTOR
@@ -150,3 +153,27 @@ def test_damaged_metadata_lengths_are_refused(tmp_path: Path) -> None:
         pickle.dump(metadata, f)
     with pytest.raises(Exception, match="damaged"):
         load_sharded(path)
+
+
+def test_async_saves_of_dtensors_refill_their_local_shards(tmp_path: Path) -> None:
+    """FSDP's layout: a DTensor is staged as a DTensor whose local shard is the reused buffer."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    io = ShardedCheckpointIO(async_save=True)
+    staged = []
+    original = io._staging.stage
+    io._staging.stage = lambda s: staged.append(original(s)) or staged[-1]  # type: ignore[method-assign]
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        weight = DTensor.from_local(torch.randn(8, 4), mesh, [Shard(0)], run_check=False)
+        path = tmp_path / "last.ckpt"
+        for step in (1, 2):
+            weight.to_local().add_(float(step))  # the optimizer moved it
+            io.save_checkpoint({"global_step": step, "state_dict": {"w": weight}}, path)
+        io.wait()
+        loaded = load_sharded(path)
+        assert loaded["global_step"] == 2 and torch.equal(loaded["state_dict"]["w"], weight.to_local())
+        first, second = (s["state_dict"]["w"] for s in staged)
+        assert isinstance(first, DTensor) and first is second
+    finally:
+        io.teardown()
+        dist.destroy_process_group()
