@@ -263,14 +263,15 @@ class _StagingBuffers:
 
     The first save allocates one CPU buffer per tensor (pinned when the tensor is on a GPU, so
     the copy is a DMA); later saves copy into the same buffers. A fresh allocation costs a page
-    fault per 4 KiB touched, which made the staging copy itself up to half again as slow
-    (docs/benchmarks.md). A ``DTensor`` is staged as a ``DTensor`` whose local shard is the
+    fault per 4 KiB touched: a copy into fresh memory took 2-3x as long as one into buffers
+    already touched (docs/benchmarks.md). A ``DTensor`` is staged as a ``DTensor`` whose local shard is the
     buffer. Only one async save is ever in flight, so the buffers are free whenever ``stage``
     runs. Cost: a host copy of the rank's state held for the life of the checkpoint IO.
     """
 
     def __init__(self) -> None:
         self._buffers: Dict[Tuple[Any, ...], Tuple[Tuple[Any, ...], torch.Tensor]] = {}
+        self._from_gpu = False  # whether this staging made non-blocking copies from a GPU
 
     def stage(self, state: Any) -> Any:
         seen: set = set()
