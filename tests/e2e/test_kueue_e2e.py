@@ -1,0 +1,278 @@
+"""End to end, gang admission with the real Kueue manager (built by `make kueue`) on the
+local cluster's node agent: the operator runs with --kueue, each TrainingJob names a
+LocalQueue, and a ClusterQueue has quota for exactly one 2-node job.
+
+* Two jobs submitted together: one runs, the other is Queued with no pod; when the
+  first succeeds the second runs and succeeds.
+* A high-priority job preempts a running low-priority one: the low one checkpoints on
+  SIGTERM (exit 75), is Queued, resumes from its checkpoint when readmitted (rank 0's
+  log says so) and ends with the same weights as an uninterrupted run of it.
+
+No partial gangs: every version of every pod is recorded through a watch while the
+jobs run, and at no point do two jobs hold active pods at once (the quota fits one
+gang), nor does a job run with fewer than its 2 pods.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import pytest
+import torch
+
+from job_helpers import apply, diagnosis, events, example, volume_dir
+from operator_process import OperatorProcess
+from volt_operator.testing.cluster import Component, LocalCluster, kube_bin_dir
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TERMINAL = ("Succeeded", "Failed")
+RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
+NODES = 2
+
+
+@pytest.fixture(scope="module")
+def kueue(crd: LocalCluster) -> Iterator[LocalCluster]:
+    """Kueue's CRDs and manager on the session's cluster, for this module only (one
+    started with the cluster, `up --kueue`, is used and left running)."""
+    ours = not any(c.name == "kueue" and c.alive() for c in crd.components)
+    manager: Component = crd.start_kueue()
+    try:
+        yield crd
+    finally:
+        if ours:
+            manager.stop(10)
+            crd.components.remove(manager)
+
+
+@pytest.fixture
+def queue(kueue: LocalCluster, namespace: str) -> Iterator[str]:
+    """A ClusterQueue with quota for one job of 2 pods x (500m CPU, 1Gi) that preempts
+    lower priorities, and a LocalQueue for it in the test's namespace; the LocalQueue's name."""
+    name = f"cq-{namespace}"[:63]
+    manifests = [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "volt-default"}},
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "volt-e2e-low"},
+         "value": 100, "preemptionPolicy": "Never"},
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "volt-e2e-high"},
+         "value": 1000, "preemptionPolicy": "Never"},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": name},
+         "spec": {
+             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+             "preemption": {"withinClusterQueue": "LowerPriority"},
+             "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
+                 "name": "volt-default", "resources": [
+                     {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": "training", "namespace": namespace}, "spec": {"clusterQueue": name}},
+    ]
+    kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+    try:
+        yield "training"
+    finally:
+        kueue.kubectl("delete", "clusterqueue", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kueue_operator(queue: str, kueue: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.logs()[-6000:])
+
+
+def queued_job(name: str, queue: Optional[str], *, samples: int, step_delay: float, epochs: int,
+               priority: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The example (2 nodes x 2 CPU processes, a checkpoint every 10 steps) in ``queue``
+    (None: not queued through Kueue)."""
+    pvc, job = example(args=["--samples", str(samples), "--batch-size", "32", "--step-delay", str(step_delay),
+                             "--save-weights", f"/checkpoints/{name}-final.pt"],
+                       # the SIGTERM checkpoint of 2 x 2 processes took 16 s to over 20 s at load 14-20
+                       cleanPodPolicy="None", terminationGracePeriodSeconds=90)
+    job["metadata"] = {"name": name, "labels": {QUEUE_LABEL: queue} if queue else {}}
+    job["spec"]["trainer"]["maxEpochs"] = epochs
+    job["spec"]["checkpoint"]["everyNSteps"] = 10
+    if priority:
+        job["spec"]["template"] = {"priorityClassName": priority}
+    return [pvc, job]
+
+
+def jobs_path(namespace: str) -> str:
+    return f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
+
+
+def wait_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
+              until: Callable[[Dict[str, Dict[str, Any]]], Any]) -> Any:
+    """Watch the namespace's TrainingJobs until ``until(jobs by name)`` is truthy."""
+    try:
+        return kube.watch(jobs_path(namespace), until, timeout, what)
+    except Exception as exc:
+        names = kube.request("GET", jobs_path(namespace))["items"]
+        raise AssertionError(f"{exc}\n" + "\n".join(
+            diagnosis(kube, namespace, j["metadata"]["name"]) for j in names)) from None
+
+
+def status(jobs: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
+    return (jobs.get(name) or {}).get("status") or {}
+
+
+def condition(st: Dict[str, Any], type_: str) -> Dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+
+@contextlib.contextmanager
+def pod_history(kube: LocalCluster, namespace: str, path: Path) -> Iterator[List[Dict[str, Any]]]:
+    """Every watch event of the namespace's job pods while the block runs (filled at its end)."""
+    history: List[Dict[str, Any]] = []
+    with open(path, "wb") as out:
+        watch = subprocess.Popen(
+            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "pods", "-n", namespace,
+             "-l", "volt.dev/job", "--watch", "--output-watch-events", "-o", "json"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield history
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    text, decoder, at = path.read_text(), json.JSONDecoder(), 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        event, at = decoder.raw_decode(text, at)
+        history.append(event)
+
+
+def active(pod: Dict[str, Any]) -> bool:
+    """Holds its node's resources: not yet Succeeded or Failed (a deleted pod counts until it stops)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def running(pod: Dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+
+
+def check_whole_gangs(history: List[Dict[str, Any]], queued: Sequence[str]) -> Dict[str, int]:
+    """Replay the pod events: never two of the ``queued`` jobs with active pods at once (the
+    quota is one gang), and every gang that ran had all its pods running together. The most
+    pods each of them had running at one moment."""
+    pods: Dict[str, Dict[str, Any]] = {}
+    most: Dict[str, int] = {}
+    for event in history:
+        obj = event["object"]
+        if event["type"] == "DELETED":
+            pods.pop(obj["metadata"]["name"], None)
+        else:
+            pods[obj["metadata"]["name"]] = obj
+        holders = sorted({p["metadata"]["labels"]["volt.dev/job"] for p in pods.values() if active(p)} & set(queued))
+        assert len(holders) <= 1, f"two jobs hold pods at once (the quota fits one gang): {holders}"
+        for job in queued:
+            now = sum(running(p) for p in pods.values() if p["metadata"]["labels"]["volt.dev/job"] == job)
+            if now:
+                most[job] = max(most.get(job, 0), now)
+    return most
+
+
+@pytest.mark.timeout(420)
+def test_two_jobs_in_a_queue_for_one_run_one_after_the_other(
+        kueue_operator: OperatorProcess, queue: str, namespace: str, tmp_path: Path) -> None:
+    kube = kueue_operator.kube
+    with pod_history(kube, namespace, tmp_path / "pods.json") as history:
+        pvc, one = queued_job("one", queue, samples=512, step_delay=0.0, epochs=1)
+        _, two = queued_job("two", queue, samples=512, step_delay=0.0, epochs=1)
+        apply(kube, namespace, pvc, one, two)
+
+        def one_runs_one_queued(jobs: Dict[str, Dict[str, Any]]) -> Optional[List[str]]:
+            """[the job Kueue admitted, the one it queued] once that is what the statuses say."""
+            admitted = [n for n in ("one", "two") if condition(status(jobs, n), "Admitted").get("status") == "True"]
+            # Kueue's words: the quota that is missing
+            queued = [n for n in ("one", "two") if status(jobs, n).get("phase") == "Queued"
+                      and condition(status(jobs, n), "Admitted").get("reason") == "Pending"
+                      and "quota" in condition(status(jobs, n), "Admitted").get("message", "")]
+            return admitted + queued if len(admitted) == 1 and len(queued) == 1 else None
+        first, second = wait_jobs(kube, namespace, "one job admitted, the other Queued", 120, one_runs_one_queued)
+        assert not kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job={second}")["items"]
+
+        def both_done(jobs: Dict[str, Dict[str, Any]]) -> Any:
+            return all(status(jobs, n).get("phase") in TERMINAL for n in ("one", "two")) and jobs
+        jobs = wait_jobs(kube, namespace, "both jobs to finish", 330, both_done)
+    assert [status(jobs, n)["phase"] for n in (first, second)] == ["Succeeded", "Succeeded"], \
+        diagnosis(kube, namespace, second)
+    # the second started only after the first ended
+    assert status(jobs, second)["startTime"] >= status(jobs, first)["completionTime"]
+    assert check_whole_gangs(history, (first, second)) == {first: NODES, second: NODES}
+    reasons = [e["reason"] for e in events(kube, namespace, second)]
+    assert {"Queued", "Admitted", "Created"} <= set(reasons), reasons
+    done = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-{first}")
+    assert any(c["type"] == "Finished" and c["status"] == "True" for c in done["status"]["conditions"])
+
+
+def final_weights(volume: Path, name: str) -> Dict[str, torch.Tensor]:
+    return torch.load(volume / f"{name}-final.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.timeout(600)
+def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
+        kueue_operator: OperatorProcess, queue: str, namespace: str, tmp_path: Path) -> None:
+    kube = kueue_operator.kube
+    # 2048 samples / 4 processes / batch 32: 16 steps an epoch, 5 epochs, >= 0.25 s a step:
+    # still training when the preemption comes (>= 17 s after the first checkpoint).
+    low = dict(samples=2048, step_delay=0.25, epochs=5, priority="volt-e2e-low")
+    with pod_history(kube, namespace, tmp_path / "pods.json") as history:
+        # The uninterrupted run, beside the queue (Kueue does not count it), at the same time.
+        pvc, reference = queued_job("reference", None, **low)
+        apply(kube, namespace, pvc, reference, queued_job("low", queue, **low)[1])
+
+        def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
+            st = status(jobs, "low")
+            step = (st.get("checkpoint") or {}).get("step") or 0
+            if st.get("phase") in TERMINAL:
+                raise AssertionError(f"low ended ({st['phase']}) before it could be preempted")
+            return step if st.get("phase") == "Running" and step >= 10 else None
+        saved = wait_jobs(kube, namespace, "low Running with a checkpoint", 240, checkpointed)
+        apply(kube, namespace, queued_job("high", queue, samples=512, step_delay=0.0, epochs=1,
+                                          priority="volt-e2e-high")[1])
+
+        def preempted(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+            st = status(jobs, "low")
+            return st if st.get("phase") == "Queued" and condition(st, "Preempted").get("status") == "True" else None
+        st = wait_jobs(kube, namespace, "low preempted and Queued", 120, preempted)
+        assert condition(st, "Preempted")["reason"] == "InClusterQueue", condition(st, "Preempted")
+        assert condition(st, "Admitted")["status"] == "False"
+        assert st["restarts"] == 0 and st.get("restartsCounted", 0) == 0
+
+        def all_done(jobs: Dict[str, Dict[str, Any]]) -> Any:
+            return all(status(jobs, n).get("phase") in TERMINAL for n in ("low", "high", "reference")) and jobs
+        jobs = wait_jobs(kube, namespace, "high, then low, to finish", 420, all_done)
+    assert status(jobs, "reference")["phase"] == "Succeeded", diagnosis(kube, namespace, "reference")
+    assert status(jobs, "reference").get("restarts", 0) == 0
+    high_st, low_st = status(jobs, "high"), status(jobs, "low")
+    assert (high_st["phase"], low_st["phase"]) == ("Succeeded", "Succeeded"), diagnosis(kube, namespace, "low")
+    # preemption is not a failure: no restart, no budget; one more attempt
+    assert low_st["restarts"] == 0 and low_st.get("restartsCounted", 0) == 0 and low_st["attempt"] == 1
+    assert condition(low_st, "Preempted")["status"] == "False"
+    assert low_st["startTime"] >= high_st["completionTime"]
+    reasons = [e["reason"] for e in events(kube, namespace, "low")]
+    assert "Preempted" in reasons and "CheckpointResumed" in reasons and "GangRestart" not in reasons, reasons
+    # the preempted gang checkpointed on SIGTERM: its rank 0 exited 75
+    exits = [e["object"] for e in history if e["object"]["metadata"]["name"] == "low-node-0"
+             and e["object"]["metadata"]["labels"]["volt.dev/attempt"] == "0"]
+    codes = {s["state"]["terminated"]["exitCode"] for p in exits
+             for s in (p.get("status") or {}).get("containerStatuses") or [] if "terminated" in s["state"]}
+    assert codes == {75}, codes
+    log = kube.kubectl("logs", "-n", namespace, "low-node-0").stdout
+    match = RESUMED.search(log)
+    assert match and int(match.group(3)) >= saved, log[-3000:]
+    assert check_whole_gangs(history, ("low", "high")) == {"low": NODES, "high": NODES}
+    volume = volume_dir(kube, namespace, "volt-checkpoints")
+    reference, resumed = final_weights(volume, "reference"), final_weights(volume, "low")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference), "weights differ from the uninterrupted run"
