@@ -251,3 +251,4 @@ def test_the_training_job_compile_field_reaches_the_trainer(monkeypatch: Any, fi
     monkeypatch.setenv("VOLT_TRAINER", json.dumps({**settings, "compile": "cudagraphs"}))
     with pytest.raises(ValueError, match="compile='cudagraphs'.*needs a CUDA device"):
         volt.Trainer()  # the job asked for CPU processes
+

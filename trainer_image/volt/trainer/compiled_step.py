@@ -101,6 +101,7 @@ class StepFacts:
     module_overrides: Tuple[str, ...]  # module methods of the step that the module overrides
     host_sync: Tuple[str, ...]  # Trainer settings that read the step's tensors on the host
     accumulation: Any
+    lr_schedulers: bool = False
 
 
 def capture_blocker(facts: StepFacts, setting: CompileSetting) -> Optional[str]:
@@ -129,6 +130,8 @@ def capture_blocker(facts: StepFacts, setting: CompileSetting) -> Optional[str]:
         return f"{', '.join(facts.host_sync)} read(s) the step's tensors on the host"
     if setting.mode == CUDAGRAPHS and facts.accumulation != 1:
         return f"accumulate_grad_batches={facts.accumulation!r}: a CUDA graph replays one whole step"
+    if setting.mode == CUDAGRAPHS and facts.lr_schedulers:
+        return "an LR scheduler changes the learning rate, which a recorded CUDA graph holds fixed"
     return None
 
 

@@ -274,6 +274,7 @@ def _compiled_step(trainer: "Trainer", module: LightningModule) -> Optional[Call
         host_sync=tuple(name for name, on in (("track_grad_norm", trainer.track_grad_norm != -1),
                                               ("terminate_on_nan", trainer.terminate_on_nan)) if on),
         accumulation=trainer.accumulate_grad_batches,
+        lr_schedulers=bool(trainer.lr_scheduler_configs),
     )
     reason = capture_blocker(facts, setting)
     if reason is not None:
