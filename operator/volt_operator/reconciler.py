@@ -44,6 +44,8 @@ from .observed import PodView, pod_view
 log = logging.getLogger("volt_operator.reconciler")
 
 CONFLICT_RETRIES = 3
+# How long a reconcile whose status write met a newer job waits for the watch to bring it.
+CONFLICT_WAIT_SECONDS = 5.0
 COMPONENT = "volt-operator"
 
 
@@ -88,10 +90,12 @@ class Reconciler:
         kueue: Optional[KueueGate] = None,
         cache: Optional[ObservedCache] = None,
         progress_rate: float = 20.0,
+        conflict_wait: float = CONFLICT_WAIT_SECONDS,
     ) -> None:
         self.client = client
         # What the watches saw; a Reconciler of its own (tests) starts cold and reads.
         self.cache = cache or ObservedCache()
+        self.conflict_wait = conflict_wait
         # None: no NetworkPolicy per job; a list: create one, metrics ports open to these peers.
         self.network_policy_peers = network_policy_peers
         # Set (--kueue): a job labelled with a LocalQueue waits for Kueue's admission.
@@ -151,13 +155,22 @@ class Reconciler:
     def _reconcile_retrying(
         self, namespace: str, name: str, gone: List[Dict[str, Any]]
     ) -> Optional[float]:
+        key = (namespace, name)
         for _ in range(CONFLICT_RETRIES):
+            _, job = self.cache.job(key)
+            decided_on = resource_version(job) if job is not None else -1
             try:
                 return self._reconcile_once(namespace, name, gone)
             except ApiError as exc:
                 if not exc.conflict:
                     raise
-                log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
+            # Someone wrote the job since the version we decided on: its watch event brings
+            # the newer one (no read); decide again on that.
+            if not self.cache.wait_for_newer_job(key, decided_on, self.conflict_wait):
+                log.info("%s/%s changed meanwhile and its new version has not arrived in %.0f s; "
+                         "looking again later", namespace, name, self.conflict_wait)
+                return 1.0
+            log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
         return 1.0
 
     # ----------------------------------------------------------------------
@@ -373,14 +386,8 @@ class Reconciler:
         return errors
 
     def _patch_status(self, namespace: str, name: str, body: Dict[str, Any]) -> None:
-        """Write the status; the answer is the job's newest version. A conflict (someone
-        wrote since the version we decided on) drops the cached job, so the retry reads it."""
-        try:
-            job = self.client.patch_job_status(namespace, name, body)
-        except ApiError as exc:
-            if exc.conflict or exc.not_found:
-                self.cache.drop_job((namespace, name))
-            raise
+        """Write the status; the answer is the job's newest version, which the cache keeps."""
+        job = self.client.patch_job_status(namespace, name, body)
         if isinstance(job, dict) and resource_version(job) >= 0:
             self.cache.put_job(job)
 

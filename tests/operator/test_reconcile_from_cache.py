@@ -53,7 +53,7 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
     kube = crd
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("warm"))
     client, cache = _client(kube), ObservedCache()
-    reconciler = Reconciler(client, cache=cache)
+    reconciler = Reconciler(client, cache=cache, conflict_wait=0.5)
     key = (namespace, "warm")
     try:
         # Cold: the job, its pods and its Service are read once; then it acts.
@@ -87,11 +87,18 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
             cache.put_pod(pod)
         client.calls.clear()
         reconciler.reconcile(*key)
-        # The status write's resourceVersion guard refused the cached version: one read of
-        # the job, and the write again.
+        # The status write's resourceVersion guard refused the cached version; the reconciler
+        # waits for the watch to bring the newer one instead of reading it (none comes here).
         status_path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs/warm"
-        assert _reads(client.calls) == [("GET", status_path)], client.calls
-        assert [c for c in client.calls if c[0] == "PATCH"] == [("PATCH", status_path + "/status")] * 2
+        assert _reads(client.calls) == [], client.calls
+        assert [c for c in client.calls if c[0] == "PATCH"] == [("PATCH", status_path + "/status")]
+        assert job_status(kube, namespace, "warm")["phase"] == "Pending"
+
+        # The watch delivers the newer job: the next look writes on it, still without a read.
+        cache.put_job(get_json(kube, "-n", namespace, "tj", "warm"))
+        client.calls.clear()
+        reconciler.reconcile(*key)
+        assert _reads(client.calls) == [], client.calls
         assert job_status(kube, namespace, "warm")["phase"] == "Running"
 
         client.calls.clear()
