@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
+import torch.distributed as dist
 
 from volt import exit_codes
 from volt.callbacks.base import Callback, ignores_outputs
@@ -198,7 +199,9 @@ class PreemptionCallback(Callback):
         # Runs every batch: attribute reads only (flag.signum, not the flag.is_set property).
         world_size = self._world_size
         if world_size is None:  # fixed for a run: read once (setup() forgets it)
-            world_size = self._world_size = trainer.world_size
+            # Without a process group (a single process, or a strategy that only reports a
+            # world size) there is nobody to agree with.
+            world_size = self._world_size = trainer.world_size if dist.is_available() and dist.is_initialized() else 1
         if world_size == 1:  # nothing to agree with: act on our own signal at once
             if self.flag.signum is not None:
                 self._arm_watchdog()
@@ -221,8 +224,6 @@ class PreemptionCallback(Callback):
 
     def _exchange(self, trainer: "Trainer") -> bool:
         """Read the previous exchange's result and start the next one (async)."""
-        import torch.distributed as dist
-
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
