@@ -80,6 +80,25 @@ cluster:
 kueue:
 	@KUEUE_VERSION=$(KUEUE_VERSION) VOLT_CACHE=$(VOLT_CACHE) bash scripts/build-kueue.sh
 
+# KWOK (simulated nodes: tests/e2e/test_operator_scale.py, `make bench-scale`) from the Go
+# module proxy into $(VOLT_CACHE)/kwok/<version>/kwok; a no-op once built.
+KWOK_VERSION ?= v0.7.0
+export VOLT_KWOK_VERSION := $(KWOK_VERSION)
+KWOK_BIN := $(VOLT_CACHE)/kwok/$(KWOK_VERSION)/kwok
+.PHONY: kwok bench-scale
+$(KWOK_BIN):
+	@echo ">> building kwok $(KWOK_VERSION) from the Go module proxy (a few minutes on a cold cache)"
+	GOBIN=$(dir $@) GOMODCACHE=$(VOLT_CACHE)/go/mod GOCACHE=$(VOLT_CACHE)/go/build GOTOOLCHAIN=local \
+	  GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+
+kwok: $(KWOK_BIN)
+
+# The operator at scale (docs/benchmarks.md, "The operator at scale"): requests while 40 and 50
+# suspended jobs idle, then 50 and 500 jobs of 8 nodes on 1,000 KWOK nodes.
+bench-scale: setup cluster kwok
+	$(PY) bench/operator_scale.py idle --jobs 40,50 --out bench/results/operator_scale_idle.json
+	$(PY) bench/operator_scale.py kwok --jobs 50,500 --nodes 1000 --out bench/results/operator_scale_kwok.json
+
 # volt-operator and volt-trainer with docker (scripts/build-images.sh, tag: the
 # pyproject version). With CLUSTER_DIR naming a running local cluster of real
 # nodes (`--runtime kubelet`), both are then imported into every node.
@@ -130,16 +149,17 @@ docker:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"; \
 	  $$apt install -y docker.io debootstrap || { $$apt update && $$apt install -y docker.io debootstrap; }; }
 
-# The whole system on this machine: local control plane + node agent, the helm
-# chart, the operator as the chart's ServiceAccount, an example TrainingJob
-# followed to Succeeded. It keeps running; `make demo-down` removes it.
-demo: setup prometheus cluster helm
+# The whole system on this machine: local control plane + two real nodes (kubelet
+# + containerd; without root, the node agent), the helm chart with the operator
+# in-cluster, an example TrainingJob followed to Succeeded. It keeps running;
+# `make demo-down` removes it.
+demo: setup prometheus cluster helm node-runtime docker
 	@bash scripts/demo.sh up
 
 demo-down:
 	@bash scripts/demo.sh down
 
-test: setup lint lightning-env prometheus cluster kueue helm docker node-runtime
+test: setup lint lightning-env prometheus cluster kwok kueue helm docker node-runtime
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-engine: setup lightning-env prometheus
@@ -148,7 +168,7 @@ test-engine: setup lightning-env prometheus
 test-operator: setup cluster
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-test-e2e: setup prometheus cluster kueue helm docker node-runtime
+test-e2e: setup prometheus cluster kwok kueue helm docker node-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Fault injection on the example job (tests/chaos, docs/reliability.md); VOLT_CHAOS_SEED picks the steps.

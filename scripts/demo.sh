@@ -10,10 +10,14 @@
 #         metrics are. Everything keeps running for you to explore.
 #   down  stop the operator and the cluster, remove the demo's state.
 #
-# VOLT_DEMO_RUNTIME=kubelet runs the nodes as real kubelets with their own
-# containerd (docs/local-cluster.md, "Real nodes"): the images are built with
-# docker (scripts/build-images.sh) and imported into every node, and the
-# trainer pods are containers of the trainer image. Default: agent.
+# VOLT_DEMO_RUNTIME=kubelet (the default as root) runs the nodes as real kubelets
+# with their own containerd (docs/local-cluster.md, "Real nodes"): the images are
+# built with docker (scripts/build-images.sh) and imported into every node, the
+# operator runs in-cluster from the chart (operator.replicas=1, in a namespace
+# that enforces the restricted Pod Security Standard), and the trainer pods are
+# containers of the trainer image. VOLT_DEMO_RUNTIME=agent (the default without
+# root: real nodes change the host's network and cgroups) runs pods as local
+# processes and the operator on the host.
 #
 # Needs what `make demo` builds first: the Python environment, the Kubernetes
 # binaries and helm, on PATH (the Makefile exports it).
@@ -29,7 +33,7 @@ health_port="${VOLT_DEMO_HEALTH_PORT:-36080}"
 metrics_port="${VOLT_DEMO_METRICS_PORT:-36081}"
 job_timeout="${VOLT_DEMO_TIMEOUT:-900}"
 manifest="$repo/examples/trainingjob.yaml"
-runtime="${VOLT_DEMO_RUNTIME:-agent}"
+runtime="${VOLT_DEMO_RUNTIME:-$([[ $EUID == 0 ]] && echo kubelet || echo agent)}"
 prometheus_port="${VOLT_DEMO_PROMETHEUS_PORT:-36090}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -70,7 +74,7 @@ start_prometheus() {
     mkdir -p "$demo_dir/prometheus"
     echo '[]' >"$demo_dir/prometheus/targets.json"
     python "$repo/scripts/demo_curves.py" config --targets "$demo_dir/prometheus/targets.json" \
-        --operator "127.0.0.1:$metrics_port" >"$demo_dir/prometheus/prometheus.yml"
+        --operator "$1" >"$demo_dir/prometheus/prometheus.yml"
     setsid python "$repo/scripts/demo_curves.py" discover --kubeconfig "$KUBECONFIG" \
         --targets "$demo_dir/prometheus/targets.json" >"$demo_dir/prometheus/discover.log" 2>&1 </dev/null &
     echo $! >"$demo_dir/discover.pid"
@@ -85,6 +89,44 @@ start_prometheus() {
         sleep 1
     done
     echo "Prometheus on http://127.0.0.1:$prometheus_port (log $demo_dir/prometheus/prometheus.log)"
+}
+
+# The operator as a host process with the chart's ServiceAccount's token (agent runtime).
+start_host_operator() {
+    say "starting the operator as system:serviceaccount:$release_ns:$release (token from 'kubectl create token')"
+    stop_operator
+    local server token op_config="$demo_dir/operator.kubeconfig"
+    server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+    token="$(kubectl -n "$release_ns" create token "$release" --duration 24h)"
+    rm -f "$op_config"
+    kubectl config --kubeconfig "$op_config" set-cluster local --server "$server" \
+        --certificate-authority "$cluster_dir/pki/ca.crt" --embed-certs >/dev/null
+    kubectl config --kubeconfig "$op_config" set-credentials "$release" --token "$token" >/dev/null
+    kubectl config --kubeconfig "$op_config" set-context operator --cluster local --user "$release" >/dev/null
+    kubectl config --kubeconfig "$op_config" use-context operator >/dev/null
+    chmod 600 "$op_config"
+    KUBECONFIG="$op_config" setsid python -m volt_operator --standalone --all-namespaces \
+        --liveness "http://127.0.0.1:$health_port/healthz" --metrics-port "$metrics_port" \
+        >"$demo_dir/operator.log" 2>&1 </dev/null &
+    echo $! >"$demo_dir/operator.pid"
+    for _ in $(seq 1 120); do
+        python - "$health_port" <<'PY' && break
+import sys, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2)
+except Exception:
+    sys.exit(1)
+PY
+        kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
+        sleep 1
+    done
+    echo "operator running (pid $(cat "$demo_dir/operator.pid"), log $demo_dir/operator.log)"
+}
+
+# Exits the demo when the host operator died; the in-cluster one is its Deployment's to restart.
+check_operator() {
+    [[ -f "$demo_dir/operator.pid" ]] || return 0
+    kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
 }
 
 down() {
@@ -114,52 +156,36 @@ up() {
     export KUBECONFIG="$cluster_dir/kubeconfig"
     kubectl get nodes -o wide
 
+    local version operator_metrics
     if [[ "$runtime" == kubelet ]]; then
-        local version
         version="$(python -c "import tomllib; print(tomllib.load(open('$repo/pyproject.toml', 'rb'))['project']['version'])")"
         say "building volt-operator:$version and volt-trainer:$version (docker) and loading them into the nodes"
         bash "$repo/scripts/build-images.sh" all
         DOCKER_HOST="$("$repo/scripts/docker-daemon.sh" ensure)" \
             python -m volt_operator.testing.cluster load-image --dir "$cluster_dir" \
             "volt-trainer:$version" "volt-operator:$version"
+
+        say "installing the volt chart with the operator in-cluster (volt-operator:$version) in $release_ns, which enforces the restricted Pod Security Standard"
+        kubectl create namespace "$release_ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+        kubectl label namespace "$release_ns" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+        helm upgrade --install "$release" "$repo/charts/volt" --namespace "$release_ns" \
+            --set operator.replicas=1 --set image.tag="$version" --wait --timeout 5m
+        kubectl wait --for condition=established --timeout 60s crd/trainingjobs.volt.dev
+        kubectl -n "$release_ns" get pods -o wide
+        operator_metrics="$(kubectl -n "$release_ns" get pods -l "app.kubernetes.io/instance=$release" \
+            -o jsonpath='{.items[0].status.podIP}'):$(helm get values "$release" -n "$release_ns" --all -o json |
+            python -c 'import json, sys; print(json.load(sys.stdin)["metrics"]["port"])')"
+    else
+        say "installing the volt chart (CRD, ServiceAccount, RBAC); the operator itself runs here"
+        helm upgrade --install "$release" "$repo/charts/volt" --namespace "$release_ns" --create-namespace \
+            --set operator.replicas=0 --wait --timeout 2m
+        kubectl wait --for condition=established --timeout 60s crd/trainingjobs.volt.dev
+        start_host_operator
+        operator_metrics="127.0.0.1:$metrics_port"
     fi
 
-    say "installing the volt chart (CRD, ServiceAccount, RBAC); the operator itself runs here"
-    helm upgrade --install "$release" "$repo/charts/volt" --namespace "$release_ns" --create-namespace \
-        --set operator.replicas=0 --wait --timeout 2m
-    kubectl wait --for condition=established --timeout 60s crd/trainingjobs.volt.dev
-
-    say "starting the operator as system:serviceaccount:$release_ns:$release (token from 'kubectl create token')"
-    stop_operator
-    local server token op_config="$demo_dir/operator.kubeconfig"
-    server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
-    token="$(kubectl -n "$release_ns" create token "$release" --duration 24h)"
-    rm -f "$op_config"
-    kubectl config --kubeconfig "$op_config" set-cluster local --server "$server" \
-        --certificate-authority "$cluster_dir/pki/ca.crt" --embed-certs >/dev/null
-    kubectl config --kubeconfig "$op_config" set-credentials "$release" --token "$token" >/dev/null
-    kubectl config --kubeconfig "$op_config" set-context operator --cluster local --user "$release" >/dev/null
-    kubectl config --kubeconfig "$op_config" use-context operator >/dev/null
-    chmod 600 "$op_config"
-    KUBECONFIG="$op_config" setsid python -m volt_operator --standalone --all-namespaces \
-        --liveness "http://127.0.0.1:$health_port/healthz" --metrics-port "$metrics_port" \
-        >"$demo_dir/operator.log" 2>&1 </dev/null &
-    echo $! >"$demo_dir/operator.pid"
-    for _ in $(seq 1 120); do
-        python - "$health_port" <<'PY' && break
-import sys, urllib.request
-try:
-    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2)
-except Exception:
-    sys.exit(1)
-PY
-        kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
-        sleep 1
-    done
-    echo "operator running (pid $(cat "$demo_dir/operator.pid"), log $demo_dir/operator.log)"
-
     say "starting Prometheus: every rank of every TrainingJob, and the operator"
-    start_prometheus
+    start_prometheus "$operator_metrics"
 
     say "kubectl apply -f examples/trainingjob.yaml"
     kubectl apply -f "$manifest"
@@ -180,7 +206,7 @@ PY
         [[ -n "$line" && "$key" != "$last" ]] && { echo "$line"; last="$key"; }
         phase="$(kubectl get tj "$job" -n "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
         [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
-        kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null || { tail -n 30 "$demo_dir/operator.log" >&2; die "the operator exited"; }
+        check_operator
         sleep 2
     done
     # The row that shows the final phase, unless the loop already printed it.
@@ -230,7 +256,7 @@ EOF2
     cat <<EOF2
 
 Metrics:
-  operator        curl -s http://127.0.0.1:$metrics_port/metrics | grep '^volt_'
+  operator        curl -s http://$operator_metrics/metrics | grep '^volt_'
   trainer pods    each rank serves /metrics on its pod IP, port VOLT_METRICS_PORT+local rank,
                   while it runs (kubectl get pods -n $ns -o wide); names in docs/metrics.md
 Explore:
