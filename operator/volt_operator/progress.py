@@ -232,7 +232,8 @@ JobKey = Tuple[str, str]
 class Poller:
     """Reads rank 0's /progress off the reconcile path, within its own budget.
 
-    The reconcile asks (``request``) and later takes the answer (``take``); the
+    The reconcile asks (``request``) and later reads the answer (``latest``),
+    dropping it (``applied``) once the status that carries it is written; the
     read runs on the poller's threads, and ``on_result`` is told when one is
     there so that the job is looked at again. Per job: at most one read per
     ``interval`` and one in flight, so a slow endpoint ties up one thread for at
@@ -269,13 +270,20 @@ class Poller:
         self._pool.submit(self._read, key, pod, ip, port)
         return True
 
-    def take(self, key: JobKey, pod: str, ip: str) -> Optional[PollResult]:
-        """The answer read from ``pod`` at ``ip`` since the last take, if any (each is taken once)."""
+    def latest(self, key: JobKey, pod: str, ip: str) -> Optional[PollResult]:
+        """The newest answer read from ``pod`` at ``ip`` and not yet applied, if any."""
         with self._lock:
             result = self._results.get(key)
             if result is None or (result.pod, result.ip) != (pod, ip):
                 return None
-            return self._results.pop(key)
+            return result
+
+    def applied(self, key: JobKey, result: PollResult) -> None:
+        """``result`` is in the job's status: drop it (unless a newer one replaced it). Until
+        then a reconcile whose status write failed (a conflict) finds it again."""
+        with self._lock:
+            if self._results.get(key) is result:
+                del self._results[key]
 
     def forget(self, key: JobKey) -> None:
         with self._lock:

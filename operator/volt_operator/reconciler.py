@@ -220,8 +220,9 @@ class Reconciler:
     def _poll_progress(
         self, key: Tuple[str, str], spec: TrainingJobSpec, st: TrainingJobStatus,
         pods: List[PodView], now: datetime,
-    ) -> None:
-        """Mirror rank 0's /progress into ``st`` (at most once per interval).
+    ) -> Optional[progress.PollResult]:
+        """Mirror rank 0's /progress into ``st`` (at most once per interval); returns the
+        poller's answer it used, to be dropped once the status is written.
 
         Once rank 0 has exited its endpoint is gone; the engine leaves its
         final progress as the container's termination message (the kubelet
@@ -229,7 +230,7 @@ class Reconciler:
         last row of `kubectl get tj` exact.
         """
         if st.phase != "Running":
-            return
+            return None
         done = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt
                      and p.succeeded), None)
         if done is not None:
@@ -239,17 +240,17 @@ class Reconciler:
                 st.training = training
                 if checkpoint is not None:
                     st.checkpoint = checkpoint
-            return
+            return None
         rank0 = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt and p.ip
                       and p.active), None)
         if rank0 is None or rank0.ip is None:
-            return
-        # The read happens on the poller's threads; this reconcile takes what the last
+            return None
+        # The read happens on the poller's threads; this reconcile uses what the last
         # one found and asks for the next (the poller's budget says when).
-        result = self.poller.take(key, rank0.name, rank0.ip)
+        result = self.poller.latest(key, rank0.name, rank0.ip)
         self.poller.request(key, rank0.name, rank0.ip, spec.metrics.port)
         if result is None:
-            return
+            return None
         if result.payload is None:
             log.debug("progress of %s/%s not available: %s", key[0], key[1], result.error)
             machine.set_condition(
@@ -257,17 +258,18 @@ class Reconciler:
                 f"cannot read {rank0.name}'s progress: {result.error} (the engine's PrometheusCallback "
                 "serves it on spec.metrics.port once training starts; a script that does not use "
                 "volt's Trainer has none)"[:4000], now)
-            return
+            return result
         payload = result.payload
         attempt = payload.get("attempt")
         if isinstance(attempt, int) and attempt != st.attempt:
-            return  # an answer from an older gang
+            return result  # an answer from an older gang
         machine.set_condition(st, machine.PROGRESS_POLLED, True, "ProgressAvailable",
                               f"reading {rank0.name}'s progress on port {spec.metrics.port}", now)
         training, checkpoint = progress.to_status(payload, now, st.training)
         st.training = training
         if checkpoint is not None:
             st.checkpoint = checkpoint
+        return result
 
     def _reconcile_once(
         self, namespace: str, name: str, gone_pods: List[Dict[str, Any]]
@@ -286,7 +288,7 @@ class Reconciler:
             return self._invalid(job, current, exc, now)
 
         pods = self._observe(namespace, job, gone_pods)
-        self._poll_progress((namespace, name), spec, current, pods, now)
+        polled = self._poll_progress((namespace, name), spec, current, pods, now)
         service_exists = self._service_exists(namespace, name)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
@@ -302,6 +304,8 @@ class Reconciler:
                 namespace, name,
                 {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
             )
+        if polled is not None:
+            self.poller.applied((namespace, name), polled)
         # 2. Act.
         errors = self._act(ref, spec, plan)
         # 3. Tell users (a creation that failed did not happen).

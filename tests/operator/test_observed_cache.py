@@ -110,9 +110,12 @@ def test_a_slow_progress_endpoint_holds_up_neither_the_caller_nor_other_jobs() -
         assert not poller.request(("ns", "slow"), "slow-node-0", "10.0.0.1", 8000)  # one in flight
         assert poller.request(("ns", "fast"), "fast-node-0", "10.0.0.2", 8000)
         assert done.wait(10)
-        result = poller.take(("ns", "fast"), "fast-node-0", "10.0.0.2")
+        result = poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2")
         assert result is not None and result.payload == {"step": 3}
-        assert poller.take(("ns", "fast"), "fast-node-0", "10.0.0.2") is None  # taken once
+        assert poller.latest(("ns", "fast"), "fast-node-1", "10.0.0.2") is None  # another pod's
+        assert poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2") is result  # until applied
+        poller.applied(("ns", "fast"), result)
+        assert poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2") is None
         assert not poller.request(("ns", "fast"), "fast-node-0", "10.0.0.2", 8000)  # per-job interval
     finally:
         release.set()
