@@ -118,17 +118,19 @@ def test_sigterm_checkpoints_exits_retryable_and_resume_continues_exactly(tmp_pa
 
 
 @pytest.mark.timeout(240)
-def test_slow_steps_still_checkpoint_within_a_short_grace_period(tmp_path):
-    # Steps of about a second and a 9 s grace period: a fixed cadence of 10 steps would agree
-    # after 10-20 s and exit 143. By default the ranks agree about once a second, whatever the step.
+def test_a_signal_to_one_node_checkpoints_the_whole_gang_within_a_short_grace_period(tmp_path):
+    # A deleted pod: only node 1 gets SIGTERM. Steps of 0.3 s and a 9 s grace period: a
+    # fixed cadence of 10 steps (or one adapted to the wrong interval) agrees too late and
+    # the gang ends 76/143. By default the ranks agree about once a second, whatever the step.
     ckpt_dir = tmp_path / "ckpt"
-    procs = start_nodes(1, 2, example("--max-epochs", "1000000", "--samples", "1600", "--step-delay", "1.0",
+    procs = start_nodes(2, 2, example("--max-epochs", "1000000", "--samples", "2048", "--step-delay", "0.3",
                                       "--every-n-steps", "3"),
                         tmp_path, VOLT_CHECKPOINT_DIR=str(ckpt_dir), VOLT_GRACE_PERIOD_S="9")
     try:
         wait_for(lambda: (ckpt_dir / "latest.json").exists(), 150, "the first checkpoint")
-        os.kill(procs[0].pid, signal.SIGTERM)
-        assert wait_all(procs, 60) == [75], logs(tmp_path)
+        os.kill(procs[1].pid, signal.SIGTERM)
+        assert wait_all(procs, 60) == [75, 75], logs(tmp_path)
     finally:
         wait_all(procs, 0.1)
+    assert "a peer's signal: saved" in (tmp_path / "node0.log").read_text(), logs(tmp_path)
     assert json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"].startswith("preempted-"), logs(tmp_path)

@@ -224,6 +224,7 @@ class PreemptionCallback(Callback):
 
     def _exchange(self, trainer: "Trainer") -> bool:
         """Read the previous exchange's result and start the next one (async)."""
+        interval_batches = self._every  # the batches since the last exchange started
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
@@ -237,8 +238,9 @@ class PreemptionCallback(Callback):
                 self._every = next_check_every(slowest_s / max(batches, 1.0))
         group = getattr(trainer.strategy, "control_group", None)
         now = time.monotonic()
-        self._buffer = torch.tensor([1.0 if self.flag.is_set else 0.0, now - self._exchanged_at, float(self._every)],
-                                    dtype=torch.float64)
+        # The flag, and how long this rank took for the interval that just ended, and its length.
+        self._buffer = torch.tensor([1.0 if self.flag.is_set else 0.0, now - self._exchanged_at,
+                                     float(interval_batches)], dtype=torch.float64)
         self._exchanged_at = now
         self._pending = dist.all_reduce(self._buffer, op=dist.ReduceOp.MAX, group=group, async_op=True)
         return False
