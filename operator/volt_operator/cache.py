@@ -13,8 +13,8 @@ Staleness is safe by construction:
   event never overwrites a newer state, and a deletion leaves a tombstone so
   that an older listing cannot bring the pod back;
 * the status write carries the job's resourceVersion: a stale job makes it
-  fail (409), and the reconciler waits for the watch to bring the newer
-  version (the write that made ours stale sends one) and decides again;
+  fail (409), and the reconciler decides again when the watch brings the
+  newer version (the write that made ours stale sends one);
 * pods have deterministic names and creating an existing one is a no-op, so a
   cache that has not seen a pod yet costs one refused create, never a
   duplicate; the reconciler also puts every pod it created or deleted here at
@@ -92,7 +92,6 @@ class ObservedCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._job_changed = threading.Condition(self._lock)
         self._jobs: Dict[JobKey, Dict[str, Any]] = {}
         self._deleted_jobs: Dict[JobKey, int] = {}
         self._pods: Dict[JobKey, _Pods] = {}
@@ -112,7 +111,6 @@ class ObservedCache:
             if old is None or resource_version(old) < rv:
                 self._jobs[key] = copy.deepcopy(job)
                 self._deleted_jobs.pop(key, None)
-                self._job_changed.notify_all()
 
     def delete_job(self, key: JobKey, rv: int) -> None:
         """The job is gone (its DELETED event): drop it and what hangs off it."""
@@ -124,17 +122,6 @@ class ObservedCache:
             self._pods.pop(key, None)
             self._services.pop(key, None)
             self._deleted_jobs[key] = rv
-            self._job_changed.notify_all()
-
-    def wait_for_newer_job(self, key: JobKey, rv: int, timeout: float) -> bool:
-        """Wait until the watch has brought a version of the job newer than ``rv`` (or its
-        deletion); False when ``timeout`` seconds passed without one."""
-        def newer() -> bool:
-            job = self._jobs.get(key)
-            return key in self._deleted_jobs or (job is not None and resource_version(job) > rv)
-
-        with self._job_changed:
-            return self._job_changed.wait_for(newer, timeout)
 
     def job(self, key: JobKey) -> Tuple[bool, Optional[Dict[str, Any]]]:
         """(known, body): (True, None) for a job the watch saw deleted; (False, None) unknown."""

@@ -131,6 +131,7 @@ def on_job_event(type: Optional[str], body: kopf.Body, namespace: str, name: str
         memo.cache.delete_job((namespace, name), resource_version(body))
     else:
         memo.cache.put_job(dict(body))
+    _reconciler(memo).job_changed((namespace, name))
 
 
 @kopf.on.event("", "v1", "services", labels={LABEL_JOB: kopf.PRESENT})

@@ -44,8 +44,6 @@ from .observed import PodView, pod_view
 log = logging.getLogger("volt_operator.reconciler")
 
 CONFLICT_RETRIES = 3
-# How long a reconcile whose status write met a newer job waits for the watch to bring it.
-CONFLICT_WAIT_SECONDS = 5.0
 COMPONENT = "volt-operator"
 
 
@@ -90,12 +88,13 @@ class Reconciler:
         kueue: Optional[KueueGate] = None,
         cache: Optional[ObservedCache] = None,
         progress_rate: float = 20.0,
-        conflict_wait: float = CONFLICT_WAIT_SECONDS,
     ) -> None:
         self.client = client
         # What the watches saw; a Reconciler of its own (tests) starts cold and reads.
         self.cache = cache or ObservedCache()
-        self.conflict_wait = conflict_wait
+        # Jobs whose status write met a newer version -> the version decided on, and the
+        # deleted pods' last states that reconcile had (job_changed looks again).
+        self._stale: Dict[JobKey, Tuple[int, List[Dict[str, Any]]]] = {}
         # None: no NetworkPolicy per job; a list: create one, metrics ports open to these peers.
         self.network_policy_peers = network_policy_peers
         # Set (--kueue): a job labelled with a LocalQueue waits for Kueue's admission.
@@ -139,7 +138,8 @@ class Reconciler:
                 if gone_pod is not None:
                     pending.gone.append(gone_pod)
                 return None
-            pending = self._busy[key] = _Pending(gone=[gone_pod] if gone_pod is not None else [])
+            left = self._stale.pop(key, (0, []))[1]
+            pending = self._busy[key] = _Pending(gone=left + ([gone_pod] if gone_pod is not None else []))
         try:
             while True:
                 with self._busy_guard:
@@ -164,14 +164,28 @@ class Reconciler:
             except ApiError as exc:
                 if not exc.conflict:
                     raise
-            # Someone wrote the job since the version we decided on: its watch event brings
-            # the newer one (no read); decide again on that.
-            if not self.cache.wait_for_newer_job(key, decided_on, self.conflict_wait):
-                log.info("%s/%s changed meanwhile and its new version has not arrived in %.0f s; "
-                         "looking again later", namespace, name, self.conflict_wait)
+            # Someone wrote the job since the version we decided on. Its watch event brings
+            # the newer one (no read): decide again now if it is here, else when it comes
+            # (job_changed), without holding this thread.
+            with self._busy_guard:
+                self._stale[key] = (decided_on, gone)
+            _, job = self.cache.job(key)
+            if job is None or resource_version(job) <= decided_on:
+                log.debug("%s/%s changed meanwhile; looking again at its next version", namespace, name)
                 return 1.0
-            log.debug("%s/%s changed meanwhile; reconciling again", namespace, name)
+            with self._busy_guard:
+                self._stale.pop(key, None)
         return 1.0
+
+    def job_changed(self, key: JobKey) -> None:
+        """The watch brought a new version of the job: a reconcile that met it waits no more."""
+        with self._busy_guard:
+            stale = self._stale.get(key)
+        if stale is None:
+            return
+        _, job = self.cache.job(key)
+        if job is None or resource_version(job) > stale[0]:
+            self.wake(key)
 
     # ----------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
     kube = crd
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("warm"))
     client, cache = _client(kube), ObservedCache()
-    reconciler = Reconciler(client, cache=cache, conflict_wait=0.5)
+    reconciler = Reconciler(client, cache=cache)
     key = (namespace, "warm")
     try:
         # Cold: the job, its pods and its Service are read once; then it acts.
@@ -88,14 +88,18 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
         client.calls.clear()
         reconciler.reconcile(*key)
         # The status write's resourceVersion guard refused the cached version; the reconciler
-        # waits for the watch to bring the newer one instead of reading it (none comes here).
+        # does not read the job: it looks again when the watch brings the newer one.
         status_path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs/warm"
         assert _reads(client.calls) == [], client.calls
         assert [c for c in client.calls if c[0] == "PATCH"] == [("PATCH", status_path + "/status")]
         assert job_status(kube, namespace, "warm")["phase"] == "Pending"
 
         # The watch delivers the newer job: the next look writes on it, still without a read.
+        woken: List[Any] = []
+        reconciler.wake = woken.append
         cache.put_job(get_json(kube, "-n", namespace, "tj", "warm"))
+        reconciler.job_changed(key)
+        assert woken == [key]
         client.calls.clear()
         reconciler.reconcile(*key)
         assert _reads(client.calls) == [], client.calls
