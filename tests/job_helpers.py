@@ -73,11 +73,19 @@ def recorded_history(kube: Any, namespace: str, name: str, path: Path) -> Iterat
     Unlike polling `kubectl get`, the watch misses no status write, however fast
     the job or slow the machine. The list is filled when the block ends.
     """
+    with kubectl_watch(kube, ["get", "trainingjob", name, "-n", namespace], path) as history:
+        yield history
+
+
+@contextlib.contextmanager
+def kubectl_watch(kube: Any, args: List[str], path: Path) -> Iterator[List[Dict[str, Any]]]:
+    """What `kubectl <args> --watch -o json` prints while the block runs, one dict per object or
+    event (filled when the block ends; the raw output stays in ``path``)."""
     history: List[Dict[str, Any]] = []
     with open(path, "wb") as out:
         watch = subprocess.Popen(
-            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "trainingjob", name,
-             "-n", namespace, "--watch", "-o", "json"], stdout=out, stderr=subprocess.STDOUT)
+            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), *args, "--watch", "-o", "json"],
+            stdout=out, stderr=subprocess.STDOUT)
     try:
         yield history
     finally:

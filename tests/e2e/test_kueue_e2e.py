@@ -14,19 +14,17 @@ gang), nor does a job run with fewer than its 2 pods.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import subprocess
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
 
-from job_helpers import apply, diagnosis, events, example, volume_dir
+from job_helpers import apply, diagnosis, events, example, kubectl_watch, volume_dir
 from operator_process import OperatorProcess
-from volt_operator.testing.cluster import Component, LocalCluster, kube_bin_dir
+from volt_operator.testing.cluster import Component, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -127,28 +125,9 @@ def condition(st: Dict[str, Any], type_: str) -> Dict[str, Any]:
     return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
 
 
-@contextlib.contextmanager
-def pod_history(kube: LocalCluster, namespace: str, path: Path) -> Iterator[List[Dict[str, Any]]]:
+def pod_history(kube: LocalCluster, namespace: str, path: Path) -> ContextManager[List[Dict[str, Any]]]:
     """Every watch event of the namespace's job pods while the block runs (filled at its end)."""
-    history: List[Dict[str, Any]] = []
-    with open(path, "wb") as out:
-        watch = subprocess.Popen(
-            [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "pods", "-n", namespace,
-             "-l", "volt.dev/job", "--watch", "--output-watch-events", "-o", "json"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield history
-    finally:
-        watch.terminate()
-        watch.wait(10)
-    text, decoder, at = path.read_text(), json.JSONDecoder(), 0
-    while True:
-        while at < len(text) and text[at].isspace():
-            at += 1
-        if at >= len(text):
-            break
-        event, at = decoder.raw_decode(text, at)
-        history.append(event)
+    return kubectl_watch(kube, ["get", "pods", "-n", namespace, "-l", "volt.dev/job", "--output-watch-events"], path)
 
 
 def active(pod: Dict[str, Any]) -> bool:
