@@ -234,7 +234,8 @@ def test_memory_limit_gives_oomkilled_in_last_failure(real_kube: LocalCluster, o
 def test_killed_pod_restarts_the_gang_which_resumes_from_the_pvc(real_kube: LocalCluster, operator: OperatorProcess,
                                                                  namespace: str) -> None:
     """The non-root gang of attempt 1 reads what attempt 0 wrote; logs of old and new pods are served."""
-    pvc, job = example(args=["--samples", "16384", "--batch-size", "32"],
+    # 384 steps of at least 0.1 s: an idle machine must not finish before the pod is deleted.
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.1"],
                        failurePolicy={"maxRestarts": 2, "backoffSeconds": 1}, cleanPodPolicy="None")
     job["spec"]["trainer"]["maxEpochs"] = 3
     real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))

@@ -94,9 +94,11 @@ def test_sigterm_stragglers_are_killed_after_the_grace_period(tmp_path):
 
     from ddp_support import wait_for
 
-    procs = start_nodes(1, 2, ["--grace-period", "2", *script("ignore_sigterm.py")], tmp_path)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = start_nodes(1, 2, ["--grace-period", "2", *script("ignore_sigterm.py")], tmp_path, READY_DIR=str(ready))
     log = tmp_path / "node0.log"
-    wait_for(lambda: log.read_text().count("ready") == 2, 60, "both workers")
+    wait_for(lambda: len(list(ready.glob("rank-[0-9]"))) == 2, 60, "both workers")
     signalled = time.monotonic()
     os.kill(procs[0].pid, signal.SIGTERM)
     assert wait_all(procs, 60) == [143], logs(tmp_path)  # no checkpoint: "terminated", not 75
