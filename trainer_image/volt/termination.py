@@ -97,15 +97,15 @@ def exit_for_error(err: BaseException, environ: Optional[Dict[str, str]] = None)
     code = getattr(err, "exit_code", None)
     if isinstance(err, SystemExit) or not isinstance(code, int) or isinstance(code, bool):
         return None
-    reason = getattr(err, "reason", None) or type(err).__name__
+    line = f"{getattr(err, 'reason', None) or type(err).__name__}: {err}"
     traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
     sys.stderr.write(f"volt: exiting with {code} ({exit_codes.describe(code)}): {err}\n")
     sys.stderr.flush()
-    write_termination_text(f"{reason}: {err}", environ)
+    write_termination_text(line, environ)
     # The error file too, with the code: the rank beside this one may see our connections
     # close and exit PEER_LOST before we finish exiting, and torch's agent then stops us
     # with SIGTERM. volt-run still reports our code (``intended_exit_code``).
-    _write_error_file(f"{reason}: {err}"[:1024], err, environ, exit_code=code)
+    _write_error_file(line[:1024], err, os.environ if environ is None else environ, exit_code=code)
     return SystemExit(code)
 
 
@@ -205,9 +205,8 @@ def record_error(err: BaseException, environ: Optional[Mapping[str, str]] = None
     return _write_error_file(describe_error(err, rank), err, env)
 
 
-def _write_error_file(message: str, err: BaseException, environ: Optional[Mapping[str, str]],
+def _write_error_file(message: str, err: BaseException, env: Mapping[str, str],
                       exit_code: Optional[int] = None) -> bool:
-    env = environ if environ is not None else os.environ
     path = env.get(ERROR_FILE_ENV)
     if not path:
         return False
