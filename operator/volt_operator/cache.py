@@ -131,6 +131,25 @@ class ObservedCache:
                 return True, body
             return key in self._deleted_jobs, None
 
+    def relist_jobs(self, jobs: Iterable[Dict[str, Any]], list_rv: int,
+                    namespace: Optional[str] = None) -> List[JobKey]:
+        """Merge a LIST of the TrainingJobs in ``namespace`` (None: all) taken at ``list_rv``;
+        returns the jobs found deleted (a DELETED event missed during a watch gap)."""
+        listed = set()
+        for job in jobs:
+            self.put_job(job)
+            listed.add((job["metadata"]["namespace"], job["metadata"]["name"]))
+        gone = []
+        with self._lock:
+            for key, job in list(self._jobs.items()):
+                if namespace is not None and key[0] != namespace:
+                    continue
+                if key not in listed and resource_version(job) <= list_rv:
+                    gone.append(key)
+        for key in gone:
+            self.delete_job(key, list_rv)
+        return gone
+
     def jobs(self) -> List[Dict[str, Any]]:
         with self._lock:
             return list(self._jobs.values())
@@ -156,15 +175,48 @@ class ObservedCache:
         """Merge a LIST of the job's pods taken at ``list_rv``: pods it lacks that the cache
         holds at an older version were deleted meanwhile."""
         with self._lock:
-            entry = self._pods.setdefault(key, _Pods())
-            listed = set()
-            for pod in pods:
-                listed.add(pod["metadata"]["name"])
-                entry.put(copy.deepcopy(pod))
-            for name, pod in list(entry.live.items()):
-                if name not in listed and resource_version(pod) <= list_rv:
-                    entry.delete(name, list_rv)
-            entry.seeded = True
+            self._merge_pods(self._pods.setdefault(key, _Pods()), pods, list_rv)
+
+    def relist_pods(self, pods: Iterable[Dict[str, Any]], list_rv: int,
+                    namespace: Optional[str] = None) -> Dict[JobKey, List[Dict[str, Any]]]:
+        """Merge a LIST of every job's pods in ``namespace`` (None: all) taken at ``list_rv``.
+
+        A watch that broke and came back re-lists, but sends no DELETED for a pod
+        deleted while it was down, so the cache would keep that pod forever; a full
+        LIST now and then drops it. Returns, per job, the pods found gone (their last
+        state as the cache knew it), for the job to be looked at again.
+        """
+        by_job: Dict[JobKey, List[Dict[str, Any]]] = {}
+        for pod in pods:
+            key = job_key_of_child(pod)
+            if key is not None:
+                by_job.setdefault(key, []).append(pod)
+        gone: Dict[JobKey, List[Dict[str, Any]]] = {}
+        with self._lock:
+            for key in set(by_job) | set(self._pods):
+                if namespace is not None and key[0] != namespace:
+                    continue
+                entry = self._pods.get(key)
+                if entry is None or not entry.seeded:
+                    continue  # not looked at yet: its first reconcile lists it
+                removed = self._merge_pods(entry, by_job.get(key, []), list_rv)
+                if removed:
+                    gone[key] = removed
+        return gone
+
+    @staticmethod
+    def _merge_pods(entry: _Pods, pods: Iterable[Dict[str, Any]], list_rv: int) -> List[Dict[str, Any]]:
+        listed = set()
+        for pod in pods:
+            listed.add(pod["metadata"]["name"])
+            entry.put(copy.deepcopy(pod))
+        removed = []
+        for name, pod in list(entry.live.items()):
+            if name not in listed and resource_version(pod) <= list_rv:
+                entry.delete(name, list_rv)
+                removed.append(pod)
+        entry.seeded = True
+        return removed
 
     def pods(self, key: JobKey) -> Optional[List[Dict[str, Any]]]:
         """The job's pods, or None until a LIST has seeded them (the watch alone may not

@@ -38,6 +38,8 @@ log = logging.getLogger("volt_operator.handlers")
 RESYNC_SECONDS = float(os.environ.get("VOLT_OPERATOR_RESYNC_SECONDS", "3"))
 # Reads of rank 0's /progress per second over all jobs (docs/operator.md, "Progress").
 PROGRESS_RATE = float(os.environ.get("VOLT_OPERATOR_PROGRESS_RATE", "20"))
+# How often the cache is checked against a full LIST (deletions a watch gap hid).
+RELIST_SECONDS = float(os.environ.get("VOLT_OPERATOR_RELIST_SECONDS", "300"))
 
 
 @dataclass
@@ -97,7 +99,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         network_policy_peers=options.network_policy_peers,
         kueue=KueueGate(client) if options.kueue else None,
     )
-    memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS)
+    memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS,
+                             relist_interval=RELIST_SECONDS)
     memo.resyncer.start()
     memo.metrics_server = None
     if options.metrics_port is not None:

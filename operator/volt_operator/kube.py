@@ -124,13 +124,14 @@ class KubeClient:
                 return None
             raise
 
-    def list_jobs(self, namespace: Optional[str] = None) -> list:
-        """TrainingJobs in one namespace, or in all of them."""
+    def list_jobs(self, namespace: Optional[str] = None) -> Tuple[List[Dict[str, Any]], int]:
+        """TrainingJobs in one namespace, or in all of them, and the list's resourceVersion."""
         if namespace:
             path = self.job_path(namespace)
         else:
             path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
-        return list(self.request("GET", path).get("items") or [])
+        body = self.request("GET", path)
+        return list(body.get("items") or []), resource_version(body)
 
     def patch_job_status(self, namespace: str, name: str, patch: Dict[str, Any]) -> Any:
         return self.request(
@@ -148,11 +149,11 @@ class KubeClient:
             if not exc.not_found:
                 raise
 
-    def list_pods(self, namespace: str, selector: str) -> Tuple[List[Dict[str, Any]], int]:
-        """The pods matching ``selector`` and the list's resourceVersion (-1 if none)."""
-        body = self.request(
-            "GET", self.core_path(namespace, "pods"), query={"labelSelector": selector}
-        )
+    def list_pods(self, namespace: Optional[str], selector: str) -> Tuple[List[Dict[str, Any]], int]:
+        """The pods matching ``selector`` in one namespace (None: all of them) and the list's
+        resourceVersion (-1 if none)."""
+        path = self.core_path(namespace, "pods") if namespace else "/api/v1/pods"
+        body = self.request("GET", path, query={"labelSelector": selector})
         return list(body.get("items") or []), resource_version(body)
 
     def get_service(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Optional, Set, Tuple
@@ -175,47 +174,6 @@ def to_status(
     return training, checkpoint
 
 
-class RateLimiter:
-    """At most one poll per job per ``interval`` seconds (in memory: it only
-    throttles, it holds no state the operator needs after a restart)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: Dict[Tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: Tuple[str, str]) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -math.inf) < self.interval:
-                return False
-            self._last[key] = now
-            return True
-
-    def forget(self, key: Tuple[str, str]) -> None:
-        with self._lock:
-            self._last.pop(key, None)
-
-
-class TokenBucket:
-    """At most ``rate`` takes per second on average, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens, self._at = burst, clock()
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            if self._tokens < 1.0:
-                return False
-            self._tokens -= 1.0
-            return True
-
-
 @dataclass(frozen=True)
 class PollResult:
     """One read of a rank 0's /progress: its payload, or why there is none."""
@@ -229,17 +187,33 @@ class PollResult:
 JobKey = Tuple[str, str]
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a job wants its next read, and since when it has been waiting for one."""
+
+    pod: str
+    ip: str
+    port: int
+    since: float
+
+
 class Poller:
     """Reads rank 0's /progress off the reconcile path, within its own budget.
 
     The reconcile asks (``request``) and later reads the answer (``latest``),
     dropping it (``applied``) once the status that carries it is written; the
-    read runs on the poller's threads, and ``on_result`` is told when one is
-    there so that the job is looked at again. Per job: at most one read per
-    ``interval`` and one in flight, so a slow endpoint ties up one thread for at
-    most the fetch timeout. Globally: at most ``rate`` reads per second and
-    ``workers`` at once; a read the budget refuses is asked for again at the
-    job's next reconcile, so with many jobs each job's progress is simply older.
+    reads run on the poller's own threads, and ``on_result`` is told when one
+    is there so that the job is looked at again (which asks for the next read).
+
+    The poller, not the callers, decides when a read starts, so that the budget
+    is shared fairly however often or in whatever order jobs ask:
+
+    * per job: one read per ``interval`` and never two at once;
+    * globally: reads start at least ``1 / rate`` seconds apart, on at most
+      ``workers`` threads, so a slow endpoint ties up one thread for at most
+      the fetch timeout and the backlog never grows past one entry per job;
+    * the job that has waited longest goes first: past ``rate x interval``
+      jobs each one's progress is older, never absent.
     """
 
     def __init__(
@@ -247,32 +221,44 @@ class Poller:
         fetch_fn: Callable[[str, int], Dict[str, Any]] = fetch,
         on_result: Optional[Callable[[JobKey], None]] = None,
     ) -> None:
-        self.per_job = RateLimiter(interval)
-        self.budget = TokenBucket(rate, burst=max(1.0, rate))
+        if rate <= 0 or workers < 1:
+            raise ValueError(f"Poller needs rate > 0 and workers >= 1, got rate={rate}, workers={workers}")
+        self.interval = interval
+        self.spacing = 1.0 / rate
         self.on_result = on_result
         self._fetch = fetch_fn
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-progress")
-        self._lock = threading.Lock()
+        self._ready = threading.Condition()
+        self._wanted: Dict[JobKey, _Target] = {}
+        self._last_start: Dict[JobKey, float] = {}
         self._in_flight: Set[JobKey] = set()
         self._results: Dict[JobKey, PollResult] = {}
+        self._next_start = -math.inf
+        self._stopped = False
+        self._workers = workers
+        self._started = False  # the threads start with the first request
 
     def request(self, key: JobKey, pod: str, ip: str, port: int) -> bool:
-        """Start a read of ``pod``'s /progress unless the job's or the global budget says not yet."""
-        with self._lock:
-            if key in self._in_flight:
-                return False
-            if not self.per_job.allow(key):
-                return False
-            if not self.budget.take():
-                self.per_job.forget(key)  # not read: the job may ask again at once
-                return False
-            self._in_flight.add(key)
-        self._pool.submit(self._read, key, pod, ip, port)
-        return True
+        """Ask for a read of ``pod``'s /progress, started when the budgets allow; returns
+        whether this asked anew (False: a read was wanted already, now aimed at ``pod``)."""
+        with self._ready:
+            previous = self._wanted.get(key)
+            since = previous.since if previous is not None else time.monotonic()
+            self._wanted[key] = _Target(pod, ip, port, since)
+            if not self._started:
+                self._started = True
+                for index in range(self._workers):
+                    threading.Thread(target=self._work, name=f"volt-progress-{index}", daemon=True).start()
+            self._ready.notify()
+        return previous is None
+
+    def cancel(self, key: JobKey) -> None:
+        """The job wants no more reads (it is not running); one in flight still answers."""
+        with self._ready:
+            self._wanted.pop(key, None)
 
     def latest(self, key: JobKey, pod: str, ip: str) -> Optional[PollResult]:
         """The newest answer read from ``pod`` at ``ip`` and not yet applied, if any."""
-        with self._lock:
+        with self._ready:
             result = self._results.get(key)
             if result is None or (result.pod, result.ip) != (pod, ip):
                 return None
@@ -281,27 +267,64 @@ class Poller:
     def applied(self, key: JobKey, result: PollResult) -> None:
         """``result`` is in the job's status: drop it (unless a newer one replaced it). Until
         then a reconcile whose status write failed (a conflict) finds it again."""
-        with self._lock:
+        with self._ready:
             if self._results.get(key) is result:
                 del self._results[key]
 
     def forget(self, key: JobKey) -> None:
-        with self._lock:
+        with self._ready:
+            self._wanted.pop(key, None)
             self._results.pop(key, None)
-        self.per_job.forget(key)
+            self._last_start.pop(key, None)
 
     def stop(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Start no more reads; one in flight ends within the fetch timeout."""
+        with self._ready:
+            self._stopped = True
+            self._ready.notify_all()
 
-    def _read(self, key: JobKey, pod: str, ip: str, port: int) -> None:
-        try:
-            result = PollResult(pod, ip, self._fetch(ip, port))
-        except ProgressError as exc:
-            result = PollResult(pod, ip, None, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a poller thread must survive any answer
-            result = PollResult(pod, ip, None, f"{type(exc).__name__}: {exc}")
-        with self._lock:
-            self._in_flight.discard(key)
-            self._results[key] = result
-        if self.on_result is not None:
-            self.on_result(key)
+    def _due(self, key: JobKey, target: _Target) -> float:
+        return max(target.since, self._last_start.get(key, -math.inf) + self.interval)
+
+    def _next(self) -> Optional[Tuple[JobKey, _Target]]:
+        """The next read to start, waiting until its time comes; None once stopped."""
+        with self._ready:
+            while not self._stopped:
+                waiting = [(self._due(key, target), key) for key, target in self._wanted.items()
+                           if key not in self._in_flight]
+                if not waiting:
+                    self._ready.wait()
+                    continue
+                due, key = min(waiting)  # whoever has waited longest
+                now = time.monotonic()
+                start = max(due, self._next_start)
+                if start > now:
+                    self._ready.wait(start - now)  # a new request may come due sooner
+                    continue
+                target = self._wanted.pop(key)
+                self._in_flight.add(key)
+                self._last_start[key] = now
+                self._next_start = now + self.spacing
+                return key, target
+            return None
+
+    def _work(self) -> None:
+        while True:
+            chosen = self._next()
+            if chosen is None:
+                return
+            key, target = chosen
+            try:
+                result = PollResult(target.pod, target.ip, self._fetch(target.ip, target.port))
+            except ProgressError as exc:
+                result = PollResult(target.pod, target.ip, None, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a poller thread must survive any answer
+                result = PollResult(target.pod, target.ip, None, f"{type(exc).__name__}: {exc}")
+            with self._ready:
+                self._in_flight.discard(key)
+                stopped = self._stopped
+                if key in self._last_start:  # not forgotten meanwhile
+                    self._results[key] = result
+                self._ready.notify()  # the job may have asked again meanwhile
+            if self.on_result is not None and not stopped:
+                self.on_result(key)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -244,10 +245,12 @@ class Reconciler:
         last row of `kubectl get tj` exact.
         """
         if st.phase != "Running":
+            self.poller.cancel(key)
             return None
         done = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt
                      and p.succeeded), None)
         if done is not None:
+            self.poller.cancel(key)
             final = progress.from_termination_message(done.message)
             if final is not None:
                 training, checkpoint = progress.to_status(final, now, st.training)
@@ -258,9 +261,10 @@ class Reconciler:
         rank0 = next((p for p in pods if p.rank == 0 and p.attempt == st.attempt and p.ip
                       and p.active), None)
         if rank0 is None or rank0.ip is None:
+            self.poller.cancel(key)
             return None
         # The read happens on the poller's threads; this reconcile uses what the last
-        # one found and asks for the next (the poller's budget says when).
+        # one found and asks for the next (the poller's budgets say when).
         result = self.poller.latest(key, rank0.name, rank0.ip)
         self.poller.request(key, rank0.name, rank0.ip, spec.metrics.port)
         if result is None:
@@ -508,10 +512,11 @@ class Resyncer:
     """
 
     def __init__(self, reconciler: Reconciler, namespaces: List[str], interval: float,
-                 workers: int = 4) -> None:
+                 workers: int = 4, relist_interval: float = 300.0) -> None:
         self.reconciler = reconciler
         self.namespaces = list(namespaces)
         self.interval = interval
+        self.relist_interval = relist_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="volt-resync", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-resync")
@@ -522,7 +527,8 @@ class Resyncer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.reconciler.poller.stop()
 
@@ -551,15 +557,41 @@ class Resyncer:
         for future in futures:
             future.result()
 
-    def _one(self, namespace: str, name: str) -> None:
+    def relist(self) -> None:
+        """Drop from the cache what a watch gap hid: the jobs and pods deleted while a
+        watch was down (it re-lists when it comes back, but sends no DELETED for them).
+        One LIST of jobs and one of pods per watched namespace; a job that lost pods is
+        reconciled with their last known states, as if their DELETED events had come."""
+        client, cache = self.reconciler.client, self.reconciler.cache
+        for namespace in self.namespaces or [None]:
+            jobs, jobs_rv = client.list_jobs(namespace)
+            for key in cache.relist_jobs(jobs, jobs_rv, namespace):
+                log.info("%s/%s was deleted while a watch was down", *key)
+                metrics.job_deleted(*key)
+                self.reconciler.forget(*key)
+            pods, pods_rv = client.list_pods(namespace, LABEL_JOB)
+            for (job_namespace, job), gone in cache.relist_pods(pods, pods_rv, namespace).items():
+                log.info("%s/%s: pod(s) %s were deleted while a watch was down", job_namespace, job,
+                         ", ".join(p["metadata"]["name"] for p in gone))
+                for pod in gone:
+                    self._pool.submit(self._one, job_namespace, job, pod)
+
+    def _one(self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None) -> None:
         try:
             with metrics.reconcile_timer("resync"):
-                self.reconciler.reconcile(namespace, name)
+                self.reconciler.reconcile(namespace, name, gone_pod)
         except Exception:  # one broken job must not stop the others' resync
             log.exception("resync of %s/%s failed", namespace, name)
 
     def _run(self) -> None:
+        relisted = time.monotonic()
         while not self._stop.wait(self.interval):
+            if time.monotonic() - relisted >= self.relist_interval:
+                relisted = time.monotonic()
+                try:
+                    self.relist()
+                except Exception:
+                    log.exception("the periodic re-list failed")
             try:
                 self.sweep()
             except Exception:

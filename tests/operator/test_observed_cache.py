@@ -3,6 +3,7 @@ and a job's reconciles do not queue up."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -10,7 +11,7 @@ from kubernetes.client import Configuration
 
 from volt_operator.cache import ObservedCache
 from volt_operator.kube import KubeClient
-from volt_operator.progress import Poller, ProgressError, TokenBucket
+from volt_operator.progress import Poller, ProgressError
 from volt_operator.reconciler import Reconciler
 
 KEY = ("ns", "job")
@@ -78,12 +79,28 @@ def test_jobs_and_services_keep_the_newest_news() -> None:
     assert cache.service_exists(KEY) is False
 
 
-def test_token_bucket_spends_its_burst_then_refills_at_its_rate() -> None:
-    now = [0.0]
-    bucket = TokenBucket(rate=2.0, burst=2.0, clock=lambda: now[0])
-    assert [bucket.take() for _ in range(3)] == [True, True, False]
-    now[0] = 0.5
-    assert bucket.take() and not bucket.take()
+def test_a_relist_drops_the_pods_and_jobs_a_watch_gap_hid() -> None:
+    cache = ObservedCache()
+    other = ("other", "job")
+    cache.seed_pods(KEY, [pod("job-node-0", 5), pod("job-node-1", 6)], list_rv=6)
+    cache.seed_pods(other, [{**pod("job-node-0", 7), "metadata": {
+        **pod("job-node-0", 7)["metadata"], "namespace": "other"}}], list_rv=7)
+    cache.put_pod(pod("job-node-2", 12))  # created after the LIST below was taken
+    # job-node-1 was deleted while the watch was down: the LIST at 10 lacks it.
+    gone = cache.relist_pods([pod("job-node-0", 5)], list_rv=10, namespace="ns")
+    assert {k: [p["metadata"]["name"] for p in v] for k, v in gone.items()} == {KEY: ["job-node-1"]}
+    assert sorted(phases(cache)) == ["job-node-0", "job-node-2"]
+    assert cache.pods(other) is not None and len(cache.pods(other) or []) == 1  # not in that LIST's namespace
+    cache.put_pod(pod("job-node-1", 9))  # a late event of the deleted pod cannot bring it back
+    assert "job-node-1" not in phases(cache)
+
+    job = {"metadata": {"namespace": "ns", "name": "job", "resourceVersion": "4"}}
+    newer = {"metadata": {"namespace": "ns", "name": "new", "resourceVersion": "30"}}
+    cache.put_job(job)
+    cache.put_job(newer)  # created after the LIST
+    assert cache.relist_jobs([], list_rv=20, namespace="ns") == [KEY]
+    assert cache.job(KEY) == (True, None) and cache.pods(KEY) is None
+    assert cache.job(("ns", "new"))[1] is not None
 
 
 @pytest.mark.timeout(30)
@@ -106,7 +123,6 @@ def test_a_slow_progress_endpoint_holds_up_neither_the_caller_nor_other_jobs() -
     poller = Poller(interval=60, rate=100, workers=2, fetch_fn=fetch, on_result=on_result)
     try:
         assert poller.request(("ns", "slow"), "slow-node-0", "10.0.0.1", 8000)  # returns at once
-        assert not poller.request(("ns", "slow"), "slow-node-0", "10.0.0.1", 8000)  # one in flight
         assert poller.request(("ns", "fast"), "fast-node-0", "10.0.0.2", 8000)
         assert done.wait(10)
         result = poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2")
@@ -115,20 +131,107 @@ def test_a_slow_progress_endpoint_holds_up_neither_the_caller_nor_other_jobs() -
         assert poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2") is result  # until applied
         poller.applied(("ns", "fast"), result)
         assert poller.latest(("ns", "fast"), "fast-node-0", "10.0.0.2") is None
-        assert not poller.request(("ns", "fast"), "fast-node-0", "10.0.0.2", 8000)  # per-job interval
+        assert ("ns", "slow") not in arrived
     finally:
         release.set()
         poller.stop()
 
 
-def test_the_global_budget_refuses_reads_past_its_rate_and_lets_the_job_ask_again() -> None:
-    poller = Poller(interval=0.0, rate=1, workers=1, fetch_fn=lambda ip, port: {})
+@pytest.mark.timeout(60)
+def test_reads_keep_the_per_job_interval_and_the_global_spacing() -> None:
+    """Each job asks again the moment its answer arrives (as a reconcile woken by it does);
+    the poller still reads a job at most once per interval and starts reads 1/rate apart."""
+    interval, rate = 0.3, 20.0
+    starts: Dict[str, List[float]] = {"a": [], "b": []}
+    enough = threading.Event()
+    poller: Optional[Poller] = None
+
+    def fetch(ip: str, port: int) -> Dict[str, Any]:
+        starts[ip].append(time.monotonic())
+        return {}
+
+    def on_result(key: Any) -> None:
+        if all(len(s) >= 4 for s in starts.values()):
+            enough.set()
+        elif poller is not None:
+            poller.request(key, f"{key[1]}-node-0", key[1], 8000)
+
+    poller = Poller(interval=interval, rate=rate, workers=4, fetch_fn=fetch, on_result=on_result)
     try:
-        assert poller.request(("ns", "a"), "a-node-0", "10.0.0.1", 8000)
-        assert not poller.request(("ns", "b"), "b-node-0", "10.0.0.2", 8000)  # budget spent
-        assert ("ns", "b") not in poller.per_job._last  # refused reads keep no per-job clock
+        for job in ("a", "b"):
+            poller.request(("ns", job), f"{job}-node-0", job, 8000)
+        assert enough.wait(30), starts
     finally:
         poller.stop()
+    for job_starts in starts.values():
+        assert all(later - earlier >= interval * 0.99 for earlier, later in zip(job_starts, job_starts[1:])), starts
+    every = sorted(t for job_starts in starts.values() for t in job_starts)
+    assert all(later - earlier >= 0.99 / rate for earlier, later in zip(every, every[1:])), every
+
+
+@pytest.mark.timeout(30)
+def test_the_job_that_has_waited_longest_is_read_first() -> None:
+    """Whatever order jobs ask in, and however often: a sweep asking in a fixed order
+    cannot starve the jobs at its end."""
+    started, gate = threading.Event(), threading.Event()
+    order: List[str] = []
+    finished = threading.Event()
+
+    def fetch(ip: str, port: int) -> Dict[str, Any]:
+        if ip == "first":
+            started.set()
+            gate.wait(20)
+        order.append(ip)
+        if len(order) == 4:
+            finished.set()
+        return {}
+
+    poller = Poller(interval=60, rate=1000, workers=1, fetch_fn=fetch)
+    try:
+        poller.request(("ns", "first"), "first-node-0", "first", 8000)
+        assert started.wait(10)  # the one worker holds "first"
+        for job in ("b", "c", "d", "b", "c", "b"):  # asking again keeps a job's place
+            poller.request(("ns", job), f"{job}-node-0", job, 8000)
+        gate.set()
+        assert finished.wait(10), order
+    finally:
+        poller.stop()
+    assert order == ["first", "b", "c", "d"]
+
+
+@pytest.mark.timeout(60)
+def test_many_jobs_under_a_small_budget_are_all_read() -> None:
+    """More jobs than the budget reads per interval, asked for by a sweep in a fixed order
+    and by each job's own answer: every job is read, again and again."""
+    jobs = [f"job-{i:02d}" for i in range(30)]
+    reads: Dict[str, int] = {job: 0 for job in jobs}
+    lock = threading.Lock()
+    everyone_twice = threading.Event()
+    stop_sweep = threading.Event()
+
+    def fetch(ip: str, port: int) -> Dict[str, Any]:
+        with lock:
+            reads[ip] += 1
+            if min(reads.values()) >= 2:
+                everyone_twice.set()
+        return {}
+
+    poller = Poller(interval=0.2, rate=40, workers=2, fetch_fn=fetch,
+                    on_result=lambda key: poller.request(key, f"{key[1]}-node-0", key[1], 8000))
+
+    def sweep() -> None:
+        while not stop_sweep.wait(0.05):
+            for job in jobs:
+                poller.request(("ns", job), f"{job}-node-0", job, 8000)
+
+    sweeper = threading.Thread(target=sweep, daemon=True)
+    sweeper.start()
+    try:
+        assert everyone_twice.wait(40), reads
+    finally:
+        stop_sweep.set()
+        poller.stop()
+        sweeper.join(5)
 
 
 @pytest.mark.timeout(30)

@@ -21,7 +21,7 @@ from job_helpers import idle_job_manifest
 from operator_process import OperatorProcess, free_port, get_json, job_status, wait_until
 from volt_operator.cache import ObservedCache
 from volt_operator.kube import USER_AGENT, KubeClient
-from volt_operator.reconciler import Reconciler
+from volt_operator.reconciler import Reconciler, Resyncer
 
 
 class RecordingClient(KubeClient):
@@ -132,6 +132,50 @@ def test_a_cache_that_missed_the_pods_creates_no_duplicate(crd: Any, namespace: 
         assert [m for m, p in client.calls if p.endswith("/pods")] == ["POST", "POST"]  # both refused: 409
     finally:
         first.poller.stop()
+
+
+@pytest.mark.timeout(240)
+def test_a_pod_deleted_during_a_watch_gap_restarts_the_gang_at_the_next_relist(
+        crd: Any, namespace: str) -> None:
+    """No DELETED event reaches the cache (no watch runs here, as during a gap): the cache
+    keeps the pod and nothing happens until the periodic LIST finds it gone."""
+    kube = crd
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("gap", suspend=False))
+    cache = ObservedCache()
+    reconciler = Reconciler(_client(kube), cache=cache)
+    resyncer = Resyncer(reconciler, [namespace], interval=3600)
+    key = (namespace, "gap")
+    pods_path = f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=gap"
+    job_path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs?fieldSelector=metadata.name=gap"
+
+    def ready(pods: Dict[str, Dict[str, Any]]) -> Optional[List[Dict[str, Any]]]:
+        up = [p for p in pods.values() if any(c["type"] == "Ready" and c["status"] == "True"
+                                              for c in p["status"].get("conditions") or [])]
+        return up if len(up) == 2 else None
+
+    try:
+        reconciler.reconcile(*key)
+        for pod in kube.watch(pods_path, ready, 120, "both pods Ready"):
+            cache.put_pod(pod)
+        reconciler.reconcile(*key)
+        assert job_status(kube, namespace, "gap")["phase"] == "Running"
+
+        kube.kubectl("delete", "-n", namespace, "pod", "gap-node-1", "--wait=true")
+        reconciler.reconcile(*key)  # the cache still holds the pod: nothing to do
+        assert job_status(kube, namespace, "gap").get("restarts", 0) == 0
+        assert "gap-node-1" in {p["metadata"]["name"] for p in cache.pods(key) or []}
+
+        resyncer.relist()
+        assert "gap-node-1" not in {p["metadata"]["name"] for p in cache.pods(key) or []}
+        kube.watch(job_path, lambda jobs: (jobs.get("gap", {}).get("status") or {}).get("restarts", 0) >= 1,
+                   120, "the gang restart the lost pod causes")
+
+        kube.kubectl("delete", "-n", namespace, "tj", "gap", "--wait=true")
+        resyncer.relist()
+        assert cache.job(key) == (True, None)
+    finally:
+        resyncer.stop()
+        reconciler.poller.stop()
 
 
 def _operator_requests(audit_log: Path, namespace: str, since: str) -> List[Dict[str, Any]]:

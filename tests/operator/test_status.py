@@ -566,16 +566,6 @@ def test_progress_errors_are_bounded() -> None:
     assert training.epoch is None and training.loss is None and checkpoint is None
 
 
-def test_progress_rate_limiter() -> None:
-    from volt_operator.progress import RateLimiter
-
-    limiter = RateLimiter(interval=60)
-    assert limiter.allow(("ns", "a")) and not limiter.allow(("ns", "a"))
-    assert limiter.allow(("ns", "b"))
-    limiter.forget(("ns", "a"))
-    assert limiter.allow(("ns", "a"))
-
-
 def test_final_progress_from_the_termination_message() -> None:
     from volt_operator import progress
 
