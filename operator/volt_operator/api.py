@@ -551,7 +551,7 @@ RESERVED_ENV = (
 )
 # What the operator names in every pod; a TrainingJob's template may not reuse them.
 CHECKPOINT_VOLUME = "volt-checkpoints"
-RESERVED_LABELS = ("volt.dev/job", "volt.dev/node-rank", "volt.dev/attempt")
+RESERVED_LABELS = ("volt.dev/job", "volt.dev/node-rank", "volt.dev/attempt", "volt.dev/capacity-probe")
 RESERVED_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 
 
@@ -1485,6 +1485,17 @@ class CheckpointStatus(_Model):
     time: Optional[str] = None
 
 
+class GrowBackStatus(_Model):
+    """A shrunk elastic job's capacity probes, all bound to nodes: it grows back at its next
+    checkpoint (docs/operator.md, Elastic jobs)."""
+
+    probes_bound_time: Optional[str] = Field(
+        None, description="When every capacity probe was first seen bound to a node.")
+    checkpoint_step: Optional[int] = Field(
+        None, description="status.checkpoint.step at that moment; a later step is the "
+        "checkpoint the job grows back at.")
+
+
 class TrainingJobStatus(_Model):
     """Observed state; written only by the operator."""
 
@@ -1513,8 +1524,12 @@ class TrainingJobStatus(_Model):
         "spec is a resize to do.",
     )
     resizes: int = Field(
-        0, description="Gang restarts at another size (numNodes changed, elastic shrink); "
-        "not counted in restarts.",
+        0, description="Gang restarts at another size (numNodes changed, elastic shrink or "
+        "grow-back); not counted in restarts.",
+    )
+    grow_back: Optional[GrowBackStatus] = Field(
+        None, description="Set while a shrunk elastic job's capacity probes are all bound: "
+        "it grows back to spec.trainer.numNodes at its next checkpoint.",
     )
     create_refusals: int = Field(
         0,

@@ -7,7 +7,9 @@ Children of TrainingJob ``<job>``:
   * a headless Service ``<job>`` (publishNotReadyAddresses, so node 0's DNS
     name resolves before it is Ready and the rendezvous cannot race DNS);
   * pods ``<job>-node-<i>`` with hostname/subdomain, the environment contract
-    (docs/distributed.md), GPU requests, the checkpoint volume and metrics ports.
+    (docs/distributed.md), GPU requests, the checkpoint volume and metrics ports;
+  * while a shrunk elastic job waits to grow back, capacity probes
+    ``<job>-probe-<i>`` for its missing nodes (``build_probe``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from .api import API_VERSION, CHECKPOINT_VOLUME, KIND, RESERVED_LABELS, SHM_PATH, SHM_VOLUME, TrainingJobSpec
 
-LABEL_JOB, LABEL_RANK, LABEL_ATTEMPT = RESERVED_LABELS
+LABEL_JOB, LABEL_RANK, LABEL_ATTEMPT, LABEL_PROBE = RESERVED_LABELS
 CONTAINER = "trainer"
 LAUNCHER = "volt-run"
 
@@ -87,6 +89,10 @@ def security_context(
 
 def pod_name(job: str, rank: int) -> str:
     return f"{job}-node-{rank}"
+
+
+def probe_name(job: str, rank: int) -> str:
+    return f"{job}-probe-{rank}"
 
 
 def master_addr(job: str) -> str:
@@ -311,6 +317,21 @@ def _container(
     return container
 
 
+def _placement(spec: TrainingJobSpec) -> Dict[str, Any]:
+    """The template's fields that decide where (and as whom) a pod runs; unset ones left out."""
+    overlay = spec.template
+    optional = {
+        "nodeSelector": dict(overlay.node_selector) or None,
+        "tolerations": [t.to_api() for t in overlay.tolerations] or None,
+        "affinity": overlay.affinity,
+        "priorityClassName": overlay.priority_class_name,
+        "schedulerName": overlay.scheduler_name,
+        "serviceAccountName": overlay.service_account_name,
+        "imagePullSecrets": [{"name": s} for s in overlay.image_pull_secrets] or None,
+    }
+    return {k: v for k, v in optional.items() if v is not None}
+
+
 def build_pod(
     job: JobRef, spec: TrainingJobSpec, rank: int, attempt: int, resume: str
 ) -> Dict[str, Any]:
@@ -354,16 +375,7 @@ def build_pod(
             DEFAULT_POD_SECURITY_CONTEXT, overlay.security_context
         ),
     }
-    optional = {
-        "nodeSelector": dict(overlay.node_selector) or None,
-        "tolerations": [t.to_api() for t in overlay.tolerations] or None,
-        "affinity": overlay.affinity,
-        "priorityClassName": overlay.priority_class_name,
-        "schedulerName": overlay.scheduler_name,
-        "serviceAccountName": overlay.service_account_name,
-        "imagePullSecrets": [{"name": s} for s in overlay.image_pull_secrets] or None,
-    }
-    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    pod_spec.update(_placement(spec))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -387,3 +399,64 @@ def build_pods(
     Only the pods asked for are built, so a reconcile costs O(pods it creates)."""
     wanted = range(spec.trainer.num_nodes) if ranks is None else sorted(ranks)
     return [build_pod(job, spec, rank, attempt, resume) for rank in wanted]
+
+
+PROBE_CONTAINER = "probe"
+# The probe only has to exist on its node; a command that is missing from the image
+# crash-loops in place and still holds the node's room (restartPolicy Always).
+PROBE_COMMAND = ["sleep", "2147483647"]
+
+
+def build_probe(job: JobRef, spec: TrainingJobSpec, rank: int) -> Dict[str, Any]:
+    """Capacity probe ``rank``: a placeholder for node pod ``rank`` of a shrunk elastic gang.
+
+    It asks the scheduler for exactly what that node pod would: the same image,
+    resources, nodeSelector, affinity, tolerations, priority, scheduler, the job's
+    labels (so that the template's pod (anti-)affinity terms, which select the job's
+    pods, count it as one of them) and its checkpoint claim (volume topology). Once
+    bound it holds that room, so nothing else takes it before the gang grows into it.
+    It is no gang pod: ``volt.dev/capacity-probe`` instead of a node rank and attempt,
+    no hostname in the Service's domain, no ports, no environment, no scrape
+    annotations. Owned by the TrainingJob, so it goes with it.
+    """
+    overlay = spec.template
+    container: Dict[str, Any] = {
+        "name": PROBE_CONTAINER,
+        "image": spec.image,
+        "command": list(PROBE_COMMAND),
+        "resources": _resources(spec),
+        "securityContext": security_context(
+            DEFAULT_CONTAINER_SECURITY_CONTEXT, overlay.container_security_context
+        ),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: Dict[str, Any] = {
+        "restartPolicy": "Always",
+        # sleep as PID 1 ignores SIGTERM; the room is wanted back at once.
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "securityContext": security_context(
+            DEFAULT_POD_SECURITY_CONTEXT, overlay.security_context
+        ),
+    }
+    if spec.checkpoint is not None:
+        pod_spec["volumes"] = [{
+            "name": CHECKPOINT_VOLUME,
+            "persistentVolumeClaim": {"claimName": spec.checkpoint.claim_name, "readOnly": True},
+        }]
+    pod_spec.update(_placement(spec))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": probe_name(job.name, rank),
+            "namespace": job.namespace,
+            "labels": {**overlay.labels, LABEL_JOB: job.name, LABEL_PROBE: str(rank)},
+            "annotations": dict(overlay.annotations),
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": pod_spec,
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK
+from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_PROBE, LABEL_RANK
 
 # Pod-level reasons and DisruptionTarget reasons that mean "the cluster took
 # the pod away", not "the training failed".
@@ -52,6 +52,8 @@ class PodView:
     waiting_message: str = ""
     # metadata.deletionGracePeriodSeconds: 0 once someone force-deleted the pod.
     deletion_grace: Optional[int] = None
+    # The node rank a capacity probe stands in for (builders.build_probe); None for node pods.
+    probe: Optional[int] = None
 
     @property
     def removed(self) -> bool:
@@ -139,4 +141,5 @@ def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
         waiting_reason=waiting_reason,
         waiting_message=waiting_message[:1024],
         deletion_grace=meta.get("deletionGracePeriodSeconds"),
+        probe=_int_label(labels, LABEL_PROBE) if LABEL_PROBE in labels else None,
     )

@@ -35,7 +35,7 @@ from .api import (
     format_time,
     parse_time,
 )
-from .builders import LABEL_JOB, JobRef, build_pods, build_service
+from .builders import LABEL_JOB, JobRef, build_pods, build_probe, build_service
 from .kueue import Admission, queue_name
 from .kueue_gate import KueueGate
 from .kube import ApiError, KubeClient
@@ -305,13 +305,17 @@ class Reconciler:
         except ValidationError as exc:
             return self._invalid(job, current, exc, now)
 
-        pods = self._observe(namespace, job, gone_pods)
+        observed = self._observe(namespace, job, gone_pods)
+        # Capacity probes carry the job's label too (build_probe) but are no node pods.
+        pods = [p for p in observed if p.probe is None]
+        probes = [p for p in observed if p.probe is not None]
         polled = self._poll_progress((namespace, name), spec, current, pods, now)
         service_exists = self._service_exists(namespace, name)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
             service_exists, now, stuck_pod_margin=self.stuck_pod_margin,
             admission=self._admission(job, spec, current, pods, now),
+            probes=probes, kueue_managed=bool(queue_name(job)),
         )
 
         # 1. Intent first: the new status, conditional on what we read.
@@ -378,7 +382,8 @@ class Reconciler:
         for pod in plan.force_delete_pods:
             log.warning("force-deleting %s/%s: stuck terminating", ns, pod)
             self._delete_pod(ns, pod, grace_seconds=0)
-        for pod in plan.delete_pods:
+        # Probes first: a gang that grows back takes their room.
+        for pod in plan.delete_probes + plan.delete_pods:
             self._delete_pod(ns, pod)
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished passed", ns, ref.name)
@@ -405,7 +410,22 @@ class Reconciler:
                 except ApiError as exc:
                     errors.append(machine.CreateError(
                         f"creating pod {pod['metadata']['name']}: {exc}", exc.refused))
+        self._create_probes(ref, spec, plan.create_probes)
         return errors
+
+    def _create_probes(self, ref: JobRef, spec: TrainingJobSpec, ranks: List[int]) -> None:
+        """Capacity probes of a shrunk elastic job. A probe the API server refuses (a
+        ResourceQuota with no room for it, say) is no failure of the job: it means no
+        room, and the job keeps its size; the next reconcile asks again."""
+        for rank in ranks:
+            probe = build_probe(ref, spec, rank)
+            try:
+                created = self.client.create(ref.namespace, "pods", probe)
+                if created:
+                    self.cache.put_pod(created)
+            except ApiError as exc:
+                log.warning("capacity probe %s/%s not created (the job keeps its size): %s",
+                            ref.namespace, probe["metadata"]["name"], exc)
 
     def _patch_status(self, namespace: str, name: str, body: Dict[str, Any]) -> None:
         """Write the status; the answer is the job's newest version, which the cache keeps."""

@@ -21,13 +21,15 @@ The gang's size is ``status.numNodes``: spec.trainer.numNodes, or fewer after
 an elastic shrink. A different size is a resize: the running gang is deleted
 (SIGTERM: it checkpoints and exits 75) and a new attempt starts at the new
 size and resumes; no restart budget is spent (docs/operator.md, Elastic jobs).
+A shrunk elastic job keeps capacity probes for its missing nodes and grows back
+at its next checkpoint once they are all bound (``_grow_back``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from . import failures
 from .kueue import Admission
@@ -35,13 +37,14 @@ from .api import (
     TERMINAL_PHASES,
     Condition,
     FailureInfo,
+    GrowBackStatus,
     NodeCounts,
     TrainingJobSpec,
     TrainingJobStatus,
     format_time,
     parse_time,
 )
-from .builders import pod_name, resume_value
+from .builders import pod_name, probe_name, resume_value
 from .observed import PodView
 
 MAX_BACKOFF_SECONDS = 600
@@ -117,6 +120,11 @@ class Plan:
     requeue_after: Optional[float] = None
     restart_reason: Optional[str] = None
     became_running: bool = False
+    # Capacity probes (builders.build_probe) to create, by node rank, and to delete.
+    create_probes: List[int] = field(default_factory=list)
+    delete_probes: List[str] = field(default_factory=list)
+    # False: the job wants no probes now (decide deletes those there are).
+    keeps_probes: bool = False
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.5, seconds)
@@ -680,6 +688,66 @@ def _admitted(st: TrainingJobStatus, plan: Plan, gate: Admission, now: datetime)
         set_condition(st, RUNNING, False, "PodsPending", gate.message, now)
 
 
+def _grow_back(
+    spec: TrainingJobSpec, job: str, plan: Plan, pods: List[PodView], probes: List[PodView],
+    n: int, kueue_managed: bool, now: datetime,
+) -> Plan:
+    """A running elastic gang below spec.trainer.numNodes (an elastic shrink) probes for
+    the room of its missing nodes and grows back into it.
+
+    Probes are pods built like the node pods they stand for (builders.build_probe):
+    the scheduler places them only where those would fit, and once bound they hold
+    the room. When every probe is bound the job waits for its next checkpoint (a
+    status.checkpoint.step above the one recorded then in status.growBack), then
+    resizes to numNodes as a numNodes patch does; decide deletes the probes in the
+    same step, so the new gang can take their room. No probing for a job that
+    Kueue sizes, that never reported a checkpoint (it would have nothing to grow
+    at), or before its shrunk gang has run shrinkAfterSeconds: a gang that grows
+    into capacity that is gone again shrinks back after shrinkAfterSeconds, so a
+    shrink/grow cycle takes at least twice that (no flapping faster)."""
+    st = plan.status
+    wanted = spec.trainer.num_nodes
+    elastic = spec.elastic
+    checkpoint = st.checkpoint.step if st.checkpoint is not None else None
+    if elastic is None or kueue_managed or st.phase != "Running" or n >= wanted or checkpoint is None:
+        return plan
+    running = condition(st, RUNNING)
+    since = parse_time(running.last_transition_time) if running is not None else None
+    if since is None or _overdue(plan, since, elastic.shrink_after_seconds, now) is None:
+        return plan
+    plan.keeps_probes = True
+    ranks = range(n, wanted)
+    usable = {p.probe: p for p in probes if p.probe in ranks and p.active and not p.deleting}
+    plan.delete_probes = [p.name for p in probes
+                          if not p.deleting and p.name not in {u.name for u in usable.values()}]
+    present = {p.probe for p in probes if not p.gone}
+    plan.create_probes = [r for r in ranks if r not in present]
+    if len(plan.create_probes) == len(ranks):
+        plan.emit("Normal", "CapacityProbe",
+                  f"running at {n} of {wanted} node(s); probing for the room of the other "
+                  f"{len(ranks)} ({', '.join(probe_name(job, r) for r in ranks)}): "
+                  "the job grows back at its next checkpoint once every probe is scheduled")
+    bound = [usable[r] for r in ranks if r in usable and usable[r].node]
+    if len(bound) < len(ranks):
+        st.grow_back = None
+        return plan
+    if st.grow_back is None:
+        st.grow_back = GrowBackStatus(probes_bound_time=format_time(now), checkpoint_step=checkpoint)
+        plan.emit("Normal", "CapacityReturned",
+                  f"room for {wanted} node(s) again (probes on {', '.join(p.node or '' for p in bound)}); "
+                  f"the job grows back at its next checkpoint after step {checkpoint}")
+        return plan
+    recorded = st.grow_back.checkpoint_step
+    if recorded is not None and checkpoint <= recorded:
+        return plan
+    plan.keeps_probes = False
+    plan.create_probes = []
+    why = (f"capacity returned (capacity probes bound since {st.grow_back.probes_bound_time}) "
+           f"and checkpoint step {checkpoint} was recorded since")
+    st.grow_back = None
+    return _resize(spec, plan, pods, n, wanted, "CapacityReturned", why, now)
+
+
 def decide(
     spec: TrainingJobSpec,
     meta: JobMeta,
@@ -689,9 +757,35 @@ def decide(
     now: datetime,
     stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS,
     admission: Optional[Admission] = None,
+    probes: Sequence[PodView] = (),
+    kueue_managed: bool = False,
 ) -> Plan:
     """Next status and actions for one TrainingJob (pure). ``admission``: Kueue's
-    word on the job's Workload, for a job queued through Kueue (kueue.py)."""
+    word on the job's Workload, for a job queued through Kueue (kueue.py).
+    ``probes``: the job's capacity probes (``PodView.probe`` set), ``pods`` its node
+    pods; ``kueue_managed``: the job has a Kueue queue-name label (Kueue sizes it)."""
+    plan = _decide(spec, meta, status, pods, service_exists, now, stuck_pod_margin,
+                   admission, list(probes), kueue_managed)
+    if not plan.keeps_probes:
+        # Suspended, finished, restarting, resizing, not elastic...: no room is held.
+        plan.status.grow_back = None
+        plan.create_probes = []
+        plan.delete_probes = [p.name for p in probes if not p.deleting]
+    return plan
+
+
+def _decide(
+    spec: TrainingJobSpec,
+    meta: JobMeta,
+    status: TrainingJobStatus,
+    pods: List[PodView],
+    service_exists: bool,
+    now: datetime,
+    stuck_pod_margin: float,
+    admission: Optional[Admission],
+    probes: List[PodView],
+    kueue_managed: bool,
+) -> Plan:
     st = status.model_copy(deep=True)
     plan = Plan(status=st)
     st.observed_generation = meta.generation
@@ -710,7 +804,7 @@ def decide(
     if st.phase is None:
         st.phase = "Pending"
         set_condition(st, RUNNING, False, "PodsPending", "waiting for the node pods", now)
-    stuck = _stuck_terminating(pods, now, stuck_pod_margin)
+    stuck = _stuck_terminating(pods + probes, now, stuck_pod_margin)
     if stuck:
         _force_delete(plan, stuck, now)
 
@@ -820,6 +914,10 @@ def decide(
     st.backoff_until = None
 
     missing = [r for r in range(n) if r not in live_ranks]
+    if len(missing) == n and any(not p.gone for p in probes):
+        # A new gang takes the room of the capacity probes (deleted below): once they are gone.
+        plan.requeue(WAIT_POLL_SECONDS)
+        return plan
     if missing:
         seen_checkpoint = bool(st.checkpoint and st.checkpoint.path)
         plan.create_ranks = missing
@@ -876,4 +974,4 @@ def decide(
         if stalled is not None and stalled.status == "True":
             set_condition(st, STALLED, False, "AllNodesReady", message, now)
         plan.emit("Normal", "Running", message)
-    return plan
+    return _grow_back(spec, meta.name, plan, pods, probes, n, kueue_managed, now)
