@@ -97,6 +97,8 @@ class ObservedCache:
         self._pods: Dict[JobKey, _Pods] = {}
         # Service (named after its job) -> (exists, resourceVersion of that news).
         self._services: Dict[JobKey, Tuple[bool, int]] = {}
+        # Kueue Workloads by (namespace, name), with --kueue: the body, or None once deleted.
+        self._workloads: Dict[JobKey, Tuple[Optional[Dict[str, Any]], int]] = {}
 
     # -- TrainingJobs ----------------------------------------------------------
 
@@ -243,3 +245,20 @@ class ObservedCache:
         with self._lock:
             known = self._services.get(key)
             return None if known is None else known[0]
+
+    # -- Kueue Workloads (--kueue) -------------------------------------------------
+
+    def put_workload(self, workload: Dict[str, Any], exists: bool = True) -> None:
+        """A Workload as an event or our own write saw it (``exists=False``: its deletion)."""
+        meta = workload["metadata"]
+        key, rv = (meta["namespace"], meta["name"]), resource_version(workload)
+        with self._lock:
+            old = self._workloads.get(key)
+            if old is None or rv >= old[1]:
+                self._workloads[key] = (copy.deepcopy(workload) if exists else None, rv)
+
+    def workload(self, key: JobKey) -> Tuple[bool, Optional[Dict[str, Any]]]:
+        """(known, body): (True, None) for a Workload known not to exist; (False, None) unknown."""
+        with self._lock:
+            known = self._workloads.get(key)
+            return (False, None) if known is None else (True, known[0])

@@ -97,7 +97,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         stuck_pod_margin=options.stuck_pod_margin,
         is_leader=memo.elector.is_leader if memo.elector else None,
         network_policy_peers=options.network_policy_peers,
-        kueue=KueueGate(client) if options.kueue else None,
+        kueue=KueueGate(client, memo.cache) if options.kueue else None,
     )
     memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS,
                              relist_interval=RELIST_SECONDS)
@@ -179,8 +179,9 @@ def on_pod_event(
     _reconcile(memo, "pod", namespace, labels[LABEL_JOB], gone)
 
 
-def on_workload_event(type: Optional[str], namespace: str, labels: kopf.Labels,
+def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str, labels: kopf.Labels,
                       memo: kopf.Memo, **_: Any) -> None:
+    memo.cache.put_workload(dict(body), exists=type != "DELETED")
     if type is None:  # the initial listing; the job handlers cover it
         return
     _reconcile(memo, "workload", namespace, labels[LABEL_JOB])

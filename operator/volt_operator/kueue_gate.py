@@ -4,7 +4,9 @@
 LocalQueue: it creates the job's Workload when there is none, hands back its
 ``Admission`` for ``status.decide``, and, once an evicted job has no pod left,
 clears the Workload's reservation. ``KueueGate.settle`` runs after the status
-is written: a finished job's Workload is marked Finished.
+is written: a finished job's Workload is marked Finished. Workloads are read
+from the watch cache (the operator watches them with --kueue), so a reconcile
+of a job whose Workload has not changed reads nothing.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from urllib.parse import quote
 
 from . import kueue
 from .api import TERMINAL_PHASES, TrainingJobSpec, TrainingJobStatus
+from .cache import ObservedCache
 from .kube import ApiError, KubeClient
 from .observed import PodView
 
@@ -29,8 +32,21 @@ def workload_path(namespace: str, name: str = "", sub: str = "") -> str:
 class KueueGate:
     """Kueue's Workloads for the TrainingJobs that ask for a queue (operator flag --kueue)."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, cache: Optional[ObservedCache] = None) -> None:
         self.client = client
+        self.cache = cache or ObservedCache()
+
+    def _workload(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
+        """The job's Workload from the watch cache, read (once) when the cache does not know it."""
+        known, workload = self.cache.workload((namespace, name))
+        if known:
+            return workload
+        workload = self._get(workload_path(namespace, name))
+        if workload is None:
+            self.cache.put_workload({"metadata": {"namespace": namespace, "name": name}}, exists=False)
+        else:
+            self.cache.put_workload(workload)
+        return workload
 
     def _get(self, path: str) -> Optional[Dict[str, Any]]:
         try:
@@ -51,7 +67,7 @@ class KueueGate:
     ) -> kueue.Admission:
         meta = job["metadata"]
         namespace, name = meta["namespace"], kueue.workload_name(meta["name"])
-        workload = self._get(workload_path(namespace, name))
+        workload = self._workload(namespace, name)
         if workload is not None and not kueue.owned_by(workload, job):
             return kueue.Admission(False, "WorkloadConflict",
                                    f"Workload {name} belongs to another object; delete it")
@@ -70,7 +86,9 @@ class KueueGate:
             body = kueue.build_workload(job, spec, status.num_nodes or spec.trainer.num_nodes,
                                         priority)
             try:
-                self.client.request("POST", workload_path(namespace), body)
+                created = self.client.request("POST", workload_path(namespace), body)
+                if isinstance(created, dict) and created.get("metadata"):
+                    self.cache.put_workload(created)
                 log.info("%s/%s: created Workload %s in LocalQueue %s", namespace, meta["name"],
                          name, kueue.queue_name(job))
             except ApiError as exc:
@@ -96,7 +114,7 @@ class KueueGate:
         if status.phase not in TERMINAL_PHASES:
             return
         meta = job["metadata"]
-        workload = self._get(workload_path(meta["namespace"], kueue.workload_name(meta["name"])))
+        workload = self._workload(meta["namespace"], kueue.workload_name(meta["name"]))
         if workload is None or not kueue.owned_by(workload, job):
             return
         done = kueue.finished(workload, status.phase, f"TrainingJob {meta['name']} {status.phase}", now)
@@ -107,8 +125,10 @@ class KueueGate:
         """Merge-patch the Workload's status, only if nobody changed it since it was read
         (409 otherwise: the next reconcile reads it again)."""
         meta = workload["metadata"]
-        self.client.request(
+        patched = self.client.request(
             "PATCH", workload_path(meta["namespace"], meta["name"], "status"),
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
             content_type="application/merge-patch+json",
         )
+        if isinstance(patched, dict) and patched.get("metadata"):
+            self.cache.put_workload(patched)

@@ -24,6 +24,7 @@ import torch
 
 from job_helpers import apply, diagnosis, events, example, kubectl_watch, volume_dir
 from operator_process import OperatorProcess
+from volt_operator.kube import USER_AGENT
 from volt_operator.testing.cluster import Component, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -192,6 +193,24 @@ def test_two_jobs_in_a_queue_for_one_run_one_after_the_other(
     assert {"Queued", "Admitted", "Created"} <= set(reasons), reasons
     done = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-{first}")
     assert any(c["type"] == "Finished" and c["status"] == "True" for c in done["status"]["conditions"])
+    # Each Workload was read at most once, when the operator's cache did not know it yet;
+    # every other look at it came from the operator's watch.
+    reads = workload_reads(kube, namespace)
+    assert len(reads) <= 2, reads
+
+
+def workload_reads(kube: LocalCluster, namespace: str) -> List[str]:
+    """The operator's GETs and LISTs of Workloads in ``namespace`` (the API server's audit log)."""
+    found = []
+    for path in sorted(kube.audit_log.parent.glob(f"{kube.audit_log.stem}*{kube.audit_log.suffix}")):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if (event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
+                    and ref.get("resource") == "workloads" and ref.get("namespace") == namespace
+                    and event.get("verb") in ("get", "list")):
+                found.append(event["requestURI"])
+    return found
 
 
 def final_weights(volume: Path, name: str) -> Dict[str, torch.Tensor]:
