@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from volt import exit_codes
 from volt.callbacks.base import Callback, ignores_outputs
+from volt.checkpoint import write_manifest
 from volt.contract import job_contract
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -269,8 +270,6 @@ class PreemptionCallback(Callback):
         trainer.flush_step_logs()
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            from volt.checkpoint import write_manifest
-
             write_manifest(os.path.dirname(path), path, step=trainer.global_step, epoch=trainer.current_epoch)
             _remove_older_preempted(path)
             log.warning(
