@@ -213,7 +213,7 @@ def _prepare_hot_path(trainer: "Trainer", module: LightningModule) -> None:
         hot.plain_backward, hot.optimizer_step_hook = False, True
     hot.closure = _TrainingClosure(trainer, hot)
     run.direct_training_step = type(trainer.strategy).training_step is SingleDeviceStrategy.training_step
-    # _run_simple_batch: the whole batch in one frame when every hook and option in the way is
+    # _run_simple_epoch: the whole epoch in one frame when every hook and option in the way is
     # unused (the typical config). Each condition is a branch of the general path it skips.
     opts = trainer.optimizers
     hot.simple = bool(
@@ -433,28 +433,44 @@ def _run_train_epoch(trainer: "Trainer") -> None:
     trainer.call_hook("on_epoch_start")
     trainer.call_hook("on_train_epoch_start")
     source, skip, skipped = _epoch_start(trainer, loader, epoch, progress.batch_idx)
-    run_batch = _run_simple_batch if _simple_this_epoch(trainer) else _run_train_batch
-    if trainer.run_state.profiling:  # chosen once per epoch: the plain path has no profiling call per batch
+    if trainer.run_state.profiling:  # the loader's next() is recorded, once per batch
         source = ProfiledBatches(trainer.profiler, "get_train_batch", source)
+    # The batch iterator lives in the callee's frame only: it (and the loader's iterator, its
+    # workers) is released when the batches end, before the epoch-end hooks.
+    run_batches = _run_simple_epoch if _simple_this_epoch(trainer) else _run_general_epoch
+    run_batches(trainer, module, _epoch_batches(source, trainer.num_training_batches, skip, skipped), outputs)
+    _end_train_epoch(trainer, module, outputs)
+
+
+def _run_general_epoch(trainer: "Trainer", module: LightningModule, batches: Iterator[Tuple[bool, int, Any]],
+                       outputs: List[Any]) -> None:
+    """The epoch's batches, each through _run_train_batch (every hook and option), then validation and stops."""
+    progress = trainer.progress
+    run_batch = _run_train_batch
+    if trainer.run_state.profiling:
         run_batch = action(trainer.profiler, "run_training_batch", _run_train_batch)
-    for is_last, batch_idx, batch in _epoch_batches(source, trainer.num_training_batches, skip, skipped):
+    for is_last, batch_idx, batch in batches:
         trainer._is_last_batch = is_last  # trainer.is_last_batch (an attribute store, no call)
         if run_batch(trainer, module, batch, batch_idx, is_last, outputs) == -1:
             progress.epoch_batches_done = True  # on_train_batch_start returned -1: the epoch ends here
-            break
-        if trainer.val_dataloaders and _should_check_val(trainer, batch_idx, is_last):
-            # resume: validation must not move the training random stream (its loader draws a
-            # seed), so a checkpoint taken before it resumes bit-exactly and val_check_interval
-            # does not change what training draws
-            training_rng = capture_rng_state()
-            run_validation_in_fit(trainer, trainer.num_val_batches)
-            restore_rng_state(training_rng)
+            return
+        if trainer.val_dataloaders:
+            _validate_if_due(trainer, batch_idx, is_last)
         max_steps = trainer.max_steps  # _max_steps_reached, inlined: this runs every batch
         if (max_steps != -1 and progress.global_step >= max_steps) or (trainer.should_stop and _min_reached(trainer)):
-            break
-    else:
-        progress.epoch_batches_done = True  # the loader ended before the expected length
-    _end_train_epoch(trainer, module, outputs)
+            return
+    progress.epoch_batches_done = True  # the loader ended before the expected length
+
+
+def _validate_if_due(trainer: "Trainer", batch_idx: int, is_last: bool) -> None:
+    """The validation loop after this training batch, when val_check_interval says so."""
+    if _should_check_val(trainer, batch_idx, is_last):
+        # resume: validation must not move the training random stream (its loader draws a
+        # seed), so a checkpoint taken before it resumes bit-exactly and val_check_interval
+        # does not change what training draws
+        training_rng = capture_rng_state()
+        run_validation_in_fit(trainer, trainer.num_val_batches)
+        restore_rng_state(training_rng)
 
 
 def _epoch_start(trainer: "Trainer", loader: Iterable, epoch: int, skip: int) -> Tuple[Iterable, int, bool]:
@@ -546,71 +562,97 @@ def _is_monitoring(cb: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # one batch
 # --------------------------------------------------------------------------------------------
-def _run_simple_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,
-                      epoch_outputs: List[Any]) -> Optional[int]:
-    """_run_train_batch for the typical config (``hot.simple``, see _prepare_hot_path), in one frame.
+def _run_simple_epoch(trainer: "Trainer", module: LightningModule, batches: Iterator[Tuple[bool, int, Any]],
+                      epoch_outputs: List[Any]) -> None:
+    """_run_general_epoch for the typical config (``hot.simple``, see _prepare_hot_path), in one frame.
 
-    Same calls in the same order as the general path takes there: training_step (under the
-    precision's autocast) -> optimizer.zero_grad() -> backward -> optimizer.step(), then
-    on_train_batch_end and the logging point. Only the Python between them is less.
+    Per batch, the same calls in the same order as the general path takes there: placement ->
+    training_step (under the precision's autocast) -> optimizer.zero_grad() -> backward ->
+    optimizer.step() -> on_train_batch_end -> logging point -> validation when due -> stops.
+    Only the Python between them is less: what is fixed for the run is read once into locals,
+    and there is no frame per batch.
     """
-    if not module._automatic_optimization:  # switched off mid-run: the general path knows manual optimization
-        return _run_train_batch(trainer, module, batch, batch_idx, is_last, epoch_outputs)
     run = trainer.run_state
     hot: HotPath = run.hot  # type: ignore[assignment]
     progress = trainer.progress
-    batch = move_data_to_device(batch, hot.device) if hot.plain_transfer else transfer_batch(trainer, batch, 0)
     connector = trainer._logger_connector
-    connector.current_batch, connector._batch_size = batch, None
-    prev, connector.fx = connector.fx, "training_step"
-    try:
-        if hot.autocast is not None:
-            with hot.autocast:
-                output = module.training_step(batch, batch_idx)
-        elif hot.step_context is None:
-            output = module.training_step(batch, batch_idx)
+    device, plain_transfer = hot.device, hot.plain_transfer
+    on_cpu = plain_transfer and device.type == "cpu"  # placed: every tensor of a tuple/list batch is on the CPU
+    autocast, step_context, optimizer = hot.autocast, hot.step_context, hot.optimizer
+    callbacks, module_batch_end, batch_end_1x = hot.batch_end_callbacks, hot.batch_end_module, hot.batch_end_1x
+    outputs_needed, collect_outputs = run.train_outputs_needed, run.collect_train_outputs
+    Tensor = torch.Tensor
+    for is_last, batch_idx, batch in batches:
+        trainer._is_last_batch = is_last  # trainer.is_last_batch (an attribute store, no call)
+        if not module._automatic_optimization:  # switched off mid-run: the general path knows manual optimization
+            if _run_train_batch(trainer, module, batch, batch_idx, is_last, epoch_outputs) == -1:
+                progress.epoch_batches_done = True
+                return
         else:
-            with hot.step_context.forward_context():
-                output = module.training_step(batch, batch_idx)
-    finally:
-        connector.fx = prev
-    if isinstance(output, torch.Tensor) and output.requires_grad:
-        loss: Optional[torch.Tensor] = output
-    else:
-        loss = _loss_from(output)
-    optimizer = hot.optimizer
-    optimizer.zero_grad()
-    if loss is not None:  # None: batch skipped; the step still runs, on no gradients (as the general path)
-        loss.backward()
-    del loss
-    optimizer.step()
-    progress.global_step += 1
-    if run.train_outputs_needed:
-        output = _detached(output)
-    progress.batches_that_stepped += 1
-    if trainer.lr_scheduler_configs:
-        _step_schedulers(trainer, "step", progress.batches_that_stepped)
-    progress.batch_idx = batch_idx + 1  # resume: the batch is done before on_train_batch_end
-    if is_last:
-        progress.epoch_batches_done = True
-    callbacks = hot.batch_end_callbacks
-    if callbacks or hot.batch_end_module:  # trainer.call_hook("on_train_batch_end", ...), inlined
-        prev, connector.fx = connector.fx, "on_train_batch_end"
-        try:
-            for hook in callbacks:
-                hook(trainer, module, output, batch, batch_idx)
-            if hot.batch_end_module:
-                module.on_train_batch_end(output, batch, batch_idx)
-        finally:
-            connector.fx = prev
-    if hot.batch_end_1x:
-        trainer.call_hook("on_batch_end")
-    if run.collect_train_outputs and output is not None:
-        epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
-    n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
-    if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
-        maybe_flush_logs(trainer)
-    return None
+            # placement: move_data_to_device's "already placed" test, inlined for CPU runs
+            kind = type(batch)
+            if on_cpu and (kind is tuple or kind is list):
+                for item in batch:
+                    if type(item) is not Tensor or not item.is_cpu:
+                        batch = move_data_to_device(batch, device)
+                        break
+            elif plain_transfer:
+                batch = move_data_to_device(batch, device)
+            else:
+                batch = transfer_batch(trainer, batch, 0)
+            connector.current_batch, connector._batch_size = batch, None  # connector.set_batch(batch)
+            prev, connector.fx = connector.fx, "training_step"
+            try:
+                if autocast is not None:
+                    with autocast:
+                        output = module.training_step(batch, batch_idx)
+                elif step_context is None:
+                    output = module.training_step(batch, batch_idx)
+                else:
+                    with step_context.forward_context():
+                        output = module.training_step(batch, batch_idx)
+            finally:
+                connector.fx = prev
+            if type(output) is Tensor and output.requires_grad:  # what _loss_from accepts without a call
+                loss: Optional[torch.Tensor] = output
+            else:
+                loss = _loss_from(output)
+            optimizer.zero_grad()
+            if loss is not None:  # None: batch skipped; the step still runs, on no gradients (as the general path)
+                loss.backward()
+            del loss
+            optimizer.step()
+            progress.global_step += 1
+            if outputs_needed:
+                output = _detached(output)
+            progress.batches_that_stepped += 1
+            if trainer.lr_scheduler_configs:
+                _step_schedulers(trainer, "step", progress.batches_that_stepped)
+            progress.batch_idx = batch_idx + 1  # resume: the batch is done before on_train_batch_end
+            if is_last:
+                progress.epoch_batches_done = True
+            if callbacks or module_batch_end:  # trainer.call_hook("on_train_batch_end", ...), inlined
+                prev, connector.fx = connector.fx, "on_train_batch_end"
+                try:
+                    for hook in callbacks:
+                        hook(trainer, module, output, batch, batch_idx)
+                    if module_batch_end:
+                        module.on_train_batch_end(output, batch, batch_idx)
+                finally:
+                    connector.fx = prev
+            if batch_end_1x:
+                trainer.call_hook("on_batch_end")
+            if collect_outputs and output is not None:
+                epoch_outputs.append(_to_cpu(output) if trainer.move_metrics_to_cpu else output)
+            n, stepped = trainer.log_every_n_steps, progress.batches_that_stepped
+            if (n > 0 and stepped % n == 0) or trainer.should_stop or stepped % trainer.flush_logs_every_n_steps == 0:
+                maybe_flush_logs(trainer)
+        if trainer.val_dataloaders:
+            _validate_if_due(trainer, batch_idx, is_last)
+        max_steps = trainer.max_steps  # _max_steps_reached, inlined: this runs every batch
+        if (max_steps != -1 and progress.global_step >= max_steps) or (trainer.should_stop and _min_reached(trainer)):
+            return
+    progress.epoch_batches_done = True  # the loader ended before the expected length
 
 
 def _run_train_batch(trainer: "Trainer", module: LightningModule, batch: Any, batch_idx: int, is_last: bool,

@@ -1,7 +1,7 @@
 """Routes ``self.log`` values to loggers, the progress bar and ``callback_metrics``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -31,6 +31,7 @@ class LoggerConnector:
         # Validation/test batches seen per dataloader in this fit/validate/test call: the logger step
         # of on_step eval metrics (Lightning's count; it runs on across validation runs in one fit).
         self.eval_steps_seen: Dict[int, int] = {}
+        self._epoch_value: Optional[Tuple[int, torch.Tensor]] = None  # (epoch, its tensor) for _send
 
     # --- recording ------------------------------------------------------------
     def set_batch(self, batch: Any) -> None:
@@ -129,16 +130,28 @@ class LoggerConnector:
         if not trainer.loggers:  # Lightning's logged_metrics then hold the values alone, without ``epoch``
             self.logged_metrics.update(metrics)
             return
-        if add_epoch:
-            metrics.setdefault("epoch", torch.tensor(float(trainer.current_epoch)))
+        if add_epoch and "epoch" not in metrics:
+            metrics["epoch"] = self._epoch_tensor(trainer.current_epoch)
         self.logged_metrics.update(metrics)
-        names = list(metrics)
-        # One host transfer for the whole dict, not one .item() per value.
+        # One host transfer for the whole dict, not one .item() per value; a value that is
+        # already a detached float32 scalar on the device (what self.log stores) is stacked as is.
         device = trainer.strategy.root_device
-        values = torch.stack([v.detach().to(device, torch.float32).reshape(()) for v in metrics.values()]).tolist()
-        floats = dict(zip(names, values))
+        float32, Tensor = torch.float32, torch.Tensor
+        values = torch.stack([
+            v if (type(v) is Tensor and v.dtype is float32 and v.ndim == 0 and not v.requires_grad and v.device == device)
+            else v.detach().to(device, float32).reshape(())
+            for v in metrics.values()
+        ]).tolist()
+        floats = dict(zip(metrics, values))
         for logger in trainer.loggers:
             logger.log_metrics(floats, step=step)
+
+    def _epoch_tensor(self, epoch: int) -> torch.Tensor:
+        """``epoch`` as the float tensor loggers get: one per epoch, not one per logging point."""
+        cached = self._epoch_value
+        if cached is None or cached[0] != epoch:
+            cached = self._epoch_value = (epoch, torch.tensor(float(epoch)))
+        return cached[1]
 
     def reset_metrics(self) -> None:
         """A new fit/validate/test/predict starts with empty metric dicts, as in Lightning."""

@@ -35,7 +35,7 @@ class HotPath:
     clip_hook: bool
     plain_backward: bool
     closure: Callable[[], Any]
-    simple: bool  # one frame per batch (fit_loop._run_simple_batch)
+    simple: bool  # one frame per epoch (fit_loop._run_simple_epoch)
     optimizer: Optional[torch.optim.Optimizer]
     autocast: Any
     step_context: Any
