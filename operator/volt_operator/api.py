@@ -1486,13 +1486,15 @@ class CheckpointStatus(_Model):
 
 
 class GrowBackStatus(_Model):
-    """A shrunk elastic job's capacity probes, all bound to nodes: it grows back at its next
-    checkpoint (docs/operator.md, Elastic jobs)."""
+    """A shrunk elastic job probing for the room of its missing nodes; once every probe is
+    bound it grows back at its next checkpoint (docs/operator.md, Elastic jobs)."""
 
+    since: Optional[str] = Field(None, description="When the job started probing.")
     probes_bound_time: Optional[str] = Field(
-        None, description="When every capacity probe was first seen bound to a node.")
+        None, description="When every capacity probe was first seen bound to a node; unset "
+        "while some wait for room.")
     checkpoint_step: Optional[int] = Field(
-        None, description="status.checkpoint.step at that moment; a later step is the "
+        None, description="status.checkpoint.step at probesBoundTime; a later step is the "
         "checkpoint the job grows back at.")
 
 
@@ -1528,8 +1530,9 @@ class TrainingJobStatus(_Model):
         "grow-back); not counted in restarts.",
     )
     grow_back: Optional[GrowBackStatus] = Field(
-        None, description="Set while a shrunk elastic job's capacity probes are all bound: "
-        "it grows back to spec.trainer.numNodes at its next checkpoint.",
+        None, description="Set while a shrunk elastic job keeps capacity probes for its "
+        "missing nodes; once all are bound it grows back to spec.trainer.numNodes at its "
+        "next checkpoint.",
     )
     create_refusals: int = Field(
         0,

@@ -700,7 +700,8 @@ def _grow_back(
     the room. When every probe is bound the job waits for its next checkpoint (a
     status.checkpoint.step above the one recorded then in status.growBack), then
     resizes to numNodes as a numNodes patch does; decide deletes the probes in the
-    same step, so the new gang can take their room. No probing for a job that
+    same step, so the new gang can take their room. status.growBack remembers the
+    probing (events once per change, not per reconcile). No probing for a job that
     Kueue sizes, that never reported a checkpoint (it would have nothing to grow
     at), or before its shrunk gang has run shrinkAfterSeconds: a gang that grows
     into capacity that is gone again shrinks back after shrinkAfterSeconds, so a
@@ -722,27 +723,28 @@ def _grow_back(
                           if not p.deleting and p.name not in {u.name for u in usable.values()}]
     present = {p.probe for p in probes if not p.gone}
     plan.create_probes = [r for r in ranks if r not in present]
-    if len(plan.create_probes) == len(ranks):
+    wait = st.grow_back
+    if wait is None:
+        wait = st.grow_back = GrowBackStatus(since=format_time(now))
         plan.emit("Normal", "CapacityProbe",
                   f"running at {n} of {wanted} node(s); probing for the room of the other "
                   f"{len(ranks)} ({', '.join(probe_name(job, r) for r in ranks)}): "
                   "the job grows back at its next checkpoint once every probe is scheduled")
     bound = [usable[r] for r in ranks if r in usable and usable[r].node]
     if len(bound) < len(ranks):
-        st.grow_back = None
+        wait.probes_bound_time = wait.checkpoint_step = None
         return plan
-    if st.grow_back is None:
-        st.grow_back = GrowBackStatus(probes_bound_time=format_time(now), checkpoint_step=checkpoint)
+    if wait.probes_bound_time is None:
+        wait.probes_bound_time, wait.checkpoint_step = format_time(now), checkpoint
         plan.emit("Normal", "CapacityReturned",
                   f"room for {wanted} node(s) again (probes on {', '.join(p.node or '' for p in bound)}); "
                   f"the job grows back at its next checkpoint after step {checkpoint}")
         return plan
-    recorded = st.grow_back.checkpoint_step
-    if recorded is not None and checkpoint <= recorded:
+    if wait.checkpoint_step is not None and checkpoint <= wait.checkpoint_step:
         return plan
     plan.keeps_probes = False
     plan.create_probes = []
-    why = (f"capacity returned (capacity probes bound since {st.grow_back.probes_bound_time}) "
+    why = (f"capacity returned (capacity probes bound since {wait.probes_bound_time}) "
            f"and checkpoint step {checkpoint} was recorded since")
     st.grow_back = None
     return _resize(spec, plan, pods, n, wanted, "CapacityReturned", why, now)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from volt_operator.api import TrainingJobSpec, TrainingJobStatus, format_time
+from volt_operator.api import GrowBackStatus, TrainingJobSpec, TrainingJobStatus, format_time
 from volt_operator.builders import (
     LABEL_ATTEMPT, LABEL_JOB, LABEL_PROBE, LABEL_RANK, JobRef, build_pod, build_probe, build_service,
 )
@@ -89,6 +89,11 @@ def shrunk(running_for: float = 600, checkpoint_step: Optional[int] = 100, nodes
     return TrainingJobStatus.model_validate(body)
 
 
+def probing(**over: Any) -> TrainingJobStatus:
+    """``shrunk`` with probes asked for a while ago."""
+    return shrunk(growBack={"since": format_time(NOW - timedelta(seconds=60))}, **over)
+
+
 def look(job: TrainingJobSpec, status: TrainingJobStatus, pods: List[PodView],
          probes: List[PodView] = (), now: datetime = NOW, kueue_managed: bool = False) -> Plan:
     return decide(job, JobMeta("grow"), status, pods, True, now, probes=probes,
@@ -154,16 +159,20 @@ def test_a_shrunk_gang_probes_only_after_running_shrink_after_seconds_at_its_siz
     assert early.create_probes == [] and early.requeue_after == pytest.approx(40)
     plan = look(spec(after=60), shrunk(running_for=61), [node_pod(0)])
     assert plan.create_probes == [1] and plan.delete_probes == [] and not plan.delete_pods
-    assert plan.status.num_nodes == 1 and plan.status.grow_back is None
-    assert reasons(plan) == ["CapacityProbe"]
+    assert plan.status.num_nodes == 1 and reasons(plan) == ["CapacityProbe"]
     assert "grow-probe-1" in plan.events[0].message and "running at 1 of 2" in plan.events[0].message
+    wait = plan.status.grow_back
+    assert wait is not None and wait.since == format_time(NOW) and wait.probes_bound_time is None
+    # Told once: a probe the quota refuses is asked for again without another event.
+    again = look(spec(after=60), plan.status, [node_pod(0)], now=NOW + timedelta(seconds=3))
+    assert again.create_probes == [1] and reasons(again) == []
+    assert again.status.grow_back == wait
 
 
 def test_one_probe_per_missing_node() -> None:
     plan = look(spec(4, min_nodes=2), shrunk(nodes=2, requested=4), [node_pod(0), node_pod(1)])
     assert plan.create_probes == [2, 3]
-    some = look(spec(4, min_nodes=2), shrunk(nodes=2, requested=4), [node_pod(0), node_pod(1)],
-                [probe(2, node="n3")])
+    some = look(spec(4, min_nodes=2), plan.status, [node_pod(0), node_pod(1)], [probe(2, node="n3")])
     assert some.create_probes == [3] and reasons(some) == []
 
 
@@ -175,40 +184,44 @@ def test_one_probe_per_missing_node() -> None:
 ])
 def test_never_probes(why: str, job: TrainingJobSpec, status: TrainingJobStatus, kueue: bool) -> None:
     pods = [node_pod(r) for r in range(status.num_nodes or 0)]
+    status.grow_back = GrowBackStatus(since=format_time(NOW))  # probes left from before
     plan = look(job, status, pods, [probe(1, node="n2")], kueue_managed=kueue)
-    assert plan.create_probes == [], why
+    assert plan.create_probes == [] and plan.status.grow_back is None, why
     assert plan.delete_probes == ["grow-probe-1"], why
     assert plan.status.num_nodes == status.num_nodes and not plan.delete_pods, why
 
 
 def test_suspended_restarting_and_finished_jobs_delete_their_probes() -> None:
-    probes = [probe(1, node="n2", ), probe(2, deleting=True)]
-    suspended = look(spec(suspend=True), shrunk(), [node_pod(0)], probes)
+    probes = [probe(1, node="n2"), probe(2, deleting=True)]
+    suspended = look(spec(suspend=True), probing(), [node_pod(0)], probes)
     assert suspended.status.phase == "Suspended" and suspended.delete_probes == ["grow-probe-1"]
-    restarting = look(spec(), shrunk(phase="Restarting", attempt=2), [node_pod(0)], probes)
+    restarting = look(spec(), probing(phase="Restarting", attempt=2), [node_pod(0)], probes)
     assert restarting.delete_probes == ["grow-probe-1"] and restarting.create_probes == []
-    finished = look(spec(), shrunk(phase="Succeeded"), [node_pod(0)], probes)
+    finished = look(spec(), probing(phase="Succeeded"), [node_pod(0)], probes)
     assert finished.delete_probes == ["grow-probe-1"]
+    for plan in (suspended, restarting, finished):
+        assert plan.status.grow_back is None
 
 
 # -- growing back
 
 
 def test_unscheduled_probes_keep_the_shrunk_size() -> None:
-    plan = look(spec(), shrunk(), [node_pod(0)], [probe(1)])
+    plan = look(spec(), probing(), [node_pod(0)], [probe(1)])
     assert plan.create_probes == [] and plan.delete_probes == []
-    assert plan.status.num_nodes == 1 and plan.status.grow_back is None and reasons(plan) == []
+    assert plan.status.num_nodes == 1 and reasons(plan) == []
+    assert plan.status.grow_back.probes_bound_time is None
 
 
 def test_all_probes_bound_waits_for_the_next_checkpoint_then_grows_back() -> None:
     job = spec(4, min_nodes=2)
     gang = [node_pod(0), node_pod(1)]
-    half = look(job, shrunk(nodes=2, requested=4), gang, [probe(2, node="n3"), probe(3)])
-    assert half.status.grow_back is None
+    half = look(job, probing(nodes=2, requested=4), gang, [probe(2, node="n3"), probe(3)])
+    assert half.status.grow_back.probes_bound_time is None and reasons(half) == []
 
     bound = [probe(2, node="n3"), probe(3, node="n4")]
-    seen = look(job, shrunk(nodes=2, requested=4), gang, bound)
-    assert seen.status.grow_back is not None
+    seen = look(job, half.status, gang, bound)
+    assert seen.status.grow_back.since == half.status.grow_back.since
     assert seen.status.grow_back.checkpoint_step == 100
     assert seen.status.grow_back.probes_bound_time == format_time(NOW)
     assert reasons(seen) == ["CapacityReturned"] and "after step 100" in seen.events[0].message
@@ -242,10 +255,12 @@ def test_all_probes_bound_waits_for_the_next_checkpoint_then_grows_back() -> Non
 
 
 def test_a_probe_that_loses_its_node_resets_the_wait() -> None:
-    seen = look(spec(), shrunk(), [node_pod(0)], [probe(1, node="n2")])
-    assert seen.status.grow_back is not None
+    seen = look(spec(), probing(), [node_pod(0)], [probe(1, node="n2")])
+    assert seen.status.grow_back.probes_bound_time is not None
     evicted = look(spec(), seen.status, [node_pod(0)], [probe(1, node="n2", phase="Failed")])
-    assert evicted.status.grow_back is None and evicted.delete_probes == ["grow-probe-1"]
+    assert evicted.status.grow_back.probes_bound_time is None
+    assert evicted.status.grow_back.checkpoint_step is None
+    assert evicted.delete_probes == ["grow-probe-1"]
     assert evicted.create_probes == []  # created again once the old one is gone
     gone = look(spec(), evicted.status, [node_pod(0)], [probe(1, node="n2", gone=True)])
     assert gone.create_probes == [1]
