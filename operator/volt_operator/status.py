@@ -742,11 +742,9 @@ def _grow_back(
         return plan
     if wait.checkpoint_step is not None and checkpoint <= wait.checkpoint_step:
         return plan
-    plan.keeps_probes = False
-    plan.create_probes = []
+    plan.keeps_probes = False  # decide deletes the probes and clears status.growBack
     why = (f"capacity returned (capacity probes bound since {wait.probes_bound_time}) "
            f"and checkpoint step {checkpoint} was recorded since")
-    st.grow_back = None
     return _resize(spec, plan, pods, n, wanted, "CapacityReturned", why, now)
 
 
