@@ -62,9 +62,17 @@ def load_configuration() -> Configuration:
     return configuration
 
 
+# Connections kept open to the API server: one per thread that may call at once (kopf's
+# 16 workers, the resync's 4, reconciles woken by the progress poller, the Lease elector).
+# The client's default (5 per CPU) made a busy operator open and drop connections.
+CONNECTION_POOL_SIZE = 32
+
+
 class KubeClient:
     def __init__(self, configuration: Optional[Configuration] = None) -> None:
         self.configuration = configuration or load_configuration()
+        self.configuration.connection_pool_maxsize = max(
+            self.configuration.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE)
         self._rest = RESTClientObject(self.configuration)
 
     def request(
