@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.request
 from typing import Any, Dict, List
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import volt
+from volt.callbacks.prometheus import PrometheusCallback
 from volt_operator.api import TrainerSettings
 
 AOT = {"backend": "aot_eager"}
@@ -199,17 +202,13 @@ def test_a_checkpoint_resumes_across_compile_on_and_off(tmp_path: Any, first: An
 
 
 @pytest.mark.timeout(120)
-def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any, monkeypatch: Any) -> None:
-    import torch._dynamo
-
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
-    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)  # each new shape compiles anew
+def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any) -> None:
     loaders = [_data(8 * n, (8 + n,)) for n in range(1, 5)]
     model = Resizing()
     trainer = volt.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                            enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1)
     model.loaders = loaders
-    with caplog.at_level(logging.WARNING, logger="volt"):
+    with caplog.at_level(logging.WARNING, logger="volt"), _dynamo_config(recompile_limit=3):
         trainer.fit(model)
     stats = trainer.compile_stats
     lines = [r.getMessage() for r in caplog.records if "compiled again" in r.getMessage()]
@@ -217,6 +216,14 @@ def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any, m
     # one version compiled + two recompiles fill the limit of 3: the last epoch trains eagerly
     assert not stats.active and "recompile_limit=3" in stats.fallback_reason
     assert trainer.global_step == 1 + 2 + 3 + 4
+
+
+def _dynamo_config(recompile_limit: int) -> Any:
+    """dynamo's own config patch (monkeypatch.setattr on torch._dynamo.config leaves an alias such as
+    recompile_limit deleted after the test); without automatic dynamic shapes each new shape compiles anew."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=recompile_limit, automatic_dynamic_shapes=False)
 
 
 class Resizing(Classifier):
@@ -252,3 +259,37 @@ def test_the_training_job_compile_field_reaches_the_trainer(monkeypatch: Any, fi
     with pytest.raises(ValueError, match="compile='cudagraphs'.*needs a CUDA device"):
         volt.Trainer()  # the job asked for CPU processes
 
+
+
+class RecompileScrape(volt.Callback):
+    """Scrapes the rank's /metrics at each epoch end: the compile counters as Prometheus sees them."""
+
+    def __init__(self, prometheus: PrometheusCallback) -> None:
+        self.prometheus = prometheus
+        self.seen: List[Dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus.port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        self.seen.append({sample.name: sample.value for family in text_string_to_metric_families(text)
+                          for sample in family.samples if sample.name.startswith("volt_compile_")})
+
+
+@pytest.mark.timeout(120)
+def test_recompiles_and_fallbacks_are_prometheus_counters(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("VOLT_METRICS_PORT", raising=False)
+    model = Resizing()
+    model.loaders = [_data(8 * n, (8 + n,)) for n in range(1, 4)]
+    prometheus = PrometheusCallback(port=0, host="127.0.0.1")
+    scrape = RecompileScrape(prometheus)
+    trainer = volt.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1,
+                           callbacks=[prometheus, scrape])
+    with _dynamo_config(recompile_limit=2):
+        trainer.fit(model)
+    # epoch 0 compiles the step; epoch 1's wider input recompiles it, which fills the limit of 2
+    # compiled versions, so the step falls back to eager there and epoch 2 compiles nothing
+    assert [s["volt_compile_recompiles_total"] for s in scrape.seen] == [0, 1, 1], scrape.seen
+    assert [s["volt_compile_fallbacks_total"] for s in scrape.seen] == [0, 1, 1], scrape.seen
+    assert trainer.compile_stats.recompiles == 1 and trainer.compile_stats.fallbacks == 1
+    assert trainer.global_step == 1 + 2 + 3

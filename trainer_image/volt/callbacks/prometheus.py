@@ -533,6 +533,14 @@ class _TrainingCollector:
             cb.samples_per_second(),
         )
         yield gauge("volt_train_loss", "Loss returned by the latest training_step.", cb.step_loss())
+        # Trainer(compile=...): read from the state the compiled step keeps (nothing per step here)
+        stats = getattr(trainer, "compile_stats", None)
+        yield counter("volt_compile_recompiles",
+                      "Compiles of the training step after its first (an input's shape, dtype or a guarded value "
+                      "changed).", stats.recompiles if stats is not None else 0)
+        yield counter("volt_compile_fallbacks",
+                      "Times Trainer(compile=...) fell back to the eager step (reason in the log).",
+                      stats.fallbacks if stats is not None else 0)
 
         logged = GaugeMetricFamily("volt_logged_metric", "Latest value of each self.log metric.", labels=names + ["metric"])
         for metric, value in sorted(cb.logged_metrics().items()):

@@ -149,6 +149,13 @@ class CompileStats:
     compiles: int = 0  # steps that compiled (or recorded) a new graph, the first included
     recompiles: int = 0  # of those, after the first
     graph_breaks: List[str] = field(default_factory=list)  # expected ones left out
+    fallbacks: int = 0  # times the step went (back) to eager: 0 or 1 per run
+
+    def fall_back(self, reason: str) -> None:
+        """The steps run eagerly from here on, for ``reason`` (the caller logs it)."""
+        self.active = False
+        self.fallback_reason = reason
+        self.fallbacks += 1
 
 
 class _LogRecorder:
@@ -218,8 +225,7 @@ class _StepBase:
         calls.clear()
 
     def give_up(self, reason: str) -> None:
-        self.stats.active = False
-        self.stats.fallback_reason = reason
+        self.stats.fall_back(reason)
         log.warning("Trainer(compile=...): the training step runs eagerly from here on: %s", reason)
 
 

@@ -278,7 +278,7 @@ def _compiled_step(trainer: "Trainer", module: LightningModule) -> Optional[Call
     )
     reason = capture_blocker(facts, setting)
     if reason is not None:
-        stats.fallback_reason = reason
+        stats.fall_back(reason)
         log.warning("Trainer(compile=%r): the training step runs eagerly: %s", setting.mode, reason)
         return None
     stats.active = True
