@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from volt.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
+_Tensor = torch.Tensor  # self.log's fast path: one global read, not torch.Tensor's two
 
 
 class LightningModule(HyperparametersMixin, nn.Module):
@@ -148,7 +149,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         weighted mean) in validation/test. ``log=...`` (the 1.x spelling) means ``logger=...``.
         """
         trainer = self._trainer
-        if trainer is not None and type(value) is torch.Tensor and not kwargs and type(name) is str:
+        if trainer is not None and type(value) is _Tensor and not kwargs and type(name) is str:
             # The per-step case, kept to a dict lookup and one tuple compare: the same call as
             # last time (same hook, options and dataloader) with a float scalar tensor.
             connector = trainer._logger_connector

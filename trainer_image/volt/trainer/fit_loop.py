@@ -579,7 +579,9 @@ def _run_simple_epoch(trainer: "Trainer", module: LightningModule, batches: Iter
     device, plain_transfer = hot.device, hot.plain_transfer
     on_cpu = plain_transfer and device.type == "cpu"  # placed: every tensor of a tuple/list batch is on the CPU
     autocast, step_context, optimizer = hot.autocast, hot.step_context, hot.optimizer
+    plain_forward = autocast is None and step_context is None  # fp32 with the built-in plugin
     callbacks, module_batch_end, batch_end_1x = hot.batch_end_callbacks, hot.batch_end_module, hot.batch_end_1x
+    batch_end_hooks = bool(callbacks or module_batch_end)
     outputs_needed, collect_outputs = run.train_outputs_needed, run.collect_train_outputs
     Tensor = torch.Tensor
     for is_last, batch_idx, batch in batches:
@@ -603,11 +605,11 @@ def _run_simple_epoch(trainer: "Trainer", module: LightningModule, batches: Iter
             connector.current_batch, connector._batch_size = batch, None  # connector.set_batch(batch)
             prev, connector.fx = connector.fx, "training_step"
             try:
-                if autocast is not None:
+                if plain_forward:
+                    output = module.training_step(batch, batch_idx)
+                elif autocast is not None:
                     with autocast:
                         output = module.training_step(batch, batch_idx)
-                elif step_context is None:
-                    output = module.training_step(batch, batch_idx)
                 else:
                     with step_context.forward_context():
                         output = module.training_step(batch, batch_idx)
@@ -631,7 +633,7 @@ def _run_simple_epoch(trainer: "Trainer", module: LightningModule, batches: Iter
             progress.batch_idx = batch_idx + 1  # resume: the batch is done before on_train_batch_end
             if is_last:
                 progress.epoch_batches_done = True
-            if callbacks or module_batch_end:  # trainer.call_hook("on_train_batch_end", ...), inlined
+            if batch_end_hooks:  # trainer.call_hook("on_train_batch_end", ...), inlined
                 prev, connector.fx = connector.fx, "on_train_batch_end"
                 try:
                     for hook in callbacks:
