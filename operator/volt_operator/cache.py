@@ -19,6 +19,11 @@ Staleness is safe by construction:
   cache that has not seen a pod yet costs one refused create, never a
   duplicate; the reconciler also puts every pod it created or deleted here at
   once, so the next reconcile does not have to wait for the watch.
+* every attempt reuses the pod names, so a deletion carries the uid of the pod
+  it was decided on (a precondition): a stale view of an old pod can never
+  delete the next attempt's pod of that name;
+* a watch that breaks and comes back sends no DELETED for what went meanwhile:
+  a full LIST now and then (``relist_*``) drops it.
 
 Bookkeeping per job is O(its pods); nothing here walks other jobs.
 """

@@ -190,18 +190,23 @@ class KubeClient:
             raise
 
     def delete_pod(
-        self, namespace: str, name: str, grace_seconds: Optional[int] = None
+        self, namespace: str, name: str, grace_seconds: Optional[int] = None,
+        uid: Optional[str] = None,
     ) -> Optional[Dict[str, Any]]:
         """Delete a pod; ``grace_seconds=0`` force-deletes it (no wait for its kubelet).
+        With ``uid``, only that pod: a newer pod that took the name stays (409, as gone).
 
         Returns the API server's answer: the pod, marked for deletion, or None if it was gone."""
-        body = None
-        if grace_seconds is not None:
-            body = {"kind": "DeleteOptions", "apiVersion": "v1",
-                    "gracePeriodSeconds": grace_seconds}
+        body: Optional[Dict[str, Any]] = None
+        if grace_seconds is not None or uid:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+            if grace_seconds is not None:
+                body["gracePeriodSeconds"] = grace_seconds
+            if uid:
+                body["preconditions"] = {"uid": uid}
         try:
             return self.request("DELETE", self.core_path(namespace, "pods", name), body)
         except ApiError as exc:
-            if not exc.not_found:
-                raise
-            return None
+            if exc.not_found or (uid and exc.conflict):
+                return None
+            raise

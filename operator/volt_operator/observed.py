@@ -54,6 +54,9 @@ class PodView:
     deletion_grace: Optional[int] = None
     # The node rank a capacity probe stands in for (builders.build_probe); None for node pods.
     probe: Optional[int] = None
+    # metadata.uid: a deletion names it, so that a stale view never deletes the newer pod
+    # of the same name (the names are reused by every attempt).
+    uid: Optional[str] = None
 
     @property
     def removed(self) -> bool:
@@ -123,6 +126,7 @@ def pod_view(pod: Dict[str, Any], gone: bool = False) -> PodView:
     phase = status.get("phase") or "Pending"
     return PodView(
         name=meta.get("name", ""),
+        uid=meta.get("uid"),
         rank=_int_label(labels, LABEL_RANK),
         attempt=_int_label(labels, LABEL_ATTEMPT),
         phase=phase,

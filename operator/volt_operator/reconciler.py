@@ -206,6 +206,10 @@ class Reconciler:
         uid = job["metadata"]["uid"]
         name = job["metadata"]["name"]
         pods = self.cache.pods((namespace, name))
+        if pods is None and not job.get("status"):
+            # Never reconciled: the status is written before any pod is created, so it has none.
+            self.cache.seed_pods((namespace, name), [], resource_version(job))
+            pods = []
         if pods is None:  # not seen since this process started: list once, the watch does the rest
             listed, list_rv = self.client.list_pods(namespace, f"{LABEL_JOB}={name}")
             self.cache.seed_pods((namespace, name), listed, list_rv)
@@ -220,8 +224,10 @@ class Reconciler:
                 views.append(gone)
         return views
 
-    def _service_exists(self, namespace: str, name: str) -> bool:
+    def _service_exists(self, namespace: str, name: str, never_reconciled: bool) -> bool:
         exists = self.cache.service_exists((namespace, name))
+        if exists is None and never_reconciled:
+            return False  # created after the first status write; a leftover one makes the create a no-op
         if exists is None:
             service = self.client.get_service(namespace, name)
             if service is None:
@@ -310,7 +316,7 @@ class Reconciler:
         pods = [p for p in observed if p.probe is None]
         probes = [p for p in observed if p.probe is not None]
         polled = self._poll_progress((namespace, name), spec, current, pods, now)
-        service_exists = self._service_exists(namespace, name)
+        service_exists = self._service_exists(namespace, name, not old_status)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
             service_exists, now, stuck_pod_margin=self.stuck_pod_margin,
@@ -329,7 +335,7 @@ class Reconciler:
         if polled is not None:
             self.poller.applied((namespace, name), polled)
         # 2. Act.
-        errors = self._act(ref, spec, plan)
+        errors = self._act(ref, spec, plan, {p.name: p.uid for p in observed})
         # 3. Tell users (a creation that failed did not happen).
         for event in plan.events:
             if errors and event.reason in ("Created", "CheckpointResumed"):
@@ -364,8 +370,9 @@ class Reconciler:
             meta["namespace"], meta["name"],
             {"status": merge_patch(plan.status.to_api(), after.status.to_api())},
         )
+        uids = {p.name: p.uid for p in pods}
         for pod in after.delete_pods:
-            self._delete_pod(meta["namespace"], pod)
+            self._delete_pod(meta["namespace"], pod, uids.get(pod))
         message = "; ".join(e.message for e in errors)
         old = machine.condition(before, machine.CREATED)
         if old is None or old.status != "False" or old.message != message[:4000]:
@@ -375,16 +382,17 @@ class Reconciler:
         return after
 
     def _act(
-        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan
+        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan, uids: Dict[str, Optional[str]]
     ) -> List[machine.CreateError]:
+        """Carry out ``plan``; ``uids`` names the pods the plan's deletions mean (by name)."""
         errors: List[machine.CreateError] = []
         ns = ref.namespace
         for pod in plan.force_delete_pods:
             log.warning("force-deleting %s/%s: stuck terminating", ns, pod)
-            self._delete_pod(ns, pod, grace_seconds=0)
+            self._delete_pod(ns, pod, uids.get(pod), grace_seconds=0)
         # Probes first: a gang that grows back takes their room.
         for pod in plan.delete_probes + plan.delete_pods:
-            self._delete_pod(ns, pod)
+            self._delete_pod(ns, pod, uids.get(pod))
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished passed", ns, ref.name)
             self.client.delete_job(ns, ref.name)
@@ -433,8 +441,9 @@ class Reconciler:
         if isinstance(job, dict) and resource_version(job) >= 0:
             self.cache.put_job(job)
 
-    def _delete_pod(self, namespace: str, name: str, grace_seconds: Optional[int] = None) -> None:
-        pod = self.client.delete_pod(namespace, name, grace_seconds=grace_seconds)
+    def _delete_pod(self, namespace: str, name: str, uid: Optional[str],
+                    grace_seconds: Optional[int] = None) -> None:
+        pod = self.client.delete_pod(namespace, name, grace_seconds=grace_seconds, uid=uid)
         if isinstance(pod, dict) and pod.get("kind") == "Pod":  # marked for deletion
             self.cache.put_pod(pod)
 

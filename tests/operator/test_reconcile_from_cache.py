@@ -56,11 +56,12 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
     reconciler = Reconciler(client, cache=cache)
     key = (namespace, "warm")
     try:
-        # Cold: the job, its pods and its Service are read once; then it acts.
+        # Cold: the job is read once; a job never reconciled (no status) has no pods and no
+        # Service yet (both are created after the first status write), so they are not read.
         reconciler.reconcile(*key)
         reads = _reads(client.calls)
         kinds = sorted(path.split("/namespaces/")[1].split("/")[1] for _, path in reads)
-        assert kinds == ["pods", "services", "trainingjobs"], reads
+        assert kinds == ["trainingjobs"], reads
         created = [path for method, path in client.calls if method == "POST" and path.endswith("/pods")]
         assert len(created) == 2
 
@@ -108,6 +109,18 @@ def test_a_reconcile_on_a_warm_cache_reads_nothing(crd: Any, namespace: str) -> 
         client.calls.clear()
         reconciler.reconcile(*key)
         assert _reads(client.calls) == []
+
+        # A restarted operator (a cold cache, a job with a status): its pods and its Service
+        # are read once, then nothing.
+        restarted_client = _client(kube)
+        restarted = Reconciler(restarted_client, cache=ObservedCache())
+        try:
+            restarted.reconcile(*key)
+            kinds = sorted(path.split("/namespaces/")[1].split("/")[1] for _, path in _reads(restarted_client.calls))
+            assert kinds == ["pods", "services", "trainingjobs"], restarted_client.calls
+            assert not [c for c in restarted_client.calls if c[0] == "POST" and c[1].endswith("/pods")]
+        finally:
+            restarted.poller.stop()
     finally:
         reconciler.poller.stop()
 
@@ -176,6 +189,26 @@ def test_a_pod_deleted_during_a_watch_gap_restarts_the_gang_at_the_next_relist(
     finally:
         resyncer.stop()
         reconciler.poller.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_deletion_from_a_stale_view_spares_the_newer_pod_of_that_name(kube: Any, namespace: str) -> None:
+    """Every attempt reuses the pod names: a deletion decided on an old pod's view names its
+    uid, so the API server refuses it (409) for the newer pod that took the name."""
+    client = _client(kube)
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "same-name"},
+            "spec": {"containers": [{"name": "c", "image": "volt-trainer:test"}]}}
+    old = client.create(namespace, "pods", body)
+    assert old is not None
+    client.delete_pod(namespace, "same-name", grace_seconds=0)
+    kube.kubectl("wait", "-n", namespace, "--for=delete", "pod/same-name", "--timeout=60s")
+    new = client.create(namespace, "pods", body)
+    assert new is not None and new["metadata"]["uid"] != old["metadata"]["uid"]
+
+    assert client.delete_pod(namespace, "same-name", grace_seconds=0, uid=old["metadata"]["uid"]) is None
+    assert get_json(kube, "-n", namespace, "pod", "same-name")["metadata"]["uid"] == new["metadata"]["uid"]
+    assert client.delete_pod(namespace, "same-name", grace_seconds=0, uid=new["metadata"]["uid"]) is not None
+    kube.kubectl("wait", "-n", namespace, "--for=delete", "pod/same-name", "--timeout=60s")
 
 
 def _operator_requests(audit_log: Path, namespace: str, since: str) -> List[Dict[str, Any]]:
