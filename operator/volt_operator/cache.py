@@ -60,6 +60,28 @@ def job_key_of_child(obj: Dict[str, Any]) -> Optional[JobKey]:
     return (namespace, job) if job and namespace else None
 
 
+# What the reconciler reads of a pod (observed.pod_view, the owner check). Keeping only
+# this, not managedFields, the spec's containers and env, makes a pod about a tenth of
+# its size: 4,000 cached pods were most of a 600 MiB operator.
+_POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences",
+                 "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds")
+_POD_STATUS = ("phase", "reason", "message", "podIP", "conditions", "containerStatuses")
+
+
+def slim_pod(pod: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of ``pod`` with only what the operator reads of it."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    slim: Dict[str, Any] = {
+        "metadata": {k: copy.deepcopy(meta[k]) for k in _POD_METADATA if k in meta},
+        "status": {k: copy.deepcopy(status[k]) for k in _POD_STATUS if k in status},
+    }
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node:
+        slim["spec"] = {"nodeName": node}
+    return slim
+
+
 @dataclass
 class _Pods:
     """One job's pods by name, with tombstones (name -> resourceVersion of the deletion)."""
@@ -167,7 +189,7 @@ class ObservedCache:
         key = job_key_of_child(pod)
         if key is None:
             return
-        pod = copy.deepcopy(pod)
+        pod = slim_pod(pod)
         with self._lock:
             self._pods.setdefault(key, _Pods()).put(pod)
 
@@ -216,7 +238,7 @@ class ObservedCache:
         listed = set()
         for pod in pods:
             listed.add(pod["metadata"]["name"])
-            entry.put(copy.deepcopy(pod))
+            entry.put(slim_pod(pod))
         removed = []
         for name, pod in list(entry.live.items()):
             if name not in listed and resource_version(pod) <= list_rv:

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 from kubernetes.client import Configuration
 
-from volt_operator.cache import ObservedCache
+from volt_operator.cache import ObservedCache, slim_pod
+from volt_operator.observed import pod_view
 from volt_operator.kube import KubeClient
 from volt_operator.progress import Poller, ProgressError
 from volt_operator.reconciler import Reconciler
@@ -77,6 +78,30 @@ def test_jobs_and_services_keep_the_newest_news() -> None:
     cache.put_service({"metadata": {**service["metadata"], "resourceVersion": "4"}}, exists=False)
     cache.put_service(service)  # late
     assert cache.service_exists(KEY) is False
+
+
+def test_the_cache_keeps_what_the_operator_reads_of_a_pod_and_little_else() -> None:
+    full = {
+        "metadata": {"name": "job-node-1", "namespace": "ns", "uid": "u-1", "resourceVersion": "42",
+                     "labels": {"volt.dev/job": "job", "volt.dev/rank": "1", "volt.dev/attempt": "2"},
+                     "ownerReferences": [{"uid": "job-uid", "kind": "TrainingJob", "name": "job"}],
+                     "creationTimestamp": "2026-12-06T10:00:00Z", "deletionTimestamp": "2026-12-06T10:05:00Z",
+                     "deletionGracePeriodSeconds": 30, "annotations": {"big": "x" * 5000},
+                     "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {"x": "y" * 5000}}}]},
+        "spec": {"nodeName": "node-3", "containers": [{"name": "trainer", "env": [
+            {"name": "VOLT_TRAINER", "value": "{" + "x" * 5000 + "}"}]}]},
+        "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory", "podIP": "10.0.0.7",
+                   "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"},
+                                  {"type": "Ready", "status": "False"}],
+                   "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                       "exitCode": 137, "reason": "OOMKilled", "message": "{}", "finishedAt": "2026-12-06T10:04:00Z"}}}],
+                   "hostIP": "192.168.0.3", "qosClass": "Burstable"},
+    }
+    slim = slim_pod(full)
+    assert pod_view(slim) == pod_view(full) and pod_view(slim, gone=True) == pod_view(full, gone=True)
+    assert len(repr(slim)) * 10 < len(repr(full))
+    slim["metadata"]["labels"]["volt.dev/rank"] = "9"  # a copy: the watch's body is not shared
+    assert full["metadata"]["labels"]["volt.dev/rank"] == "1"
 
 
 def test_a_relist_drops_the_pods_and_jobs_a_watch_gap_hid() -> None:
