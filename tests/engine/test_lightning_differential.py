@@ -26,6 +26,7 @@ from ddp_support import child_env, kill_all
 
 SCRIPT = Path(__file__).with_name("lightning_diff_script.py")
 DDP_METRICS_SCRIPT = Path(__file__).with_name("lightning_ddp_metrics_script.py")
+DDP_SAMPLER_SCRIPT = Path(__file__).with_name("lightning_ddp_sampler_script.py")
 ENV_VAR = "VOLT_LIGHTNING_PYTHON"
 pytestmark = pytest.mark.timeout(240)
 
@@ -353,3 +354,50 @@ def test_torchmetrics_under_ddp_log_as_in_lightning(ddp_torchmetrics: Results) -
     epoch_keys = [k for k in rank0 if not k.endswith("_step") and k not in ("mse_step_only",)]
     assert {k: rank0[k] for k in epoch_keys} == {k: rank1[k] for k in epoch_keys}
     assert {"mse_by_hand", "acc_by_hand", "val_by_hand", "loss_synced", "acc_both_epoch"} <= set(rank0)
+
+
+@pytest.fixture(scope="module")
+def ddp_samplers(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    """lightning_ddp_sampler_script.py under each engine (2 processes, gloo), side by side: what every rank saw."""
+    lightning_python = os.environ.get(ENV_VAR)
+    if not lightning_python:
+        pytest.skip(f"{ENV_VAR} is not set: run `make lightning-env` and set {ENV_VAR} to its python")
+    out = tmp_path_factory.mktemp("ddp_samplers")
+    runs = {}
+    for engine, python in (("volt", sys.executable), ("lightning", lightning_python)):
+        with open(out / f"{engine}.log", "wb") as log:
+            runs[engine] = subprocess.Popen([python, str(DDP_SAMPLER_SCRIPT), engine, str(out)],
+                                            env=child_env(PYTHONHASHSEED="0"), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for engine, proc in runs.items():  # about 50 s each, side by side, on a loaded 2-core VM
+            code = proc.wait(timeout=300)
+            assert code == 0, f"the {engine} DDP run failed:\n{(out / f'{engine}.log').read_text()[-4000:]}"
+    finally:
+        kill_all(list(runs.values()))
+    return tuple({rank: json.loads((out / f"{engine}-{rank}.json").read_text()) for rank in (0, 1)}
+                 for engine in ("volt", "lightning"))  # type: ignore[return-value]
+
+
+@pytest.mark.timeout(360)
+def test_ddp_samplers_deal_as_lightnings(ddp_samplers: Results) -> None:
+    """The samples each of 2 ranks sees per stage and epoch: shuffled, unshuffled and custom-sampler
+    training loaders (Lightning shuffles all three), evaluation loaders, set_epoch, drop_last,
+    use_distributed_sampler=False, overfit_batches, seed_everything: the same indices as Lightning's.
+    tests/engine/test_ddp_samplers.py asserts the rule itself."""
+    volt, lightning = ddp_samplers
+    for rank in (0, 1):
+        # On purpose (docs/distributed.md): a shuffled predict loader is predicted in dataset order. Lightning
+        # deals each rank's own RandomSampler permutation, so some samples are predicted twice, others never.
+        volt_predicted = volt[rank]["evaluate_shuffle"].pop("predict/0")
+        lightning[rank]["evaluate_shuffle"].pop("predict/0")
+        assert volt_predicted == list(range(rank, 13, 2))
+        # On purpose: torch's BatchSampler passed as DataLoader(batch_sampler=...) keeps its batch size (3);
+        # Lightning re-creates such a loader without it, so it yields one sample at a time.
+        volt_sizes, lightning_sizes = (side[rank].pop("fit_plain_batch_sampler_sizes") for side in (volt, lightning))
+        assert volt_sizes == {"train/0": [3, 3, 1], "train/1": [3, 3, 1]}
+        assert lightning_sizes == {"train/0": [1] * 7, "train/1": [1] * 7}
+        assert_same(volt[rank], lightning[rank], f"rank {rank}")
+    # The check has teeth: Lightning shuffles an unshuffled training loader, and the ranks see different samples.
+    assert lightning[0]["fit_sequential"]["train/0"] != list(range(0, 13, 2))
+    assert lightning[0]["fit_sequential"]["train/0"] != lightning[1]["fit_sequential"]["train/0"]

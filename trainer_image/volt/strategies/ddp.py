@@ -84,12 +84,23 @@ class _StepDispatch(nn.Module):
 
 
 class _ShardedSampler(Sampler):
-    """Shard any sampler's indices across ranks (padding so every rank has as many)."""
+    """Deal a user sampler's indices to the ranks, as Lightning's ``DistributedSamplerWrapper`` does.
 
-    def __init__(self, sampler: Sampler, num_replicas: int, rank: int) -> None:
+    Each epoch the sampler's indices are listed; ``shuffle`` permutes their positions with
+    ``DistributedSampler``'s permutation (seed + epoch); ``pad`` repeats the first ones up to
+    a multiple of the world size (every rank runs as many batches); rank r takes positions
+    r, r+N, ... Without ``pad`` (prediction) every index is dealt exactly once and ranks may
+    differ by one.
+    """
+
+    def __init__(self, sampler: Iterable, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0,
+                 pad: bool = True) -> None:
         self.sampler = sampler
         self.num_replicas = num_replicas
         self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,17 +110,23 @@ class _ShardedSampler(Sampler):
 
     def _indices(self) -> List[Any]:
         indices = list(self.sampler)
-        if not indices:
-            return []
-        total = -(-len(indices) // self.num_replicas) * self.num_replicas
-        indices += indices[: total - len(indices)]
-        return indices[self.rank : total : self.num_replicas]
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        if self.pad and indices:
+            missing = -len(indices) % self.num_replicas
+            indices += (indices * -(-missing // len(indices)))[:missing]
+        return indices[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._indices())
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.num_replicas)  # type: ignore[arg-type]
+        total = len(self.sampler)  # type: ignore[arg-type]
+        if self.pad:
+            return -(-total // self.num_replicas)
+        return len(range(self.rank, total, self.num_replicas))
 
 
 class _FirstNBatches(Sampler):
@@ -203,6 +220,25 @@ def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
             f"DataLoader's own arguments in {cls.__name__}.__init__, or pass Trainer(use_distributed_sampler=False) "
             f"and shard the data yourself"
         ) from err
+
+
+def _custom_batch_sampler(batch_sampler: Any, sampler: Sampler, stage: str) -> Any:
+    """A new instance of the user's batch sampler class around the distributed ``sampler``, as Lightning
+    builds it: ``cls(sampler, batch_size=..., drop_last=...)`` (``drop_last=False`` to predict)."""
+    cls = type(batch_sampler)
+    batch_size, drop_last = getattr(batch_sampler, "batch_size", None), getattr(batch_sampler, "drop_last", None)
+    if batch_size is not None and drop_last is not None:
+        try:
+            return cls(sampler, batch_size=batch_size, drop_last=drop_last and stage != "predict")
+        except TypeError as err:
+            reason = f"{cls.__name__}(sampler, batch_size=, drop_last=) failed: {err}"
+    else:
+        reason = f"{cls.__name__} has no batch_size and drop_last attributes"
+    raise TypeError(
+        f"the {stage} dataloader's batch_sampler must be re-created around a DistributedSampler under DDP, but "
+        f"{reason}. Subclass torch's BatchSampler (or accept sampler, batch_size and drop_last in __init__), or "
+        "pass Trainer(use_distributed_sampler=False) and shard by rank in your batch sampler"
+    )
 
 
 #: torch's names for the threads that run gloo collectives (``ProcessGroupGloo::runLoop``).
@@ -563,25 +599,53 @@ class DDPStrategy(Strategy):
         )
 
     def _with_distributed_sampler(self, loader: DataLoader, stage: str) -> DataLoader:
+        """``loader`` with its sampler dealt to the ranks, by Lightning's rule (docs/distributed.md, "Samplers").
+
+        Training always shuffles (seed ``PL_GLOBAL_SEED`` + epoch), whatever ``shuffle`` the loader
+        had, except under ``overfit_batches``; evaluation shuffles only a ``RandomSampler``. A
+        ``RandomSampler``/``SequentialSampler`` becomes a ``DistributedSampler``; a custom sampler's
+        own order is dealt (``_ShardedSampler``). Both pad to a multiple of the world size.
+        Prediction deals each sample exactly once, in order. A custom batch sampler gets the new
+        sampler through its constructor.
+        """
         batch_sampler = loader.batch_sampler
-        if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
-            log.warning("%s dataloader has a custom batch_sampler: not sharded; it must shard by rank itself", stage)
-            return loader
         sampler = loader.sampler
-        if isinstance(sampler, (DistributedSampler, _ShardedSampler)):
-            return loader
+        inner = getattr(batch_sampler, "sampler", None)
+        dealt = (DistributedSampler, _ShardedSampler)
+        if isinstance(sampler, dealt) or isinstance(inner, dealt):
+            return loader  # dealt already (by the user, or by volt: a loader given back)
         kwargs = self.distributed_sampler_kwargs
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        if isinstance(sampler, (RandomSampler, SequentialSampler)):
-            new: Sampler = DistributedSampler(
-                loader.dataset, shuffle=isinstance(sampler, RandomSampler) and stage in ("train", "fit"),
-                seed=seed, drop_last=False, **kwargs,
-            )
-        else:  # a user sampler: keep its order and shard it
-            new = _ShardedSampler(sampler, kwargs["num_replicas"], kwargs["rank"])
+        if stage == "predict":
+            new: Sampler = self._prediction_sampler(loader, kwargs["num_replicas"], kwargs["rank"])
+        else:
+            overfit = bool(getattr(self._trainer, "overfit_batches", 0))
+            shuffled = isinstance(inner if batch_sampler is not None else sampler, RandomSampler)
+            shuffle = not overfit and (stage in ("train", "fit") or shuffled)
+            if isinstance(sampler, (RandomSampler, SequentialSampler)):
+                new = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, drop_last=False, **kwargs)
+            else:
+                new = _ShardedSampler(sampler, kwargs["num_replicas"], kwargs["rank"], shuffle=shuffle, seed=seed)
+        if batch_sampler is not None and (type(batch_sampler) is not BatchSampler or loader.batch_size is None):
+            # the user's own batch sampler (a DataLoader built with batch_sampler= has batch_size None)
+            return _rebuild(loader, batch_sampler=_custom_batch_sampler(batch_sampler, new, stage))
         batch_size = loader.batch_size if batch_sampler is not None else None
-        return _rebuild(loader, sampler=new, batch_size=batch_size, shuffle=False,
-                        drop_last=loader.drop_last if batch_sampler is not None else False)
+        drop_last = loader.drop_last if batch_sampler is not None and stage != "predict" else False
+        return _rebuild(loader, sampler=new, batch_size=batch_size, shuffle=False, drop_last=drop_last)
+
+    def _prediction_sampler(self, loader: DataLoader, num_replicas: int, rank: int) -> Sampler:
+        """Every sample predicted once: the loader's order dealt round-robin, no padding (as Lightning).
+
+        A ``RandomSampler`` is dealt in dataset order instead: each rank draws its own permutation,
+        so dealing those would predict some samples twice and others never.
+        """
+        sampler = loader.sampler
+        if isinstance(sampler, RandomSampler):
+            if self.is_global_zero:
+                log.warning("the predict dataloader shuffles: under DDP volt predicts its samples in dataset order, "
+                            "each exactly once")
+            sampler = SequentialSampler(loader.dataset)  # type: ignore[arg-type]
+        return _ShardedSampler(sampler, num_replicas, rank, pad=False)
 
     def _equalize_batches(self, loader: DataLoader) -> DataLoader:
         """Every rank must run the same number of training batches: all-reduce MIN once."""

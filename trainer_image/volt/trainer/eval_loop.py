@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from volt.module import LightningModule
-from volt.trainer.data import iterate
+from volt.trainer.data import iterate, set_sampler_epoch
 from volt.trainer.profiling import ProfiledBatches
 from volt.trainer.stage import setup_stage, teardown_stage
 from volt.utilities import move_data_to_device
@@ -118,7 +118,12 @@ def run_evaluate(trainer: "Trainer", ckpt_path: Optional[str]) -> List[Dict[str,
 
 
 def _batches(trainer: "Trainer", stage: str, loader: Any, limit: float) -> Any:
-    """``iterate(loader, limit)``; with a profiler, each fetch is the action ``get_<stage>_batch``."""
+    """``iterate(loader, limit)``; with a profiler, each fetch is the action ``get_<stage>_batch``.
+
+    The sampler's epoch is the training epoch's, as in Lightning (a shuffled evaluation loader
+    follows the training progress; a custom sampler gets ``set_epoch`` forwarded).
+    """
+    set_sampler_epoch(loader, trainer.current_epoch)
     if trainer.run_state.profiling:
         loader = ProfiledBatches(trainer.profiler, f"get_{stage}_batch", loader)
     return iterate(loader, limit)
@@ -245,6 +250,7 @@ class _RecordingBatchSampler:
 
     def __init__(self, batch_sampler: Any) -> None:
         self.batch_sampler = batch_sampler
+        self.sampler = getattr(batch_sampler, "sampler", None)  # where set_epoch is found
         self.seen: List[List[int]] = []
 
     def __iter__(self) -> Any:
