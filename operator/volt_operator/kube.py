@@ -164,14 +164,6 @@ class KubeClient:
         body = self.request("GET", path, query={"labelSelector": selector})
         return list(body.get("items") or []), resource_version(body)
 
-    def get_service(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
-        try:
-            return self.request("GET", self.core_path(namespace, "services", name))
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-
     def create(self, namespace: str, kind: str, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """Create a core object: the object created, None when it already exists (idempotent)."""
         return self._create(self.core_path(namespace, kind), body)

@@ -224,19 +224,11 @@ class Reconciler:
                 views.append(gone)
         return views
 
-    def _service_exists(self, namespace: str, name: str, never_reconciled: bool) -> bool:
-        exists = self.cache.service_exists((namespace, name))
-        if exists is None and never_reconciled:
-            return False  # created after the first status write; a leftover one makes the create a no-op
-        if exists is None:
-            service = self.client.get_service(namespace, name)
-            if service is None:
-                self.cache.put_service({"metadata": {"namespace": namespace, "name": name}},
-                                       exists=False)
-            else:
-                self.cache.put_service(service)
-            exists = service is not None
-        return exists
+    def _service_exists(self, namespace: str, name: str) -> bool:
+        """Whether the job's Service exists, as the watch says. Not known yet (a job's first
+        look, before the watch's listing came): taken as missing, so the plan creates it, and
+        a create that finds it there (409) is the answer, at the cost a read would have had."""
+        return bool(self.cache.service_exists((namespace, name)))
 
     def _poll_progress(
         self, key: Tuple[str, str], spec: TrainingJobSpec, st: TrainingJobStatus,
@@ -316,7 +308,7 @@ class Reconciler:
         pods = [p for p in observed if p.probe is None]
         probes = [p for p in observed if p.probe is not None]
         polled = self._poll_progress((namespace, name), spec, current, pods, now)
-        service_exists = self._service_exists(namespace, name, not old_status)
+        service_exists = self._service_exists(namespace, name)
         plan = machine.decide(
             spec, machine.JobMeta(name, meta.get("generation", 1)), current, pods,
             service_exists, now, stuck_pod_margin=self.stuck_pod_margin,
