@@ -43,8 +43,16 @@ POD_PLACEMENT: Dict[str, Any] = {
                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
                     {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}],
 }
-# Node heartbeats: a Lease renewed every quarter of this (the node controller's grace is 20 s).
+# Node heartbeats: a Lease renewed every quarter of this (the node controller's grace is 50 s).
 LEASE_SECONDS = 40
+# KWOK's workers. Its defaults (4 Lease renewers, 4 pod-stage players) renew 1,000 nodes'
+# Leases (100 writes/s) only while a write takes under 40 ms; on a loaded machine they
+# fell behind, nodes went NotReady and their pods not Ready, and a 500-job run never
+# settled. More in flight keeps the heartbeats on time without more writes.
+CONFIGURATION: Dict[str, Any] = {
+    "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+    "options": {"nodeLeaseParallelism": 64, "podPlayStageParallelism": 16},
+}
 
 
 def kwok_binary() -> Path:
@@ -168,7 +176,7 @@ class Kwok:
             raise FileNotFoundError(f"{binary} not built: run `make kwok`")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "kwok-stages.yaml"
-        config.write_text(yaml.safe_dump_all(STAGES))
+        config.write_text(yaml.safe_dump_all([CONFIGURATION, *STAGES]))
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(binary), "--kubeconfig", str(self.kube.kubeconfig), "--config", str(config),
