@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 JobKey = Tuple[str, str]  # (namespace, name)
 
@@ -260,12 +260,7 @@ class ObservedCache:
 
     def put_service(self, service: Dict[str, Any], exists: bool = True) -> None:
         """A Service as an event or our own create saw it (``exists=False``: its deletion)."""
-        meta = service["metadata"]
-        key, rv = (meta["namespace"], meta["name"]), resource_version(service)
-        with self._lock:
-            old = self._services.get(key)
-            if old is None or rv >= old[1]:
-                self._services[key] = (exists, rv)
+        self._put_newest(self._services, service, exists)
 
     def service_exists(self, key: JobKey) -> Optional[bool]:
         """Whether the job's Service exists; None when no event or read has said."""
@@ -277,15 +272,57 @@ class ObservedCache:
 
     def put_workload(self, workload: Dict[str, Any], exists: bool = True) -> None:
         """A Workload as an event or our own write saw it (``exists=False``: its deletion)."""
-        meta = workload["metadata"]
-        key, rv = (meta["namespace"], meta["name"]), resource_version(workload)
-        with self._lock:
-            old = self._workloads.get(key)
-            if old is None or rv >= old[1]:
-                self._workloads[key] = (copy.deepcopy(workload) if exists else None, rv)
+        self._put_newest(self._workloads, workload, copy.deepcopy(workload) if exists else None)
 
     def workload(self, key: JobKey) -> Tuple[bool, Optional[Dict[str, Any]]]:
         """(known, body): (True, None) for a Workload known not to exist; (False, None) unknown."""
         with self._lock:
             known = self._workloads.get(key)
             return (False, None) if known is None else (True, known[0])
+
+    def relist_services(self, services: Iterable[Dict[str, Any]], list_rv: int,
+                        namespace: Optional[str] = None) -> List[JobKey]:
+        """Merge a LIST of the jobs' Services in ``namespace`` (None: all) taken at ``list_rv``;
+        returns the jobs whose Service was deleted during a watch gap (it is named after
+        its job), for them to be looked at again: their next reconcile creates it."""
+        gone = self._relist(self._services, services, list_rv, namespace, absent=False,
+                            present=lambda service: True)
+        return [key for key, _ in gone]
+
+    def relist_workloads(self, workloads: Iterable[Dict[str, Any]], list_rv: int,
+                         namespace: Optional[str] = None) -> List[JobKey]:
+        """The same for Kueue Workloads (--kueue); returns the jobs whose Workload was deleted
+        during a watch gap, found through its ``volt.dev/job`` label."""
+        gone = self._relist(self._workloads, workloads, list_rv, namespace, absent=None,
+                            present=copy.deepcopy)
+        return [key for key in (job_key_of_child(body) for _, body in gone) if key is not None]
+
+    # -- shared by the Service and Workload tables ---------------------------------
+
+    def _put_newest(self, table: Dict[JobKey, Tuple[Any, int]], obj: Dict[str, Any], value: Any) -> None:
+        """Record ``value`` for ``obj`` unless the table holds news of a newer version."""
+        meta = obj["metadata"]
+        key, rv = (meta["namespace"], meta["name"]), resource_version(obj)
+        with self._lock:
+            old = table.get(key)
+            if old is None or rv >= old[1]:
+                table[key] = (value, rv)
+
+    def _relist(self, table: Dict[JobKey, Tuple[Any, int]], listed: Iterable[Dict[str, Any]],
+                list_rv: int, namespace: Optional[str], absent: Any,
+                present: Callable[[Dict[str, Any]], Any]) -> List[Tuple[JobKey, Any]]:
+        """Merge a LIST into ``table``: what it lacks, and the table holds as existing at a
+        version no newer than the LIST, was deleted meanwhile. Returns those (key, last value)."""
+        names = set()
+        for obj in listed:
+            self._put_newest(table, obj, present(obj))
+            names.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+        gone = []
+        with self._lock:
+            for key, (value, rv) in list(table.items()):
+                if (namespace is not None and key[0] != namespace) or key in names:
+                    continue
+                if value is not absent and rv <= list_rv:
+                    table[key] = (absent, list_rv)
+                    gone.append((key, value))
+        return gone

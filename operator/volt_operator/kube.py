@@ -160,7 +160,13 @@ class KubeClient:
     def list_pods(self, namespace: Optional[str], selector: str) -> Tuple[List[Dict[str, Any]], int]:
         """The pods matching ``selector`` in one namespace (None: all of them) and the list's
         resourceVersion (-1 if none)."""
-        path = self.core_path(namespace, "pods") if namespace else "/api/v1/pods"
+        return self.list_core(namespace, "pods", selector)
+
+    def list_core(self, namespace: Optional[str], kind: str,
+                  selector: str) -> Tuple[List[Dict[str, Any]], int]:
+        """Core objects of ``kind`` (plural) matching ``selector`` in one namespace (None: all
+        of them) and the list's resourceVersion (-1 if none)."""
+        path = self.core_path(namespace, kind) if namespace else f"/api/v1/{kind}"
         body = self.request("GET", path, query={"labelSelector": selector})
         return list(body.get("items") or []), resource_version(body)
 

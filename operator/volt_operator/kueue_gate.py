@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 from . import kueue
 from .api import TERMINAL_PHASES, TrainingJobSpec, TrainingJobStatus
-from .cache import ObservedCache
+from .builders import LABEL_JOB
+from .cache import JobKey, ObservedCache, resource_version
 from .kube import ApiError, KubeClient
 from .observed import PodView
 
@@ -108,6 +109,13 @@ class KueueGate:
                 log.info("%s/%s: gang stopped after eviction; released Workload %s", namespace,
                          meta["name"], name)
         return kueue.admission(workload)
+
+    def relist(self, namespace: Optional[str]) -> List[JobKey]:
+        """One LIST of the jobs' Workloads in ``namespace`` (None: all) merged into the cache;
+        returns the jobs whose Workload was deleted while the watch was down."""
+        path = workload_path(namespace) if namespace else f"/apis/{kueue.WORKLOAD_API_VERSION}/{kueue.WORKLOADS}"
+        body = self.client.request("GET", path, query={"labelSelector": LABEL_JOB})
+        return self.cache.relist_workloads(body.get("items") or [], resource_version(body), namespace)
 
     def settle(self, job: Dict[str, Any], status: TrainingJobStatus, now: datetime) -> None:
         """A finished job releases its quota: its Workload is marked Finished."""

@@ -579,11 +579,12 @@ class Resyncer:
             future.result()
 
     def relist(self) -> None:
-        """Drop from the cache what a watch gap hid: the jobs and pods deleted while a
-        watch was down (it re-lists when it comes back, but sends no DELETED for them).
-        One LIST of jobs and one of pods per watched namespace; a job that lost pods is
-        reconciled with their last known states, as if their DELETED events had come."""
-        client, cache = self.reconciler.client, self.reconciler.cache
+        """Drop from the cache what a watch gap hid: the jobs, pods, Services and Kueue
+        Workloads deleted while a watch was down (it re-lists when it comes back, but sends
+        no DELETED for them). One LIST of each per watched namespace. A job that lost pods
+        is reconciled with their last known states, as if their DELETED events had come;
+        one that lost its Service or Workload is reconciled, which creates it again."""
+        client, cache, kueue = self.reconciler.client, self.reconciler.cache, self.reconciler.kueue
         for namespace in self.namespaces or [None]:
             jobs, jobs_rv = client.list_jobs(namespace)
             for key in cache.relist_jobs(jobs, jobs_rv, namespace):
@@ -596,6 +597,15 @@ class Resyncer:
                          ", ".join(p["metadata"]["name"] for p in gone))
                 for pod in gone:
                     self._pool.submit(self._one, job_namespace, job, pod)
+            services, services_rv = client.list_core(namespace, "services", LABEL_JOB)
+            lost = cache.relist_services(services, services_rv, namespace)
+            if kueue is not None:
+                lost += kueue.relist(namespace)
+            for key in dict.fromkeys(lost):
+                if cache.job(key)[1] is None:
+                    continue  # the job went too (its children with it)
+                log.info("%s/%s: its Service or Workload was deleted while a watch was down", *key)
+                self._pool.submit(self._one, *key)
 
     def _one(self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None) -> None:
         try:

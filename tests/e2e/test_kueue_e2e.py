@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
 
 from job_helpers import apply, diagnosis, events, example, kubectl_watch, volume_dir
 from operator_process import OperatorProcess
-from volt_operator.kube import USER_AGENT
+from volt_operator import kueue as kueue_api
+from volt_operator.api import TrainingJobSpec, TrainingJobStatus
+from volt_operator.cache import ObservedCache
+from volt_operator.kube import USER_AGENT, KubeClient
+from volt_operator.kueue_gate import KueueGate
 from volt_operator.testing.cluster import Component, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -274,3 +281,30 @@ def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
     reference, resumed = final_weights(volume, "reference"), final_weights(volume, "low")
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), "weights differ from the uninterrupted run"
+
+
+@pytest.mark.timeout(120)
+def test_a_workload_deleted_during_a_watch_gap_is_found_by_the_relist(
+        queue: str, kueue: LocalCluster, namespace: str) -> None:
+    """No watch runs here, as during a gap: the gate's cache keeps the Workload it created
+    until the periodic LIST finds it gone and names its job, whose reconcile creates it again."""
+    _, job = queued_job("gap", queue, samples=64, step_delay=0.0, epochs=1)
+    kueue.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    body = kueue.request("GET", f"{jobs_path(namespace)}/gap")
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=str(kueue.kubeconfig), client_configuration=configuration)
+    gate = KueueGate(KubeClient(configuration), ObservedCache())
+    spec, now = TrainingJobSpec.model_validate(body["spec"]), datetime.now(timezone.utc)
+    workload = (namespace, kueue_api.workload_name("gap"))
+
+    gate.admission(body, spec, TrainingJobStatus(), [], now)
+    assert gate.cache.workload(workload)[1] is not None
+    assert gate.relist(namespace) == []
+    kueue.kubectl("delete", "-n", namespace, "workload", workload[1], "--wait=true")
+    assert gate.cache.workload(workload)[1] is not None  # no watch told it
+    assert gate.relist(namespace) == [(namespace, "gap")]
+    assert gate.cache.workload(workload) == (True, None)
+    gate.admission(body, spec, TrainingJobStatus(), [], now)  # the job's next reconcile
+    assert kueue.request("GET", f"/apis/{kueue_api.WORKLOAD_API_VERSION}/namespaces/{namespace}/"
+                                f"{kueue_api.WORKLOADS}/{workload[1]}")["metadata"]["name"] == workload[1]
+

@@ -128,6 +128,31 @@ def test_a_relist_drops_the_pods_and_jobs_a_watch_gap_hid() -> None:
     assert cache.job(("ns", "new"))[1] is not None
 
 
+def test_a_relist_finds_the_services_and_workloads_a_watch_gap_hid() -> None:
+    def obj(name: str, rv: int, namespace: str = "ns", job: str = "job") -> Dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": str(rv),
+                             "labels": {"volt.dev/job": job}}}
+
+    cache = ObservedCache()
+    cache.put_service(obj("job", 5))
+    cache.put_service(obj("kept", 6, job="kept"))
+    cache.put_service(obj("new", 30, job="new"))  # created after the LIST below
+    cache.put_service(obj("gone", 7, job="gone"), exists=False)  # its DELETED event came
+    cache.put_service(obj("job", 8, namespace="other"))  # not in that LIST's namespace
+    assert cache.relist_services([obj("kept", 6, job="kept")], list_rv=20, namespace="ns") == [KEY]
+    assert cache.service_exists(KEY) is False
+    assert [cache.service_exists(k) for k in [("ns", "kept"), ("ns", "new"), ("other", "job")]] == [True] * 3
+    cache.put_service(obj("job", 4))  # a late event of the deleted Service cannot bring it back
+    assert cache.service_exists(KEY) is False
+    assert cache.relist_services([], list_rv=21, namespace="ns") == [("ns", "kept")]  # once each
+
+    cache.put_workload(obj("trainingjob-job", 5))
+    cache.put_workload(obj("trainingjob-new", 30, job="new"))
+    assert cache.relist_workloads([], list_rv=20, namespace="ns") == [KEY]  # by its label
+    assert cache.workload(("ns", "trainingjob-job")) == (True, None)
+    assert cache.workload(("ns", "trainingjob-new"))[1] is not None
+
+
 @pytest.mark.timeout(30)
 def test_a_slow_progress_endpoint_holds_up_neither_the_caller_nor_other_jobs() -> None:
     release = threading.Event()

@@ -153,7 +153,7 @@ def test_a_cache_that_missed_the_pods_creates_no_duplicate(crd: Any, namespace: 
 def test_a_pod_deleted_during_a_watch_gap_restarts_the_gang_at_the_next_relist(
         crd: Any, namespace: str) -> None:
     """No DELETED event reaches the cache (no watch runs here, as during a gap): the cache
-    keeps the pod and nothing happens until the periodic LIST finds it gone."""
+    keeps the pod and the Service, and nothing happens until the periodic LIST finds them gone."""
     kube = crd
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=idle_job_manifest("gap", suspend=False))
     cache = ObservedCache()
@@ -176,14 +176,18 @@ def test_a_pod_deleted_during_a_watch_gap_restarts_the_gang_at_the_next_relist(
         assert job_status(kube, namespace, "gap")["phase"] == "Running"
 
         kube.kubectl("delete", "-n", namespace, "pod", "gap-node-1", "--wait=true")
-        reconciler.reconcile(*key)  # the cache still holds the pod: nothing to do
+        kube.kubectl("delete", "-n", namespace, "service", "gap", "--wait=true")
+        reconciler.reconcile(*key)  # the cache still holds the pod and the Service: nothing to do
         assert job_status(kube, namespace, "gap").get("restarts", 0) == 0
         assert "gap-node-1" in {p["metadata"]["name"] for p in cache.pods(key) or []}
+        assert cache.service_exists(key) is True
 
         resyncer.relist()
         assert "gap-node-1" not in {p["metadata"]["name"] for p in cache.pods(key) or []}
         kube.watch(job_path, lambda jobs: (jobs.get("gap", {}).get("status") or {}).get("restarts", 0) >= 1,
                    120, "the gang restart the lost pod causes")
+        kube.watch(f"/api/v1/namespaces/{namespace}/services?fieldSelector=metadata.name=gap",
+                   lambda services: "gap" in services, 60, "the lost Service created again")
 
         kube.kubectl("delete", "-n", namespace, "tj", "gap", "--wait=true")
         resyncer.relist()
