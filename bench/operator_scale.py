@@ -115,11 +115,8 @@ def measure(kube: LocalCluster, jobs: int, window: float, operator_src: Path, lo
                  input=yaml.safe_dump_all([suspended_job(f"idle-{i}") for i in range(jobs)]))
     proc = start_operator(kube, namespace, operator_src, log_dir / f"operator-{jobs}.log")
     try:
-        def all_suspended() -> bool:
-            items = get_json(kube, "-n", namespace, "tj")["items"]
-            return len(items) == jobs and all((j.get("status") or {}).get("phase") == "Suspended" for j in items)
-
-        wait_until(f"{jobs} jobs Suspended", all_suspended, 300, every=1.0)
+        watch_jobs(kube, namespace, f"{jobs} jobs Suspended", 300, lambda st: len(st) == jobs and all(
+            s.get("phase") == "Suspended" for s in st.values()))
         time.sleep(WARM_UP_S)  # let start-up reads (one per job) pass before the window
         start = audit_now(kube)
         time.sleep(window)  # the measurement itself: what happens in a quiet window
@@ -245,6 +242,15 @@ def jobs_status(kube: LocalCluster, namespace: str) -> Dict[str, Dict[str, Any]]
     return {j["metadata"]["name"]: (j.get("status") or {}) for j in get_json(kube, "-n", namespace, "tj")["items"]}
 
 
+def watch_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
+               until: Callable[[Dict[str, Dict[str, Any]]], bool]) -> None:
+    """Watch the namespace's TrainingJobs until ``until(status by job name)`` holds: one
+    watch, not a LIST of every job each second (which, at 500 jobs, cost the API server
+    more than the operator did)."""
+    kube.watch(f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs",
+               lambda jobs: until({n: (j.get("status") or {}) for n, j in jobs.items()}), timeout, what)
+
+
 def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, operator_src: Path,
                  work_dir: Path, timeout: float) -> Dict[str, Any]:
     """The kwok scenario (module docstring); returns its figures and the checks' failures."""
@@ -268,18 +274,12 @@ def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, opera
         kube.kubectl("create", "-n", namespace, "-f", "-", timeout=left(),
                      input=yaml.safe_dump_all([scale_job(n) for n in names]))
 
-        def all_running() -> bool:
-            st = jobs_status(kube, namespace)
-            return len(st) == jobs and all(s.get("phase") == "Running" for s in st.values())
-
-        wait_until(f"{jobs} jobs Running", all_running, left(), every=1.0)
+        watch_jobs(kube, namespace, f"{jobs} jobs Running", left(), lambda st: len(st) == jobs and all(
+            s.get("phase") == "Running" for s in st.values()))
         # Settled: every job has had its first /progress read (there is none: ProgressPolled
         # False is written once); after that nothing changes.
-        def polled() -> bool:
-            return all(any(c["type"] == "ProgressPolled" for c in s.get("conditions") or [])
-                       for s in jobs_status(kube, namespace).values())
-
-        wait_until("every job's first progress read", polled, left(), every=1.0)
+        watch_jobs(kube, namespace, "every job's first progress read", left(), lambda st: all(
+            any(c["type"] == "ProgressPolled" for c in s.get("conditions") or []) for s in st.values()))
         cpu_before, start = sampler.cpu_seconds(), audit_now(kube)
         time.sleep(window)  # the steady-state window: what the operator does while nothing changes
         end, cpu_after = audit_now(kube), sampler.cpu_seconds()
@@ -289,21 +289,16 @@ def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, opera
         in_parallel(lambda name: kube.kubectl(
             "annotate", "-n", namespace, "pod", f"{name}-node-1", f"{FAIL_ANNOTATION}=true"), killed)
 
-        def restarted() -> bool:  # (a later attempt too: see simulator_deletes)
-            st = jobs_status(kube, namespace)
-            return all(st[n].get("attempt", 0) >= 1 and st[n].get("phase") == "Running" for n in killed)
-
-        wait_until(f"{len(killed)} gangs restarted and Running", restarted, left(), every=1.0)
+        # (at a later attempt too: see simulator_deletes)
+        watch_jobs(kube, namespace, f"{len(killed)} gangs restarted and Running", left(), lambda st: all(
+            st[n].get("attempt", 0) >= 1 and st[n].get("phase") == "Running" for n in killed))
         restart_end = audit_now(kube)
         # Every pod finishes; every job must succeed.
         in_parallel(lambda name: kube.kubectl(
             "annotate", "-n", namespace, "pods", "-l", f"volt.dev/job={name}", f"{FINISH_ANNOTATION}=true"), names)
 
-        def succeeded() -> bool:
-            st = jobs_status(kube, namespace)
-            return all(s.get("phase") == "Succeeded" for s in st.values())
-
-        wait_until(f"{jobs} jobs Succeeded", succeeded, left(), every=1.0)
+        watch_jobs(kube, namespace, f"{jobs} jobs Succeeded", left(), lambda st: all(
+            s.get("phase") == "Succeeded" for s in st.values()))
         final = jobs_status(kube, namespace)
         time.sleep(1.0)  # the audit backend writes in batches; let the last one land
         figures = audit_figures(kube, namespace, names, killed, (start, end), (end, restart_end))
