@@ -245,8 +245,8 @@ def jobs_status(kube: LocalCluster, namespace: str) -> Dict[str, Dict[str, Any]]
 def watch_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
                until: Callable[[Dict[str, Dict[str, Any]]], bool]) -> None:
     """Watch the namespace's TrainingJobs until ``until(status by job name)`` holds: one
-    watch, not a LIST of every job each second (which, at 500 jobs, cost the API server
-    more than the operator did)."""
+    watch, not a LIST of every job each second (at 500 jobs, load the bench would add
+    beside the operator it measures)."""
     kube.watch(f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs",
                lambda jobs: until({n: (j.get("status") or {}) for n, j in jobs.items()}), timeout, what)
 
