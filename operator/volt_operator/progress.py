@@ -8,6 +8,7 @@ short timeout on the ``Poller``'s own threads, never a reconcile's time.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import threading
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .api import CheckpointStatus, TrainingProgress, format_time, parse_time
 
@@ -189,12 +190,14 @@ JobKey = Tuple[str, str]
 
 @dataclass(frozen=True)
 class _Target:
-    """Where a job wants its next read, and since when it has been waiting for one."""
+    """Where a job wants its next read, since when it has waited for one, and when its
+    interval lets that read start (fixed while it waits: only a started read moves it)."""
 
     pod: str
     ip: str
     port: int
     since: float
+    due: float
 
 
 class Poller:
@@ -229,6 +232,10 @@ class Poller:
         self._fetch = fetch_fn
         self._ready = threading.Condition()
         self._wanted: Dict[JobKey, _Target] = {}
+        # (due, key) of the wanted reads, earliest first; an entry whose key no longer
+        # wants a read at that time is stale and dropped when it comes up (lazy deletion),
+        # so asking, cancelling and choosing cost O(log jobs), not a scan of every job.
+        self._queue: List[Tuple[float, JobKey]] = []
         self._last_start: Dict[JobKey, float] = {}
         self._in_flight: Set[JobKey] = set()
         self._results: Dict[JobKey, PollResult] = {}
@@ -242,14 +249,19 @@ class Poller:
         whether this asked anew (False: a read was wanted already, now aimed at ``pod``)."""
         with self._ready:
             previous = self._wanted.get(key)
-            since = previous.since if previous is not None else time.monotonic()
-            self._wanted[key] = _Target(pod, ip, port, since)
+            if previous is not None:  # same wait, same turn: nothing for the threads to redo
+                self._wanted[key] = _Target(pod, ip, port, previous.since, previous.due)
+                return False
+            since = time.monotonic()
+            due = max(since, self._last_start.get(key, -math.inf) + self.interval)
+            self._wanted[key] = _Target(pod, ip, port, since, due)
+            heapq.heappush(self._queue, (due, key))
             if not self._started:
                 self._started = True
                 for index in range(self._workers):
                     threading.Thread(target=self._work, name=f"volt-progress-{index}", daemon=True).start()
             self._ready.notify()
-        return previous is None
+        return True
 
     def cancel(self, key: JobKey) -> None:
         """The job wants no more reads (it is not running); one in flight still answers."""
@@ -283,24 +295,32 @@ class Poller:
             self._stopped = True
             self._ready.notify_all()
 
-    def _due(self, key: JobKey, target: _Target) -> float:
-        return max(target.since, self._last_start.get(key, -math.inf) + self.interval)
+    def _first(self) -> Optional[Tuple[float, JobKey]]:
+        """The earliest due read that may start (none in flight for its job), dropping stale
+        entries. A job whose read is in flight leaves the queue; it comes back when that ends."""
+        while self._queue:
+            due, key = self._queue[0]
+            target = self._wanted.get(key)
+            if target is not None and target.due == due and key not in self._in_flight:
+                return due, key
+            heapq.heappop(self._queue)
+        return None
 
     def _next(self) -> Optional[Tuple[JobKey, _Target]]:
         """The next read to start, waiting until its time comes; None once stopped."""
         with self._ready:
             while not self._stopped:
-                waiting = [(self._due(key, target), key) for key, target in self._wanted.items()
-                           if key not in self._in_flight]
-                if not waiting:
+                first = self._first()
+                if first is None:
                     self._ready.wait()
                     continue
-                due, key = min(waiting)  # whoever has waited longest
+                due, key = first  # whoever has waited longest
                 now = time.monotonic()
                 start = max(due, self._next_start)
                 if start > now:
                     self._ready.wait(start - now)  # a new request may come due sooner
                     continue
+                heapq.heappop(self._queue)
                 target = self._wanted.pop(key)
                 self._in_flight.add(key)
                 self._last_start[key] = now
@@ -325,6 +345,9 @@ class Poller:
                 stopped = self._stopped
                 if key in self._last_start:  # not forgotten meanwhile
                     self._results[key] = result
-                self._ready.notify()  # the job may have asked again meanwhile
+                again = self._wanted.get(key)
+                if again is not None:  # asked again meanwhile: back in the queue
+                    heapq.heappush(self._queue, (again.due, key))
+                    self._ready.notify()
             if self.on_result is not None and not stopped:
                 self.on_result(key)
