@@ -331,6 +331,10 @@ def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, opera
                                            f"for {1 + restarts} attempt(s) of {NODES_PER_JOB} pods and "
                                            f"{recreated} pod(s) deleted by the simulator before a gang ran")
         del figures["pod_creations"]
+        trace = figures.pop("pod_trace")
+        flagged = sorted({problem.split(":")[0] for problem in figures["problems"]} & set(names))
+        if flagged:
+            figures["pod_traces"] = {name: trace.get(name, []) for name in flagged}
         return figures
     finally:
         sampler.stop()
@@ -358,6 +362,7 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
     # the pod of that name was created.
     asked: Dict[str, bool] = {}
     simulator_deletes: Dict[str, int] = {}
+    pod_trace: Dict[str, List[str]] = {}  # job -> its pods' creations and deletions, for a failed check
     for event in audit_events(kube.audit_log):
         ref = event.get("objectRef") or {}
         if ref.get("namespace") != namespace:
@@ -374,6 +379,9 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
             if restart[0] <= stamp < restart[1]:
                 restart_requests += 1
         if ref.get("resource") == "pods" and not ref.get("subresource") and code in (200, 201, 202):
+            if verb in ("create", "delete"):
+                pod_trace.setdefault(job, []).append(
+                    f"{stamp} {verb} {name} by {event.get('userAgent', '').split(' ')[0]}")
             if verb == "create":
                 asked[name] = False
             elif verb == "delete" and event.get("userAgent", "").startswith("kwok"):
@@ -429,6 +437,7 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
         "simulator_deletes": sum(simulator_deletes.values()),
         "simulator_deletes_by_job": simulator_deletes,
         "pod_creations": {name: len(created.get(name, [])) for name in names},
+        "pod_trace": pod_trace,
         "problems": problems,
     }
 
