@@ -8,6 +8,7 @@ round-trip. Credentials and TLS come from the official client's loaders
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
@@ -70,7 +71,8 @@ CONNECTION_POOL_SIZE = 32
 
 class KubeClient:
     def __init__(self, configuration: Optional[Configuration] = None) -> None:
-        self.configuration = configuration or load_configuration()
+        # A copy: the pool size below is this client's, not the caller's configuration's.
+        self.configuration = copy.deepcopy(configuration) if configuration else load_configuration()
         self.configuration.connection_pool_maxsize = max(
             self.configuration.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE)
         self._rest = RESTClientObject(self.configuration)
