@@ -1,12 +1,13 @@
 """The operator at scale: what it costs the API server, and how fast it reacts.
 
     python bench/operator_scale.py idle [--jobs 40,50] [--window 30] [--operator-src DIR]
-    python bench/operator_scale.py kwok [--jobs 50] [--nodes 1000] [--window 30]
+    python bench/operator_scale.py kwok [--jobs 50] [--nodes 1000] [--window 30] [--apply-rate 0]
     (both: [--cluster-dir D] [--out FILE.json])
 
 ``kwok``: KWOK (``volt_operator/testing/kwok.py``) simulates ``--nodes`` nodes
 and the lifecycle of the pods placed on them against the real local API
-server. N TrainingJobs of 8 nodes each are applied at once; once every pod
+server. N TrainingJobs of 8 nodes each are applied at once (or ``--apply-rate``
+per second, as jobs arrive on a shared cluster); once every pod
 runs and every job has settled, the operator's requests are counted over
 ``--window`` seconds (steady state); then one pod of every tenth job is killed
 (exit 137), each such gang is restarted by the operator, and finally every pod
@@ -254,8 +255,24 @@ def watch_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
                lambda jobs: until({n: (j.get("status") or {}) for n, j in jobs.items()}), timeout, what)
 
 
+def create_jobs(kube: LocalCluster, namespace: str, names: List[str], rate: float, timeout: float) -> float:
+    """Create the jobs: all in one kubectl call (``rate`` 0), or one POST every ``1 / rate``
+    seconds, as jobs arrive on a shared cluster (a POST that comes late is not made up
+    for). Returns the rate achieved, in jobs per second."""
+    started = time.monotonic()
+    if rate <= 0:
+        kube.kubectl("create", "-n", namespace, "-f", "-", timeout=timeout,
+                     input=yaml.safe_dump_all([scale_job(n) for n in names]))
+    else:
+        path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
+        for index, name in enumerate(names):
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))  # the arrival schedule
+            kube.request("POST", path, scale_job(name))
+    return round((len(names) - 1) / max(time.monotonic() - started, 1e-3), 1)  # arrivals' spacing
+
+
 def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, operator_src: Path,
-                 work_dir: Path, timeout: float) -> Dict[str, Any]:
+                 work_dir: Path, timeout: float, apply_rate: float = 0.0) -> Dict[str, Any]:
     """The kwok scenario (module docstring); returns its figures and the checks' failures."""
     namespace = f"kwok-{jobs}-{secrets.token_hex(2)}"
     names = [f"j{i:04d}" for i in range(jobs)]
@@ -274,8 +291,7 @@ def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, opera
     sampler = ProcessSampler(proc.pid)
     sampler.start()
     try:
-        kube.kubectl("create", "-n", namespace, "-f", "-", timeout=left(),
-                     input=yaml.safe_dump_all([scale_job(n) for n in names]))
+        achieved_rate = create_jobs(kube, namespace, names, apply_rate, left())
 
         watch_jobs(kube, namespace, f"{jobs} jobs Running", left(), lambda st: len(st) == jobs and all(
             s.get("phase") == "Running" for s in st.values()))
@@ -307,6 +323,7 @@ def measure_kwok(kube: LocalCluster, jobs: int, nodes: int, window: float, opera
         figures = audit_figures(kube, namespace, names, killed, (start, end), (end, restart_end))
         figures.update({
             "jobs": jobs, "nodes": nodes, "pods": jobs * NODES_PER_JOB, "window_s": window,
+            "apply_rate_per_s": achieved_rate if apply_rate > 0 else "all at once",
             "operator_cpu_percent_steady": round(100 * (cpu_after - cpu_before) / window, 1),
             "operator_cpu_seconds_total": round(sampler.cpu_seconds(), 1),
             "operator_rss_mib_steady": round(steady_rss, 1),
@@ -452,6 +469,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1000, help="KWOK nodes (kwok)")
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="kwok: seconds for one run")
+    parser.add_argument("--apply-rate", type=float, default=0.0,
+                        help="kwok: TrainingJobs created per second (default 0: all at once)")
     parser.add_argument("--operator-src", type=Path, default=REPO)
     parser.add_argument("--cluster-dir", type=Path)
     parser.add_argument("--out", type=Path)
@@ -469,7 +488,7 @@ def main() -> None:
                 results = [measure(kube, n, args.window, src, Path(tmp)) for n in counts]
             else:
                 results = [measure_kwok(kube, n, args.nodes, args.window, src, Path(tmp) / f"kwok-{n}",
-                                        args.timeout) for n in counts]
+                                        args.timeout, args.apply_rate) for n in counts]
         finally:
             if own:
                 kube.down()
