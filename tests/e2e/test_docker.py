@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,44 +24,11 @@ from volt_operator.testing.cluster import LocalCluster, free_port, wait_for
 REPO = Path(__file__).resolve().parents[2]
 TAG = "e2e"
 
+# `docker_env` (the engine, started if none answers) is a session fixture: tests/e2e/conftest.py.
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
 ]
-
-
-def _docker_cli() -> str:
-    # Debian's client matches Debian's engine (the one `make docker` installs).
-    cli = os.environ.get("DOCKER") or ("/usr/bin/docker" if os.path.exists("/usr/bin/docker")
-                                       else shutil.which("docker"))
-    if not cli:
-        pytest.fail("no docker client: run `make docker` (Debian's docker.io)", pytrace=False)
-    return cli
-
-
-def _engine_answers(cli: str, host: str) -> bool:
-    proc = subprocess.run([cli, "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                          text=True, env={**os.environ, "DOCKER_HOST": host}, timeout=30)
-    return proc.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def docker_env() -> Iterator[dict[str, str]]:
-    """Environment whose DOCKER_HOST answers; starts volt's own dockerd if none did, stops it after."""
-    cli = _docker_cli()
-    script = str(REPO / "scripts" / "docker-daemon.sh")
-    already = (os.environ.get("DOCKER_HOST") and _engine_answers(cli, os.environ["DOCKER_HOST"])) or \
-        _engine_answers(cli, "unix:///var/run/docker.sock")
-    proc = subprocess.run(["bash", script, "ensure"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "DOCKER": cli})
-    if proc.returncode != 0:
-        pytest.fail(f"no Docker engine: {proc.stderr.strip()}", pytrace=False)
-    env = {**os.environ, "DOCKER_HOST": proc.stdout.strip(), "DOCKER": cli}
-    try:
-        yield env
-    finally:
-        if not already:
-            subprocess.run(["bash", script, "stop"], env=env, timeout=120, check=False)
 
 
 def docker(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,9 @@ A LocalCluster with `runtime="kubelet"` (two kubelets, each with its own
 containerd, a bridge CNI, CoreDNS, the volume provisioner), the trainer image
 built with docker (scripts/build-images.sh, tag `e2e`, the same cache as
 tests/e2e/test_docker.py) and imported into both nodes, the real operator as a
-host process. Needs root, `make cluster node-runtime docker`.
+host process. The cluster is the session's `real_kube` (tests/e2e/conftest.py),
+shared with the other test_real_nodes_*.py modules. Needs root,
+`make cluster node-runtime docker`.
 """
 from __future__ import annotations
 
@@ -17,101 +19,22 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import yaml
 
-from operator_process import OperatorProcess, apply_crd, get_json, job_status, wait_until
-from test_docker import build, docker_env  # noqa: F401  (docker_env is a fixture used below)
+from operator_process import OperatorProcess, get_json, job_status, wait_until
+from real_nodes import diagnosis, example, namespace, operator, pods, wait_phase  # noqa: F401 (fixtures)
 from volt_operator.testing.cluster import ClusterError, LocalCluster
-from volt_operator.testing.kubelet_nodes import ctr
+from volt_operator.testing.kubelet_nodes import OWNER_FILE, ctr
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
 ]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingjob.yaml"
-IMAGE = "volt-trainer:e2e"
 CNI_RESULTS = Path("/var/lib/cni/results")
-
-
-@pytest.fixture(scope="module")
-def real_kube(tmp_path_factory: pytest.TempPathFactory, docker_env: Dict[str, str]) -> Iterator[LocalCluster]:
-    """Two real nodes with the trainer image loaded, and the CRD installed.
-
-    VOLT_TEST_REAL_CLUSTER_DIR=D uses the cluster started with
-    `python -m volt_operator.testing.cluster up --dir D --nodes 2 --runtime kubelet`
-    and leaves it running (faster iterations).
-    """
-    build(docker_env, "trainer", timeout=2700)
-    reuse = os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR")
-    cluster = LocalCluster(reuse or tmp_path_factory.mktemp("real"), nodes=2, runtime="kubelet")
-    if reuse and not (cluster.status()["ready"] and cluster.runtime == "kubelet"):
-        pytest.fail(f"VOLT_TEST_REAL_CLUSTER_DIR={reuse} names no running cluster with real nodes", pytrace=False)
-    started = time.monotonic()
-    cluster.up()
-    print(f"2 real nodes Ready {time.monotonic() - started:.1f}s after `up` began")
-    try:
-        started = time.monotonic()
-        imported = cluster.load_image(IMAGE, docker=docker_env["DOCKER"], env=docker_env)
-        print(f"{IMAGE} imported into {imported or 'no node (current)'} in {time.monotonic() - started:.1f}s")
-        apply_crd(cluster)
-        yield cluster
-    finally:
-        if not reuse:
-            cluster.down()
-
-
-@pytest.fixture
-def namespace(real_kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"real-{request.node.name[5:30].replace('_', '-').strip('-')}-{secrets.token_hex(3)}"
-    real_kube.kubectl("create", "namespace", name)
-    wait_until(f"service account default in {name}", lambda: real_kube.kubectl(
-        "get", "-n", name, "serviceaccount", "default", check=False).returncode == 0, 60)
-    yield name
-    real_kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-
-
-@pytest.fixture
-def operator(real_kube: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(real_kube, [namespace], tmp_path).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-6000:])
-
-
-def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    pvc, job = list(yaml.safe_load_all(EXAMPLE.read_text()))
-    job["spec"].update(image=IMAGE, **spec)
-    return pvc, job
-
-
-def pods(kube: LocalCluster, namespace: str, job: str) -> List[Dict[str, Any]]:
-    return get_json(kube, "-n", namespace, "pods", "-l", f"volt.dev/job={job}")["items"]
-
-
-def diagnosis(kube: LocalCluster, namespace: str, job: str) -> str:
-    parts = [yaml.safe_dump({"status": job_status(kube, namespace, job)})]
-    parts.append(kube.kubectl("get", "-n", namespace, "events", check=False).stdout[-4000:])
-    for pod in pods(kube, namespace, job):
-        name = pod["metadata"]["name"]
-        parts.append(f"--- {name}: {json.dumps(pod.get('status', {}).get('containerStatuses'))}")
-        parts.append(kube.kubectl("logs", "-n", namespace, name, check=False).stdout[-3000:])
-    return "\n".join(parts)
-
-
-def wait_phase(kube: LocalCluster, namespace: str, job: str, phases: Tuple[str, ...], timeout: float) -> str:
-    def phase() -> str:
-        return job_status(kube, namespace, job).get("phase", "") in phases and job_status(
-            kube, namespace, job)["phase"]
-    try:
-        return wait_until(f"{job} to reach {phases}", phase, timeout, every=1.0)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{diagnosis(kube, namespace, job)}") from None
 
 
 def host_traces(cluster: LocalCluster) -> List[str]:
@@ -135,11 +58,24 @@ def host_traces(cluster: LocalCluster) -> List[str]:
     return found
 
 
+def running_real_cluster() -> str:
+    """The directory of the cluster whose real nodes run on this machine (one at a time), or ''."""
+    try:
+        owner = json.loads(OWNER_FILE.read_text()).get("dir", "")
+    except (OSError, ValueError):
+        return ""
+    return owner if owner and (Path(owner) / "nodes" / "host.json").is_file() else ""
+
+
 @pytest.mark.timeout(300)
 def test_down_undoes_every_host_change(tmp_path: Path) -> None:
-    """A node that ran a pod: after `down`, no link, address, rule, cgroup, mount or CNI cache entry is left."""
-    if os.environ.get("VOLT_TEST_REAL_CLUSTER_DIR"):
-        pytest.skip("a running real-node cluster is reused; only one runs per machine")
+    """A node that ran a pod: after `down`, no link, address, rule, cgroup, mount or CNI cache entry is left.
+
+    It starts its own one-node cluster, so it runs before the session's `real_kube` starts (file order).
+    """
+    if running_real_cluster():
+        pytest.skip(f"the real-node cluster in {running_real_cluster()} is running (one runs per machine); "
+                    "in file order this test runs before the session's cluster starts")
     cluster = LocalCluster(tmp_path / "kube", nodes=1, runtime="kubelet")
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     assert host_traces(cluster) == []
@@ -309,7 +245,7 @@ def test_load_image_keeps_one_version_of_each_repository(real_kube: LocalCluster
                                                          docker_env: Dict[str, str]) -> None:
     """A rebuilt tag, then another tag of the same repository: only the newest stays in each node's store.
 
-    It uses the module's cluster (one real-node cluster runs per machine at a time); its
+    It uses the session's cluster (one real-node cluster runs per machine at a time); its
     repository name is its own, so the trainer image the other tests run is untouched.
     """
     cluster = real_kube

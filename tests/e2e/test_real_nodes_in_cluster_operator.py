@@ -22,14 +22,15 @@ import yaml
 
 from helm_util import CHART, helm_binary, run_helm
 from operator_process import job_status
-from test_docker import build, docker_env  # noqa: F401  (docker_env is a fixture)
-from test_real_nodes import diagnosis, example, namespace, real_kube  # noqa: F401  (namespace, real_kube: fixtures)
+from real_nodes import diagnosis, example, namespace, wait_pods_gone  # noqa: F401  (namespace: a fixture)
+from test_docker import build
 from volt_operator.testing.cluster import KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT, ClusterError, LocalCluster
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
-    # The module's cluster, both images (built and imported unless current) and the job.
+    # The session's cluster (if this module uses it first), both images (built and imported
+    # unless current) and the job.
     pytest.mark.timeout(1800),
 ]
 
@@ -76,6 +77,7 @@ def release(real_kube: LocalCluster, operator_image: str, tmp_path: Path) -> Ite
             print(real_kube.kubectl("logs", "-n", release_namespace, name, "--tail", "80", check=False).stdout)
         run_helm(helm, "uninstall", RELEASE, "-n", release_namespace, "--wait", check=False, env=env, timeout=180)
         real_kube.kubectl("delete", "namespace", release_namespace, "--wait=false", check=False)
+        wait_pods_gone(real_kube, release_namespace)  # the next module starts on idle nodes
 
 
 def pod_creators(kube: LocalCluster, namespace: str) -> set[str]:

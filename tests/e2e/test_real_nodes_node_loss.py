@@ -21,15 +21,17 @@ import pytest
 import yaml
 
 from operator_process import OperatorProcess, get_json, job_status
-from test_docker import docker_env  # noqa: F401  (a fixture, through real_kube)
-from test_real_nodes import diagnosis, example, namespace, operator, real_kube  # noqa: F401  (fixtures)
+from real_nodes import (  # noqa: F401  (namespace, operator: fixtures)
+    diagnosis, example, namespace, operator, wait_nodes_schedulable,
+)
 from volt_operator.testing.cluster import ClusterError, LocalCluster
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
-    # The module's cluster (and the trainer image, if it must be imported), then the
-    # job: about 100 s from the fault to the new gang, plus training on a loaded machine.
+    # The session's cluster (if this module uses it first, and the trainer image if it must
+    # be imported), then the job: about 100 s from the fault to the new gang, plus training
+    # on a loaded machine.
     pytest.mark.timeout(1800),
 ]
 
@@ -80,6 +82,8 @@ def test_stopped_kubelet_makes_the_node_not_ready_and_the_job_recovers(
         raise AssertionError(f"{exc}\n{diagnosis(real_kube, namespace, 'synthetic')}") from None
     finally:
         real_kube.start_kubelet(victim)
+        # The cluster is the session's: the modules after this one need both nodes schedulable.
+        wait_nodes_schedulable(real_kube)
     assert phase == "Succeeded", diagnosis(real_kube, namespace, "synthetic")
 
     final = job_status(real_kube, namespace, "synthetic")

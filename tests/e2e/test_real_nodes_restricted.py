@@ -8,14 +8,14 @@ import yaml
 import pytest
 
 from operator_process import OperatorProcess, wait_until
-from test_docker import docker_env  # noqa: F401  (fixtures used through test_real_nodes)
-from test_real_nodes import (  # noqa: F401  (real_kube, namespace, operator are fixtures)
-    diagnosis, example, namespace, operator, pods, real_kube, wait_phase,
+from real_nodes import (  # noqa: F401  (namespace, operator: fixtures)
+    diagnosis, example, namespace, operator, pods, wait_phase,
 )
 from volt_operator.testing.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
-              # importing the image into both nodes takes about 11 minutes on a loaded 2-core VM
+              # the session's cluster, if this module uses it first: importing the image into
+              # both nodes takes about 11 minutes on a loaded 2-core VM
               pytest.mark.timeout(1800)]
 
 
