@@ -85,9 +85,5 @@ def crd(kube: LocalCluster) -> LocalCluster:
 
 @pytest.fixture
 def operator(crd: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(crd, [namespace], tmp_path).start()
-    try:
+    with OperatorProcess(crd, [namespace], tmp_path).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-6000:])

@@ -13,8 +13,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
 
 from helpers import free_port, wait_for  # noqa: F401 - free_port: the operator tests import it from here
 
@@ -40,6 +44,14 @@ def apply_crd(kube: Any) -> None:
     # Discovery (short name tj) follows a moment after Established.
     wait_until("`kubectl get tj` to know the resource", lambda: kube.kubectl(
         "get", "tj", "-A", check=False).returncode == 0, 60)
+
+
+def admin_configuration(kube: Any) -> Configuration:
+    """A kubernetes client configuration for the local cluster's admin kubeconfig (what
+    the operator's own classes take when a test runs them in-process)."""
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
+    return configuration
 
 
 class OperatorProcess:
@@ -83,6 +95,17 @@ class OperatorProcess:
         log.close()
         wait_until("the operator's liveness endpoint", self._healthy, timeout)
         return self
+
+    @contextmanager
+    def running(self) -> Iterator["OperatorProcess"]:
+        """Started for the block, stopped after it; the tail of its log is printed then
+        (pytest shows it when the test failed). What the `operator` fixtures yield."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            print(self.logs()[-6000:])
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -69,12 +69,8 @@ def namespace(real_kube: LocalCluster, request: pytest.FixtureRequest) -> Iterat
 @pytest.fixture
 def operator(real_kube: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator as a host process, watching `namespace` on the real nodes."""
-    proc = OperatorProcess(real_kube, [namespace], tmp_path).start()
-    try:
+    with OperatorProcess(real_kube, [namespace], tmp_path).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-6000:])
 
 
 def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -22,11 +22,9 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 import pytest
 import torch
-from kubernetes import config as kube_config
-from kubernetes.client import Configuration
 
 from job_helpers import apply, diagnosis, events, example, kubectl_watch, volume_dir
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, admin_configuration
 from volt_operator import kueue as kueue_api
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus
 from volt_operator.cache import ObservedCache
@@ -86,12 +84,8 @@ def queue(kueue: LocalCluster, namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def kueue_operator(queue: str, kueue: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).start()
-    try:
+    with OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.logs()[-6000:])
 
 
 def queued_job(name: str, queue: Optional[str], *, samples: int, step_delay: float, epochs: int,
@@ -291,9 +285,7 @@ def test_a_workload_deleted_during_a_watch_gap_is_found_by_the_relist(
     _, job = queued_job("gap", queue, samples=64, step_delay=0.0, epochs=1)
     kueue.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     body = kueue.request("GET", f"{jobs_path(namespace)}/gap")
-    configuration = Configuration()
-    kube_config.load_kube_config(config_file=str(kueue.kubeconfig), client_configuration=configuration)
-    gate = KueueGate(KubeClient(configuration), ObservedCache())
+    gate = KueueGate(KubeClient(admin_configuration(kueue)), ObservedCache())
     spec, now = TrainingJobSpec.model_validate(body["spec"]), datetime.now(timezone.utc)
     workload = (namespace, kueue_api.workload_name("gap"))
 

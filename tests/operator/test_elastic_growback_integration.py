@@ -12,10 +12,10 @@ import time
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from kubernetes import client, config as kube_config, watch
+from kubernetes import client, watch
 
 from job_helpers import idle_job_manifest
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, admin_configuration
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -66,9 +66,7 @@ def condition(status: Dict[str, Any], type_: str) -> Dict[str, Any]:
 
 def test_a_shrunk_job_grows_back_when_capacity_returns(operator: OperatorProcess, namespace: str) -> None:
     kube = operator.kube
-    configuration = client.Configuration()
-    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
-    api = client.ApiClient(configuration)
+    api = client.ApiClient(admin_configuration(kube))
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     pool = f"growback.volt.dev/{namespace}"  # this test's own node label
     job_args = dict(group="volt.dev", version="v1alpha1", namespace=namespace, plural="trainingjobs",

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
 from job_helpers import idle_job_manifest
-from operator_process import OperatorProcess, free_port, get_json, job_status, wait_until
+from operator_process import OperatorProcess, admin_configuration, free_port, get_json, job_status, wait_until
 from volt_operator.cache import ObservedCache
 from volt_operator.kube import USER_AGENT, KubeClient
 from volt_operator.reconciler import Reconciler, Resyncer
@@ -39,9 +38,7 @@ class RecordingClient(KubeClient):
 
 
 def _client(kube: Any) -> RecordingClient:
-    configuration = Configuration()
-    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
-    return RecordingClient(configuration)
+    return RecordingClient(admin_configuration(kube))
 
 
 def _reads(calls: List[Tuple[str, str]]) -> List[Tuple[str, str]]:

@@ -8,10 +8,8 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
-from kubernetes import config as kube_config
-from kubernetes.client import Configuration
 
-from operator_process import OperatorProcess, get_json, job_status, wait_until
+from operator_process import OperatorProcess, admin_configuration, get_json, job_status, wait_until
 from volt_operator.kube import KubeClient
 from volt_operator.reconciler import Reconciler
 
@@ -155,9 +153,7 @@ def test_the_operator_creates_the_jobs_network_policy(
 
 def _reconciler(kube: Any, peers: Any) -> Reconciler:
     """The operator's reconciler in this process, on the admin kubeconfig."""
-    configuration = Configuration()
-    kube_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=configuration)
-    return Reconciler(KubeClient(configuration), network_policy_peers=peers)
+    return Reconciler(KubeClient(admin_configuration(kube)), network_policy_peers=peers)
 
 
 def test_a_job_that_predates_the_network_policy_setting_gets_its_policy(
