@@ -246,12 +246,16 @@ def jobs_status(kube: LocalCluster, namespace: str) -> Dict[str, Dict[str, Any]]
     return {j["metadata"]["name"]: (j.get("status") or {}) for j in get_json(kube, "-n", namespace, "tj")["items"]}
 
 
+def jobs_path(namespace: str) -> str:
+    return f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
+
+
 def watch_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
                until: Callable[[Dict[str, Dict[str, Any]]], bool]) -> None:
     """Watch the namespace's TrainingJobs until ``until(status by job name)`` holds: one
     watch, not a LIST of every job each second (at 500 jobs, load the bench would add
     beside the operator it measures)."""
-    kube.watch(f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs",
+    kube.watch(jobs_path(namespace),
                lambda jobs: until({n: (j.get("status") or {}) for n, j in jobs.items()}), timeout, what)
 
 
@@ -264,7 +268,7 @@ def create_jobs(kube: LocalCluster, namespace: str, names: List[str], rate: floa
         kube.kubectl("create", "-n", namespace, "-f", "-", timeout=timeout,
                      input=yaml.safe_dump_all([scale_job(n) for n in names]))
     else:
-        path = f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
+        path = jobs_path(namespace)
         with ThreadPoolExecutor(max_workers=8) as pool:  # one slow POST does not delay the next
             posts = []
             for index, name in enumerate(names):
