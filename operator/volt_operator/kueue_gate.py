@@ -112,9 +112,15 @@ class KueueGate:
 
     def relist(self, namespace: Optional[str]) -> List[JobKey]:
         """One LIST of the jobs' Workloads in ``namespace`` (None: all) merged into the cache;
-        returns the jobs whose Workload was deleted while the watch was down."""
+        returns the jobs whose Workload was deleted while the watch was down. Without Kueue's
+        CRDs there is nothing to re-list (the jobs already say KueueNotInstalled)."""
         path = workload_path(namespace) if namespace else f"/apis/{kueue.WORKLOAD_API_VERSION}/{kueue.WORKLOADS}"
-        body = self.client.request("GET", path, query={"labelSelector": LABEL_JOB})
+        try:
+            body = self.client.request("GET", path, query={"labelSelector": LABEL_JOB})
+        except ApiError as exc:
+            if exc.not_found:
+                return []
+            raise
         return self.cache.relist_workloads(body.get("items") or [], resource_version(body), namespace)
 
     def settle(self, job: Dict[str, Any], status: TrainingJobStatus, now: datetime) -> None:
