@@ -163,3 +163,12 @@ def get_json(kube: Any, *args: str) -> Dict[str, Any]:
 
 def job_status(kube: Any, namespace: str, name: str) -> Dict[str, Any]:
     return get_json(kube, "-n", namespace, "trainingjob", name).get("status") or {}
+
+
+def queued_reconciles(port: int) -> float:
+    """How many reconciles the operator's work queue has finished (its own metric, served on
+    ``port``): the sweeps' looks, pod and Workload events, finished progress reads."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(r'^volt_operator_reconcile_duration_seconds_count\{handler="queued"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0

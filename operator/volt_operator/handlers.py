@@ -4,11 +4,15 @@ Every handler does the same thing, level-based: look at the job and its pods
 now and move one step. Job create/resume/update, every event of a pod
 labelled ``volt.dev/job``, and a periodic resync (backoff expiry, deadlines,
 TTL and progress need a clock, not an event) all funnel into one reconcile,
-which is serialised per job. The resync is a plain thread rather than a kopf
-timer: kopf puts a finalizer on every object with a timer, and a TrainingJob
-must stay deletable (with its namespace) while the operator is down. A pod's DELETED event carries its last state (exit
-code, reason); it is handed to the reconcile so that a pod deleted right
-after it failed still counts with its real exit code.
+which is serialised per job. Create, resume and update run it on kopf's
+worker threads; pod and Workload events put the job on the Resyncer's work
+queue (one entry per job however many events come), so a running gang's pod
+events never queue ahead of new jobs. The resync is a plain thread rather
+than a kopf timer: kopf puts a finalizer on every object with a timer, and a
+TrainingJob must stay deletable (with its namespace) while the operator is
+down. A pod's DELETED event carries its last state (exit code, reason); it is
+handed to the reconcile so that a pod deleted right after it failed still
+counts with its real exit code.
 
 The reconcile reads the job, its pods and its Service from the watch cache
 (``cache.py``): the event handlers below put every version kopf's watches
@@ -102,6 +106,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS,
                              relist_interval=RELIST_SECONDS)
     memo.resyncer.start()
+    metrics.track_work_queue(memo.resyncer.queue.__len__)
     memo.metrics_server = None
     if options.metrics_port is not None:
         memo.metrics_server = metrics.start_metrics_server(options.metrics_port)
@@ -121,14 +126,18 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         server.stop()
 
 
-def _reconcile(memo: Any, handler: str, namespace: str, name: str, gone: Any = None) -> None:
+def _reconcile(memo: Any, handler: str, namespace: str, name: str) -> None:
     with metrics.reconcile_timer(handler):
-        _reconciler(memo).reconcile(namespace, name, gone)
+        _reconciler(memo).reconcile(namespace, name)
 
+
+# The event handlers are coroutines: they only update the cache and the work queue
+# (no request, no wait), so they run on kopf's event loop and leave its worker
+# threads to the create, resume and update handlers.
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_job_event(type: Optional[str], body: kopf.Body, namespace: str, name: str,
-                 memo: kopf.Memo, **_: Any) -> None:
+async def on_job_event(type: Optional[str], body: kopf.Body, namespace: str, name: str,
+                       memo: kopf.Memo, **_: Any) -> None:
     # kopf runs event handlers before the create/update ones: those reconcile this version.
     if type == "DELETED":
         memo.cache.delete_job((namespace, name), resource_version(body))
@@ -138,7 +147,7 @@ def on_job_event(type: Optional[str], body: kopf.Body, namespace: str, name: str
 
 
 @kopf.on.event("", "v1", "services", labels={LABEL_JOB: kopf.PRESENT})
-def on_service_event(type: Optional[str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_service_event(type: Optional[str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.cache.put_service(dict(body), exists=type != "DELETED")
 
 
@@ -165,26 +174,26 @@ def on_delete(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def on_pod_event(
+async def on_pod_event(
     type: Optional[str], body: kopf.Body, namespace: str, labels: kopf.Labels,
     memo: kopf.Memo, **_: Any,
 ) -> None:
+    pod = dict(body)
     if type == "DELETED":
-        memo.cache.delete_pod(dict(body))
+        memo.cache.delete_pod(pod)
     else:
-        memo.cache.put_pod(dict(body))
+        memo.cache.put_pod(pod)
     if type is None:  # the initial listing; the job handlers cover it
         return
-    gone = dict(body) if type == "DELETED" else None
-    _reconcile(memo, "pod", namespace, labels[LABEL_JOB], gone)
+    memo.resyncer.enqueue((namespace, labels[LABEL_JOB]), [pod] if type == "DELETED" else ())
 
 
-def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str, labels: kopf.Labels,
-                      memo: kopf.Memo, **_: Any) -> None:
+async def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str,
+                            labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     memo.cache.put_workload(dict(body), exists=type != "DELETED")
     if type is None:  # the initial listing; the job handlers cover it
         return
-    _reconcile(memo, "workload", namespace, labels[LABEL_JOB])
+    memo.resyncer.enqueue((namespace, labels[LABEL_JOB]))
 
 
 def watch_kueue_workloads() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -69,6 +69,11 @@ class OperatorMetrics:
             "volt_operator_reconcile_errors",
             "Handler invocations that raised (kopf retries them).",
             ["handler"],
+            registry=self.registry,
+        )
+        self.work_queue_depth = Gauge(
+            "volt_operator_work_queue_depth",
+            "TrainingJobs waiting for a worker of the reconcile queue.",
             registry=self.registry,
         )
         self.registry.register(_PhaseCollector(self))
@@ -206,6 +211,11 @@ def record_restart(namespace: str, name: str, reason: str) -> None:
 def observe_time_to_running(seconds: float) -> None:
     """Record a job's creation-to-first-Running time, once per job."""
     METRICS.observe_time_to_running(seconds)
+
+
+def track_work_queue(depth: Callable[[], int]) -> None:
+    """Serve ``depth()`` (the reconcile queue's waiting jobs) as the queue depth gauge."""
+    METRICS.work_queue_depth.set_function(depth)
 
 
 def observe_reconcile(seconds: float, error: bool, handler: str = "reconcile") -> None:

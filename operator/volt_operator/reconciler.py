@@ -16,10 +16,9 @@ import logging
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
@@ -41,6 +40,7 @@ from .kueue_gate import KueueGate
 from .kube import ApiError, KubeClient
 from .network_policy import build_network_policy
 from .observed import PodView, pod_view
+from .workqueue import WorkQueue
 
 log = logging.getLogger("volt_operator.reconciler")
 
@@ -120,14 +120,15 @@ class Reconciler:
         self._network_policies.pop((namespace, name), None)
 
     def reconcile(
-        self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None
+        self, namespace: str, name: str, gone_pods: Sequence[Dict[str, Any]] = ()
     ) -> Optional[float]:
         """Bring one job closer to its spec; returns seconds until it wants another look.
 
-        One reconcile per job at a time, and no caller waits for another's: a call that
-        finds the job being reconciled leaves a note (with the pod it saw deleted) and
-        returns at once, and the running reconcile looks again before it ends. So a burst
-        of pod events of one job never holds kopf's workers that other jobs need.
+        ``gone_pods`` are the last states of pods seen deleted since the job's last look
+        (their DELETED events' bodies). One reconcile per job at a time, and no caller
+        waits for another's: a call that finds the job being reconciled leaves a note
+        (with those pods) and returns at once, and the running reconcile looks again
+        before it ends.
         """
         if not self.is_leader():
             return None  # another replica holds the Lease; the resync catches up on takeover
@@ -136,11 +137,10 @@ class Reconciler:
             pending = self._busy.get(key)
             if pending is not None:
                 pending.again = True
-                if gone_pod is not None:
-                    pending.gone.append(gone_pod)
+                pending.gone.extend(gone_pods)
                 return None
             left = self._stale.pop(key, (0, []))[1]
-            pending = self._busy[key] = _Pending(gone=left + ([gone_pod] if gone_pod is not None else []))
+            pending = self._busy[key] = _Pending(gone=left + list(gone_pods))
         try:
             while True:
                 with self._busy_guard:
@@ -524,24 +524,28 @@ class Reconciler:
 
 
 class Resyncer:
-    """Reconciles every live TrainingJob every ``interval`` seconds (a thread).
+    """The reconciles no kopf handler waits on: a work queue and the periodic sweep.
 
-    The jobs are those the watch cache holds, and a reconcile reads from the
-    cache too: a sweep over jobs whose state has not changed sends nothing to
-    the API server (it is there for the clocks: backoff, deadlines, TTL,
-    stalls, progress). ``poke`` reconciles one job soon, out of turn.
+    Pod and Workload events, finished progress reads and the sweep ``enqueue`` a
+    job (``workqueue.py``: one entry per job, so a burst of one gang's pod events
+    is one look); kopf's own threads stay free for the jobs' create, update and
+    resume handlers. The sweep (a thread) enqueues every live TrainingJob every
+    ``interval`` seconds for the clocks (backoff, deadlines, TTL, stalls,
+    progress); the jobs are those the watch cache holds and a reconcile reads
+    from the cache too, so a sweep over jobs whose state has not changed sends
+    nothing to the API server.
     """
 
     def __init__(self, reconciler: Reconciler, namespaces: List[str], interval: float,
-                 workers: int = 4, relist_interval: float = 300.0) -> None:
+                 workers: int = 8, relist_interval: float = 300.0) -> None:
         self.reconciler = reconciler
         self.namespaces = list(namespaces)
         self.interval = interval
         self.relist_interval = relist_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="volt-resync", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volt-resync")
-        reconciler.wake = self.poke
+        self.queue = WorkQueue(self._one, workers, name="volt-reconcile")
+        reconciler.wake = self.enqueue
 
     def start(self) -> None:
         self._thread.start()
@@ -550,7 +554,7 @@ class Resyncer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.queue.stop()
         self.reconciler.poller.stop()
 
     @staticmethod
@@ -560,23 +564,17 @@ class Resyncer:
         ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
         return phase not in TERMINAL_PHASES or ttl is not None
 
-    def poke(self, key: JobKey) -> None:
+    def enqueue(self, key: JobKey, gone_pods: Sequence[Dict[str, Any]] = ()) -> None:
+        """Reconcile ``key`` soon, with these deleted pods' last states."""
         if not self._stop.is_set():
-            try:
-                self._pool.submit(self._one, *key)
-            except RuntimeError:  # shut down meanwhile
-                pass
+            self.queue.add(key, gone_pods)
 
     def sweep(self) -> None:
         if not self.reconciler.is_leader():
             return
-        futures = [
-            self._pool.submit(self._one, job["metadata"]["namespace"], job["metadata"]["name"])
-            for job in self.reconciler.cache.jobs()
-            if self.needs_look(job)
-        ]
-        for future in futures:
-            future.result()
+        for job in self.reconciler.cache.jobs():
+            if self.needs_look(job):
+                self.enqueue((job["metadata"]["namespace"], job["metadata"]["name"]))
 
     def relist(self) -> None:
         """Drop from the cache what a watch gap hid: the jobs, pods, Services and Kueue
@@ -592,11 +590,10 @@ class Resyncer:
                 metrics.job_deleted(*key)
                 self.reconciler.forget(*key)
             pods, pods_rv = client.list_pods(namespace, LABEL_JOB)
-            for (job_namespace, job), gone in cache.relist_pods(pods, pods_rv, namespace).items():
-                log.info("%s/%s: pod(s) %s were deleted while a watch was down", job_namespace, job,
+            for key, gone in cache.relist_pods(pods, pods_rv, namespace).items():
+                log.info("%s/%s: pod(s) %s were deleted while a watch was down", *key,
                          ", ".join(p["metadata"]["name"] for p in gone))
-                for pod in gone:
-                    self._pool.submit(self._one, job_namespace, job, pod)
+                self.enqueue(key, gone)
             services, services_rv = client.list_core(namespace, "services", LABEL_JOB)
             lost = cache.relist_services(services, services_rv, namespace)
             if kueue is not None:
@@ -605,14 +602,11 @@ class Resyncer:
                 if cache.job(key)[1] is None:
                     continue  # the job went too (its children with it)
                 log.info("%s/%s: its Service or Workload was deleted while a watch was down", *key)
-                self._pool.submit(self._one, *key)
+                self.enqueue(key)
 
-    def _one(self, namespace: str, name: str, gone_pod: Optional[Dict[str, Any]] = None) -> None:
-        try:
-            with metrics.reconcile_timer("resync"):
-                self.reconciler.reconcile(namespace, name, gone_pod)
-        except Exception:  # one broken job must not stop the others' resync
-            log.exception("resync of %s/%s failed", namespace, name)
+    def _one(self, key: JobKey, gone_pods: List[Dict[str, Any]]) -> None:
+        with metrics.reconcile_timer("queued"):
+            self.reconciler.reconcile(*key, gone_pods)
 
     def _run(self) -> None:
         relisted = time.monotonic()

@@ -286,8 +286,8 @@ def test_many_jobs_under_a_small_budget_are_all_read() -> None:
 
 @pytest.mark.timeout(30)
 def test_a_reconcile_that_finds_its_job_busy_returns_at_once_and_the_running_one_looks_again() -> None:
-    """kopf's workers never queue behind one job: the second call leaves a note (and the
-    deleted pod it carried) for the reconcile that is running."""
+    """No caller waits behind one job: the second call leaves a note (and the deleted pod
+    it carried) for the reconcile that is running."""
     entered, release = threading.Event(), threading.Event()
     seen: List[List[str]] = []
 
@@ -304,7 +304,7 @@ def test_a_reconcile_that_finds_its_job_busy_returns_at_once_and_the_running_one
         first = threading.Thread(target=reconciler.reconcile, args=("ns", "job"))
         first.start()
         assert entered.wait(10)
-        assert reconciler.reconcile("ns", "job", pod("job-node-1", 7, "Failed")) is None  # at once
+        assert reconciler.reconcile("ns", "job", [pod("job-node-1", 7, "Failed")]) is None  # at once
         assert reconciler.reconcile("ns", "job") is None
         release.set()
         first.join(10)

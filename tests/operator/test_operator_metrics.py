@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import tomllib
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from volt_operator import metrics as operator_metrics
 from volt_operator.metrics import RESTART_REASONS, MetricsServer, OperatorMetrics
+from volt_operator.workqueue import WorkQueue
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,6 +144,27 @@ def test_module_functions_update_the_served_registry() -> None:
     finally:
         operator_metrics.job_deleted("module-ns", "job-x")
         server.stop()
+
+
+def test_work_queue_depth_is_the_jobs_waiting_for_a_worker(served: Tuple[OperatorMetrics, MetricsServer]) -> None:
+    metrics, server = served
+    inside, release = threading.Event(), threading.Event()
+
+    def work(key: Tuple[str, str], gone: List[Dict[str, object]]) -> None:
+        inside.set()
+        assert release.wait(10)
+
+    queue = WorkQueue(work, workers=1)
+    try:
+        metrics.work_queue_depth.set_function(queue.__len__)
+        queue.add(("ns", "running"))
+        assert inside.wait(10)
+        for name in ("a", "b", "a"):  # asked twice, waits once
+            queue.add(("ns", name))
+        assert samples(scrape(server))[("volt_operator_work_queue_depth", ())] == 2
+    finally:
+        release.set()
+        queue.stop()
 
 
 def test_promtool_accepts_the_exposition(served: Tuple[OperatorMetrics, MetricsServer]) -> None:

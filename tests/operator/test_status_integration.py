@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from job_helpers import events, idle_job_manifest
 from operator_process import (
-    OperatorProcess, free_port, get_tj_rows, job_status, parse_table, wait_until,
+    OperatorProcess, free_port, get_tj_rows, job_status, parse_table, queued_reconciles, wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -28,14 +27,6 @@ def apply(kube: Any, namespace: str, name: str, **spec: Any) -> None:
 def pods_ready(kube: Any, namespace: str, name: str) -> Any:
     return next((c for c in job_status(kube, namespace, name).get("conditions") or []
                  if c["type"] == "PodsReady"), None)
-
-
-def resyncs(port: int) -> float:
-    """How many resync reconciles the operator has finished (its own metric)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(r'^volt_operator_reconcile_duration_seconds_count\{handler="resync"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_an_unschedulable_gang_says_why_in_a_condition_and_one_warning(crd: Any, namespace: str,
@@ -55,8 +46,8 @@ def test_an_unschedulable_gang_says_why_in_a_condition_and_one_warning(crd: Any,
             e for e in events(kube, namespace, "huge") if e["reason"] == "Unschedulable"], 30)
         assert warning[0]["type"] == "Warning" and "Insufficient cpu" in warning[0]["message"]
         # The operator keeps looking at the job (a resync every 2 s) but says it once.
-        seen = resyncs(port)
-        wait_until("three more resyncs", lambda: resyncs(port) >= seen + 3, 60)
+        seen = queued_reconciles(port)
+        wait_until("three more resyncs", lambda: queued_reconciles(port) >= seen + 3, 60)
         assert len([e for e in events(kube, namespace, "huge") if e["reason"] == "Unschedulable"]) == 1
     finally:
         operator.stop()

@@ -1,0 +1,144 @@
+"""The reconcile work queue: one entry per job, first asked first taken, never one job twice at once."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from volt_operator.workqueue import JobKey, WorkQueue
+
+WAIT_S = 10.0
+
+
+class Recorder:
+    """A work function that records each look and can hold a job's look until released."""
+
+    def __init__(self) -> None:
+        self.looks: List[Tuple[JobKey, List[str]]] = []
+        self.started: Dict[JobKey, threading.Event] = {}
+        self.release: Dict[JobKey, threading.Event] = {}
+        self.done = threading.Condition()
+        self.running: List[JobKey] = []
+        self.overlap = False
+
+    def hold(self, key: JobKey) -> None:
+        self.started[key] = threading.Event()
+        self.release[key] = threading.Event()
+
+    def __call__(self, key: JobKey, gone: List[Dict[str, Any]]) -> None:
+        with self.done:
+            self.overlap |= key in self.running
+            self.running.append(key)
+        if key in self.started:
+            self.started[key].set()
+            assert self.release[key].wait(WAIT_S)
+        with self.done:
+            self.running.remove(key)
+            self.looks.append((key, [p["metadata"]["name"] for p in gone]))
+            self.done.notify_all()
+
+    def wait_for(self, count: int) -> List[Tuple[JobKey, List[str]]]:
+        with self.done:
+            assert self.done.wait_for(lambda: len(self.looks) >= count, WAIT_S), self.looks
+            return list(self.looks)
+
+
+def pod(name: str) -> Dict[str, Any]:
+    return {"metadata": {"name": name}}
+
+
+@pytest.mark.timeout(30)
+def test_a_job_asked_many_times_while_waiting_is_looked_at_once_with_every_deleted_pod() -> None:
+    work = Recorder()
+    work.hold(("ns", "blocker"))
+    queue = WorkQueue(work, workers=1)
+    try:
+        queue.add(("ns", "blocker"))
+        assert work.started[("ns", "blocker")].wait(WAIT_S)
+        queue.add(("ns", "a"))
+        queue.add(("ns", "b"), [pod("b-node-0")])
+        queue.add(("ns", "a"), [pod("a-node-1")])
+        queue.add(("ns", "a"))
+        queue.add(("ns", "a"), [pod("a-node-0")])
+        assert len(queue) == 2
+        work.release[("ns", "blocker")].set()
+        looks = work.wait_for(3)
+        # First asked, first taken: a before b, however often a asked after b.
+        assert looks == [(("ns", "blocker"), []), (("ns", "a"), ["a-node-1", "a-node-0"]),
+                         (("ns", "b"), ["b-node-0"])]
+    finally:
+        queue.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_job_asked_again_while_being_looked_at_is_looked_at_again_after_never_beside() -> None:
+    work = Recorder()
+    key = ("ns", "busy")
+    work.hold(key)
+    queue = WorkQueue(work, workers=4)
+    try:
+        queue.add(key)
+        assert work.started[key].wait(WAIT_S)
+        queue.add(key, [pod("busy-node-1")])
+        queue.add(("ns", "other"))
+        # Three idle workers: the other job is taken, the busy one waits for its first look.
+        assert work.wait_for(1) == [(("ns", "other"), [])]
+        assert len(queue) == 1
+        work.started[key].clear()
+        work.release[key].set()
+        looks = work.wait_for(3)
+        assert looks[1:] == [(key, []), (key, ["busy-node-1"])]
+        assert not work.overlap
+    finally:
+        queue.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_look_does_not_stop_the_worker() -> None:
+    looked: List[JobKey] = []
+    second = threading.Event()
+
+    def work(key: JobKey, gone: List[Dict[str, Any]]) -> None:
+        looked.append(key)
+        if key == ("ns", "broken"):
+            raise RuntimeError("a broken job")
+        second.set()
+
+    queue = WorkQueue(work, workers=1)
+    try:
+        queue.add(("ns", "broken"))
+        queue.add(("ns", "fine"))
+        assert second.wait(WAIT_S)
+        assert looked == [("ns", "broken"), ("ns", "fine")]
+    finally:
+        queue.stop()
+
+
+@pytest.mark.timeout(30)
+def test_stop_drops_what_waits_and_refuses_more() -> None:
+    looked: List[JobKey] = []
+    queued = threading.Event()
+    queue: WorkQueue
+
+    def work(key: JobKey, gone: List[Dict[str, Any]]) -> None:
+        looked.append(key)
+        assert queued.wait(WAIT_S)
+        queue.stop()  # while "second" waits behind this look
+
+    queue = WorkQueue(work, workers=1)
+    queue.add(("ns", "first"))
+    queue.add(("ns", "second"))
+    queued.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("volt-queue"):
+            thread.join(WAIT_S)
+            assert not thread.is_alive()
+    queue.add(("ns", "third"))
+    assert looked == [("ns", "first")]
+    assert len(queue) == 0
+
+
+def test_workers_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        WorkQueue(lambda key, gone: None, workers=0)
