@@ -537,7 +537,7 @@ class Resyncer:
     """
 
     def __init__(self, reconciler: Reconciler, namespaces: List[str], interval: float,
-                 workers: int = 8, relist_interval: float = 300.0) -> None:
+                 workers: int = 16, relist_interval: float = 300.0) -> None:
         self.reconciler = reconciler
         self.namespaces = list(namespaces)
         self.interval = interval
@@ -570,11 +570,12 @@ class Resyncer:
             self.queue.add(key, gone_pods)
 
     def sweep(self) -> None:
+        """A routine look at every live job, behind every look an event asked for."""
         if not self.reconciler.is_leader():
             return
         for job in self.reconciler.cache.jobs():
             if self.needs_look(job):
-                self.enqueue((job["metadata"]["namespace"], job["metadata"]["name"]))
+                self.queue.add((job["metadata"]["namespace"], job["metadata"]["name"]), routine=True)
 
     def relist(self) -> None:
         """Drop from the cache what a watch gap hid: the jobs, pods, Services and Kueue

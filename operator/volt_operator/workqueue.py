@@ -7,8 +7,11 @@ created, on the same threads, in arrival order. Here a job waits at most once:
 asking again while it waits only adds the deleted pods' last states to its
 entry, and a job being reconciled is never taken by a second worker; asked
 again meanwhile, it is queued once more and looked at when the first look ends.
-Jobs are taken in the order they first asked. (Kubernetes' controllers keep
-the same rules in client-go's workqueue.)
+Jobs are taken in the order they first asked, with one exception: the
+sweep's routine looks (every live job, every few seconds) wait behind every
+look an event asked for, so at 500 jobs a pod's failure is not looked at
+after 500 jobs in which nothing happened. (client-go's workqueue keeps the
+first rules; its controllers have no sweep.)
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ class WorkQueue:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         self._work = work
-        self._waiting: "OrderedDict[JobKey, List[GonePod]]" = OrderedDict()
+        # Looks an event asked for, then the sweep's routine ones; a key is in one at most.
+        self._urgent: "OrderedDict[JobKey, List[GonePod]]" = OrderedDict()
+        self._routine: "OrderedDict[JobKey, List[GonePod]]" = OrderedDict()
         self._active: Set[JobKey] = set()
         self._changed = threading.Condition()
         self._stopped = False
@@ -41,13 +46,18 @@ class WorkQueue:
         for thread in self._threads:
             thread.start()
 
-    def add(self, key: JobKey, gone: Iterable[GonePod] = ()) -> None:
+    def add(self, key: JobKey, gone: Iterable[GonePod] = (), routine: bool = False) -> None:
+        """Ask for a look at ``key``; ``routine``: the sweep's, behind every other."""
         with self._changed:
             if self._stopped:
                 return
-            entry = self._waiting.get(key)
+            entry = self._urgent.get(key)
+            if entry is None and not routine and key in self._routine:
+                entry = self._urgent[key] = self._routine.pop(key)  # an event: it moves up
             if entry is None:
-                self._waiting[key] = list(gone)
+                entry = self._routine.get(key)
+            if entry is None:
+                (self._routine if routine else self._urgent)[key] = list(gone)
                 self._changed.notify()
             else:
                 entry.extend(gone)
@@ -55,13 +65,14 @@ class WorkQueue:
     def __len__(self) -> int:
         """Jobs waiting for a worker (not those being reconciled now)."""
         with self._changed:
-            return len(self._waiting)
+            return len(self._urgent) + len(self._routine)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Drop what waits and let the workers finish the look they are in."""
         with self._changed:
             self._stopped = True
-            self._waiting.clear()
+            self._urgent.clear()
+            self._routine.clear()
             self._changed.notify_all()
         for thread in self._threads:
             if thread is not threading.current_thread():
@@ -70,11 +81,12 @@ class WorkQueue:
     def _take(self) -> Optional[Tuple[JobKey, List[GonePod]]]:
         with self._changed:
             while not self._stopped:
-                # At most len(workers) entries are skipped: only those are active.
-                key = next((k for k in self._waiting if k not in self._active), None)
-                if key is not None:
-                    self._active.add(key)
-                    return key, self._waiting.pop(key)
+                for waiting in (self._urgent, self._routine):
+                    # At most len(workers) entries are skipped: only those are active.
+                    key = next((k for k in waiting if k not in self._active), None)
+                    if key is not None:
+                        self._active.add(key)
+                        return key, waiting.pop(key)
                 self._changed.wait()
             return None
 
@@ -91,5 +103,5 @@ class WorkQueue:
             finally:
                 with self._changed:
                     self._active.discard(key)
-                    if key in self._waiting:  # asked again while it was being looked at
+                    if key in self._urgent or key in self._routine:  # asked again meanwhile
                         self._changed.notify()

@@ -72,6 +72,27 @@ def test_a_job_asked_many_times_while_waiting_is_looked_at_once_with_every_delet
 
 
 @pytest.mark.timeout(30)
+def test_the_sweeps_routine_looks_wait_behind_every_look_an_event_asked_for() -> None:
+    work = Recorder()
+    work.hold(("ns", "blocker"))
+    queue = WorkQueue(work, workers=1)
+    try:
+        queue.add(("ns", "blocker"))
+        assert work.started[("ns", "blocker")].wait(WAIT_S)
+        for name in ("a", "b", "c"):
+            queue.add(("ns", name), routine=True)  # a sweep
+        queue.add(("ns", "d"))  # an event: ahead of the sweep
+        queue.add(("ns", "b"), [pod("b-node-0")])  # an event for a job the sweep queued: it moves up
+        queue.add(("ns", "d"), routine=True)  # the next sweep does not move an event's look down
+        assert len(queue) == 4
+        work.release[("ns", "blocker")].set()
+        looks = work.wait_for(5)
+        assert looks[1:] == [(("ns", "d"), []), (("ns", "b"), ["b-node-0"]), (("ns", "a"), []), (("ns", "c"), [])]
+    finally:
+        queue.stop()
+
+
+@pytest.mark.timeout(30)
 def test_a_job_asked_again_while_being_looked_at_is_looked_at_again_after_never_beside() -> None:
     work = Recorder()
     key = ("ns", "busy")
