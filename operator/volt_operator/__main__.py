@@ -128,6 +128,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         network_policy_peers=args.network_policy_peers,
         kueue=args.kueue,
     )
+    if args.network_policy_peers is not None:
+        handlers.watch_network_policies()
     if args.kueue:
         handlers.watch_kueue_workloads()
     namespaces = args.namespace

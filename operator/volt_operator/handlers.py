@@ -196,6 +196,22 @@ async def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str
     memo.resyncer.enqueue((namespace, labels[LABEL_JOB]))
 
 
+async def on_network_policy_event(type: Optional[str], body: kopf.Body, namespace: str,
+                                  labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    key = (namespace, labels[LABEL_JOB])
+    owners = [ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []]
+    _reconciler(memo).network_policy_seen(key, owners, exists=type != "DELETED")
+    if type == "DELETED":  # deleted by hand: the job's next look creates it again
+        memo.resyncer.enqueue(key)
+
+
+def watch_network_policies() -> None:
+    """With --network-policy-peers: a job's NetworkPolicy deleted while the operator runs is
+    created again at once (and one that exists is not created again after a restart)."""
+    kopf.on.event("networking.k8s.io", "v1", "networkpolicies",
+                  labels={LABEL_JOB: kopf.PRESENT})(on_network_policy_event)
+
+
 def watch_kueue_workloads() -> None:
     """With --kueue: Kueue's admission or eviction of a job's Workload reconciles the job
     at once. Registered only then, so that an operator without Kueue neither watches

@@ -119,6 +119,14 @@ class Reconciler:
         self.poller.forget((namespace, name))
         self._network_policies.pop((namespace, name), None)
 
+    def network_policy_seen(self, key: JobKey, owner_uids: List[Optional[str]], exists: bool) -> None:
+        """The watch saw the job's NetworkPolicy (owned by ``owner_uids``) exist or go."""
+        if exists:
+            if owner_uids and owner_uids[0]:
+                self._network_policies[key] = owner_uids[0]
+        else:
+            self._network_policies.pop(key, None)
+
     def reconcile(
         self, namespace: str, name: str, gone_pods: Sequence[Dict[str, Any]] = ()
     ) -> Optional[float]:
@@ -442,10 +450,11 @@ class Reconciler:
     def _ensure_network_policy(
         self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan
     ) -> List[machine.CreateError]:
-        """Create the job's NetworkPolicy once per operator process: for a new job, and for
+        """Create the job's NetworkPolicy unless the watch says it exists: for a new job, for
         one whose Service predates the setting (the operator was upgraded or the chart's
-        networkPolicy.enabled turned on). Creating an existing policy is a no-op (409), so
-        this needs no read permission and costs one request per job after a restart."""
+        networkPolicy.enabled turned on), and for one whose policy was deleted. Creating an
+        existing policy is a no-op (409), so a watch that has not listed yet costs one
+        request per job."""
         key = (ref.namespace, ref.name)
         if (self.network_policy_peers is None or self._network_policies.get(key) == ref.uid
                 or plan.status.phase in TERMINAL_PHASES):

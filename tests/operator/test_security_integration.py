@@ -146,6 +146,15 @@ def test_the_operator_creates_the_jobs_network_policy(
         own, metrics = policy["spec"]["ingress"]
         assert own == {"from": [{"podSelector": {"matchLabels": selector}}]}
         assert {p["port"] for p in metrics["ports"]} == opened and metrics["from"] == peers
+
+        # Deleted by hand while the operator runs: its watch sees it go and the job gets it back.
+        kube.kubectl("delete", "-n", namespace, "networkpolicy", "synthetic", "--wait=true")
+        path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+        again = kube.watch(path, lambda found: (p := found.get("synthetic")) and
+                           p["metadata"]["uid"] != policy["metadata"]["uid"] and p, 60,
+                           "the deleted NetworkPolicy created again")
+        assert again["spec"] == policy["spec"]
+        assert {p["metadata"]["uid"] for p in _node_pods(kube, namespace)} == {p["metadata"]["uid"] for p in pods}
     finally:
         operator.stop()
 
