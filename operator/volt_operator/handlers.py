@@ -199,8 +199,8 @@ async def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str
 async def on_network_policy_event(type: Optional[str], body: kopf.Body, namespace: str,
                                   labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     key = (namespace, labels[LABEL_JOB])
-    owners = [ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []]
-    _reconciler(memo).network_policy_seen(key, owners, exists=type != "DELETED")
+    owner = next((ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []), None)
+    _reconciler(memo).network_policy_seen(key, owner, exists=type != "DELETED")
     if type == "DELETED":  # deleted by hand: the job's next look creates it again
         memo.resyncer.enqueue(key)
 

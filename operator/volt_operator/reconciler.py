@@ -119,12 +119,11 @@ class Reconciler:
         self.poller.forget((namespace, name))
         self._network_policies.pop((namespace, name), None)
 
-    def network_policy_seen(self, key: JobKey, owner_uids: List[Optional[str]], exists: bool) -> None:
-        """The watch saw the job's NetworkPolicy (owned by ``owner_uids``) exist or go."""
-        if exists:
-            if owner_uids and owner_uids[0]:
-                self._network_policies[key] = owner_uids[0]
-        else:
+    def network_policy_seen(self, key: JobKey, owner_uid: Optional[str], exists: bool) -> None:
+        """The watch saw the job's NetworkPolicy (owned by the job of ``owner_uid``) exist or go."""
+        if exists and owner_uid:
+            self._network_policies[key] = owner_uid
+        elif not exists:
             self._network_policies.pop(key, None)
 
     def reconcile(

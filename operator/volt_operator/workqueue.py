@@ -20,9 +20,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from .cache import JobKey
+
 log = logging.getLogger("volt_operator.workqueue")
 
-JobKey = Tuple[str, str]
 # A deleted pod's last state (its DELETED event's body), kept for the job's next look.
 GonePod = Dict[str, Any]
 Work = Callable[[JobKey, List[GonePod]], None]
