@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from volt_operator.workqueue import JobKey, WorkQueue
+from volt_operator.cache import JobKey
+from volt_operator.workqueue import WorkQueue
 
 WAIT_S = 10.0
 
@@ -48,59 +50,59 @@ def pod(name: str) -> Dict[str, Any]:
     return {"metadata": {"name": name}}
 
 
+BLOCKER = ("ns", "blocker")
+
+
+@contextmanager
+def busy_with(work: Recorder, key: JobKey = BLOCKER, workers: int = 1) -> Iterator[WorkQueue]:
+    """A queue whose worker is inside a held look at ``key`` (``work.release[key]`` ends it)."""
+    work.hold(key)
+    queue = WorkQueue(work, workers=workers)
+    try:
+        queue.add(key)
+        assert work.started[key].wait(WAIT_S)
+        yield queue
+    finally:
+        queue.stop()
+
+
 @pytest.mark.timeout(30)
 def test_a_job_asked_many_times_while_waiting_is_looked_at_once_with_every_deleted_pod() -> None:
     work = Recorder()
-    work.hold(("ns", "blocker"))
-    queue = WorkQueue(work, workers=1)
-    try:
-        queue.add(("ns", "blocker"))
-        assert work.started[("ns", "blocker")].wait(WAIT_S)
+    with busy_with(work) as queue:
         queue.add(("ns", "a"))
         queue.add(("ns", "b"), [pod("b-node-0")])
         queue.add(("ns", "a"), [pod("a-node-1")])
         queue.add(("ns", "a"))
         queue.add(("ns", "a"), [pod("a-node-0")])
         assert len(queue) == 2
-        work.release[("ns", "blocker")].set()
+        work.release[BLOCKER].set()
         looks = work.wait_for(3)
         # First asked, first taken: a before b, however often a asked after b.
-        assert looks == [(("ns", "blocker"), []), (("ns", "a"), ["a-node-1", "a-node-0"]),
+        assert looks == [(BLOCKER, []), (("ns", "a"), ["a-node-1", "a-node-0"]),
                          (("ns", "b"), ["b-node-0"])]
-    finally:
-        queue.stop()
 
 
 @pytest.mark.timeout(30)
 def test_the_sweeps_routine_looks_wait_behind_every_look_an_event_asked_for() -> None:
     work = Recorder()
-    work.hold(("ns", "blocker"))
-    queue = WorkQueue(work, workers=1)
-    try:
-        queue.add(("ns", "blocker"))
-        assert work.started[("ns", "blocker")].wait(WAIT_S)
+    with busy_with(work) as queue:
         for name in ("a", "b", "c"):
             queue.add(("ns", name), routine=True)  # a sweep
         queue.add(("ns", "d"))  # an event: ahead of the sweep
         queue.add(("ns", "b"), [pod("b-node-0")])  # an event for a job the sweep queued: it moves up
         queue.add(("ns", "d"), routine=True)  # the next sweep does not move an event's look down
         assert len(queue) == 4
-        work.release[("ns", "blocker")].set()
+        work.release[BLOCKER].set()
         looks = work.wait_for(5)
         assert looks[1:] == [(("ns", "d"), []), (("ns", "b"), ["b-node-0"]), (("ns", "a"), []), (("ns", "c"), [])]
-    finally:
-        queue.stop()
 
 
 @pytest.mark.timeout(30)
 def test_a_job_asked_again_while_being_looked_at_is_looked_at_again_after_never_beside() -> None:
     work = Recorder()
     key = ("ns", "busy")
-    work.hold(key)
-    queue = WorkQueue(work, workers=4)
-    try:
-        queue.add(key)
-        assert work.started[key].wait(WAIT_S)
+    with busy_with(work, key, workers=4) as queue:
         queue.add(key, [pod("busy-node-1")])
         queue.add(("ns", "other"))
         # Three idle workers: the other job is taken, the busy one waits for its first look.
@@ -111,8 +113,6 @@ def test_a_job_asked_again_while_being_looked_at_is_looked_at_again_after_never_
         looks = work.wait_for(3)
         assert looks[1:] == [(key, []), (key, ["busy-node-1"])]
         assert not work.overlap
-    finally:
-        queue.stop()
 
 
 @pytest.mark.timeout(30)
