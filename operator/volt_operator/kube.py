@@ -64,9 +64,10 @@ def load_configuration() -> Configuration:
 
 
 # Connections kept open to the API server: one per thread that may call at once (kopf's
-# 16 workers, the resync's 4, reconciles woken by the progress poller, the Lease elector).
-# The client's default (5 per CPU) made a busy operator open and drop connections.
-CONNECTION_POOL_SIZE = 32
+# 16 workers, the work queue's 16, the reconciler's 16 pod creators, the progress
+# poller, the Lease elector). The client's default (5 per CPU) made a busy operator
+# open and drop connections.
+CONNECTION_POOL_SIZE = 64
 
 
 class KubeClient:

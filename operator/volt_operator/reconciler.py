@@ -16,9 +16,10 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -46,6 +47,22 @@ log = logging.getLogger("volt_operator.reconciler")
 
 CONFLICT_RETRIES = 3
 COMPONENT = "volt-operator"
+# Pod POSTs in flight at once, over all jobs (the gangs' creations share them).
+CREATE_CONCURRENCY = 16
+
+T = TypeVar("T")
+
+
+def slow_start(items: Sequence[T]) -> Iterator[List[T]]:
+    """``items`` in batches of 1, 2, 4, ...: a gang's pods are created a batch at a
+    time, each batch at once, so 8 pods take 4 round trips instead of 8; a template
+    the API server refuses is refused once, not once per rank (the caller stops at a
+    batch with an error). Kubernetes' Job controller creates its pods the same way."""
+    start, size = 0, 1
+    while start < len(items):
+        yield list(items[start:start + size])
+        start += size
+        size *= 2
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -114,6 +131,7 @@ class Reconciler:
         self._busy: Dict[JobKey, _Pending] = {}
         self._busy_guard = threading.Lock()
         self._instance = socket.gethostname()
+        self._creators = ThreadPoolExecutor(CREATE_CONCURRENCY, thread_name_prefix="volt-create")
 
     def forget(self, namespace: str, name: str) -> None:
         self.poller.forget((namespace, name))
@@ -408,17 +426,29 @@ class Reconciler:
         if plan.create_ranks:
             # The gang's size: spec.trainer.numNodes, or fewer after an elastic shrink.
             gang = spec.with_num_nodes(plan.status.num_nodes or spec.trainer.num_nodes)
-            for pod in build_pods(ref, gang, plan.status.attempt, plan.resume,
-                                  plan.create_ranks):
-                try:
-                    created = self.client.create(ns, "pods", pod)
-                    if created:  # seen at once, not when its watch event comes
-                        self.cache.put_pod(created)
-                except ApiError as exc:
-                    errors.append(machine.CreateError(
-                        f"creating pod {pod['metadata']['name']}: {exc}", exc.refused))
+            pods = build_pods(ref, gang, plan.status.attempt, plan.resume, plan.create_ranks)
+            errors += self._create_pods(ns, pods)
         self._create_probes(ref, spec, plan.create_probes)
         return errors
+
+    def _create_pods(self, namespace: str, pods: List[Dict[str, Any]]) -> List[machine.CreateError]:
+        """POST ``pods`` in slow-start batches, each batch at once; stop after a batch
+        with an error (the next reconcile asks for the ranks still missing)."""
+        def create(pod: Dict[str, Any]) -> Optional[machine.CreateError]:
+            try:
+                created = self.client.create(namespace, "pods", pod)
+                if created:  # seen at once, not when its watch event comes
+                    self.cache.put_pod(created)
+                return None
+            except ApiError as exc:
+                return machine.CreateError(
+                    f"creating pod {pod['metadata']['name']}: {exc}", exc.refused)
+
+        for batch in slow_start(pods):
+            errors = [e for e in self._creators.map(create, batch) if e is not None]
+            if errors:
+                return errors
+        return []
 
     def _create_probes(self, ref: JobRef, spec: TrainingJobSpec, ranks: List[int]) -> None:
         """Capacity probes of a shrunk elastic job. A probe the API server refuses (a

@@ -230,8 +230,12 @@ def test_a_pod_the_api_server_refuses_fails_the_job(operator: OperatorProcess,
     assert "spec.securityContext.runAsUser" in failed["message"]
     status = job_status(kube, namespace, "refused")
     assert status["phase"] == "Failed" and status["createRefusals"] == 3
-    reasons = [e["reason"] for e in _events(kube, namespace, "refused")]
+    events = _events(kube, namespace, "refused")
+    reasons = [e["reason"] for e in events]
     assert "CreateFailed" in reasons and "Failed" in reasons
+    # Slow start: each try POSTs rank 0 alone, and rank 1 never after its refusal.
+    refusals = [e["message"] for e in events if e["reason"] == "CreateFailed"]
+    assert all("refused-node-0" in m and "refused-node-1" not in m for m in refusals)
     assert not _pods(kube, namespace, "refused")
 
 
