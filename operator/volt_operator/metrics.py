@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
+from .cache import JobKey
 from .failures import REASONS as RESTART_REASONS
 
 PHASES: Tuple[str, ...] = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -23,7 +24,6 @@ PHASES: Tuple[str, ...] = ("Pending", "Running", "Restarting", "Suspended", "Suc
 TIME_TO_RUNNING_BUCKETS: Tuple[float, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 RECONCILE_BUCKETS: Tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-JobKey = Tuple[str, str]
 
 
 def _require_text(value: Any, argument: str) -> str:

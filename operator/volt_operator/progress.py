@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .api import CheckpointStatus, TrainingProgress, format_time, parse_time
+from .cache import JobKey
 
 FETCH_TIMEOUT_SECONDS = 1.5
 MAX_BODY_BYTES = 256 * 1024
@@ -185,7 +186,6 @@ class PollResult:
     error: str = ""
 
 
-JobKey = Tuple[str, str]
 
 
 @dataclass(frozen=True)
