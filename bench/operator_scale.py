@@ -22,7 +22,9 @@ attempt's pod of that name, which a loaded machine makes KWOK do; a deleted
 pod of a gang that ran is a free restart, one deleted before its gang ran is
 only created again). The split of apply -> pods created: apply -> the
 operator's first status write for the job (waiting to be taken up), then
-that write -> the 8th pod (the job's own requests). The operator's RSS (peak)
+that write -> the 8th pod (the job's own requests); and the API server's
+time on each of the operator's writes until then (audit: received -> response
+complete), which tells a slow server from a slow operator. The operator's RSS (peak)
 and CPU come from /proc. It exits non-zero when a check fails.
 
 ``idle``: starts the local control plane (no nodes), applies N suspended TrainingJobs
@@ -389,6 +391,10 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
     asked: Dict[str, bool] = {}
     simulator_deletes: Dict[str, int] = {}
     pod_trace: Dict[str, List[str]] = {}  # job -> its pods' creations and deletions, for a failed check
+    # The API server's time on each of the operator's writes before the steady window
+    # (received -> response complete): what the operator waited on the server for,
+    # as against its own time and its queue's.
+    server_time: List[float] = []
     for event in audit_events(kube.audit_log):
         ref = event.get("objectRef") or {}
         if ref.get("namespace") != namespace:
@@ -397,6 +403,8 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
         name = ref.get("name") or ""
         job = name.rsplit("-node-", 1)[0]
         if is_operator(event):
+            if stamp < steady[0] and verb not in ("get", "list", "watch") and "stageTimestamp" in event:
+                server_time.append(seconds_between(stamp, event["stageTimestamp"]))
             if steady[0] <= stamp < steady[1]:
                 steady_requests += 1
                 steady_reads += verb in ("get", "list")
@@ -459,6 +467,7 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
         "apply_to_first_status_write_s": percentiles(to_taken_up),
         "first_status_write_to_pods_created_s": percentiles(taken_up_to_created),
         "failure_to_restart_s": percentiles(restart_delays),
+        "operator_write_in_api_server_s": percentiles(server_time),
         "restarts": len(killed),
         "simulator_deletes": sum(simulator_deletes.values()),
         "simulator_deletes_by_job": simulator_deletes,
