@@ -25,7 +25,6 @@ TIME_TO_RUNNING_BUCKETS: Tuple[float, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300,
 RECONCILE_BUCKETS: Tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-
 def _require_text(value: Any, argument: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{argument} must be a non-empty string, got {value!r}")

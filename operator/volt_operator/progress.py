@@ -186,8 +186,6 @@ class PollResult:
     error: str = ""
 
 
-
-
 @dataclass(frozen=True)
 class _Target:
     """Where a job wants its next read, since when it has waited for one, and when its
