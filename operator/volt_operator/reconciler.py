@@ -436,9 +436,7 @@ class Reconciler:
         with an error (the next reconcile asks for the ranks still missing)."""
         def create(pod: Dict[str, Any]) -> Optional[machine.CreateError]:
             try:
-                created = self.client.create(namespace, "pods", pod)
-                if created:  # seen at once, not when its watch event comes
-                    self.cache.put_pod(created)
+                self._post_pod(namespace, pod)
                 return None
             except ApiError as exc:
                 return machine.CreateError(
@@ -457,12 +455,15 @@ class Reconciler:
         for rank in ranks:
             probe = build_probe(ref, spec, rank)
             try:
-                created = self.client.create(ref.namespace, "pods", probe)
-                if created:
-                    self.cache.put_pod(created)
+                self._post_pod(ref.namespace, probe)
             except ApiError as exc:
                 log.warning("capacity probe %s/%s not created (the job keeps its size): %s",
                             ref.namespace, probe["metadata"]["name"], exc)
+
+    def _post_pod(self, namespace: str, pod: Dict[str, Any]) -> None:
+        created = self.client.create(namespace, "pods", pod)
+        if created:  # seen at once, not when its watch event comes
+            self.cache.put_pod(created)
 
     def _patch_status(self, namespace: str, name: str, body: Dict[str, Any]) -> None:
         """Write the status; the answer is the job's newest version, which the cache keeps."""
