@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,27 +35,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "engine")]
+
+from ddp_support import child_env, free_port  # noqa: E402
+
 GRACE_PERIOD_S = 25  # volt-run's default: the bound a run must stay under
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def node_env(node: int, nodes: int, nproc: int, port: int, ckpt_dir: Path) -> Dict[str, str]:
-    """This environment minus launcher variables, plus what the operator sets in a pod."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VOLT_", "PET_", "TORCHELASTIC_"))
-           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "NUM_NODES",
-                         "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer_image"), env.get("PYTHONPATH", "")])
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               NODE_RANK=str(node), NUM_NODES=str(nodes), WORLD_SIZE=str(nodes * nproc),
-               PET_NPROC_PER_NODE=str(nproc), VOLT_CHECKPOINT_DIR=str(ckpt_dir),
-               VOLT_GRACE_PERIOD_S=str(GRACE_PERIOD_S))
-    return env
 
 
 def preempted_checkpoint_named(ckpt_dir: Path) -> bool:
@@ -86,7 +69,11 @@ def one_run(nodes: int, nproc: int, step_delay: float, to_all: bool, rng: random
     procs = []
     for node in range(nodes):
         with open(work / f"node{node}.log", "wb") as log:
-            procs.append(subprocess.Popen(command, env=node_env(node, nodes, nproc, port, ckpt_dir),
+            env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node),
+                            NUM_NODES=str(nodes), WORLD_SIZE=str(nodes * nproc),
+                            PET_NPROC_PER_NODE=str(nproc), VOLT_CHECKPOINT_DIR=str(ckpt_dir),
+                            VOLT_GRACE_PERIOD_S=str(GRACE_PERIOD_S))  # what the operator sets
+            procs.append(subprocess.Popen(command, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                           start_new_session=True))
     try:
