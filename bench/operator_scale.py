@@ -80,23 +80,18 @@ def suspended_job(name: str) -> Dict[str, Any]:
     }
 
 
-def audit_events(audit_log: Path) -> Iterator[Dict[str, Any]]:
+def completed_requests(kube: LocalCluster) -> Iterator[Dict[str, Any]]:
     """Every completed request in the audit log (and the file it rotated into)."""
-    for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
-        with path.open() as lines:
-            for line in lines:
-                event = json.loads(line)
-                if event.get("stage") == "ResponseComplete":
-                    yield event
+    return (event for event in kube.audit_events() if event.get("stage") == "ResponseComplete")
 
 
 def is_operator(event: Dict[str, Any]) -> bool:
     return str(event.get("userAgent", "")).startswith(OPERATOR_AGENTS)
 
 
-def operator_requests(audit_log: Path, start: str, end: str) -> List[Dict[str, Any]]:
+def operator_requests(kube: LocalCluster, start: str, end: str) -> List[Dict[str, Any]]:
     """The operator's completed requests received in [start, end) (audit timestamps)."""
-    return [e for e in audit_events(audit_log)
+    return [e for e in completed_requests(kube)
             if is_operator(e) and start <= e["requestReceivedTimestamp"] < end]
 
 
@@ -106,10 +101,10 @@ def audit_now(kube: LocalCluster) -> str:
     kube.kubectl("get", "configmap", marker, "-n", "default", "--ignore-not-found")
 
     def stamp() -> Any:
+        # From the end: the marker is among the last lines of a log that may be large.
         for line in reversed(kube.audit_log.read_text().splitlines()):
-            event = json.loads(line)
-            if marker in event.get("requestURI", ""):
-                return event["requestReceivedTimestamp"]
+            if marker in line:
+                return json.loads(line)["requestReceivedTimestamp"]
         return None
 
     return wait_until("the audit log to record our marker", stamp, 30, every=0.2)
@@ -129,7 +124,7 @@ def measure(kube: LocalCluster, jobs: int, window: float, operator_src: Path, lo
         time.sleep(window)  # the measurement itself: what happens in a quiet window
         end = audit_now(kube)
         time.sleep(1.0)  # the audit backend writes in batches; let the window's last one land
-        events = operator_requests(kube.audit_log, start, end)
+        events = operator_requests(kube, start, end)
         reads = [e for e in events if e["verb"] in ("get", "list")]
         by_kind: Dict[str, int] = {}
         for event in events:
@@ -399,7 +394,7 @@ def audit_figures(kube: LocalCluster, namespace: str, names: List[str], killed: 
     # (received -> response complete): what the operator waited on the server for,
     # as against its own time and its queue's.
     server_time: List[float] = []
-    for event in audit_events(kube.audit_log):
+    for event in completed_requests(kube):
         ref = event.get("objectRef") or {}
         if ref.get("namespace") != namespace:
             continue

@@ -48,16 +48,12 @@ def granted(rules: list[dict[str, Any]]) -> set[Permission]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-def used_by(audit_log: Path, user: str) -> tuple[set[Permission], list[dict[str, Any]]]:
+def used_by(kube: LocalCluster, user: str) -> tuple[set[Permission], list[dict[str, Any]]]:
     """What `user` did according to the audit log, and every request of theirs that was refused."""
     used: set[Permission] = set()
     refused: list[dict[str, Any]] = []
-    # The API server rotates the log by size into audit-<time>.log beside it.
-    lines = [line for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}"))
-             for line in path.read_text().splitlines()]
-    for line in lines:
-        event = json.loads(line)
-        if event["user"]["username"] != user or "objectRef" not in event:
+    for event in kube.audit_events():
+        if event["user"].get("username") != user or "objectRef" not in event:
             continue
         ref = event["objectRef"]
         group = ref.get("apiGroup", "")
@@ -206,7 +202,7 @@ def test_chart_installs_and_its_service_account_runs_a_job(
 
     # Least privilege, from the API server's own record of the run.
     time.sleep(1)  # the audit backend writes batches; let the last one land
-    used, refused = used_by(kube.audit_log, user)
+    used, refused = used_by(kube, user)
     assert not refused, f"the chart's RBAC refused the operator: {refused}"
     # The Lease role's rules: get/update name one Lease; the audit log records the name.
     rules = granted(role["rules"]) | granted(lease_role["rules"])

@@ -203,14 +203,12 @@ def test_two_jobs_in_a_queue_for_one_run_one_after_the_other(
 def workload_reads(kube: LocalCluster, namespace: str) -> List[str]:
     """The operator's GETs and LISTs of Workloads in ``namespace`` (the API server's audit log)."""
     found = []
-    for path in sorted(kube.audit_log.parent.glob(f"{kube.audit_log.stem}*{kube.audit_log.suffix}")):
-        for line in path.read_text().splitlines():
-            event = json.loads(line)
-            ref = event.get("objectRef") or {}
-            if (event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
-                    and ref.get("resource") == "workloads" and ref.get("namespace") == namespace
-                    and event.get("verb") in ("get", "list")):
-                found.append(event["requestURI"])
+    for event in kube.audit_events():
+        ref = event.get("objectRef") or {}
+        if (event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
+                and ref.get("resource") == "workloads" and ref.get("namespace") == namespace
+                and event.get("verb") in ("get", "list")):
+            found.append(event["requestURI"])
     return found
 
 

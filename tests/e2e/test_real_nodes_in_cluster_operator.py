@@ -10,7 +10,6 @@ runs on the host. Needs root, `make cluster node-runtime docker helm`.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -83,14 +82,12 @@ def release(real_kube: LocalCluster, operator_image: str, tmp_path: Path) -> Ite
 def pod_creators(kube: LocalCluster, namespace: str) -> set[str]:
     """Who created pods in `namespace`, according to the API server's audit log."""
     users = set()
-    for path in sorted(kube.audit_log.parent.glob(f"{kube.audit_log.stem}*{kube.audit_log.suffix}")):
-        for line in path.read_text().splitlines():
-            event = json.loads(line)
-            ref = event.get("objectRef") or {}
-            if (event["verb"] == "create" and ref.get("resource") == "pods" and not ref.get("subresource")
-                    and ref.get("namespace") == namespace and event.get("stage") == "ResponseComplete"
-                    and event.get("responseStatus", {}).get("code") == 201):
-                users.add(event["user"]["username"])
+    for event in kube.audit_events():
+        ref = event.get("objectRef") or {}
+        if (event["verb"] == "create" and ref.get("resource") == "pods" and not ref.get("subresource")
+                and ref.get("namespace") == namespace and event.get("stage") == "ResponseComplete"
+                and event.get("responseStatus", {}).get("code") == 201):
+            users.add(event["user"]["username"])
     return users
 
 

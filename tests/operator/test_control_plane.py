@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from volt_operator.testing import cluster as cluster_mod
-from volt_operator.testing.cluster import KubectlError, LocalCluster, wait_for
+from volt_operator.testing.cluster import KubectlError, LocalCluster, wait_for, write_kubeconfig
 from volt_operator.testing.pki import CertificateAuthority
 
 
@@ -164,7 +164,16 @@ def test_rbac_forbids_a_user_what_no_role_grants(kube: LocalCluster, namespace: 
 
 @pytest.mark.timeout(180)
 def test_service_account_token_acts_as_the_account_and_denials_are_audited(
-        kube: LocalCluster, namespace: str) -> None:
+        kube: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    # A request that fails authentication is audited with an empty user: the search
+    # below must pass over it (it once stopped at such an event left by another test).
+    stranger = write_kubeconfig(tmp_path / "stranger.kubeconfig", kube.server, kube.pki / "ca.crt",
+                                "stranger", token="not-a-token")
+    with pytest.raises(KubectlError, match="Unauthorized|must be logged in"):
+        kube.kubectl("get", "secrets", "-n", namespace, kubeconfig=stranger)
+    wait_for(lambda: any(e["responseStatus"].get("code") == 401 for e in kube.audit_events()
+                         if not e["user"]), 30, "the refused stranger in the audit log")
+
     kube.kubectl("create", "serviceaccount", "worker", "-n", namespace)
     config = kube.service_account_kubeconfig(namespace, "worker")
     username = f"system:serviceaccount:{namespace}:worker"
@@ -175,9 +184,8 @@ def test_service_account_token_acts_as_the_account_and_denials_are_audited(
         kube.kubectl("get", "secrets", "-n", namespace, kubeconfig=config)
 
     def denial_audited() -> bool:
-        for line in kube.audit_log.read_text().splitlines():
-            event = json.loads(line)
-            if (event["user"]["username"] == username and event["verb"] == "list"
+        for event in kube.audit_events():
+            if (event["user"].get("username") == username and event["verb"] == "list"
                     and event.get("objectRef", {}).get("resource") == "secrets"
                     and event.get("responseStatus", {}).get("code") == 403):
                 return True

@@ -18,6 +18,7 @@ from job_helpers import idle_job_manifest
 from operator_process import (OperatorProcess, admin_configuration, free_port, get_json, job_status,
                               queued_reconciles, wait_until)
 from volt_operator.cache import ObservedCache
+from volt_operator.testing.cluster import LocalCluster
 from volt_operator.kube import USER_AGENT, KubeClient
 from volt_operator.kueue_gate import KueueGate
 from volt_operator.reconciler import Reconciler, Resyncer
@@ -214,17 +215,12 @@ def test_a_deletion_from_a_stale_view_spares_the_newer_pod_of_that_name(kube: An
     kube.kubectl("wait", "-n", namespace, "--for=delete", "pod/same-name", "--timeout=60s")
 
 
-def _operator_requests(audit_log: Path, namespace: str, since: str) -> List[Dict[str, Any]]:
+def _operator_requests(kube: LocalCluster, namespace: str, since: str) -> List[Dict[str, Any]]:
     """The reconciler's requests about ``namespace`` after ``since`` (an audit timestamp)."""
-    found = []
-    for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
-        for line in path.read_text().splitlines():
-            event = json.loads(line)
-            if (event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
-                    and (event.get("objectRef") or {}).get("namespace") == namespace
-                    and event["requestReceivedTimestamp"] > since):
-                found.append(event)
-    return found
+    return [event for event in kube.audit_events()
+            if event.get("stage") == "ResponseComplete" and event.get("userAgent") == USER_AGENT
+            and (event.get("objectRef") or {}).get("namespace") == namespace
+            and event["requestReceivedTimestamp"] > since]
 
 
 @pytest.mark.timeout(300)
@@ -250,16 +246,16 @@ def test_the_resync_of_unchanged_jobs_sends_nothing(crd: Any, namespace: str, tm
         # (busy's rank 0 serves no /progress: that is written once, then changes nothing).
         def settled() -> Optional[str]:
             last = max((e["requestReceivedTimestamp"]
-                        for e in _operator_requests(kube.audit_log, namespace, "")), default="")
+                        for e in _operator_requests(kube, namespace, "")), default="")
             count = queued_reconciles(port)
             wait_until("a resync sweep", lambda: queued_reconciles(port) >= count + 3, 30)
-            return last if not _operator_requests(kube.audit_log, namespace, last) else None
+            return last if not _operator_requests(kube, namespace, last) else None
 
         since = wait_until("a sweep that sent nothing", settled, 90)
         # Three more sweeps (2 s apart in the tests), each answered from the cache.
         count = queued_reconciles(port)
         wait_until("three resync sweeps", lambda: queued_reconciles(port) >= count + 9, 60)
-        sent = _operator_requests(kube.audit_log, namespace, since)
+        sent = _operator_requests(kube, namespace, since)
         reads = [e for e in sent if e["verb"] in ("get", "list")]
         assert not reads, [(e["verb"], e["requestURI"]) for e in reads]
         print(f"requests by the reconciler over three sweeps of 3 jobs: {len(sent)}: "

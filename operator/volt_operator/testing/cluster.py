@@ -42,7 +42,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from volt_operator.testing import kubelet_nodes, kueue_process
 from volt_operator.testing.kubelet_nodes import RealNodes
@@ -513,6 +513,23 @@ class LocalCluster:
         user = f"system:serviceaccount:{namespace}:{name}"
         return write_kubeconfig(self.dir / f"sa-{namespace}-{name}.kubeconfig", self.server,
                                 self.pki / "ca.crt", user, token=review["status"]["token"])
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        """Every event in the API server's audit log, oldest first.
+
+        The server rotates the log by size into audit-<time>.log beside it, so the
+        rotated file is read first. A last line that does not parse is one the server
+        is still writing, and is left for the next read. Requests that failed
+        authentication carry an empty `user`: read it with `.get`.
+        """
+        for path in sorted(self.audit_log.parent.glob(f"{self.audit_log.stem}*{self.audit_log.suffix}")):
+            lines = path.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    if number < len(lines):
+                        raise
 
     # -- internals --
 
