@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from kubernetes.utils.quantity import parse_quantity
 
@@ -44,6 +44,17 @@ class JobRef:
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+
+def controller_uid(obj: Mapping[str, Any]) -> Optional[str]:
+    """The uid of the object's controller (its ownerReference with `controller: true`).
+
+    Compared with a job's uid it tells the job's own pods, Service, NetworkPolicy
+    and Workload from a deleted job's of the same name that the garbage collector
+    has not removed yet.
+    """
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
 
 
 

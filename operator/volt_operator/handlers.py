@@ -29,7 +29,7 @@ import kopf
 
 from . import kueue, metrics
 from .api import GROUP, PLURAL, VERSION
-from .builders import LABEL_JOB
+from .builders import LABEL_JOB, controller_uid
 from .cache import ObservedCache, resource_version
 from .kube import KubeClient
 from .kueue_gate import KueueGate
@@ -199,8 +199,7 @@ async def on_workload_event(type: Optional[str], body: kopf.Body, namespace: str
 async def on_network_policy_event(type: Optional[str], body: kopf.Body, namespace: str,
                                   labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     key = (namespace, labels[LABEL_JOB])
-    owner = next((ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []), None)
-    _reconciler(memo).network_policy_seen(key, owner, exists=type != "DELETED")
+    _reconciler(memo).network_policy_seen(key, controller_uid(body), exists=type != "DELETED")
     if type == "DELETED":  # deleted by hand: the job's next look creates it again
         memo.resyncer.enqueue(key)
 

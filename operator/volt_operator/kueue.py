@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional
 
-from .api import API_VERSION, TrainingJobSpec, format_time
-from .builders import LABEL_JOB, JobRef, build_pod
+from .api import TrainingJobSpec, format_time
+from .builders import LABEL_JOB, JobRef, build_pod, controller_uid
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # A WorkloadPriorityClass, as Kueue's own integrations read it (it wins over the pod's).
@@ -211,6 +211,4 @@ def finished(workload: Dict[str, Any], phase: str, message: str, now: datetime) 
 
 def owned_by(workload: Dict[str, Any], job: Dict[str, Any]) -> bool:
     """The Workload is this job's (not a leftover of a deleted job of the same name)."""
-    uid = job["metadata"]["uid"]
-    return any(ref.get("uid") == uid and ref.get("apiVersion") == API_VERSION
-               for ref in workload["metadata"].get("ownerReferences") or [])
+    return controller_uid(workload) == job["metadata"]["uid"]

@@ -35,7 +35,7 @@ from .api import (
     format_time,
     parse_time,
 )
-from .builders import LABEL_JOB, JobRef, build_pods, build_probe, build_service
+from .builders import LABEL_JOB, JobRef, build_pods, build_probe, build_service, controller_uid
 from .kueue import Admission, queue_name
 from .kueue_gate import KueueGate
 from .kube import ApiError, KubeClient
@@ -239,10 +239,7 @@ class Reconciler:
             listed, list_rv = self.client.list_pods(namespace, f"{LABEL_JOB}={name}")
             self.cache.seed_pods((namespace, name), listed, list_rv)
             pods = self.cache.pods((namespace, name)) or []
-        views = [
-            pod_view(p) for p in pods
-            if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
-        ]
+        views = [pod_view(p) for p in pods if controller_uid(p) == uid]
         for gone_pod in gone_pods:  # the last state its DELETED event carried
             gone = pod_view(gone_pod, gone=True)
             if gone.name not in {v.name for v in views}:

@@ -7,7 +7,7 @@ from typing import Any, Dict
 import pytest
 
 from volt_operator.api import RESERVED_ENV, TrainingJobSpec
-from volt_operator.builders import JobRef, build_pod, build_pods, build_service, resume_value
+from volt_operator.builders import JobRef, build_pod, build_pods, build_service, controller_uid, resume_value
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,6 +59,17 @@ def test_pod_identity_labels_and_dns() -> None:
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["metadata"]["ownerReferences"][0]["controller"] is True
     assert pod["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+
+
+def test_controller_uid_is_the_owning_jobs_only() -> None:
+    pod = build_pod(JOB, spec(), rank=0, attempt=1, resume="auto")
+    assert controller_uid(pod) == "1234-uid"
+    # A reference that does not control (a user's or the garbage collector's) says nothing.
+    pod["metadata"]["ownerReferences"].insert(0, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                  "name": "x", "uid": "other-uid"})
+    assert controller_uid(pod) == "1234-uid"
+    assert controller_uid({"metadata": {"name": "orphan"}}) is None
+    assert controller_uid({"metadata": {"ownerReferences": [{"uid": "u", "controller": False}]}}) is None
 
 
 def test_env_contract() -> None:
