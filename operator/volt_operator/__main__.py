@@ -4,8 +4,9 @@
                             [--standalone | --leader-elect [--leader-election-namespace NS]
                                                            [--leader-election-lease NAME]]
                             [--log-format json|text] [--health-port P | --liveness URL]
-                            [--metrics-port P] [--progress-interval S]
-                            [--stuck-pod-margin S] [--kueue]
+                            [--metrics-port P] [--progress-interval S] [--progress-rate R]
+                            [--resync-interval S] [--relist-interval S]
+                            [--stuck-pod-margin S] [--network-policy-peers JSON] [--kueue]
 """
 from __future__ import annotations
 
@@ -46,20 +47,39 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="serve liveness at http://0.0.0.0:P/healthz")
     health.add_argument("--liveness", metavar="URL",
                         help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    # Defaults from the environment stay strings: argparse converts them with the
+    # flag's type, so a bad value is reported as the flag's error, not a traceback.
     parser.add_argument(
         "--metrics-port", type=int, metavar="P",
-        default=int(os.environ.get("VOLT_OPERATOR_METRICS_PORT", "8080")),
+        default=os.environ.get("VOLT_OPERATOR_METRICS_PORT", "8080"),
         help="Prometheus metrics port (env VOLT_OPERATOR_METRICS_PORT; 0 picks a free "
         "port, -1 disables)",
     )
     parser.add_argument(
         "--progress-interval", type=float, metavar="S",
-        default=float(os.environ.get("VOLT_OPERATOR_PROGRESS_SECONDS", "5")),
-        help="poll rank 0's /progress at most once per S seconds per job",
+        default=os.environ.get("VOLT_OPERATOR_PROGRESS_SECONDS", "5"),
+        help="poll rank 0's /progress at most once per S seconds per job "
+        "(env VOLT_OPERATOR_PROGRESS_SECONDS)",
+    )
+    parser.add_argument(
+        "--progress-rate", type=float, metavar="R",
+        default=os.environ.get("VOLT_OPERATOR_PROGRESS_RATE", "20"),
+        help="reads of /progress per second over all jobs (env VOLT_OPERATOR_PROGRESS_RATE)",
+    )
+    parser.add_argument(
+        "--resync-interval", type=float, metavar="S",
+        default=os.environ.get("VOLT_OPERATOR_RESYNC_SECONDS", "3"),
+        help="period of the resync sweep over live jobs (env VOLT_OPERATOR_RESYNC_SECONDS)",
+    )
+    parser.add_argument(
+        "--relist-interval", type=float, metavar="S",
+        default=os.environ.get("VOLT_OPERATOR_RELIST_SECONDS", "300"),
+        help="check the watch cache against a full LIST every S seconds, for deletions a "
+        "watch gap hid (env VOLT_OPERATOR_RELIST_SECONDS)",
     )
     parser.add_argument(
         "--stuck-pod-margin", type=float, metavar="S",
-        default=float(os.environ.get("VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS", "30")),
+        default=os.environ.get("VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS", "30"),
         help="force-delete a job's pod still terminating S seconds after its grace period "
         "ended (its node does not report back); env VOLT_OPERATOR_STUCK_POD_MARGIN_SECONDS",
     )
@@ -88,8 +108,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
         if port is not None and not -1 <= port <= 65535:
             parser.error(f"{flag} must be a TCP port, got {port}")
-    if args.progress_interval <= 0:
-        parser.error(f"--progress-interval must be > 0, got {args.progress_interval}")
+    for value, flag in ((args.progress_interval, "--progress-interval"), (args.progress_rate, "--progress-rate"),
+                        (args.resync_interval, "--resync-interval"), (args.relist_interval, "--relist-interval")):
+        if not value > 0:  # also refuses nan
+            parser.error(f"{flag} must be > 0, got {value}")
     if args.stuck_pod_margin < 0:
         parser.error(f"--stuck-pod-margin must be >= 0, got {args.stuck_pod_margin}")
     return args
@@ -119,6 +141,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     memo = kopf.Memo()
     memo.options = handlers.Options(
         progress_seconds=args.progress_interval,
+        progress_rate=args.progress_rate,
+        resync_seconds=args.resync_interval,
+        relist_seconds=args.relist_interval,
         stuck_pod_margin=args.stuck_pod_margin,
         leader_namespace=args.leader_election_namespace if args.leader_elect else None,
         leader_lease=args.leader_election_lease,

@@ -21,7 +21,6 @@ deliver there first, so the reconcile that follows sees it without a read.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -38,12 +37,6 @@ from .reconciler import Reconciler, Resyncer
 from .status import STUCK_POD_MARGIN_SECONDS
 
 log = logging.getLogger("volt_operator.handlers")
-# Read at import: kopf fixes a timer's interval when the handler is registered.
-RESYNC_SECONDS = float(os.environ.get("VOLT_OPERATOR_RESYNC_SECONDS", "3"))
-# Reads of rank 0's /progress per second over all jobs (docs/operator.md, "Progress").
-PROGRESS_RATE = float(os.environ.get("VOLT_OPERATOR_PROGRESS_RATE", "20"))
-# How often the cache is checked against a full LIST (deletions a watch gap hid).
-RELIST_SECONDS = float(os.environ.get("VOLT_OPERATOR_RELIST_SECONDS", "300"))
 
 
 @dataclass
@@ -51,6 +44,10 @@ class Options:
     """What ``python -m volt_operator`` passes in through kopf's memo."""
 
     progress_seconds: float = 5.0
+    # Reads of rank 0's /progress per second over all jobs (docs/operator.md, "Progress").
+    progress_rate: float = 20.0
+    resync_seconds: float = 3.0  # period of the sweep over live jobs
+    relist_seconds: float = 300.0  # the cache checked against a full LIST (deletions a watch gap hid)
     stuck_pod_margin: float = STUCK_POD_MARGIN_SECONDS
     # Namespace of the leader-election Lease; None: no election (one replica).
     leader_namespace: Optional[str] = None
@@ -97,14 +94,14 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.cache = ObservedCache()
     memo.reconciler = Reconciler(
         client, progress_interval=options.progress_seconds, cache=memo.cache,
-        progress_rate=PROGRESS_RATE,
+        progress_rate=options.progress_rate,
         stuck_pod_margin=options.stuck_pod_margin,
         is_leader=memo.elector.is_leader if memo.elector else None,
         network_policy_peers=options.network_policy_peers,
         kueue=KueueGate(client, memo.cache) if options.kueue else None,
     )
-    memo.resyncer = Resyncer(memo.reconciler, options.namespaces, RESYNC_SECONDS,
-                             relist_interval=RELIST_SECONDS)
+    memo.resyncer = Resyncer(memo.reconciler, options.namespaces, options.resync_seconds,
+                             relist_interval=options.relist_seconds)
     memo.resyncer.start()
     metrics.track_work_queue(memo.resyncer.queue.__len__)
     memo.metrics_server = None
