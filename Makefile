@@ -88,8 +88,7 @@ KWOK_BIN := $(VOLT_CACHE)/kwok/$(KWOK_VERSION)/kwok
 .PHONY: kwok bench-scale
 $(KWOK_BIN):
 	@echo ">> building kwok $(KWOK_VERSION) from the Go module proxy (a few minutes on a cold cache)"
-	GOBIN=$(dir $@) GOMODCACHE=$(VOLT_CACHE)/go/mod GOCACHE=$(VOLT_CACHE)/go/build GOTOOLCHAIN=local \
-	  GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	export VOLT_CACHE=$(VOLT_CACHE) && . scripts/go-env.sh && GOBIN=$(dir $@) go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 
 kwok: $(KWOK_BIN)
 

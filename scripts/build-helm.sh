@@ -27,18 +27,13 @@ fi
 
 command -v go >/dev/null || { echo "build-helm: 'go' not found on PATH (Go >= 1.24 is needed to build helm)" >&2; exit 1; }
 
-# Module and build caches live beside the other Go builds, never in the repo.
-export GOMODCACHE="$VOLT_CACHE/go/mod"
-export GOCACHE="$VOLT_CACHE/go/build"
-export GOTOOLCHAIN=local
-export GOFLAGS="-trimpath -buildvcs=false"
-export CGO_ENABLED=0
+. "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/volt-helm-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo ">> building helm $HELM_VERSION from the Go module proxy (a few minutes on a cold cache)"
-module_dir="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+module_dir="$(go_module_dir "helm.sh/helm/v3@$HELM_VERSION")"
 [[ -f "$module_dir/go.mod" ]] || { echo "build-helm: could not download helm.sh/helm/v3@$HELM_VERSION" >&2; exit 1; }
 # Stamp what helm's own Makefile stamps: its version, and the Kubernetes version
 # that `helm template`/`helm lint` assume without a cluster (the client-go minor

@@ -67,11 +67,7 @@ GO="${GO:-$(command -v go || true)}"
 [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
 [[ -n "$GO" ]] || die "no Go toolchain found (install Go >= 1.24 or set GO=/path/to/go)"
 
-export GOTOOLCHAIN=local
-export GOMODCACHE="$VOLT_CACHE/go/mod"
-export GOCACHE="$VOLT_CACHE/go/build"
-export GOFLAGS="-trimpath -buildvcs=false"
-export CGO_ENABLED=0
+. "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 mkdir -p "$GOMODCACHE" "$GOCACHE" "$VOLT_CACHE/kube" "$VOLT_CACHE/etcd" "$VOLT_CACHE/coredns" "$VOLT_CACHE/pause"
 
 # Two concurrent `make cluster` runs must not build into the same directory:

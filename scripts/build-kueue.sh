@@ -20,18 +20,13 @@ fi
 
 command -v go >/dev/null || { echo "build-kueue: 'go' not found on PATH (Go >= 1.25 is needed to build Kueue)" >&2; exit 1; }
 
-# Module and build caches live beside the other Go builds, never in the repo.
-export GOMODCACHE="$VOLT_CACHE/go/mod"
-export GOCACHE="$VOLT_CACHE/go/build"
-export GOTOOLCHAIN=local
-export GOFLAGS="-trimpath -buildvcs=false"
-export CGO_ENABLED=0
+. "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/volt-kueue-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo ">> building kueue $KUEUE_VERSION from the Go module proxy (10-20 minutes on a cold cache)"
-module_dir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+module_dir="$(go_module_dir "sigs.k8s.io/kueue@$KUEUE_VERSION")"
 [[ -d "$module_dir/config/components/crd/bases" ]] || { echo "build-kueue: could not download sigs.k8s.io/kueue@$KUEUE_VERSION" >&2; exit 1; }
 GOBIN="$work/bin" nice -n 10 go install -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
     "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
