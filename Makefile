@@ -20,7 +20,7 @@ export VOLT_ETCD_VERSION := $(ETCD_VERSION)
 export VOLT_COREDNS_VERSION := $(COREDNS_VERSION)
 export VOLT_KUEUE_VERSION := $(KUEUE_VERSION)
 
-.PHONY: setup lightning-env prometheus helm docker node-runtime images lock test test-engine test-operator test-e2e test-chaos bench lint cluster kueue crds demo demo-down clean
+.PHONY: setup lightning-env prometheus helm docker node-runtime images lock test test-engine test-operator test-e2e test-chaos test-loaded bench lint cluster kueue crds demo demo-down clean
 
 # The path is keyed by the pyproject hash, so existence is enough (a fresh clone
 # has new mtimes and must not rebuild a matching environment).
@@ -169,6 +169,13 @@ test-operator: setup cluster
 
 test-e2e: setup prometheus cluster kwok kueue helm docker node-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# A tier several times in a row with CPUs kept busy (docs/reliability.md, "Tiers under load").
+LOADED_TIER ?= test-e2e
+LOADED_ROUNDS ?= 5
+LOADED_HOGS ?= 1
+test-loaded:
+	bash scripts/loaded-rounds.sh --rounds $(LOADED_ROUNDS) --hogs $(LOADED_HOGS) $(LOADED_TIER)
 
 # Fault injection on the example job (tests/chaos, docs/reliability.md); VOLT_CHAOS_SEED picks the steps.
 test-chaos: setup cluster

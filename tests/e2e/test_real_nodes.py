@@ -166,6 +166,33 @@ def test_memory_limit_gives_oomkilled_in_last_failure(real_kube: LocalCluster, o
     assert failure.get("reason") == "OOMKilled", failure
 
 
+@pytest.mark.timeout(600)
+def test_a_ranks_exception_reaches_last_failure_through_the_termination_log(
+        real_kube: LocalCluster, operator: OperatorProcess, namespace: str) -> None:
+    """Rank 1 raises: volt-run, as the image's non-root user, writes the error to
+    /dev/termination-log; the kubelet reads it into the container's state and the job
+    fails at once naming the rank, the exit code and the exception's own words."""
+    crash = ("import os, time\n"
+             "if os.environ['NODE_RANK'] == '1':\n"
+             "    raise ValueError('bad hyperparameter in rank 1')\n"
+             "time.sleep(600)\n")
+    pvc, job = example(command=["python", "-c", crash], args=[])
+    job["metadata"]["name"] = "crashy"
+    real_kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
+    assert wait_phase(real_kube, namespace, "crashy", ("Failed", "Succeeded"), 300) == "Failed", \
+        diagnosis(real_kube, namespace, "crashy")
+    status = job_status(real_kube, namespace, "crashy")
+    failure = status["lastFailure"]
+    assert (failure["pod"], failure["rank"], failure["exitCode"], failure["reason"]) == (
+        "crashy-node-1", 1, 1, "UserError"), failure
+    assert "ValueError: bad hyperparameter in rank 1" in failure["message"], failure
+    assert status["restarts"] == 0, status
+    # The words came through the kubelet: they are the container's termination message.
+    (container,) = get_json(real_kube, "-n", namespace, "pod", "crashy-node-1")["status"]["containerStatuses"]
+    terminated = container["state"]["terminated"]
+    assert terminated["exitCode"] == 1 and "bad hyperparameter in rank 1" in terminated.get("message", ""), terminated
+
+
 @pytest.mark.timeout(900)
 def test_killed_pod_restarts_the_gang_which_resumes_from_the_pvc(real_kube: LocalCluster, operator: OperatorProcess,
                                                                  namespace: str) -> None:
