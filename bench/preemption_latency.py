@@ -37,7 +37,7 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "engine")]
 
-from ddp_support import child_env, free_port  # noqa: E402
+from ddp_support import child_env, free_port, wait_for  # noqa: E402
 
 GRACE_PERIOD_S = 25  # volt-run's default: the bound a run must stay under
 
@@ -47,16 +47,6 @@ def preempted_checkpoint_named(ckpt_dir: Path) -> bool:
         return json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"].startswith("preempted-")
     except (OSError, ValueError, KeyError):
         return False
-
-
-def wait_until(condition: Any, timeout: float, what: str, every: float = 0.01) -> float:
-    """Seconds until ``condition()`` holds (a benchmark's clock, so polled finely)."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what} after {timeout} s")
-        time.sleep(every)
-    return time.monotonic() - start
 
 
 def one_run(nodes: int, nproc: int, step_delay: float, to_all: bool, rng: random.Random,
@@ -77,14 +67,16 @@ def one_run(nodes: int, nproc: int, step_delay: float, to_all: bool, rng: random
                                           stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                           start_new_session=True))
     try:
-        wait_until(lambda: (ckpt_dir / "latest.json").exists(), 180, "the first checkpoint", every=0.2)
+        wait_for(lambda: (ckpt_dir / "latest.json").exists(), 180, "the first checkpoint", interval=0.2)
         time.sleep(rng.uniform(1.0, 3.0))  # the signal lands anywhere in the ranks' agreement interval
         signalled = procs if to_all else procs[1:2]
         sent = time.monotonic()
         for proc in signalled:
             os.kill(proc.pid, signal.SIGTERM)
-        saved = wait_until(lambda: preempted_checkpoint_named(ckpt_dir), 2 * GRACE_PERIOD_S,
-                           "the preemption checkpoint")
+        # Polled finely: this is the benchmark's clock.
+        wait_for(lambda: preempted_checkpoint_named(ckpt_dir), 2 * GRACE_PERIOD_S,
+                 "the preemption checkpoint", interval=0.01)
+        saved = time.monotonic() - sent
         codes = [proc.wait(timeout=2 * GRACE_PERIOD_S) for proc in procs]
         exited = time.monotonic() - sent
     finally:
