@@ -57,7 +57,6 @@ def controller_uid(obj: Mapping[str, Any]) -> Optional[str]:
     return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
 
 
-
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 # The trainer image's user (trainer_image/Dockerfile: USER 1000:1000).

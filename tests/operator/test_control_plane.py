@@ -171,7 +171,7 @@ def test_service_account_token_acts_as_the_account_and_denials_are_audited(
                                 "stranger", token="not-a-token")
     with pytest.raises(KubectlError, match="Unauthorized|must be logged in"):
         kube.kubectl("get", "secrets", "-n", namespace, kubeconfig=stranger)
-    wait_for(lambda: any(e["responseStatus"].get("code") == 401 for e in kube.audit_events()
+    wait_for(lambda: any(e.get("responseStatus", {}).get("code") == 401 for e in kube.audit_events()
                          if not e["user"]), 30, "the refused stranger in the audit log")
 
     kube.kubectl("create", "serviceaccount", "worker", "-n", namespace)

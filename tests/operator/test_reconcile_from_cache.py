@@ -18,10 +18,10 @@ from job_helpers import idle_job_manifest
 from operator_process import (OperatorProcess, admin_configuration, free_port, get_json, job_status,
                               queued_reconciles, wait_until)
 from volt_operator.cache import ObservedCache
-from volt_operator.testing.cluster import LocalCluster
 from volt_operator.kube import USER_AGENT, KubeClient
 from volt_operator.kueue_gate import KueueGate
 from volt_operator.reconciler import Reconciler, Resyncer
+from volt_operator.testing.cluster import LocalCluster
 
 
 class RecordingClient(KubeClient):
