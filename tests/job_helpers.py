@@ -108,12 +108,16 @@ def events(kube: Any, namespace: str, name: str) -> List[Dict[str, Any]]:
 
 
 def diagnosis(kube: Any, namespace: str, name: str) -> str:
-    """What a user would look at after a surprise: status, events, each pod's logs."""
+    """What a user would look at after a surprise: status, events, each pod's container
+    states, events (a pull error, a failed mount) and logs."""
     parts = [yaml.safe_dump({"status": job_status(kube, namespace, name)})]
     parts += [f"event {e['reason']}: {e.get('message', '')}" for e in events(kube, namespace, name)]
     pods = get_json(kube, "-n", namespace, "pods", "-l", f"volt.dev/job={name}")["items"]
     for pod in pods:
         pod_name = pod["metadata"]["name"]
+        parts.append(f"--- {pod_name} on {pod['spec'].get('nodeName')}: "
+                     f"{json.dumps(pod.get('status', {}).get('containerStatuses'))}")
+        parts += [f"event {e['reason']}: {e.get('message', '')}" for e in events(kube, namespace, pod_name)]
         for previous in (True, False):
             out = kube.kubectl("logs", "-n", namespace, pod_name, *(["--previous"] if previous else []),
                                check=False)

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -34,6 +34,7 @@ from volt_operator.testing.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 
+REAL_KUBE_FIRST_USE_TIMEOUT = 3600  # seconds: a cold image build and import, then the test itself
 # Session fixtures stopped after their last user, not at the session's end (see above).
 RELEASED_AFTER_LAST_USER = ("real_kube", "docker_env")  # the cluster first: it imports from docker
 _last_user: Dict[str, str] = {}  # fixture name -> node id of the last collected test that uses it
@@ -46,11 +47,34 @@ def _release(name: str) -> None:
         stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_real_cluster: starts a real-node cluster of its own, so it runs "
+                                       "before the session's shared one (`real_kube`) starts")
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    # A developer skips everything that builds or runs images (the `docker` marker: the docker
+    # tests and the real nodes, which run the trainer image) with VOLT_SKIP_DOCKER=1; CI runs them.
+    if os.environ.get("VOLT_SKIP_DOCKER") == "1":
+        for item in items:
+            if item.get_closest_marker("docker"):
+                item.add_marker(pytest.mark.skip(reason="VOLT_SKIP_DOCKER=1"))
+    # One real-node cluster runs on a machine at a time: a test that starts its own runs
+    # before the session's shared one (`real_kube`) starts. A stable sort keeps the rest in order.
+    items.sort(key=lambda item: item.get_closest_marker("own_real_cluster") is None)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:  # in run order, after -k/-m deselection
         for name in RELEASED_AFTER_LAST_USER:
             if name in getattr(item, "fixturenames", ()):  # directly or through another fixture
                 _last_user[name] = item.nodeid
+    # The first test to use `real_kube` pays for building the trainer image and importing it
+    # into both nodes (over 20 minutes from a cold cache on 2 cores): its timeout covers that,
+    # whichever test it is.
+    first = next((item for item in session.items if "real_kube" in getattr(item, "fixturenames", ())), None)
+    if first is not None:
+        first.add_marker(pytest.mark.timeout(REAL_KUBE_FIRST_USE_TIMEOUT), append=False)
 
 
 @pytest.hookimpl(wrapper=True)

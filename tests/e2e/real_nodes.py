@@ -1,22 +1,21 @@
-"""What the real-node modules (test_real_nodes*.py) share, besides the cluster itself.
+"""What the modules that run on real nodes share, besides the cluster itself.
 
 The session's real-node cluster, `real_kube`, is in tests/e2e/conftest.py. The `namespace` and
-`operator` fixtures are here, and each real-node module imports them: they replace
-tests/conftest.py's fixtures of the same names, which run on the agent cluster (`kube`) that the
-other e2e modules use, so a tests/e2e/conftest.py override would move those modules too.
+`operator` fixtures are here, and each module that runs on real nodes imports them: they replace
+tests/conftest.py's fixtures of the same names, which run on the agent cluster (`kube`) that
+tests/operator and a few e2e modules use (docs/local-cluster.md says which), so a
+tests/e2e/conftest.py override would move those too.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-import yaml
 
 import job_helpers
-from job_helpers import fresh_namespace
+from job_helpers import diagnosis, fresh_namespace
 from operator_process import OperatorProcess, job_status, wait_until
 from volt_operator.testing.cluster import ClusterError, LocalCluster
 
@@ -80,16 +79,6 @@ def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 def pods(kube: LocalCluster, namespace: str, job: str) -> List[Dict[str, Any]]:
     return kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job={job}")["items"]
-
-
-def diagnosis(kube: LocalCluster, namespace: str, job: str) -> str:
-    parts = [yaml.safe_dump({"status": job_status(kube, namespace, job)})]
-    parts.append(kube.kubectl("get", "-n", namespace, "events", check=False).stdout[-4000:])
-    for pod in pods(kube, namespace, job):
-        name = pod["metadata"]["name"]
-        parts.append(f"--- {name}: {json.dumps(pod.get('status', {}).get('containerStatuses'))}")
-        parts.append(kube.kubectl("logs", "-n", namespace, name, check=False).stdout[-3000:])
-    return "\n".join(parts)
 
 
 def wait_phase(kube: LocalCluster, namespace: str, job: str, phases: Tuple[str, ...], timeout: float) -> str:

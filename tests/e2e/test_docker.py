@@ -11,7 +11,6 @@ downloads torch (several GB); later builds reuse the cached layers in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -27,7 +26,6 @@ TAG = "e2e"
 # `docker_env` (the engine, started if none answers) is a session fixture: tests/e2e/conftest.py.
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
 ]
 
 

@@ -10,7 +10,6 @@ runs on the host. Needs root, `make cluster node-runtime docker helm`.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -21,13 +20,13 @@ import yaml
 
 from helm_util import CHART, helm_binary, run_helm
 from operator_process import job_status
-from real_nodes import diagnosis, example, namespace, wait_pods_gone  # noqa: F401  (namespace: a fixture)
+from job_helpers import diagnosis
+from real_nodes import example, namespace, wait_pods_gone  # noqa: F401  (namespace: a fixture)
 from test_docker import build
 from volt_operator.testing.cluster import KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT, ClusterError, LocalCluster
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
     # The session's cluster (if this module uses it first), both images (built and imported
     # unless current) and the job.
     pytest.mark.timeout(1800),

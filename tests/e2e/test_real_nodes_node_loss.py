@@ -13,7 +13,6 @@ checkpoint to Succeeded. Needs root, `make cluster node-runtime docker`.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Dict
 
@@ -21,18 +20,16 @@ import pytest
 import yaml
 
 from operator_process import OperatorProcess, get_json, job_status
+from job_helpers import diagnosis
 from real_nodes import (  # noqa: F401  (namespace, operator: fixtures)
-    diagnosis, example, namespace, operator, wait_nodes_schedulable,
+    example, namespace, operator, wait_nodes_schedulable,
 )
 from volt_operator.testing.cluster import ClusterError, LocalCluster
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("VOLT_SKIP_DOCKER") == "1", reason="VOLT_SKIP_DOCKER=1"),
-    # The session's cluster (if this module uses it first, and the trainer image if it must
-    # be imported), then the job: about 100 s from the fault to the new gang, plus training
-    # on a loaded machine.
-    pytest.mark.timeout(1800),
+    # About 100 s from the fault to the new gang, plus training on a loaded machine.
+    pytest.mark.timeout(900),
 ]
 
 TOLERATION_SECONDS = 10

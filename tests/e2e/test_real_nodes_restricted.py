@@ -8,15 +8,13 @@ import yaml
 import pytest
 
 from operator_process import OperatorProcess, wait_until
+from job_helpers import diagnosis
 from real_nodes import (  # noqa: F401  (namespace, operator: fixtures)
-    diagnosis, example, namespace, operator, pods, wait_phase,
+    example, namespace, operator, pods, wait_phase,
 )
 from volt_operator.testing.cluster import LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow,
-              # the session's cluster, if this module uses it first: importing the image into
-              # both nodes takes about 11 minutes on a loaded 2-core VM
-              pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_example_succeeds_where_restricted_is_enforced(real_kube: LocalCluster, operator: OperatorProcess,
