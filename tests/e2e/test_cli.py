@@ -1,8 +1,9 @@
-"""End to end: the `volt` command against the local cluster, the real operator and engine.
+"""End to end: the `volt` command against real nodes, the real operator and engine.
 
 `volt submit` creates a job, streams rank 0 and exits with the outcome;
 `volt logs --rank N` reads the pod that runs rank N; `volt get`/`describe`
-show the phase; a failing job exits 1; `volt delete` removes it.
+show the phase; a failing job exits 1; `volt delete` removes it. The jobs run as containers
+of the trainer image on the session's real nodes (`real_kube`, tests/e2e/conftest.py).
 """
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 import yaml
 
 from operator_process import OperatorProcess
+from real_nodes import IMAGE, namespace, operator  # noqa: F401 (fixtures)
 from volt.client.cli import main
 from volt.client.logs import rank_of_line
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-# The checkpoints go to the namespace's own volume (the node agent's pods share the host's
-# filesystem, where a job without one would meet other jobs' checkpoints).
+# The checkpoints go to the namespace's own volume, as a user's would.
 CLAIM = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpts"},
          "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
 # Every rank says who it is, then trains the synthetic example for real (DDP over gloo).
@@ -68,7 +69,7 @@ def test_submit_streams_rank0_and_logs_select_a_rank(operator: OperatorProcess,
                                                      namespace: str) -> None:
     kube = operator.kube
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(CLAIM))
-    submitted = volt(kube, namespace, "submit", "--name", "hello", "--nodes", "2", "--devices", "2",
+    submitted = volt(kube, namespace, "submit", "--name", "hello", "--image", IMAGE, "--nodes", "2", "--devices", "2",
                      "--accelerator", "cpu", "--max-epochs", "1", "--timeout", "400",
                      "--checkpoint-claim", "ckpts", "--checkpoint-path", "/checkpoints",
                      "--", "python", "-c", HELLO_AND_TRAIN, timeout=480)
@@ -109,7 +110,7 @@ def test_submit_streams_rank0_and_logs_select_a_rank(operator: OperatorProcess,
 @pytest.mark.timeout(420)
 def test_failing_job_exits_1_with_the_failure(operator: OperatorProcess, namespace: str) -> None:
     kube = operator.kube
-    submitted = volt(kube, namespace, "submit", "--name", "crash", "--devices", "1",
+    submitted = volt(kube, namespace, "submit", "--name", "crash", "--image", IMAGE, "--devices", "1",
                      "--accelerator", "cpu", "--max-restarts", "0", "--timeout", "300",
                      "--", "python", "-c", "print('about to fail', flush=True); raise KeyError('label')",
                      timeout=360)
@@ -135,7 +136,7 @@ def test_refused_and_duplicate_jobs_then_suspend_and_resume(operator: OperatorPr
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump_all([CLAIM, {
         "apiVersion": "volt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "twice"},
-        "spec": {"image": "volt-trainer:0.1.0", "command": ["sleep", "600"],
+        "spec": {"image": IMAGE, "command": ["sleep", "600"],
                  "checkpoint": {"claimName": "ckpts", "path": "/checkpoints"}}}]))
     taken = volt_here(kube, namespace, "submit", "-f", str(manifest), "--no-wait")
     assert taken.returncode == 0 and taken.stdout.strip() == "twice", taken.stderr

@@ -1,5 +1,5 @@
 """End to end, elastic TrainingJobs: the 2 x 2 example (real operator, real engine, gloo over
-pods on the node agent) changes size while it trains and still succeeds.
+containers of the trainer image on real nodes) changes size while it trains and still succeeds.
 
 * `kubectl patch tj --type merge -p '{"spec":{"trainer":{"numNodes":1}}}'` mid-training: the
   gang checkpoints on SIGTERM, one node of 2 processes resumes the 4-process checkpoint.
@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from job_helpers import apply, events, example, explain, watch_table  # noqa: F401
+from job_helpers import apply, events, explain, watch_table  # noqa: F401 (explain: a fixture)
 from operator_process import OperatorProcess, get_json, job_status, wait_until
+from real_nodes import example, namespace, operator  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 RESIZED_RUN = "resuming at 2 processes (checkpoint: 4)"
@@ -51,7 +52,7 @@ def assert_resumed_at_two_processes(kube: Any, namespace: str, saved_step: int) 
     assert RESIZED_RUN in logs, logs[-3000:]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_patching_the_example_to_one_node_resizes_it_and_it_succeeds(
         operator: OperatorProcess, namespace: str, explain: List[str]) -> None:
     kube = operator.kube
@@ -75,7 +76,7 @@ def test_patching_the_example_to_one_node_resizes_it_and_it_succeeds(
     assert_resumed_at_two_processes(kube, namespace, saved_step)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_elastic_example_finishes_on_one_node_when_the_other_is_cordoned(
         operator: OperatorProcess, namespace: str, explain: List[str]) -> None:
     kube = operator.kube

@@ -1,6 +1,7 @@
 """End to end, gang admission with the real Kueue manager (built by `make kueue`) on the
-local cluster's node agent: the operator runs with --kueue, each TrainingJob names a
-LocalQueue, and a ClusterQueue has quota for exactly one 2-node job.
+local cluster's real nodes (containers of the trainer image): the operator runs with
+--kueue, each TrainingJob names a LocalQueue, and a ClusterQueue has quota for exactly
+one 2-node job.
 
 * Two jobs submitted together: one runs, the other is Queued with no pod; when the
   first succeeds the second runs and succeeds.
@@ -23,8 +24,9 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 import pytest
 import torch
 
-from job_helpers import apply, diagnosis, events, example, kubectl_watch, volume_dir
+from job_helpers import apply, diagnosis, events, kubectl_watch, volume_dir
 from operator_process import OperatorProcess, admin_configuration
+from real_nodes import example, namespace  # noqa: F401 (namespace: a fixture)
 from volt_operator import kueue as kueue_api
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus
 from volt_operator.cache import ObservedCache
@@ -32,7 +34,7 @@ from volt_operator.kube import USER_AGENT, KubeClient
 from volt_operator.kueue_gate import KueueGate
 from volt_operator.testing.cluster import Component, LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINAL = ("Succeeded", "Failed")
@@ -41,17 +43,17 @@ NODES = 2
 
 
 @pytest.fixture(scope="module")
-def kueue(crd: LocalCluster) -> Iterator[LocalCluster]:
-    """Kueue's CRDs and manager on the session's cluster, for this module only (one
+def kueue(real_kube: LocalCluster) -> Iterator[LocalCluster]:
+    """Kueue's CRDs and manager on the session's real-node cluster, for this module only (one
     started with the cluster, `up --kueue`, is used and left running)."""
-    ours = not any(c.name == "kueue" and c.alive() for c in crd.components)
-    manager: Component = crd.start_kueue()
+    ours = not any(c.name == "kueue" and c.alive() for c in real_kube.components)
+    manager: Component = real_kube.start_kueue()
     try:
-        yield crd
+        yield real_kube
     finally:
         if ours:
             manager.stop(10)
-            crd.components.remove(manager)
+            real_kube.components.remove(manager)
 
 
 @pytest.fixture
@@ -162,7 +164,7 @@ def check_whole_gangs(history: List[Dict[str, Any]], queued: Sequence[str]) -> D
     return most
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_two_jobs_in_a_queue_for_one_run_one_after_the_other(
         kueue_operator: OperatorProcess, queue: str, namespace: str, tmp_path: Path) -> None:
     kube = kueue_operator.kube
@@ -216,7 +218,7 @@ def final_weights(volume: Path, name: str) -> Dict[str, torch.Tensor]:
     return torch.load(volume / f"{name}-final.pt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
         kueue_operator: OperatorProcess, queue: str, namespace: str, tmp_path: Path) -> None:
     kube = kueue_operator.kube

@@ -4,12 +4,14 @@
    Prometheus (Debian's package) scrapes both ranks through file-based targets.
    The series must carry the expected labels, and every dashboard query over
    engine metrics must return data.
-2. The operator runs a 2-node x 2-process TrainingJob on the local control
-   plane. Debian's Prometheus is built without Kubernetes service discovery,
-   so the test lists the pods through the API and writes them as file-based
-   targets carrying the same `__meta_kubernetes_pod_*` labels the pod role
-   gives; Prometheus then applies the relabeling the Prometheus Operator
-   generates from the chart's PodMonitor. It also scrapes the operator.
+2. The operator runs a 2-node x 2-process TrainingJob on the session's real
+   nodes (containers of the trainer image, `real_kube`). Debian's Prometheus
+   is built without Kubernetes service discovery, so the test lists the pods
+   through the API and writes them as file-based targets carrying the same
+   `__meta_kubernetes_pod_*` labels the pod role gives; Prometheus, on the
+   host, scrapes them at their pod IPs and applies the relabeling the
+   Prometheus Operator generates from the chart's PodMonitor. It also scrapes
+   the operator.
    Every rank's series arrive with the pod, namespace and node_rank labels,
    and every dashboard query (operator panels included, GPU panels excepted
    on CPU) returns data.
@@ -34,8 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
+import yaml
 
+from helm_util import CHART, helm_binary, run_helm
 from helpers import free_port
+from operator_process import OperatorProcess, job_status
+from real_nodes import example, namespace  # noqa: F401 (namespace: a fixture)
+from volt_operator.testing.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts" / "volt" / "dashboards" / "volt.json"
@@ -391,9 +398,6 @@ def podmonitor_relabel_configs(podmonitor: Dict[str, Any]) -> List[Dict[str, Any
 
 
 def rendered_podmonitor() -> Dict[str, Any]:
-    import yaml
-    from helm_util import CHART, helm_binary, run_helm
-
     out = run_helm(
         helm_binary(), "template", "volt", str(CHART), "--api-versions", "monitoring.coreos.com/v1",
         "--set", "metrics.podMonitor.enabled=true", "--show-only", "templates/podmonitor.yaml",
@@ -404,14 +408,15 @@ def rendered_podmonitor() -> Dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.docker
 @pytest.mark.timeout(600)
-def test_prometheus_scrapes_a_trainingjob_and_the_operator(kube: Any, namespace: str, tmp_path: Path) -> None:
-    import yaml
-    from operator_process import OperatorProcess, apply_crd, free_port as operator_free_port, job_status
-
+def test_prometheus_scrapes_a_trainingjob_and_the_operator(real_kube: LocalCluster, namespace: str,
+                                                           tmp_path: Path) -> None:
+    """The job's four ranks run as containers of the trainer image on the real nodes; Prometheus,
+    on the host, scrapes them at their pod IPs as it would in a cluster."""
+    kube = real_kube
     podmonitor = rendered_podmonitor()
-    apply_crd(kube)
-    operator = OperatorProcess(kube, [namespace], tmp_path, metrics_port=operator_free_port()).start()
+    operator = OperatorProcess(kube, [namespace], tmp_path, metrics_port=free_port()).start()
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
     prometheus = Prometheus(
@@ -425,10 +430,9 @@ def test_prometheus_scrapes_a_trainingjob_and_the_operator(kube: Any, namespace:
         # needs a sample from before the job's first Running.
         wait_until("Prometheus to scrape the operator", lambda: prometheus.query(
             "volt_operator_time_to_running_seconds_count == 0"), timeout=60)
-        pvc, job = list(yaml.safe_load_all((REPO / "examples" / "trainingjob.yaml").read_text()))
-        job["metadata"]["name"] = name
         # Long enough to be scraped for a while; the test deletes it when done.
-        job["spec"]["args"] = ["--samples", "65536", "--batch-size", "32", "--step-delay", "0.02"]
+        pvc, job = example(args=["--samples", "65536", "--batch-size", "32", "--step-delay", "0.02"])
+        job["metadata"]["name"] = name
         job["spec"]["trainer"]["maxEpochs"] = 100
         job["spec"]["checkpoint"]["everyNSteps"] = 20
         kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([pvc, job]))
