@@ -1,5 +1,5 @@
-"""`helm install` into the local control plane, then a TrainingJob run end to end by an
-operator that holds only the chart ServiceAccount's token (from `kubectl create token`).
+"""`helm install` into the local cluster, then a TrainingJob run end to end on its real nodes
+by an operator that holds only the chart ServiceAccount's token (from `kubectl create token`).
 
 This proves the chart's RBAC is sufficient. The API server's audit log then
 proves it is minimal: every (resource, verb) the chart grants was used by the
@@ -23,13 +23,14 @@ import yaml
 
 from helm_util import CHART, REPO, helm_binary, run_helm
 from helpers import free_port
+from real_nodes import IMAGE, namespace  # noqa: F401 (namespace: a fixture)
 from volt_operator.testing.cluster import ClusterError, LocalCluster, wait_for, write_kubeconfig
 
 RELEASE = "volt"
 JOB_TIMEOUT = 360
 STEPS = 8
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
@@ -80,12 +81,12 @@ def can_i_list(output: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture
-def release_namespace(kube: LocalCluster, namespace: str) -> Iterator[str]:
+def release_namespace(real_kube: LocalCluster, namespace: str) -> Iterator[str]:
     """The operator's own namespace, apart from the namespace whose jobs it runs."""
     name = f"{namespace}-sys"
-    kube.kubectl("create", "namespace", name)
+    real_kube.kubectl("create", "namespace", name)
     yield name
-    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    real_kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 def example_job(namespace: str) -> tuple[list[dict[str, Any]], str]:
@@ -99,6 +100,7 @@ def example_job(namespace: str) -> tuple[list[dict[str, Any]], str]:
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
     job = next(d for d in docs if d["kind"] == "TrainingJob")
+    job["spec"]["image"] = IMAGE
     job["spec"]["trainer"]["maxSteps"] = STEPS
     job["spec"]["cleanPodPolicy"] = "All"
     job["spec"]["ttlSecondsAfterFinished"] = 5
@@ -106,12 +108,15 @@ def example_job(namespace: str) -> tuple[list[dict[str, Any]], str]:
 
 
 def test_chart_installs_and_its_service_account_runs_a_job(
-        kube: LocalCluster, namespace: str, release_namespace: str, tmp_path: Path) -> None:
+        real_kube: LocalCluster, namespace: str, release_namespace: str, tmp_path: Path) -> None:
+    kube = real_kube
     helm = helm_binary()
     env = helm_env(kube, tmp_path / "helm")
 
-    # The in-cluster operator pod cannot run here (the node agent runs commands, not
-    # images), so replicas=0: everything else is installed exactly as on a cluster.
+    # The operator runs as a host process holding the ServiceAccount's token, so that the test
+    # reads its log and stops it when the run is over: replicas=0, everything else is installed
+    # exactly as on a cluster. (The operator pod itself runs in
+    # test_real_nodes_in_cluster_operator.py.)
     run_helm(helm, "install", RELEASE, str(CHART), "--namespace", release_namespace,
              "--set", f"watchNamespace={namespace}", "--set", "operator.replicas=0",
              "--wait", "--timeout", "120s", env=env, timeout=180)
@@ -241,9 +246,10 @@ def test_chart_installs_and_its_service_account_runs_a_job(
         "uninstall left the operator's permissions behind"
 
 
-def test_cluster_wide_chart_passes_server_side_validation(kube: LocalCluster, namespace: str) -> None:
+def test_cluster_wide_chart_passes_server_side_validation(real_kube: LocalCluster, namespace: str) -> None:
     """The default (cluster-wide) rendering, with every optional object, is valid for the API server,
     and its operator pod passes the "restricted" Pod Security admission."""
+    kube = real_kube
     helm = helm_binary()
     rendered = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds",
                         "--set", "metrics.grafanaDashboard.enabled=true").stdout
