@@ -123,9 +123,13 @@ class KueueGate:
             raise
         return self.cache.relist_workloads(body.get("items") or [], resource_version(body), namespace)
 
-    def settle(self, job: Dict[str, Any], status: TrainingJobStatus, now: datetime) -> None:
-        """A finished job releases its quota: its Workload is marked Finished."""
-        if status.phase not in TERMINAL_PHASES:
+    def settle(self, job: Dict[str, Any], status: TrainingJobStatus, pods: List[PodView], now: datetime) -> None:
+        """A finished job releases its quota: its Workload is marked Finished, once none of its
+        pods is still stopping. A real kubelet reports a container's exit before it makes the
+        pod's phase terminal, and the scheduler counts the pod until then: released earlier, the
+        quota would admit the next gang onto resources that are not free yet. The phase change
+        is a pod event, which reconciles the job again."""
+        if status.phase not in TERMINAL_PHASES or any(p.stopping for p in pods):
             return
         meta = job["metadata"]
         workload = self._workload(meta["namespace"], kueue.workload_name(meta["name"]))

@@ -81,6 +81,12 @@ class PodView:
     def active(self) -> bool:
         return not (self.succeeded or self.failed or self.gone)
 
+    @property
+    def stopping(self) -> bool:
+        """Its container has exited but the kubelet has not yet made the pod's phase terminal:
+        it is still tearing the pod down, and the scheduler still counts its resources."""
+        return self.exit_code is not None and self.phase not in ("Succeeded", "Failed") and not self.gone
+
 
 def _int_label(labels: Dict[str, str], key: str) -> int:
     try:

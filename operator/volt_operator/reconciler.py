@@ -358,7 +358,7 @@ class Reconciler:
         if errors:
             plan = self._create_failed(job, spec, current, plan, pods, errors, now)
         if self.kueue is not None and queue_name(job):
-            self.kueue.settle(job, plan.status, now)
+            self.kueue.settle(job, plan.status, observed, now)
         self._record_metrics(job, plan)
         return plan.requeue_after
 
