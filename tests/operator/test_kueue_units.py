@@ -178,6 +178,23 @@ def test_finished_marks_the_workload_once() -> None:
     assert failed is not None and failed["conditions"][-1]["reason"] == "Failed"
 
 
+@pytest.mark.parametrize("phase, state, gone, stopping", [
+    ("Running", {"terminated": {"exitCode": 0}}, False, True),   # the kubelet has not caught up
+    ("Running", {"terminated": {"exitCode": 1}}, False, True),
+    ("Succeeded", {"terminated": {"exitCode": 0}}, False, False),
+    ("Failed", {"terminated": {"exitCode": 1}}, False, False),
+    ("Running", {"running": {}}, False, False),                    # still training: not the settle's to wait on
+    ("Running", {"terminated": {"exitCode": 0}}, True, False),     # deleted: it holds nothing
+])
+def test_a_pod_whose_container_exited_is_stopping_until_its_phase_is_terminal(
+        phase: str, state: Dict[str, Any], gone: bool, stopping: bool) -> None:
+    """KueueGate.settle keeps the quota while any pod is stopping: the scheduler counts a pod's
+    requests until its phase is terminal, which a real kubelet writes after the container's exit."""
+    body = build_pod(REF, spec(), 0, 0, "auto")
+    body["status"] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
+    assert pod_view(body, gone=gone).stopping is stopping
+
+
 # --- the status machine -------------------------------------------------------
 
 QUEUED = kueue.Admission(False, "Pending", "Workload trainingjob-mnist: insufficient quota")
