@@ -16,13 +16,17 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
 from . import kueue
-from .api import TERMINAL_PHASES, TrainingJobSpec, TrainingJobStatus
+from .api import TERMINAL_PHASES, TrainingJobSpec, TrainingJobStatus, parse_time
 from .builders import LABEL_JOB
 from .cache import JobKey, ObservedCache, resource_version
 from .kube import ApiError, KubeClient
 from .observed import PodView
 
 log = logging.getLogger("volt_operator.kueue")
+
+# A kubelet makes a pod's phase terminal seconds after its container exits; a pod still
+# not terminal this long after has a node that does not report (see release_wait).
+STOPPING_GRACE_SECONDS = 60.0
 
 
 def workload_path(namespace: str, name: str = "", sub: str = "") -> str:
@@ -123,21 +127,29 @@ class KueueGate:
             raise
         return self.cache.relist_workloads(body.get("items") or [], resource_version(body), namespace)
 
-    def settle(self, job: Dict[str, Any], status: TrainingJobStatus, pods: List[PodView], now: datetime) -> None:
+    def settle(self, job: Dict[str, Any], status: TrainingJobStatus, pods: List[PodView],
+               now: datetime) -> Optional[float]:
         """A finished job releases its quota: its Workload is marked Finished, once none of its
-        pods is still stopping. A real kubelet reports a container's exit before it makes the
-        pod's phase terminal, and the scheduler counts the pod until then: released earlier, the
-        quota would admit the next gang onto resources that are not free yet. The phase change
-        is a pod event, which reconciles the job again."""
-        if status.phase not in TERMINAL_PHASES or any(p.stopping for p in pods):
-            return
+        pods is still stopping (`release_wait`). Returns the seconds after which to look again
+        while one is (None: nothing to wait for)."""
+        if status.phase not in TERMINAL_PHASES:
+            return None
+        wait = release_wait(pods, now)
+        if wait is not None:
+            return wait
         meta = job["metadata"]
         workload = self._workload(meta["namespace"], kueue.workload_name(meta["name"]))
         if workload is None or not kueue.owned_by(workload, job):
-            return
+            return None
         done = kueue.finished(workload, status.phase, f"TrainingJob {meta['name']} {status.phase}", now)
         if done is not None:
             self._patch_status(workload, done)
+            overdue = [f"{p.name} (node {p.node})" for p in pods if p.stopping]
+            if overdue:
+                log.warning("%s/%s: released Workload %s although %s still stopping: their nodes "
+                            "do not report", meta["namespace"], meta["name"], workload["metadata"]["name"],
+                            ", ".join(overdue) + (" is" if len(overdue) == 1 else " are"))
+        return None
 
     def _patch_status(self, workload: Dict[str, Any], status: Dict[str, Any]) -> None:
         """Merge-patch the Workload's status, only if nobody changed it since it was read
@@ -150,3 +162,27 @@ class KueueGate:
         )
         if isinstance(patched, dict) and patched.get("metadata"):
             self.cache.put_workload(patched)
+
+
+def release_wait(pods: List[PodView], now: datetime) -> Optional[float]:
+    """How long a finished job's quota must still be held for its stopping pods; None: not at all.
+
+    A real kubelet reports a container's exit before it makes the pod's phase terminal, and
+    the scheduler counts the pod's requests until then: released earlier, the quota would
+    admit the next gang onto resources that are not free yet. The phase change is a pod
+    event, which reconciles the job again. A pod still stopping `STOPPING_GRACE_SECONDS`
+    after its container finished has a node that does not report (NotReady, kubelet gone);
+    the scheduler places nothing on such a node, so its quota protects nothing and is released.
+    """
+    waits = []
+    for pod in pods:
+        if not pod.stopping:
+            continue
+        finished = parse_time(pod.finished_at)
+        if finished is None:  # an exit without its time: wait a whole grace from now
+            waits.append(STOPPING_GRACE_SECONDS)
+            continue
+        left = STOPPING_GRACE_SECONDS - (now - finished).total_seconds()
+        if left > 0:
+            waits.append(left)
+    return max(waits) if waits else None

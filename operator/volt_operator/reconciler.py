@@ -357,10 +357,13 @@ class Reconciler:
             self.post_event(job, event.type, event.reason, event.message)
         if errors:
             plan = self._create_failed(job, spec, current, plan, pods, errors, now)
+        requeue_after = plan.requeue_after
         if self.kueue is not None and queue_name(job):
-            self.kueue.settle(job, plan.status, observed, now)
+            quota_wait = self.kueue.settle(job, plan.status, observed, now)
+            if quota_wait is not None:
+                requeue_after = quota_wait if requeue_after is None else min(requeue_after, quota_wait)
         self._record_metrics(job, plan)
-        return plan.requeue_after
+        return requeue_after
 
     def _admission(
         self, job: Dict[str, Any], spec: TrainingJobSpec, st: TrainingJobStatus,

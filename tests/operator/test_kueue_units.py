@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from volt_operator import kueue
+from volt_operator import kueue, kueue_gate
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus, format_time
 from volt_operator.builders import JobRef, build_pod
 from volt_operator.observed import pod_view
@@ -193,6 +193,27 @@ def test_a_pod_whose_container_exited_is_stopping_until_its_phase_is_terminal(
     body = build_pod(REF, spec(), 0, 0, "auto")
     body["status"] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
     assert pod_view(body, gone=gone).stopping is stopping
+
+
+def stopped_pod(phase: str, finished: Optional[str]) -> Any:
+    body = build_pod(REF, spec(), 0, 0, "auto")
+    terminated = {"exitCode": 0, **({"finishedAt": finished} if finished else {})}
+    body["status"] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}
+    return pod_view(body)
+
+
+def test_the_quota_waits_for_a_stopping_pod_for_a_bounded_time() -> None:
+    """release_wait: the seconds left until the oldest stopping pod's node counts as not
+    reporting; a terminal pod holds nothing; an exit with no time waits a whole grace."""
+    at = format_time(NOW - timedelta(seconds=20))
+    long_ago = format_time(NOW - timedelta(seconds=kueue_gate.STOPPING_GRACE_SECONDS + 1))
+    assert kueue_gate.release_wait([stopped_pod("Succeeded", at)], NOW) is None
+    assert kueue_gate.release_wait([stopped_pod("Running", at)], NOW) == pytest.approx(
+        kueue_gate.STOPPING_GRACE_SECONDS - 20)
+    assert kueue_gate.release_wait([stopped_pod("Running", long_ago)], NOW) is None  # its node does not report
+    assert kueue_gate.release_wait([stopped_pod("Running", long_ago), stopped_pod("Running", at)], NOW) == \
+        pytest.approx(kueue_gate.STOPPING_GRACE_SECONDS - 20)
+    assert kueue_gate.release_wait([stopped_pod("Running", None)], NOW) == kueue_gate.STOPPING_GRACE_SECONDS
 
 
 # --- the status machine -------------------------------------------------------
