@@ -5,8 +5,9 @@
 #   requirements/operator.in, operator.lock   the operator image: the project's
 #       dependencies without torch, plus the `operator` extra
 #   requirements/trainer.in,  trainer.lock    the trainer image: the project's
-#       dependencies plus the build-system requirements (setuptools, wheel: the
-#       image builds volt itself with --no-build-isolation)
+#       dependencies, the `tensorboard` extra (the default logger's format) and
+#       the build-system requirements (setuptools, wheel: the image builds volt
+#       itself with --no-build-isolation)
 #
 # The .in files are derived from pyproject.toml, never edited by hand; the .lock
 # files pin every package, dependencies included, with the SHA-256 of each of its
@@ -34,7 +35,8 @@ project, out = pyproject["project"], Path(sys.argv[2])
 header = "# Generated from pyproject.toml by scripts/lock-image-requirements.sh (make lock); do not edit.\n"
 operator = [d for d in project["dependencies"] if not d.startswith("torch")]
 operator += project["optional-dependencies"]["operator"]
-trainer = project["dependencies"] + pyproject["build-system"]["requires"]
+trainer = project["dependencies"] + project["optional-dependencies"]["tensorboard"]
+trainer += pyproject["build-system"]["requires"]
 (out / "operator.in").write_text(header + "".join(f"{d}\n" for d in operator))
 (out / "trainer.in").write_text(header + "".join(f"{d}\n" for d in trainer))
 EOF
