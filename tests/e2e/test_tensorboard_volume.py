@@ -1,6 +1,7 @@
 """End to end: the default logger's TensorBoard files outlive a gang restart on the checkpoint volume.
 
-A 2-node CPU TrainingJob whose script keeps the default logger is interrupted once
+A 2-node CPU TrainingJob whose script keeps the default logger runs in the trainer
+image (which installs tensorboard) on the session's real nodes. It is interrupted once
 mid-training (a node pod deleted), restarts as a new gang and ends Succeeded. TensorBoard's
 own reader then finds, under `<checkpoint path>/<job>/logs` on the job's volume, one run
 per attempt whose `train_loss` steps start at 0, resume where the checkpoint left off and
@@ -8,21 +9,20 @@ end at the job's last step: no run overwritten, no restart from 0.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from job_helpers import apply, example, explain, volume_dir, watch_table  # noqa: F401
+from job_helpers import RESUMED, apply, explain, volume_dir, watch_table  # noqa: F401 (explain: fixture)
 from operator_process import OperatorProcess, job_status, wait_until
+from real_nodes import example, namespace, operator  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 JOB = "tblogs"
 MAX_STEPS = 120
-RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 
 # The default logger (Trainer(logger=None)): TensorBoard under <VOLT_CHECKPOINT_DIR>/logs.
 # Attempt 0 spends 0.5 s a step, so it cannot finish before the test interrupts it however
@@ -69,7 +69,7 @@ def _train_loss_steps(run: Path) -> List[int]:
     return [point.step for point in events.Scalars("train_loss")]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_tensorboard_runs_on_the_volume_continue_across_a_gang_restart(
         operator: OperatorProcess, namespace: str, explain: List[str]) -> None:
     kube = operator.kube
