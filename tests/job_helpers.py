@@ -22,6 +22,9 @@ from operator_process import OperatorProcess, get_json, get_tj_rows, job_status
 from volt_operator.testing.cluster import LocalCluster, kube_bin_dir, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "trainingjob.yaml"
+# What rank 0 prints when fit restores a checkpoint (volt/trainer/fit_loop.py):
+# groups are the checkpoint's path, its epoch and its global step.
+RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 
 
 def example(**spec: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:

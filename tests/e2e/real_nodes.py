@@ -83,8 +83,8 @@ def pods(kube: LocalCluster, namespace: str, job: str) -> List[Dict[str, Any]]:
 
 def wait_phase(kube: LocalCluster, namespace: str, job: str, phases: Tuple[str, ...], timeout: float) -> str:
     def phase() -> str:
-        return job_status(kube, namespace, job).get("phase", "") in phases and job_status(
-            kube, namespace, job)["phase"]
+        current = job_status(kube, namespace, job).get("phase", "")
+        return current if current in phases else ""
     try:
         return wait_until(f"{job} to reach {phases}", phase, timeout, every=1.0)
     except AssertionError as exc:

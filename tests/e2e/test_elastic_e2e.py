@@ -14,13 +14,11 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from job_helpers import apply, events, explain, watch_table  # noqa: F401 (explain: a fixture)
+from job_helpers import RESUMED, apply, events, explain, watch_table  # noqa: F401 (explain: a fixture)
 from operator_process import OperatorProcess, get_json, job_status, wait_until
 from real_nodes import example, namespace, operator  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
-
-RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 RESIZED_RUN = "resuming at 2 processes (checkpoint: 4)"
 
 

@@ -2,7 +2,6 @@
 the Kueue permissions it uses; off (the default), the chart renders nothing of Kueue's."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -16,7 +16,6 @@ gang), nor does a job run with fewer than its 2 pods.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence
@@ -24,7 +23,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 import pytest
 import torch
 
-from job_helpers import apply, diagnosis, events, kubectl_watch, volume_dir
+from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
 from operator_process import OperatorProcess, admin_configuration
 from real_nodes import example, namespace  # noqa: F401 (namespace: a fixture)
 from volt_operator import kueue as kueue_api
@@ -38,7 +37,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINAL = ("Succeeded", "Failed")
-RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 NODES = 2
 
 

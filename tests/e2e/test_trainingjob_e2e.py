@@ -9,21 +9,18 @@ container's termination message. The cluster is the session's `real_kube`
 """
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, List, Optional
 
 import pytest
 
-from job_helpers import apply, events, explain, recorded_history, volume_dir  # noqa: F401 (explain: fixture)
+from job_helpers import RESUMED, apply, events, explain, recorded_history, volume_dir  # noqa: F401 (explain: fixture)
 from operator_process import OperatorProcess, get_json, job_status, wait_until
 from real_nodes import example, namespace, operator, pods, wait_phase  # noqa: F401 (fixtures)
 from volt_operator.testing.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
-
-RESUMED = re.compile(r"resumed from checkpoint (\S+) at epoch (\d+), global step (\d+)")
 
 
 @pytest.mark.timeout(900)

@@ -6,7 +6,6 @@ who may read them."""
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
