@@ -37,18 +37,21 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from volt_operator.testing import kubelet_nodes, kueue_process
+from volt_operator.testing import kubelet_nodes, kueue_process, node_images
 from volt_operator.testing.kubelet_nodes import RealNodes
 from volt_operator.testing.pki import CertificateAuthority, KeyPair, create_signing_key
 
 log = logging.getLogger("volt.cluster")
+T = TypeVar("T")
 
 # Defaults kept in step with scripts/build-kube.sh and the Makefile (a test checks
 # it); `make` exports VOLT_KUBE_VERSION/VOLT_ETCD_VERSION when they are overridden.
@@ -775,37 +778,81 @@ class LocalCluster:
                          env=None, tie_to_parent=self.tie_to_parent))
 
     def load_image(self, image: str, docker: str = "docker", env: Mapping[str, str] | None = None) -> list[str]:
-        """Copy a docker image into every real node's containerd (`docker save` | `ctr images import`).
+        """Copy a docker image into every real node's containerd; returns the nodes it was imported into.
 
-        A node that already holds this image id is skipped. Every node is left with this
-        version only of the image's repository (`RealNodes.prune_images`): the stores
-        outlive `down`, and a trainer image is gigabytes. Returns the nodes it was imported into.
+        A node that already holds this image id is skipped. `docker save` is read once, and
+        each node is sent only the layers it lacks (`node_images`); a node for which that
+        fails gets the whole archive (`_import_whole`). Every node is left with this version
+        only of the image's repository (`RealNodes.prune_images`): the stores outlive `down`,
+        and a trainer image is gigabytes.
         """
         if not self.real_nodes.nodes:
             raise ClusterError("load_image needs a running cluster with --runtime kubelet nodes")
         docker_env = dict(env if env is not None else os.environ)
-        inspect = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
-                                 text=True, env=docker_env, timeout=60)
+        inspect = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}", image],
+                                 capture_output=True, text=True, env=docker_env, timeout=60)
         if inspect.returncode != 0:
             raise ClusterError(f"docker has no image {image}: {inspect.stderr.strip()}")
-        image_id = inspect.stdout.strip()
-        stale = [n for n in self.real_nodes.nodes if not self.real_nodes.has_image(n, image, image_id)]
-        for node in self.real_nodes.nodes:
+        image_id, layers_json = inspect.stdout.strip().split(" ", 1)
+        nodes = self.real_nodes
+        stale = [n for n in nodes.nodes if not nodes.has_image(n, image, image_id)]
+        for node in nodes.nodes:
             if node not in stale:
-                self.real_nodes.prune_images(node, [image])
+                nodes.prune_images(node, [image])
         if not stale:
             return []
-        archive = self.dir / "image-import.tar"
+        held = {node.name: nodes.held_digests(node) for node in stale}
+        skip = node_images.skip_sizes(json.loads(layers_json), set.intersection(*held.values()),
+                                      nodes.layer_sizes(stale))
+        workdir = self.dir / "image-layers"
+        whole = []
         try:
-            saved = subprocess.run([docker, "save", "-o", str(archive), image], capture_output=True,
-                                   text=True, env=docker_env, timeout=1800)
-            if saved.returncode != 0:
-                raise ClusterError(f"docker save {image} failed: {saved.stderr.strip()}")
+            saved = self._docker_save(image, docker, docker_env,
+                                      lambda archive: node_images.split_saved_image(archive, workdir, skip))
+            if saved.image_id != image_id:
+                raise ClusterError(f"docker save {image} gave image {saved.image_id}, not {image_id}")
             for node in stale:
-                self.real_nodes.load_image_archive(node, archive, image, image_id)
+                lacking = [d for d in saved.diff_ids if d not in held[node.name]]
+                try:
+                    if any(d not in saved.kept for d in lacking):
+                        raise kubelet_nodes.NodeSetupError("a layer it lacks was not kept: its size matched a held one")
+                    nodes.import_layers(node, saved, image, lacking)
+                except kubelet_nodes.NodeSetupError as exc:
+                    log.warning("%s: importing only the missing layers of %s failed (%s); importing all of it",
+                                node.name, image, exc)
+                    whole.append(node)
         finally:
-            archive.unlink(missing_ok=True)
+            node_images.remove(workdir)
+        if whole:
+            self._docker_save(image, docker, docker_env,
+                              lambda archive: nodes.import_stream(whole, archive, image, image_id))
         return [n.name for n in stale]
+
+    @staticmethod
+    def _docker_save(image: str, docker: str, env: Mapping[str, str], read: Callable[[Any], T]) -> T:
+        """`read(stream)` of `docker save image`'s archive; a failure of either names both."""
+        with tempfile.TemporaryFile() as save_errors:
+            save = subprocess.Popen([docker, "save", image], stdout=subprocess.PIPE, stderr=save_errors, env=env)
+
+            def why() -> str:
+                save_errors.seek(0)
+                return save_errors.read().decode(errors="replace").strip()
+
+            try:
+                result = read(save.stdout)
+                # A tar reader stops at the end-of-archive blocks; docker may still be writing
+                # the padding after them, and a closed pipe would fail the save.
+                while save.stdout.read(1 << 20):  # type: ignore[union-attr]
+                    pass
+            except (kubelet_nodes.NodeSetupError, ValueError, tarfile.TarError) as exc:
+                save.kill()
+                save.wait()
+                raise ClusterError(f"{exc}" + (f"; docker save {image}: {why()}" if why() else "")) from None
+            finally:
+                save.stdout.close()  # type: ignore[union-attr]
+            if save.wait(timeout=60) != 0:
+                raise ClusterError(f"docker save {image} failed: {why()}")
+            return result
 
     def _add(self, component: Component) -> None:
         self.components.append(component)

@@ -26,6 +26,7 @@ a crash. Only one such cluster runs on a machine at a time (`OWNER_FILE`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -38,11 +39,14 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence
 
+from volt_operator.testing import node_images
 from volt_operator.testing.node_agent.network import LOCK_FILE as SUBNET_LOCK
 from volt_operator.testing.node_agent.network import addresses_in_use, choose_subnet
 from volt_operator.testing.node_agent.provisioner import READY_LINE as PROVISIONER_READY_LINE
@@ -361,10 +365,14 @@ def stale_image_refs(images: Sequence[tuple[str, str]], loaded: Iterable[str], i
     return stale
 
 
+def ctr_argv(node: NodeLayout, *args: str) -> list[str]:
+    """`ctr` against the node's containerd, in the CRI's namespace (the images kubelet sees)."""
+    return ["ctr", "--address", node.socket, "--namespace", "k8s.io", *args]
+
+
 def ctr(node: NodeLayout, *args: str, input: bytes | None = None, timeout: float = 120,
         check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return run("ctr", "--address", node.socket, "--namespace", "k8s.io", *args, input=input,
-               timeout=timeout, check=check)
+    return run(*ctr_argv(node, *args), input=input, timeout=timeout, check=check)
 
 
 # --- host changes ------------------------------------------------------------
@@ -595,23 +603,113 @@ class RealNodes:
         return (loaded.get(ref) == image_id
                 and normalize_ref(ref).encode() in ctr(node, "images", "ls", "-q").stdout.split())
 
-    def load_image_archive(self, node: NodeLayout, archive: bytes | Path, ref: str, image_id: str) -> bool:
-        """Import a docker-archive into the node's containerd unless this image id is already there.
+    def load_image_archive(self, node: NodeLayout, archive: bytes, ref: str, image_id: str) -> bool:
+        """Import a small docker-archive into the node's containerd unless this image id is already there.
 
         Either way, older versions of the same repository are then deleted (`prune_images`).
         """
         if self.has_image(node, ref, image_id):
             self.prune_images(node, [ref])
             return False
-        if isinstance(archive, Path):
-            ctr(node, "images", "import", str(archive), timeout=1800)
-        else:
-            ctr(node, "images", "import", "-", input=archive, timeout=600)
+        ctr(node, "images", "import", "-", input=archive, timeout=600)
+        self._imported(node, ref, image_id)
+        return True
+
+    def import_stream(self, nodes: Sequence[NodeLayout], archive: IO[bytes], ref: str, image_id: str,
+                      timeout: float = 1800) -> None:
+        """Import the docker-archive read from `archive` (`docker save`'s stdout) into every
+        node's containerd at once, then delete the nodes' older versions (`prune_images`).
+
+        One read feeds all the imports and nothing is written to disk: a trainer image is
+        gigabytes, and each `ctr images import` spends its time reading and hashing every
+        layer, even those it holds already, so the nodes do that side by side.
+        """
+        errors = [tempfile.TemporaryFile() for _ in nodes]  # a pipe nobody reads could block ctr
+        importers = [subprocess.Popen(ctr_argv(node, "images", "import", "-"), stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=err) for node, err in zip(nodes, errors)]
+        watchdog = threading.Timer(timeout, lambda: [p.kill() for p in importers])
+        watchdog.start()
+        try:
+            try:
+                while chunk := archive.read(1 << 20):
+                    for importer in importers:
+                        importer.stdin.write(chunk)  # type: ignore[union-attr]
+            except BrokenPipeError:  # an import stopped early: its exit status and stderr say why
+                pass
+            finally:
+                for importer in importers:
+                    with contextlib.suppress(BrokenPipeError):
+                        importer.stdin.close()  # type: ignore[union-attr]
+            failed = []
+            for node, importer, err in zip(nodes, importers, errors):
+                if importer.wait() != 0:
+                    err.seek(0)
+                    failed.append(f"{node.name}: ctr images import exited {importer.returncode}: "
+                                  f"{err.read().decode(errors='replace').strip()}")
+        finally:
+            watchdog.cancel()
+            for importer in importers:
+                if importer.poll() is None:
+                    importer.kill()
+            for err in errors:
+                err.close()
+        if failed:
+            raise NodeSetupError(f"importing {ref}: " + "; ".join(failed))
+        for node in nodes:
+            self._imported(node, ref, image_id)
+
+    def held_digests(self, node: NodeLayout) -> set[str]:
+        """The digests of every blob in the node's content store."""
+        return set(ctr(node, "content", "ls", "-q").stdout.decode().split())
+
+    def layer_sizes(self, nodes: Sequence[NodeLayout]) -> dict[str, int]:
+        """Layer digest -> size, as recorded by the nodes' imports (`import_layers`)."""
+        sizes: dict[str, int] = {}
+        for node in nodes:
+            try:
+                sizes.update(json.loads(self._sizes_file(node).read_text()))
+            except (OSError, ValueError):
+                pass
+        return sizes
+
+    def import_layers(self, node: NodeLayout, image: node_images.SavedImage, ref: str,
+                      layers: Sequence[str], timeout: float = 1800) -> None:
+        """Import `image` as `ref` into the node's containerd, sending only the blobs of `layers`
+        (the node holds the others), then delete the node's older versions (`prune_images`)."""
+        with tempfile.TemporaryFile() as err:
+            importer = subprocess.Popen(ctr_argv(node, "images", "import", "-"), stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=err)
+            watchdog = threading.Timer(timeout, importer.kill)
+            watchdog.start()
+            try:
+                with contextlib.suppress(BrokenPipeError):  # its exit status and stderr say why
+                    with importer.stdin:  # type: ignore[union-attr]
+                        node_images.oci_archive(image, normalize_ref(ref), layers, importer.stdin)  # type: ignore[arg-type]
+                importer.wait()
+            finally:
+                watchdog.cancel()
+                if importer.poll() is None:
+                    importer.kill()
+                    importer.wait()
+            if importer.returncode != 0:
+                err.seek(0)
+                raise NodeSetupError(f"{node.name}: importing {ref}: ctr images import exited "
+                                     f"{importer.returncode}: {err.read().decode(errors='replace').strip()}")
+        sizes = self.layer_sizes([node])
+        sizes.update({d: image.sizes[d] for d in image.diff_ids})
+        held = self.held_digests(node)
+        self._sizes_file(node).write_text(json.dumps({d: n for d, n in sizes.items() if d in held}, indent=2) + "\n")
+        self._imported(node, ref, image.image_id)
+
+    @staticmethod
+    def _sizes_file(node: NodeLayout) -> Path:
+        return Path(node.containerd_root) / "volt-layer-sizes.json"
+
+    def _imported(self, node: NodeLayout, ref: str, image_id: str) -> None:
         loaded = self._loaded(node)
         loaded[ref] = image_id
         self._marker(node).write_text(json.dumps(loaded, indent=2) + "\n")
         self.prune_images(node, [ref])
-        return True
 
     def _loaded(self, node: NodeLayout) -> dict[str, str]:
         try:
