@@ -781,8 +781,8 @@ class LocalCluster:
         """Copy a docker image into every real node's containerd; returns the nodes it was imported into.
 
         A node that already holds this image id is skipped. `docker save` is read once, and
-        each node is sent only the layers it lacks (`node_images`); a node for which that
-        fails gets the whole archive (`_import_whole`). Every node is left with this version
+        each node is sent only the layers it lacks (`node_images`); the nodes for which that
+        fails get the whole archive (`RealNodes.import_stream`). Every node is left with this version
         only of the image's repository (`RealNodes.prune_images`): the stores outlive `down`,
         and a trainer image is gigabytes.
         """
@@ -826,6 +826,8 @@ class LocalCluster:
         if whole:
             self._docker_save(image, docker, docker_env,
                               lambda archive: nodes.import_stream(whole, archive, image, image_id))
+            for node in whole:
+                nodes.record_layer_sizes(node, saved.sizes)
         return [n.name for n in stale]
 
     @staticmethod

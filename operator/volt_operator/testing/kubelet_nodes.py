@@ -695,11 +695,14 @@ class RealNodes:
                 err.seek(0)
                 raise NodeSetupError(f"{node.name}: importing {ref}: ctr images import exited "
                                      f"{importer.returncode}: {err.read().decode(errors='replace').strip()}")
-        sizes = self.layer_sizes([node])
-        sizes.update({d: image.sizes[d] for d in image.diff_ids})
-        held = self.held_digests(node)
-        self._sizes_file(node).write_text(json.dumps({d: n for d, n in sizes.items() if d in held}, indent=2) + "\n")
+        self.record_layer_sizes(node, image.sizes)
         self._imported(node, ref, image.image_id)
+
+    def record_layer_sizes(self, node: NodeLayout, sizes: dict[str, int]) -> None:
+        """Add `sizes` (digest -> bytes) to what `layer_sizes` reads, keeping the blobs the node holds."""
+        known = {**self.layer_sizes([node]), **sizes}
+        held = self.held_digests(node)
+        self._sizes_file(node).write_text(json.dumps({d: n for d, n in known.items() if d in held}, indent=2) + "\n")
 
     @staticmethod
     def _sizes_file(node: NodeLayout) -> Path:
