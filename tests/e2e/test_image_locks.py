@@ -25,7 +25,8 @@ def wanted(image: str) -> List[str]:
     if image == "operator":
         return [d for d in project["dependencies"] if not d.startswith("torch")] + \
             project["optional-dependencies"]["operator"]
-    return project["dependencies"] + PYPROJECT["build-system"]["requires"]
+    return project["dependencies"] + project["optional-dependencies"]["tensorboard"] + \
+        PYPROJECT["build-system"]["requires"]
 
 
 def requirement_lines(path: Path) -> List[str]:
