@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from volt_operator.testing import node_images
 from volt_operator.testing.node_agent.network import LOCK_FILE as SUBNET_LOCK
@@ -620,10 +620,23 @@ class RealNodes:
         """Import the docker-archive read from `archive` (`docker save`'s stdout) into every
         node's containerd at once, then delete the nodes' older versions (`prune_images`).
 
-        One read feeds all the imports and nothing is written to disk: a trainer image is
-        gigabytes, and each `ctr images import` spends its time reading and hashing every
-        layer, even those it holds already, so the nodes do that side by side.
+        One read feeds all the imports, and the gigabytes of a trainer image are never
+        written to a file on the way.
         """
+        def fan_out(stdins: list[IO[bytes]]) -> None:
+            while chunk := archive.read(1 << 20):
+                for stdin in stdins:
+                    stdin.write(chunk)
+
+        self._ctr_import(nodes, ref, fan_out, timeout)
+        for node in nodes:
+            self._imported(node, ref, image_id)
+
+    @staticmethod
+    def _ctr_import(nodes: Sequence[NodeLayout], ref: str, write: Callable[[list[IO[bytes]]], None],
+                    timeout: float) -> None:
+        """Run `ctr images import -` on every node, `write` the archive to their stdins, and
+        raise NodeSetupError naming each import that failed (or ran past `timeout`)."""
         errors = [tempfile.TemporaryFile() for _ in nodes]  # a pipe nobody reads could block ctr
         importers = [subprocess.Popen(ctr_argv(node, "images", "import", "-"), stdin=subprocess.PIPE,
                                       stdout=subprocess.DEVNULL, stderr=err) for node, err in zip(nodes, errors)]
@@ -631,9 +644,7 @@ class RealNodes:
         watchdog.start()
         try:
             try:
-                while chunk := archive.read(1 << 20):
-                    for importer in importers:
-                        importer.stdin.write(chunk)  # type: ignore[union-attr]
+                write([importer.stdin for importer in importers])  # type: ignore[misc]
             except BrokenPipeError:  # an import stopped early: its exit status and stderr say why
                 pass
             finally:
@@ -651,12 +662,11 @@ class RealNodes:
             for importer in importers:
                 if importer.poll() is None:
                     importer.kill()
+                    importer.wait()
             for err in errors:
                 err.close()
         if failed:
             raise NodeSetupError(f"importing {ref}: " + "; ".join(failed))
-        for node in nodes:
-            self._imported(node, ref, image_id)
 
     def held_digests(self, node: NodeLayout) -> set[str]:
         """The digests of every blob in the node's content store."""
@@ -676,25 +686,8 @@ class RealNodes:
                       layers: Sequence[str], timeout: float = 1800) -> None:
         """Import `image` as `ref` into the node's containerd, sending only the blobs of `layers`
         (the node holds the others), then delete the node's older versions (`prune_images`)."""
-        with tempfile.TemporaryFile() as err:
-            importer = subprocess.Popen(ctr_argv(node, "images", "import", "-"), stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=err)
-            watchdog = threading.Timer(timeout, importer.kill)
-            watchdog.start()
-            try:
-                with contextlib.suppress(BrokenPipeError):  # its exit status and stderr say why
-                    with importer.stdin:  # type: ignore[union-attr]
-                        node_images.oci_archive(image, normalize_ref(ref), layers, importer.stdin)  # type: ignore[arg-type]
-                importer.wait()
-            finally:
-                watchdog.cancel()
-                if importer.poll() is None:
-                    importer.kill()
-                    importer.wait()
-            if importer.returncode != 0:
-                err.seek(0)
-                raise NodeSetupError(f"{node.name}: importing {ref}: ctr images import exited "
-                                     f"{importer.returncode}: {err.read().decode(errors='replace').strip()}")
+        self._ctr_import([node], ref, lambda stdins: node_images.oci_archive(
+            image, normalize_ref(ref), layers, stdins[0]), timeout)
         self.record_layer_sizes(node, image.sizes)
         self._imported(node, ref, image.image_id)
 
