@@ -190,21 +190,23 @@ def test_a_pod_whose_container_exited_is_stopping_until_its_phase_is_terminal(
         phase: str, state: Dict[str, Any], gone: bool, stopping: bool) -> None:
     """KueueGate.settle keeps the quota while any pod is stopping: the scheduler counts a pod's
     requests until its phase is terminal, which a real kubelet writes after the container's exit."""
+    assert trainer_pod(phase, state, gone).stopping is stopping
+
+
+def trainer_pod(phase: str, state: Dict[str, Any], gone: bool = False) -> Any:
+    """Rank 0's pod as the operator sees it, with this phase and trainer container state."""
     body = build_pod(REF, spec(), 0, 0, "auto")
     body["status"] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
-    assert pod_view(body, gone=gone).stopping is stopping
+    return pod_view(body, gone=gone)
 
 
 def stopped_pod(phase: str, finished: Optional[str]) -> Any:
-    body = build_pod(REF, spec(), 0, 0, "auto")
-    terminated = {"exitCode": 0, **({"finishedAt": finished} if finished else {})}
-    body["status"] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}
-    return pod_view(body)
+    return trainer_pod(phase, {"terminated": {"exitCode": 0, **({"finishedAt": finished} if finished else {})}})
 
 
 def test_the_quota_waits_for_a_stopping_pod_for_a_bounded_time() -> None:
-    """release_wait: the seconds left until the oldest stopping pod's node counts as not
-    reporting; a terminal pod holds nothing; an exit with no time waits a whole grace."""
+    """release_wait: the longest of the stopping pods' waits, each until its node counts as
+    not reporting; a terminal pod holds nothing; an exit with no time waits a whole grace."""
     at = format_time(NOW - timedelta(seconds=20))
     long_ago = format_time(NOW - timedelta(seconds=kueue_gate.STOPPING_GRACE_SECONDS + 1))
     assert kueue_gate.release_wait([stopped_pod("Succeeded", at)], NOW) is None
