@@ -9,7 +9,8 @@
 #       the build-system requirements (setuptools, wheel: the image builds volt
 #       itself with --no-build-isolation)
 #
-# The .in files are derived from pyproject.toml, never edited by hand; the .lock
+# The .in files are derived from pyproject.toml by scripts/lock_inputs.py, never
+# edited by hand; the .lock
 # files pin every package, dependencies included, with the SHA-256 of each of its
 # files on PyPI. The images install them with `pip install --require-hashes`.
 #
@@ -26,20 +27,7 @@ pip_compile="${VOLT_PIP_COMPILE:-pip-compile}"  # not PIP_*: pip reads those as 
 out="$repo/requirements"
 mkdir -p "$out"
 
-python3 - "$repo/pyproject.toml" "$out" <<'EOF'
-import sys, tomllib
-from pathlib import Path
-
-pyproject = tomllib.loads(Path(sys.argv[1]).read_text())
-project, out = pyproject["project"], Path(sys.argv[2])
-header = "# Generated from pyproject.toml by scripts/lock-image-requirements.sh (make lock); do not edit.\n"
-operator = [d for d in project["dependencies"] if not d.startswith("torch")]
-operator += project["optional-dependencies"]["operator"]
-trainer = project["dependencies"] + project["optional-dependencies"]["tensorboard"]
-trainer += pyproject["build-system"]["requires"]
-(out / "operator.in").write_text(header + "".join(f"{d}\n" for d in operator))
-(out / "trainer.in").write_text(header + "".join(f"{d}\n" for d in trainer))
-EOF
+python3 "$repo/scripts/lock_inputs.py" "$repo/pyproject.toml" "$out"
 
 for image in operator trainer; do
     echo ">> pip-compile requirements/$image.in -> requirements/$image.lock"

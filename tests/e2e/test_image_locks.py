@@ -3,6 +3,7 @@ pyproject.toml, pin everything with hashes, and are what the Dockerfiles install
 No network: `make lock` writes the files, this checks what was committed."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 from pathlib import Path
@@ -17,16 +18,14 @@ pytestmark = pytest.mark.timeout(30)
 REPO = Path(__file__).resolve().parents[2]
 LOCKS = REPO / "requirements"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+_spec = importlib.util.spec_from_file_location("lock_inputs", REPO / "scripts" / "lock_inputs.py")
+lock_inputs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lock_inputs)
 
 
 def wanted(image: str) -> List[str]:
-    """The image's top-level requirements, from pyproject.toml (as the lock script derives them)."""
-    project = PYPROJECT["project"]
-    if image == "operator":
-        return [d for d in project["dependencies"] if not d.startswith("torch")] + \
-            project["optional-dependencies"]["operator"]
-    return project["dependencies"] + project["optional-dependencies"]["tensorboard"] + \
-        PYPROJECT["build-system"]["requires"]
+    """The image's top-level requirements, from pyproject.toml (the lock script's own derivation)."""
+    return lock_inputs.lock_inputs(PYPROJECT)[image]
 
 
 def requirement_lines(path: Path) -> List[str]:
