@@ -24,8 +24,9 @@ RESIZED_RUN = "resuming at 2 processes (checkpoint: 4)"
 
 def long_example(**spec: Any) -> List[Dict[str, Any]]:
     """The example, slowed (>= 0.05 s a step, 384 steps at 4 processes) so that it is
-    still training when the test acts, on any machine."""
-    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.05"],
+    still training when the test acts, on any machine; the resized gang runs at full speed."""
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.05",
+                             "--restart-step-delay", "0"],
                        cleanPodPolicy="None", **spec)  # keep the pods' logs for the diagnosis
     job["spec"]["trainer"]["maxEpochs"] = 3
     return [pvc, job]

@@ -83,7 +83,9 @@ def test_killed_pod_restarts_the_gang_which_resumes(real_kube: LocalCluster, ope
     kube = real_kube
     explain.append("synthetic")
     # 384 steps of at least 0.1 s: an idle machine must not finish before the pod is deleted.
-    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.1"],
+    # The gang of attempt 1 runs at full speed.
+    pvc, job = example(args=["--samples", "16384", "--batch-size", "32", "--step-delay", "0.1",
+                             "--restart-step-delay", "0"],
                        failurePolicy={"maxRestarts": 2, "backoffSeconds": 1},
                        cleanPodPolicy="None")  # keep every pod's logs for the diagnosis
     job["spec"]["trainer"]["maxEpochs"] = 3

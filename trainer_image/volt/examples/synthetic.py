@@ -7,6 +7,9 @@ Trainer settings from a TrainingJob (``VOLT_TRAINER``) override the flags, the
 checkpoint directory is ``VOLT_CHECKPOINT_DIR`` (else ``--ckpt-dir``), the
 resume policy ``VOLT_RESUME`` (auto: latest checkpoint), and
 ``VOLT_CHECKPOINT_EVERY_N_STEPS`` sets ``--every-n-steps``'s default.
+``--step-delay`` slows every step down to the pace of a bigger model; with
+``--restart-step-delay`` a restarted gang (``VOLT_ATTEMPT`` >= 1) runs at another
+pace, so that a demo or a test can break a slow first gang and watch a quick recovery.
 """
 from __future__ import annotations
 
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per training step (demos)")
+    parser.add_argument("--restart-step-delay", type=float, default=None,
+                        help="--step-delay for a restarted gang (VOLT_ATTEMPT >= 1); default: --step-delay")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ckpt-dir", default=job.checkpoint_dir or "checkpoints")
     parser.add_argument("--every-n-steps", type=int, default=job.checkpoint_every_n_steps,
@@ -103,10 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def step_delay(args: argparse.Namespace, attempt: Optional[int]) -> float:
+    """The seconds to sleep per step in this gang: ``--restart-step-delay`` once the job has restarted."""
+    if attempt and args.restart_step_delay is not None:
+        return args.restart_step_delay
+    return args.step_delay
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--step-delay", args.step_delay), ("--restart-step-delay", args.restart_step_delay)):
+        if value is not None and value < 0:
+            parser.error(f"{flag} must be >= 0, got {value}")
     seed_everything(args.seed)
-    model = RegressionModel(args.features, args.hidden, args.lr, args.step_delay)
+    model = RegressionModel(args.features, args.hidden, args.lr, step_delay(args, job_contract().attempt))
     train = DataLoader(SyntheticRegression(args.samples, args.features, args.seed), batch_size=args.batch_size,
                        shuffle=True)
     val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed, "val"), batch_size=args.batch_size)
