@@ -3,9 +3,8 @@
 Most tests compile with ``backend="aot_eager"``: dynamo captures the step and AOT autograd
 builds its forward and backward graphs exactly as for inductor, without inductor's C++ code
 generation, which costs tens of seconds per graph on a small CPU. One test runs the default
-(inductor) backend end to end. Tolerance: compiled graphs may reorder float reductions, so
-weights agree to ``rtol=1e-4, atol=1e-5`` in fp32 and ``rtol=2e-2, atol=2e-3`` under bf16-mixed
-(bf16 keeps 8 bits of mantissa).
+(inductor) backend end to end. The models and the tolerances are in compile_models.py;
+test_compile_cuda.py runs the same comparisons on a GPU, with inductor and the CUDA graph.
 """
 from __future__ import annotations
 
@@ -19,82 +18,12 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import volt
+from compile_models import AOT, BF16_TOL, FP32_TOL, Classifier, assert_same_weights, fit, make_data
 from volt.callbacks.prometheus import PrometheusCallback
 from volt_operator.api import TrainerSettings
-
-AOT = {"backend": "aot_eager"}
-FP32_TOL = dict(rtol=1e-4, atol=1e-5)
-BF16_TOL = dict(rtol=2e-2, atol=2e-3)
-
-
-def _data(n: int, shape: tuple, classes: int = 4, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=8)
-
-
-class Classifier(volt.LightningModule):
-    """A tiny MLP or a 1-layer transformer encoder; logs its loss and a second metric every step."""
-
-    def __init__(self, kind: str = "mlp") -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        if kind == "mlp":
-            self.net: nn.Module = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        else:
-            layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
-            self.net = nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), _MeanPool(),
-                                     nn.Linear(8, 4))
-
-    def training_step(self, batch: Any, batch_idx: int) -> Dict[str, torch.Tensor]:
-        x, y = batch
-        logits = self.net(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        self.log("train_loss", loss, prog_bar=True)
-        self.log("logit_mean", logits.float().mean(), on_step=False, on_epoch=True)
-        return {"loss": loss}
-
-    def configure_optimizers(self) -> Any:
-        # SGD with momentum, not Adam: Adam's normalised update turns the last-bit differences of a
-        # gradient near zero into lr-sized weight differences, which no tolerance separates from a bug
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-
-class _MeanPool(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=1)
-
-
-class LossHistory(volt.Callback):
-    """Reads what each step logged and returned, as a metrics-consuming callback does."""
-
-    def __init__(self) -> None:
-        self.losses: List[float] = []
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.losses.append(float(trainer.callback_metrics["train_loss"]))
-
-
-def _fit(tmp_path: Any, name: str, compile: Any, kind: str = "mlp", steps_data: int = 48, **kwargs: Any) -> Any:
-    shape = (8,) if kind == "mlp" else (6, 8)
-    model = Classifier(kind)
-    history = LossHistory()
-    trainer = volt.Trainer(max_epochs=kwargs.pop("max_epochs", 2), logger=volt.loggers.CSVLogger(str(tmp_path), name=name),
-                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                           num_sanity_val_steps=0, default_root_dir=str(tmp_path), callbacks=[history],
-                           log_every_n_steps=1, compile=compile, **kwargs)
-    trainer.fit(model, _data(steps_data, shape))
-    return model, trainer, history
-
-
-def _assert_same_weights(a: nn.Module, b: nn.Module, tol: Dict[str, float]) -> None:
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(p, q, msg=lambda m: f"{name}: {m}", **tol)
-
 
 CASES = [
     pytest.param("mlp", {}, FP32_TOL, id="mlp"),
@@ -111,12 +40,12 @@ CASES = [
 @pytest.mark.parametrize("kind, settings, tol", CASES)
 def test_compiled_step_trains_the_weights_eager_does(tmp_path: Any, kind: str, settings: Dict[str, Any],
                                                       tol: Dict[str, float]) -> None:
-    eager, eager_trainer, eager_history = _fit(tmp_path, "eager", False, kind, **dict(settings))
-    compiled, trainer, history = _fit(tmp_path, "compiled", AOT, kind, **dict(settings))
+    eager, eager_trainer, eager_history = fit(tmp_path, "eager", False, kind, **dict(settings))
+    compiled, trainer, history = fit(tmp_path, "compiled", AOT, kind, **dict(settings))
     stats = trainer.compile_stats
     assert stats.active and stats.fallback_reason is None and stats.graph_breaks == [], stats
     assert stats.compiles >= 1
-    _assert_same_weights(eager, compiled, tol)
+    assert_same_weights(eager, compiled, tol)
     assert trainer.global_step == eager_trainer.global_step
     # self.log inside the compiled step reached callbacks, callback_metrics and the logger
     torch.testing.assert_close(torch.tensor(history.losses), torch.tensor(eager_history.losses), **tol)
@@ -130,10 +59,10 @@ def test_compiled_step_trains_the_weights_eager_does(tmp_path: Any, kind: str, s
 
 @pytest.mark.timeout(240)
 def test_compiled_step_with_inductor_matches_eager(tmp_path: Any) -> None:
-    eager, _, _ = _fit(tmp_path, "eager", False, max_epochs=1, steps_data=24)
-    compiled, trainer, _ = _fit(tmp_path, "compiled", True, max_epochs=1, steps_data=24)
+    eager, _, _ = fit(tmp_path, "eager", False, max_epochs=1, steps_data=24)
+    compiled, trainer, _ = fit(tmp_path, "compiled", True, max_epochs=1, steps_data=24)
     assert trainer.compile_stats.active and trainer.compile_stats.compiles >= 1
-    _assert_same_weights(eager, compiled, FP32_TOL)
+    assert_same_weights(eager, compiled, FP32_TOL)
 
 
 class ManualModel(Classifier):
@@ -172,38 +101,38 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_one_reason(tmp_path: A
                                                                       callbacks: List[Any], reason: str) -> None:
     eager = model()
     volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                 enable_model_summary=False, callbacks=list(callbacks)).fit(eager, _data(32, (8,)))
+                 enable_model_summary=False, callbacks=list(callbacks)).fit(eager, make_data(32, (8,)))
     compiled = model()
     trainer = volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                            enable_model_summary=False, callbacks=list(callbacks), compile=AOT)
     with caplog.at_level(logging.WARNING, logger="volt"):
-        trainer.fit(compiled, _data(32, (8,)))
+        trainer.fit(compiled, make_data(32, (8,)))
     lines = [r.getMessage() for r in caplog.records if "Trainer(compile=" in r.getMessage()]
     assert len(lines) == 1 and reason in lines[0], lines
     assert not trainer.compile_stats.active and reason in trainer.compile_stats.fallback_reason
-    _assert_same_weights(eager, compiled, FP32_TOL)
+    assert_same_weights(eager, compiled, FP32_TOL)
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("first, second", [(AOT, False), (False, AOT)], ids=["compiled-then-eager",
                                                                               "eager-then-compiled"])
 def test_a_checkpoint_resumes_across_compile_on_and_off(tmp_path: Any, first: Any, second: Any) -> None:
-    straight, _, _ = _fit(tmp_path, "straight", False, max_epochs=2)
+    straight, _, _ = fit(tmp_path, "straight", False, max_epochs=2)
     ckpt = str(tmp_path / "half.ckpt")
-    _, half, _ = _fit(tmp_path, "first", first, max_epochs=1)
+    _, half, _ = fit(tmp_path, "first", first, max_epochs=1)
     half.save_checkpoint(ckpt)
     resumed = Classifier()
     trainer = volt.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                            enable_model_summary=False, num_sanity_val_steps=0, compile=second)
-    trainer.fit(resumed, _data(48, (8,)), ckpt_path=ckpt)
+    trainer.fit(resumed, make_data(48, (8,)), ckpt_path=ckpt)
     assert trainer.global_step == 12
-    _assert_same_weights(straight, resumed, FP32_TOL)
+    assert_same_weights(straight, resumed, FP32_TOL)
     assert "_orig_mod" not in "".join(torch.load(ckpt, weights_only=False)["state_dict"])
 
 
 @pytest.mark.timeout(120)
 def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any) -> None:
-    loaders = [_data(8 * n, (8 + n,)) for n in range(1, 5)]
+    loaders = [make_data(8 * n, (8 + n,)) for n in range(1, 5)]
     model = Resizing()
     trainer = volt.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                            enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1)
@@ -279,7 +208,7 @@ class RecompileScrape(volt.Callback):
 def test_recompiles_and_fallbacks_are_prometheus_counters(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.delenv("VOLT_METRICS_PORT", raising=False)
     model = Resizing()
-    model.loaders = [_data(8 * n, (8 + n,)) for n in range(1, 4)]
+    model.loaders = [make_data(8 * n, (8 + n,)) for n in range(1, 4)]
     prometheus = PrometheusCallback(port=0, host="127.0.0.1")
     scrape = RecompileScrape(prometheus)
     trainer = volt.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
