@@ -150,7 +150,7 @@ build_kube() {
     done
     local pkgs=()
     for b in "${KUBE_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
-    log "kubernetes v$KUBE_VERSION: compiling ${KUBE_BINS[*]} (cold: 20-40 min on 2 cores)"
+    log "kubernetes v$KUBE_VERSION: compiling ${KUBE_BINS[*]} (cold: about 5 min on 2 cores)"
     rm -rf "$stage" && mkdir -p "$stage"
     (cd "$src" && "$GO" build -v -ldflags "-s -w$x" -o "$stage/" "${pkgs[@]}" 2>&1 | progress kubernetes; exit "${PIPESTATUS[0]}") \
         || die "building kubernetes v$KUBE_VERSION failed"
