@@ -10,9 +10,9 @@
 #       itself with --no-build-isolation)
 #
 # The .in files are derived from pyproject.toml by scripts/lock_inputs.py, never
-# edited by hand; the .lock
-# files pin every package, dependencies included, with the SHA-256 of each of its
-# files on PyPI. The images install them with `pip install --require-hashes`.
+# edited by hand; the .lock files pin every package, dependencies included, with
+# the SHA-256 of each of its files on PyPI. The images install them with
+# `pip install --require-hashes`.
 #
 #   VOLT_PIP_COMPILE=<pip-compile> scripts/lock-image-requirements.sh [--upgrade]
 #

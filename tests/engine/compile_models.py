@@ -83,3 +83,9 @@ def fit(tmp_path: Any, name: str, compile: Any, kind: str = "mlp", steps_data: i
 def assert_same_weights(a: nn.Module, b: nn.Module, tol: Dict[str, float]) -> None:
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, msg=lambda m: f"{name}: {m}", **tol)
+
+
+def bare_trainer(compile: Any, max_epochs: int = 1, **settings: Any) -> volt.Trainer:
+    """A Trainer with no logger, checkpoints, progress bar or summary: only the step under test."""
+    return volt.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, compile=compile, **settings)

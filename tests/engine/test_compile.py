@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import volt
-from compile_models import AOT, BF16_TOL, FP32_TOL, Classifier, assert_same_weights, fit, make_data
+from compile_models import AOT, BF16_TOL, FP32_TOL, Classifier, assert_same_weights, bare_trainer, fit, make_data
 from volt.callbacks.prometheus import PrometheusCallback
 from volt_operator.api import TrainerSettings
 
@@ -100,11 +100,9 @@ class GradientWatcher(volt.Callback):
 def test_a_step_that_cannot_be_captured_runs_eagerly_with_one_reason(tmp_path: Any, caplog: Any, model: type,
                                                                       callbacks: List[Any], reason: str) -> None:
     eager = model()
-    volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                 enable_model_summary=False, callbacks=list(callbacks)).fit(eager, make_data(32, (8,)))
+    bare_trainer(False, callbacks=list(callbacks)).fit(eager, make_data(32, (8,)))
     compiled = model()
-    trainer = volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, callbacks=list(callbacks), compile=AOT)
+    trainer = bare_trainer(AOT, callbacks=list(callbacks))
     with caplog.at_level(logging.WARNING, logger="volt"):
         trainer.fit(compiled, make_data(32, (8,)))
     lines = [r.getMessage() for r in caplog.records if "Trainer(compile=" in r.getMessage()]
@@ -122,8 +120,7 @@ def test_a_checkpoint_resumes_across_compile_on_and_off(tmp_path: Any, first: An
     _, half, _ = fit(tmp_path, "first", first, max_epochs=1)
     half.save_checkpoint(ckpt)
     resumed = Classifier()
-    trainer = volt.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, num_sanity_val_steps=0, compile=second)
+    trainer = bare_trainer(second, max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(resumed, make_data(48, (8,)), ckpt_path=ckpt)
     assert trainer.global_step == 12
     assert_same_weights(straight, resumed, FP32_TOL)
@@ -134,8 +131,7 @@ def test_a_checkpoint_resumes_across_compile_on_and_off(tmp_path: Any, first: An
 def test_recompiles_are_logged_counted_and_bounded(tmp_path: Any, caplog: Any) -> None:
     loaders = [make_data(8 * n, (8 + n,)) for n in range(1, 5)]
     model = Resizing()
-    trainer = volt.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1)
+    trainer = bare_trainer(AOT, max_epochs=4, reload_dataloaders_every_n_epochs=1)
     model.loaders = loaders
     with caplog.at_level(logging.WARNING, logger="volt"), _dynamo_config(recompile_limit=3):
         trainer.fit(model)
@@ -211,9 +207,7 @@ def test_recompiles_and_fallbacks_are_prometheus_counters(tmp_path: Any, monkeyp
     model.loaders = [make_data(8 * n, (8 + n,)) for n in range(1, 4)]
     prometheus = PrometheusCallback(port=0, host="127.0.0.1")
     scrape = RecompileScrape(prometheus)
-    trainer = volt.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, compile=AOT, reload_dataloaders_every_n_epochs=1,
-                           callbacks=[prometheus, scrape])
+    trainer = bare_trainer(AOT, max_epochs=3, reload_dataloaders_every_n_epochs=1, callbacks=[prometheus, scrape])
     with _dynamo_config(recompile_limit=2):
         trainer.fit(model)
     # epoch 0 compiles the step; epoch 1's wider input recompiles it, which fills the limit of 2

@@ -13,8 +13,7 @@ from typing import Any, Dict
 import pytest
 import torch
 
-import volt
-from compile_models import BF16_TOL, FP32_TOL, Classifier, assert_same_weights, fit, make_data
+from compile_models import BF16_TOL, FP32_TOL, Classifier, assert_same_weights, bare_trainer, fit, make_data
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.timeout(300)]
 GPU = dict(accelerator="gpu", devices=1)
@@ -66,7 +65,7 @@ def test_a_step_a_cuda_graph_cannot_replay_runs_eagerly_with_one_reason(
         caplog: Any, model: type, settings: Dict[str, Any], reason: str) -> None:
     def train(compile: Any) -> Any:
         net = model()
-        trainer = volt_trainer(compile, **settings)
+        trainer = bare_trainer(compile, **GPU, **settings)
         trainer.fit(net, make_data(48, (8,)))
         return net, trainer
 
@@ -79,12 +78,7 @@ def test_a_step_a_cuda_graph_cannot_replay_runs_eagerly_with_one_reason(
     assert_same_weights(eager, captured, FP32_TOL)
 
 
-def volt_trainer(compile: Any, **settings: Any) -> volt.Trainer:
-    return volt.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, compile=compile, **GPU, **settings)
-
-
 def test_a_batch_of_another_shape_is_refused_naming_the_constraint() -> None:
     ragged = make_data(44, (8,))  # 5 full batches of 8, then one of 4: the graph was recorded for 8
     with pytest.raises(ValueError, match="drop_last=True"):
-        volt_trainer("cudagraphs").fit(Classifier(), ragged)
+        bare_trainer("cudagraphs", **GPU).fit(Classifier(), ragged)

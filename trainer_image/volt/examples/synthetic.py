@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from volt import LightningModule, Trainer, seed_everything
 from volt.callbacks import ModelCheckpoint
 from volt.cluster import cluster_environment
-from volt.contract import job_contract
+from volt.contract import JobContract, job_contract
 
 
 class SyntheticRegression(Dataset):
@@ -85,8 +85,9 @@ class RegressionModel(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    job = job_contract()
+def build_parser(job: Optional[JobContract] = None) -> argparse.ArgumentParser:
+    """The example's flags; a TrainingJob's contract (``job``, else read from the environment) sets defaults."""
+    job = job or job_contract()
     parser = argparse.ArgumentParser(prog="python -m volt.examples.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=-1)
@@ -116,13 +117,14 @@ def step_delay(args: argparse.Namespace, attempt: Optional[int]) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = build_parser()
+    job = job_contract()
+    parser = build_parser(job)
     args = parser.parse_args(argv)
     for flag, value in (("--step-delay", args.step_delay), ("--restart-step-delay", args.restart_step_delay)):
         if value is not None and value < 0:
             parser.error(f"{flag} must be >= 0, got {value}")
     seed_everything(args.seed)
-    model = RegressionModel(args.features, args.hidden, args.lr, step_delay(args, job_contract().attempt))
+    model = RegressionModel(args.features, args.hidden, args.lr, step_delay(args, job.attempt))
     train = DataLoader(SyntheticRegression(args.samples, args.features, args.seed), batch_size=args.batch_size,
                        shuffle=True)
     val = DataLoader(SyntheticRegression(args.val_samples, args.features, args.seed, "val"), batch_size=args.batch_size)
