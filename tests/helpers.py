@@ -17,6 +17,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    For programs that take a base port and add an offset (the metrics server: base + local rank).
+    A fixed base would not do: Linux hands out ports from 32768-60999 to outgoing connections,
+    so any port there may be taken by a connection of another test at any moment.
+    """
+    for _ in range(100):
+        held = [socket.socket()]
+        try:
+            held[0].bind(("127.0.0.1", 0))
+            base = held[0].getsockname()[1]
+            if base + count > 65536:
+                continue
+            for port in range(base + 1, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise AssertionError(f"found no {count} consecutive free ports on 127.0.0.1 in 100 tries")
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """``check()``'s first truthy result, checked every ``interval`` s; fails naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

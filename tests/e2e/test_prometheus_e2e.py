@@ -39,14 +39,13 @@ import pytest
 import yaml
 
 from helm_util import CHART, helm_binary, run_helm
-from helpers import free_port
+from helpers import free_port, free_port_run
 from operator_process import OperatorProcess, job_status
 from real_nodes import example, namespace  # noqa: F401 (namespace: a fixture)
 from volt_operator.testing.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts" / "volt" / "dashboards" / "volt.json"
-METRICS_BASE_PORT = 35010  # H7's range is 35000-35099; ranks use 35010 and 35011
 SCRAPE_INTERVAL = "1s"
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval would be for a 1 s scrape interval, rounded up
 
@@ -228,11 +227,11 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
         server.stop()
 
 
-def volt_run_env(tmp_path: Path, job: str) -> Dict[str, str]:
+def volt_run_env(tmp_path: Path, job: str, metrics_port: int) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join([str(REPO / "trainer_image"), str(REPO / "operator")]),
-        VOLT_METRICS_PORT=str(METRICS_BASE_PORT),
+        VOLT_METRICS_PORT=str(metrics_port),
         VOLT_JOB_NAME=job,
         VOLT_ATTEMPT="1",
         VOLT_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
@@ -276,13 +275,14 @@ def stop_run(process: subprocess.Popen, log: Path) -> int:
 def test_prometheus_scrapes_two_local_ranks_and_dashboard_has_data(tmp_path: Path, prometheus: Prometheus) -> None:
     job = "h7-local"
     log_path = tmp_path / "volt-run.log"
+    metrics_port = free_port_run(2)  # ranks serve on the base port + local rank
     with open(log_path, "wb") as log:
         run = subprocess.Popen(
-            volt_run_command(), env=volt_run_env(tmp_path, job), cwd=tmp_path,
+            volt_run_command(), env=volt_run_env(tmp_path, job, metrics_port), cwd=tmp_path,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        ports = [METRICS_BASE_PORT, METRICS_BASE_PORT + 1]
+        ports = [metrics_port, metrics_port + 1]
         prometheus.set_targets("volt-trainer", [f"127.0.0.1:{port}" for port in ports], {"source": "volt-run"})
 
         def both_ranks_up() -> bool:
@@ -306,7 +306,7 @@ def test_prometheus_scrapes_two_local_ranks_and_dashboard_has_data(tmp_path: Pat
         for sample in prometheus.query(f'volt_train_global_step{{trainingjob="{job}"}}'):
             labels = sample["metric"]
             assert labels["job"] == "volt-trainer" and labels["source"] == "volt-run"
-            assert labels["instance"] == f"127.0.0.1:{METRICS_BASE_PORT + int(labels['rank'])}"
+            assert labels["instance"] == f"127.0.0.1:{metrics_port + int(labels['rank'])}"
         restarts = prometheus.query(f'volt_job_restarts{{trainingjob="{job}"}}')
         assert sorted(values(restarts)) == [1.0, 1.0]
         world = prometheus.query(f'volt_world_size{{trainingjob="{job}"}}')
