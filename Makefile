@@ -34,7 +34,13 @@ $(VENV)/.ok:
 
 # Dependencies are cached per pyproject hash; volt itself is reinstalled
 # (no deps, seconds) so that `volt-run` runs this checkout's code.
+# Each use touches the environment's .ok; environments of other pyproject versions
+# (about 6 GB each) that no run used for $(ENV_KEEP_DAYS) days are deleted.
+ENV_KEEP_DAYS ?= 14
 setup: $(VENV)/.ok
+	@touch $(VENV)/.ok
+	@find $(VOLT_CACHE) -mindepth 2 -maxdepth 2 -path '$(VOLT_CACHE)/venv-*/.ok' -mtime +$(ENV_KEEP_DAYS) -printf '%h\n' | \
+	  while read -r env; do echo ">> removing $$env (no run used it for $(ENV_KEEP_DAYS) days)"; rm -rf "$$env"; done
 	@$(PY) -m pip install -q --no-deps --no-build-isolation . >/dev/null
 
 # Test-only reference packages volt never imports: Lightning for the differential
@@ -62,6 +68,7 @@ $(LIGHTNING_VENV)/.ok: | $(VENV)/.ok
 	touch $@
 
 lightning-env: $(LIGHTNING_VENV)/.ok
+	@touch $(LIGHTNING_VENV)/.ok
 
 # Debian's Prometheus (prometheus + promtool) for the metrics tests: installed once, idempotent.
 prometheus:
