@@ -29,15 +29,24 @@ demo_dir="${VOLT_DEMO_DIR:-$VOLT_CACHE/demo}"
 cluster_dir="$demo_dir/cluster"
 release=volt
 release_ns=volt-system
-health_port="${VOLT_DEMO_HEALTH_PORT:-36080}"
-metrics_port="${VOLT_DEMO_METRICS_PORT:-36081}"
+# Host ports below 30000: Kubernetes' NodePorts are 30000-32767, and Linux gives
+# 32768-60999 to outgoing connections, so a port there can be taken at any moment.
+health_port="${VOLT_DEMO_HEALTH_PORT:-28080}"
+metrics_port="${VOLT_DEMO_METRICS_PORT:-28081}"
 job_timeout="${VOLT_DEMO_TIMEOUT:-900}"
 manifest="$repo/examples/trainingjob.yaml"
 runtime="${VOLT_DEMO_RUNTIME:-$([[ $EUID == 0 ]] && echo kubelet || echo agent)}"
-prometheus_port="${VOLT_DEMO_PROMETHEUS_PORT:-36090}"
+prometheus_port="${VOLT_DEMO_PROMETHEUS_PORT:-28090}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+# Something else listening on a port the demo serves on would answer its readiness checks.
+require_free_port() {  # PORT VARIABLE
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        die "port $1 on 127.0.0.1 is in use by another program: set $2 to a free port"
+    fi
+}
 
 stop_operator() {
     local pidfile="$demo_dir/operator.pid" pid
@@ -71,6 +80,7 @@ start_prometheus() {
         return 0
     fi
     stop_prometheus
+    require_free_port "$prometheus_port" VOLT_DEMO_PROMETHEUS_PORT
     mkdir -p "$demo_dir/prometheus"
     echo '[]' >"$demo_dir/prometheus/targets.json"
     python "$repo/scripts/demo_curves.py" config --targets "$demo_dir/prometheus/targets.json" \
@@ -95,6 +105,8 @@ start_prometheus() {
 start_host_operator() {
     say "starting the operator as system:serviceaccount:$release_ns:$release (token from 'kubectl create token')"
     stop_operator
+    require_free_port "$health_port" VOLT_DEMO_HEALTH_PORT
+    require_free_port "$metrics_port" VOLT_DEMO_METRICS_PORT
     local server token op_config="$demo_dir/operator.kubeconfig"
     server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
     token="$(kubectl -n "$release_ns" create token "$release" --duration 24h)"

@@ -1,9 +1,9 @@
 """The demo's curves: a Prometheus configuration that finds the job's ranks, and
 loss by step from Prometheus drawn in the terminal.
 
-    python scripts/demo_curves.py config --targets T.json --operator 127.0.0.1:36081 > prometheus.yml
+    python scripts/demo_curves.py config --targets T.json --operator 127.0.0.1:28081 > prometheus.yml
     python scripts/demo_curves.py discover --kubeconfig K --targets T.json &
-    python scripts/demo_curves.py plot --prometheus http://127.0.0.1:36090 --job synthetic ...
+    python scripts/demo_curves.py plot --prometheus http://127.0.0.1:28090 --job synthetic ...
 
 Debian's Prometheus is built without Kubernetes discovery, so `discover` does
 its part: it watches the pods labelled `volt.dev/job` and writes every
