@@ -42,6 +42,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
@@ -805,22 +806,28 @@ class LocalCluster:
         skip = node_images.skip_sizes(json.loads(layers_json), set.intersection(*held.values()),
                                       nodes.layer_sizes(stale))
         workdir = self.dir / "image-layers"
-        whole = []
+        whole: list[kubelet_nodes.NodeLayout] = []
         try:
             saved = self._docker_save(image, docker, docker_env,
                                       lambda archive: node_images.split_saved_image(archive, workdir, skip))
             if saved.image_id != image_id:
                 raise ClusterError(f"docker save {image} gave image {saved.image_id}, not {image_id}")
-            for node in stale:
+
+            def import_missing(node: kubelet_nodes.NodeLayout) -> bool:
                 lacking = [d for d in saved.diff_ids if d not in held[node.name]]
                 try:
                     if any(d not in saved.kept for d in lacking):
                         raise kubelet_nodes.NodeSetupError("a layer it lacks was not kept: its size matched a held one")
                     nodes.import_layers(node, saved, image, lacking)
+                    return True
                 except kubelet_nodes.NodeSetupError as exc:
                     log.warning("%s: importing only the missing layers of %s failed (%s); importing all of it",
                                 node.name, image, exc)
-                    whole.append(node)
+                    return False
+
+            # Each node has its own containerd: their imports (hashing and unpacking gigabytes) overlap.
+            with ThreadPoolExecutor(max_workers=len(stale), thread_name_prefix="load-image") as pool:
+                whole = [node for node, done in zip(stale, pool.map(import_missing, stale)) if not done]
         finally:
             node_images.remove(workdir)
         if whole:
