@@ -806,7 +806,6 @@ class LocalCluster:
         skip = node_images.skip_sizes(json.loads(layers_json), set.intersection(*held.values()),
                                       nodes.layer_sizes(stale))
         workdir = self.dir / "image-layers"
-        whole: list[kubelet_nodes.NodeLayout] = []
         try:
             saved = self._docker_save(image, docker, docker_env,
                                       lambda archive: node_images.split_saved_image(archive, workdir, skip))
