@@ -173,6 +173,53 @@ def _small_image(env: Dict[str, str], ref: str) -> Tuple[str, str]:
     return image_id, layer
 
 
+def _image_on(env: Dict[str, str], base: str, ref: str) -> List[str]:
+    """`base` and one more layer (a file with unique content): the new image's layer digests."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", f"FROM {base}\nCOPY top /top\n".encode()),
+                           ("top", secrets.token_hex(16).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    built = subprocess.run([env["DOCKER"], "build", "-q", "-t", ref, "-"], input=context.getvalue(),
+                           capture_output=True, env=env, timeout=300)
+    assert built.returncode == 0, built.stderr
+    inspect = subprocess.run([env["DOCKER"], "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref],
+                             capture_output=True, text=True, env=env, timeout=60, check=True)
+    return json.loads(inspect.stdout)
+
+
+@pytest.mark.timeout(600)
+def test_an_image_on_a_loaded_base_is_sent_only_its_new_layer(real_kube: LocalCluster, docker_env: Dict[str, str],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The nodes hold the base's layer only unpacked (its blob was deleted after the import), and
+    that is enough: the next image is sent its new layer alone, its import finds the base unpacked,
+    and the nodes end with both layers unpacked and neither blob."""
+    cluster = real_kube
+    repo = f"volt-layered-check-{secrets.token_hex(3)}"
+    base_id, base_layer = _small_image(docker_env, f"{repo}:base")
+    try:
+        assert cluster.load_image(f"{repo}:base", docker=docker_env["DOCKER"], env=docker_env)
+        layers = _image_on(docker_env, f"{repo}:base", f"{repo}-top:1")
+        assert layers[0] == base_layer and len(layers) == 2, layers
+        for node in cluster.real_nodes.nodes:
+            assert cluster.real_nodes.held_layers(node, layers) == {base_layer}
+        with caplog.at_level("WARNING", logger="volt.cluster"):
+            assert cluster.load_image(f"{repo}-top:1", docker=docker_env["DOCKER"], env=docker_env)
+        assert not [r for r in caplog.records if "importing all of it" in r.getMessage()], caplog.text
+        for node in cluster.real_nodes.nodes:
+            assert cluster.real_nodes.held_layers(node, layers) == set(layers)
+            content = ctr(node, "content", "ls", "-q").stdout.decode().split()
+            assert not set(layers) & set(content), content
+    finally:
+        for node in cluster.real_nodes.nodes:
+            ctr(node, "images", "rm", "--sync", f"docker.io/library/{repo}:base", f"docker.io/library/{repo}-top:1",
+                check=False)
+        subprocess.run([docker_env["DOCKER"], "rmi", "-f", f"{repo}-top:1", base_id], env=docker_env,
+                       capture_output=True, timeout=60)
+
+
 @pytest.mark.timeout(600)
 def test_load_image_keeps_one_version_of_each_repository(real_kube: LocalCluster,
                                                          docker_env: Dict[str, str]) -> None:
@@ -193,11 +240,12 @@ def test_load_image_keeps_one_version_of_each_repository(real_kube: LocalCluster
             images = ctr(node, "images", "ls", "-q").stdout.decode().split()
             assert [ref for ref in images if repo in ref] == [f"docker.io/library/{repo}:b"], images
             assert f"sha256:{old_a.split(':')[1]}" not in images and f"sha256:{new_a.split(':')[1]}" not in images
-            # containerd collected the layers and the unpacked snapshots nothing references any more.
-            content = ctr(node, "content", "ls", "-q").stdout.decode().split()
-            assert b_layer in content and old_layer not in content and new_a_layer not in content
+            # containerd collected the unpacked snapshots nothing references any more, and holds
+            # the kept version's layer once: unpacked, the blob it was imported as deleted.
             snapshots = ctr(node, "snapshots", "ls").stdout.decode()
             assert b_layer in snapshots and old_layer not in snapshots and new_a_layer not in snapshots
+            content = ctr(node, "content", "ls", "-q").stdout.decode().split()
+            assert not {b_layer, old_layer, new_a_layer} & set(content), content
             marker = json.loads((Path(node.containerd_root) / "volt-images.json").read_text())
             assert f"{repo}:b" in marker and f"{repo}:a" not in marker, marker
     finally:

@@ -108,3 +108,26 @@ def test_skip_sizes_are_those_of_the_image_layers_every_node_holds() -> None:
     sizes = {"sha256:a": 10, "sha256:b": 20, "sha256:c": 30}
     assert node_images.skip_sizes(["sha256:a", "sha256:b", "sha256:d"], {"sha256:a", "sha256:c", "sha256:d"},
                                   sizes) == {10}
+
+
+# Three layers of an image and the snapshot keys containerd 1.6 gave them when it unpacked them.
+DIFF_IDS = ["sha256:58f40e3cc6d91b1f57be5e47898f51a54e6b55280e632133f87cadab368b18af",
+            "sha256:16094e532433abb23122445d23b5bcca362fc0cc2f9caadab87f5f3b5643e7ab",
+            "sha256:0eb9323ce7a74651b3d14e08773fb5dca2d66e70e40f6597c79c8abb4fba6fa2"]
+CONTAINERD_SNAPSHOTS = ["sha256:58f40e3cc6d91b1f57be5e47898f51a54e6b55280e632133f87cadab368b18af",
+                        "sha256:309ba8d2b093e6282f1f896a38dcd066592d6c2a04d4bbeb93e50626cd6aaff4",
+                        "sha256:4e5e914d830a6ea4cbb06bcdc5f62a3ccbce5465eadae273175b07cb63f0d9c4"]
+
+
+def test_chain_ids_are_the_snapshot_keys_containerd_unpacks_layers_under() -> None:
+    assert node_images.chain_ids(DIFF_IDS) == CONTAINERD_SNAPSHOTS
+    assert node_images.chain_ids([]) == []
+
+
+def test_a_layer_counts_as_unpacked_only_on_top_of_every_layer_below_it() -> None:
+    assert node_images.unpacked_layers(DIFF_IDS, set(CONTAINERD_SNAPSHOTS)) == DIFF_IDS
+    assert node_images.unpacked_layers(DIFF_IDS, set(CONTAINERD_SNAPSHOTS[:2])) == DIFF_IDS[:2]
+    # the second layer missing: the third's snapshot cannot be reused, whatever the store lists
+    assert node_images.unpacked_layers(DIFF_IDS, {CONTAINERD_SNAPSHOTS[0], CONTAINERD_SNAPSHOTS[2]}) == DIFF_IDS[:1]
+    # the same layer on another base is another snapshot
+    assert node_images.unpacked_layers(DIFF_IDS[1:], set(CONTAINERD_SNAPSHOTS)) == []

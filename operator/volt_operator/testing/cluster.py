@@ -802,8 +802,9 @@ class LocalCluster:
                 nodes.prune_images(node, [image])
         if not stale:
             return []
-        held = {node.name: nodes.held_digests(node) for node in stale}
-        skip = node_images.skip_sizes(json.loads(layers_json), set.intersection(*held.values()),
+        diff_ids = json.loads(layers_json)
+        held = {node.name: nodes.held_layers(node, diff_ids) for node in stale}
+        skip = node_images.skip_sizes(diff_ids, set.intersection(*held.values()),
                                       nodes.layer_sizes(stale))
         workdir = self.dir / "image-layers"
         try:

@@ -668,9 +668,50 @@ class RealNodes:
         if failed:
             raise NodeSetupError(f"importing {ref}: " + "; ".join(failed))
 
-    def held_digests(self, node: NodeLayout) -> set[str]:
-        """The digests of every blob in the node's content store."""
-        return set(ctr(node, "content", "ls", "-q").stdout.decode().split())
+    def held_layers(self, node: NodeLayout, diff_ids: Sequence[str]) -> set[str]:
+        """The layers of an image (`diff_ids`, bottom first) that the node holds unpacked, and
+        that an import of the image therefore need not send (`node_images.unpacked_layers`)."""
+        return set(node_images.unpacked_layers(diff_ids, self._committed_snapshots(node)))
+
+    @staticmethod
+    def _committed_snapshots(node: NodeLayout) -> set[str]:
+        rows = [line.split() for line in ctr(node, "snapshots", "ls").stdout.decode().splitlines()[1:]]
+        return {fields[0] for fields in rows if fields and fields[-1] == "Committed"}
+
+    def _loaded_layers(self, node: NodeLayout) -> set[str]:
+        """The layers, by digest, that the node holds unpacked for the images volt loaded into it."""
+        loaded = {normalize_ref(ref) for ref in self._loaded(node)}
+        rows = [line.split() for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]]
+        manifests = {fields[2] for fields in rows if len(fields) >= 3 and fields[0] in loaded}
+        committed = self._committed_snapshots(node)
+        layers: set[str] = set()
+        for manifest in manifests:
+            layers.update(node_images.unpacked_layers(self._diff_ids(node, manifest), committed))
+        return layers
+
+    @staticmethod
+    def _diff_ids(node: NodeLayout, manifest: str) -> list[str]:
+        """The layers of the image whose manifest has this digest, from its config; [] if unreadable."""
+        try:
+            config = json.loads(ctr(node, "content", "get", manifest).stdout)["config"]["digest"]
+            return list(json.loads(ctr(node, "content", "get", config).stdout)["rootfs"]["diff_ids"])
+        except (NodeSetupError, ValueError, KeyError, TypeError):
+            return []
+
+    def discard_unpacked_blobs(self, node: NodeLayout) -> list[str]:
+        """Delete the content-store copy of each layer the node holds unpacked; returns their digests.
+
+        An import leaves every layer twice in the store: the blob it came as and the snapshot
+        unpacking made of it (5.8 GB each for the trainer image). Containers start from the
+        snapshots, and the CRI plugin reads only an image's manifest and config, which stay;
+        a later import of the image skips the layers whose snapshots it finds (`held_layers`).
+        Only the layers of the images volt loaded (the marker) are touched.
+        """
+        blobs = set(ctr(node, "content", "ls", "-q").stdout.decode().split())
+        unpacked = sorted(blobs & self._loaded_layers(node)) if blobs else []
+        if unpacked:
+            ctr(node, "content", "rm", *unpacked, timeout=600)
+        return unpacked
 
     def layer_sizes(self, nodes: Sequence[NodeLayout]) -> dict[str, int]:
         """Layer digest -> size, as recorded by the nodes' imports (`import_layers`)."""
@@ -688,13 +729,14 @@ class RealNodes:
         (the node holds the others), then delete the node's older versions (`prune_images`)."""
         self._ctr_import([node], ref, lambda stdins: node_images.oci_archive(
             image, normalize_ref(ref), layers, stdins[0]), timeout)
-        self.record_layer_sizes(node, image.sizes)
         self._imported(node, ref, image.image_id)
+        self.record_layer_sizes(node, image.sizes)
 
     def record_layer_sizes(self, node: NodeLayout, sizes: dict[str, int]) -> None:
-        """Add `sizes` (digest -> bytes) to what `layer_sizes` reads, keeping the blobs the node holds."""
+        """Add `sizes` (digest -> bytes) to what `layer_sizes` reads, keeping only the layers the
+        node holds unpacked for the images volt loaded."""
         known = {**self.layer_sizes([node]), **sizes}
-        held = self.held_digests(node)
+        held = self._loaded_layers(node)
         self._sizes_file(node).write_text(json.dumps({d: n for d, n in known.items() if d in held}, indent=2) + "\n")
 
     @staticmethod
@@ -714,11 +756,12 @@ class RealNodes:
             return {}
 
     def prune_images(self, node: NodeLayout, loaded: Iterable[str]) -> list[str]:
-        """Delete the node's other versions of the repositories of `loaded` (see `stale_image_refs`).
+        """Delete the node's other versions of the repositories of `loaded` (see `stale_image_refs`),
+        then the blobs of the layers it holds unpacked (`discard_unpacked_blobs`).
 
-        The store lives across `down` and a trainer image is ~6 GB twice (layers and
-        unpacked snapshots): without this every rebuild would stay on disk for good.
-        `--sync` waits for containerd's garbage collection of the freed content and snapshots.
+        The store lives across `down` and a trainer image is ~6 GB: without this every
+        rebuild would stay on disk for good. `--sync` waits for containerd's garbage
+        collection of the freed content and snapshots.
         """
         images = []
         for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]:
@@ -737,6 +780,7 @@ class RealNodes:
         kept = {ref: image_id for ref, image_id in marker.items() if normalize_ref(ref) in listed}
         if kept != marker:
             self._marker(node).write_text(json.dumps(kept, indent=2) + "\n")
+        self.discard_unpacked_blobs(node)
         return stale
 
     # -- teardown --

@@ -7,7 +7,9 @@ one-line code change. After such a change only the top layers are new. So the ar
 read once as it streams (`split_saved_image`): the layers some node lacks are kept in
 files, the big layers every node holds are only hashed, and each node is then sent an OCI
 image layout (`oci_archive`) with the image's config, its manifest and just the layers it
-lacks; containerd finds the others in its content store by digest.
+lacks; unpacking finds the others already unpacked, as the snapshots named by their chain
+IDs (`unpacked_layers`), and skips them. The nodes keep no other copy of a layer: after an
+import its blob is deleted (`RealNodes.discard_unpacked_blobs`).
 
 A layer's digest is known only once it has been read, so whether to keep it is decided
 from its size, which its tar header gives first: a big layer whose size is that of a layer
@@ -23,7 +25,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Collection, Dict, List, Mapping, Optional
+from typing import IO, Collection, Dict, List, Mapping, Optional, Sequence
 
 # Layers below this size are always kept: keeping them costs nothing, and small sizes
 # (a layer of a few directories) are the ones two layers share by chance.
@@ -134,6 +136,26 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+def chain_ids(diff_ids: Sequence[str]) -> List[str]:
+    """Each layer's chain ID, bottom first: the name of the snapshot that holds it unpacked on
+    top of every layer below it (the OCI image spec's ChainID)."""
+    chain: List[str] = []
+    for diff_id in diff_ids:
+        chain.append(diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+    return chain
+
+
+def unpacked_layers(diff_ids: Sequence[str], committed: Collection[str]) -> List[str]:
+    """The image's bottom layers that a store of `committed` snapshot keys holds unpacked,
+    so that an import of the image can skip them: each up to the first whose chain is missing."""
+    held: List[str] = []
+    for diff_id, chain in zip(diff_ids, chain_ids(diff_ids)):
+        if chain not in committed:
+            break
+        held.append(diff_id)
+    return held
 
 
 def skip_sizes(diff_ids: Collection[str], held_by_every_node: Collection[str],
