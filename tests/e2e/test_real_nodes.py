@@ -158,14 +158,9 @@ def test_missing_image_is_named_in_the_job_status(real_kube: LocalCluster, opera
 
 def _small_image(env: Dict[str, str], ref: str) -> Tuple[str, str]:
     """A one-file image with unique content (`docker import`): its id and its layer's digest."""
-    payload = io.BytesIO()
-    with tarfile.open(fileobj=payload, mode="w") as tar:
-        data = secrets.token_hex(16).encode()
-        info = tarfile.TarInfo("version")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    imported = subprocess.run([env["DOCKER"], "import", "-", ref], input=payload.getvalue(), capture_output=True,
-                              env=env, timeout=120)
+    payload = _tar({"version": secrets.token_hex(16).encode()})
+    imported = subprocess.run([env["DOCKER"], "import", "-", ref], input=payload, capture_output=True, env=env,
+                              timeout=120)
     assert imported.returncode == 0, imported.stderr
     inspect = subprocess.run([env["DOCKER"], "image", "inspect", "--format", "{{.Id}} {{index .RootFS.Layers 0}}",
                               ref], capture_output=True, text=True, env=env, timeout=60, check=True)
@@ -173,16 +168,20 @@ def _small_image(env: Dict[str, str], ref: str) -> Tuple[str, str]:
     return image_id, layer
 
 
-def _image_on(env: Dict[str, str], base: str, ref: str) -> List[str]:
-    """`base` and one more layer (a file with unique content): the new image's layer digests."""
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (("Dockerfile", f"FROM {base}\nCOPY top /top\n".encode()),
-                           ("top", secrets.token_hex(16).encode())):
+def _tar(files: Dict[str, bytes]) -> bytes:
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    built = subprocess.run([env["DOCKER"], "build", "-q", "-t", ref, "-"], input=context.getvalue(),
+    return payload.getvalue()
+
+
+def _image_on(env: Dict[str, str], base: str, ref: str) -> List[str]:
+    """`base` and one more layer (a file with unique content): the new image's layer digests."""
+    context = _tar({"Dockerfile": f"FROM {base}\nCOPY top /top\n".encode(), "top": secrets.token_hex(16).encode()})
+    built = subprocess.run([env["DOCKER"], "build", "-q", "-t", ref, "-"], input=context,
                            capture_output=True, env=env, timeout=300)
     assert built.returncode == 0, built.stderr
     inspect = subprocess.run([env["DOCKER"], "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref],

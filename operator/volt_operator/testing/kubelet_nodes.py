@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Collection, Iterable, Sequence
 
 from volt_operator.testing import node_images
 from volt_operator.testing.node_agent.network import LOCK_FILE as SUBNET_LOCK
@@ -678,11 +678,16 @@ class RealNodes:
         rows = [line.split() for line in ctr(node, "snapshots", "ls").stdout.decode().splitlines()[1:]]
         return {fields[0] for fields in rows if fields and fields[-1] == "Committed"}
 
+    @staticmethod
+    def _images(node: NodeLayout) -> list[tuple[str, str]]:
+        """(reference, manifest digest) of every image the node's containerd lists."""
+        rows = [line.split() for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]]
+        return [(fields[0], fields[2]) for fields in rows if len(fields) >= 3]
+
     def _loaded_layers(self, node: NodeLayout) -> set[str]:
         """The layers, by digest, that the node holds unpacked for the images volt loaded into it."""
         loaded = {normalize_ref(ref) for ref in self._loaded(node)}
-        rows = [line.split() for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]]
-        manifests = {fields[2] for fields in rows if len(fields) >= 3 and fields[0] in loaded}
+        manifests = {manifest for ref, manifest in self._images(node) if ref in loaded}
         committed = self._committed_snapshots(node)
         layers: set[str] = set()
         for manifest in manifests:
@@ -698,8 +703,9 @@ class RealNodes:
         except (NodeSetupError, ValueError, KeyError, TypeError):
             return []
 
-    def discard_unpacked_blobs(self, node: NodeLayout) -> list[str]:
-        """Delete the content-store copy of each layer the node holds unpacked; returns their digests.
+    def discard_unpacked_blobs(self, node: NodeLayout, unpacked: Collection[str]) -> list[str]:
+        """Delete the content-store copy of each of the `unpacked` layers (`_loaded_layers`) that the
+        store still holds; returns their digests.
 
         An import leaves every layer twice in the store: the blob it came as and the snapshot
         unpacking made of it (5.8 GB each for the trainer image). Containers start from the
@@ -707,11 +713,10 @@ class RealNodes:
         a later import of the image skips the layers whose snapshots it finds (`held_layers`).
         Only the layers of the images volt loaded (the marker) are touched.
         """
-        blobs = set(ctr(node, "content", "ls", "-q").stdout.decode().split())
-        unpacked = sorted(blobs & self._loaded_layers(node)) if blobs else []
-        if unpacked:
-            ctr(node, "content", "rm", *unpacked, timeout=600)
-        return unpacked
+        blobs = sorted(set(ctr(node, "content", "ls", "-q").stdout.decode().split()) & set(unpacked))
+        if blobs:
+            ctr(node, "content", "rm", *blobs, timeout=600)
+        return blobs
 
     def layer_sizes(self, nodes: Sequence[NodeLayout]) -> dict[str, int]:
         """Layer digest -> size, as recorded by the nodes' imports (`import_layers`)."""
@@ -729,15 +734,16 @@ class RealNodes:
         (the node holds the others), then delete the node's older versions (`prune_images`)."""
         self._ctr_import([node], ref, lambda stdins: node_images.oci_archive(
             image, normalize_ref(ref), layers, stdins[0]), timeout)
-        self._imported(node, ref, image.image_id)
         self.record_layer_sizes(node, image.sizes)
+        self._imported(node, ref, image.image_id)
 
     def record_layer_sizes(self, node: NodeLayout, sizes: dict[str, int]) -> None:
-        """Add `sizes` (digest -> bytes) to what `layer_sizes` reads, keeping only the layers the
-        node holds unpacked for the images volt loaded."""
-        known = {**self.layer_sizes([node]), **sizes}
-        held = self._loaded_layers(node)
-        self._sizes_file(node).write_text(json.dumps({d: n for d, n in known.items() if d in held}, indent=2) + "\n")
+        """Add `sizes` (digest -> bytes) to what `layer_sizes` reads (`prune_images` drops the
+        sizes of the layers the node no longer holds)."""
+        self._write_sizes(node, {**self.layer_sizes([node]), **sizes})
+
+    def _write_sizes(self, node: NodeLayout, sizes: dict[str, int]) -> None:
+        self._sizes_file(node).write_text(json.dumps(sizes, indent=2) + "\n")
 
     @staticmethod
     def _sizes_file(node: NodeLayout) -> Path:
@@ -757,17 +763,14 @@ class RealNodes:
 
     def prune_images(self, node: NodeLayout, loaded: Iterable[str]) -> list[str]:
         """Delete the node's other versions of the repositories of `loaded` (see `stale_image_refs`),
-        then the blobs of the layers it holds unpacked (`discard_unpacked_blobs`).
+        then the blobs of the layers it holds unpacked (`discard_unpacked_blobs`) and the recorded
+        sizes of the layers it no longer holds.
 
         The store lives across `down` and a trainer image is ~6 GB: without this every
         rebuild would stay on disk for good. `--sync` waits for containerd's garbage
         collection of the freed content and snapshots.
         """
-        images = []
-        for line in ctr(node, "images", "ls").stdout.decode().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 3:
-                images.append((fields[0], fields[2]))
+        images = self._images(node)
         in_use = [line.split()[1] for line in ctr(node, "containers", "ls").stdout.decode().splitlines()[1:]
                   if len(line.split()) >= 2]
         stale = stale_image_refs(images, [normalize_ref(ref) for ref in loaded], in_use)
@@ -780,7 +783,11 @@ class RealNodes:
         kept = {ref: image_id for ref, image_id in marker.items() if normalize_ref(ref) in listed}
         if kept != marker:
             self._marker(node).write_text(json.dumps(kept, indent=2) + "\n")
-        self.discard_unpacked_blobs(node)
+        unpacked = self._loaded_layers(node)
+        self.discard_unpacked_blobs(node, unpacked)
+        sizes = self.layer_sizes([node])
+        if not sizes.keys() <= unpacked:
+            self._write_sizes(node, {d: n for d, n in sizes.items() if d in unpacked})
         return stale
 
     # -- teardown --
