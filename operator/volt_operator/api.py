@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 from pydantic import (
     BaseModel,
@@ -1280,6 +1280,22 @@ class TrainingJobSpec(_Model):
         return self.model_copy(
             update={"trainer": self.trainer.model_copy(update={"num_nodes": nodes})}
         )
+
+    def with_placement(
+        self, node_selector: Mapping[str, str], tolerations: Sequence[Mapping[str, Any]]
+    ) -> "TrainingJobSpec":
+        """This spec placed by a scheduler (Kueue's ResourceFlavors): ``template.nodeSelector``
+        becomes ``node_selector`` (the caller merged the job's own into it), and ``tolerations``
+        are added to the template's (one it has already is not repeated)."""
+        own = [t.to_api() for t in self.template.tolerations]
+        # The API server's form leaves "" for unset fields (operator "" is Equal, effect "" all).
+        given = [{k: v for k, v in t.items() if v not in ("", None)} for t in tolerations]
+        added = [Toleration.model_validate(t) for t in given if t not in own]
+        template = self.template.model_copy(update={
+            "node_selector": dict(node_selector),
+            "tolerations": [*self.template.tolerations, *added],
+        })
+        return self.model_copy(update={"template": template})
 
     def processes_per_node(self) -> int:
         return self.trainer.processes_per_node(self.gpu_limit())

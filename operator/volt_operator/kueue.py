@@ -10,6 +10,9 @@ Workload's quota reservation, which is what tells Kueue the capacity is free.
 That last step is the owner's in Kueue (its own job integrations do the same);
 Kueue's controllers do not act for a Workload whose owner kind they do not
 manage. A finished job marks its Workload Finished, which releases the quota.
+An admitted gang runs where Kueue put it: the node labels and tolerations of
+the ResourceFlavors assigned to its pod set are added to each pod (``placement``),
+as Kueue's own integrations do.
 
 Nothing here talks to the API server; ``kueue_gate.py`` does the reads and writes.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .api import TrainingJobSpec, format_time
 from .builders import LABEL_JOB, JobRef, build_pod, controller_uid
@@ -28,6 +31,7 @@ PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
 GROUP = "kueue.x-k8s.io"
 WORKLOAD_API_VERSION = f"{GROUP}/v1beta2"
 WORKLOADS = "workloads"
+RESOURCE_FLAVORS = "resourceflavors"
 POD_SET = "node"
 
 # Workload condition types (kueue.x-k8s.io/v1beta2).
@@ -52,6 +56,24 @@ class Admission:
     reason: str
     message: str
     preempted: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an admitted gang runs: the assigned ResourceFlavors' ``nodeLabels`` (merged
+    into the pods' nodeSelector) and ``tolerations`` (added to theirs)."""
+
+    node_selector: Dict[str, str]
+    tolerations: Tuple[Dict[str, Any], ...]
+
+
+class PlacementError(Exception):
+    """The gang cannot be placed as admitted. ``permanent``: asking again gives the same
+    answer (two flavors, or a flavor and the job, want different values of one node label)."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def queue_name(job: Dict[str, Any]) -> Optional[str]:
@@ -156,7 +178,8 @@ def admission(workload: Optional[Dict[str, Any]]) -> Admission:
     if _is_true(workload, ADMITTED):
         queue = ((workload.get("status") or {}).get("admission") or {}).get("clusterQueue", "")
         return Admission(True, "Admitted", f"Kueue admitted Workload {name}"
-                         + (f" in ClusterQueue {queue}" if queue else ""))
+                         + (f" in ClusterQueue {queue}" if queue else "")
+                         + describe_flavors(assigned_flavors(workload)))
     reserved = _condition(workload, QUOTA_RESERVED)
     if reserved is not None:
         return Admission(False, reserved.get("reason") or "Pending",
@@ -212,3 +235,41 @@ def finished(workload: Dict[str, Any], phase: str, message: str, now: datetime) 
 def owned_by(workload: Dict[str, Any], job: Dict[str, Any]) -> bool:
     """The Workload is this job's (not a leftover of a deleted job of the same name)."""
     return controller_uid(workload) == job["metadata"]["uid"]
+
+
+def assigned_flavors(workload: Dict[str, Any]) -> List[str]:
+    """The ResourceFlavors Kueue's admission assigned to the gang's pod set (sorted, once each);
+    [] while the Workload is not admitted."""
+    assignment = ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
+    names = {flavor for pod_set in assignment if pod_set.get("name") == POD_SET
+             for flavor in (pod_set.get("flavors") or {}).values()}
+    return sorted(names)
+
+
+def placement(flavors: Mapping[str, Dict[str, Any]], node_selector: Mapping[str, str]) -> Placement:
+    """The gang's placement from its assigned ResourceFlavors (name -> object) and the job's own
+    ``spec.template.nodeSelector``, which the flavors' labels join. A label two of them set to
+    different values cannot be met: ``PlacementError`` (Kueue's integrations refuse the same)."""
+    merged: Dict[str, str] = dict(node_selector)
+    wanted_by = {key: "spec.template.nodeSelector" for key in merged}
+    tolerations: List[Dict[str, Any]] = []
+    for name in sorted(flavors):
+        spec = flavors[name].get("spec") or {}
+        for key, value in sorted((spec.get("nodeLabels") or {}).items()):
+            if key in merged and merged[key] != value:
+                raise PlacementError(
+                    f"ResourceFlavor {name} places the gang on nodes labelled {key}={value}, "
+                    f"but {wanted_by[key]} asks for {key}={merged[key]}", permanent=True)
+            merged[key] = value
+            wanted_by.setdefault(key, f"ResourceFlavor {name}")
+        for toleration in spec.get("tolerations") or []:
+            if toleration not in tolerations:
+                tolerations.append(dict(toleration))
+    return Placement(node_selector=merged, tolerations=tuple(tolerations))
+
+
+def describe_flavors(names: Sequence[str]) -> str:
+    """" (ResourceFlavor a)" / " (ResourceFlavors a, b)" for an admission message; "" for none."""
+    if not names:
+        return ""
+    return f" (ResourceFlavor{'s' if len(names) > 1 else ''} {', '.join(names)})"

@@ -3,7 +3,8 @@
 ``KueueGate.admission`` is called by the reconciler for a job that names a
 LocalQueue: it creates the job's Workload when there is none, hands back its
 ``Admission`` for ``status.decide``, and, once an evicted job has no pod left,
-clears the Workload's reservation. ``KueueGate.settle`` runs after the status
+clears the Workload's reservation. ``KueueGate.placement`` gives the pods of an
+admitted gang the node labels and tolerations of their ResourceFlavors. ``KueueGate.settle`` runs after the status
 is written: a finished job's Workload is marked Finished. Workloads are read
 from the watch cache (the operator watches them with --kueue), so a reconcile
 of a job whose Workload has not changed reads nothing.
@@ -113,6 +114,24 @@ class KueueGate:
                 log.info("%s/%s: gang stopped after eviction; released Workload %s", namespace,
                          meta["name"], name)
         return kueue.admission(workload)
+
+    def placement(self, namespace: str, job_name: str, spec: TrainingJobSpec) -> TrainingJobSpec:
+        """``spec`` for pods that run where Kueue admitted the job: the ResourceFlavors assigned
+        to its Workload add their node labels and tolerations to ``spec.template``. Read when a
+        gang's pods are created, not at every reconcile. Raises ``kueue.PlacementError``."""
+        workload = self._workload(namespace, kueue.workload_name(job_name))
+        names = kueue.assigned_flavors(workload or {})
+        if not names:
+            return spec
+        flavors = {}
+        for name in names:
+            flavor = self._get(f"/apis/{kueue.GROUP}/v1beta2/{kueue.RESOURCE_FLAVORS}/{quote(name)}")
+            if flavor is None:
+                raise kueue.PlacementError(
+                    f"ResourceFlavor {name}, which Kueue admitted the job to, does not exist", permanent=False)
+            flavors[name] = flavor
+        placed = kueue.placement(flavors, spec.template.node_selector)
+        return spec.with_placement(placed.node_selector, placed.tolerations)
 
     def relist(self, namespace: Optional[str]) -> List[JobKey]:
         """One LIST of the jobs' Workloads in ``namespace`` (None: all) merged into the cache;

@@ -36,7 +36,7 @@ from .api import (
     parse_time,
 )
 from .builders import LABEL_JOB, JobRef, build_pods, build_probe, build_service, controller_uid
-from .kueue import Admission, queue_name
+from .kueue import Admission, PlacementError, queue_name
 from .kueue_gate import KueueGate
 from .kube import ApiError, KubeClient
 from .network_policy import build_network_policy
@@ -349,7 +349,8 @@ class Reconciler:
         if polled is not None:
             self.poller.applied((namespace, name), polled)
         # 2. Act.
-        errors = self._act(ref, spec, plan, {p.name: p.uid for p in observed})
+        errors = self._act(ref, spec, plan, {p.name: p.uid for p in observed},
+                           queued=self.kueue is not None and bool(queue_name(job)))
         # 3. Tell users (a creation that failed did not happen).
         for event in plan.events:
             if errors and event.reason in ("Created", "CheckpointResumed"):
@@ -399,9 +400,11 @@ class Reconciler:
         return after
 
     def _act(
-        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan, uids: Dict[str, Optional[str]]
+        self, ref: JobRef, spec: TrainingJobSpec, plan: machine.Plan, uids: Dict[str, Optional[str]],
+        queued: bool = False,
     ) -> List[machine.CreateError]:
-        """Carry out ``plan``; ``uids`` names the pods the plan's deletions mean (by name)."""
+        """Carry out ``plan``; ``uids`` names the pods the plan's deletions mean (by name).
+        ``queued``: admitted by Kueue, whose ResourceFlavors say where the pods run."""
         errors: List[machine.CreateError] = []
         ns = ref.namespace
         for pod in plan.force_delete_pods:
@@ -426,8 +429,14 @@ class Reconciler:
         if plan.create_ranks:
             # The gang's size: spec.trainer.numNodes, or fewer after an elastic shrink.
             gang = spec.with_num_nodes(plan.status.num_nodes or spec.trainer.num_nodes)
-            pods = build_pods(ref, gang, plan.status.attempt, plan.resume, plan.create_ranks)
-            errors += self._create_pods(ns, pods)
+            try:
+                if queued and self.kueue is not None:
+                    gang = self.kueue.placement(ns, ref.name, gang)
+            except PlacementError as exc:
+                errors.append(machine.CreateError(f"placing the gang: {exc}", exc.permanent))
+            else:
+                pods = build_pods(ref, gang, plan.status.attempt, plan.resume, plan.create_ranks)
+                errors += self._create_pods(ns, pods)
         self._create_probes(ref, spec, plan.create_probes)
         return errors
 

@@ -243,7 +243,7 @@ def after_create_errors(
         )
     return _finish(
         spec, plan, pods_left, now, "Failed", "CreateFailed",
-        f"the API server refused the job's pods {st.create_refusals} times: "
+        f"the job's pods were refused {st.create_refusals} times: "
         f"{refused[0].message}",
     )
 

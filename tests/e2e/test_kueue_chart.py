@@ -44,11 +44,12 @@ def test_kueue_enabled_sets_the_flag_and_only_the_permissions_it_uses(scope: tup
     assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
             "verbs": ["get", "list", "watch", "create"]} in rules
     assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads/status"], "verbs": ["patch"]} in rules
-    # priority classes are cluster-scoped: a ClusterRole of their own, also with watchNamespace
-    priorities, = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-kueue-priorities")]
+    # priority classes and flavors are cluster-scoped: a ClusterRole of their own, also with watchNamespace
+    priorities, = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-kueue-cluster-reads")]
     assert priorities["rules"] == [
         {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get"]},
-        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloadpriorityclasses"], "verbs": ["get"]}]
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloadpriorityclasses", "resourceflavors"],
+         "verbs": ["get"]}]
     binding, = [d for d in docs if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == priorities["metadata"]["name"]]
     assert binding["subjects"][0]["namespace"] == "volt-system"
     assert len(rules) == 4

@@ -275,6 +275,65 @@ def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), "weights differ from the uninterrupted run"
 
 
+POOL_LABEL = "volt.dev/e2e-pool"
+
+
+@pytest.fixture
+def pool_queue(kueue: LocalCluster, namespace: str) -> Iterator[Dict[str, str]]:
+    """The last real node alone labelled and tainted as pool "b" (NoSchedule), and a LocalQueue
+    "pool" whose ClusterQueue's only flavor is that pool: its nodeLabels pick the node, its
+    tolerations let pods onto it. Yields the node, the LocalQueue and the flavor."""
+    node = kueue.node_names[-1]
+    flavor, cluster_queue = f"pool-b-{namespace}"[:63], f"cq-pool-{namespace}"[:63]
+    toleration = {"key": POOL_LABEL, "operator": "Equal", "value": "b", "effect": "NoSchedule"}
+    manifests = [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": flavor},
+         "spec": {"nodeLabels": {POOL_LABEL: "b"}, "nodeTaints": [{"key": POOL_LABEL, "value": "b", "effect": "NoSchedule"}],
+                  "tolerations": [toleration]}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
+                      "name": flavor, "resources": [
+                          {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": "pool", "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+    ]
+    kueue.kubectl("label", "node", node, f"{POOL_LABEL}=b", "--overwrite")
+    kueue.kubectl("taint", "node", node, f"{POOL_LABEL}=b:NoSchedule", "--overwrite")
+    try:
+        kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+        yield {"node": node, "queue": "pool", "flavor": flavor}
+    finally:
+        kueue.kubectl("taint", "node", node, f"{POOL_LABEL}-", check=False)
+        kueue.kubectl("label", "node", node, f"{POOL_LABEL}-", check=False)
+        kueue.kubectl("delete", "clusterqueue", cluster_queue, "--wait=false", check=False)
+        kueue.kubectl("delete", "resourceflavor", flavor, "--wait=false", check=False)
+
+
+@pytest.mark.timeout(300)
+def test_an_admitted_gang_runs_on_the_nodes_of_its_resource_flavor(
+        kueue: LocalCluster, pool_queue: Dict[str, str], namespace: str, tmp_path: Path) -> None:
+    """Kueue's flavor names the pool: both pods get its node label and its toleration, so they
+    run on the tainted pool node only (without either they would run elsewhere or not at all)."""
+    with OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
+        kube = proc.kube
+        pvc, job = queued_job("pooled", pool_queue["queue"], samples=128, step_delay=0.0, epochs=1)
+        apply(kube, namespace, pvc, job)
+
+        def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+            st = status(jobs, "pooled")
+            return st if st.get("phase") in TERMINAL else None
+        st = wait_jobs(kube, namespace, "the pooled job to finish", 240, done)
+    assert st["phase"] == "Succeeded", diagnosis(kube, namespace, "pooled")
+    assert condition(st, "Admitted")["message"].endswith(f"(ResourceFlavor {pool_queue['flavor']})")
+    placed = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=pooled")["items"]
+    assert len(placed) == NODES
+    for pod in placed:
+        assert pod["spec"]["nodeName"] == pool_queue["node"], pod["spec"]
+        assert pod["spec"]["nodeSelector"] == {POOL_LABEL: "b"}
+        assert {"key": POOL_LABEL, "operator": "Equal", "value": "b", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+
+
 @pytest.mark.timeout(120)
 def test_a_workload_deleted_during_a_watch_gap_is_found_by_the_relist(
         queue: str, kueue: LocalCluster, namespace: str) -> None:

@@ -146,6 +146,65 @@ def test_admission_of_each_workload_state() -> None:
     assert readmitted.admitted
 
 
+def assigned(*flavors_per_pod_set: Dict[str, str]) -> Dict[str, Any]:
+    """A Workload admitted with these resource -> flavor maps (the first for the gang's pod set)."""
+    sets = [{"name": kueue.POD_SET if i == 0 else f"other-{i}", "count": 2, "flavors": f}
+            for i, f in enumerate(flavors_per_pod_set)]
+    return workload(*ADMITTED_WL, admission={"clusterQueue": "cq", "podSetAssignments": sets})
+
+
+def flavor(name: str, labels: Optional[Dict[str, str]] = None,
+           tolerations: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": name},
+            "spec": {**({"nodeLabels": labels} if labels else {}),
+                     **({"tolerations": tolerations} if tolerations else {})}}
+
+
+def test_the_assigned_flavors_are_those_of_the_gangs_pod_set_once_each() -> None:
+    admitted = assigned({"cpu": "spot", "memory": "spot", "nvidia.com/gpu": "h100"}, {"cpu": "elsewhere"})
+    assert kueue.assigned_flavors(admitted) == ["h100", "spot"]
+    assert kueue.assigned_flavors(workload()) == []
+    assert kueue.admission(admitted).message == (
+        "Kueue admitted Workload trainingjob-mnist in ClusterQueue cq (ResourceFlavors h100, spot)")
+    one = kueue.admission(assigned({"cpu": "spot"}))
+    assert one.message.endswith("ClusterQueue cq (ResourceFlavor spot)")
+
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def test_placement_joins_the_flavors_labels_to_the_jobs_selector_and_adds_their_tolerations() -> None:
+    flavors = {"h100": flavor("h100", {"accelerator": "h100", "pool": "gpu"}, [GPU_TAINT]),
+               "spot": flavor("spot", {"pool": "gpu"}, [GPU_TAINT, {"key": "spot", "value": "yes",
+                                                                   "operator": "Equal", "effect": "NoSchedule"}])}
+    placed = kueue.placement(flavors, {"zone": "a", "pool": "gpu"})
+    assert placed.node_selector == {"zone": "a", "pool": "gpu", "accelerator": "h100"}
+    assert [t["key"] for t in placed.tolerations] == ["nvidia.com/gpu", "spot"]
+    assert kueue.placement({"plain": flavor("plain")}, {}) == kueue.Placement({}, ())
+
+
+def test_placement_refuses_a_label_wanted_with_two_values_naming_both() -> None:
+    with pytest.raises(kueue.PlacementError, match=r"ResourceFlavor h100 places the gang on nodes labelled "
+                       r"accelerator=h100, but spec.template.nodeSelector asks for accelerator=a100") as err:
+        kueue.placement({"h100": flavor("h100", {"accelerator": "h100"})}, {"accelerator": "a100"})
+    assert err.value.permanent
+    with pytest.raises(kueue.PlacementError, match="ResourceFlavor b .* pool=b, but ResourceFlavor a asks for pool=a"):
+        kueue.placement({"a": flavor("a", {"pool": "a"}), "b": flavor("b", {"pool": "b"})}, {})
+
+
+def test_a_placed_spec_builds_pods_with_the_flavors_selector_and_tolerations_once() -> None:
+    own = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    base = spec(template={"nodeSelector": {"zone": "a"}, "tolerations": [own]})
+    # the API server's form: "" for unset fields
+    placed = base.with_placement({"zone": "a", "pool": "gpu"},
+                                 [own, {"key": "spot", "operator": "", "value": "yes", "effect": ""}])
+    pod = build_pod(REF, placed, 0, 0, "auto")["spec"]
+    assert pod["nodeSelector"] == {"zone": "a", "pool": "gpu"}
+    assert pod["tolerations"] == [own, {"key": "spot", "value": "yes"}]
+    # the job's own spec is unchanged
+    assert build_pod(REF, base, 0, 0, "auto")["spec"]["nodeSelector"] == {"zone": "a"}
+
+
 def test_release_after_eviction_clears_the_reservation_once() -> None:
     evicted = workload(*PREEMPTED_WL, admission={"clusterQueue": "cq"})
     status = kueue.release_after_eviction(evicted, NOW)
