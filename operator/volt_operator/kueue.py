@@ -41,6 +41,11 @@ EVICTED = "Evicted"
 PREEMPTED = "Preempted"
 REQUEUED = "Requeued"
 FINISHED = "Finished"
+# Whether the admitted gang is up; Kueue's waitForPodsReady evicts a Workload that does
+# not say so within its timeout. The reasons are Kueue's (a missing condition: WaitForStart).
+PODS_READY = "PodsReady"
+STARTED, RECOVERED = "Started", "Recovered"
+WAIT_FOR_START, WAIT_FOR_RECOVERY = "WaitForStart", "WaitForRecovery"
 
 
 @dataclass(frozen=True)
@@ -216,10 +221,40 @@ def release_after_eviction(workload: Dict[str, Any], now: datetime) -> Optional[
     conditions = _set(conditions, REQUEUED, requeue, evicted.get("reason") or "Evicted", message,
                       now, generation)
     conditions = _set(conditions, QUOTA_RESERVED, False, "Pending", message, now, generation)
+    if _condition(workload, PODS_READY) is not None:  # the next admission waits for a new gang
+        conditions = _set(conditions, PODS_READY, False, WAIT_FOR_START,
+                          "the gang was stopped; waiting for the next admission", now, generation)
     if _condition(workload, ADMITTED) is not None:
         conditions = _set(conditions, ADMITTED, False, "NoReservation",
                           "The workload has no reservation", now, generation)
     return {"conditions": conditions, "admission": None}
+
+
+def pods_ready(workload: Dict[str, Any], ready: bool, now: datetime) -> Optional[Dict[str, Any]]:
+    """The status that tells Kueue whether the admitted gang is up (``ready``: every pod of
+    the current attempt running), or None when the Workload says so already or is not
+    admitted. Kueue's ``waitForPodsReady`` reads it: a gang not up within its timeout
+    after admission, or not back within its recoveryTimeout after it was up, is evicted.
+    Up again after a restart reads Recovered, as for Kueue's own jobs."""
+    if not _is_true(workload, ADMITTED) or _is_true(workload, EVICTED):
+        return None
+    old = _condition(workload, PODS_READY)
+    was_up = old is not None and (old.get("status") == "True" or old.get("reason") == WAIT_FOR_RECOVERY)
+    if ready:
+        status = True
+        reason = RECOVERED if old is not None and old.get("reason") in (WAIT_FOR_RECOVERY, RECOVERED) else STARTED
+        message = "all the gang's pods are running"
+    elif old is None:
+        return None  # the start is awaited, which Kueue assumes without the condition
+    else:
+        status = False
+        reason = WAIT_FOR_RECOVERY if was_up else WAIT_FOR_START
+        message = ("a pod of the running gang stopped; waiting for the gang to be up again" if was_up
+                   else "waiting for the gang's pods to run")
+    if old is not None and old.get("status") == ("True" if status else "False") and old.get("reason") == reason:
+        return None
+    return {"conditions": _set(list((workload.get("status") or {}).get("conditions") or []), PODS_READY,
+                               status, reason, message, now, workload["metadata"].get("generation"))}
 
 
 def finished(workload: Dict[str, Any], phase: str, message: str, now: datetime) -> Optional[Dict[str, Any]]:

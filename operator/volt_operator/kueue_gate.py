@@ -4,10 +4,12 @@
 LocalQueue: it creates the job's Workload when there is none, hands back its
 ``Admission`` for ``status.decide``, and, once an evicted job has no pod left,
 clears the Workload's reservation. ``KueueGate.placement`` gives the pods of an
-admitted gang the node labels and tolerations of their ResourceFlavors. ``KueueGate.settle`` runs after the status
-is written: a finished job's Workload is marked Finished. Workloads are read
-from the watch cache (the operator watches them with --kueue), so a reconcile
-of a job whose Workload has not changed reads nothing.
+admitted gang the node labels and tolerations of their ResourceFlavors.
+``KueueGate.settle`` runs after the status is written: the Workload of a
+running job says whether its gang is up (PodsReady), a finished job's is
+marked Finished. Workloads are read from the watch cache (the operator watches
+them with --kueue), so a reconcile of a job whose Workload has not changed
+reads nothing.
 """
 from __future__ import annotations
 
@@ -148,10 +150,13 @@ class KueueGate:
 
     def settle(self, job: Dict[str, Any], status: TrainingJobStatus, pods: List[PodView],
                now: datetime) -> Optional[float]:
-        """A finished job releases its quota: its Workload is marked Finished, once none of its
-        pods is still stopping (`release_wait`). Returns the seconds after which to look again
-        while one is (None: nothing to wait for)."""
+        """After the job's status is written: an admitted job's Workload says whether its gang
+        is up (``kueue.pods_ready``, for Kueue's waitForPodsReady); a finished job releases its
+        quota: its Workload is marked Finished, once none of its pods is still stopping
+        (`release_wait`). Returns the seconds after which to look again while one is (None:
+        nothing to wait for)."""
         if status.phase not in TERMINAL_PHASES:
+            self._report_pods_ready(job, status, now)
             return None
         wait = release_wait(pods, now)
         if wait is not None:
@@ -169,6 +174,16 @@ class KueueGate:
                             "do not report", meta["namespace"], meta["name"], workload["metadata"]["name"],
                             ", ".join(overdue) + (" is" if len(overdue) == 1 else " are"))
         return None
+
+    def _report_pods_ready(self, job: Dict[str, Any], status: TrainingJobStatus, now: datetime) -> None:
+        meta = job["metadata"]
+        workload = self._workload(meta["namespace"], kueue.workload_name(meta["name"]))
+        if workload is None or not kueue.owned_by(workload, job):
+            return
+        up = status.phase == "Running" and status.nodes.ready >= status.nodes.desired > 0
+        patch = kueue.pods_ready(workload, up, now)
+        if patch is not None:
+            self._patch_status(workload, patch)
 
     def _patch_status(self, workload: Dict[str, Any], status: Dict[str, Any]) -> None:
         """Merge-patch the Workload's status, only if nobody changed it since it was read

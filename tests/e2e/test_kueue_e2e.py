@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
 
 from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
+from kueue_jobs import condition, jobs_path, queued_job, status, wait_jobs
 from operator_process import OperatorProcess, admin_configuration
-from real_nodes import example, namespace  # noqa: F401 (namespace: a fixture)
+from real_nodes import namespace  # noqa: F401 (a fixture)
 from volt_operator import kueue as kueue_api
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus
 from volt_operator.cache import ObservedCache
@@ -35,7 +36,6 @@ from volt_operator.testing.cluster import Component, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINAL = ("Succeeded", "Failed")
 NODES = 2
 
@@ -86,45 +86,6 @@ def queue(kueue: LocalCluster, namespace: str) -> Iterator[str]:
 def kueue_operator(queue: str, kueue: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     with OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
         yield proc
-
-
-def queued_job(name: str, queue: Optional[str], *, samples: int, step_delay: float, epochs: int,
-               priority: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The example (2 nodes x 2 CPU processes, a checkpoint every 10 steps) in ``queue``
-    (None: not queued through Kueue)."""
-    pvc, job = example(args=["--samples", str(samples), "--batch-size", "32", "--step-delay", str(step_delay),
-                             "--save-weights", f"/checkpoints/{name}-final.pt"],
-                       # the SIGTERM checkpoint of 2 x 2 processes took 16 s to over 20 s at load 14-20
-                       cleanPodPolicy="None", terminationGracePeriodSeconds=90)
-    job["metadata"] = {"name": name, "labels": {QUEUE_LABEL: queue} if queue else {}}
-    job["spec"]["trainer"]["maxEpochs"] = epochs
-    job["spec"]["checkpoint"]["everyNSteps"] = 10
-    if priority:
-        job["spec"]["template"] = {"priorityClassName": priority}
-    return [pvc, job]
-
-
-def jobs_path(namespace: str) -> str:
-    return f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
-
-
-def wait_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
-              until: Callable[[Dict[str, Dict[str, Any]]], Any]) -> Any:
-    """Watch the namespace's TrainingJobs until ``until(jobs by name)`` is truthy."""
-    try:
-        return kube.watch(jobs_path(namespace), until, timeout, what)
-    except Exception as exc:
-        names = kube.request("GET", jobs_path(namespace))["items"]
-        raise AssertionError(f"{exc}\n" + "\n".join(
-            diagnosis(kube, namespace, j["metadata"]["name"]) for j in names)) from None
-
-
-def status(jobs: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
-    return (jobs.get(name) or {}).get("status") or {}
-
-
-def condition(st: Dict[str, Any], type_: str) -> Dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
 
 
 def pod_history(kube: LocalCluster, namespace: str, path: Path) -> ContextManager[List[Dict[str, Any]]]:

@@ -32,6 +32,9 @@ def test_configuration_needs_no_webhook_certificates_leader_or_aggregation(tmp_p
     assert config["metrics"]["bindAddress"] == "127.0.0.1:1002"
     assert config["webhook"] == {"host": "127.0.0.1", "port": 1003, "certDir": str(tmp_path)}
     assert config["integrations"]["frameworks"] == ["batch/job"]
+    assert "waitForPodsReady" not in config
+    strict = kueue_process.configuration(1001, 1002, 1003, tmp_path, pods_ready_timeout=40)
+    assert strict["waitForPodsReady"] == {"timeout": "40s", "requeuingStrategy": {"backoffBaseSeconds": 1}}
 
 
 def test_missing_build_names_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

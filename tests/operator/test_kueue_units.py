@@ -227,6 +227,45 @@ def test_release_after_a_stopped_queue_does_not_ask_for_a_requeue() -> None:
     assert {c["type"]: c["status"] for c in status["conditions"]}["Requeued"] == "False"
 
 
+def after(wl: Dict[str, Any], status: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """``wl`` with a status patch applied (None: unchanged)."""
+    return wl if status is None else workload(*status["conditions"])
+
+
+def pods_ready_of(wl: Dict[str, Any]) -> Optional[tuple]:
+    found = next((c for c in wl["status"]["conditions"] if c["type"] == "PodsReady"), None)
+    return None if found is None else (found["status"], found["reason"])
+
+
+def test_pods_ready_tells_kueue_when_the_gang_is_up_and_when_it_is_back() -> None:
+    admitted = workload(*ADMITTED_WL)
+    # waiting for the start: Kueue assumes it without the condition, so nothing is written
+    assert kueue.pods_ready(admitted, False, NOW) is None
+    up = after(admitted, kueue.pods_ready(admitted, True, NOW))
+    assert pods_ready_of(up) == ("True", "Started")
+    assert kueue.pods_ready(up, True, NOW) is None  # written once
+    lost = after(up, kueue.pods_ready(up, False, NOW))
+    assert pods_ready_of(lost) == ("False", "WaitForRecovery")
+    assert kueue.pods_ready(lost, False, NOW) is None
+    back = after(lost, kueue.pods_ready(lost, True, NOW))
+    assert pods_ready_of(back) == ("True", "Recovered")
+    assert pods_ready_of(after(back, kueue.pods_ready(back, False, NOW))) == ("False", "WaitForRecovery")
+    # not admitted, or evicted: Kueue's word, not the gang's
+    assert kueue.pods_ready(workload(), True, NOW) is None
+    assert kueue.pods_ready(workload(*PREEMPTED_WL), True, NOW) is None
+
+
+def test_a_released_gangs_workload_waits_for_the_next_start() -> None:
+    up = workload(*ADMITTED_WL, cond("PodsReady", True, "Started"),
+                  cond("Evicted", True, "PodsReadyTimeout", "Exceeded the PodsReady timeout"))
+    released = after(up, kueue.release_after_eviction(up, NOW))
+    assert pods_ready_of(released) == ("False", "WaitForStart")
+    assert {c["type"]: c["status"] for c in released["status"]["conditions"]}["Requeued"] == "False"
+    # a gang that never came up keeps no condition (the timeout counts from the admission)
+    never = workload(*PREEMPTED_WL)
+    assert pods_ready_of(after(never, kueue.release_after_eviction(never, NOW))) is None
+
+
 def test_finished_marks_the_workload_once() -> None:
     status = kueue.finished(workload(*ADMITTED_WL), "Succeeded", "all 2 node(s) finished", NOW)
     assert status is not None

@@ -678,15 +678,17 @@ class LocalCluster:
                      90, f"the node agent's '{AGENT_READY_LINE}' line in {agent.log_path}")
             wait_for(lambda: all(self._node_ready(n) for n in self.node_names), 60, "nodes to be Ready")
 
-    def start_kueue(self) -> Component:
+    def start_kueue(self, pods_ready_timeout: int | None = None) -> Component:
         """Kueue's CRDs, then its manager as admin (docs/local-cluster.md, "Kueue"); also
-        on a running cluster (a no-op if it runs). Its Component: ``stop()`` stops Kueue alone."""
+        on a running cluster (a no-op if it runs). Its Component: ``stop()`` stops Kueue alone.
+        ``pods_ready_timeout``: with waitForPodsReady (stop a running manager first)."""
         running = next((c for c in self.components if c.name == "kueue" and c.alive()), None)
         if running is not None:
             return running
         kueue_process.install_crds(self.kubectl, kueue_process.find_kueue()[1])
         launch = kueue_process.prepare(self.dir / "kueue", CertificateAuthority(self.pki),
-                                       self.user_kubeconfig("kueue-manager", ["system:masters"]), free_port)
+                                       self.user_kubeconfig("kueue-manager", ["system:masters"]), free_port,
+                                       pods_ready_timeout)
         manager = _spawn("kueue", launch.argv, self.log_dir, env=launch.env, tie_to_parent=self.tie_to_parent)
         self._add(manager)
         wait_for(lambda: self._alive_or_raise() and _http_ok(launch.ready_url), 90, f"Kueue {launch.ready_url}")

@@ -57,9 +57,12 @@ class KueueLaunch:
     ready_url: str
 
 
-def configuration(health_port: int, metrics_port: int, webhook_port: int, cert_dir: Path) -> dict:
-    """The manager's Configuration (config.kueue.x-k8s.io/v1beta2); JSON is valid YAML."""
-    return {
+def configuration(health_port: int, metrics_port: int, webhook_port: int, cert_dir: Path,
+                  pods_ready_timeout: int | None = None) -> dict:
+    """The manager's Configuration (config.kueue.x-k8s.io/v1beta2); JSON is valid YAML.
+    ``pods_ready_timeout``: turn on waitForPodsReady with this timeout (seconds) and a
+    requeue backoff of about a second, so an evicted Workload is soon admitted again."""
+    config = {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
         "namespace": KUEUE_NAMESPACE,
@@ -74,6 +77,10 @@ def configuration(health_port: int, metrics_port: int, webhook_port: int, cert_d
         # Its API service needs the aggregation layer, which the local cluster lacks.
         "featureGates": {"VisibilityOnDemand": False},
     }
+    if pods_ready_timeout is not None:
+        config["waitForPodsReady"] = {"timeout": f"{pods_ready_timeout}s",
+                                      "requeuingStrategy": {"backoffBaseSeconds": 1}}
+    return config
 
 
 def install_crds(kubectl: Callable[..., subprocess.CompletedProcess], crds: Path) -> None:
@@ -87,7 +94,7 @@ def install_crds(kubectl: Callable[..., subprocess.CompletedProcess], crds: Path
 
 
 def prepare(work: Path, ca: CertificateAuthority, kubeconfig: Path,
-            free_port: Callable[[], int]) -> KueueLaunch:
+            free_port: Callable[[], int], pods_ready_timeout: int | None = None) -> KueueLaunch:
     """Certificates, the configuration and the command line under ``work``."""
     binary, _ = find_kueue()
     shutil.rmtree(work, ignore_errors=True)
@@ -104,7 +111,7 @@ def prepare(work: Path, ca: CertificateAuthority, kubeconfig: Path,
     health_port = free_port()
     config = work / "config.yaml"
     config.write_text(json.dumps(
-        configuration(health_port, free_port(), free_port(), cert_dir), indent=2) + "\n")
+        configuration(health_port, free_port(), free_port(), cert_dir, pods_ready_timeout), indent=2) + "\n")
     overlay = (f"lowerdir=/etc,upperdir={work / 'etc-upper'},workdir={work / 'etc-work'}")
     # unshare and sh exec into the manager: the pid started is the manager's.
     argv = ["unshare", "--mount", "--propagation", "private", "--",

@@ -1,0 +1,50 @@
+"""The Kueue end-to-end modules' jobs and watches: the example TrainingJob in a LocalQueue,
+and waits on the namespace's jobs through a watch."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from job_helpers import diagnosis
+from real_nodes import example
+from volt_operator.testing.cluster import LocalCluster
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def queued_job(name: str, queue: Optional[str], *, samples: int, step_delay: float, epochs: int,
+               priority: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The example (2 nodes x 2 CPU processes, a checkpoint every 10 steps) in ``queue``
+    (None: not queued through Kueue)."""
+    pvc, job = example(args=["--samples", str(samples), "--batch-size", "32", "--step-delay", str(step_delay),
+                             "--save-weights", f"/checkpoints/{name}-final.pt"],
+                       # the SIGTERM checkpoint of 2 x 2 processes took 16 s to over 20 s at load 14-20
+                       cleanPodPolicy="None", terminationGracePeriodSeconds=90)
+    job["metadata"] = {"name": name, "labels": {QUEUE_LABEL: queue} if queue else {}}
+    job["spec"]["trainer"]["maxEpochs"] = epochs
+    job["spec"]["checkpoint"]["everyNSteps"] = 10
+    if priority:
+        job["spec"]["template"] = {"priorityClassName": priority}
+    return [pvc, job]
+
+
+def jobs_path(namespace: str) -> str:
+    return f"/apis/volt.dev/v1alpha1/namespaces/{namespace}/trainingjobs"
+
+
+def wait_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
+              until: Callable[[Dict[str, Dict[str, Any]]], Any]) -> Any:
+    """Watch the namespace's TrainingJobs until ``until(jobs by name)`` is truthy."""
+    try:
+        return kube.watch(jobs_path(namespace), until, timeout, what)
+    except Exception as exc:
+        names = kube.request("GET", jobs_path(namespace))["items"]
+        raise AssertionError(f"{exc}\n" + "\n".join(
+            diagnosis(kube, namespace, j["metadata"]["name"]) for j in names)) from None
+
+
+def status(jobs: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
+    return (jobs.get(name) or {}).get("status") or {}
+
+
+def condition(st: Dict[str, Any], type_: str) -> Dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
