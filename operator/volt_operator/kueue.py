@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from kubernetes.utils.quantity import parse_quantity
+
 from .api import TrainingJobSpec, format_time
 from .builders import LABEL_JOB, JobRef, build_pod, controller_uid
 
@@ -41,6 +43,8 @@ EVICTED = "Evicted"
 PREEMPTED = "Preempted"
 REQUEUED = "Requeued"
 FINISHED = "Finished"
+# The job's Admitted reason when its pending Workload was rebuilt for a changed spec.
+WORKLOAD_RECREATED = "WorkloadRecreated"
 # Whether the admitted gang is up; Kueue's waitForPodsReady evicts a Workload that does
 # not say so within its timeout. The reasons are Kueue's (a missing condition: WaitForStart).
 PODS_READY = "PodsReady"
@@ -152,6 +156,32 @@ def build_workload(
         },
         "spec": workload_spec,
     }
+
+
+def _requests(pod_set: Dict[str, Any]) -> Dict[str, str]:
+    containers = ((pod_set.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    return dict((containers[0].get("resources") or {}).get("requests") or {})
+
+
+def outdated(workload: Dict[str, Any], wanted: Dict[str, Any]) -> Optional[str]:
+    """What the queue counts that differs between the job's Workload and the one its spec
+    builds now (``wanted``): the gang's size or a pod's requests, e.g. "numNodes 4 -> 2";
+    None when they agree. Only a pending Workload is rebuilt for it (``KueueGate``)."""
+    old_set = ((workload.get("spec") or {}).get("podSets") or [{}])[0]
+    new_set = wanted["spec"]["podSets"][0]
+    changes = []
+    if old_set.get("count") != new_set["count"]:
+        changes.append(f"numNodes {old_set.get('count')} -> {new_set['count']}")
+    old, new = _requests(old_set), _requests(new_set)
+    for name in sorted(set(old) | set(new)):
+        if name not in old or name not in new or parse_quantity(old[name]) != parse_quantity(new[name]):
+            changes.append(f"requests.{name} {old.get(name, 'none')} -> {new.get(name, 'none')}")
+    return ", ".join(changes) or None
+
+
+def pending(workload: Dict[str, Any]) -> bool:
+    """Kueue holds no quota for the Workload: it waits in its queue."""
+    return not _is_true(workload, QUOTA_RESERVED)
 
 
 def _condition(workload: Dict[str, Any], type_: str) -> Optional[Dict[str, Any]]:

@@ -24,6 +24,7 @@ from .builders import LABEL_JOB
 from .cache import JobKey, ObservedCache, resource_version
 from .kube import ApiError, KubeClient
 from .observed import PodView
+from .status import target_num_nodes
 
 log = logging.getLogger("volt_operator.kueue")
 
@@ -82,33 +83,16 @@ class KueueGate:
         if workload is None:
             if status.phase in TERMINAL_PHASES:
                 return kueue.Admission(True, "Finished", "the job has finished")
-            # Kueue's webhook would resolve the priority; without webhooks the owner does.
-            priority = None
-            ref = kueue.priority_class_ref(job, spec)
-            if ref is not None:
-                found = self._priority_class(ref)
-                if found is None:
-                    return kueue.Admission(False, "PriorityClassNotFound",
-                                           f"{ref['kind']} {ref['name']} does not exist")
-                priority = int(found.get("value", 0))
-            body = kueue.build_workload(job, spec, status.num_nodes or spec.trainer.num_nodes,
-                                        priority)
-            try:
-                created = self.client.request("POST", workload_path(namespace), body)
-                if isinstance(created, dict) and created.get("metadata"):
-                    self.cache.put_workload(created)
-                log.info("%s/%s: created Workload %s in LocalQueue %s", namespace, meta["name"],
-                         name, kueue.queue_name(job))
-            except ApiError as exc:
-                if exc.not_found:  # the resource itself: Kueue's CRDs are not installed
-                    return kueue.Admission(False, "KueueNotInstalled", (
-                        f"the API server does not serve {kueue.WORKLOAD_API_VERSION} Workloads: install "
-                        "Kueue, or run the operator without --kueue"))
-                if exc.refused:  # e.g. a queue name that is not a valid object name
-                    return kueue.Admission(False, "WorkloadRefused", f"creating Workload {name}: {exc}")
-                if not exc.already_exists:
-                    raise
-            return kueue.admission(None)
+            return self._create(job, spec, status) or kueue.admission(None)
+        if status.phase not in TERMINAL_PHASES and kueue.pending(workload):
+            change = kueue.outdated(workload, kueue.build_workload(
+                job, spec, target_num_nodes(spec, status), None))
+            if change is not None and self._delete(workload):
+                log.info("%s/%s: %s while queued: Workload %s created again", namespace,
+                         meta["name"], change, name)
+                return self._create(job, spec, status) or kueue.Admission(
+                    False, kueue.WORKLOAD_RECREATED, f"the job changed while queued ({change}): Workload "
+                    f"{name} was created again, and waits for Kueue to queue it")
         if not any(p.active or p.deleting for p in pods if not p.gone):
             released = kueue.release_after_eviction(workload, now)
             if released is not None:
@@ -116,6 +100,55 @@ class KueueGate:
                 log.info("%s/%s: gang stopped after eviction; released Workload %s", namespace,
                          meta["name"], name)
         return kueue.admission(workload)
+
+    def _create(self, job: Dict[str, Any], spec: TrainingJobSpec,
+                status: TrainingJobStatus) -> Optional[kueue.Admission]:
+        """Create the job's Workload; an Admission that says why it could not be, or None."""
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], kueue.workload_name(meta["name"])
+        # Kueue's webhook would resolve the priority; without webhooks the owner does.
+        priority = None
+        ref = kueue.priority_class_ref(job, spec)
+        if ref is not None:
+            found = self._priority_class(ref)
+            if found is None:
+                return kueue.Admission(False, "PriorityClassNotFound",
+                                       f"{ref['kind']} {ref['name']} does not exist")
+            priority = int(found.get("value", 0))
+        body = kueue.build_workload(job, spec, target_num_nodes(spec, status), priority)
+        try:
+            created = self.client.request("POST", workload_path(namespace), body)
+            if isinstance(created, dict) and created.get("metadata"):
+                self.cache.put_workload(created)
+            log.info("%s/%s: created Workload %s in LocalQueue %s", namespace, meta["name"],
+                     name, kueue.queue_name(job))
+        except ApiError as exc:
+            if exc.not_found:  # the resource itself: Kueue's CRDs are not installed
+                return kueue.Admission(False, "KueueNotInstalled", (
+                    f"the API server does not serve {kueue.WORKLOAD_API_VERSION} Workloads: install "
+                    "Kueue, or run the operator without --kueue"))
+            if exc.refused:  # e.g. a queue name that is not a valid object name
+                return kueue.Admission(False, "WorkloadRefused", f"creating Workload {name}: {exc}")
+            if not exc.already_exists:
+                raise
+        return None
+
+    def _delete(self, workload: Dict[str, Any]) -> bool:
+        """Delete this version of the Workload; False when it has changed since it was read
+        (Kueue may just have admitted it: the watch brings that version)."""
+        meta = workload["metadata"]
+        try:
+            self.client.request("DELETE", workload_path(meta["namespace"], meta["name"]), {
+                "kind": "DeleteOptions", "apiVersion": "v1",
+                "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}})
+        except ApiError as exc:
+            if exc.conflict:
+                return False
+            if not exc.not_found:
+                raise
+        self.cache.put_workload({"metadata": {"namespace": meta["namespace"], "name": meta["name"]}},
+                                exists=False)
+        return True
 
     def placement(self, namespace: str, job_name: str, spec: TrainingJobSpec) -> TrainingJobSpec:
         """``spec`` for pods that run where Kueue admitted the job: the ResourceFlavors assigned

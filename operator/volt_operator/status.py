@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional, Sequence, Tuple
 
 from . import failures
-from .kueue import Admission
+from .kueue import WORKLOAD_RECREATED, Admission
 from .api import (
     TERMINAL_PHASES,
     Condition,
@@ -660,6 +660,8 @@ def _queued(plan: Plan, pods: List[PodView], gate: Admission, now: datetime) -> 
                   f"{st.attempt} resumes when Kueue admits the job again")
     if st.phase != "Queued":
         plan.emit("Normal", "Queued", gate.message)
+    elif gate.reason == WORKLOAD_RECREATED:  # once per change: the next read is Kueue's own
+        plan.emit("Normal", WORKLOAD_RECREATED, gate.message)
     st.phase = "Queued"
     st.start_time = None
     st.backoff_until = None

@@ -236,6 +236,34 @@ def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), "weights differ from the uninterrupted run"
 
 
+@pytest.mark.timeout(300)
+def test_a_job_too_big_for_the_quota_runs_once_its_numnodes_is_lowered_while_queued(
+        kueue_operator: OperatorProcess, queue: str, namespace: str) -> None:
+    """3 nodes do not fit the quota (one 2-node job): Queued with Kueue's reason. numNodes
+    patched to 2 while queued: the operator builds the Workload again, Kueue admits it, and
+    the job runs on 2 nodes to Succeeded."""
+    kube = kueue_operator.kube
+    pvc, job = queued_job("big", queue, samples=128, step_delay=0.0, epochs=1)
+    job["spec"]["trainer"]["numNodes"] = 3
+    apply(kube, namespace, pvc, job)
+
+    def short_of_quota(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        admitted = condition(status(jobs, "big"), "Admitted")
+        return admitted if "insufficient" in admitted.get("message", "") else None
+    wait_jobs(kube, namespace, "big Queued for want of quota", 60, short_of_quota)
+    kube.kubectl("patch", "trainingjob", "big", "-n", namespace, "--type=merge",
+                 "-p", json.dumps({"spec": {"trainer": {"numNodes": 2}}}))
+
+    def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        return status(jobs, "big") if status(jobs, "big").get("phase") in TERMINAL else None
+    st = wait_jobs(kube, namespace, "big to finish on 2 nodes", 200, done)
+    assert st["phase"] == "Succeeded" and st["numNodes"] == 2, diagnosis(kube, namespace, "big")
+    workload = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-big")
+    assert workload["spec"]["podSets"][0]["count"] == 2
+    recreated = [e["message"] for e in events(kube, namespace, "big") if e["reason"] == "WorkloadRecreated"]
+    assert len(recreated) == 1 and "numNodes 3 -> 2" in recreated[0], recreated
+
+
 POOL_LABEL = "volt.dev/e2e-pool"
 
 

@@ -205,6 +205,22 @@ def test_a_placed_spec_builds_pods_with_the_flavors_selector_and_tolerations_onc
     assert build_pod(REF, base, 0, 0, "auto")["spec"]["nodeSelector"] == {"zone": "a"}
 
 
+def test_a_workload_is_outdated_by_the_gangs_size_or_a_pods_requests_only() -> None:
+    queued = workload(cond("QuotaReserved", False, "Pending", "insufficient quota"))
+    assert kueue.pending(queued) and not kueue.pending(workload(*ADMITTED_WL))
+    assert kueue.outdated(queued, kueue.build_workload(job(), spec(), 2, None)) is None
+    # the same quantity written otherwise, a new priority or label: nothing the quota counts
+    same = kueue.build_workload(job({"team": "b"}), spec(resources={
+        "limits": {"cpu": "2000m", "memory": "4096Mi"}, "requests": {"cpu": "1"}}), 2, 500)
+    assert kueue.outdated(queued, same) is None
+    assert kueue.outdated(queued, kueue.build_workload(job(), spec(), 1, None)) == "numNodes 2 -> 1"
+    more = kueue.build_workload(job(), spec(resources={"limits": {"cpu": "2", "memory": "8Gi"},
+                                                       "requests": {"cpu": "1"}}), 3, None)
+    assert kueue.outdated(queued, more) == "numNodes 2 -> 3, requests.memory 4Gi -> 8Gi"
+    fewer = kueue.build_workload(job(), spec(resources={"limits": {"cpu": "2"}}), 2, None)
+    assert kueue.outdated(queued, fewer) == "requests.cpu 1 -> 2, requests.memory 4Gi -> none"
+
+
 def test_release_after_eviction_clears_the_reservation_once() -> None:
     evicted = workload(*PREEMPTED_WL, admission={"clusterQueue": "cq"})
     status = kueue.release_after_eviction(evicted, NOW)
@@ -342,6 +358,15 @@ def test_new_job_waits_queued_with_no_pod_until_admitted() -> None:
     assert condition(go.status, ADMITTED).status == "True"
     assert go.resume == "auto"
     assert [e.reason for e in go.events] == ["Admitted", "Created"]
+
+
+def test_a_rebuilt_workload_is_told_once_to_a_queued_job() -> None:
+    queued = run(TrainingJobStatus(), [], QUEUED).status
+    rebuilt = kueue.Admission(False, kueue.WORKLOAD_RECREATED, "the job changed while queued (numNodes 3 -> 2)")
+    plan = run(queued, [], rebuilt)
+    assert [(e.reason, e.message) for e in plan.events] == [(kueue.WORKLOAD_RECREATED, rebuilt.message)]
+    assert condition(plan.status, ADMITTED).reason == kueue.WORKLOAD_RECREATED
+    assert run(plan.status, [], QUEUED).events == []
 
 
 def test_job_admitted_at_once_runs_as_without_kueue() -> None:
