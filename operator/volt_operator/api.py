@@ -1282,18 +1282,17 @@ class TrainingJobSpec(_Model):
         )
 
     def with_placement(
-        self, node_selector: Mapping[str, str], tolerations: Sequence[Mapping[str, Any]]
+        self, node_selector: Mapping[str, str], tolerations: Sequence[Mapping[str, Any]],
+        labels: Mapping[str, str], annotations: Mapping[str, str],
     ) -> "TrainingJobSpec":
-        """This spec placed by a scheduler (Kueue's ResourceFlavors): ``template.nodeSelector``
-        becomes ``node_selector`` (the caller merged the job's own into it), and ``tolerations``
-        are added to the template's (one it has already is not repeated)."""
-        own = [t.to_api() for t in self.template.tolerations]
-        # The API server's form leaves "" for unset fields (operator "" is Equal, effect "" all).
-        given = [{k: v for k, v in t.items() if v not in ("", None)} for t in tolerations]
-        added = [Toleration.model_validate(t) for t in given if t not in own]
+        """This spec with the template's placement fields replaced by a scheduler's (Kueue's
+        admission, which the caller merged with the template's own). The operator's own labels
+        and annotations still win over these (the pod builder sets them last)."""
         template = self.template.model_copy(update={
             "node_selector": dict(node_selector),
-            "tolerations": [*self.template.tolerations, *added],
+            "tolerations": [Toleration.model_validate(t) for t in tolerations],
+            "labels": dict(labels),
+            "annotations": dict(annotations),
         })
         return self.model_copy(update={"template": template})
 

@@ -11,14 +11,14 @@ That last step is the owner's in Kueue (its own job integrations do the same);
 Kueue's controllers do not act for a Workload whose owner kind they do not
 manage. A finished job marks its Workload Finished, which releases the quota.
 An admitted gang runs where Kueue put it: the node labels and tolerations of
-the ResourceFlavors assigned to its pod set are added to each pod (``placement``),
-as Kueue's own integrations do.
+the ResourceFlavors assigned to its pod set, and what its admission checks ask
+for, are added to each pod (``placement``), as Kueue's own integrations do.
 
 Nothing here talks to the API server; ``kueue_gate.py`` does the reads and writes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -69,16 +69,18 @@ class Admission:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where an admitted gang runs: the assigned ResourceFlavors' ``nodeLabels`` (merged
-    into the pods' nodeSelector) and ``tolerations`` (added to theirs)."""
+    """Where and as what an admitted gang's pods run: the job's own ``spec.template`` fields
+    joined by what Kueue's admission adds (``placement``)."""
 
-    node_selector: Dict[str, str]
-    tolerations: Tuple[Dict[str, Any], ...]
+    node_selector: Dict[str, str] = field(default_factory=dict)
+    tolerations: Tuple[Dict[str, Any], ...] = ()
+    labels: Dict[str, str] = field(default_factory=dict)
+    annotations: Dict[str, str] = field(default_factory=dict)
 
 
 class PlacementError(Exception):
     """The gang cannot be placed as admitted. ``permanent``: asking again gives the same
-    answer (two flavors, or a flavor and the job, want different values of one node label)."""
+    answer (two of the job, its flavors and its admission checks set one key differently)."""
 
     def __init__(self, message: str, permanent: bool) -> None:
         super().__init__(message)
@@ -311,26 +313,50 @@ def assigned_flavors(workload: Dict[str, Any]) -> List[str]:
     return sorted(names)
 
 
-def placement(flavors: Mapping[str, Dict[str, Any]], node_selector: Mapping[str, str]) -> Placement:
-    """The gang's placement from its assigned ResourceFlavors (name -> object) and the job's own
-    ``spec.template.nodeSelector``, which the flavors' labels join. A label two of them set to
-    different values cannot be met: ``PlacementError`` (Kueue's integrations refuse the same)."""
-    merged: Dict[str, str] = dict(node_selector)
-    wanted_by = {key: "spec.template.nodeSelector" for key in merged}
-    tolerations: List[Dict[str, Any]] = []
+def template_placement(spec: TrainingJobSpec) -> Placement:
+    """The job's own placement fields (spec.template), where ``placement`` starts."""
+    template = spec.template
+    return Placement(dict(template.node_selector), tuple(t.to_api() for t in template.tolerations),
+                     dict(template.labels), dict(template.annotations))
+
+
+def placement(workload: Dict[str, Any], flavors: Mapping[str, Dict[str, Any]], own: Placement) -> Placement:
+    """The gang's placement, as Kueue's own integrations build it: the job's ``own`` (its
+    spec.template), the ``nodeLabels`` and ``tolerations`` of the ResourceFlavors assigned to
+    its pod set (name -> object), and the ``podSetUpdates`` of the Workload's admission checks
+    (labels, annotations, nodeSelector, tolerations; a ProvisioningRequest check's annotations
+    that tie the pods to the provisioned nodes, say). A key two of them set to different values
+    cannot be met: ``PlacementError`` naming both (Kueue refuses the same)."""
+    sources: List[Tuple[str, Dict[str, Any]]] = [
+        ("spec.template", {"nodeSelector": own.node_selector, "tolerations": list(own.tolerations),
+                           "labels": own.labels, "annotations": own.annotations})]
     for name in sorted(flavors):
         spec = flavors[name].get("spec") or {}
-        for key, value in sorted((spec.get("nodeLabels") or {}).items()):
-            if key in merged and merged[key] != value:
-                raise PlacementError(
-                    f"ResourceFlavor {name} places the gang on nodes labelled {key}={value}, "
-                    f"but {wanted_by[key]} asks for {key}={merged[key]}", permanent=True)
-            merged[key] = value
-            wanted_by.setdefault(key, f"ResourceFlavor {name}")
-        for toleration in spec.get("tolerations") or []:
+        sources.append((f"ResourceFlavor {name}", {"nodeSelector": spec.get("nodeLabels") or {},
+                                                   "tolerations": spec.get("tolerations") or []}))
+    for check in (workload.get("status") or {}).get("admissionChecks") or []:
+        for update in check.get("podSetUpdates") or []:
+            if update.get("name") == POD_SET:
+                sources.append((f"admission check {check.get('name', '')}", update))
+    merged: Dict[str, Dict[str, str]] = {"nodeSelector": {}, "labels": {}, "annotations": {}}
+    set_by: Dict[Tuple[str, str], str] = {}
+    tolerations: List[Dict[str, Any]] = []
+    for source, fields in sources:
+        for kind, values in merged.items():
+            for key, value in sorted((fields.get(kind) or {}).items()):
+                if key in values and values[key] != value:
+                    raise PlacementError(
+                        f"{source} sets {kind} {key}={value}, but {set_by[(kind, key)]} sets "
+                        f"{key}={values[key]}: the gang cannot be placed", permanent=True)
+                values[key] = value
+                set_by.setdefault((kind, key), source)
+        for toleration in fields.get("tolerations") or []:
+            # The API server's form keeps "" for unset fields (operator "": Equal, effect "": all).
+            toleration = {k: v for k, v in toleration.items() if v not in ("", None)}
             if toleration not in tolerations:
-                tolerations.append(dict(toleration))
-    return Placement(node_selector=merged, tolerations=tuple(tolerations))
+                tolerations.append(toleration)
+    return Placement(node_selector=merged["nodeSelector"], tolerations=tuple(tolerations),
+                     labels=merged["labels"], annotations=merged["annotations"])
 
 
 def describe_flavors(names: Sequence[str]) -> str:

@@ -152,12 +152,11 @@ class KueueGate:
 
     def placement(self, namespace: str, job_name: str, spec: TrainingJobSpec) -> TrainingJobSpec:
         """``spec`` for pods that run where Kueue admitted the job: the ResourceFlavors assigned
-        to its Workload add their node labels and tolerations to ``spec.template``. Read when a
-        gang's pods are created, not at every reconcile. Raises ``kueue.PlacementError``."""
-        workload = self._workload(namespace, kueue.workload_name(job_name))
-        names = kueue.assigned_flavors(workload or {})
-        if not names:
-            return spec
+        to its Workload add their node labels and tolerations to ``spec.template``, its admission
+        checks their podSetUpdates (``kueue.placement``). Read when a gang's pods are created,
+        not at every reconcile. Raises ``kueue.PlacementError``."""
+        workload = self._workload(namespace, kueue.workload_name(job_name)) or {}
+        names = kueue.assigned_flavors(workload)
         flavors = {}
         for name in names:
             flavor = self._get(f"/apis/{kueue.GROUP}/v1beta2/{kueue.RESOURCE_FLAVORS}/{quote(name)}")
@@ -165,8 +164,8 @@ class KueueGate:
                 raise kueue.PlacementError(
                     f"ResourceFlavor {name}, which Kueue admitted the job to, does not exist", permanent=False)
             flavors[name] = flavor
-        placed = kueue.placement(flavors, spec.template.node_selector)
-        return spec.with_placement(placed.node_selector, placed.tolerations)
+        placed = kueue.placement(workload, flavors, kueue.template_placement(spec))
+        return spec.with_placement(placed.node_selector, placed.tolerations, placed.labels, placed.annotations)
 
     def relist(self, namespace: Optional[str]) -> List[JobKey]:
         """One LIST of the jobs' Workloads in ``namespace`` (None: all) merged into the cache;

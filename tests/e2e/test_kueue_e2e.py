@@ -323,6 +323,83 @@ def test_an_admitted_gang_runs_on_the_nodes_of_its_resource_flavor(
         assert {"key": POOL_LABEL, "operator": "Equal", "value": "b", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
 
 
+@pytest.fixture
+def checked_queue(kueue: LocalCluster, namespace: str) -> Iterator[Dict[str, str]]:
+    """A LocalQueue "checked" whose ClusterQueue admits only after an AdmissionCheck that this
+    test's own code answers (as a provisioning controller would), and the last real node
+    labelled as pool "c" for that answer to pick. Yields the check, the node and the queue."""
+    node = kueue.node_names[-1]
+    check, cluster_queue = f"check-{namespace}"[:63], f"cq-check-{namespace}"[:63]
+    manifests = [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "volt-default"}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "AdmissionCheck", "metadata": {"name": check},
+         "spec": {"controllerName": "volt.dev/e2e-provisioner"}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                  "admissionChecksStrategy": {"admissionChecks": [{"name": check}]},
+                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
+                      "name": "volt-default", "resources": [
+                          {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": "checked", "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+    ]
+    kueue.kubectl("label", "node", node, f"{POOL_LABEL}=c", "--overwrite")
+    try:
+        kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kueue.kubectl("patch", "admissioncheck", check, "--subresource=status", "--type=merge", "-p", json.dumps(
+            {"status": {"conditions": [{"type": "Active", "status": "True", "reason": "Active", "message": "e2e",
+                                        "lastTransitionTime": now}]}}))
+        yield {"check": check, "node": node, "queue": "checked"}
+    finally:
+        kueue.kubectl("label", "node", node, f"{POOL_LABEL}-", check=False)
+        kueue.kubectl("delete", "clusterqueue", cluster_queue, "--wait=false", check=False)
+        kueue.kubectl("delete", "admissioncheck", check, "--wait=false", check=False)
+
+
+@pytest.mark.timeout(300)
+def test_an_admission_checks_pod_set_update_reaches_the_gangs_pods(
+        kueue_operator: OperatorProcess, checked_queue: Dict[str, str], namespace: str) -> None:
+    """Quota reserved, the job still Queued until the check is Ready; the check's podSetUpdates
+    (an annotation, a label, a nodeSelector for the pool node) are on both pods, which run there."""
+    kube = kueue_operator.kube
+    pvc, job = queued_job("checked", checked_queue["queue"], samples=128, step_delay=0.0, epochs=1)
+    apply(kube, namespace, pvc, job)
+    path = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-checked"
+
+    def reserved_awaiting_the_check(items: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        wl = items.get("trainingjob-checked") or {}
+        states = (wl.get("status") or {}).get("admissionChecks") or []
+        return wl if condition(wl.get("status") or {}, "QuotaReserved").get("status") == "True" \
+            and [c.get("state") for c in states] == ["Pending"] else None
+    workload = kube.watch(path.rsplit("/", 1)[0], reserved_awaiting_the_check, 60, "quota reserved, the check pending")
+    jobs = {"checked": kube.request("GET", f"{jobs_path(namespace)}/checked")}
+    assert status(jobs, "checked")["phase"] == "Queued"
+    assert not kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=checked")["items"]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kube.kubectl("patch", "workload", workload["metadata"]["name"], "-n", namespace, "--subresource=status",
+                 "--type=merge", "-p", json.dumps({
+                     "metadata": {"resourceVersion": workload["metadata"]["resourceVersion"]},
+                     "status": {"admissionChecks": [{
+                         "name": checked_queue["check"], "state": "Ready", "message": "provisioned",
+                         "lastTransitionTime": now,
+                         "podSetUpdates": [{"name": "node", "annotations": {"volt.dev/e2e-provisioned": "yes"},
+                                            "labels": {"volt.dev/e2e-batch": "7"},
+                                            "nodeSelector": {POOL_LABEL: "c"}}]}]}}))
+
+    def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        return status(jobs, "checked") if status(jobs, "checked").get("phase") in TERMINAL else None
+    st = wait_jobs(kube, namespace, "the checked job to finish", 200, done)
+    assert st["phase"] == "Succeeded", diagnosis(kube, namespace, "checked")
+    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=checked")["items"]
+    assert len(pods) == NODES
+    for pod in pods:
+        assert pod["metadata"]["annotations"]["volt.dev/e2e-provisioned"] == "yes"
+        assert pod["metadata"]["labels"]["volt.dev/e2e-batch"] == "7"
+        assert pod["spec"]["nodeSelector"] == {POOL_LABEL: "c"}
+        assert pod["spec"]["nodeName"] == checked_queue["node"]
+
+
 @pytest.mark.timeout(120)
 def test_a_workload_deleted_during_a_watch_gap_is_found_by_the_relist(
         queue: str, kueue: LocalCluster, namespace: str) -> None:

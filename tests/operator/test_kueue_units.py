@@ -171,36 +171,66 @@ def test_the_assigned_flavors_are_those_of_the_gangs_pod_set_once_each() -> None
 
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+NONE = kueue.Placement()
 
 
 def test_placement_joins_the_flavors_labels_to_the_jobs_selector_and_adds_their_tolerations() -> None:
     flavors = {"h100": flavor("h100", {"accelerator": "h100", "pool": "gpu"}, [GPU_TAINT]),
                "spot": flavor("spot", {"pool": "gpu"}, [GPU_TAINT, {"key": "spot", "value": "yes",
-                                                                   "operator": "Equal", "effect": "NoSchedule"}])}
-    placed = kueue.placement(flavors, {"zone": "a", "pool": "gpu"})
+                                                                   "operator": "", "effect": "NoSchedule"}])}
+    own = kueue.Placement({"zone": "a", "pool": "gpu"}, (GPU_TAINT,), {"team": "a"}, {"note": "x"})
+    placed = kueue.placement(assigned({"cpu": "spot"}), flavors, own)
     assert placed.node_selector == {"zone": "a", "pool": "gpu", "accelerator": "h100"}
-    assert [t["key"] for t in placed.tolerations] == ["nvidia.com/gpu", "spot"]
-    assert kueue.placement({"plain": flavor("plain")}, {}) == kueue.Placement({}, ())
+    # once each, in the API server's form with its "" fields left out
+    assert list(placed.tolerations) == [GPU_TAINT, {"key": "spot", "value": "yes", "effect": "NoSchedule"}]
+    assert (placed.labels, placed.annotations) == ({"team": "a"}, {"note": "x"})
+    assert kueue.placement(workload(), {"plain": flavor("plain")}, NONE) == NONE
 
 
-def test_placement_refuses_a_label_wanted_with_two_values_naming_both() -> None:
-    with pytest.raises(kueue.PlacementError, match=r"ResourceFlavor h100 places the gang on nodes labelled "
-                       r"accelerator=h100, but spec.template.nodeSelector asks for accelerator=a100") as err:
-        kueue.placement({"h100": flavor("h100", {"accelerator": "h100"})}, {"accelerator": "a100"})
+def test_placement_adds_the_admission_checks_pod_set_updates_for_the_gang() -> None:
+    admitted = assigned({"cpu": "default"})
+    admitted["status"]["admissionChecks"] = [
+        {"name": "provisioning", "state": "Ready", "message": "", "podSetUpdates": [
+            {"name": kueue.POD_SET, "annotations": {"autoscaling.x-k8s.io/consume-provisioning-request": "pr-1"},
+             "labels": {"provisioned": "yes"}, "nodeSelector": {"pool": "burst"},
+             "tolerations": [{"key": "burst", "operator": "Exists", "effect": "NoSchedule"}]},
+            {"name": "other", "labels": {"not": "ours"}}]},
+        {"name": "quiet", "state": "Ready", "message": ""}]
+    placed = kueue.placement(admitted, {"default": flavor("default")},
+                             kueue.Placement({}, (), {"team": "a"}, {}))
+    assert placed.annotations == {"autoscaling.x-k8s.io/consume-provisioning-request": "pr-1"}
+    assert placed.labels == {"team": "a", "provisioned": "yes"}
+    assert placed.node_selector == {"pool": "burst"}
+    assert placed.tolerations == ({"key": "burst", "operator": "Exists", "effect": "NoSchedule"},)
+
+
+def test_placement_refuses_a_key_set_to_two_values_naming_both() -> None:
+    with pytest.raises(kueue.PlacementError, match=r"ResourceFlavor h100 sets nodeSelector accelerator=h100, "
+                       r"but spec.template sets accelerator=a100") as err:
+        kueue.placement(workload(), {"h100": flavor("h100", {"accelerator": "h100"})},
+                        kueue.Placement({"accelerator": "a100"}))
     assert err.value.permanent
-    with pytest.raises(kueue.PlacementError, match="ResourceFlavor b .* pool=b, but ResourceFlavor a asks for pool=a"):
-        kueue.placement({"a": flavor("a", {"pool": "a"}), "b": flavor("b", {"pool": "b"})}, {})
+    with pytest.raises(kueue.PlacementError, match="ResourceFlavor b sets nodeSelector pool=b, but ResourceFlavor a"):
+        kueue.placement(workload(), {"a": flavor("a", {"pool": "a"}), "b": flavor("b", {"pool": "b"})}, NONE)
+    checked = workload()
+    checked["status"]["admissionChecks"] = [{"name": "prov", "podSetUpdates": [
+        {"name": kueue.POD_SET, "labels": {"team": "b"}}]}]
+    with pytest.raises(kueue.PlacementError, match="admission check prov sets labels team=b, but spec.template"):
+        kueue.placement(checked, {}, kueue.Placement(labels={"team": "a"}))
 
 
-def test_a_placed_spec_builds_pods_with_the_flavors_selector_and_tolerations_once() -> None:
+def test_a_placed_spec_builds_pods_with_its_placement_and_the_operators_labels() -> None:
     own = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-    base = spec(template={"nodeSelector": {"zone": "a"}, "tolerations": [own]})
-    # the API server's form: "" for unset fields
-    placed = base.with_placement({"zone": "a", "pool": "gpu"},
-                                 [own, {"key": "spot", "operator": "", "value": "yes", "effect": ""}])
-    pod = build_pod(REF, placed, 0, 0, "auto")["spec"]
-    assert pod["nodeSelector"] == {"zone": "a", "pool": "gpu"}
-    assert pod["tolerations"] == [own, {"key": "spot", "value": "yes"}]
+    base = spec(template={"nodeSelector": {"zone": "a"}, "tolerations": [own], "labels": {"team": "a"}})
+    placed = kueue.placement(assigned({"cpu": "spot"}), {"spot": flavor("spot", {"pool": "gpu"}, [
+        own, {"key": "spot", "value": "yes"}])}, kueue.template_placement(base))
+    pod = build_pod(REF, base.with_placement(placed.node_selector, placed.tolerations, placed.labels,
+                                             {"provisioned-by": "check"}), 0, 0, "auto")
+    assert pod["spec"]["nodeSelector"] == {"zone": "a", "pool": "gpu"}
+    assert pod["spec"]["tolerations"] == [own, {"key": "spot", "value": "yes"}]
+    assert pod["metadata"]["labels"]["team"] == "a" and pod["metadata"]["labels"]["volt.dev/job"] == "mnist"
+    assert pod["metadata"]["annotations"]["provisioned-by"] == "check"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     # the job's own spec is unchanged
     assert build_pod(REF, base, 0, 0, "auto")["spec"]["nodeSelector"] == {"zone": "a"}
 
