@@ -27,7 +27,7 @@ from volt_operator.testing.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
-POD_READY_TIMEOUT = 40
+POD_READY_TIMEOUT = 30
 WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 
@@ -78,9 +78,9 @@ def test_a_gang_that_comes_up_keeps_its_admission_and_one_that_cannot_is_evicted
         strict_kueue: LocalCluster, roomy_queue: str, namespace: str, tmp_path: Path) -> None:
     with OperatorProcess(strict_kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
         kube = proc.kube
-        # 512 samples / 4 processes / batch 32: 4 steps an epoch, 1 s a step, 18 epochs:
+        # 512 samples / 4 processes / batch 32: 4 steps an epoch, 1 s a step, 12 epochs:
         # still training well after the timeout.
-        pvc, up = queued_job("up", roomy_queue, samples=512, step_delay=1.0, epochs=18)
+        pvc, up = queued_job("up", roomy_queue, samples=512, step_delay=1.0, epochs=12)
         _, stuck = queued_job("stuck", roomy_queue, samples=64, step_delay=0.0, epochs=1)
         stuck["spec"]["template"] = {"nodeSelector": {"volt.dev/e2e-no-such-node": "x"}}
         apply(kube, namespace, pvc, up, stuck)
