@@ -139,6 +139,8 @@ def build_workload(
     meta = job["metadata"]
     ref = JobRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     workload_spec: Dict[str, Any] = {
+        # A suspended job waits outside the queue (and holds no quota) until it is resumed.
+        "active": not spec.suspend,
         "queueName": queue_name(job),
         "podSets": [{"name": POD_SET, "count": num_nodes, "template": _pod_set_template(ref, spec)}],
     }
@@ -179,6 +181,11 @@ def outdated(workload: Dict[str, Any], wanted: Dict[str, Any]) -> Optional[str]:
         if name not in old or name not in new or parse_quantity(old[name]) != parse_quantity(new[name]):
             changes.append(f"requests.{name} {old.get(name, 'none')} -> {new.get(name, 'none')}")
     return ", ".join(changes) or None
+
+
+def is_active(workload: Dict[str, Any]) -> bool:
+    """Kueue may queue and admit the Workload (``spec.active``, true unless set false)."""
+    return (workload.get("spec") or {}).get("active", True) is not False
 
 
 def pending(workload: Dict[str, Any]) -> bool:

@@ -84,6 +84,12 @@ class KueueGate:
             if status.phase in TERMINAL_PHASES:
                 return kueue.Admission(True, "Finished", "the job has finished")
             return self._create(job, spec, status) or kueue.admission(None)
+        if status.phase not in TERMINAL_PHASES and kueue.is_active(workload) == spec.suspend:
+            # spec.suspend deactivates the Workload: Kueue evicts it, and the quota is
+            # released below once the pods are gone; resuming activates it (queued again).
+            workload = self._patch(workload, {"spec": {"active": not spec.suspend}})
+            log.info("%s/%s: Workload %s %s", namespace, meta["name"], name,
+                     "deactivated (suspended)" if spec.suspend else "activated (resumed)")
         if status.phase not in TERMINAL_PHASES and kueue.pending(workload):
             change = kueue.outdated(workload, kueue.build_workload(
                 job, spec, target_num_nodes(spec, status), None))
@@ -216,6 +222,19 @@ class KueueGate:
         patch = kueue.pods_ready(workload, up, now)
         if patch is not None:
             self._patch_status(workload, patch)
+
+    def _patch(self, workload: Dict[str, Any], change: Dict[str, Any]) -> Dict[str, Any]:
+        """Merge-patch the Workload (not its status) at the version read; the patched Workload."""
+        meta = workload["metadata"]
+        patched = self.client.request(
+            "PATCH", workload_path(meta["namespace"], meta["name"]),
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, **change},
+            content_type="application/merge-patch+json",
+        )
+        if isinstance(patched, dict) and patched.get("metadata"):
+            self.cache.put_workload(patched)
+            return patched
+        return workload
 
     def _patch_status(self, workload: Dict[str, Any], status: Dict[str, Any]) -> None:
         """Merge-patch the Workload's status, only if nobody changed it since it was read

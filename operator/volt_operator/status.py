@@ -822,11 +822,9 @@ def _decide(
         if plan.delete_pods:
             plan.requeue(WAIT_POLL_SECONDS)
         return plan
-    if admission is not None:
-        if not admission.admitted:
-            return _queued(plan, pods, admission, now)
-        _admitted(st, plan, admission, now)
     # A resumed job asks for spec.trainer.numNodes again (an elastic shrink is undone).
+    # Before Kueue's gate: a queued job's suspension gave its quota back, so it resumes
+    # by queueing again.
     resumed = st.phase == "Suspended"
     if resumed:
         st.attempt += 1
@@ -837,6 +835,10 @@ def _decide(
         plan.emit("Normal", "Resumed", f"job resumed as attempt {st.attempt}")
         stale, current = [p for p in pods if not p.gone], []
         _count(st, current, n)
+    if admission is not None:
+        if not admission.admitted:
+            return _queued(plan, pods, admission, now)
+        _admitted(st, plan, admission, now)
 
     start = parse_time(st.start_time)
     if spec.active_deadline_seconds and start is not None:

@@ -42,7 +42,7 @@ def test_kueue_enabled_sets_the_flag_and_only_the_permissions_it_uses(scope: tup
     assert parse_args(operator_args(docs)).kueue
     rules = kueue_rules(docs)
     assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
-            "verbs": ["get", "list", "watch", "create"]} in rules
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"]} in rules
     assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads/status"], "verbs": ["patch"]} in rules
     # priority classes and flavors are cluster-scoped: a ClusterRole of their own, also with watchNamespace
     priorities, = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-kueue-cluster-reads")]

@@ -264,6 +264,46 @@ def test_a_job_too_big_for_the_quota_runs_once_its_numnodes_is_lowered_while_que
     assert len(recreated) == 1 and "numNodes 3 -> 2" in recreated[0], recreated
 
 
+@pytest.mark.timeout(420)
+def test_a_suspended_job_gives_its_quota_to_the_next_and_resumes_from_its_checkpoint_after_it(
+        kueue_operator: OperatorProcess, queue: str, namespace: str) -> None:
+    kube = kueue_operator.kube
+    # 1024 samples / 4 processes / batch 32: 8 steps an epoch, 0.5 s a step, 5 epochs
+    pvc, first = queued_job("first", queue, samples=1024, step_delay=0.5, epochs=5)
+    _, second = queued_job("second", queue, samples=128, step_delay=0.0, epochs=1)
+    apply(kube, namespace, pvc, first)
+
+    def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
+        st = status(jobs, "first")
+        step = (st.get("checkpoint") or {}).get("step") or 0
+        return step if st.get("phase") == "Running" and step >= 10 else None
+    saved = wait_jobs(kube, namespace, "first Running with a checkpoint", 180, checkpointed)
+    apply(kube, namespace, second)
+    kube.kubectl("patch", "trainingjob", "first", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+
+    def second_done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Dict[str, Any]]]:
+        if status(jobs, "first").get("phase") in TERMINAL:
+            raise AssertionError("first finished before it was suspended")
+        return jobs if status(jobs, "second").get("phase") in TERMINAL else None
+    jobs = wait_jobs(kube, namespace, "second admitted and finished while first is suspended", 180, second_done)
+    assert status(jobs, "second")["phase"] == "Succeeded", diagnosis(kube, namespace, "second")
+    assert status(jobs, "first")["phase"] == "Suspended"
+    workload = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-first")
+    assert workload["spec"]["active"] is False
+    assert condition(workload["status"], "QuotaReserved").get("status") == "False"
+    kube.kubectl("patch", "trainingjob", "first", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+
+    def first_done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        return status(jobs, "first") if status(jobs, "first").get("phase") in TERMINAL else None
+    st = wait_jobs(kube, namespace, "first resumed to the end", 180, first_done)
+    assert st["phase"] == "Succeeded" and st["attempt"] == 1, diagnosis(kube, namespace, "first")
+    assert st["startTime"] >= status(jobs, "second")["completionTime"]
+    reasons = [e["reason"] for e in events(kube, namespace, "first")]
+    assert {"Suspended", "Resumed", "CheckpointResumed"} <= set(reasons), reasons
+    match = RESUMED.search(kube.kubectl("logs", "-n", namespace, "first-node-0").stdout)
+    assert match and int(match.group(3)) >= saved
+
+
 POOL_LABEL = "volt.dev/e2e-pool"
 
 

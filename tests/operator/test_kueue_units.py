@@ -452,6 +452,21 @@ def test_suspend_wins_over_admission() -> None:
     assert plan.status.phase == "Suspended"
 
 
+def test_a_suspended_jobs_workload_is_inactive_and_resuming_queues_a_new_attempt() -> None:
+    assert kueue.build_workload(job(), spec(suspend=True), 2, None)["spec"]["active"] is False
+    assert kueue.is_active(kueue.build_workload(job(), spec(), 2, None))
+    assert not kueue.is_active({"spec": {"active": False}}) and kueue.is_active({"spec": {}})
+    suspended = decide(spec(suspend=True), JobMeta("mnist"), TrainingJobStatus(), [], True, NOW,
+                       admission=QUEUED).status
+    # resumed while its Workload waits in the queue again (the suspension gave the quota back)
+    plan = decide(spec(), JobMeta("mnist"), suspended, [], True, NOW, admission=QUEUED)
+    assert plan.status.phase == "Queued" and plan.status.attempt == suspended.attempt + 1
+    assert condition(plan.status, "Suspended").status == "False"
+    assert [e.reason for e in plan.events] == ["Resumed", "Queued"]
+    go = run(plan.status, [], ADMIT)
+    assert go.status.phase == "Pending" and go.create_ranks == [0, 1] and go.status.attempt == plan.status.attempt
+
+
 def test_finished_job_stays_finished_whatever_kueue_says() -> None:
     done = TrainingJobStatus(phase="Succeeded", completion_time=format_time(NOW))
     assert run(done, [], PREEMPT).status.phase == "Succeeded"
