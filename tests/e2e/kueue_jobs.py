@@ -1,14 +1,33 @@
-"""The Kueue end-to-end modules' jobs and watches: the example TrainingJob in a LocalQueue,
-and waits on the namespace's jobs through a watch."""
+"""The Kueue end-to-end modules' operator, jobs and watches: the operator with --kueue and only
+the chart's permissions, the example TrainingJob in a LocalQueue, and waits on the namespace's
+jobs through a watch."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from chart_rbac import chart_credentials, used_by
 from job_helpers import diagnosis
+from operator_process import OperatorProcess
 from real_nodes import example
 from volt_operator.testing.cluster import LocalCluster
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+@contextmanager
+def chart_operator(kube: LocalCluster, namespace: str, work: Path) -> Iterator[OperatorProcess]:
+    """The operator with --kueue watching `namespace`, holding the token of the chart's
+    ServiceAccount (kueue.enabled): a Kueue path whose permission the chart lacks fails the
+    test, and the audit log may show no refused request of it afterwards."""
+    with chart_credentials(kube, namespace, work, "kueue.enabled=true") as identity:
+        with OperatorProcess(kube, [namespace], work, extra_args=["--kueue"],
+                             env={"KUBECONFIG": str(identity.kubeconfig)}).running() as proc:
+            yield proc
+        _, refused = used_by(kube, identity.user)
+        distinct = sorted({(r["verb"], r["uri"]) for r in refused})
+        assert not refused, f"the chart's RBAC refused the operator {len(refused)} times: {distinct}"
 
 
 def queued_job(name: str, queue: Optional[str], *, samples: int, step_delay: float, epochs: int,

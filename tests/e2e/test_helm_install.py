@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from chart_rbac import Permission, used_by
 from helm_util import CHART, REPO, helm_binary, run_helm
 from helpers import free_port
 from real_nodes import IMAGE, namespace  # noqa: F401 (namespace: a fixture)
@@ -32,12 +33,6 @@ STEPS = 8
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
-Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
-
-# Every authenticated user may review itself; the test's own `kubectl auth` checks do.
-SELF_REVIEWS = {"authentication.k8s.io", "authorization.k8s.io"}
-
-
 def helm_env(kube: LocalCluster, home: Path) -> dict[str, str]:
     """Admin kubeconfig; helm's config, cache and data kept out of the user's home."""
     return {**kube.env(), "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
@@ -47,25 +42,6 @@ def helm_env(kube: LocalCluster, home: Path) -> dict[str, str]:
 def granted(rules: list[dict[str, Any]]) -> set[Permission]:
     return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
-
-
-def used_by(kube: LocalCluster, user: str) -> tuple[set[Permission], list[dict[str, Any]]]:
-    """What `user` did according to the audit log, and every request of theirs that was refused."""
-    used: set[Permission] = set()
-    refused: list[dict[str, Any]] = []
-    for event in kube.audit_events():
-        if event["user"].get("username") != user or "objectRef" not in event:
-            continue
-        ref = event["objectRef"]
-        group = ref.get("apiGroup", "")
-        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        if group in SELF_REVIEWS:
-            continue
-        if event.get("responseStatus", {}).get("code") == 403:
-            refused.append({"verb": event["verb"], "uri": event["requestURI"]})
-        else:
-            used.add((group, resource, event["verb"]))
-    return used, refused
 
 
 def can_i_list(output: str) -> dict[str, set[str]]:

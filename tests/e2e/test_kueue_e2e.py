@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
-from kueue_jobs import condition, jobs_path, queued_job, status, wait_jobs
+from kueue_jobs import chart_operator, condition, jobs_path, queued_job, status, wait_jobs
 from operator_process import OperatorProcess, admin_configuration
 from real_nodes import namespace  # noqa: F401 (a fixture)
 from volt_operator import kueue as kueue_api
@@ -84,7 +84,8 @@ def queue(kueue: LocalCluster, namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def kueue_operator(queue: str, kueue: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
+    """The operator with --kueue, holding only the chart's permissions (kueue.enabled)."""
+    with chart_operator(kueue, namespace, tmp_path) as proc:
         yield proc
 
 
@@ -344,7 +345,7 @@ def test_an_admitted_gang_runs_on_the_nodes_of_its_resource_flavor(
         kueue: LocalCluster, pool_queue: Dict[str, str], namespace: str, tmp_path: Path) -> None:
     """Kueue's flavor names the pool: both pods get its node label and its toleration, so they
     run on the tainted pool node only (without either they would run elsewhere or not at all)."""
-    with OperatorProcess(kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
+    with chart_operator(kueue, namespace, tmp_path) as proc:
         kube = proc.kube
         pvc, job = queued_job("pooled", pool_queue["queue"], samples=128, step_delay=0.0, epochs=1)
         apply(kube, namespace, pvc, job)

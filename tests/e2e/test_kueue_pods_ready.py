@@ -20,8 +20,7 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 
 from job_helpers import apply, diagnosis, events
-from kueue_jobs import condition, queued_job, status, wait_jobs
-from operator_process import OperatorProcess
+from kueue_jobs import chart_operator, condition, queued_job, status, wait_jobs
 from real_nodes import namespace  # noqa: F401 (a fixture)
 from volt_operator.testing.cluster import LocalCluster
 
@@ -76,7 +75,7 @@ def workload_condition(kube: LocalCluster, namespace: str, job: str, type_: str)
 @pytest.mark.timeout(420)
 def test_a_gang_that_comes_up_keeps_its_admission_and_one_that_cannot_is_evicted_and_admitted_again(
         strict_kueue: LocalCluster, roomy_queue: str, namespace: str, tmp_path: Path) -> None:
-    with OperatorProcess(strict_kueue, [namespace], tmp_path, extra_args=["--kueue"]).running() as proc:
+    with chart_operator(strict_kueue, namespace, tmp_path) as proc:
         kube = proc.kube
         # 512 samples / 4 processes / batch 32: 4 steps an epoch, 1 s a step, 12 epochs:
         # still training well after the timeout.
