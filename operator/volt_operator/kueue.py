@@ -367,7 +367,8 @@ def placement(workload: Dict[str, Any], flavors: Mapping[str, Dict[str, Any]], o
 
 
 def describe_flavors(names: Sequence[str]) -> str:
-    """" (ResourceFlavor a)" / " (ResourceFlavors a, b)" for an admission message; "" for none."""
+    """The flavors for an admission message: ' (ResourceFlavor a)', ' (ResourceFlavors a, b)';
+    '' for none."""
     if not names:
         return ""
     return f" (ResourceFlavor{'s' if len(names) > 1 else ''} {', '.join(names)})"

@@ -16,6 +16,21 @@ from volt_operator.testing.cluster import LocalCluster
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
+def queue_manifests(cluster_queue: str, local_queue: str, namespace: str, *, cpu: str, memory: str,
+                    flavor: str = "volt-default", **spec: Any) -> List[Dict[str, Any]]:
+    """A ClusterQueue for `namespace` alone with quota `cpu`/`memory` in `flavor` (and any other
+    ClusterQueue `spec` fields), and LocalQueue `local_queue` in `namespace` that feeds it."""
+    quota = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": memory}]
+    return [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                  "resourceGroups": [{"coveredResources": ["cpu", "memory"],
+                                      "flavors": [{"name": flavor, "resources": quota}]}], **spec}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": local_queue, "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+    ]
+
+
 @contextmanager
 def chart_operator(kube: LocalCluster, namespace: str, work: Path) -> Iterator[OperatorProcess]:
     """The operator with --kueue watching `namespace`, holding the token of the chart's

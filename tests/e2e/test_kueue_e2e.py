@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
-from kueue_jobs import chart_operator, condition, jobs_path, queued_job, status, wait_jobs
+from kueue_jobs import chart_operator, condition, jobs_path, queue_manifests, queued_job, status, wait_jobs
 from operator_process import OperatorProcess, admin_configuration
 from real_nodes import namespace  # noqa: F401 (a fixture)
 from volt_operator import kueue as kueue_api
@@ -65,15 +65,8 @@ def queue(kueue: LocalCluster, namespace: str) -> Iterator[str]:
          "value": 100, "preemptionPolicy": "Never"},
         {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "volt-e2e-high"},
          "value": 1000, "preemptionPolicy": "Never"},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": name},
-         "spec": {
-             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-             "preemption": {"withinClusterQueue": "LowerPriority"},
-             "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
-                 "name": "volt-default", "resources": [
-                     {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-         "metadata": {"name": "training", "namespace": namespace}, "spec": {"clusterQueue": name}},
+        *queue_manifests(name, "training", namespace, cpu="1", memory="2Gi",
+                         preemption={"withinClusterQueue": "LowerPriority"}),
     ]
     kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     try:
@@ -320,13 +313,7 @@ def pool_queue(kueue: LocalCluster, namespace: str) -> Iterator[Dict[str, str]]:
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": flavor},
          "spec": {"nodeLabels": {POOL_LABEL: "b"}, "nodeTaints": [{"key": POOL_LABEL, "value": "b", "effect": "NoSchedule"}],
                   "tolerations": [toleration]}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
-         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
-                      "name": flavor, "resources": [
-                          {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-         "metadata": {"name": "pool", "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+        *queue_manifests(cluster_queue, "pool", namespace, cpu="1", memory="2Gi", flavor=flavor),
     ]
     kueue.kubectl("label", "node", node, f"{POOL_LABEL}=b", "--overwrite")
     kueue.kubectl("taint", "node", node, f"{POOL_LABEL}=b:NoSchedule", "--overwrite")
@@ -375,14 +362,8 @@ def checked_queue(kueue: LocalCluster, namespace: str) -> Iterator[Dict[str, str
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "volt-default"}},
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "AdmissionCheck", "metadata": {"name": check},
          "spec": {"controllerName": "volt.dev/e2e-provisioner"}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
-         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                  "admissionChecksStrategy": {"admissionChecks": [{"name": check}]},
-                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
-                      "name": "volt-default", "resources": [
-                          {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "2Gi"}]}]}]}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-         "metadata": {"name": "checked", "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+        *queue_manifests(cluster_queue, "checked", namespace, cpu="1", memory="2Gi",
+                         admissionChecksStrategy={"admissionChecks": [{"name": check}]}),
     ]
     kueue.kubectl("label", "node", node, f"{POOL_LABEL}=c", "--overwrite")
     try:

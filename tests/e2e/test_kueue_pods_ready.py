@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 
 from job_helpers import apply, diagnosis, events
-from kueue_jobs import chart_operator, condition, queued_job, status, wait_jobs
+from kueue_jobs import chart_operator, condition, queue_manifests, queued_job, status, wait_jobs
 from real_nodes import namespace  # noqa: F401 (a fixture)
 from volt_operator.testing.cluster import LocalCluster
 
@@ -52,13 +52,7 @@ def roomy_queue(strict_kueue: LocalCluster, namespace: str) -> Iterator[str]:
     name = f"cq-ready-{namespace}"[:63]
     manifests = [
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "volt-default"}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": name},
-         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                  "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
-                      "name": "volt-default", "resources": [
-                          {"name": "cpu", "nominalQuota": "2"}, {"name": "memory", "nominalQuota": "4Gi"}]}]}]}},
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-         "metadata": {"name": "training", "namespace": namespace}, "spec": {"clusterQueue": name}},
+        *queue_manifests(name, "training", namespace, cpu="2", memory="4Gi"),
     ]
     strict_kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     try:
