@@ -223,11 +223,12 @@ class KueueGate:
         if patch is not None:
             self._patch_status(workload, patch)
 
-    def _patch(self, workload: Dict[str, Any], change: Dict[str, Any]) -> Dict[str, Any]:
-        """Merge-patch the Workload (not its status) at the version read; the patched Workload."""
+    def _patch(self, workload: Dict[str, Any], change: Dict[str, Any], subresource: str = "") -> Dict[str, Any]:
+        """Merge-patch the Workload (or its ``subresource``), only if nobody changed it since it
+        was read (409 otherwise: the next reconcile reads it again); the patched Workload."""
         meta = workload["metadata"]
         patched = self.client.request(
-            "PATCH", workload_path(meta["namespace"], meta["name"]),
+            "PATCH", workload_path(meta["namespace"], meta["name"], subresource),
             {"metadata": {"resourceVersion": meta["resourceVersion"]}, **change},
             content_type="application/merge-patch+json",
         )
@@ -237,16 +238,7 @@ class KueueGate:
         return workload
 
     def _patch_status(self, workload: Dict[str, Any], status: Dict[str, Any]) -> None:
-        """Merge-patch the Workload's status, only if nobody changed it since it was read
-        (409 otherwise: the next reconcile reads it again)."""
-        meta = workload["metadata"]
-        patched = self.client.request(
-            "PATCH", workload_path(meta["namespace"], meta["name"], "status"),
-            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
-            content_type="application/merge-patch+json",
-        )
-        if isinstance(patched, dict) and patched.get("metadata"):
-            self.cache.put_workload(patched)
+        self._patch(workload, {"status": status}, "status")
 
 
 def release_wait(pods: List[PodView], now: datetime) -> Optional[float]:

@@ -350,7 +350,7 @@ class Reconciler:
             self.poller.applied((namespace, name), polled)
         # 2. Act.
         errors = self._act(ref, spec, plan, {p.name: p.uid for p in observed},
-                           queued=self.kueue is not None and bool(queue_name(job)))
+                           queued=bool(queue_name(job)))
         # 3. Tell users (a creation that failed did not happen).
         for event in plan.events:
             if errors and event.reason in ("Created", "CheckpointResumed"):
@@ -404,7 +404,8 @@ class Reconciler:
         queued: bool = False,
     ) -> List[machine.CreateError]:
         """Carry out ``plan``; ``uids`` names the pods the plan's deletions mean (by name).
-        ``queued``: admitted by Kueue, whose ResourceFlavors say where the pods run."""
+        ``queued``: the job names a LocalQueue; with --kueue, its admission says where the
+        pods run."""
         errors: List[machine.CreateError] = []
         ns = ref.namespace
         for pod in plan.force_delete_pods:
