@@ -16,6 +16,19 @@ from volt_operator.testing.cluster import LocalCluster
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
+def wait_finished(kube: LocalCluster, namespace: str, name: str, timeout: float, what: str = "") -> Dict[str, Any]:
+    """Watch until TrainingJob `name` is Succeeded or Failed; its status then."""
+    def finished(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        st = status(jobs, name)
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+    return wait_jobs(kube, namespace, what or f"{name} to finish", timeout, finished)
+
+
+def workload_of(kube: LocalCluster, namespace: str, job: str) -> Dict[str, Any]:
+    """The Workload of TrainingJob `job`, read now."""
+    return kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-{job}")
+
+
 def queue_manifests(cluster_queue: str, local_queue: str, namespace: str, *, cpu: str, memory: str,
                     flavor: str = "volt-default", **spec: Any) -> List[Dict[str, Any]]:
     """A ClusterQueue for `namespace` alone with quota `cpu`/`memory` in `flavor` (and any other

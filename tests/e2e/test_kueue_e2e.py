@@ -24,11 +24,12 @@ import pytest
 import torch
 
 from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
-from kueue_jobs import chart_operator, condition, jobs_path, queue_manifests, queued_job, status, wait_jobs
+from kueue_jobs import (chart_operator, condition, jobs_path, queue_manifests, queued_job, status, wait_finished,
+                        wait_jobs, workload_of)
 from operator_process import OperatorProcess, admin_configuration
-from real_nodes import namespace  # noqa: F401 (a fixture)
+from real_nodes import namespace, pods  # noqa: F401 (namespace: a fixture)
 from volt_operator import kueue as kueue_api
-from volt_operator.api import TrainingJobSpec, TrainingJobStatus
+from volt_operator.api import TrainingJobSpec, TrainingJobStatus, format_time
 from volt_operator.cache import ObservedCache
 from volt_operator.kube import USER_AGENT, KubeClient
 from volt_operator.kueue_gate import KueueGate
@@ -248,12 +249,9 @@ def test_a_job_too_big_for_the_quota_runs_once_its_numnodes_is_lowered_while_que
     kube.kubectl("patch", "trainingjob", "big", "-n", namespace, "--type=merge",
                  "-p", json.dumps({"spec": {"trainer": {"numNodes": 2}}}))
 
-    def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        return status(jobs, "big") if status(jobs, "big").get("phase") in TERMINAL else None
-    st = wait_jobs(kube, namespace, "big to finish on 2 nodes", 200, done)
+    st = wait_finished(kube, namespace, "big", 200, "big to finish on 2 nodes")
     assert st["phase"] == "Succeeded" and st["numNodes"] == 2, diagnosis(kube, namespace, "big")
-    workload = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-big")
-    assert workload["spec"]["podSets"][0]["count"] == 2
+    assert workload_of(kube, namespace, "big")["spec"]["podSets"][0]["count"] == 2
     recreated = [e["message"] for e in events(kube, namespace, "big") if e["reason"] == "WorkloadRecreated"]
     assert len(recreated) == 1 and "numNodes 3 -> 2" in recreated[0], recreated
 
@@ -282,14 +280,12 @@ def test_a_suspended_job_gives_its_quota_to_the_next_and_resumes_from_its_checkp
     jobs = wait_jobs(kube, namespace, "second admitted and finished while first is suspended", 180, second_done)
     assert status(jobs, "second")["phase"] == "Succeeded", diagnosis(kube, namespace, "second")
     assert status(jobs, "first")["phase"] == "Suspended"
-    workload = kube.request("GET", f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-first")
+    workload = workload_of(kube, namespace, "first")
     assert workload["spec"]["active"] is False
     assert condition(workload["status"], "QuotaReserved").get("status") == "False"
     kube.kubectl("patch", "trainingjob", "first", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
 
-    def first_done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        return status(jobs, "first") if status(jobs, "first").get("phase") in TERMINAL else None
-    st = wait_jobs(kube, namespace, "first resumed to the end", 180, first_done)
+    st = wait_finished(kube, namespace, "first", 180, "first resumed to the end")
     assert st["phase"] == "Succeeded" and st["attempt"] == 1, diagnosis(kube, namespace, "first")
     assert st["startTime"] >= status(jobs, "second")["completionTime"]
     reasons = [e["reason"] for e in events(kube, namespace, "first")]
@@ -336,14 +332,10 @@ def test_an_admitted_gang_runs_on_the_nodes_of_its_resource_flavor(
         kube = proc.kube
         pvc, job = queued_job("pooled", pool_queue["queue"], samples=128, step_delay=0.0, epochs=1)
         apply(kube, namespace, pvc, job)
-
-        def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-            st = status(jobs, "pooled")
-            return st if st.get("phase") in TERMINAL else None
-        st = wait_jobs(kube, namespace, "the pooled job to finish", 240, done)
+        st = wait_finished(kube, namespace, "pooled", 240)
     assert st["phase"] == "Succeeded", diagnosis(kube, namespace, "pooled")
     assert condition(st, "Admitted")["message"].endswith(f"(ResourceFlavor {pool_queue['flavor']})")
-    placed = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=pooled")["items"]
+    placed = pods(kube, namespace, "pooled")
     assert len(placed) == NODES
     for pod in placed:
         assert pod["spec"]["nodeName"] == pool_queue["node"], pod["spec"]
@@ -368,7 +360,7 @@ def checked_queue(kueue: LocalCluster, namespace: str) -> Iterator[Dict[str, str
     kueue.kubectl("label", "node", node, f"{POOL_LABEL}=c", "--overwrite")
     try:
         kueue.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = format_time(datetime.now(timezone.utc))
         kueue.kubectl("patch", "admissioncheck", check, "--subresource=status", "--type=merge", "-p", json.dumps(
             {"status": {"conditions": [{"type": "Active", "status": "True", "reason": "Active", "message": "e2e",
                                         "lastTransitionTime": now}]}}))
@@ -387,18 +379,18 @@ def test_an_admission_checks_pod_set_update_reaches_the_gangs_pods(
     kube = kueue_operator.kube
     pvc, job = queued_job("checked", checked_queue["queue"], samples=128, step_delay=0.0, epochs=1)
     apply(kube, namespace, pvc, job)
-    path = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads/trainingjob-checked"
 
     def reserved_awaiting_the_check(items: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
         wl = items.get("trainingjob-checked") or {}
         states = (wl.get("status") or {}).get("admissionChecks") or []
         return wl if condition(wl.get("status") or {}, "QuotaReserved").get("status") == "True" \
             and [c.get("state") for c in states] == ["Pending"] else None
-    workload = kube.watch(path.rsplit("/", 1)[0], reserved_awaiting_the_check, 60, "quota reserved, the check pending")
+    workload = kube.watch(f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads",
+                          reserved_awaiting_the_check, 60, "quota reserved, the check pending")
     jobs = {"checked": kube.request("GET", f"{jobs_path(namespace)}/checked")}
     assert status(jobs, "checked")["phase"] == "Queued"
-    assert not kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=checked")["items"]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert not pods(kube, namespace, "checked")
+    now = format_time(datetime.now(timezone.utc))
     kube.kubectl("patch", "workload", workload["metadata"]["name"], "-n", namespace, "--subresource=status",
                  "--type=merge", "-p", json.dumps({
                      "metadata": {"resourceVersion": workload["metadata"]["resourceVersion"]},
@@ -409,13 +401,11 @@ def test_an_admission_checks_pod_set_update_reaches_the_gangs_pods(
                                             "labels": {"volt.dev/e2e-batch": "7"},
                                             "nodeSelector": {POOL_LABEL: "c"}}]}]}}))
 
-    def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        return status(jobs, "checked") if status(jobs, "checked").get("phase") in TERMINAL else None
-    st = wait_jobs(kube, namespace, "the checked job to finish", 200, done)
+    st = wait_finished(kube, namespace, "checked", 200)
     assert st["phase"] == "Succeeded", diagnosis(kube, namespace, "checked")
-    pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=checked")["items"]
-    assert len(pods) == NODES
-    for pod in pods:
+    checked = pods(kube, namespace, "checked")
+    assert len(checked) == NODES
+    for pod in checked:
         assert pod["metadata"]["annotations"]["volt.dev/e2e-provisioned"] == "yes"
         assert pod["metadata"]["labels"]["volt.dev/e2e-batch"] == "7"
         assert pod["spec"]["nodeSelector"] == {POOL_LABEL: "c"}

@@ -20,14 +20,14 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 
 from job_helpers import apply, diagnosis, events
-from kueue_jobs import chart_operator, condition, queue_manifests, queued_job, status, wait_jobs
-from real_nodes import namespace  # noqa: F401 (a fixture)
+from kueue_jobs import (chart_operator, condition, queue_manifests, queued_job, status, wait_finished, wait_jobs,
+                        workload_of)
+from real_nodes import namespace, pods  # noqa: F401 (namespace: a fixture)
 from volt_operator.testing.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.slow]
 
 POD_READY_TIMEOUT = 30
-WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +61,6 @@ def roomy_queue(strict_kueue: LocalCluster, namespace: str) -> Iterator[str]:
         strict_kueue.kubectl("delete", "clusterqueue", name, "--wait=false", check=False)
 
 
-def workload_condition(kube: LocalCluster, namespace: str, job: str, type_: str) -> Dict[str, Any]:
-    body = kube.request("GET", f"{WORKLOADS.format(namespace=namespace)}/trainingjob-{job}")
-    return condition(body.get("status") or {}, type_)
-
-
 @pytest.mark.timeout(420)
 def test_a_gang_that_comes_up_keeps_its_admission_and_one_that_cannot_is_evicted_and_admitted_again(
         strict_kueue: LocalCluster, roomy_queue: str, namespace: str, tmp_path: Path) -> None:
@@ -87,15 +82,12 @@ def test_a_gang_that_comes_up_keeps_its_admission_and_one_that_cannot_is_evicted
         wait_jobs(kube, namespace, "stuck evicted at the timeout and admitted again", 3 * POD_READY_TIMEOUT + 60,
                   evicted_and_readmitted)
         # the evicted gang's pods were gone before its quota was released and it was admitted again
-        stuck_pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=volt.dev/job=stuck")
-        assert all(p["metadata"]["labels"]["volt.dev/attempt"] != "0" for p in stuck_pods["items"]), \
-            [p["metadata"]["name"] for p in stuck_pods["items"]]
-        ready = workload_condition(kube, namespace, "up", "PodsReady")
+        stuck_pods = pods(kube, namespace, "stuck")
+        assert all(p["metadata"]["labels"]["volt.dev/attempt"] != "0" for p in stuck_pods), \
+            [p["metadata"]["name"] for p in stuck_pods]
+        ready = condition(workload_of(kube, namespace, "up").get("status") or {}, "PodsReady")
         assert (ready.get("status"), ready.get("reason")) == ("True", "Started"), ready
-
-        def done(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-            return status(jobs, "up") if status(jobs, "up").get("phase") in ("Succeeded", "Failed") else None
-        st = wait_jobs(kube, namespace, "up to finish", 240, done)
+        st = wait_finished(kube, namespace, "up", 240)
     assert st["phase"] == "Succeeded" and st.get("attempt", 0) == 0, diagnosis(kube, namespace, "up")
     up_reasons = [e["reason"] for e in events(kube, namespace, "up")]
     assert "Evicted" not in up_reasons and "Preempted" not in up_reasons, up_reasons
