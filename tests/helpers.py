@@ -1,4 +1,4 @@
-"""Helpers every test suite shares (engine, operator, e2e): free ports and waiting on a condition.
+"""Helpers every test suite shares (engine, operator, e2e): free ports, waiting on a condition, a manual clock.
 
 Importable as ``helpers`` from any test (pytest puts ``tests/`` on ``sys.path`` through its
 conftest.py).
@@ -55,3 +55,13 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
         time.sleep(interval)
+
+
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it (``clock.now += 2``)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now

@@ -104,6 +104,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
                              relist_interval=options.relist_seconds)
     memo.resyncer.start()
     metrics.track_work_queue(memo.resyncer.queue.__len__)
+    metrics.track_failing_jobs(memo.reconciler.backoff.__len__)
     memo.metrics_server = None
     if options.metrics_port is not None:
         memo.metrics_server = metrics.start_metrics_server(options.metrics_port)

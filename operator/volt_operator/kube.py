@@ -30,10 +30,22 @@ class ApiError(Exception):
 
     def __init__(self, status: int, method: str, path: str, body: Any) -> None:
         self.status = status
+        self.method = method
+        self.path = path
         self.body = body
-        message = body.get("message") if isinstance(body, dict) else str(body)
+        self.message = str(body.get("message") if isinstance(body, dict) else body)
         self.reason = body.get("reason") if isinstance(body, dict) else None
-        super().__init__(f"{method} {path}: {status} {message}")
+        super().__init__(f"{method} {path}: {status} {self.message}")
+
+    @property
+    def forbidden(self) -> bool:
+        """RBAC (or an admission plugin) does not let the caller do this."""
+        return self.status == 403
+
+    @property
+    def action(self) -> str:
+        """What was asked, in words: 'delete pods/x in namespace ns'."""
+        return describe_request(self.method, self.path)
 
     @property
     def not_found(self) -> bool:
@@ -51,6 +63,29 @@ class ApiError(Exception):
     def refused(self) -> bool:
         """The object itself is invalid (400/422): sending it again cannot succeed."""
         return self.status in (400, 422)
+
+
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def describe_request(method: str, path: str) -> str:
+    """A request in RBAC's words: DELETE /apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads/w
+    is 'delete workloads.kueue.x-k8s.io/w in namespace ns'."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if parts[0] == "api":
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) > 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return f"{method} {path}"  # not a resource (/version, /healthz)
+    namespace = None
+    if len(rest) > 2 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return f"{method} {path}"
+    resource = rest[0] + (f".{group}" if group else "")
+    described = f"{_VERBS.get(method, method.lower())} {'/'.join([resource] + rest[1:])}"
+    return f"{described} in namespace {namespace}" if namespace else described
 
 
 def load_configuration() -> Configuration:

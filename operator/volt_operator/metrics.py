@@ -75,6 +75,12 @@ class OperatorMetrics:
             "TrainingJobs waiting for a worker of the reconcile queue.",
             registry=self.registry,
         )
+        self.failing_jobs = Gauge(
+            "volt_operator_failing_jobs",
+            "TrainingJobs whose last reconcile failed (an API error, a refused creation); "
+            "retried with backoff.",
+            registry=self.registry,
+        )
         self.registry.register(_PhaseCollector(self))
         build_info = Gauge(
             "volt_build_info", "Always 1; the operator's version is a label.", ["version"], registry=self.registry
@@ -215,6 +221,11 @@ def observe_time_to_running(seconds: float) -> None:
 def track_work_queue(depth: Callable[[], int]) -> None:
     """Serve ``depth()`` (the reconcile queue's waiting jobs) as the queue depth gauge."""
     METRICS.work_queue_depth.set_function(depth)
+
+
+def track_failing_jobs(count: Callable[[], int]) -> None:
+    """Serve ``count()`` (jobs whose last reconcile failed) as the failing-jobs gauge."""
+    METRICS.failing_jobs.set_function(count)
 
 
 def observe_reconcile(seconds: float, error: bool, handler: str = "reconcile") -> None:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -41,7 +41,7 @@ from .kueue_gate import KueueGate
 from .kube import ApiError, KubeClient
 from .network_policy import build_network_policy
 from .observed import PodView, pod_view
-from .workqueue import WorkQueue
+from .workqueue import Backoff, WorkQueue
 
 log = logging.getLogger("volt_operator.reconciler")
 
@@ -132,9 +132,12 @@ class Reconciler:
         self._busy_guard = threading.Lock()
         self._instance = socket.gethostname()
         self._creators = ThreadPoolExecutor(CREATE_CONCURRENCY, thread_name_prefix="volt-create")
+        # Jobs whose last look failed (an API error, a refused creation): the sweep waits.
+        self.backoff = Backoff()
 
     def forget(self, namespace: str, name: str) -> None:
         self.poller.forget((namespace, name))
+        self.backoff.forget((namespace, name))
         self._network_policies.pop((namespace, name), None)
 
     def network_policy_seen(self, key: JobKey, owner_uid: Optional[str], exists: bool) -> None:
@@ -189,7 +192,11 @@ class Reconciler:
                 return self._reconcile_once(namespace, name, gone)
             except ApiError as exc:
                 if not exc.conflict:
+                    self._report_failure(key, exc)
                     raise
+            except Exception:
+                self.backoff.failed(key)
+                raise
             # Someone wrote the job since the version we decided on. Its watch event brings
             # the newer one (no read): decide again now if it is here, else when it comes
             # (job_changed), without holding this thread.
@@ -338,6 +345,8 @@ class Reconciler:
             probes=probes, kueue_managed=bool(queue_name(job)),
         )
 
+        if not self.backoff.failing((namespace, name)):
+            machine.clear_reconcile_failure(plan.status, now)
         # 1. Intent first: the new status, conditional on what we read.
         new_status = plan.status.to_api()
         patch = merge_patch(old_status, new_status)
@@ -358,6 +367,9 @@ class Reconciler:
             self.post_event(job, event.type, event.reason, event.message)
         if errors:
             plan = self._create_failed(job, spec, current, plan, pods, errors, now)
+            self.backoff.failed((namespace, name))
+        elif self.backoff.succeeded((namespace, name)):
+            self.wake((namespace, name))  # the next look says Reconciled=True (step 1)
         requeue_after = plan.requeue_after
         if self.kueue is not None and queue_name(job):
             quota_wait = self.kueue.settle(job, plan.status, observed, now)
@@ -365,6 +377,29 @@ class Reconciler:
                 requeue_after = quota_wait if requeue_after is None else min(requeue_after, quota_wait)
         self._record_metrics(job, plan)
         return requeue_after
+
+    def _report_failure(self, key: JobKey, exc: ApiError) -> None:
+        """A request for the job failed: the sweep backs off, and the job says why
+        (condition Reconciled=False and a Warning event, once per distinct failure).
+        Best effort: the write may be refused too, and then the log alone says it."""
+        delay = self.backoff.failed(key)
+        log.warning("%s/%s: %s; looking again in %.0f s", *key, exc, delay)
+        _, job = self.cache.job(key)
+        if job is None:
+            return
+        reason, message = machine.api_failure(exc.status, exc.reason, exc.action, exc.message)
+        old_status = job.get("status") or {}
+        failed = machine.with_reconcile_failure(
+            TrainingJobStatus.model_validate(old_status), reason, message, self.clock())
+        if failed is None:
+            return  # already said
+        try:
+            self._patch_status(*key, {"metadata": {"resourceVersion": job["metadata"]["resourceVersion"]},
+                                      "status": merge_patch(old_status, failed.to_api())})
+        except ApiError as write_exc:
+            log.warning("%s/%s: cannot record the failure in the status: %s", *key, write_exc)
+            return
+        self.post_event(job, "Warning", "ReconcileFailed", message)
 
     def _admission(
         self, job: Dict[str, Any], spec: TrainingJobSpec, st: TrainingJobStatus,
@@ -619,12 +654,18 @@ class Resyncer:
             self.queue.add(key, gone_pods)
 
     def sweep(self) -> None:
-        """A routine look at every live job, behind every look an event asked for."""
+        """A routine look at every job that is due, behind every look an event asked for."""
         if not self.reconciler.is_leader():
             return
-        for job in self.reconciler.cache.jobs():
-            if self.needs_look(job):
-                self.queue.add((job["metadata"]["namespace"], job["metadata"]["name"]), routine=True)
+        for key in self.due(self.reconciler.cache.jobs()):
+            self.queue.add(key, routine=True)
+
+    def due(self, jobs: Iterable[Dict[str, Any]]) -> List[JobKey]:
+        """The jobs the sweep looks at: those that need a look, less those whose last look
+        failed and whose backoff has not passed."""
+        keys = [(job["metadata"]["namespace"], job["metadata"]["name"]) for job in jobs
+                if self.needs_look(job)]
+        return [key for key in keys if not self.reconciler.backoff.waiting(key)]
 
     def relist(self) -> None:
         """Drop from the cache what a watch gap hid: the jobs, pods, Services and Kueue
@@ -655,8 +696,11 @@ class Resyncer:
                 self.enqueue(key)
 
     def _one(self, key: JobKey, gone_pods: List[Dict[str, Any]]) -> None:
-        with metrics.reconcile_timer("queued"):
-            self.reconciler.reconcile(*key, gone_pods)
+        try:
+            with metrics.reconcile_timer("queued"):
+                self.reconciler.reconcile(*key, gone_pods)
+        except ApiError:
+            pass  # logged, backed off and told on the job (Reconciler._report_failure)
 
     def _run(self) -> None:
         relisted = time.monotonic()

@@ -77,6 +77,7 @@ RESIZED = "Resized"
 PROGRESS_POLLED = "ProgressPolled"  # set by the reconciler, which reads rank 0's /progress
 ADMITTED = "Admitted"  # Kueue's admission of the job's Workload (kueue.py)
 PREEMPTED = "Preempted"
+RECONCILED = "Reconciled"  # False while the operator's own requests for the job fail (reconciler.py)
 
 # Waiting reasons that say the gang cannot start by itself (a user or an admin must act),
 # grouped so that a kubelet alternating ErrImagePull and ImagePullBackOff warns once.
@@ -178,6 +179,40 @@ def with_create_error(status: TrainingJobStatus, message: str, now: datetime) ->
     out = status.model_copy(deep=True)
     set_condition(out, CREATED, False, "CreateFailed", message[:4000], now)
     return out
+
+
+def api_failure(code: int, reason: Optional[str], action: str, message: str) -> Tuple[str, str]:
+    """The ``Reconciled=False`` reason and message for a request of the operator's that
+    the API server answered with an error (``action``: 'delete pods/x in namespace ns')."""
+    if code == 403:
+        return "Forbidden", (
+            f"the operator may not {action}: {message}. Grant the operator's service account "
+            "this permission (docs/packaging.md lists all the operator needs); it tries again "
+            "with backoff")
+    return reason or "ApiError", (
+        f"the API server answered {code} when the operator tried to {action}: {message}; "
+        "it tries again with backoff")
+
+
+def with_reconcile_failure(status: TrainingJobStatus, reason: str, message: str,
+                           now: datetime) -> Optional[TrainingJobStatus]:
+    """The status that says the operator cannot act on the job; None when it says so already."""
+    said = condition(status, RECONCILED)
+    message = message[:4000]
+    if said is not None and (said.status, said.reason, said.message) == ("False", reason, message):
+        return None
+    out = status.model_copy(deep=True)
+    set_condition(out, RECONCILED, False, reason, message, now)
+    return out
+
+
+def clear_reconcile_failure(status: TrainingJobStatus, now: datetime) -> None:
+    """The operator's requests succeed again: a ``Reconciled=False`` turns True."""
+    said = condition(status, RECONCILED)
+    if said is not None and said.status == "False":
+        set_condition(status, RECONCILED, True, "Recovered",
+                      f"the operator's requests for the job succeed again (they failed: {said.reason})",
+                      now)
 
 
 # What Pod Security admission answers (403): 'pods "x" is forbidden: violates

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -106,3 +107,57 @@ class WorkQueue:
                     self._active.discard(key)
                     if key in self._urgent or key in self._routine:  # asked again meanwhile
                         self._changed.notify()
+
+
+class Backoff:
+    """When to look again at jobs whose last look failed: ``first`` seconds after the
+    first failure, twice that after the next, up to ``cap``; a look that succeeds forgets
+    the job. The sweep passes over a job until its time comes (client-go's per-item
+    exponential rate limiter does the same for its work queues), so a permission the
+    operator lacks costs the API server one refused request per job per ``cap`` seconds,
+    not one per sweep. Looks an event asks for are not held back: the event may be the fix.
+    """
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < first <= cap:
+            raise ValueError(f"need 0 < first <= cap, got first={first!r}, cap={cap!r}")
+        self.first = first
+        self.cap = cap
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Failing jobs -> (failures in a row, when the sweep may look again).
+        self._failing: Dict[JobKey, Tuple[int, float]] = {}
+
+    def failed(self, key: JobKey) -> float:
+        """One more failure in a row; returns the delay before the sweep looks again."""
+        with self._lock:
+            count = self._failing.get(key, (0, 0.0))[0] + 1
+            delay = min(self.cap, self.first * 2 ** min(count - 1, 32))
+            self._failing[key] = (count, self._clock() + delay)
+            return delay
+
+    def succeeded(self, key: JobKey) -> bool:
+        """A look at ``key`` succeeded; whether it had been failing."""
+        with self._lock:
+            return self._failing.pop(key, None) is not None
+
+    def waiting(self, key: JobKey) -> bool:
+        """Whether the sweep should pass over ``key`` now."""
+        with self._lock:
+            entry = self._failing.get(key)
+            return entry is not None and self._clock() < entry[1]
+
+    def failing(self, key: JobKey) -> bool:
+        with self._lock:
+            return key in self._failing
+
+    def forget(self, key: JobKey) -> None:
+        """The job is gone."""
+        with self._lock:
+            self._failing.pop(key, None)
+
+    def __len__(self) -> int:
+        """Jobs whose last look failed."""
+        with self._lock:
+            return len(self._failing)

@@ -321,7 +321,8 @@ def test_notes_tell_the_truth_about_monitors_and_crd_upgrades(helm: Path, tmp_pa
 
 
 # Operator-wide series (no job, no job namespace): the namespace variable cannot apply to them.
-OPERATOR_WIDE = ("volt_operator_time_to_running_seconds", "volt_operator_reconcile_")
+OPERATOR_WIDE = ("volt_operator_time_to_running_seconds", "volt_operator_reconcile_",
+                 "volt_operator_failing_jobs")
 
 
 def test_dashboard_panels_follow_the_namespace_variable_and_show_an_eta() -> None:

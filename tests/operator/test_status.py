@@ -22,11 +22,16 @@ from volt_operator.builders import JobRef, build_pod
 from volt_operator.observed import pod_view
 from volt_operator.status import (
     MAX_CREATE_REFUSALS,
+    RECONCILED,
     CreateError,
     JobMeta,
     after_create_errors,
+    api_failure,
+    clear_reconcile_failure,
+    condition,
     decide,
     with_create_error,
+    with_reconcile_failure,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -1008,3 +1013,43 @@ def test_a_container_that_did_not_start_says_why() -> None:
     plan = decide(spec(), JobMeta("mnist"), st(phase="Running"), pods, True, NOW)
     last = plan.status.last_failure
     assert last is not None and why in last.message and "signal 0" not in last.message, last
+
+
+FORBIDDEN = ('pods "mnist-node-0" is forbidden: User "system:serviceaccount:volt:volt-operator" '
+             'cannot delete resource "pods" in API group "" in the namespace "ns"')
+
+
+def test_a_forbidden_request_says_what_the_operator_may_not_do_and_what_to_grant() -> None:
+    reason, message = api_failure(403, "Forbidden", "delete pods/mnist-node-0 in namespace ns", FORBIDDEN)
+    assert reason == "Forbidden"
+    assert message.startswith("the operator may not delete pods/mnist-node-0 in namespace ns: pods")
+    assert "service account" in message and "docs/packaging.md" in message and "backoff" in message
+
+
+def test_another_api_error_keeps_the_servers_reason() -> None:
+    reason, message = api_failure(503, "ServiceUnavailable", "create pods in namespace ns", "try later")
+    assert reason == "ServiceUnavailable"
+    assert "answered 503" in message and "create pods in namespace ns: try later" in message
+    assert api_failure(500, None, "get trainingjobs.volt.dev/x", "boom")[0] == "ApiError"
+
+
+def test_a_failure_is_said_once_and_turns_true_when_requests_succeed_again() -> None:
+    st = TrainingJobStatus(phase="Running")
+    reason, message = api_failure(403, "Forbidden", "delete pods/mnist-node-0 in namespace ns", FORBIDDEN)
+    failed = with_reconcile_failure(st, reason, message, NOW)
+    assert failed is not None and not st.conditions  # the input is not changed
+    said = condition(failed, RECONCILED)
+    assert said is not None and (said.status, said.reason) == ("False", "Forbidden")
+    assert with_reconcile_failure(failed, reason, message, NOW + timedelta(seconds=30)) is None
+    other = with_reconcile_failure(failed, "InternalError", "boom", NOW + timedelta(seconds=30))
+    assert other is not None
+    changed = condition(other, RECONCILED)
+    assert changed is not None and changed.reason == "InternalError"
+    assert changed.last_transition_time == said.last_transition_time  # still False: no transition
+
+    clear_reconcile_failure(other, NOW + timedelta(seconds=60))
+    recovered = condition(other, RECONCILED)
+    assert recovered is not None and (recovered.status, recovered.reason) == ("True", "Recovered")
+    assert "InternalError" in recovered.message
+    clear_reconcile_failure(st, NOW)
+    assert condition(st, RECONCILED) is None  # a job that never failed gets no condition

@@ -7,8 +7,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from helpers import ManualClock
 from volt_operator.cache import JobKey
-from volt_operator.workqueue import WorkQueue
+from volt_operator.workqueue import Backoff, WorkQueue
 
 WAIT_S = 10.0
 
@@ -163,3 +164,40 @@ def test_stop_drops_what_waits_and_refuses_more() -> None:
 def test_workers_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="workers"):
         WorkQueue(lambda key, gone: None, workers=0)
+
+
+
+def test_a_failing_job_waits_twice_as_long_after_each_failure_up_to_the_cap() -> None:
+    clock = ManualClock()
+    backoff = Backoff(first=1.0, cap=10.0, clock=clock)
+    key = ("ns", "job")
+    assert not backoff.waiting(key) and not backoff.failing(key)
+    assert [backoff.failed(key) for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff.failing(key) and len(backoff) == 1
+    clock.now += 9.9
+    assert backoff.waiting(key)
+    clock.now += 0.2
+    assert not backoff.waiting(key) and backoff.failing(key)  # due, still failing until a look succeeds
+    assert backoff.waiting(("ns", "other")) is False
+    assert backoff.succeeded(key) is True
+    assert backoff.succeeded(key) is False and len(backoff) == 0
+    assert backoff.failed(key) == 1.0  # a new run of failures starts again at first
+
+
+def test_a_thousand_failures_in_a_row_stay_at_the_cap() -> None:
+    backoff = Backoff(first=0.5, cap=60.0, clock=ManualClock())
+    delays = [backoff.failed(("ns", "job")) for _ in range(1000)]
+    assert delays[-1] == 60.0
+
+
+def test_a_deleted_job_is_forgotten() -> None:
+    backoff = Backoff(clock=ManualClock())
+    backoff.failed(("ns", "gone"))
+    backoff.forget(("ns", "gone"))
+    assert len(backoff) == 0 and not backoff.waiting(("ns", "gone"))
+
+
+@pytest.mark.parametrize("first, cap", [(0.0, 1.0), (2.0, 1.0), (-1.0, 5.0)])
+def test_backoff_needs_a_positive_first_delay_below_the_cap(first: float, cap: float) -> None:
+    with pytest.raises(ValueError, match="first"):
+        Backoff(first=first, cap=cap)
