@@ -3,9 +3,11 @@ the job says so (condition `Reconciled`, reason Forbidden, and a Warning event),
 operator's `volt_operator_failing_jobs` gauge counts it, the refused request is retried with
 backoff (not on every sweep), and once the permission is granted the job goes on and says
 it recovered. The real operator process against the real API server; the retries are
-counted in the API server's audit log."""
+counted in the API server's audit log, and `volt describe` quotes the condition."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import urllib.request
@@ -19,6 +21,7 @@ from chart_rbac import chart_credentials
 from helpers import free_port
 from job_helpers import idle_job_manifest
 from operator_process import OperatorProcess, get_json
+from volt.client.cli import main as volt_main
 from volt_operator.testing.cluster import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -92,6 +95,10 @@ def test_a_permission_the_operator_lacks_is_said_on_the_job_and_retried_with_bac
             events = get_json(kube, "-n", namespace, "events", "--field-selector",
                               "involvedObject.name=locked,reason=ReconcileFailed")["items"]
             assert [e["type"] for e in events] == ["Warning"]
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert volt_main(["describe", "locked", "-n", namespace, "--kubeconfig", str(kube.kubeconfig)]) == 0
+            assert f"Blocked by:  Reconciled=False Forbidden: {said['message']}" in out.getvalue().splitlines()
 
             times = wait_for(lambda: (t := _refused_pod_deletes(kube, identity.user)) and len(t) >= REFUSALS and t,
                              120, f"{REFUSALS} refused pod deletions in the audit log")

@@ -1,14 +1,15 @@
 """volt.client's pure parts: the manifest from flags, the command line, rank lines, typed status."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import yaml
 
-from volt.client.cli import build_parser, main, outcome_line, settings_from_args
+from volt.client.cli import PhasePrinter, build_parser, describe_text, main, outcome_line, settings_from_args
 from volt.client.logs import lines_of_rank, node_of_rank, rank_of_line
-from volt.client.results import job_status, pod_info
+from volt.client.results import JobDescription, job_status, pod_info
 from volt.client.spec import DEFAULT_IMAGE, JobSettings, SpecError, build_manifest, split_manifests
 from volt_operator.api import TrainingJob
 
@@ -146,3 +147,41 @@ def test_pod_state_says_why_it_waits() -> None:
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
          "message": "0/2 nodes: Insufficient nvidia.com/gpu"}]}}
     assert pod_info(unscheduled).state == "Unschedulable: 0/2 nodes: Insufficient nvidia.com/gpu"
+
+
+def _conditions(*conds: tuple) -> list:
+    return [{"type": t, "status": s, "reason": r, "message": m, "lastTransitionTime": "t"}
+            for t, s, r, m in conds]
+
+
+def test_a_job_the_operator_cannot_move_on_says_why_in_every_view() -> None:
+    refused = ("the operator may not delete pods/hold-node-0 in namespace ns: pods \"hold-node-0\" "
+               "is forbidden")
+    obj = {"metadata": {"name": "hold", "namespace": "ns"}, "spec": {"trainer": {"numNodes": 2}},
+           "status": {"phase": "Running", "readyNodes": "2/2", "conditions": _conditions(
+               ("Created", "True", "PodsCreated", "2 pods"),
+               ("Reconciled", "False", "Forbidden", refused))}}
+    status = job_status(obj)
+    assert status.blocked_by is not None and status.blocked_by.reason == "Forbidden"
+    blocked = f"blocked by Reconciled=False Forbidden: {refused}"
+    assert outcome_line(status) == f"trainingjob hold Running: {blocked}"
+    text = describe_text(JobDescription(status=status, spec=obj["spec"], events=[], pods=[]))
+    assert f"Blocked by:  Reconciled=False Forbidden: {refused}" in text.splitlines()
+
+    out = io.StringIO()
+    printer = PhasePrinter(out)
+    printer(status)
+    printer(status)  # nothing new: nothing printed
+    recovered = job_status({**obj, "status": {**obj["status"], "conditions": _conditions(
+        ("Reconciled", "True", "Recovered", "the operator's requests for the job succeed again"))}})
+    assert recovered.blocked_by is None
+    printer(recovered)
+    assert out.getvalue().splitlines() == [f"volt: hold Running (nodes 2/2): {blocked}",
+                                           "volt: hold Running (nodes 2/2)"]
+
+    create_failed = job_status({"metadata": {"name": "q"}, "status": {"phase": "Pending", "conditions": _conditions(
+        ("Created", "False", "CreateFailed", "creating pod q-node-0: exceeded quota"))}})
+    assert create_failed.blocked_by is not None and create_failed.blocked_by.type == "Created"
+    finished = job_status({"metadata": {"name": "f"}, "status": {"phase": "Failed", "conditions": _conditions(
+        ("Created", "False", "CreateFailed", "refused"))}})
+    assert finished.blocked_by is None  # a finished job is not waiting on anything

@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence, TextIO
 import urllib3
 
 from volt.client.api import ClientError, InvalidJob, VoltClient
-from volt.client.results import JobDescription, JobStatus, age, format_duration
+from volt.client.results import Condition, JobDescription, JobStatus, age, format_duration
 from volt.client.spec import DEFAULT_IMAGE, JobSettings, SpecError, build_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -163,7 +163,18 @@ def outcome_line(status: JobStatus) -> str:
                 reason += f" [pod {failure.pod}, exit code {failure.exit_code}, {failure.reason}]"
         if reason:
             text += f": {reason}"
+    elif status.blocked_by is not None:
+        text += f": {_blocked(status.blocked_by)}"
     return text
+
+
+def _blocked(cond: Condition) -> str:
+    """A blocking condition as the phase and outcome lines quote it."""
+    return f"blocked by {_condition(cond)}"
+
+
+def _condition(cond: Condition) -> str:
+    return f"{cond.type}={cond.status} {cond.reason}: {cond.message}"
 
 
 def _progress(status: JobStatus) -> str:
@@ -192,6 +203,8 @@ def describe_text(d: JobDescription) -> str:
              f"Layout:      {trainer.get('numNodes', 1)} nodes, devices "
              f"{trainer.get('devices', 'auto')}, accelerator {trainer.get('accelerator', 'auto')}",
              f"Nodes:       {st.ready_nodes} ready, attempt {st.attempt}, {st.restarts} restarts"]
+    if st.blocked_by is not None:
+        lines.insert(3, f"Blocked by:  {_condition(st.blocked_by)}")
     training = [f"{k} {v}" for k, v in (("epoch", st.epoch), ("step", st.step), ("loss", st.loss),
                                         ("progress", _progress(st) or None),
                                         ("throughput", st.throughput),
@@ -204,7 +217,7 @@ def describe_text(d: JobDescription) -> str:
         lines.append(f"Last failure: pod {f.pod} (node {f.node_rank}), attempt {f.attempt}, "
                      f"exit code {f.exit_code}, {f.reason}: {f.message}")
     lines.append("Conditions:")
-    lines += [f"  {c.type}={c.status}  {c.reason}: {c.message}" for c in st.conditions] or ["  <none>"]
+    lines += [f"  {_condition(c)}" for c in st.conditions] or ["  <none>"]
     lines.append("Pods:")
     lines += [f"  {p.name}  node {p.node_rank}  attempt {p.attempt}  {p.phase}  {p.state}"
               f"{'  on ' + p.node if p.node else ''}" for p in d.pods] or ["  <none>"]
@@ -221,11 +234,14 @@ class PhasePrinter:
         self.out, self.last = out, None
 
     def __call__(self, status: JobStatus) -> None:
-        key = (status.phase, status.ready_nodes, status.restarts)
+        blocked = status.blocked_by
+        key = (status.phase, status.ready_nodes, status.restarts, blocked and blocked.message)
         if key != self.last:
             self.last = key
             text = f"volt: {status.name} {status.phase or 'Pending'} (nodes {status.ready_nodes})"
-            if status.phase == "Restarting" and status.last_failure:
+            if blocked is not None:
+                text += f": {_blocked(blocked)}"
+            elif status.phase == "Restarting" and status.last_failure:
                 text += f": {status.last_failure.reason} {status.last_failure.message}".rstrip()
             print(text, file=self.out, flush=True)
 

@@ -7,6 +7,9 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# Conditions that, False, say the operator cannot do what the job needs: a request the API
+# server refused (a permission it lacks, a quota), not a state the job passes through.
+BLOCKING_CONDITIONS = ("Reconciled", "Created")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,14 @@ class JobStatus:
     @property
     def succeeded(self) -> bool:
         return self.phase == "Succeeded"
+
+    @property
+    def blocked_by(self) -> Optional[Condition]:
+        """Why the operator cannot move an unfinished job on, if it says so."""
+        if self.finished:
+            return None
+        return next((c for kind in BLOCKING_CONDITIONS for c in self.conditions
+                     if c.type == kind and c.status == "False"), None)
 
 
 @dataclass(frozen=True)
