@@ -30,7 +30,7 @@ from . import kueue, metrics
 from .api import GROUP, PLURAL, VERSION
 from .builders import LABEL_JOB, controller_uid
 from .cache import ObservedCache, resource_version
-from .kube import KubeClient
+from .kube import ApiError, KubeClient
 from .kueue_gate import KueueGate
 from .leader import LeaseElector
 from .reconciler import Reconciler, Resyncer
@@ -125,8 +125,13 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _reconcile(memo: Any, handler: str, namespace: str, name: str) -> None:
-    with metrics.reconcile_timer(handler):
-        _reconciler(memo).reconcile(namespace, name)
+    try:
+        with metrics.reconcile_timer(handler):
+            _reconciler(memo).reconcile(namespace, name)
+    except ApiError:
+        # Said on the job and retried by the sweep with backoff (Reconciler._report_failure);
+        # kopf's own retry would only add a second schedule and a traceback.
+        pass
 
 
 # The event handlers are coroutines: they only update the cache and the work queue
