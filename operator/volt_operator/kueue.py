@@ -45,6 +45,8 @@ REQUEUED = "Requeued"
 FINISHED = "Finished"
 # The job's Admitted reason when its pending Workload was rebuilt for a changed spec.
 WORKLOAD_RECREATED = "WorkloadRecreated"
+# ... and while the gang of an admitted job whose spec changed stops, before the rebuild.
+CHANGED_WHILE_ADMITTED = "ChangedWhileAdmitted"
 # Whether the admitted gang is up; Kueue's waitForPodsReady evicts a Workload that does
 # not say so within its timeout. The reasons are Kueue's (a missing condition: WaitForStart).
 PODS_READY = "PodsReady"
@@ -170,7 +172,8 @@ def _requests(pod_set: Dict[str, Any]) -> Dict[str, str]:
 def outdated(workload: Dict[str, Any], wanted: Dict[str, Any]) -> Optional[str]:
     """What the queue counts that differs between the job's Workload and the one its spec
     builds now (``wanted``): the gang's size or a pod's requests, e.g. "numNodes 4 -> 2";
-    None when they agree. Only a pending Workload is rebuilt for it (``KueueGate``)."""
+    None when they agree. A pending Workload is rebuilt for it at once, an admitted one
+    once the gang has stopped (``KueueGate``)."""
     old_set = ((workload.get("spec") or {}).get("podSets") or [{}])[0]
     new_set = wanted["spec"]["podSets"][0]
     changes = []

@@ -90,22 +90,46 @@ class KueueGate:
             workload = self._patch(workload, {"spec": {"active": not spec.suspend}})
             log.info("%s/%s: Workload %s %s", namespace, meta["name"], name,
                      "deactivated (suspended)" if spec.suspend else "activated (resumed)")
-        if status.phase not in TERMINAL_PHASES and kueue.pending(workload):
-            change = kueue.outdated(workload, kueue.build_workload(
-                job, spec, target_num_nodes(spec, status), None))
-            if change is not None and self._delete(workload):
-                log.info("%s/%s: %s while queued: Workload %s created again", namespace,
-                         meta["name"], change, name)
-                return self._create(job, spec, status) or kueue.Admission(
-                    False, kueue.WORKLOAD_RECREATED, f"the job changed while queued ({change}): Workload "
-                    f"{name} was created again, and waits for Kueue to queue it")
-        if not any(p.active or p.deleting for p in pods if not p.gone):
+        gang_up = any(p.active or p.deleting for p in pods if not p.gone)
+        if status.phase not in TERMINAL_PHASES:
+            rebuilt = self._follow_spec(job, spec, status, workload, gang_up)
+            if rebuilt is not None:
+                return rebuilt
+        if not gang_up:
             released = kueue.release_after_eviction(workload, now)
             if released is not None:
                 self._patch_status(workload, released)
                 log.info("%s/%s: gang stopped after eviction; released Workload %s", namespace,
                          meta["name"], name)
         return kueue.admission(workload)
+
+    def _follow_spec(self, job: Dict[str, Any], spec: TrainingJobSpec, status: TrainingJobStatus,
+                     workload: Dict[str, Any], gang_up: bool) -> Optional[kueue.Admission]:
+        """Rebuild a Workload whose size or requests no longer match the job's spec, so the
+        quota Kueue holds is the job's: a queued one at once (it queues again at the back),
+        an admitted one once its gang has stopped (Kueue's own integrations stop a job that
+        no longer matches its Workload too). The Admission that keeps the gang stopped
+        meanwhile; None when the Workload matches."""
+        change = kueue.outdated(workload, kueue.build_workload(
+            job, spec, target_num_nodes(spec, status), None))
+        if change is None:
+            return None
+        name = workload["metadata"]["name"]
+        queued = kueue.pending(workload)
+        when = "queued" if queued else "admitted"
+        if not queued and gang_up:
+            return kueue.Admission(False, kueue.CHANGED_WHILE_ADMITTED, (
+                f"the job changed while admitted ({change}): Workload {name} is created again "
+                "once the gang has stopped, and the job queues for its new size"))
+        if not self._delete(workload):
+            # Changed since read (Kueue admitted or evicted it): decide again on its next version.
+            return None if queued else kueue.Admission(False, kueue.CHANGED_WHILE_ADMITTED, (
+                f"the job changed while admitted ({change}): Workload {name} is created again"))
+        log.info("%s/%s: %s while %s: Workload %s created again", job["metadata"]["namespace"],
+                 job["metadata"]["name"], change, when, name)
+        return self._create(job, spec, status) or kueue.Admission(
+            False, kueue.WORKLOAD_RECREATED, f"the job changed while {when} ({change}): Workload "
+            f"{name} was created again, and waits for Kueue to queue it")
 
     def _create(self, job: Dict[str, Any], spec: TrainingJobSpec,
                 status: TrainingJobStatus) -> Optional[kueue.Admission]:

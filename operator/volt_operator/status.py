@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional, Sequence, Tuple
 
 from . import failures
-from .kueue import WORKLOAD_RECREATED, Admission
+from .kueue import CHANGED_WHILE_ADMITTED, WORKLOAD_RECREATED, Admission
 from .api import (
     TERMINAL_PHASES,
     Condition,
@@ -690,9 +690,12 @@ def _queued(plan: Plan, pods: List[PodView], gate: Admission, now: datetime) -> 
         _new_attempt(st)
         if gate.preempted:
             set_condition(st, PREEMPTED, True, gate.reason, gate.message, now)
-        plan.emit("Warning", "Preempted" if gate.preempted else "Evicted",
-                  f"{gate.message}; the gang checkpoints on SIGTERM and stops, attempt "
-                  f"{st.attempt} resumes when Kueue admits the job again")
+        stop = (f"{gate.message}; the gang checkpoints on SIGTERM and stops, attempt "
+                f"{st.attempt} resumes when Kueue admits the job again")
+        if gate.reason == CHANGED_WHILE_ADMITTED:  # the user's doing: no warning
+            plan.emit("Normal", CHANGED_WHILE_ADMITTED, stop)
+        else:
+            plan.emit("Warning", "Preempted" if gate.preempted else "Evicted", stop)
     if st.phase != "Queued":
         plan.emit("Normal", "Queued", gate.message)
     elif gate.reason == WORKLOAD_RECREATED:  # once per change: the next read is Kueue's own

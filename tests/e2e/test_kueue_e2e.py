@@ -257,6 +257,51 @@ def test_a_job_too_big_for_the_quota_runs_once_its_numnodes_is_lowered_while_que
 
 
 @pytest.mark.timeout(420)
+def test_an_admitted_job_grown_beyond_the_quota_stops_and_queues_until_it_fits_again(
+        kueue_operator: OperatorProcess, queue: str, namespace: str, tmp_path: Path) -> None:
+    """numNodes 2 -> 3 on a running job: the Workload Kueue admitted no longer matches the job,
+    so the gang checkpoints and stops, and the job queues for 3 nodes, which the quota cannot
+    hold: no third pod is ever created. Back to 2 while queued: the Workload is rebuilt,
+    admitted, and the next attempt resumes from the checkpoint to Succeeded."""
+    kube = kueue_operator.kube
+    # 1024 samples / 4 processes / batch 32: 8 steps an epoch, 0.5 s a step, 5 epochs
+    pvc, job = queued_job("grow", queue, samples=1024, step_delay=0.5, epochs=5)
+    with pod_history(kube, namespace, tmp_path / "pods.json") as history:
+        apply(kube, namespace, pvc, job)
+
+        def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
+            st = status(jobs, "grow")
+            step = (st.get("checkpoint") or {}).get("step") or 0
+            if st.get("phase") in TERMINAL:
+                raise AssertionError(f"grow ended ({st['phase']}) before it could be resized")
+            return step if st.get("phase") == "Running" and step >= 10 else None
+        saved = wait_jobs(kube, namespace, "grow Running with a checkpoint", 180, checkpointed)
+        kube.kubectl("patch", "trainingjob", "grow", "-n", namespace, "--type=merge",
+                     "-p", json.dumps({"spec": {"trainer": {"numNodes": 3}}}))
+
+        def short_of_quota(jobs: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+            st = status(jobs, "grow")
+            admitted = condition(st, "Admitted")
+            return st if st.get("phase") == "Queued" and "insufficient" in admitted.get("message", "") else None
+        wait_jobs(kube, namespace, "grow Queued for 3 nodes, short of quota", 120, short_of_quota)
+        assert workload_of(kube, namespace, "grow")["spec"]["podSets"][0]["count"] == 3
+        kube.kubectl("patch", "trainingjob", "grow", "-n", namespace, "--type=merge",
+                     "-p", json.dumps({"spec": {"trainer": {"numNodes": 2}}}))
+        st = wait_finished(kube, namespace, "grow", 240, "grow resumed on 2 nodes to the end")
+    assert st["phase"] == "Succeeded" and st["numNodes"] == 2, diagnosis(kube, namespace, "grow")
+    assert st["attempt"] >= 1 and st["restarts"] == 0
+    assert check_whole_gangs(history, ("grow",)) == {"grow": NODES}
+    assert not any(e["object"]["metadata"]["name"] == "grow-node-2" for e in history), "a third pod was created"
+    told = [(e["reason"], e["message"]) for e in events(kube, namespace, "grow")]
+    changed = [m for r, m in told if r == "ChangedWhileAdmitted"]
+    assert len(changed) == 1 and "numNodes 2 -> 3" in changed[0], told
+    recreated = [m for r, m in told if r == "WorkloadRecreated"]
+    assert any("numNodes 3 -> 2" in m for m in recreated), told
+    match = RESUMED.search(kube.kubectl("logs", "-n", namespace, "grow-node-0").stdout)
+    assert match and int(match.group(3)) >= saved
+
+
+@pytest.mark.timeout(420)
 def test_a_suspended_job_gives_its_quota_to_the_next_and_resumes_from_its_checkpoint_after_it(
         kueue_operator: OperatorProcess, queue: str, namespace: str) -> None:
     kube = kueue_operator.kube

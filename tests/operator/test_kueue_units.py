@@ -399,6 +399,20 @@ def test_a_rebuilt_workload_is_told_once_to_a_queued_job() -> None:
     assert run(plan.status, [], QUEUED).events == []
 
 
+def test_a_running_job_changed_while_admitted_stops_its_gang_without_a_warning() -> None:
+    up = run(run(TrainingJobStatus(), [], ADMIT).status, [pod(0), pod(1)], ADMIT).status
+    assert up.phase == "Running"
+    changed = kueue.Admission(False, kueue.CHANGED_WHILE_ADMITTED,
+                              "the job changed while admitted (numNodes 2 -> 3): Workload w is created again")
+    plan = run(up, [pod(0), pod(1)], changed)
+    assert plan.status.phase == "Queued" and plan.status.attempt == 1 and plan.status.restarts == 0
+    assert sorted(plan.delete_pods) == ["mnist-node-0", "mnist-node-1"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", kueue.CHANGED_WHILE_ADMITTED),
+                                                         ("Normal", "Queued")]
+    assert "checkpoints on SIGTERM" in plan.events[0].message
+    assert condition(plan.status, PREEMPTED) is None
+
+
 def test_job_admitted_at_once_runs_as_without_kueue() -> None:
     plan = run(TrainingJobStatus(), [], ADMIT)
     assert plan.status.phase == "Pending" and plan.create_ranks == [0, 1]
