@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from . import kueue
@@ -44,6 +44,13 @@ class KueueGate:
     def __init__(self, client: KubeClient, cache: Optional[ObservedCache] = None) -> None:
         self.client = client
         self.cache = cache or ObservedCache()
+        # Job -> (Workload resourceVersion, job generation, gang size) last found to match:
+        # comparing builds the whole Workload, and most looks at a job change none of these.
+        self._matching: Dict[JobKey, Tuple[str, int, int]] = {}
+
+    def forget(self, key: JobKey) -> None:
+        """The job is gone."""
+        self._matching.pop(key, None)
 
     def _workload(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
         """The job's Workload from the watch cache, read (once) when the cache does not know it."""
@@ -110,9 +117,14 @@ class KueueGate:
         an admitted one once its gang has stopped (Kueue's own integrations stop a job that
         no longer matches its Workload too). The Admission that keeps the gang stopped
         meanwhile; None when the Workload matches."""
-        change = kueue.outdated(workload, kueue.build_workload(
-            job, spec, target_num_nodes(spec, status), None))
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        size = target_num_nodes(spec, status)
+        seen = (str(workload["metadata"].get("resourceVersion")), int(job["metadata"].get("generation") or 0), size)
+        if self._matching.get(key) == seen:
+            return None
+        change = kueue.outdated(workload, kueue.build_workload(job, spec, size, None))
         if change is None:
+            self._matching[key] = seen
             return None
         name = workload["metadata"]["name"]
         queued = kueue.pending(workload)

@@ -139,6 +139,8 @@ class Reconciler:
         self.poller.forget((namespace, name))
         self.backoff.forget((namespace, name))
         self._network_policies.pop((namespace, name), None)
+        if self.kueue is not None:
+            self.kueue.forget((namespace, name))
 
     def network_policy_seen(self, key: JobKey, owner_uid: Optional[str], exists: bool) -> None:
         """The watch saw the job's NetworkPolicy (owned by the job of ``owner_uid``) exist or go."""

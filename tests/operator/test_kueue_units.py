@@ -11,6 +11,7 @@ import pytest
 from volt_operator import kueue, kueue_gate
 from volt_operator.api import TrainingJobSpec, TrainingJobStatus, format_time
 from volt_operator.builders import JobRef, build_pod
+from volt_operator.cache import ObservedCache
 from volt_operator.observed import pod_view
 from volt_operator.status import ADMITTED, PREEMPTED, RUNNING, JobMeta, condition, decide
 
@@ -484,3 +485,30 @@ def test_a_suspended_jobs_workload_is_inactive_and_resuming_queues_a_new_attempt
 def test_finished_job_stays_finished_whatever_kueue_says() -> None:
     done = TrainingJobStatus(phase="Succeeded", completion_time=format_time(NOW))
     assert run(done, [], PREEMPT).status.phase == "Succeeded"
+
+
+def test_an_admitted_workload_is_compared_with_the_spec_once_per_version_and_generation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison builds the whole Workload; a job looked at again with the same Workload
+    version, generation and size is not compared again. Its running gang stops once the spec
+    changes (a new generation). From the watch cache: nothing is sent."""
+    cache = ObservedCache()
+    admitted = workload(*ADMITTED_WL)
+    cache.put_workload(admitted)
+    gate = kueue_gate.KueueGate(client=None, cache=cache)  # type: ignore[arg-type]
+    compared: List[str] = []
+    outdated = kueue.outdated
+    monkeypatch.setattr(kueue, "outdated", lambda wl, wanted: compared.append("x") or outdated(wl, wanted))
+    first = {**job(), "metadata": {**job()["metadata"], "generation": 1}}
+    gang = [pod(0), pod(1)]
+    for _ in range(3):
+        assert gate.admission(first, spec(), TrainingJobStatus(), gang, NOW).admitted
+    assert len(compared) == 1
+    grown = spec(trainer={"numNodes": 3, "devices": 2, "accelerator": "cpu"})
+    second = {**first, "metadata": {**first["metadata"], "generation": 2}}
+    stop = gate.admission(second, grown, TrainingJobStatus(), gang, NOW)
+    assert not stop.admitted and stop.reason == kueue.CHANGED_WHILE_ADMITTED
+    assert "numNodes 2 -> 3" in stop.message and len(compared) == 2
+    gate.forget((REF.namespace, REF.name))
+    assert gate.admission(first, spec(), TrainingJobStatus(), gang, NOW).admitted
+    assert len(compared) == 3
