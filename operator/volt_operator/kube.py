@@ -13,6 +13,7 @@ import json
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
+import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 from kubernetes.client.rest import RESTClientObject
@@ -66,6 +67,10 @@ class ApiError(Exception):
 
 
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class ApiUnreachable(Exception):
+    """No answer from the API server: connection refused or reset, a timeout."""
 
 
 def describe_request(method: str, path: str) -> str:
@@ -130,10 +135,13 @@ class KubeClient:
         if token:
             headers["Authorization"] = token
         data = json.dumps(body).encode() if body is not None else None
-        response = self._rest.pool_manager.request(
-            method, url, body=data, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS,
-            preload_content=True,
-        )
+        try:
+            response = self._rest.pool_manager.request(
+                method, url, body=data, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS,
+                preload_content=True,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiUnreachable(f"{method} {path}: no answer from the API server: {exc}") from exc
         payload: Any = None
         if response.data:
             try:

@@ -38,7 +38,7 @@ from .api import (
 from .builders import LABEL_JOB, JobRef, build_pods, build_probe, build_service, controller_uid
 from .kueue import Admission, PlacementError, queue_name
 from .kueue_gate import KueueGate
-from .kube import ApiError, KubeClient
+from .kube import ApiError, ApiUnreachable, KubeClient
 from .network_policy import build_network_policy
 from .observed import PodView, pod_view
 from .workqueue import Backoff, WorkQueue
@@ -703,6 +703,8 @@ class Resyncer:
                 self.reconciler.reconcile(*key, gone_pods)
         except ApiError:
             pass  # logged, backed off and told on the job (Reconciler._report_failure)
+        except ApiUnreachable as exc:  # backed off; a line, not a traceback per job
+            log.warning("%s/%s: %s", *key, exc)
 
     def _run(self) -> None:
         relisted = time.monotonic()

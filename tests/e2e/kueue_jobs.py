@@ -89,6 +89,18 @@ def wait_jobs(kube: LocalCluster, namespace: str, what: str, timeout: float,
             diagnosis(kube, namespace, j["metadata"]["name"]) for j in names)) from None
 
 
+def wait_checkpointed(kube: LocalCluster, namespace: str, name: str, timeout: float, before: str) -> int:
+    """Wait until job ``name`` runs and reported a checkpoint at step 10 or later; that step.
+    A job that ends first fails the test: it had to still run for what comes ``before``."""
+    def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
+        st = status(jobs, name)
+        step = (st.get("checkpoint") or {}).get("step") or 0
+        if st.get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"{name} ended ({st['phase']}) before {before}")
+        return step if st.get("phase") == "Running" and step >= 10 else None
+    return wait_jobs(kube, namespace, f"{name} Running with a checkpoint", timeout, checkpointed)
+
+
 def status(jobs: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
     return (jobs.get(name) or {}).get("status") or {}
 

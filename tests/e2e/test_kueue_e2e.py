@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from job_helpers import RESUMED, apply, diagnosis, events, kubectl_watch, volume_dir
-from kueue_jobs import (chart_operator, condition, jobs_path, queue_manifests, queued_job, status, wait_finished,
-                        wait_jobs, workload_of)
+from kueue_jobs import (chart_operator, condition, jobs_path, queue_manifests, queued_job, status,
+                        wait_checkpointed, wait_finished, wait_jobs, workload_of)
 from operator_process import OperatorProcess, admin_configuration
 from real_nodes import namespace, pods  # noqa: F401 (namespace: a fixture)
 from volt_operator import kueue as kueue_api
@@ -184,13 +184,7 @@ def test_high_priority_job_preempts_a_low_one_which_resumes_from_its_checkpoint(
         pvc, reference = queued_job("reference", None, **low)
         apply(kube, namespace, pvc, reference, queued_job("low", queue, **low)[1])
 
-        def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
-            st = status(jobs, "low")
-            step = (st.get("checkpoint") or {}).get("step") or 0
-            if st.get("phase") in TERMINAL:
-                raise AssertionError(f"low ended ({st['phase']}) before it could be preempted")
-            return step if st.get("phase") == "Running" and step >= 10 else None
-        saved = wait_jobs(kube, namespace, "low Running with a checkpoint", 240, checkpointed)
+        saved = wait_checkpointed(kube, namespace, "low", 240, "it could be preempted")
         apply(kube, namespace, queued_job("high", queue, samples=512, step_delay=0.0, epochs=1,
                                           priority="volt-e2e-high")[1])
 
@@ -269,13 +263,7 @@ def test_an_admitted_job_grown_beyond_the_quota_stops_and_queues_until_it_fits_a
     with pod_history(kube, namespace, tmp_path / "pods.json") as history:
         apply(kube, namespace, pvc, job)
 
-        def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
-            st = status(jobs, "grow")
-            step = (st.get("checkpoint") or {}).get("step") or 0
-            if st.get("phase") in TERMINAL:
-                raise AssertionError(f"grow ended ({st['phase']}) before it could be resized")
-            return step if st.get("phase") == "Running" and step >= 10 else None
-        saved = wait_jobs(kube, namespace, "grow Running with a checkpoint", 180, checkpointed)
+        saved = wait_checkpointed(kube, namespace, "grow", 180, "it could be resized")
         kube.kubectl("patch", "trainingjob", "grow", "-n", namespace, "--type=merge",
                      "-p", json.dumps({"spec": {"trainer": {"numNodes": 3}}}))
 
@@ -310,11 +298,7 @@ def test_a_suspended_job_gives_its_quota_to_the_next_and_resumes_from_its_checkp
     _, second = queued_job("second", queue, samples=128, step_delay=0.0, epochs=1)
     apply(kube, namespace, pvc, first)
 
-    def checkpointed(jobs: Dict[str, Dict[str, Any]]) -> Optional[int]:
-        st = status(jobs, "first")
-        step = (st.get("checkpoint") or {}).get("step") or 0
-        return step if st.get("phase") == "Running" and step >= 10 else None
-    saved = wait_jobs(kube, namespace, "first Running with a checkpoint", 180, checkpointed)
+    saved = wait_checkpointed(kube, namespace, "first", 180, "it could be suspended")
     apply(kube, namespace, second)
     kube.kubectl("patch", "trainingjob", "first", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
 

@@ -11,11 +11,11 @@ import pytest
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
-from helpers import ManualClock
+from helpers import ManualClock, free_port
 from job_helpers import idle_job_manifest
 from operator_process import get_json, job_status, wait_until
 from volt_operator.cache import ObservedCache
-from volt_operator.kube import ApiError, KubeClient, describe_request
+from volt_operator.kube import ApiError, ApiUnreachable, KubeClient, describe_request
 from volt_operator.reconciler import Reconciler, Resyncer
 from volt_operator.workqueue import Backoff
 
@@ -152,3 +152,19 @@ def test_a_forbidden_request_is_explained_on_the_job_retried_with_backoff_and_re
     finally:
         reconciler.poller.stop()
         sweep.queue.stop()
+
+
+@pytest.mark.timeout(60)
+def test_an_api_server_that_does_not_answer_backs_the_job_off() -> None:
+    """Connection refused is no HTTP answer: ApiUnreachable (what the sweep logs in one line),
+    and the job waits out its backoff like after a refusal."""
+    configuration = Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    reconciler = Reconciler(KubeClient(configuration), cache=ObservedCache())
+    reconciler.backoff = Backoff(clock=ManualClock())
+    try:
+        with pytest.raises(ApiUnreachable, match="no answer from the API server"):
+            reconciler.reconcile("ns", "job")
+        assert reconciler.backoff.failing(("ns", "job")) and reconciler.backoff.waiting(("ns", "job"))
+    finally:
+        reconciler.poller.stop()
